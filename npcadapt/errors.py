@@ -1,0 +1,47 @@
+"""The project's exception hierarchy: every error a caller can see names its problem.
+
+All errors derive from :class:`NpcAdaptError`, so a game server can catch one type.
+Errors caused by the caller's input also derive from :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+
+class NpcAdaptError(Exception):
+    """Base class of every error npcadapt raises on purpose."""
+
+
+class InvalidInputError(NpcAdaptError, ValueError):
+    """The caller passed something malformed (shape, type, NaN, bad mask, ...)."""
+
+
+class PlayerIdError(InvalidInputError):
+    """A player id that is empty, too long, or not encodable as UTF-8."""
+
+
+class ArchetypeError(NpcAdaptError):
+    """An archetype definition is missing, malformed or unknown."""
+
+
+class AdapterMismatchError(NpcAdaptError):
+    """An adapter does not fit its archetype (base hash, rank, shapes)."""
+
+
+class StoreError(NpcAdaptError):
+    """The adapter store could not read or write (disk full, permissions, ...)."""
+
+
+class CorruptAdapterError(StoreError):
+    """An adapter file failed validation; it has been moved to quarantine."""
+
+
+class LogError(NpcAdaptError):
+    """The interaction log could not be written or read."""
+
+
+class LogCorruptionError(LogError):
+    """A record in the middle of a log segment failed its checksum."""
+
+
+class ProtocolError(NpcAdaptError):
+    """Bytes on a bridge connection that are not valid MessagePack-RPC."""
