@@ -1,0 +1,1 @@
+"""npcadapt: per-player LoRA adaptation for game NPCs."""

@@ -1,0 +1,380 @@
+"""The engine: batched mixed-adapter inference over every archetype. No training code.
+
+One :class:`Engine` owns a data directory (adapter store, later the interaction log),
+the loaded archetypes and one adapter bank per archetype. ``act_batch`` answers N rows
+from many players with one forward pass in which every row uses its own player's
+adapter; rows of players without an adapter get the base policy exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
+from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError
+from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
+from .lora.functional import gathered_delta, lora_delta
+from .policy import ActorCritic
+from .store import AdapterMeta, AdapterSpec, AdapterStore, validate_player_id
+from .types import AdapterInfo, BatchDecision, Decision
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ArchetypeRuntime:
+    """Per-archetype serving state: frozen policy on the device, layout, bank."""
+
+    archetype: Archetype
+    policy: ActorCritic
+    layout: AdapterLayout
+    bank: AdapterBank
+    adapter_spec: AdapterSpec
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("device 'cuda' was asked for but torch.cuda.is_available() is False")
+    return device
+
+
+class Engine:
+    """Serve decisions for many players' NPCs, each with their own LoRA adapter."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        archetype_dirs: Iterable[str | Path] | None = None,
+        capacity: int = 10_000,
+        adapter_dtype: str = "float32",
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ):
+        if adapter_dtype not in DTYPES:
+            raise InvalidInputError(f"adapter_dtype must be one of {sorted(DTYPES)}, got {adapter_dtype!r}")
+        self.data_dir = Path(data_dir)
+        self.device = _resolve_device(device)
+        self.adapter_dtype = adapter_dtype
+        self.store = AdapterStore(self.data_dir)
+        dirs = [BUILTIN_DIR] if archetype_dirs is None else list(archetype_dirs)
+        self._runtimes: dict[str, ArchetypeRuntime] = {}
+        for name, arch in find_archetypes(dirs).items():
+            self._runtimes[name] = self._runtime(arch, capacity)
+        self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._decision_ids = itertools.count(1)
+        self._rng_lock = threading.Lock()
+        self._closed = False
+        self.counters = {"decisions": 0, "batches": 0, "corrupt_adapters": 0, "stale_adapters": 0}
+
+    # -- set-up -------------------------------------------------------------------
+    def _runtime(self, arch: Archetype, capacity: int) -> ArchetypeRuntime:
+        layout = AdapterLayout.from_spec(arch.spec)
+        spec = AdapterSpec(arch.name, arch.base_hash, layout.rank, layout.tensor_shapes())
+        policy = copy.deepcopy(arch.policy).to(self.device)
+        bank = AdapterBank(
+            layout,
+            capacity,
+            loader=lambda player, n=arch.name: self._load_adapter(n, player),
+            writeback=lambda player, flat, meta, n=arch.name: self._save_adapter(n, player, flat, meta),
+            dtype=DTYPES[self.adapter_dtype],
+            device=self.device,
+        )
+        return ArchetypeRuntime(arch, policy, layout, bank, spec)
+
+    def _load_adapter(self, archetype: str, player: str) -> tuple[torch.Tensor, AdapterMeta] | None:
+        rt = self._runtimes[archetype]
+        try:
+            loaded = self.store.load(rt.adapter_spec, player)
+        except CorruptAdapterError as exc:
+            self.counters["corrupt_adapters"] += 1
+            log.warning("serving the base policy: %s", exc)
+            return None
+        except AdapterMismatchError as exc:
+            self.counters["stale_adapters"] += 1
+            log.warning("serving the base policy: %s", exc)
+            return None
+        if loaded is None:
+            return None
+        tensors, meta = loaded
+        return rt.layout.pack(tensors, torch.float32), meta
+
+    def _save_adapter(self, archetype: str, player: str, flat: torch.Tensor, meta: AdapterMeta) -> None:
+        rt = self._runtimes[archetype]
+        tensors = {k: v.clone() for k, v in rt.layout.unpack(flat.to(DTYPES[meta.dtype])).items()}
+        self.store.save(tensors, meta)
+
+    # -- lookups ------------------------------------------------------------------
+    @property
+    def archetypes(self) -> dict[str, Archetype]:
+        return {name: rt.archetype for name, rt in self._runtimes.items()}
+
+    def runtime(self, archetype: str) -> ArchetypeRuntime:
+        self._check_open()
+        rt = self._runtimes.get(archetype) if isinstance(archetype, str) else None
+        if rt is None:
+            raise InvalidInputError(f"unknown archetype {archetype!r}; known: {sorted(self._runtimes)}")
+        return rt
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NpcAdaptError("engine is closed")
+
+    # -- inference ----------------------------------------------------------------
+    def act(
+        self,
+        archetype: str,
+        player: str,
+        obs: Sequence[float] | np.ndarray,
+        *,
+        mask: Sequence[bool] | np.ndarray | None = None,
+        greedy: bool = False,
+    ) -> Decision:
+        """One decision for one player's NPC."""
+        masks = None if mask is None else np.asarray(mask)[None]
+        obs_arr = np.asarray(obs, dtype=np.float32) if not isinstance(obs, torch.Tensor) else obs
+        if getattr(obs_arr, "ndim", 0) != 1:
+            raise InvalidInputError(f"obs must be a flat list of numbers, got shape {tuple(np.shape(obs_arr))}")
+        return self.act_batch(archetype, [player], obs_arr[None], masks=masks, greedy=greedy).row(0)
+
+    def act_batch(
+        self,
+        archetype: str,
+        players: Sequence[str],
+        obs: np.ndarray | torch.Tensor | Sequence[Sequence[float]],
+        *,
+        masks: np.ndarray | torch.Tensor | None = None,
+        greedy: bool | Sequence[bool] | np.ndarray = False,
+    ) -> BatchDecision:
+        """Decisions for N rows in one forward pass; row i uses players[i]'s adapter."""
+        rt = self.runtime(archetype)
+        spec = rt.archetype.spec
+        obs_t = self._check_obs(obs, len(players), spec.obs_dim)
+        mask_t = self._check_masks(masks, len(players), spec.n_actions)
+        greedy_t = self._check_greedy(greedy, len(players))
+        bank = rt.bank
+        slots = self._slots(bank, players)
+        with torch.inference_mode():
+            logits, value = self._forward(rt, slots, obs_t)  # (N, A), (N,)
+            action, logp, entropy = self._sample(logits, mask_t, greedy_t)
+        n = len(players)
+        ids = np.fromiter(itertools.islice(self._decision_ids, n), dtype=np.int64, count=n)
+        self.counters["decisions"] += n
+        self.counters["batches"] += 1
+        return BatchDecision(
+            decision=ids,
+            action=action.cpu().numpy(),
+            logp=logp.float().cpu().numpy(),
+            value=value.float().cpu().numpy(),
+            entropy=entropy.float().cpu().numpy(),
+            adapter_version=bank.versions(slots),
+            action_names=spec.actions,
+        )
+
+    def _slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
+        if isinstance(players, (str, bytes)):
+            raise InvalidInputError("players must be a sequence of player ids, not a single string")
+        for p in players:
+            if p not in bank:
+                validate_player_id(p)
+        return bank.lookup(players)
+
+    def _forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dispatch: all-base rows -> plain forward; one adapter -> low-rank product; else gather."""
+        layout = rt.layout
+        first = int(slots[0]) if len(slots) else ZERO_SLOT
+        if (slots == first).all():
+            if first == ZERO_SLOT:
+                return rt.policy(obs)
+            flat = rt.bank.gather(slots[:1])[0].to(obs.dtype)  # (P,)
+            views = layout.unpack(flat)
+            by_name = {l.name: (views[f"{l.name}.lora_A"], views[f"{l.name}.lora_B"]) for l in layout.layers}
+
+            def single(name: str, x: torch.Tensor) -> torch.Tensor | None:
+                ab = by_name.get(name)
+                return None if ab is None else lora_delta(x, ab[0], ab[1], layout.scale)
+
+            return rt.policy(obs, single)
+        rows = rt.bank.gather(slots).to(obs.dtype)  # (N, P) snapshot
+        layers = {l.name: l for l in layout.layers}
+
+        def gathered(name: str, x: torch.Tensor) -> torch.Tensor | None:
+            layer = layers.get(name)
+            if layer is None:
+                return None
+            a, bt = layout.row_views(rows, layer)  # (N, r, d_in), (N, r, d_out)
+            return gathered_delta(x, a, bt, layout.scale)
+
+        return rt.policy(obs, gathered)
+
+    def _sample(
+        self, logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Masked categorical: masked actions get probability exactly 0 and are never drawn."""
+        if mask is not None:
+            logits = logits.masked_fill(~mask, float("-inf"))
+        logp_all = torch.log_softmax(logits, dim=-1)  # (N, A)
+        probs = logp_all.exp()
+        entropy = -torch.where(probs > 0, probs * logp_all, torch.zeros_like(probs)).sum(-1)
+        with self._rng_lock:
+            action = torch.multinomial(probs, 1, generator=self._generator).squeeze(1)  # (N,)
+        if greedy is not None:
+            action = torch.where(greedy, logp_all.argmax(-1), action)
+        logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
+        return action, logp, entropy
+
+    # -- validation -----------------------------------------------------------------
+    def _check_obs(self, obs, n: int, obs_dim: int) -> torch.Tensor:
+        if n == 0:
+            raise InvalidInputError("a batch needs at least one row")
+        try:
+            arr = obs.detach().cpu().numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"obs must be numbers: {exc}") from None
+        if arr.dtype.kind not in "fiub":
+            raise InvalidInputError(f"obs must be numbers, got dtype {arr.dtype}")
+        if arr.shape != (n, obs_dim):
+            raise InvalidInputError(f"obs must have shape ({n}, {obs_dim}) (rows, observation length), got {arr.shape}")
+        arr = arr.astype(np.float32, copy=False)
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)[:5].tolist()
+            raise InvalidInputError(f"obs rows {bad} contain NaN or infinite values")
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+
+    def _check_masks(self, masks, n: int, n_actions: int) -> torch.Tensor | None:
+        if masks is None:
+            return None
+        arr = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
+        if arr.shape != (n, n_actions):
+            raise InvalidInputError(f"mask must have shape ({n}, {n_actions}) (rows, actions), got {arr.shape}")
+        if arr.dtype != np.bool_:
+            if arr.dtype.kind not in "iub" or not np.isin(arr, (0, 1)).all():
+                raise InvalidInputError(f"mask must hold booleans, got dtype {arr.dtype}")
+            arr = arr.astype(bool)
+        empty = ~arr.any(axis=1)
+        if empty.any():
+            raise InvalidInputError(f"mask rows {np.flatnonzero(empty)[:5].tolist()} allow no action")
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+
+    def _check_greedy(self, greedy, n: int) -> torch.Tensor | None:
+        if isinstance(greedy, (bool, np.bool_)):
+            return torch.ones(n, dtype=torch.bool, device=self.device) if greedy else None
+        arr = np.asarray(greedy)
+        if arr.shape != (n,) or arr.dtype != np.bool_:
+            raise InvalidInputError(f"greedy must be a bool or {n} bools, got {arr.dtype} {arr.shape}")
+        return torch.from_numpy(arr).to(self.device)
+
+    # -- adapters -----------------------------------------------------------------
+    def new_adapter(self, archetype: str, player: str, *, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """A fresh adapter (A random, B zero) for `player`: it reproduces the base exactly."""
+        rt = self.runtime(archetype)
+        if seed is None:
+            seed = int.from_bytes(hashlib.sha256(f"{archetype}\0{player}".encode("utf-8", "surrogatepass")).digest()[:7], "little")
+        gen = torch.Generator().manual_seed(seed)
+        return {k: v.clone() for k, v in rt.layout.unpack(rt.layout.fresh(gen)).items()}
+
+    def get_adapter(self, archetype: str, player: str) -> dict[str, torch.Tensor] | None:
+        """The player's current adapter tensors (fp32 copies), or None if they have none."""
+        rt = self.runtime(archetype)
+        validate_player_id(player)
+        with rt.bank.lock:
+            rt.bank.lookup([player])
+            got = rt.bank.get(player)
+        if got is None:
+            return None
+        return {k: v.clone() for k, v in rt.layout.unpack(got[0]).items()}
+
+    def set_adapter(
+        self, archetype: str, player: str, tensors: Mapping[str, torch.Tensor], *, updates: int = 0
+    ) -> AdapterInfo:
+        """Install a new adapter version for `player` atomically (persisted on flush or eviction)."""
+        rt = self.runtime(archetype)
+        validate_player_id(player)
+        flat = rt.layout.pack(tensors, torch.float32)
+        if not torch.isfinite(flat).all():
+            raise InvalidInputError(f"adapter for player {player!r} has non-finite values")
+        with rt.bank.lock:
+            rt.bank.lookup([player])
+            prev = rt.bank.get(player)
+            now = time.time()
+            if prev is None:
+                meta = AdapterMeta(
+                    archetype=archetype, player=player, base_hash=rt.archetype.base_hash,
+                    rank=rt.layout.rank, alpha=float(rt.archetype.spec.lora.alpha),
+                    rslora=rt.archetype.spec.lora.rslora, version=1, updates=updates,
+                    created=now, updated=now, dtype=self.adapter_dtype,
+                )
+            else:
+                old = prev[1]
+                meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
+            rt.bank.put(player, flat, meta)
+        return self.adapter_info(archetype, player)
+
+    def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
+        """Version, update count and residency of a player's adapter; None when they have none."""
+        rt = self.runtime(archetype)
+        validate_player_id(player)
+        got = rt.bank.get(player)
+        resident = got is not None
+        meta = got[1] if resident else self.store.read_meta(archetype, player)
+        if meta is None:
+            return None
+        stored = self.store.path_for(archetype, player).exists()
+        return AdapterInfo(
+            archetype=archetype, player=player, version=meta.version, updates=meta.updates,
+            base_hash=meta.base_hash, rank=meta.rank, resident=resident, stored=stored,
+            created=meta.created, updated=meta.updated,
+        )
+
+    def reset_player(self, archetype: str, player: str) -> bool:
+        """Erase a player's adapter (memory and file): they get the base policy again."""
+        rt = self.runtime(archetype)
+        validate_player_id(player)
+        with rt.bank.lock:
+            removed = rt.bank.remove(player)
+            deleted = self.store.delete(archetype, player)
+        return removed or deleted
+
+    def flush(self) -> int:
+        """Persist every changed resident adapter; returns how many were written."""
+        self._check_open()
+        written = 0
+        for name, rt in self._runtimes.items():
+            for player, flat, meta in rt.bank.dirty():
+                self._save_adapter(name, player, flat, meta)
+                rt.bank.mark_clean(player, meta)
+                written += 1
+        return written
+
+    def close(self) -> None:
+        """Flush and release; further calls raise. Idempotent."""
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_engine(data_dir: str | Path, **kwargs) -> Engine:
+    """Open an engine on `data_dir` (created if needed); see :class:`Engine` for options."""
+    return Engine(data_dir, **kwargs)

@@ -1,0 +1,307 @@
+"""Stacked per-player adapters for one archetype: resident slots, LRU eviction, atomic swaps.
+
+All of a player's LoRA tensors are packed into one flat row of ``storage`` (S, P), so a
+batch gathers every layer's A and B with a single ``index_select``. Slot 0 is the zero
+adapter: rows of unknown players point at it and get the base policy exactly.
+
+Residency is LRU at batch granularity: each lookup stamps the slots it used with a
+tick; eviction takes the stalest slot not used by the current batch, writing it back
+first when it changed. Writes and gathers share one lock, so a forward pass works on a
+snapshot and never sees half of an update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..config import ArchetypeSpec
+from ..errors import AdapterMismatchError, InvalidInputError
+from .functional import init_lora
+
+log = logging.getLogger(__name__)
+
+ZERO_SLOT = 0
+
+
+@dataclass(frozen=True)
+class LayerSlice:
+    """Where one adapted layer's A (r, d_in) and B^T (r, d_out) sit inside a packed adapter row."""
+
+    name: str
+    d_in: int
+    d_out: int
+    rank: int
+    a_start: int
+    b_start: int
+
+    @property
+    def a_end(self) -> int:
+        return self.a_start + self.rank * self.d_in
+
+    @property
+    def b_end(self) -> int:
+        return self.b_start + self.d_out * self.rank
+
+
+@dataclass(frozen=True)
+class AdapterLayout:
+    """Packing of one archetype's adapter tensors into a flat vector of `size` numbers."""
+
+    layers: tuple[LayerSlice, ...]
+    size: int
+    rank: int
+    scale: float
+
+    @classmethod
+    def from_spec(cls, spec: ArchetypeSpec) -> "AdapterLayout":
+        shapes = spec.layer_shapes()
+        r, offset, layers = spec.lora.rank, 0, []
+        for name in spec.lora.targets:
+            d_in, d_out = shapes[name]
+            layers.append(LayerSlice(name, d_in, d_out, r, offset, offset + r * d_in))
+            offset += r * d_in + d_out * r
+        return cls(tuple(layers), offset, r, spec.lora.scale)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, int]]:
+        """Tensor name -> shape, e.g. 'actor.0.lora_A' -> (r, d_in)."""
+        out = {}
+        for layer in self.layers:
+            out[f"{layer.name}.lora_A"] = (layer.rank, layer.d_in)
+            out[f"{layer.name}.lora_B"] = (layer.d_out, layer.rank)
+        return out
+
+    def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Flat (P,) -> named views {'<layer>.lora_A': (r, d_in), '<layer>.lora_B': (d_out, r)}.
+
+        B is kept transposed inside the row (r, d_out), so its view here is strided.
+        """
+        out = {}
+        for layer in self.layers:
+            out[f"{layer.name}.lora_A"] = flat[layer.a_start : layer.a_end].view(layer.rank, layer.d_in)
+            out[f"{layer.name}.lora_B"] = flat[layer.b_start : layer.b_end].view(layer.rank, layer.d_out).t()
+        return out
+
+    def pack(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Named tensors -> flat (P,); names and shapes must match exactly."""
+        expected = self.tensor_shapes()
+        if set(tensors) != set(expected):
+            raise AdapterMismatchError(
+                f"adapter tensors {sorted(tensors)} do not match the layout {sorted(expected)}"
+            )
+        flat = torch.empty(self.size, dtype=dtype)
+        for name, view in self.unpack(flat).items():
+            src = tensors[name]
+            if tuple(src.shape) != expected[name]:
+                raise AdapterMismatchError(f"adapter tensor {name} has shape {tuple(src.shape)}, expected {expected[name]}")
+            view.copy_(src)
+        return flat
+
+    def fresh(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A new adapter (A random, B zero) packed as (P,)."""
+        parts = {}
+        for layer in self.layers:
+            a, b = init_lora(layer.d_in, layer.d_out, layer.rank, generator=generator)
+            parts[f"{layer.name}.lora_A"], parts[f"{layer.name}.lora_B"] = a, b
+        return self.pack(parts, dtype)
+
+    def row_views(self, rows: torch.Tensor, layer: LayerSlice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gathered rows (N, P) -> strided views A (N, r, d_in) and B^T (N, r, d_out) of one layer."""
+        n = rows.shape[0]
+        a = rows[:, layer.a_start : layer.a_end].view(n, layer.rank, layer.d_in)
+        bt = rows[:, layer.b_start : layer.b_end].view(n, layer.rank, layer.d_out)
+        return a, bt
+
+
+# player -> (flat adapter (P,), meta) or None when the player has no stored adapter
+Loader = Callable[[str], "tuple[torch.Tensor, Any] | None"]
+# (player, flat adapter (P,), meta) -> None; persists a changed adapter before eviction
+Writeback = Callable[[str, torch.Tensor, Any], None]
+
+
+class AdapterBank:
+    """Resident adapters of one archetype in a (capacity + 1, P) tensor; slot 0 is zero."""
+
+    def __init__(
+        self,
+        layout: AdapterLayout,
+        capacity: int,
+        *,
+        loader: Loader | None = None,
+        writeback: Writeback | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ):
+        if capacity < 1:
+            raise InvalidInputError(f"adapter bank capacity must be >= 1, got {capacity}")
+        self.layout = layout
+        self.capacity = capacity
+        self.dtype = dtype
+        self.storage = torch.zeros(capacity + 1, layout.size, dtype=dtype, device=device)  # (S, P)
+        self.lock = threading.RLock()
+        self._loader = loader
+        self._writeback = writeback
+        self._slot_of: dict[str, int] = {}
+        self._player_of: list[str | None] = [None] * (capacity + 1)
+        self._meta: list[Any] = [None] * (capacity + 1)
+        self._last_used = np.zeros(capacity + 1, dtype=np.int64)
+        self._dirty = np.zeros(capacity + 1, dtype=bool)
+        self._version = np.zeros(capacity + 1, dtype=np.int64)
+        self._free = list(range(capacity, 0, -1))
+        self._absent: set[str] = set()  # players known to have no stored adapter
+        self._tick = 1
+        self.evictions = 0
+        self.loads = 0
+
+    # -- residency ------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def __contains__(self, player: str) -> bool:
+        return player in self._slot_of
+
+    def resident_players(self) -> list[str]:
+        with self.lock:
+            return list(self._slot_of)
+
+    def lookup(self, players: Sequence[str]) -> np.ndarray:
+        """Slots for a batch's players (int64, (N,)), loading stored adapters on a miss.
+
+        Players without an adapter map to the zero slot. All slots used by this batch are
+        stamped as most recently used and protected from eviction while it loads others.
+        """
+        with self.lock:
+            self._tick += 1
+            get = self._slot_of.get
+            slots = np.fromiter((get(p, -1) for p in players), dtype=np.int64, count=len(players))
+            missing = np.flatnonzero(slots < 0)
+            if missing.size:
+                self._last_used[slots[slots > 0]] = self._tick
+                for i in missing:
+                    slots[i] = self._resolve(players[i])
+            self._last_used[slots] = self._tick
+            return slots
+
+    def _resolve(self, player: str) -> int:
+        slot = self._slot_of.get(player)
+        if slot is not None:
+            self._last_used[slot] = self._tick
+            return slot
+        if player in self._absent or self._loader is None:
+            return ZERO_SLOT
+        loaded = self._loader(player)
+        if loaded is None:
+            if len(self._absent) > 16 * self.capacity:
+                self._absent.clear()
+            self._absent.add(player)
+            return ZERO_SLOT
+        flat, meta = loaded
+        self.loads += 1
+        return self._install(player, flat, meta, dirty=False)
+
+    def _take_slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        candidates = self._last_used[1:]
+        victim = int(np.argmin(candidates)) + 1
+        if candidates[victim - 1] >= self._tick:
+            raise InvalidInputError(
+                f"one batch needs more than the bank's capacity of {self.capacity} resident adapters"
+            )
+        self._evict(victim)
+        return victim
+
+    def _evict(self, slot: int) -> None:
+        player = self._player_of[slot]
+        if self._dirty[slot] and self._writeback is not None:
+            self._writeback(player, self.storage[slot].detach().cpu().clone(), self._meta[slot])
+        del self._slot_of[player]
+        self._player_of[slot] = None
+        self._meta[slot] = None
+        self._dirty[slot] = False
+        self._version[slot] = 0
+        self.storage[slot].zero_()
+        self.evictions += 1
+
+    def _install(self, player: str, flat: torch.Tensor, meta: Any, *, dirty: bool) -> int:
+        slot = self._slot_of.get(player)
+        if slot is None:
+            slot = self._take_slot()
+            self._slot_of[player] = slot
+            self._player_of[slot] = player
+        self._absent.discard(player)
+        self.storage[slot].copy_(flat.reshape(-1))
+        self._meta[slot] = meta
+        self._version[slot] = getattr(meta, "version", 0)
+        self._dirty[slot] = dirty
+        self._last_used[slot] = self._tick
+        return slot
+
+    # -- reads and writes ---------------------------------------------------------
+    def gather(self, slots: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Snapshot of the slots' adapter rows: (N, P) in the bank's dtype."""
+        index = torch.as_tensor(slots, dtype=torch.int64, device=self.storage.device)
+        with self.lock:
+            return self.storage.index_select(0, index)
+
+    def versions(self, slots: np.ndarray) -> np.ndarray:
+        """Adapter version per slot (0 for the zero slot)."""
+        return self._version[slots]
+
+    def put(self, player: str, flat: torch.Tensor, meta: Any, *, dirty: bool = True) -> int:
+        """Install a new adapter version for `player` atomically; returns its slot."""
+        if flat.numel() != self.layout.size:
+            raise AdapterMismatchError(f"adapter for player {player!r} has {flat.numel()} numbers, expected {self.layout.size}")
+        with self.lock:
+            self._tick += 1
+            return self._install(player, flat, meta, dirty=dirty)
+
+    def get(self, player: str) -> tuple[torch.Tensor, Any] | None:
+        """A copy of the player's resident adapter (P,) in fp32 and its meta, or None."""
+        with self.lock:
+            slot = self._slot_of.get(player)
+            if slot is None:
+                return None
+            return self.storage[slot].float().cpu().clone(), self._meta[slot]
+
+    def remove(self, player: str) -> bool:
+        """Drop a player's resident adapter without writing it back."""
+        with self.lock:
+            self._absent.discard(player)
+            slot = self._slot_of.pop(player, None)
+            if slot is None:
+                return False
+            self._player_of[slot] = None
+            self._meta[slot] = None
+            self._dirty[slot] = False
+            self._version[slot] = 0
+            self._last_used[slot] = 0
+            self.storage[slot].zero_()
+            self._free.append(slot)
+            return True
+
+    def forget_absent(self, player: str) -> None:
+        """Make the next lookup of `player` ask the loader again."""
+        with self.lock:
+            self._absent.discard(player)
+
+    def dirty(self) -> Iterator[tuple[str, torch.Tensor, Any]]:
+        """(player, adapter copy, meta) for every changed resident adapter."""
+        with self.lock:
+            items = [
+                (self._player_of[s], self.storage[s].detach().cpu().clone(), self._meta[s])
+                for s in np.flatnonzero(self._dirty)
+            ]
+        yield from items
+
+    def mark_clean(self, player: str, meta: Any) -> None:
+        """Record that `player`'s adapter with `meta` has been persisted."""
+        with self.lock:
+            slot = self._slot_of.get(player)
+            if slot is not None and self._meta[slot] is meta:
+                self._dirty[slot] = False

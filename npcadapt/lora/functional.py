@@ -1,0 +1,84 @@
+"""Pure LoRA math: tensors in, tensors out. No modules, no state, no training.
+
+Conventions (PEFT's): for a Linear with weight W (d_out, d_in), an adapter is
+A (r, d_in) and B (d_out, r); the adapted layer computes
+    y = x W^T + b + scale * (x A^T) B^T,   scale = alpha / r  (rsLoRA: alpha / sqrt(r)).
+A is random and B zero at init, so a new adapter reproduces the base bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def scaling(alpha: float, rank: int, rslora: bool = False) -> float:
+    """The factor applied to B A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    return alpha / (math.sqrt(rank) if rslora else rank)
+
+
+def init_lora(
+    d_in: int,
+    d_out: int,
+    rank: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (kaiming-uniform, a=sqrt 5) and B = 0.
+
+    Returns A (r, d_in), B (d_out, r).
+    """
+    bound = 1.0 / math.sqrt(d_in)
+    a = torch.rand(rank, d_in, generator=generator, dtype=torch.float32) * (2 * bound) - bound
+    b = torch.zeros(d_out, rank, dtype=torch.float32)
+    return a.to(dtype), b.to(dtype)
+
+
+def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """One adapter on every row: x (N, d_in), A (r, d_in), B (d_out, r) -> (N, d_out)."""
+    return (x @ a.t()) @ (b.t() * scale)
+
+
+def delta_weight(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """The dense update scale * B A, shape (d_out, d_in)."""
+    return (b @ a) * scale
+
+
+def merge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """W + scale B A (a new tensor; W is untouched)."""
+    return weight + delta_weight(a, b, scale)
+
+
+def unmerge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+    """Inverse of :func:`merge`: W_merged - scale B A."""
+    return weight - delta_weight(a, b, scale)
+
+
+def gathered_delta(x: torch.Tensor, a_rows: torch.Tensor, bt_rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """Each row its own adapter (BGMV): x (N, d_in), A (N, r, d_in), B^T (N, r, d_out) -> (N, d_out).
+
+    B comes transposed so both products are (1 x k) @ (k x m) per row, the shape CPU
+    batched GEMM handles fastest. A and B^T may be strided views of one gathered block.
+    """
+    xa = torch.bmm(x.unsqueeze(1), a_rows.transpose(1, 2))  # (N, 1, r)
+    return torch.bmm(xa.mul_(scale), bt_rows).squeeze(1)  # (N, d_out)
+
+
+def bank_delta(
+    x: torch.Tensor,
+    a_bank: torch.Tensor,
+    b_bank: torch.Tensor,
+    slots: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Gathered multi-adapter delta straight from stacked banks.
+
+    x (N, d_in); A bank (S, r, d_in); B bank (S, d_out, r); slots (N,) int64 -> (N, d_out).
+    """
+    a_rows = a_bank.index_select(0, slots).to(x.dtype)  # (N, r, d_in)
+    bt_rows = b_bank.index_select(0, slots).to(x.dtype).transpose(1, 2)  # (N, r, d_out)
+    return gathered_delta(x, a_rows, bt_rows, scale)

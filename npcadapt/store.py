@@ -1,0 +1,606 @@
+"""Per-player adapter files: naming, durable atomic writes, validation and quarantine.
+
+Layout under ``root``::
+
+    adapters/<archetype>/<key[:2]>/<key>.safetensors      key = sha256(player id, UTF-8)
+    quarantine/<archetype>/<key>.<unix_ns>.safetensors    files that failed validation
+    quarantine/<archetype>/<key>.<unix_ns>.reason.txt     why, for whom, from where
+
+A file name never contains the player id itself, so any id (slashes, ``..``, NUL, look-alike
+Unicode, case variants) maps to its own file inside ``adapters/``. Writes go to a unique temp
+file, are fsynced, then ``os.replace``-d over the old file and the directory is fsynced: a
+crash or an OS error at any step leaves the previous version intact. A file that fails
+validation on load is moved to quarantine, so the next load serves the base policy.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import NoReturn
+
+import safetensors.torch
+import torch
+
+from npcadapt.errors import (
+    AdapterMismatchError,
+    ArchetypeError,
+    CorruptAdapterError,
+    InvalidInputError,
+    PlayerIdError,
+    StoreError,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_PLAYER_ID_BYTES = 256
+ARCHETYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+FORMAT = "npcadapt-adapter/1"
+DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
+    {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+)
+_SUFFIX = ".safetensors"
+_TMP_SUFFIX = ".tmp"
+_MAX_HEADER_BYTES = 1 << 20  # our headers are ~1 KB; refuse absurd lengths before reading
+_N_LOCKS = 64
+_BAD_FILE_ERRNOS = frozenset({errno.EIO, errno.EISDIR})  # errnos that mean "this file is bad"
+_OS_REASONS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.EIO: "I/O error",
+}
+
+
+def validate_player_id(player: object) -> str:
+    """Return ``player`` if it is a non-empty str of at most 256 UTF-8 bytes, else raise."""
+    if not isinstance(player, str):
+        raise PlayerIdError(f"player id must be a str, got {type(player).__name__}")
+    if not player:
+        raise PlayerIdError("player id is empty")
+    try:
+        n_bytes = len(player.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise PlayerIdError(
+            f"player id {_show(player)} is not encodable as UTF-8: "
+            f"{exc.reason} at index {exc.start}"
+        ) from None
+    if n_bytes > MAX_PLAYER_ID_BYTES:
+        raise PlayerIdError(
+            f"player id {_show(player)} is {n_bytes} UTF-8 bytes; "
+            f"the limit is {MAX_PLAYER_ID_BYTES}"
+        )
+    return player
+
+
+def validate_archetype_name(name: object) -> str:
+    """Return ``name`` if it matches :data:`ARCHETYPE_NAME_RE`, else raise ArchetypeError."""
+    if not isinstance(name, str) or not ARCHETYPE_NAME_RE.fullmatch(name):
+        raise ArchetypeError(
+            f"archetype name {name!r} does not match {ARCHETYPE_NAME_RE.pattern} "
+            "(lowercase letter, then up to 63 of [a-z0-9_-])"
+        )
+    return name
+
+
+def player_key(player: str) -> str:
+    """Validated player id -> sha256 hex digest of its UTF-8 bytes (the file name stem)."""
+    return hashlib.sha256(validate_player_id(player).encode("utf-8")).hexdigest()
+
+
+def _show(player: str) -> str:
+    """A bounded repr of a player id for messages."""
+    return repr(player) if len(player) <= 80 else f"{player[:60]!r}...(+{len(player) - 60} chars)"
+
+
+def _os_reason(exc: OSError) -> str:
+    """'disk full [ENOSPC]'-style text for an OSError."""
+    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    return f"{_OS_REASONS.get(exc.errno or 0) or exc.strerror or exc} [{name}]"
+
+
+def _require(ok: bool, field: str, expected: str, got: object) -> None:
+    if not ok:
+        raise InvalidInputError(f"adapter meta field {field!r}: expected {expected}, got {got!r}")
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class AdapterMeta:
+    """Everything stored next to an adapter's tensors, validated at construction."""
+
+    archetype: str
+    player: str
+    base_hash: str
+    rank: int
+    alpha: float
+    rslora: bool
+    version: int  # bumped by the writer each time a changed adapter is saved
+    updates: int  # training updates applied so far
+    created: float  # unix time
+    updated: float  # unix time
+    dtype: str  # storage dtype of the tensors: "float32" | "bfloat16" | "float16"
+
+    def __post_init__(self) -> None:
+        validate_archetype_name(self.archetype)
+        validate_player_id(self.player)
+        _require(isinstance(self.base_hash, str) and bool(self.base_hash), "base_hash",
+                 "a non-empty str", self.base_hash)
+        _require(_is_int(self.rank) and self.rank >= 1, "rank", "an int >= 1", self.rank)
+        _require(_is_real(self.alpha) and self.alpha > 0, "alpha", "a finite number > 0",
+                 self.alpha)
+        _require(isinstance(self.rslora, bool), "rslora", "a bool", self.rslora)
+        for name in ("version", "updates"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 0, name, "an int >= 0", value)
+        for name in ("alpha", "created", "updated"):
+            value = getattr(self, name)
+            _require(_is_real(value), name, "a finite number", value)
+            object.__setattr__(self, name, float(value))
+        _require(self.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}", self.dtype)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The safetensors header metadata (str -> str); floats round-trip exactly."""
+        return {
+            "format": FORMAT,
+            "archetype": self.archetype,
+            "player": self.player,
+            "base_hash": self.base_hash,
+            "rank": str(self.rank),
+            "alpha": repr(self.alpha),
+            "rslora": "true" if self.rslora else "false",
+            "version": str(self.version),
+            "updates": str(self.updates),
+            "created": repr(self.created),
+            "updated": repr(self.updated),
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_metadata(cls, md: Mapping[str, str]) -> AdapterMeta:
+        """Parse :meth:`to_metadata` output; ValueError naming the field on anything bad."""
+        if md.get("format") != FORMAT:
+            raise ValueError(
+                f"metadata field 'format' is {md.get('format')!r}, expected {FORMAT!r}")
+        missing = [f for f in _FIELDS if f not in md]
+        if missing:
+            raise ValueError(f"metadata is missing field(s) {missing}")
+        bad = [f for f in _FIELDS if not isinstance(md[f], str)]
+        if bad:
+            raise ValueError(f"metadata field(s) {bad} are not strings")
+        try:
+            return cls(
+                archetype=md["archetype"],
+                player=md["player"],
+                base_hash=md["base_hash"],
+                rank=_parse_int(md, "rank"),
+                alpha=_parse_float(md, "alpha"),
+                rslora=_parse_bool(md, "rslora"),
+                version=_parse_int(md, "version"),
+                updates=_parse_int(md, "updates"),
+                created=_parse_float(md, "created"),
+                updated=_parse_float(md, "updated"),
+                dtype=md["dtype"],
+            )
+        except ArchetypeError as exc:  # not a ValueError in the hierarchy; callers expect one
+            raise ValueError(f"metadata field 'archetype': {exc}") from None
+
+
+_FIELDS = tuple(f for f in AdapterMeta.__dataclass_fields__)
+
+
+def _parse_int(md: Mapping[str, str], field: str) -> int:
+    s = md[field]
+    if not (s.isascii() and s.isdigit()):
+        raise ValueError(f"metadata field {field!r} is {s!r}, expected a non-negative integer")
+    return int(s)
+
+
+def _parse_float(md: Mapping[str, str], field: str) -> float:
+    try:
+        return float(md[field])
+    except ValueError:
+        raise ValueError(f"metadata field {field!r} is {md[field]!r}, expected a number") from None
+
+
+def _parse_bool(md: Mapping[str, str], field: str) -> bool:
+    if md[field] not in ("true", "false"):
+        raise ValueError(f"metadata field {field!r} is {md[field]!r}, expected 'true' or 'false'")
+    return md[field] == "true"
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """What a valid adapter for one archetype looks like."""
+
+    archetype: str
+    base_hash: str
+    rank: int
+    shapes: Mapping[str, tuple[int, ...]]  # e.g. {"actor.0.lora_A": (8, 64), ...}
+
+    def __post_init__(self) -> None:
+        validate_archetype_name(self.archetype)
+        if not _is_int(self.rank) or self.rank < 1:
+            raise InvalidInputError(f"AdapterSpec.rank must be an int >= 1, got {self.rank!r}")
+        if not isinstance(self.base_hash, str) or not self.base_hash:
+            raise InvalidInputError(
+                f"AdapterSpec.base_hash must be a non-empty str, got {self.base_hash!r}")
+        shapes = {str(k): tuple(int(d) for d in v) for k, v in dict(self.shapes).items()}
+        if not shapes:
+            raise InvalidInputError(f"AdapterSpec for {self.archetype!r} has no tensors")
+        object.__setattr__(self, "shapes", MappingProxyType(shapes))
+
+
+class _Invalid(Exception):
+    """Internal: a file failed validation; the message is the reason."""
+
+
+def _header_metadata(header: bytes) -> dict[str, str]:
+    """The ``__metadata__`` dict of a safetensors JSON header."""
+    try:
+        parsed = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _Invalid(f"header is not valid JSON: {exc}") from None
+    md = parsed.get("__metadata__", {}) if isinstance(parsed, dict) else None
+    if not isinstance(md, dict):
+        raise _Invalid("header '__metadata__' is not a JSON object")
+    return md
+
+
+def _meta_for(md: Mapping[str, str], archetype: str, player: str) -> AdapterMeta:
+    """Parse metadata and check it belongs to (archetype, player)."""
+    try:
+        meta = AdapterMeta.from_metadata(md)
+    except ValueError as exc:
+        raise _Invalid(f"bad metadata: {exc}") from None
+    if meta.archetype != archetype:
+        raise _Invalid(f"metadata archetype is {meta.archetype!r}, expected {archetype!r}")
+    if meta.player != player:
+        raise _Invalid(f"metadata names player {_show(meta.player)}, not {_show(player)} "
+                       "(file swapped or misnamed)")
+    return meta
+
+
+def _validate(
+    data: bytes, spec: AdapterSpec, player: str
+) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
+    """Check a whole file's bytes against ``spec``; raise _Invalid with the reason."""
+    try:
+        tensors = safetensors.torch.load(data)
+    except Exception as exc:  # SafetensorError, or KeyError for a dtype torch lacks
+        raise _Invalid(f"not a valid safetensors file ({len(data)} bytes): {exc!r}") from None
+    n_header = int.from_bytes(data[:8], "little")
+    meta = _meta_for(_header_metadata(data[8 : 8 + n_header]), spec.archetype, player)
+    missing = sorted(spec.shapes.keys() - tensors.keys())
+    extra = sorted(tensors.keys() - spec.shapes.keys())
+    if missing:
+        raise _Invalid(f"tensor(s) {missing} missing")
+    if extra:
+        raise _Invalid(f"unexpected tensor(s) {extra}")
+    for name in sorted(tensors):
+        if tuple(tensors[name].shape) != spec.shapes[name]:
+            raise _Invalid(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, "
+                           f"expected {spec.shapes[name]}")
+    want = DTYPES[meta.dtype]
+    for name in sorted(tensors):
+        if tensors[name].dtype != want:
+            raise _Invalid(
+                f"tensor {name!r} has dtype {tensors[name].dtype}, metadata says {meta.dtype}")
+    flat = torch.cat([t.reshape(-1) for t in tensors.values()])  # one check, not one per tensor
+    if not bool(torch.isfinite(flat).all()):
+        bad = [name for name in sorted(tensors) if not bool(torch.isfinite(tensors[name]).all())]
+        raise _Invalid(f"tensor(s) {bad} have non-finite values")
+    if meta.rank != spec.rank:
+        raise _Invalid(
+            f"metadata rank is {meta.rank}, archetype {spec.archetype!r} uses rank {spec.rank}")
+    return tensors, meta
+
+
+def _serialize(tensors: Mapping[str, torch.Tensor], meta: AdapterMeta) -> bytes:
+    """Contiguous CPU copies (same dtype) -> safetensors bytes; InvalidInputError if unfit."""
+    if not isinstance(tensors, Mapping) or not tensors:
+        raise InvalidInputError(f"adapter for player {_show(meta.player)}: tensors must be a "
+                                f"non-empty mapping, got {type(tensors).__name__}")
+    want = DTYPES[meta.dtype]
+    prepared: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        where = f"tensor {name!r} of player {_show(meta.player)}"
+        if not isinstance(name, str) or not isinstance(t, torch.Tensor):
+            raise InvalidInputError(
+                f"{where}: expected str -> torch.Tensor, got {type(t).__name__}")
+        if t.dtype != want:
+            raise InvalidInputError(f"{where} has dtype {t.dtype}, meta.dtype is {meta.dtype!r}")
+        t = t.detach().to("cpu").contiguous()
+        if not bool(torch.isfinite(t).all()):
+            raise InvalidInputError(f"{where} has non-finite values; refusing to store it")
+        prepared[name] = t
+    try:
+        return safetensors.torch.save(prepared, metadata=meta.to_metadata())
+    except (ValueError, RuntimeError) as exc:  # e.g. two names sharing memory
+        raise InvalidInputError(f"adapter for player {_show(meta.player)}: {exc}") from None
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Create ``path`` (must not exist), write all of ``data``, fsync, close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.error("could not remove temp file %s: %s", path, _os_reason(exc))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # exists, owned by another user
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    return True
+
+
+class AdapterStore:
+    """Durable per-player adapter files under one root directory (thread-safe)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        try:
+            for sub in ("adapters", "quarantine"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create adapter store at {self.root}: {_os_reason(exc)}") from exc
+        self._locks = tuple(threading.Lock() for _ in range(_N_LOCKS))  # striped by player key
+        self._known_dirs: set[Path] = {self.root / "adapters", self.root / "quarantine"}
+        self._remove_stale_temps()
+
+    def path_for(self, archetype: str, player: str) -> Path:
+        """Where (archetype, player)'s adapter lives; validates both names."""
+        key = player_key(player)
+        archetype = validate_archetype_name(archetype)
+        return self.root / "adapters" / archetype / key[:2] / (key + _SUFFIX)
+
+    def save(self, tensors: Mapping[str, torch.Tensor], meta: AdapterMeta) -> Path:
+        """Atomically replace the player's adapter file with ``tensors`` + ``meta``."""
+        if not isinstance(meta, AdapterMeta):
+            raise InvalidInputError(f"meta must be an AdapterMeta, got {type(meta).__name__}")
+        path = self.path_for(meta.archetype, meta.player)
+        data = _serialize(tensors, meta)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+        try:
+            self._ensure_dir(path.parent)
+            _write_durably(tmp, data)
+            with self._lock_for(path):
+                os.replace(tmp, path)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise StoreError(f"could not save adapter for player {_show(meta.player)} to {path}: "
+                             f"{_os_reason(exc)}; the previous version is unchanged") from exc
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        try:
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise StoreError(
+                f"saved adapter for player {_show(meta.player)} to {path} but could not fsync "
+                f"its directory: {_os_reason(exc)}; it may not survive a power loss") from exc
+        return path
+
+    def load(
+        self, spec: AdapterSpec, player: str
+    ) -> tuple[dict[str, torch.Tensor], AdapterMeta] | None:
+        """The player's validated adapter, or None if there is none (serve the base policy)."""
+        if not isinstance(spec, AdapterSpec):
+            raise InvalidInputError(f"spec must be an AdapterSpec, got {type(spec).__name__}")
+        path = self.path_for(spec.archetype, player)
+        ident = None
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                ident = (st.st_dev, st.st_ino)
+                data = f.read()
+            tensors, meta = _validate(data, spec, player)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in _BAD_FILE_ERRNOS:
+                raise StoreError(f"could not read adapter for player {_show(player)} from {path}: "
+                                 f"{_os_reason(exc)}") from exc
+            self._quarantine(spec.archetype, player, path, ident, f"unreadable: {_os_reason(exc)}")
+        except _Invalid as exc:
+            self._quarantine(spec.archetype, player, path, ident, str(exc))
+        if meta.base_hash != spec.base_hash:
+            raise AdapterMismatchError(
+                f"adapter for player {_show(player)} ({path}) was trained against base "
+                f"{meta.base_hash}, archetype {spec.archetype!r} is at {spec.base_hash}")
+        return tensors, meta
+
+    def read_meta(self, archetype: str, player: str) -> AdapterMeta | None:
+        """The player's adapter metadata from the file header only; None if absent."""
+        path = self.path_for(archetype, player)
+        ident = None
+        try:
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                ident = (st.st_dev, st.st_ino)
+                md = _read_header(f, st.st_size)
+            return _meta_for(md, archetype, player)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in _BAD_FILE_ERRNOS:
+                raise StoreError(f"could not read adapter header for player {_show(player)} from "
+                                 f"{path}: {_os_reason(exc)}") from exc
+            self._quarantine(archetype, player, path, ident, f"unreadable: {_os_reason(exc)}")
+        except _Invalid as exc:
+            self._quarantine(archetype, player, path, ident, str(exc))
+
+    def delete(self, archetype: str, player: str) -> bool:
+        """Remove the player's adapter; True if a file was removed."""
+        path = self.path_for(archetype, player)
+        try:
+            with self._lock_for(path):
+                os.unlink(path)
+            _fsync_dir(path.parent)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(f"could not delete adapter for player {_show(player)} at {path}: "
+                             f"{_os_reason(exc)}") from exc
+        return True
+
+    def players(self, archetype: str) -> Iterator[str]:
+        """Player ids (from metadata) of stored adapters; unreadable files are skipped."""
+        base = self.root / "adapters" / validate_archetype_name(archetype)
+        for path in sorted(base.glob(f"??/*{_SUFFIX}")):
+            try:
+                with open(path, "rb") as f:
+                    meta = AdapterMeta.from_metadata(_read_header(f, os.fstat(f.fileno()).st_size))
+            except FileNotFoundError:
+                continue  # deleted or quarantined meanwhile
+            except (OSError, ValueError, _Invalid) as exc:
+                reason = _os_reason(exc) if isinstance(exc, OSError) else str(exc)
+                logger.warning("skipping unreadable adapter file %s: %s", path, reason)
+                continue
+            if meta.archetype != archetype or player_key(meta.player) != path.stem:
+                logger.warning("skipping %s: it holds archetype %r player %s, which belongs "
+                               "elsewhere", path, meta.archetype, _show(meta.player))
+                continue
+            yield meta.player
+
+    def quarantined(self, archetype: str) -> list[Path]:
+        """Quarantined adapter files of ``archetype``, oldest name first."""
+        qdir = self.root / "quarantine" / validate_archetype_name(archetype)
+        return sorted(qdir.glob(f"*{_SUFFIX}"))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _lock_for(self, path: Path) -> threading.Lock:
+        return self._locks[int(path.stem[:8], 16) % _N_LOCKS]
+
+    def _ensure_dir(self, directory: Path) -> None:
+        """Create ``directory`` and missing parents, fsyncing each new entry's parent."""
+        if directory in self._known_dirs:
+            return
+        missing = []
+        d = directory
+        while d not in self._known_dirs and not d.is_dir():
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            _fsync_dir(d.parent)
+        self._known_dirs.add(directory)
+
+    def _quarantine(self, archetype: str, player: str, path: Path,
+                    ident: tuple[int, int] | None, reason: str) -> NoReturn:
+        """Move a bad file aside with a reason note, then raise CorruptAdapterError."""
+        key, qdir = path.stem, self.root / "quarantine" / archetype
+        what = f"adapter for player {_show(player)} in {path} failed validation: {reason}"
+        try:
+            self._ensure_dir(qdir)
+            with self._lock_for(path):
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError:
+                    st = None
+                if st is None or (ident is not None and (st.st_dev, st.st_ino) != ident):
+                    raise CorruptAdapterError(
+                        f"{what}; the file was replaced or removed meanwhile, so nothing was "
+                        "quarantined")
+                target = self._write_reason(qdir, key, player, path, reason)
+                try:
+                    os.replace(path, target)
+                except OSError:
+                    _unlink_quietly(target.with_name(target.stem + ".reason.txt"))
+                    raise
+            _fsync_dir(qdir)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            logger.error("could not quarantine %s: %s", path, _os_reason(exc))
+            raise CorruptAdapterError(f"{what}; moving it to quarantine failed: {_os_reason(exc)}"
+                                      ) from exc
+        logger.warning("quarantined %s -> %s: %s", path, target, reason)
+        raise CorruptAdapterError(f"{what}; moved to {target}")
+
+    @staticmethod
+    def _write_reason(qdir: Path, key: str, player: str, path: Path, reason: str) -> Path:
+        """Write <key>.<ns>.reason.txt (unique ns); return the matching .safetensors target."""
+        text = (f"player: {player!r}\nkey: {key}\nfile: {path}\n"
+                f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nreason: {reason}\n").encode()
+        ns = time.time_ns()
+        while True:
+            try:
+                _write_durably(qdir / f"{key}.{ns}.reason.txt", text)
+                return qdir / f"{key}.{ns}{_SUFFIX}"
+            except FileExistsError:
+                ns += 1
+
+    def _remove_stale_temps(self) -> None:
+        """Delete temp files of crashed writers (any *.tmp not owned by a live process)."""
+        removed = 0
+        for tmp in (self.root / "adapters").rglob(f"*{_TMP_SUFFIX}"):
+            parts = tmp.name.split(".")  # ['', key, pid, uuid, 'tmp'] for our own names
+            pid = int(parts[2]) if len(parts) == 5 and parts[2].isdigit() else None
+            if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+                continue
+            _unlink_quietly(tmp)
+            removed += 1
+        if removed:
+            logger.info("removed %d stale temp file(s) under %s", removed, self.root / "adapters")
+
+
+def _read_header(f, size: int) -> dict[str, str]:
+    """Read only the safetensors header from an open file; return its metadata."""
+    prefix = f.read(8)
+    if len(prefix) < 8:
+        raise _Invalid(f"file is {size} bytes, too short for a safetensors header")
+    n = int.from_bytes(prefix, "little")
+    if n > min(_MAX_HEADER_BYTES, size - 8):
+        raise _Invalid(f"header length {n} does not fit in a {size}-byte file")
+    return _header_metadata(f.read(n))

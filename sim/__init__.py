@@ -1,0 +1,1 @@
+"""Simulation envs and player personas."""
