@@ -189,7 +189,7 @@ class Engine:
         if isinstance(players, (str, bytes)):
             raise InvalidInputError("players must be a sequence of player ids, not a single string")
         for p in players:
-            if p not in bank:
+            if not bank.knows(p):
                 validate_player_id(p)
         return bank.lookup(players)
 

@@ -146,28 +146,32 @@ class AdapterBank:
         self.lock = threading.RLock()
         self._loader = loader
         self._writeback = writeback
-        self._slot_of: dict[str, int] = {}
+        self._slot_of: dict[str, int] = {}  # resident player -> slot >= 1; known-absent player -> 0
         self._player_of: list[str | None] = [None] * (capacity + 1)
         self._meta: list[Any] = [None] * (capacity + 1)
         self._last_used = np.zeros(capacity + 1, dtype=np.int64)
         self._dirty = np.zeros(capacity + 1, dtype=bool)
         self._version = np.zeros(capacity + 1, dtype=np.int64)
         self._free = list(range(capacity, 0, -1))
-        self._absent: set[str] = set()  # players known to have no stored adapter
+        self._absent = 0  # how many known-absent players _slot_of holds
         self._tick = 1
         self.evictions = 0
         self.loads = 0
 
     # -- residency ------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return len(self._slot_of) - self._absent
 
     def __contains__(self, player: str) -> bool:
+        return self._slot_of.get(player, ZERO_SLOT) != ZERO_SLOT
+
+    def knows(self, player: str) -> bool:
+        """True when `player` was seen before (resident, or known to have no adapter)."""
         return player in self._slot_of
 
     def resident_players(self) -> list[str]:
         with self.lock:
-            return list(self._slot_of)
+            return [p for p, s in self._slot_of.items() if s != ZERO_SLOT]
 
     def lookup(self, players: Sequence[str]) -> np.ndarray:
         """Slots for a batch's players (int64, (N,)), loading stored adapters on a miss.
@@ -192,13 +196,12 @@ class AdapterBank:
         if slot is not None:
             self._last_used[slot] = self._tick
             return slot
-        if player in self._absent or self._loader is None:
-            return ZERO_SLOT
-        loaded = self._loader(player)
+        loaded = None if self._loader is None else self._loader(player)
         if loaded is None:
-            if len(self._absent) > 16 * self.capacity:
-                self._absent.clear()
-            self._absent.add(player)
+            if self._absent >= 16 * self.capacity:
+                self._forget_all_absent()
+            self._slot_of[player] = ZERO_SLOT
+            self._absent += 1
             return ZERO_SLOT
         flat, meta = loaded
         self.loads += 1
@@ -228,13 +231,18 @@ class AdapterBank:
         self.storage[slot].zero_()
         self.evictions += 1
 
+    def _forget_all_absent(self) -> None:
+        self._slot_of = {p: s for p, s in self._slot_of.items() if s != ZERO_SLOT}
+        self._absent = 0
+
     def _install(self, player: str, flat: torch.Tensor, meta: Any, *, dirty: bool) -> int:
-        slot = self._slot_of.get(player)
-        if slot is None:
+        slot = self._slot_of.get(player, ZERO_SLOT)
+        if slot == ZERO_SLOT:
             slot = self._take_slot()
+            if self._slot_of.get(player) == ZERO_SLOT:
+                self._absent -= 1
             self._slot_of[player] = slot
             self._player_of[slot] = player
-        self._absent.discard(player)
         self.storage[slot].copy_(flat.reshape(-1))
         self._meta[slot] = meta
         self._version[slot] = getattr(meta, "version", 0)
@@ -264,17 +272,18 @@ class AdapterBank:
     def get(self, player: str) -> tuple[torch.Tensor, Any] | None:
         """A copy of the player's resident adapter (P,) in fp32 and its meta, or None."""
         with self.lock:
-            slot = self._slot_of.get(player)
-            if slot is None:
+            slot = self._slot_of.get(player, ZERO_SLOT)
+            if slot == ZERO_SLOT:
                 return None
             return self.storage[slot].float().cpu().clone(), self._meta[slot]
 
     def remove(self, player: str) -> bool:
         """Drop a player's resident adapter without writing it back."""
         with self.lock:
-            self._absent.discard(player)
             slot = self._slot_of.pop(player, None)
-            if slot is None:
+            if slot == ZERO_SLOT:
+                self._absent -= 1
+            if not slot:
                 return False
             self._player_of[slot] = None
             self._meta[slot] = None
@@ -288,7 +297,9 @@ class AdapterBank:
     def forget_absent(self, player: str) -> None:
         """Make the next lookup of `player` ask the loader again."""
         with self.lock:
-            self._absent.discard(player)
+            if self._slot_of.get(player, -1) == ZERO_SLOT:
+                del self._slot_of[player]
+                self._absent -= 1
 
     def dirty(self) -> Iterator[tuple[str, torch.Tensor, Any]]:
         """(player, adapter copy, meta) for every changed resident adapter."""
@@ -302,6 +313,6 @@ class AdapterBank:
     def mark_clean(self, player: str, meta: Any) -> None:
         """Record that `player`'s adapter with `meta` has been persisted."""
         with self.lock:
-            slot = self._slot_of.get(player)
-            if slot is not None and self._meta[slot] is meta:
+            slot = self._slot_of.get(player, ZERO_SLOT)
+            if slot != ZERO_SLOT and self._meta[slot] is meta:
                 self._dirty[slot] = False

@@ -1,0 +1,131 @@
+"""Benchmark: batched mixed-adapter inference on the reference workload.
+
+Workload: observation 64 floats, hidden 128x128, 16 actions, LoRA rank 8 on every actor
+Linear; `resident` players with adapters in the bank; a batch of `rows` rows from
+`rows` distinct players drawn from them. Every figure is a ratio against a reference
+measured in the same process (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine import Engine
+from ..lora.functional import lora_delta
+from .common import median_seconds, read_bandwidth, reference_archetype, rss_bytes
+
+
+def _fill(engine: Engine, n: int, seed: int) -> list[str]:
+    """Give n players random (non-zero) adapters directly in the bank."""
+    rt = engine.runtime("reference")
+    gen = torch.Generator().manual_seed(seed)
+    players = [f"player-{i}" for i in range(n)]
+    flats = torch.randn(n, rt.layout.size, generator=gen) * 0.05
+    for player, flat in zip(players, flats):
+        rt.bank.put(player, flat, _Meta(1), dirty=False)
+    return players
+
+
+class _Meta:
+    """Minimal stand-in for AdapterMeta: the bank only reads `version`."""
+
+    def __init__(self, version: int):
+        self.version = version
+
+
+def _per_player_loop(engine: Engine, players: list[str], obs: torch.Tensor) -> None:
+    """Naive reference: one single-adapter forward per player (PEFT-style adapter loop)."""
+    rt = engine.runtime("reference")
+    layers = {l.name: l for l in rt.layout.layers}
+    with torch.inference_mode():
+        for i, player in enumerate(players):
+            flat = rt.bank.get(player)[0]
+            views = rt.layout.unpack(flat)
+
+            def delta(name, x, views=views):
+                if name not in layers:
+                    return None
+                return lora_delta(x, views[f"{name}.lora_A"], views[f"{name}.lora_B"], rt.layout.scale)
+
+            rt.policy(obs[i : i + 1], delta)
+
+
+def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int = 0, memory_players: int = 100_000) -> dict:
+    rng = np.random.default_rng(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="npcadapt-bench-"))
+    reference_archetype(tmp / "arch", seed=seed)
+    obs_np = rng.standard_normal((rows, 64)).astype(np.float32)
+    obs = torch.from_numpy(obs_np)
+    result: dict = {"benchmark": "inference", "rows": rows, "resident": resident, "threads": torch.get_num_threads()}
+    logits_by_dtype = {}
+    batch_index = rng.choice(resident, size=rows, replace=False)
+    for dtype in ("float32", "bfloat16"):
+        engine = Engine(tmp / f"data-{dtype}", archetype_dirs=[tmp / "arch"], capacity=resident, adapter_dtype=dtype)
+        players = _fill(engine, resident, seed)
+        batch = [players[i] for i in batch_index]
+        rt = engine.runtime("reference")
+        t_batched = median_seconds(lambda: engine.act_batch("reference", batch, obs_np), repeats)
+        slots = rt.bank.lookup(batch)
+        with torch.inference_mode():
+            t_kernel = median_seconds(lambda: engine._forward(rt, slots, obs), repeats)
+            logits_by_dtype[dtype] = engine._forward(rt, slots, obs)[0]
+        nobody = [f"new-{i}" for i in range(rows)]
+        t_base = median_seconds(lambda: engine.act_batch("reference", nobody, obs_np), repeats)
+        one = [players[0]] * rows
+        t_single = median_seconds(lambda: engine.act_batch("reference", one, obs_np), repeats)
+        bank_bytes = rt.bank.storage.numel() * rt.bank.storage.element_size()
+        row_bytes = rt.layout.size * rt.bank.storage.element_size()
+        bandwidth = read_bandwidth(bank_bytes)
+        floor = rows * row_bytes / bandwidth
+        prefix = "" if dtype == "float32" else "bf16_"
+        result.update({
+            f"{prefix}decisions_per_s": round(rows / t_batched),
+            f"{prefix}kernel_decisions_per_s": round(rows / t_kernel),
+            f"{prefix}ratio_vs_base": round(t_batched / t_base, 3),
+            f"{prefix}single_adapter_ratio_vs_base": round(t_single / t_base, 3),
+            f"{prefix}floor_ratio": round(t_batched / floor, 3),
+            f"{prefix}kernel_floor_ratio": round(t_kernel / floor, 3),
+            f"{prefix}adapter_bytes": row_bytes,
+        })
+        if dtype == "float32":
+            loop_players = batch[: min(rows, 256)]
+            t_loop = median_seconds(lambda: _per_player_loop(engine, loop_players, obs), max(3, repeats // 10), 1)
+            result["speedup_vs_loop"] = round((t_loop / len(loop_players) * rows) / t_batched, 1)
+            result["read_bandwidth_gb_s"] = round(bandwidth / 1e9, 2)
+        engine.close()
+        del engine, rt
+        gc.collect()
+    diff = (logits_by_dtype["float32"] - logits_by_dtype["bfloat16"]).abs()
+    result["bf16_max_abs_logit_diff"] = float(diff.max())
+    result["bf16_greedy_agreement"] = float(
+        (logits_by_dtype["float32"].argmax(-1) == logits_by_dtype["bfloat16"].argmax(-1)).float().mean()
+    )
+    if memory_players:
+        result.update(_memory(tmp, memory_players, seed))
+    return result
+
+
+def _memory(tmp: Path, n: int, seed: int) -> dict:
+    """Resident cost of n adapters (bf16) relative to their raw bytes."""
+    gc.collect()
+    before = rss_bytes()
+    engine = Engine(tmp / "data-mem", archetype_dirs=[tmp / "arch"], capacity=n, adapter_dtype="bfloat16")
+    rt = engine.runtime("reference")
+    rt.bank.storage.fill_(0.01)  # touch every page so RSS counts it
+    meta = _Meta(1)
+    for i in range(n):
+        rt.bank.put(f"player-{i}", rt.bank.storage[0], meta, dirty=False)
+    after = rss_bytes()
+    raw = n * rt.layout.size * 2
+    engine.close()
+    return {"memory_players": n, "memory_ratio_vs_raw": round((after - before) / raw, 3)}
+
+
+if __name__ == "__main__":
+    print(json.dumps(run()))

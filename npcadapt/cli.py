@@ -1,0 +1,170 @@
+"""The one `npcadapt` command. It owns printing, progress bars and exit codes.
+
+Subcommands are registered by small `_add_*` functions; each handler receives the
+parsed arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import NpcAdaptError
+
+
+def _parse_obs(text: str) -> list[tuple[str, int]]:
+    """'health:1,position:2' -> [('health', 1), ('position', 2)]."""
+    features = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, size = part.partition(":")
+        try:
+            features.append((name.strip(), int(size) if size else 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"observation feature {part!r} must be NAME or NAME:SIZE") from None
+    if not features:
+        raise argparse.ArgumentTypeError("give at least one observation feature")
+    return features
+
+
+def _parse_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in _parse_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# -- archetype ------------------------------------------------------------------------
+def _cmd_archetype_init(args) -> int:
+    from .archetypes import init_archetype
+
+    directory = Path(args.dir) / args.name
+    arch = init_archetype(
+        directory, args.name, args.obs, args.actions, hidden=args.hidden, rank=args.rank,
+        alpha=args.alpha, rslora=args.rslora, description=args.description, env=args.env,
+        seed=args.seed, overwrite=args.force,
+    )
+    print(f"wrote {directory / 'archetype.toml'} and {directory / arch.spec.weights} (untrained, version {arch.base_hash})")
+    print(f"observation length {arch.spec.obs_dim}, {arch.spec.n_actions} actions, LoRA rank {arch.spec.lora.rank} on {', '.join(arch.spec.lora.targets)}")
+    return 0
+
+
+def _archetype_dirs(args) -> list[Path]:
+    from .archetypes import BUILTIN_DIR
+
+    return [BUILTIN_DIR, *map(Path, args.archetypes or [])]
+
+
+def _cmd_archetype_list(args) -> int:
+    from .archetypes import find_archetypes
+
+    for name, arch in sorted(find_archetypes(_archetype_dirs(args)).items()):
+        state = "trained" if arch.spec.trained else "UNTRAINED"
+        print(f"{name:<14} version {arch.base_hash}  obs {arch.spec.obs_dim:>3}  actions {arch.spec.n_actions:>2}  {state:<9}  {arch.directory}")
+    return 0
+
+
+def _cmd_archetype_show(args) -> int:
+    from .archetypes import find_archetypes
+
+    found = find_archetypes(_archetype_dirs(args))
+    if args.name not in found:
+        raise NpcAdaptError(f"unknown archetype {args.name!r}; known: {sorted(found)}")
+    print(json.dumps(found[args.name].describe(), indent=2))
+    return 0
+
+
+def _add_archetype(sub) -> None:
+    p = sub.add_parser("archetype", help="create and inspect NPC archetype definitions")
+    asub = p.add_subparsers(dest="archetype_cmd", required=True)
+    init = asub.add_parser("init", help="write a new archetype definition with freshly initialised weights")
+    init.add_argument("name", help="archetype name (lowercase, e.g. 'guard')")
+    init.add_argument("--obs", type=_parse_obs, required=True, help="observation features, NAME:SIZE comma-separated")
+    init.add_argument("--actions", type=_parse_list, required=True, help="action names, comma-separated")
+    init.add_argument("--dir", default="archetypes", help="parent directory (default: ./archetypes)")
+    init.add_argument("--hidden", type=_parse_ints, default=(64, 64), help="hidden layer sizes (default 64,64)")
+    init.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    init.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default 16)")
+    init.add_argument("--rslora", action="store_true", help="scale by alpha/sqrt(r) instead of alpha/r")
+    init.add_argument("--description", default="", help="one-line description")
+    init.add_argument("--env", default=None, help="gymnasium env id this archetype is trained in")
+    init.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    init.add_argument("--force", action="store_true", help="overwrite an existing definition")
+    init.set_defaults(func=_cmd_archetype_init)
+    for name, func, text in (("list", _cmd_archetype_list, "list known archetypes"), ("show", _cmd_archetype_show, "print one archetype as JSON")):
+        q = asub.add_parser(name, help=text)
+        if name == "show":
+            q.add_argument("name")
+        q.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+        q.set_defaults(func=func)
+
+
+# -- bench ----------------------------------------------------------------------------
+def _cmd_bench(args) -> int:
+    if args.which == "inference":
+        from .bench.inference import run
+
+        result = run(rows=args.rows, resident=args.resident, repeats=args.repeats, seed=args.seed, memory_players=args.memory_players)
+    elif args.which == "store":
+        from .bench.store import run
+
+        result = run(seed=args.seed)
+    else:
+        from .bench.log import run
+
+        result = run()
+    print(json.dumps(result))
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="run a benchmark; prints one JSON line")
+    bsub = p.add_subparsers(dest="which", required=True)
+    inf = bsub.add_parser("inference", help="batched mixed-adapter inference on the reference workload")
+    inf.add_argument("--rows", type=int, default=1024)
+    inf.add_argument("--resident", type=int, default=10_000)
+    inf.add_argument("--repeats", type=int, default=30)
+    inf.add_argument("--memory-players", type=int, default=100_000, help="players for the memory figure (0 skips it)")
+    inf.add_argument("--seed", type=int, default=0)
+    st = bsub.add_parser("store", help="adapter store saves/loads per second and cold-load latency")
+    st.add_argument("--seed", type=int, default=0)
+    bsub.add_parser("log", help="interaction log appends per second")
+    for q in bsub.choices.values():
+        q.set_defaults(func=_cmd_bench)
+
+
+# -- main -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npcadapt", description="NPCs that adapt to each player with per-player LoRA adapters.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+_SUBCOMMANDS = [_add_archetype, _add_bench]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except NpcAdaptError as exc:
+        print(f"npcadapt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("npcadapt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
