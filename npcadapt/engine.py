@@ -24,7 +24,7 @@ import torch
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
 from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError
 from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
-from .lora.functional import gathered_delta, lora_delta
+from .lora.functional import lora_delta
 from .policy import ActorCritic
 from .store import AdapterMeta, AdapterSpec, AdapterStore, validate_player_id
 from .types import AdapterInfo, BatchDecision, Decision
@@ -210,16 +210,7 @@ class Engine:
 
             return rt.policy(obs, single)
         rows = rt.bank.gather(slots).to(obs.dtype)  # (N, P) snapshot
-        layers = {l.name: l for l in layout.layers}
-
-        def gathered(name: str, x: torch.Tensor) -> torch.Tensor | None:
-            layer = layers.get(name)
-            if layer is None:
-                return None
-            a, bt = layout.row_views(rows, layer)  # (N, r, d_in), (N, r, d_out)
-            return gathered_delta(x, a, bt, layout.scale)
-
-        return rt.policy(obs, gathered)
+        return rt.policy(obs, layout.delta_fn(rows))
 
     def _sample(
         self, logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None

@@ -22,7 +22,7 @@ import torch
 
 from ..config import ArchetypeSpec
 from ..errors import AdapterMismatchError, InvalidInputError
-from .functional import init_lora
+from .functional import gathered_delta, init_lora
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +109,26 @@ class AdapterLayout:
             a, b = init_lora(layer.d_in, layer.d_out, layer.rank, generator=generator)
             parts[f"{layer.name}.lora_A"], parts[f"{layer.name}.lora_B"] = a, b
         return self.pack(parts, dtype)
+
+    def scalable_mask(self) -> torch.Tensor:
+        """(P,) bool: the B entries. Scaling them by c scales every layer's delta by c."""
+        mask = torch.zeros(self.size, dtype=torch.bool)
+        for layer in self.layers:
+            mask[layer.b_start : layer.b_end] = True
+        return mask
+
+    def delta_fn(self, rows: torch.Tensor) -> "Callable[[str, torch.Tensor], torch.Tensor | None]":
+        """A policy `layer_delta` hook where row i of the batch uses adapter rows[i] (N, P)."""
+        layers = {layer.name: layer for layer in self.layers}
+
+        def delta(name: str, x: torch.Tensor) -> torch.Tensor | None:
+            layer = layers.get(name)
+            if layer is None:
+                return None
+            a, bt = self.row_views(rows, layer)  # (N, r, d_in), (N, r, d_out)
+            return gathered_delta(x, a, bt, self.scale)
+
+        return delta
 
     def row_views(self, rows: torch.Tensor, layer: LayerSlice) -> tuple[torch.Tensor, torch.Tensor]:
         """Gathered rows (N, P) -> strided views A (N, r, d_in) and B^T (N, r, d_out) of one layer."""

@@ -1,0 +1,226 @@
+"""The public API object: inference, feedback, recording and online adaptation in one place.
+
+``npcadapt.open(data_dir)`` returns a :class:`Service`. The socket bridge, the demo and
+the simulation loop all call this same object:
+
+    act / act_batch  -> decisions (engine), logged and tracked per (player, npc)
+    feedback         -> rewards and episode ends; completed episodes trigger updates
+    train_pending    -> batched online update of every player with enough episodes
+    adapter_info / reset_player / flush / close
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .engine import Engine
+from .episodes import EpisodeTracker
+from .errors import InvalidInputError
+from .log import InteractionLog
+from .store import validate_player_id
+from .training.online import OnlineConfig, OnlineTrainer, PlayerUpdate
+from .types import AdapterInfo, BatchDecision, Decision
+
+log = logging.getLogger(__name__)
+
+MAX_NPC_ID_BYTES = 256
+
+
+def _check_npc(npc: object) -> str:
+    if not isinstance(npc, str) or not npc or len(npc.encode("utf-8", "surrogatepass")) > MAX_NPC_ID_BYTES:
+        raise InvalidInputError(f"npc id must be a non-empty string of at most {MAX_NPC_ID_BYTES} bytes, got {str(npc)[:40]!r}")
+    return npc
+
+
+class Service:
+    """Per-player adaptive NPC decisions over one data directory."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        archetype_dirs: Iterable[str | Path] | None = None,
+        capacity: int = 10_000,
+        adapter_dtype: str = "float32",
+        device: str = "cpu",
+        seed: int = 0,
+        online: OnlineConfig | None = OnlineConfig(),
+        record: bool = True,
+        log_segment_bytes: int = 64 * 2**20,
+    ):
+        self.engine = Engine(data_dir, archetype_dirs=archetype_dirs, capacity=capacity,
+                             adapter_dtype=adapter_dtype, device=device, seed=seed)
+        self.data_dir = self.engine.data_dir
+        self.log = InteractionLog(self.data_dir / "logs", segment_bytes=log_segment_bytes, fsync_on_flush=True) if record else None
+        self.online = online
+        self.tracker = EpisodeTracker()
+        self.trainers = {
+            name: OnlineTrainer(rt.policy, rt.layout, online) for name, rt in self.engine._runtimes.items()
+        } if online else {}
+        self._train_lock = threading.Lock()
+        self._background: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0}
+
+    # -- decisions ------------------------------------------------------------------
+    @property
+    def archetypes(self):
+        return self.engine.archetypes
+
+    def act(self, archetype: str, player: str, obs, *, npc: str = "npc", mask=None, greedy: bool = False) -> Decision:
+        """One decision for `player`'s NPC `npc`."""
+        masks = None if mask is None else np.asarray(mask)[None]
+        arr = np.asarray(obs, dtype=np.float32) if not isinstance(obs, np.ndarray) else obs
+        if arr.ndim != 1:
+            raise InvalidInputError(f"obs must be a flat list of numbers, got shape {arr.shape}")
+        return self.act_batch(archetype, [player], arr[None], npcs=[npc], masks=masks, greedy=greedy).row(0)
+
+    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str] | None = None,
+                  masks=None, greedy=False) -> BatchDecision:
+        """Decisions for N rows in one forward pass; each row logged and tracked for training."""
+        npcs = ["npc"] * len(players) if npcs is None else list(npcs)
+        if len(npcs) != len(players):
+            raise InvalidInputError(f"got {len(npcs)} npc ids for {len(players)} rows")
+        for npc in set(npcs):
+            _check_npc(npc)
+        out = self.engine.act_batch(archetype, players, obs, masks=masks, greedy=greedy)
+        obs_arr = np.ascontiguousarray(np.asarray(obs, dtype=np.float32))
+        mask_arr = None if masks is None else np.ascontiguousarray(np.asarray(masks, dtype=bool))
+        if self.online:
+            self.tracker.record(archetype, players, npcs, obs_arr, mask_arr, out.action, out.logp, out.value, out.decision)
+        if self.log is not None:
+            rt = self.engine.runtime(archetype)
+            self.log.append({
+                "t": "decisions", "time": time.time(), "archetype": archetype, "base": rt.archetype.base_hash,
+                "players": list(players), "npcs": npcs, "obs_dim": int(obs_arr.shape[1]),
+                "obs": obs_arr.tobytes(), "mask": None if mask_arr is None else mask_arr.tobytes(),
+                "decision": out.decision.tobytes(), "action": out.action.astype(np.int64).tobytes(),
+                "logp": out.logp.astype(np.float32).tobytes(), "value": out.value.astype(np.float32).tobytes(),
+                "adapter_version": out.adapter_version.astype(np.int64).tobytes(),
+            })
+        return out
+
+    # -- feedback -------------------------------------------------------------------
+    def feedback(self, player: str, npc: str, reward: float, done: bool = False) -> None:
+        """Attach `reward` to the latest decision of `player`'s `npc`; `done` ends the episode."""
+        self.feedback_batch([player], [npc], [reward], [done])
+
+    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones) -> None:
+        """Feedback for several NPCs at once (one log record)."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        dones = np.asarray(dones, dtype=bool)
+        if not (len(players) == len(npcs) == len(rewards) == len(dones)):
+            raise InvalidInputError("players, npcs, rewards and dones must have the same length")
+        if not np.isfinite(rewards).all():
+            raise InvalidInputError(f"rewards must be finite numbers, got {rewards[~np.isfinite(rewards)][:3].tolist()}")
+        decisions = []
+        for player, npc, reward, done in zip(players, npcs, rewards, dones):
+            validate_player_id(player)
+            _check_npc(npc)
+            if self.online:
+                self.tracker.feedback(player, npc, float(reward), bool(done))
+        self.counters["feedback"] += len(players)
+        if self.log is not None:
+            self.log.append({
+                "t": "feedback", "time": time.time(), "players": list(players), "npcs": list(npcs),
+                "reward": rewards.tolist(), "done": dones.tolist(),
+            })
+
+    # -- training -------------------------------------------------------------------
+    def train_pending(self, max_players: int | None = None) -> int:
+        """Update every player with enough completed episodes, batched per archetype."""
+        if not self.online:
+            return 0
+        with self._train_lock:
+            ready = self.tracker.ready(self.online.episodes_per_update)
+            if max_players is not None:
+                ready = ready[:max_players]
+            taken = self.tracker.take(ready)
+            by_arch: dict[str, list[PlayerUpdate]] = {}
+            for (archetype, player), episodes in taken.items():
+                current = self.engine.get_adapter(archetype, player)
+                rt = self.engine.runtime(archetype)
+                flat = rt.layout.pack(current) if current is not None else rt.layout.pack(self.engine.new_adapter(archetype, player))
+                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
+            done = 0
+            for archetype, items in by_arch.items():
+                rt = self.engine.runtime(archetype)
+                for outcome in self.trainers[archetype].update(items):
+                    if outcome.params is None:
+                        self.counters["skipped_updates"] += 1
+                        continue
+                    self.engine.set_adapter(archetype, outcome.player, rt.layout.unpack(outcome.params), updates=1)
+                    self.counters["updates"] += 1
+                    self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
+                    done += 1
+            return done
+
+    def start_background_training(self, interval: float = 0.05) -> None:
+        """Run `train_pending` in a daemon thread while decisions keep being served."""
+        if self._background is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.train_pending()
+                except Exception:  # keep serving; the error is logged
+                    log.exception("online training step failed")
+
+        self._background = threading.Thread(target=loop, name="npcadapt-online-trainer", daemon=True)
+        self._background.start()
+
+    def stop_background_training(self) -> None:
+        if self._background is not None:
+            self._stop.set()
+            self._background.join()
+            self._background = None
+
+    # -- adapters and lifecycle -----------------------------------------------------------
+    def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
+        return self.engine.adapter_info(archetype, player)
+
+    def reset_player(self, archetype: str, player: str) -> bool:
+        """Erase the player's adapter and pending episodes: they get the base policy again."""
+        with self._train_lock:
+            self.tracker.forget_player(archetype, player)
+            return self.engine.reset_player(archetype, player)
+
+    def stats(self) -> dict:
+        return {**self.engine.counters, **self.counters, "open_episodes": self.tracker.open_count()}
+
+    def flush(self) -> int:
+        """Persist changed adapters and the interaction log."""
+        written = self.engine.flush()
+        if self.log is not None:
+            self.log.flush()
+        return written
+
+    def close(self) -> None:
+        self.stop_background_training()
+        try:
+            self.engine.close()
+        finally:
+            if self.log is not None:
+                self.log.close()
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open(data_dir: str | Path, **kwargs) -> Service:  # noqa: A001 - mirrors builtins.open on purpose
+    """Open the npcadapt service on `data_dir`; see :class:`Service` for options."""
+    return Service(data_dir, **kwargs)

@@ -1,0 +1,236 @@
+"""Online per-player adapter updates: batched PPO-clip with a KL-to-base guardrail.
+
+Many players' completed episodes are trained together: their adapters are rows of one
+(K, P) parameter tensor, every step of every episode gathers its own player's row, and
+each player's loss is a mean over their own steps. Because rows are disjoint and Adam is
+elementwise, one player's data never moves another player's adapter.
+
+Guardrails:
+- a player whose loss or gradient is not finite is skipped (their adapter unchanged);
+- after the update, an adapter whose mean KL(adapted || base) over that player's
+  observations exceeds ``kl_bound`` is pulled back by scaling its B matrices (which
+  scales the whole low-rank delta) with a bisection that only accepts feasible scales.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from ..episodes import Episode
+from ..policy import ActorCritic, LayerDelta
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OnlineConfig:
+    """Settings of the online adapter trainer."""
+
+    episodes_per_update: int = 4  # completed episodes of one player that trigger an update
+    epochs: int = 4  # gradient steps over those episodes
+    learning_rate: float = 3e-2  # Adam step size on adapter parameters
+    clip_coef: float = 0.2  # PPO ratio clip
+    ent_coef: float = 0.0  # entropy bonus
+    kl_coef: float = 0.0  # soft KL-to-base penalty inside the loss
+    kl_bound: float = 1.0  # hard bound on mean KL(adapted || base), nats; <= 0 disables
+    gamma: float = 0.99  # discount
+    gae_lambda: float = 0.95  # GAE lambda
+    max_grad_norm: float = 1.0  # per-player gradient clip
+    normalize_advantages: bool = True  # per player and update
+
+    def __post_init__(self) -> None:
+        if self.episodes_per_update < 1 or self.epochs < 1:
+            raise ValueError("episodes_per_update and epochs must be >= 1")
+        if not (self.learning_rate > 0 and self.clip_coef > 0 and 0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ValueError(f"invalid online training settings: {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ParamFamily(Protocol):
+    """What the trainer needs from a per-player parameterisation (LoRA layout or dense)."""
+
+    size: int
+
+    def delta_fn(self, rows: torch.Tensor) -> LayerDelta: ...
+
+    def scalable_mask(self) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class PlayerUpdate:
+    """Input for one player: their current parameters and completed episodes."""
+
+    player: str
+    params: torch.Tensor  # (P,) fp32
+    episodes: Sequence[Episode]
+
+
+@dataclass(frozen=True)
+class UpdateOutcome:
+    """Result for one player. `params` is None when the update was skipped."""
+
+    player: str
+    params: torch.Tensor | None
+    kl_to_base: float
+    kl_scaled: float  # 1.0 when the bound did not bite; else the scale applied to B
+    steps: int
+    mean_return: float
+    skipped: str | None = None
+
+
+def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
+    """Advantages of one finished episode (value after the last step is 0)."""
+    adv = np.zeros_like(rewards, dtype=np.float32)
+    last = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
+        delta = rewards[t] + gamma * next_value - values[t]
+        last = delta + gamma * lam * last
+        adv[t] = last
+    return adv
+
+
+class OnlineTrainer:
+    """Batched per-player updates on a frozen base policy."""
+
+    def __init__(self, policy: ActorCritic, family: ParamFamily, config: OnlineConfig = OnlineConfig()):
+        self.policy = policy
+        self.family = family
+        self.config = config
+        self._scalable = family.scalable_mask()
+
+    def _flatten(self, items: Sequence[PlayerUpdate], n_actions: int, device: torch.device):
+        obs, masks, actions, old_logp, adv, owner = [], [], [], [], [], []
+        cfg = self.config
+        for k, item in enumerate(items):
+            player_adv = []
+            for ep in item.episodes:
+                player_adv.append(gae(np.asarray(ep.reward, np.float32), np.asarray(ep.value, np.float32), cfg.gamma, cfg.gae_lambda))
+                obs.extend(ep.obs)
+                masks.extend(np.ones(n_actions, bool) if m is None else m for m in ep.mask)
+                actions.extend(ep.action)
+                old_logp.extend(ep.logp)
+                owner.extend([k] * len(ep))
+            a = np.concatenate(player_adv) if player_adv else np.zeros(0, np.float32)
+            if cfg.normalize_advantages and a.size > 1:
+                a = (a - a.mean()) / (a.std() + 1e-8)
+            adv.append(a)
+        as_t = lambda x, dt: torch.as_tensor(np.asarray(x), dtype=dt, device=device)
+        return (
+            as_t(np.stack(obs), torch.float32),  # (T, D)
+            as_t(np.stack(masks), torch.bool),  # (T, A)
+            as_t(actions, torch.int64),  # (T,)
+            as_t(old_logp, torch.float32),  # (T,)
+            as_t(np.concatenate(adv), torch.float32),  # (T,)
+            as_t(owner, torch.int64),  # (T,)
+        )
+
+    def _log_probs(self, obs, masks, rows: torch.Tensor | None) -> torch.Tensor:
+        """Masked log-probabilities (T, A); rows (T, P) or None for the base."""
+        logits = self.policy.logits(obs, None if rows is None else self.family.delta_fn(rows))
+        return torch.log_softmax(logits.masked_fill(~masks, float("-inf")), dim=-1)
+
+    @staticmethod
+    def _kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """KL(p || base) per row (T,), masked actions contribute 0."""
+        terms = torch.where(masks, logp.exp() * (logp - base_logp), torch.zeros_like(logp))
+        return terms.sum(-1)
+
+    def _per_player_mean(self, values: torch.Tensor, owner: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(counts), dtype=values.dtype, device=values.device).index_add(0, owner, values) / counts
+
+    def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
+        """One PPO update for every player in `items`, computed together."""
+        items = [it for it in items if sum(len(ep) for ep in it.episodes) > 0]
+        if not items:
+            return []
+        cfg = self.config
+        device = next(self.policy.parameters()).device
+        n_actions = self.policy.actor[-1].out_features
+        obs, masks, actions, old_logp, adv, owner = self._flatten(items, n_actions, device)
+        counts = torch.bincount(owner, minlength=len(items)).to(torch.float32)  # (K,)
+        start = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
+        params = start.clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([params], lr=cfg.learning_rate)
+        healthy = torch.ones(len(items), dtype=torch.bool, device=device)
+        with torch.no_grad():
+            base_logp = self._log_probs(obs, masks, None)  # (T, A)
+        for _ in range(cfg.epochs):
+            logp_all = self._log_probs(obs, masks, params.index_select(0, owner))
+            logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)  # (T,)
+            ratio = torch.exp(logp - old_logp)
+            pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv)
+            row_loss = pg
+            if cfg.ent_coef:
+                entropy = -torch.where(masks, logp_all.exp() * logp_all, torch.zeros_like(logp_all)).sum(-1)
+                row_loss = row_loss - cfg.ent_coef * entropy
+            if cfg.kl_coef:
+                row_loss = row_loss + cfg.kl_coef * self._kl_rows(logp_all, base_logp, masks)
+            per_player = self._per_player_mean(row_loss, owner, counts)  # (K,)
+            healthy &= torch.isfinite(per_player)
+            optimizer.zero_grad(set_to_none=False)
+            per_player.where(healthy, torch.zeros_like(per_player)).sum().backward()
+            grad = params.grad
+            healthy &= torch.isfinite(grad).all(dim=1)
+            grad.masked_fill_(~healthy.unsqueeze(1), 0.0)
+            norms = grad.norm(dim=1, keepdim=True)
+            grad.mul_(torch.clamp(cfg.max_grad_norm / (norms + 1e-12), max=1.0))
+            optimizer.step()
+        with torch.no_grad():
+            new = params.detach().where(healthy.unsqueeze(1), start)
+            healthy &= torch.isfinite(new).all(dim=1)
+            new = new.where(healthy.unsqueeze(1), start)
+            new, kl, scale = self._bound_kl(new, obs, masks, owner, counts, base_logp)
+        returns = [float(np.mean([ep.total_reward for ep in it.episodes])) for it in items]
+        out = []
+        for k, item in enumerate(items):
+            ok = bool(healthy[k])
+            out.append(
+                UpdateOutcome(
+                    player=item.player,
+                    params=new[k].cpu().clone() if ok else None,
+                    kl_to_base=float(kl[k]),
+                    kl_scaled=float(scale[k]),
+                    steps=int(counts[k]),
+                    mean_return=returns[k],
+                    skipped=None if ok else "non-finite loss or gradient",
+                )
+            )
+            if not ok:
+                log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
+        return out
+
+    def kl_to_base(self, params: torch.Tensor, obs, masks, owner, counts, base_logp) -> torch.Tensor:
+        """Mean KL(adapted || base) per player (K,) over their observations."""
+        logp = self._log_probs(obs, masks, params.index_select(0, owner))
+        return self._per_player_mean(self._kl_rows(logp, base_logp, masks), owner, counts)
+
+    def _bound_kl(self, params, obs, masks, owner, counts, base_logp, iters: int = 12):
+        kl = self.kl_to_base(params, obs, masks, owner, counts, base_logp)
+        scale = torch.ones(len(counts), device=params.device)
+        bound = self.config.kl_bound
+        over = kl > bound
+        if bound <= 0 or not over.any():
+            return params, kl, scale
+        scalable = self._scalable.to(params.device)
+        lo = torch.zeros_like(scale)
+        hi = torch.ones_like(scale)
+
+        def scaled(c: torch.Tensor) -> torch.Tensor:
+            return params * torch.where(scalable, c.unsqueeze(1), torch.ones_like(c).unsqueeze(1))
+
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            ok = self.kl_to_base(scaled(mid), obs, masks, owner, counts, base_logp) <= bound
+            lo = torch.where(ok, mid, lo)
+            hi = torch.where(ok, hi, mid)
+        scale = torch.where(over, lo, scale)
+        params = scaled(scale)
+        return params, self.kl_to_base(params, obs, masks, owner, counts, base_logp), scale
