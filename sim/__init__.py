@@ -1,1 +1,25 @@
-"""Simulation envs and player personas."""
+"""Simulation envs and player personas; importing this package registers the gymnasium ids.
+
+``npcadapt/Duel-v0``, ``npcadapt/Companion-v0`` and ``npcadapt/Merchant-v0`` take the
+constructor kwargs ``persona``, ``render_mode`` and ``episode_length``.
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+from sim.companion import CompanionEnv
+from sim.duel import DuelEnv
+from sim.merchant import MerchantEnv
+
+ENV_IDS = {
+    "npcadapt/Duel-v0": "sim.duel:DuelEnv",
+    "npcadapt/Companion-v0": "sim.companion:CompanionEnv",
+    "npcadapt/Merchant-v0": "sim.merchant:MerchantEnv",
+}
+
+for _env_id, _entry_point in ENV_IDS.items():
+    if _env_id not in registry:
+        register(id=_env_id, entry_point=_entry_point)
+
+__all__ = ["ENV_IDS", "CompanionEnv", "DuelEnv", "MerchantEnv"]

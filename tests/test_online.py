@@ -1,0 +1,154 @@
+"""Online adapter training: learning, isolation, batching, NaN guard, KL bound, logging."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import npcadapt
+from npcadapt.episodes import Episode
+from npcadapt.log import read_records
+from npcadapt.training.online import OnlineConfig, OnlineTrainer, PlayerUpdate
+
+OBS = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
+FAVOURITE = {"ann": 2, "bob": 0}  # each simulated player rewards one action
+
+
+def policy_probs(svc, player, obs=OBS):
+    rt = svc.engine.runtime("tiny")
+    with torch.no_grad():
+        logits, _ = svc.engine._forward(rt, rt.bank.lookup([player] * len(obs)), torch.from_numpy(obs))
+    return torch.softmax(logits, -1)
+
+
+def play(svc, players, episodes, steps=4, rng=None, train=True):
+    """Bandit episodes: reward 1 for the player's favourite action."""
+    rng = rng or np.random.default_rng(1)
+    for _ in range(episodes):
+        for t in range(steps):
+            obs = OBS[rng.integers(0, len(OBS), size=len(players))]
+            out = svc.act_batch("tiny", players, obs, npcs=["n"] * len(players))
+            rewards = [float(a == FAVOURITE[p]) for a, p in zip(out.action, players)]
+            svc.feedback_batch(players, ["n"] * len(players), rewards, [t == steps - 1] * len(players))
+        if train:
+            svc.train_pending()
+
+
+@pytest.fixture
+def svc(tmp_path, arch_root):
+    service = npcadapt.open(tmp_path / "data", archetype_dirs=[arch_root], seed=0, online=OnlineConfig(kl_bound=3.0))
+    yield service
+    service.close()
+
+
+def test_adaptation_improves_one_player_and_leaves_others_bit_identical(svc):
+    carl_before = policy_probs(svc, "carl")
+    before = policy_probs(svc, "ann")[:, FAVOURITE["ann"]].mean()
+    play(svc, ["ann"], episodes=40)
+    after = policy_probs(svc, "ann")[:, FAVOURITE["ann"]].mean()
+    assert after > before + 0.5
+    assert torch.equal(policy_probs(svc, "carl"), carl_before)
+    info = svc.adapter_info("tiny", "ann")
+    assert info.version == svc.counters["updates"] == 10 and info.updates == 10
+
+
+def test_batched_update_equals_each_player_alone(svc):
+    trainer = svc.trainers["tiny"]
+    rt = svc.engine.runtime("tiny")
+    rng = np.random.default_rng(2)
+
+    def episodes(player):
+        eps = []
+        for _ in range(3):
+            ep = Episode("tiny", player, "n")
+            for _ in range(5):
+                ep.obs.append(OBS[rng.integers(0, 3)])
+                ep.mask.append(None)
+                ep.action.append(int(rng.integers(0, 4)))
+                ep.logp.append(float(np.log(0.25)))
+                ep.value.append(0.0)
+                ep.reward.append(float(rng.normal()))
+                ep.decision.append(0)
+            eps.append(ep)
+        return eps
+
+    items = [PlayerUpdate(p, rt.layout.pack(svc.engine.new_adapter("tiny", p)), episodes(p)) for p in ("ann", "bob", "cid")]
+    together = trainer.update(items)
+    for item, joint in zip(items, together):
+        alone = trainer.update([item])[0]
+        assert torch.allclose(joint.params, alone.params, atol=1e-6)
+        assert not torch.equal(joint.params, item.params)
+
+
+def test_nan_update_is_skipped_and_last_good_adapter_kept(svc):
+    play(svc, ["ann", "bob"], episodes=4)
+    rt = svc.engine.runtime("tiny")
+    good = {p: rt.layout.pack(svc.engine.get_adapter("tiny", p)) for p in ("ann", "bob")}
+    ep_bad = Episode("tiny", "ann", "n", obs=[OBS[0]], mask=[None], action=[1], logp=[-1.0], value=[0.0], reward=[float("nan")], decision=[0])
+    ep_ok = Episode("tiny", "bob", "n", obs=[OBS[0], OBS[1]], mask=[None, None], action=[1, 0], logp=[-1.0, -1.0], value=[0.0, 0.0], reward=[1.0, 0.0], decision=[0, 0])
+    outcomes = svc.trainers["tiny"].update([PlayerUpdate("ann", good["ann"], [ep_bad]), PlayerUpdate("bob", good["bob"], [ep_ok])])
+    assert outcomes[0].params is None and "non-finite" in outcomes[0].skipped
+    assert outcomes[1].params is not None and not torch.equal(outcomes[1].params, good["bob"])
+    # through the service: a NaN reward is refused at the door and nothing changes
+    version = svc.adapter_info("tiny", "ann").version
+    svc.act("tiny", "ann", OBS[0], npc="n")
+    with pytest.raises(npcadapt.NpcAdaptError, match="finite"):
+        svc.feedback("ann", "n", float("nan"), done=True)
+    assert svc.adapter_info("tiny", "ann").version == version
+
+
+def test_kl_bound_holds(tmp_path, arch_root):
+    bound = 0.05
+    svc = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], online=OnlineConfig(kl_bound=bound, learning_rate=0.1))
+    play(svc, ["ann"], episodes=30)
+    base = policy_probs(svc, "nobody")
+    adapted = policy_probs(svc, "ann")
+    kl = (adapted * (adapted.log() - base.log())).sum(-1).mean()
+    assert 0.01 < kl <= bound + 1e-4
+    assert svc.counters["kl_bounded"] > 0
+    svc.close()
+
+
+def test_decisions_and_feedback_are_recorded(svc):
+    play(svc, ["ann", "bob"], episodes=2, train=False)
+    svc.flush()
+    records = list(read_records(svc.data_dir / "logs"))
+    decisions = [r for r in records if r["t"] == "decisions"]
+    feedback = [r for r in records if r["t"] == "feedback"]
+    assert len(decisions) == 8 and len(feedback) == 8
+    first = decisions[0]
+    assert first["players"] == ["ann", "bob"] and first["archetype"] == "tiny"
+    assert np.frombuffer(first["obs"], np.float32).reshape(2, 6).shape == (2, 6)
+    assert first["base"] == svc.engine.runtime("tiny").archetype.base_hash
+    assert sum(sum(r["reward"]) for r in feedback) >= 0 and feedback[-1]["done"] == [True, True]
+
+
+def test_background_training_runs_while_serving(svc):
+    svc.start_background_training(interval=0.01)
+    try:
+        play(svc, ["ann", "bob"], episodes=30, train=False)
+        for _ in range(200):
+            if svc.counters["updates"] >= 4:
+                break
+            threading.Event().wait(0.02)
+    finally:
+        svc.stop_background_training()
+    assert svc.counters["updates"] >= 4
+    assert svc.adapter_info("tiny", "ann").version >= 1
+
+
+def test_reset_erases_adapter_and_pending_episodes(svc):
+    play(svc, ["ann"], episodes=8)
+    svc.flush()
+    assert svc.adapter_info("tiny", "ann") is not None
+    assert svc.reset_player("tiny", "ann")
+    assert svc.adapter_info("tiny", "ann") is None
+    assert torch.equal(policy_probs(svc, "ann"), policy_probs(svc, "nobody"))
+
+
+def test_feedback_without_decision_is_a_clear_error(svc):
+    with pytest.raises(npcadapt.NpcAdaptError, match="no decision"):
+        svc.feedback("ghost", "n", 1.0)
