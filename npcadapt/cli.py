@@ -115,6 +115,12 @@ def _cmd_bench(args) -> int:
         from .bench.store import run
 
         result = run(seed=args.seed)
+    elif args.which == "adapt":
+        from .bench.adapt import run
+        from .training.online import OnlineConfig
+
+        result = run(args.env, players_per_persona=args.players_per_persona, episodes=args.episodes, seed=args.seed,
+                     config=OnlineConfig(kl_bound=args.kl_bound))
     else:
         from .bench.log import run
 
@@ -135,8 +141,109 @@ def _add_bench(sub) -> None:
     st = bsub.add_parser("store", help="adapter store saves/loads per second and cold-load latency")
     st.add_argument("--seed", type=int, default=0)
     bsub.add_parser("log", help="interaction log appends per second")
+    ad = bsub.add_parser("adapt", help="adaptation quality per persona vs oracle and full fine-tuning")
+    ad.add_argument("--env", default="npcadapt/Duel-v0")
+    ad.add_argument("--episodes", type=int, default=200, help="episodes per player")
+    ad.add_argument("--players-per-persona", type=int, default=2)
+    ad.add_argument("--kl-bound", type=float, default=3.0)
+    ad.add_argument("--seed", type=int, default=0)
     for q in bsub.choices.values():
         q.set_defaults(func=_cmd_bench)
+
+
+# -- train --------------------------------------------------------------------------
+def _find_archetype_dir(name: str, extra) -> Path:
+    from .archetypes import find_archetypes
+
+    found = find_archetypes(_archetype_dirs(argparse.Namespace(archetypes=extra)))
+    if name not in found:
+        raise NpcAdaptError(f"unknown archetype {name!r}; known: {sorted(found)}")
+    return found[name].directory
+
+
+def _cmd_train_base(args) -> int:
+    from .training.base import BaseTrainConfig, train_base
+
+    directory = _find_archetype_dir(args.archetype, args.archetypes)
+    from .archetypes import load_archetype
+
+    env_id = args.env or load_archetype(directory).spec.env
+    if not env_id:
+        raise NpcAdaptError(f"archetype {args.archetype!r} names no env; pass --env ID or module:Class")
+    kwargs = {"persona": "average"} if env_id.startswith("npcadapt/") else {}
+    config = BaseTrainConfig(env_id=env_id, env_kwargs=kwargs, total_steps=args.steps, num_envs=args.envs,
+                             ent_coef=args.ent_coef, seed=args.seed, init_from_current=not args.fresh)
+    result = train_base(directory, config, progress=not args.quiet)
+    print(f"trained {args.archetype} on {env_id}: {result.steps} steps in {result.seconds:.1f}s, "
+          f"final return {result.final_return:.3f}, new version {result.archetype.base_hash}")
+    print(f"wrote {directory}/{result.archetype.spec.weights}, train_config.toml, train_result.json")
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train archetype bases")
+    tsub = p.add_subparsers(dest="train_cmd", required=True)
+    base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")
+    base.add_argument("--archetype", required=True, help="archetype name")
+    base.add_argument("--env", help="gymnasium id or module:Class (default: the archetype's env)")
+    base.add_argument("--steps", type=int, default=200_000, help="environment steps (default 200k)")
+    base.add_argument("--envs", type=int, default=16, help="parallel envs (default 16)")
+    base.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (keeps the base adaptable)")
+    base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--fresh", action="store_true", help="start from fresh weights instead of the current ones")
+    base.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    base.add_argument("--quiet", action="store_true", help="no progress bar")
+    base.set_defaults(func=_cmd_train_base)
+
+
+# -- sim ------------------------------------------------------------------------------
+def _online_config(args):
+    from .training.online import OnlineConfig
+
+    return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr, kl_bound=args.kl_bound)
+
+
+def _cmd_sim(args) -> int:
+    from tqdm import tqdm
+
+    from sim.loop import format_table, run_simulation, write_report
+
+    from .bench.adapt import archetype_for_env
+    from .service import Service
+
+    dirs = _archetype_dirs(args)
+    archetype = args.archetype or archetype_for_env(args.env, dirs)
+    data = Path(args.data)
+    with Service(data, archetype_dirs=dirs, seed=args.seed, online=_online_config(args), record=not args.no_record) as svc:
+        with tqdm(total=args.episodes, desc=f"sim {args.env}", unit="ep", disable=args.quiet) as bar:
+            report = run_simulation(svc, args.env, archetype, players=args.players, episodes=args.episodes,
+                                    seed=args.seed, train=not args.no_adapt, on_episode=lambda _: bar.update())
+        report["stats"] = svc.stats()
+    json_path, png_path = write_report(report, args.out)
+    print(format_table(report))
+    print(f"{report['players']} players x {args.episodes} episodes in {report['seconds']:.1f}s "
+          f"({report['decisions_per_s']} decisions/s, {report['stats']['updates']} adapter updates)")
+    print(f"report: {json_path}\nplot:   {png_path}\nadapters and recorded sessions: {data}")
+    return 0
+
+
+def _add_sim(sub) -> None:
+    p = sub.add_parser("sim", help="run simulated players through the engine with online adaptation")
+    p.add_argument("--env", default="npcadapt/Duel-v0", help="gymnasium env id (default npcadapt/Duel-v0)")
+    p.add_argument("--archetype", help="archetype (default: the one whose env matches)")
+    p.add_argument("--players", type=int, default=64)
+    p.add_argument("--episodes", type=int, default=200, help="episodes per player")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="data/sim", help="data directory: adapters and interaction logs")
+    p.add_argument("--out", default="runs/sim", help="where report.json and returns.png go")
+    p.add_argument("--episodes-per-update", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
+    p.add_argument("--kl-bound", type=float, default=3.0, help="max mean KL(adapted || base), nats")
+    p.add_argument("--no-adapt", action="store_true", help="serve the base only (a control run)")
+    p.add_argument("--no-record", action="store_true", help="do not write the interaction log")
+    p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sim)
 
 
 # -- main -----------------------------------------------------------------------------
@@ -149,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_archetype, _add_bench]
+_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,18 @@ class Service:
             })
         return out
 
+    def action_probs(self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False) -> np.ndarray:
+        """Action probabilities (N, A) of each row's current policy (or of the base), no sampling."""
+        rt = self.engine.runtime(archetype)
+        obs_t = self.engine._check_obs(obs, len(players), rt.archetype.spec.obs_dim)
+        mask_t = self.engine._check_masks(masks, len(players), rt.archetype.spec.n_actions)
+        slots = np.zeros(len(players), np.int64) if base else self.engine._slots(rt.bank, players)
+        with torch.inference_mode():
+            logits, _ = self.engine._forward(rt, slots, obs_t)
+            if mask_t is not None:
+                logits = logits.masked_fill(~mask_t, float("-inf"))
+            return torch.softmax(logits, -1).cpu().numpy()
+
     # -- feedback -------------------------------------------------------------------
     def feedback(self, player: str, npc: str, reward: float, done: bool = False) -> None:
         """Attach `reward` to the latest decision of `player`'s `npc`; `done` ends the episode."""

