@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -130,9 +131,8 @@ def test_background_training_runs_while_serving(svc):
     svc.start_background_training(interval=0.01)
     try:
         play(svc, ["ann", "bob"], episodes=30, train=False)
-        for _ in range(200):
-            if svc.counters["updates"] >= 4:
-                break
+        deadline = time.monotonic() + 30
+        while svc.counters["updates"] < 4 and time.monotonic() < deadline:
             threading.Event().wait(0.02)
     finally:
         svc.stop_background_training()
