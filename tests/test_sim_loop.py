@@ -1,0 +1,110 @@
+"""The simulation loop, its report and the sim / bench CLI commands, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import npcadapt
+from npcadapt.cli import main
+from npcadapt.log import read_records
+from sim.loop import run_simulation
+
+
+@pytest.fixture(scope="module")
+def duel_report(tmp_path_factory):
+    svc = npcadapt.open(tmp_path_factory.mktemp("sim"), seed=0, record=False)
+    report = run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=10, episodes=40, seed=0)
+    svc.close()
+    return report
+
+
+def test_named_personas_gain_and_noise_stays_bounded(duel_report):
+    personas = duel_report["personas"]
+    assert set(personas) >= {"brawler", "high_blocker", "average", "noise"}
+    assert duel_report["mean_gain"] > 0.3  # 40 episodes already close a good part of the gap
+    for name, p in personas.items():
+        assert p["base_return"] <= p["oracle_return"] + 1e-6
+        assert p["kl_to_base"] <= npcadapt.OnlineConfig().kl_bound + 0.25  # bound holds per update's states
+        if name not in ("average", "noise"):
+            assert p["adapted_return"] > p["base_return"]
+
+
+def test_curves_start_at_base_and_are_per_episode(duel_report):
+    p = duel_report["personas"]["brawler"]
+    assert len(p["curve"]) == 40 and len(p["realised"]) == 40
+    assert p["curve"][-1] == pytest.approx(p["adapted_return"], abs=1e-3)
+
+
+def test_same_seed_same_report(tmp_path):
+    reports = []
+    for i in range(2):
+        svc = npcadapt.open(tmp_path / str(i), seed=3, record=False)
+        reports.append(run_simulation(svc, "npcadapt/Merchant-v0", "merchant", players=4, episodes=8, seed=3))
+        svc.close()
+    assert reports[0]["personas"] == reports[1]["personas"]
+
+
+def test_sim_command_writes_report_plot_and_recording(tmp_path, capsys):
+    out, data = tmp_path / "out", tmp_path / "data"
+    rc = main(["sim", "--env", "npcadapt/Companion-v0", "--players", "10", "--episodes", "8",
+               "--data", str(data), "--out", str(out), "--quiet"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "potion_lover" in text and "mean gain" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["archetype"] == "companion" and report["stats"]["updates"] > 0
+    png = (out / "returns.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    records = list(read_records(data / "logs"))
+    decisions = sum(len(r["players"]) for r in records if r["t"] == "decisions")
+    assert decisions == 10 * 8 * 12
+    assert list((data / "adapters" / "companion").rglob("*.safetensors"))
+
+
+def test_sim_without_adaptation_stays_at_base(tmp_path, capsys):
+    rc = main(["sim", "--players", "10", "--episodes", "4", "--no-adapt", "--no-record",
+               "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    for p in report["personas"].values():
+        assert p["adapted_return"] == pytest.approx(p["base_return"], abs=1e-3)
+
+
+def test_bench_adapt_reports_lora_and_full_finetune(tmp_path):
+    from npcadapt.bench.adapt import run
+
+    result = run("npcadapt/Duel-v0", players_per_persona=1, episodes=8, seed=0)
+    assert set(result) >= {"mean_gain", "lora_vs_full", "adapter_param_fraction", "episodes_per_player", "personas"}
+    assert 0 < result["adapter_param_fraction"] < 0.5
+    p = result["personas"]["turtle"]
+    assert set(p) >= {"base_return", "adapted_return", "oracle_return", "full_ft_return", "gain", "kl_to_base"}
+    assert np.isfinite(p["full_ft_return"]) and p["full_ft_return"] != p["base_return"]
+
+
+def test_bench_inference_prints_one_json_line(capsys):
+    rc = main(["bench", "inference", "--rows", "64", "--resident", "256", "--repeats", "3", "--memory-players", "1000"])
+    assert rc == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1
+    result = json.loads(lines[0])
+    for key in ("decisions_per_s", "ratio_vs_base", "speedup_vs_loop", "floor_ratio", "bf16_decisions_per_s"):
+        assert result[key] > 0
+    assert result["bf16_greedy_agreement"] > 0.9
+
+
+def test_train_base_command_on_a_user_archetype(tmp_path, capsys):
+    assert main(["archetype", "init", "pole", "--obs", "state:4", "--actions", "left,right",
+                 "--dir", str(tmp_path), "--hidden", "16,16"]) == 0
+    rc = main(["train", "base", "--archetype", "pole", "--archetypes", str(tmp_path),
+               "--env", "CartPole-v1", "--steps", "4096", "--quiet"])
+    assert rc == 0
+    assert "new version" in capsys.readouterr().out
+    assert (tmp_path / "pole" / "train_result.json").is_file()
+
+
+def test_cli_errors_are_clear(capsys):
+    assert main(["archetype", "show", "nope"]) == 2
+    assert "unknown archetype" in capsys.readouterr().err
