@@ -110,7 +110,8 @@ def _cmd_bench(args) -> int:
     if args.which == "inference":
         from .bench.inference import run
 
-        result = run(rows=args.rows, resident=args.resident, repeats=args.repeats, seed=args.seed, memory_players=args.memory_players)
+        result = run(rows=args.rows, resident=args.resident, repeats=args.repeats, seed=args.seed,
+                     memory_players=args.memory_players, compile=args.compile)
     elif args.which == "store":
         from .bench.store import run
 
@@ -138,6 +139,7 @@ def _add_bench(sub) -> None:
     inf.add_argument("--repeats", type=int, default=30)
     inf.add_argument("--memory-players", type=int, default=100_000, help="players for the memory figure (0 skips it)")
     inf.add_argument("--seed", type=int, default=0)
+    inf.add_argument("--compile", action="store_true", help="also measure the torch.compile'd kernel (slow start)")
     st = bsub.add_parser("store", help="adapter store saves/loads per second and cold-load latency")
     st.add_argument("--seed", type=int, default=0)
     bsub.add_parser("log", help="interaction log appends per second")

@@ -284,3 +284,18 @@ def test_cuda_requested_without_device_is_a_clear_error(tmp_path, arch_root):
         pytest.skip("CUDA is available")
     with pytest.raises(InvalidInputError, match="cuda"):
         Engine(tmp_path / "d", archetype_dirs=[arch_root], device="cuda")
+
+
+def test_compiled_forward_matches_eager(tmp_path, arch_root):
+    obs = torch.from_numpy(np.random.default_rng(9).standard_normal((12, 6)).astype(np.float32))
+    outs = []
+    for compiled in (False, True):
+        eng = Engine(tmp_path / str(compiled), archetype_dirs=[arch_root], compile=compiled)
+        for i in range(3):
+            eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", seed=i))
+        rt = eng.runtime("tiny")
+        with torch.inference_mode():
+            outs.append(eng._forward(rt, rt.bank.lookup([f"p{i % 4}" for i in range(12)]), obs))
+        eng.close()
+    assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-5
+    assert (outs[0][1] - outs[1][1]).abs().max() <= 1e-5

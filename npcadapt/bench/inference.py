@@ -56,7 +56,11 @@ def _per_player_loop(engine: Engine, players: list[str], obs: torch.Tensor) -> N
             rt.policy(obs[i : i + 1], delta)
 
 
-def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int = 0, memory_players: int = 100_000) -> dict:
+VARIANTS = {("float32", False): "", ("bfloat16", False): "bf16_", ("float32", True): "compiled_", ("bfloat16", True): "compiled_bf16_"}
+
+
+def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int = 0, memory_players: int = 100_000,
+        compile: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     tmp = Path(tempfile.mkdtemp(prefix="npcadapt-bench-"))
     reference_archetype(tmp / "arch", seed=seed)
@@ -65,8 +69,10 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
     result: dict = {"benchmark": "inference", "rows": rows, "resident": resident, "threads": torch.get_num_threads()}
     logits_by_dtype = {}
     batch_index = rng.choice(resident, size=rows, replace=False)
-    for dtype in ("float32", "bfloat16"):
-        engine = Engine(tmp / f"data-{dtype}", archetype_dirs=[tmp / "arch"], capacity=resident, adapter_dtype=dtype)
+    for (dtype, compiled), prefix in VARIANTS.items():
+        if compiled and not compile:
+            continue
+        engine = Engine(tmp / f"data-{prefix}", archetype_dirs=[tmp / "arch"], capacity=resident, adapter_dtype=dtype, compile=compiled)
         players = _fill(engine, resident, seed)
         batch = [players[i] for i in batch_index]
         rt = engine.runtime("reference")
@@ -74,7 +80,7 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
         slots = rt.bank.lookup(batch)
         with torch.inference_mode():
             t_kernel = median_seconds(lambda: engine._forward(rt, slots, obs), repeats)
-            logits_by_dtype[dtype] = engine._forward(rt, slots, obs)[0]
+            logits_by_dtype[prefix] = engine._forward(rt, slots, obs)[0]
         nobody = [f"new-{i}" for i in range(rows)]
         t_base = median_seconds(lambda: engine.act_batch("reference", nobody, obs_np), repeats)
         one = [players[0]] * rows
@@ -83,7 +89,6 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
         row_bytes = rt.layout.size * rt.bank.storage.element_size()
         bandwidth = read_bandwidth(bank_bytes)
         floor = rows * row_bytes / bandwidth
-        prefix = "" if dtype == "float32" else "bf16_"
         result.update({
             f"{prefix}decisions_per_s": round(rows / t_batched),
             f"{prefix}kernel_decisions_per_s": round(rows / t_kernel),
@@ -93,7 +98,7 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
             f"{prefix}kernel_floor_ratio": round(t_kernel / floor, 3),
             f"{prefix}adapter_bytes": row_bytes,
         })
-        if dtype == "float32":
+        if prefix == "":
             loop_players = batch[: min(rows, 256)]
             t_loop = median_seconds(lambda: _per_player_loop(engine, loop_players, obs), max(3, repeats // 10), 1)
             result["speedup_vs_loop"] = round((t_loop / len(loop_players) * rows) / t_batched, 1)
@@ -101,11 +106,11 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
         engine.close()
         del engine, rt
         gc.collect()
-    diff = (logits_by_dtype["float32"] - logits_by_dtype["bfloat16"]).abs()
-    result["bf16_max_abs_logit_diff"] = float(diff.max())
-    result["bf16_greedy_agreement"] = float(
-        (logits_by_dtype["float32"].argmax(-1) == logits_by_dtype["bfloat16"].argmax(-1)).float().mean()
-    )
+    reference = logits_by_dtype[""]
+    for prefix, logits in logits_by_dtype.items():
+        if prefix:
+            result[f"{prefix}max_abs_logit_diff"] = float((reference - logits).abs().max())
+            result[f"{prefix}greedy_agreement"] = float((reference.argmax(-1) == logits.argmax(-1)).float().mean())
     if memory_players:
         result.update(_memory(tmp, memory_players, seed))
     return result
