@@ -56,9 +56,10 @@ class Service:
         online: OnlineConfig | None = OnlineConfig(),
         record: bool = True,
         log_segment_bytes: int = 64 * 2**20,
+        compile: bool = False,
     ):
         self.engine = Engine(data_dir, archetype_dirs=archetype_dirs, capacity=capacity,
-                             adapter_dtype=adapter_dtype, device=device, seed=seed)
+                             adapter_dtype=adapter_dtype, device=device, seed=seed, compile=compile)
         self.data_dir = self.engine.data_dir
         self.log = InteractionLog(self.data_dir / "logs", segment_bytes=log_segment_bytes, fsync_on_flush=True) if record else None
         self.online = online
