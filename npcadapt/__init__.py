@@ -8,11 +8,11 @@
     svc.close()
 """
 
-from .engine import Engine, open_engine
+from .engine import Engine
 from .errors import NpcAdaptError
 from .service import Service, open
 from .training.online import OnlineConfig
 from .types import AdapterInfo, BatchDecision, Decision
 
-__all__ = ["Engine", "open_engine", "Service", "open", "OnlineConfig", "NpcAdaptError", "AdapterInfo", "BatchDecision", "Decision"]
+__all__ = ["Engine", "Service", "open", "OnlineConfig", "NpcAdaptError", "AdapterInfo", "BatchDecision", "Decision"]
 __version__ = "0.1.0"

@@ -112,6 +112,14 @@ def find_archetypes(roots: Iterable[str | Path]) -> dict[str, Archetype]:
     return found
 
 
+def archetype_for_env(env_id: str, archetypes: Mapping[str, Archetype]) -> str:
+    """Name of the archetype whose definition says it is trained in `env_id`."""
+    names = [name for name, arch in archetypes.items() if arch.spec.env == env_id]
+    if not names:
+        raise ArchetypeError(f"no archetype declares env = {env_id!r}; known: {[(n, a.spec.env) for n, a in archetypes.items()]}")
+    return names[0]
+
+
 def save_base(directory: str | Path, spec: ArchetypeSpec, policy: ActorCritic) -> Archetype:
     """Write `archetype.toml` and the base weights (atomically), return the loaded archetype."""
     directory = Path(directory)

@@ -61,6 +61,16 @@ def _archetype_dirs(args) -> list[Path]:
     return [BUILTIN_DIR, *map(Path, args.archetypes or [])]
 
 
+def _archetype(args, name: str):
+    """The named archetype from the built-in and --archetypes directories."""
+    from .archetypes import find_archetypes
+
+    found = find_archetypes(_archetype_dirs(args))
+    if name not in found:
+        raise NpcAdaptError(f"unknown archetype {name!r}; known: {sorted(found)}")
+    return found[name]
+
+
 def _cmd_archetype_list(args) -> int:
     from .archetypes import find_archetypes
 
@@ -71,12 +81,7 @@ def _cmd_archetype_list(args) -> int:
 
 
 def _cmd_archetype_show(args) -> int:
-    from .archetypes import find_archetypes
-
-    found = find_archetypes(_archetype_dirs(args))
-    if args.name not in found:
-        raise NpcAdaptError(f"unknown archetype {args.name!r}; known: {sorted(found)}")
-    print(json.dumps(found[args.name].describe(), indent=2))
+    print(json.dumps(_archetype(args, args.name).describe(), indent=2))
     return 0
 
 
@@ -154,22 +159,12 @@ def _add_bench(sub) -> None:
 
 
 # -- train --------------------------------------------------------------------------
-def _find_archetype_dir(name: str, extra) -> Path:
-    from .archetypes import find_archetypes
-
-    found = find_archetypes(_archetype_dirs(argparse.Namespace(archetypes=extra)))
-    if name not in found:
-        raise NpcAdaptError(f"unknown archetype {name!r}; known: {sorted(found)}")
-    return found[name].directory
-
-
 def _cmd_train_base(args) -> int:
     from .training.base import BaseTrainConfig, train_base
 
-    directory = _find_archetype_dir(args.archetype, args.archetypes)
-    from .archetypes import load_archetype
-
-    env_id = args.env or load_archetype(directory).spec.env
+    arch = _archetype(args, args.archetype)
+    directory = arch.directory
+    env_id = args.env or arch.spec.env
     if not env_id:
         raise NpcAdaptError(f"archetype {args.archetype!r} names no env; pass --env ID or module:Class")
     kwargs = {"persona": "average"} if env_id.startswith("npcadapt/") else {}
@@ -210,13 +205,13 @@ def _cmd_sim(args) -> int:
 
     from sim.loop import format_table, run_simulation, write_report
 
-    from .bench.adapt import archetype_for_env
+    from .archetypes import archetype_for_env
     from .service import Service
 
-    dirs = _archetype_dirs(args)
-    archetype = args.archetype or archetype_for_env(args.env, dirs)
     data = Path(args.data)
-    with Service(data, archetype_dirs=dirs, seed=args.seed, online=_online_config(args), record=not args.no_record) as svc:
+    with Service(data, archetype_dirs=_archetype_dirs(args), seed=args.seed, online=_online_config(args),
+                 record=not args.no_record) as svc:
+        archetype = args.archetype or archetype_for_env(args.env, svc.archetypes)
         with tqdm(total=args.episodes, desc=f"sim {args.env}", unit="ep", disable=args.quiet) as bar:
             report = run_simulation(svc, args.env, archetype, players=args.players, episodes=args.episodes,
                                     seed=args.seed, train=not args.no_adapt, on_episode=lambda _: bar.update())

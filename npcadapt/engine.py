@@ -24,14 +24,11 @@ import torch
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
 from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError
 from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
-from .lora.functional import lora_delta
-from .policy import ActorCritic
-from .store import AdapterMeta, AdapterSpec, AdapterStore, validate_player_id
+from .policy import ActorCritic, masked_log_probs
+from .store import DTYPES, AdapterMeta, AdapterSpec, AdapterStore, validate_player_id
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -150,11 +147,8 @@ class Engine:
         greedy: bool = False,
     ) -> Decision:
         """One decision for one player's NPC."""
-        masks = None if mask is None else np.asarray(mask)[None]
-        obs_arr = np.asarray(obs, dtype=np.float32) if not isinstance(obs, torch.Tensor) else obs
-        if getattr(obs_arr, "ndim", 0) != 1:
-            raise InvalidInputError(f"obs must be a flat list of numbers, got shape {tuple(np.shape(obs_arr))}")
-        return self.act_batch(archetype, [player], obs_arr[None], masks=masks, greedy=greedy).row(0)
+        obs_rows, masks = single_row(obs, mask)
+        return self.act_batch(archetype, [player], obs_rows, masks=masks, greedy=greedy).row(0)
 
     def act_batch(
         self,
@@ -190,13 +184,27 @@ class Engine:
             action_names=spec.actions,
         )
 
+    def action_probs(self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False) -> np.ndarray:
+        """Action probabilities (N, A) of each row's current policy (or of the base); no sampling."""
+        rt = self.runtime(archetype)
+        spec = rt.archetype.spec
+        obs_t = self._check_obs(obs, len(players), spec.obs_dim)
+        mask_t = self._check_masks(masks, len(players), spec.n_actions)
+        slots = np.zeros(len(players), np.int64) if base else self._slots(rt.bank, players)
+        with torch.inference_mode():
+            logits, _ = self._forward(rt, slots, obs_t)
+            return masked_log_probs(logits, mask_t).exp().cpu().numpy()
+
     def _slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
+        """Slots for a batch. Ids are validated where they are first seen: the store's loader."""
         if isinstance(players, (str, bytes)):
             raise InvalidInputError("players must be a sequence of player ids, not a single string")
-        for p in players:
-            if not bank.knows(p):
+        try:
+            return bank.lookup(players)
+        except TypeError:  # an unhashable id: name it
+            for p in players:
                 validate_player_id(p)
-        return bank.lookup(players)
+            raise
 
     def _forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dispatch: all-base rows -> plain forward; one adapter -> low-rank product; else gather."""
@@ -206,14 +214,7 @@ class Engine:
             if first == ZERO_SLOT:
                 return rt.policy(obs)
             flat = rt.bank.gather(slots[:1])[0].to(obs.dtype)  # (P,)
-            views = layout.unpack(flat)
-            by_name = {l.name: (views[f"{l.name}.lora_A"], views[f"{l.name}.lora_B"]) for l in layout.layers}
-
-            def single(name: str, x: torch.Tensor) -> torch.Tensor | None:
-                ab = by_name.get(name)
-                return None if ab is None else lora_delta(x, ab[0], ab[1], layout.scale)
-
-            return rt.policy(obs, single)
+            return rt.policy(obs, layout.single_delta_fn(flat))
         if self.compile:
             return self._compiled_forward(rt, slots, obs)
         rows = rt.bank.gather(slots).to(obs.dtype)  # (N, P) snapshot
@@ -235,18 +236,8 @@ class Engine:
     def _sample(
         self, logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Masked categorical: masked actions get probability exactly 0 and are never drawn."""
-        if mask is not None:
-            logits = logits.masked_fill(~mask, float("-inf"))
-        logp_all = torch.log_softmax(logits, dim=-1)  # (N, A)
-        probs = logp_all.exp()
-        entropy = -torch.where(probs > 0, probs * logp_all, torch.zeros_like(probs)).sum(-1)
         with self._rng_lock:
-            action = torch.multinomial(probs, 1, generator=self._generator).squeeze(1)  # (N,)
-        if greedy is not None:
-            action = torch.where(greedy, logp_all.argmax(-1), action)
-        logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
-        return action, logp, entropy
+            return sample_actions(logits, mask, greedy, self._generator)
 
     # -- validation -----------------------------------------------------------------
     def _check_obs(self, obs, n: int, obs_dim: int) -> torch.Tensor:
@@ -291,32 +282,49 @@ class Engine:
         return torch.from_numpy(arr).to(self.device)
 
     # -- adapters -----------------------------------------------------------------
-    def new_adapter(self, archetype: str, player: str, *, seed: int | None = None) -> dict[str, torch.Tensor]:
-        """A fresh adapter (A random, B zero) for `player`: it reproduces the base exactly."""
+    def fresh_adapter_row(self, archetype: str, player: str, *, seed: int | None = None) -> torch.Tensor:
+        """A new packed adapter (P,) with A random and B zero: it reproduces the base exactly.
+
+        Without a seed, the seed derives from (archetype, player), so it is reproducible.
+        """
         rt = self.runtime(archetype)
         if seed is None:
-            seed = int.from_bytes(hashlib.sha256(f"{archetype}\0{player}".encode("utf-8", "surrogatepass")).digest()[:7], "little")
-        gen = torch.Generator().manual_seed(seed)
-        return {k: v.clone() for k, v in rt.layout.unpack(rt.layout.fresh(gen)).items()}
+            key = f"{archetype}\0{player}".encode("utf-8", "surrogatepass")
+            seed = int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
+        return rt.layout.fresh(torch.Generator().manual_seed(seed))
 
-    def get_adapter(self, archetype: str, player: str) -> dict[str, torch.Tensor] | None:
-        """The player's current adapter tensors (fp32 copies), or None if they have none."""
+    def new_adapter(self, archetype: str, player: str, *, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """:meth:`fresh_adapter_row` as named tensors ('<layer>.lora_A', '<layer>.lora_B')."""
+        return self._named(archetype, self.fresh_adapter_row(archetype, player, seed=seed))
+
+    def _named(self, archetype: str, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.runtime(archetype).layout.unpack(flat).items()}
+
+    def adapter_row(self, archetype: str, player: str) -> torch.Tensor | None:
+        """The player's current packed adapter (P,) as an fp32 copy, or None if they have none."""
         rt = self.runtime(archetype)
         validate_player_id(player)
         with rt.bank.lock:
             rt.bank.lookup([player])
             got = rt.bank.get(player)
-        if got is None:
-            return None
-        return {k: v.clone() for k, v in rt.layout.unpack(got[0]).items()}
+        return None if got is None else got[0]
+
+    def get_adapter(self, archetype: str, player: str) -> dict[str, torch.Tensor] | None:
+        """The player's current adapter tensors (fp32 copies), or None if they have none."""
+        flat = self.adapter_row(archetype, player)
+        return None if flat is None else self._named(archetype, flat)
 
     def set_adapter(
         self, archetype: str, player: str, tensors: Mapping[str, torch.Tensor], *, updates: int = 0
     ) -> AdapterInfo:
         """Install a new adapter version for `player` atomically (persisted on flush or eviction)."""
+        flat = self.runtime(archetype).layout.pack(tensors, torch.float32)
+        return self.set_adapter_row(archetype, player, flat, updates=updates)
+
+    def set_adapter_row(self, archetype: str, player: str, flat: torch.Tensor, *, updates: int = 0) -> AdapterInfo:
+        """:meth:`set_adapter` for a packed adapter (P,)."""
         rt = self.runtime(archetype)
         validate_player_id(player)
-        flat = rt.layout.pack(tensors, torch.float32)
         if not torch.isfinite(flat).all():
             raise InvalidInputError(f"adapter for player {player!r} has non-finite values")
         with rt.bank.lock:
@@ -386,6 +394,30 @@ class Engine:
         self.close()
 
 
-def open_engine(data_dir: str | Path, **kwargs) -> Engine:
-    """Open an engine on `data_dir` (created if needed); see :class:`Engine` for options."""
-    return Engine(data_dir, **kwargs)
+def single_row(obs, mask=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One observation (and optional mask) as a batch of one row: (1, D) and (1, A)."""
+    try:
+        arr = obs.detach().cpu().numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"obs must be a flat list of numbers: {exc}") from None
+    if arr.ndim != 1:
+        raise InvalidInputError(f"obs must be a flat list of numbers, got shape {arr.shape}")
+    return arr[None], None if mask is None else np.asarray(mask)[None]
+
+
+def sample_actions(
+    logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked categorical draw: logits (N, A) -> action, logp, entropy, each (N,).
+
+    Masked actions get probability exactly 0 and are never drawn; rows with greedy True
+    take the argmax instead.
+    """
+    logp_all = masked_log_probs(logits, mask)  # (N, A)
+    probs = logp_all.exp()
+    entropy = -torch.where(probs > 0, probs * logp_all, torch.zeros_like(probs)).sum(-1)
+    action = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+    if greedy is not None:
+        action = torch.where(greedy, logp_all.argmax(-1), action)
+    logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
+    return action, logp, entropy

@@ -21,6 +21,13 @@ LayerDelta = Callable[[str, torch.Tensor], torch.Tensor | None]
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
 
+def masked_log_probs(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Log-softmax (N, A) where masked actions (mask False) get -inf: probability exactly 0."""
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    return torch.log_softmax(logits, dim=-1)
+
+
 class ActorCritic(nn.Module):
     """Separate actor (action logits) and critic (state value) MLPs over one observation."""
 

@@ -12,17 +12,14 @@ the simulation loop all call this same object:
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
-import torch
 
-from .engine import Engine
+from .engine import Engine, single_row
 from .episodes import EpisodeTracker
 from .errors import InvalidInputError
 from .log import InteractionLog
@@ -48,25 +45,23 @@ class Service:
         self,
         data_dir: str | Path,
         *,
-        archetype_dirs: Iterable[str | Path] | None = None,
-        capacity: int = 10_000,
-        adapter_dtype: str = "float32",
-        device: str = "cpu",
-        seed: int = 0,
         online: OnlineConfig | None = OnlineConfig(),
         record: bool = True,
         log_segment_bytes: int = 64 * 2**20,
-        compile: bool = False,
+        **engine_options,
     ):
-        self.engine = Engine(data_dir, archetype_dirs=archetype_dirs, capacity=capacity,
-                             adapter_dtype=adapter_dtype, device=device, seed=seed, compile=compile)
+        """`online` None disables training; `record` False disables the interaction log.
+
+        Other options go to :class:`~npcadapt.engine.Engine`: archetype_dirs, capacity,
+        adapter_dtype, device, seed, compile.
+        """
+        self.engine = Engine(data_dir, **engine_options)
         self.data_dir = self.engine.data_dir
         self.log = InteractionLog(self.data_dir / "logs", segment_bytes=log_segment_bytes, fsync_on_flush=True) if record else None
         self.online = online
         self.tracker = EpisodeTracker()
-        self.trainers = {
-            name: OnlineTrainer(rt.policy, rt.layout, online) for name, rt in self.engine._runtimes.items()
-        } if online else {}
+        runtimes = {name: self.engine.runtime(name) for name in self.engine.archetypes}
+        self.trainers = {name: OnlineTrainer(rt.policy, rt.layout, online) for name, rt in runtimes.items()} if online else {}
         self._train_lock = threading.Lock()
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
@@ -79,11 +74,8 @@ class Service:
 
     def act(self, archetype: str, player: str, obs, *, npc: str = "npc", mask=None, greedy: bool = False) -> Decision:
         """One decision for `player`'s NPC `npc`."""
-        masks = None if mask is None else np.asarray(mask)[None]
-        arr = np.asarray(obs, dtype=np.float32) if not isinstance(obs, np.ndarray) else obs
-        if arr.ndim != 1:
-            raise InvalidInputError(f"obs must be a flat list of numbers, got shape {arr.shape}")
-        return self.act_batch(archetype, [player], arr[None], npcs=[npc], masks=masks, greedy=greedy).row(0)
+        obs_rows, masks = single_row(obs, mask)
+        return self.act_batch(archetype, [player], obs_rows, npcs=[npc], masks=masks, greedy=greedy).row(0)
 
     def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str] | None = None,
                   masks=None, greedy=False) -> BatchDecision:
@@ -111,16 +103,8 @@ class Service:
         return out
 
     def action_probs(self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False) -> np.ndarray:
-        """Action probabilities (N, A) of each row's current policy (or of the base), no sampling."""
-        rt = self.engine.runtime(archetype)
-        obs_t = self.engine._check_obs(obs, len(players), rt.archetype.spec.obs_dim)
-        mask_t = self.engine._check_masks(masks, len(players), rt.archetype.spec.n_actions)
-        slots = np.zeros(len(players), np.int64) if base else self.engine._slots(rt.bank, players)
-        with torch.inference_mode():
-            logits, _ = self.engine._forward(rt, slots, obs_t)
-            if mask_t is not None:
-                logits = logits.masked_fill(~mask_t, float("-inf"))
-            return torch.softmax(logits, -1).cpu().numpy()
+        """Action probabilities (N, A) of each row's current policy (or of the base); no sampling."""
+        return self.engine.action_probs(archetype, players, obs, masks=masks, base=base)
 
     # -- feedback -------------------------------------------------------------------
     def feedback(self, player: str, npc: str, reward: float, done: bool = False) -> None:
@@ -160,18 +144,17 @@ class Service:
             taken = self.tracker.take(ready)
             by_arch: dict[str, list[PlayerUpdate]] = {}
             for (archetype, player), episodes in taken.items():
-                current = self.engine.get_adapter(archetype, player)
-                rt = self.engine.runtime(archetype)
-                flat = rt.layout.pack(current) if current is not None else rt.layout.pack(self.engine.new_adapter(archetype, player))
+                flat = self.engine.adapter_row(archetype, player)
+                if flat is None:
+                    flat = self.engine.fresh_adapter_row(archetype, player)
                 by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
             done = 0
             for archetype, items in by_arch.items():
-                rt = self.engine.runtime(archetype)
                 for outcome in self.trainers[archetype].update(items):
                     if outcome.params is None:
                         self.counters["skipped_updates"] += 1
                         continue
-                    self.engine.set_adapter(archetype, outcome.player, rt.layout.unpack(outcome.params), updates=1)
+                    self.engine.set_adapter_row(archetype, outcome.player, outcome.params, updates=1)
                     self.counters["updates"] += 1
                     self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
                     done += 1

@@ -21,19 +21,19 @@ import json
 import logging
 import math
 import os
-import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import NoReturn
+from typing import BinaryIO, NoReturn, TypeVar
 
 import safetensors.torch
 import torch
 
+from npcadapt.config import NAME_RE
 from npcadapt.errors import (
     AdapterMismatchError,
     ArchetypeError,
@@ -43,10 +43,12 @@ from npcadapt.errors import (
     StoreError,
 )
 
+_T = TypeVar("_T")
+
 logger = logging.getLogger(__name__)
 
 MAX_PLAYER_ID_BYTES = 256
-ARCHETYPE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+ARCHETYPE_NAME_RE = NAME_RE  # the same rule archetype.toml names follow
 FORMAT = "npcadapt-adapter/1"
 DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
     {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -435,22 +437,11 @@ class AdapterStore:
         if not isinstance(spec, AdapterSpec):
             raise InvalidInputError(f"spec must be an AdapterSpec, got {type(spec).__name__}")
         path = self.path_for(spec.archetype, player)
-        ident = None
-        try:
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                ident = (st.st_dev, st.st_ino)
-                data = f.read()
-            tensors, meta = _validate(data, spec, player)
-        except FileNotFoundError:
+        loaded = self._read_checked(spec.archetype, player, path, "adapter",
+                                    lambda f, size: _validate(f.read(), spec, player))
+        if loaded is None:
             return None
-        except OSError as exc:
-            if exc.errno not in _BAD_FILE_ERRNOS:
-                raise StoreError(f"could not read adapter for player {_show(player)} from {path}: "
-                                 f"{_os_reason(exc)}") from exc
-            self._quarantine(spec.archetype, player, path, ident, f"unreadable: {_os_reason(exc)}")
-        except _Invalid as exc:
-            self._quarantine(spec.archetype, player, path, ident, str(exc))
+        tensors, meta = loaded
         if meta.base_hash != spec.base_hash:
             raise AdapterMismatchError(
                 f"adapter for player {_show(player)} ({path}) was trained against base "
@@ -460,19 +451,25 @@ class AdapterStore:
     def read_meta(self, archetype: str, player: str) -> AdapterMeta | None:
         """The player's adapter metadata from the file header only; None if absent."""
         path = self.path_for(archetype, player)
+        return self._read_checked(archetype, player, path, "adapter header",
+                                  lambda f, size: _meta_for(_read_header(f, size), archetype, player))
+
+    def _read_checked(self, archetype: str, player: str, path: Path, what: str,
+                      parse: Callable[[BinaryIO, int], _T]) -> _T | None:
+        """Run `parse(file, size)` on the player's file: None if absent; a bad file is
+        quarantined (CorruptAdapterError); an environment error raises StoreError."""
         ident = None
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
                 ident = (st.st_dev, st.st_ino)
-                md = _read_header(f, st.st_size)
-            return _meta_for(md, archetype, player)
+                return parse(f, st.st_size)
         except FileNotFoundError:
             return None
         except OSError as exc:
             if exc.errno not in _BAD_FILE_ERRNOS:
-                raise StoreError(f"could not read adapter header for player {_show(player)} from "
-                                 f"{path}: {_os_reason(exc)}") from exc
+                raise StoreError(f"could not read {what} for player {_show(player)} from {path}: "
+                                 f"{_os_reason(exc)}") from exc
             self._quarantine(archetype, player, path, ident, f"unreadable: {_os_reason(exc)}")
         except _Invalid as exc:
             self._quarantine(archetype, player, path, ident, str(exc))

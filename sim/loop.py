@@ -40,15 +40,15 @@ class PlayerTrack:
     kl_to_base: float = 0.0
 
 
+def persona_names(env: gym.Env) -> tuple[str, ...]:
+    """The env's named personas, then 'average' and 'noise'."""
+    return (*env.unwrapped.PERSONAS, AVERAGE, NOISE)
+
+
 def assign_personas(env: gym.Env, players: int) -> list[tuple[str, str]]:
-    """(player id, persona) pairs, cycling through named personas, then average and noise."""
-    personas = [*env.unwrapped.PERSONAS, AVERAGE, NOISE] if hasattr(env.unwrapped, "PERSONAS") else list(_personas(env))
+    """(player id, persona) pairs, cycling through :func:`persona_names`."""
+    personas = persona_names(env)
     return [(f"{personas[i % len(personas)]}-{i // len(personas)}", personas[i % len(personas)]) for i in range(players)]
-
-
-def _personas(env: gym.Env) -> tuple[str, ...]:
-    module = __import__(type(env.unwrapped).__module__, fromlist=["PERSONAS"])
-    return (*module.PERSONAS, AVERAGE, NOISE)
 
 
 class Evaluator:

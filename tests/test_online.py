@@ -26,16 +26,19 @@ def policy_probs(svc, player, obs=OBS):
 
 
 def play(svc, players, episodes, steps=4, rng=None, train=True, states=OBS):
-    """Bandit episodes: reward 1 for the player's favourite action."""
+    """Bandit episodes: reward 1 for the player's favourite action; returns the total reward."""
     rng = rng or np.random.default_rng(1)
+    total = 0.0
     for _ in range(episodes):
         for t in range(steps):
             obs = states[rng.integers(0, len(states), size=len(players))]
             out = svc.act_batch("tiny", players, obs, npcs=["n"] * len(players))
             rewards = [float(a == FAVOURITE[p]) for a, p in zip(out.action, players)]
+            total += sum(rewards)
             svc.feedback_batch(players, ["n"] * len(players), rewards, [t == steps - 1] * len(players))
         if train:
             svc.train_pending()
+    return total
 
 
 @pytest.fixture
@@ -114,7 +117,7 @@ def test_kl_bound_holds(tmp_path, arch_root):
 
 
 def test_decisions_and_feedback_are_recorded(svc):
-    play(svc, ["ann", "bob"], episodes=2, train=False)
+    given = play(svc, ["ann", "bob"], episodes=2, train=False)
     svc.flush()
     records = list(read_records(svc.data_dir / "logs"))
     decisions = [r for r in records if r["t"] == "decisions"]
@@ -124,7 +127,10 @@ def test_decisions_and_feedback_are_recorded(svc):
     assert first["players"] == ["ann", "bob"] and first["archetype"] == "tiny"
     assert np.frombuffer(first["obs"], np.float32).reshape(2, 6).shape == (2, 6)
     assert first["base"] == svc.engine.runtime("tiny").archetype.base_hash
-    assert sum(sum(r["reward"]) for r in feedback) >= 0 and feedback[-1]["done"] == [True, True]
+    assert sum(sum(r["reward"]) for r in feedback) == given
+    assert [r["done"] for r in feedback[:4]] == [[False, False]] * 3 + [[True, True]]
+    logged_actions = np.concatenate([np.frombuffer(r["action"], np.int64) for r in decisions])
+    assert logged_actions.shape == (16,) and set(logged_actions) <= {0, 1, 2, 3}
 
 
 def test_background_training_runs_while_serving(svc):

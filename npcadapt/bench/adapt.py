@@ -13,30 +13,20 @@ import tempfile
 
 import numpy as np
 
-from ..archetypes import BUILTIN_DIR, find_archetypes
-from ..errors import ArchetypeError
+from ..archetypes import BUILTIN_DIR, archetype_for_env, find_archetypes
 from ..service import Service
 from ..training.full import FullFinetuneHost
 from ..training.online import OnlineConfig
 
 
-def archetype_for_env(env_id: str, archetype_dirs=None) -> str:
-    """Name of the archetype whose definition says it is trained in `env_id`."""
-    found = find_archetypes(archetype_dirs or [BUILTIN_DIR])
-    names = [n for n, a in found.items() if a.spec.env == env_id]
-    if not names:
-        raise ArchetypeError(f"no archetype declares env = {env_id!r}; known: {[(n, a.spec.env) for n, a in found.items()]}")
-    return names[0]
-
-
 def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episodes: int = 200, seed: int = 0,
         config: OnlineConfig = OnlineConfig(), archetype_dirs=None) -> dict:
-    from sim.loop import assign_personas, run_simulation  # sim is a sibling package
     import gymnasium as gym
 
-    archetype = archetype_for_env(env_id, archetype_dirs)
-    n_personas = len({persona for _, persona in assign_personas(gym.make(env_id), 1000)})
-    players = players_per_persona * n_personas
+    from sim.loop import persona_names, run_simulation  # sim is a sibling package
+
+    archetype = archetype_for_env(env_id, find_archetypes(archetype_dirs or [BUILTIN_DIR]))
+    players = players_per_persona * len(persona_names(gym.make(env_id)))
     with tempfile.TemporaryDirectory(prefix="npcadapt-adapt-") as tmp:
         svc = Service(tmp, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)
         lora = run_simulation(svc, env_id, archetype, players=players, episodes=episodes, seed=seed)

@@ -22,7 +22,7 @@ import torch
 
 from ..config import ArchetypeSpec
 from ..errors import AdapterMismatchError, InvalidInputError
-from .functional import gathered_delta, init_lora
+from .functional import gathered_delta, init_lora, lora_delta
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,18 @@ class AdapterLayout:
             mask[layer.b_start : layer.b_end] = True
         return mask
 
+    def single_delta_fn(self, flat: torch.Tensor) -> "Callable[[str, torch.Tensor], torch.Tensor | None]":
+        """A policy `layer_delta` hook applying one adapter flat (P,) to every row (no gather)."""
+        views = self.unpack(flat)
+        names = {layer.name for layer in self.layers}
+
+        def delta(name: str, x: torch.Tensor) -> torch.Tensor | None:
+            if name not in names:
+                return None
+            return lora_delta(x, views[f"{name}.lora_A"], views[f"{name}.lora_B"], self.scale)
+
+        return delta
+
     def delta_fn(self, rows: torch.Tensor) -> "Callable[[str, torch.Tensor], torch.Tensor | None]":
         """A policy `layer_delta` hook where row i of the batch uses adapter rows[i] (N, P)."""
         layers = {layer.name: layer for layer in self.layers}
@@ -184,10 +196,6 @@ class AdapterBank:
 
     def __contains__(self, player: str) -> bool:
         return self._slot_of.get(player, ZERO_SLOT) != ZERO_SLOT
-
-    def knows(self, player: str) -> bool:
-        """True when `player` was seen before (resident, or known to have no adapter)."""
-        return player in self._slot_of
 
     def resident_players(self) -> list[str]:
         with self.lock:
@@ -313,13 +321,6 @@ class AdapterBank:
             self.storage[slot].zero_()
             self._free.append(slot)
             return True
-
-    def forget_absent(self, player: str) -> None:
-        """Make the next lookup of `player` ask the loader again."""
-        with self.lock:
-            if self._slot_of.get(player, -1) == ZERO_SLOT:
-                del self._slot_of[player]
-                self._absent -= 1
 
     def dirty(self) -> Iterator[tuple[str, torch.Tensor, Any]]:
         """(player, adapter copy, meta) for every changed resident adapter."""

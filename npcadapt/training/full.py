@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..episodes import EpisodeTracker
-from ..policy import ActorCritic, LayerDelta
+from ..engine import sample_actions
+from ..policy import ActorCritic, LayerDelta, masked_log_probs
 from .online import OnlineConfig, OnlineTrainer, PlayerUpdate
 
 
@@ -81,16 +82,14 @@ class FullFinetuneHost:
         obs_t = torch.as_tensor(np.asarray(obs, np.float32))
         with torch.inference_mode():
             logits = self.policy.logits(obs_t, None if base else self.family.delta_fn(self._rows(players)))
-            return torch.softmax(logits, -1).numpy()
+            return masked_log_probs(logits).exp().numpy()
 
     def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]):
         obs_np = np.asarray(obs, np.float32)
         obs_t = torch.from_numpy(obs_np)
         with torch.inference_mode():
             logits, value = self.policy(obs_t, self.family.delta_fn(self._rows(players)))
-            logp_all = torch.log_softmax(logits, -1)
-            action = torch.multinomial(logp_all.exp(), 1, generator=self.generator).squeeze(1)
-            logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
+            action, logp, _ = sample_actions(logits, None, None, self.generator)
         ids = np.arange(self._ids, self._ids + len(players))
         self._ids += len(players)
         self.tracker.record(archetype, players, npcs, obs_np, None, action.numpy(), logp.numpy(), value.numpy(), ids)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..episodes import Episode
-from ..policy import ActorCritic, LayerDelta
+from ..policy import ActorCritic, LayerDelta, masked_log_probs
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class OnlineTrainer:
     def _log_probs(self, obs, masks, rows: torch.Tensor | None) -> torch.Tensor:
         """Masked log-probabilities (T, A); rows (T, P) or None for the base."""
         logits = self.policy.logits(obs, None if rows is None else self.family.delta_fn(rows))
-        return torch.log_softmax(logits.masked_fill(~masks, float("-inf")), dim=-1)
+        return masked_log_probs(logits, masks)
 
     @staticmethod
     def _kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
