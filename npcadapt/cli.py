@@ -243,6 +243,43 @@ def _add_sim(sub) -> None:
     p.set_defaults(func=_cmd_sim)
 
 
+# -- serve ----------------------------------------------------------------------------
+def _cmd_serve(args) -> int:
+    from .server import ServerConfig, serve
+    from .service import Service
+
+    config = ServerConfig(host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
+                          idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3)
+    service = Service(args.data, archetype_dirs=_archetype_dirs(args), seed=args.seed,
+                      online=None if args.no_adapt else _online_config(args), compile=args.compile)
+
+    def ready(port: int) -> None:
+        print(f"npcadapt bridge on {args.host}:{port} (data {args.data}); archetypes: {', '.join(sorted(service.archetypes))}", flush=True)
+
+    serve(service, config, ready=ready)
+    print("flushed the interaction log and adapters; bye", flush=True)
+    return 0
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the MessagePack-RPC socket bridge for game engines")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --token)")
+    p.add_argument("--port", type=int, default=7777, help="TCP port (0 picks a free one)")
+    p.add_argument("--data", default="data/serve", help="data directory: adapters and interaction logs")
+    p.add_argument("--token", default=None, help="shared secret; clients must call auth(token) first")
+    p.add_argument("--max-connections", type=int, default=1024)
+    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle client is closed")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a batch waits for more rows")
+    p.add_argument("--episodes-per-update", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
+    p.add_argument("--kl-bound", type=float, default=3.0, help="max mean KL(adapted || base), nats")
+    p.add_argument("--no-adapt", action="store_true", help="serve without online adaptation")
+    p.add_argument("--compile", action="store_true", help="torch.compile the batched forward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    p.set_defaults(func=_cmd_serve)
+
+
 # -- main -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npcadapt", description="NPCs that adapt to each player with per-player LoRA adapters.")
@@ -253,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_bench]
+_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_serve, _add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

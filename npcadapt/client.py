@@ -1,0 +1,186 @@
+"""Python clients for the bridge: blocking (:class:`Client`) and asyncio (:class:`AsyncClient`).
+
+Both speak plain MessagePack-RPC through :class:`npcadapt.protocol.RpcConnection`, send
+observations as float32 binary, and raise :class:`RemoteError` with the server's code and
+message when a call fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import NpcAdaptError, ProtocolError
+from .protocol import Limits, Response, RpcConnection
+
+
+class RemoteError(NpcAdaptError):
+    """The server answered a call with an error ``[code, message]``."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+def _obs(obs: Any) -> bytes:
+    return np.ascontiguousarray(obs, dtype="<f4").tobytes()
+
+
+def _result(resp: Response) -> Any:
+    if resp.error is not None:
+        code, message = (resp.error + [None, None])[:2] if isinstance(resp.error, list) else (0, str(resp.error))
+        raise RemoteError(code, str(message))
+    return resp.result
+
+
+def _act_params(archetype, player, npc, obs, mask, greedy) -> list:
+    params = [archetype, player, npc, _obs(obs)]
+    options = {}
+    if mask is not None:
+        options["mask"] = [bool(m) for m in mask]
+    if greedy:
+        options["greedy"] = True
+    return params + [options] if options else params
+
+
+def _rows(rows: Sequence[Sequence[Any]]) -> list:
+    """[player, npc, obs(, options)] rows with obs as binary."""
+    return [[r[0], r[1], _obs(r[2]), *r[3:]] for r in rows]
+
+
+class Client:
+    """Blocking client: one call at a time, or pipelined with :meth:`call_many`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 7777, *, token: str | None = None, timeout: float = 30.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.rpc = RpcConnection(Limits(), role="client")
+        self._pending: dict[int, Response] = {}
+        if token is not None:
+            self.call("auth", token)
+
+    def _receive(self, msgid: int) -> Response:
+        while msgid not in self._pending:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                raise ProtocolError("server closed the connection")
+            for event in self.rpc.receive_data(data):
+                if isinstance(event, Response):
+                    self._pending[event.msgid] = event
+        return self._pending.pop(msgid)
+
+    def call(self, method: str, *params: Any) -> Any:
+        msgid, data = self.rpc.request(method, list(params))
+        self.sock.sendall(data)
+        return _result(self._receive(msgid))
+
+    def call_many(self, calls: Sequence[tuple[str, list]]) -> list[Any]:
+        """Send every call, then collect results in order (responses may arrive in any order)."""
+        ids = []
+        for method, params in calls:
+            msgid, data = self.rpc.request(method, list(params))
+            self.sock.sendall(data)
+            ids.append(msgid)
+        return [_result(self._receive(i)) for i in ids]
+
+    def notify(self, method: str, *params: Any) -> None:
+        self.sock.sendall(self.rpc.notification(method, list(params)))
+
+    # -- the bridge's methods ----------------------------------------------------------
+    def archetypes(self) -> list[dict]:
+        return self.call("archetypes")
+
+    def act(self, archetype: str, player: str, npc: str, obs, *, mask=None, greedy: bool = False) -> dict:
+        return self.call("act", *_act_params(archetype, player, npc, obs, mask, greedy))
+
+    def act_batch(self, archetype: str, rows: Sequence[Sequence[Any]]) -> list[dict]:
+        return self.call("act_batch", archetype, _rows(rows))
+
+    def feedback(self, player: str, npc: str, reward: float, done: bool = False, *, wait: bool = False) -> None:
+        """As a notification (fire and forget), or as a request with `wait=True`."""
+        if wait:
+            self.call("feedback", player, npc, float(reward), bool(done))
+        else:
+            self.notify("feedback", player, npc, float(reward), bool(done))
+
+    def adapter_info(self, archetype: str, player: str) -> dict | None:
+        return self.call("adapter_info", archetype, player)
+
+    def reset_player(self, archetype: str, player: str) -> bool:
+        return self.call("reset_player", archetype, player)
+
+    def flush(self) -> int:
+        return self.call("flush")
+
+    def stats(self) -> dict:
+        return self.call("stats")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncClient:
+    """asyncio client: many calls in flight on one connection, matched by msgid."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.rpc = RpcConnection(Limits(), role="client")
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._reader_task = asyncio.get_running_loop().create_task(self._read())
+
+    @classmethod
+    async def connect(cls, host: str = "127.0.0.1", port: int = 7777, *, token: str | None = None) -> "AsyncClient":
+        reader, writer = await asyncio.open_connection(host, port)
+        client = cls(reader, writer)
+        if token is not None:
+            await client.call("auth", token)
+        return client
+
+    async def _read(self) -> None:
+        try:
+            while data := await self.reader.read(1 << 16):
+                for event in self.rpc.receive_data(data):
+                    if isinstance(event, Response) and event.msgid in self._waiting:
+                        self._waiting.pop(event.msgid).set_result(event)
+        finally:
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(ProtocolError("server closed the connection"))
+            self._waiting.clear()
+
+    async def call(self, method: str, *params: Any) -> Any:
+        msgid, data = self.rpc.request(method, list(params))
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[msgid] = fut
+        self.writer.write(data)
+        return _result(await fut)
+
+    def notify(self, method: str, *params: Any) -> None:
+        self.writer.write(self.rpc.notification(method, list(params)))
+
+    async def act(self, archetype: str, player: str, npc: str, obs, *, mask=None, greedy: bool = False) -> dict:
+        return await self.call("act", *_act_params(archetype, player, npc, obs, mask, greedy))
+
+    async def act_batch(self, archetype: str, rows: Sequence[Sequence[Any]]) -> list[dict]:
+        return await self.call("act_batch", archetype, _rows(rows))
+
+    def feedback(self, player: str, npc: str, reward: float, done: bool = False) -> None:
+        self.notify("feedback", player, npc, float(reward), bool(done))
+
+    async def close(self) -> None:
+        self._reader_task.cancel()
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (ConnectionError, asyncio.CancelledError):
+            pass

@@ -1,0 +1,328 @@
+"""The socket bridge: an asyncio TCP server speaking MessagePack-RPC over the Service.
+
+This module owns sockets, limits, authentication and micro-batching; framing lives in
+:mod:`npcadapt.protocol` and method semantics in :mod:`npcadapt.rpc`. ``act`` and
+``act_batch`` rows from every connection are queued per archetype and answered by one
+engine forward per archetype on the next turn of the event loop (or after ``batch_wait``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import InvalidInputError, NpcAdaptError, ProtocolError
+from .protocol import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    METHOD_NOT_FOUND,
+    UNAUTHORIZED,
+    InvalidMessage,
+    Limits,
+    Notification,
+    Request,
+    RpcConnection,
+)
+from .rpc import ActRow, Methods
+from .service import Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Bridge settings."""
+
+    host: str = "127.0.0.1"
+    port: int = 7777  # 0 picks a free port
+    token: str | None = None  # required to bind anything but loopback
+    max_connections: int = 1024
+    idle_timeout: float = 300.0  # seconds without bytes from a client before it is closed
+    max_output_buffer: int = 8 * 2**20  # bytes queued for a client that does not read
+    batch_wait: float = 0.0  # seconds a batch waits for more rows; 0 = next loop turn
+    max_batch: int = 4096  # rows per engine forward
+    limits: Limits = field(default_factory=Limits)
+    train_interval: float = 0.05  # background online training poll, seconds
+
+    def __post_init__(self) -> None:
+        if not is_loopback(self.host) and not self.token:
+            raise NpcAdaptError(f"refusing to bind {self.host!r} without --token: only loopback may be served unauthenticated")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Stats:
+    """Counters and rolling windows for `stats()`."""
+
+    def __init__(self, window: int = 10_000):
+        self.counters = {"connections": 0, "connections_total": 0, "connections_refused": 0, "requests": 0,
+                         "notifications": 0, "errors": 0, "protocol_errors": 0, "batches": 0}
+        self.latency = deque(maxlen=window)  # seconds, act/act_batch request -> response
+        self.batch_sizes = deque(maxlen=window)
+
+    def snapshot(self) -> dict:
+        lat = np.asarray(self.latency) * 1e3
+        sizes = np.asarray(self.batch_sizes)
+        pct = {f"act_p{q}_ms": round(float(np.percentile(lat, q)), 4) if lat.size else None for q in (50, 90, 99)}
+        return {**self.counters, **pct,
+                "batch_size_mean": round(float(sizes.mean()), 2) if sizes.size else None,
+                "batch_size_max": int(sizes.max()) if sizes.size else None}
+
+
+Callback = Callable[[list[dict] | None, NpcAdaptError | None], None]
+
+
+class MicroBatcher:
+    """Per-archetype queues of act rows, answered by one engine forward each."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, methods: Methods, config: ServerConfig, stats: Stats):
+        self.loop, self.methods, self.config, self.stats = loop, methods, config, stats
+        self._queues: dict[str, list[tuple[list[ActRow], Callback]]] = {}
+        self._sizes: dict[str, int] = {}
+
+    def submit(self, archetype: str, rows: list[ActRow], callback: Callback) -> None:
+        queue = self._queues.setdefault(archetype, [])
+        if not queue:
+            if self.config.batch_wait > 0:
+                self.loop.call_later(self.config.batch_wait, self.flush, archetype)
+            else:
+                self.loop.call_soon(self.flush, archetype)
+        queue.append((rows, callback))
+        self._sizes[archetype] = self._sizes.get(archetype, 0) + len(rows)
+        if self._sizes[archetype] >= self.config.max_batch:
+            self.flush(archetype)
+
+    def flush(self, archetype: str) -> None:
+        queue = self._queues.pop(archetype, [])
+        self._sizes.pop(archetype, None)
+        if not queue:
+            return
+        rows = [row for group, _ in queue for row in group]
+        try:
+            results = self.methods.run_rows(archetype, rows)
+        except NpcAdaptError as exc:
+            for _, callback in queue:
+                callback(None, exc)
+            return
+        self.stats.counters["batches"] += 1
+        self.stats.batch_sizes.append(len(rows))
+        start = 0
+        for group, callback in queue:
+            callback(results[start : start + len(group)], None)
+            start += len(group)
+
+
+class Connection(asyncio.Protocol):
+    """One client: bytes in -> events -> method calls -> responses out."""
+
+    def __init__(self, bridge: "Bridge"):
+        self.bridge = bridge
+        self.rpc = RpcConnection(bridge.config.limits)
+        self.transport: asyncio.Transport | None = None
+        self.authenticated = bridge.config.token is None
+        self.last_activity = time.monotonic()
+        self.open = False
+
+    # -- asyncio callbacks ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        stats = self.bridge.stats.counters
+        if stats["connections"] >= self.bridge.config.max_connections:
+            stats["connections_refused"] += 1
+            transport.abort()
+            return
+        self.open = True
+        stats["connections"] += 1
+        stats["connections_total"] += 1
+        self.bridge.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.open:
+            self.open = False
+            self.bridge.stats.counters["connections"] -= 1
+            self.bridge.connections.discard(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        try:
+            events = self.rpc.receive_data(data)
+        except ProtocolError as exc:
+            for event in exc.events:
+                self._handle(event)
+            self.bridge.stats.counters["protocol_errors"] += 1
+            log.info("closing connection after protocol error: %s", exc)
+            self.close()
+            return
+        for event in events:
+            if not self.open:
+                return
+            self._handle(event)
+
+    # -- dispatch -------------------------------------------------------------------
+    def _handle(self, event) -> None:
+        stats = self.bridge.stats.counters
+        if isinstance(event, Request):
+            stats["requests"] += 1
+            self._request(event)
+        elif isinstance(event, Notification):
+            stats["notifications"] += 1
+            if self.authenticated and event.method == "feedback":
+                try:
+                    self.bridge.methods.feedback(event.params)
+                except NpcAdaptError as exc:  # notifications are never answered
+                    stats["errors"] += 1
+                    log.debug("feedback notification refused: %s", exc)
+        elif isinstance(event, InvalidMessage) and event.msgid is not None:
+            stats["errors"] += 1
+            self.send(self.rpc.response(event.msgid, event.error, None))
+
+    def _request(self, req: Request) -> None:
+        methods = self.bridge.methods
+        if not self.authenticated:
+            if req.method == "auth":
+                self._auth(req)
+            else:
+                self.error(req.msgid, UNAUTHORIZED, f"authenticate first: call auth(token) before {req.method!r}")
+            return
+        try:
+            if req.method in ("act", "act_batch"):
+                parse = methods.parse_act if req.method == "act" else methods.parse_act_batch
+                archetype, rows = parse(req.params)
+                started = time.perf_counter()
+                single = req.method == "act"
+                self.bridge.batcher.submit(archetype, rows, lambda res, err: self._answer_act(req.msgid, started, single, res, err))
+            elif req.method == "stats":
+                self.send(self.rpc.response(req.msgid, None, self.bridge.stats_snapshot()))
+            elif req.method == "auth":
+                self.send(self.rpc.response(req.msgid, None, True))
+            elif req.method in methods.direct:
+                self.send(self.rpc.response(req.msgid, None, methods.direct[req.method](req.params)))
+            else:
+                self.error(req.msgid, METHOD_NOT_FOUND, f"unknown method {req.method!r}; known: {self.bridge.method_names}")
+        except NpcAdaptError as exc:
+            self.error(req.msgid, INVALID_PARAMS, str(exc))
+        except Exception as exc:  # a bug must not take the server down
+            log.exception("internal error in %s", req.method)
+            self.error(req.msgid, INTERNAL_ERROR, f"internal error in {req.method}: {type(exc).__name__}: {exc}")
+
+    def _answer_act(self, msgid: int, started: float, single: bool, results: list | None, err: NpcAdaptError | None) -> None:
+        if err is not None:
+            self.error(msgid, INVALID_PARAMS, str(err))
+            return
+        self.send(self.rpc.response(msgid, None, results[0] if single else results))
+        self.bridge.stats.latency.append(time.perf_counter() - started)
+
+    def _auth(self, req: Request) -> None:
+        token = req.params[0] if len(req.params) == 1 else None
+        if isinstance(token, str) and hmac.compare_digest(token.encode(), self.bridge.config.token.encode()):
+            self.authenticated = True
+            self.send(self.rpc.response(req.msgid, None, True))
+        else:
+            self.error(req.msgid, UNAUTHORIZED, "auth(token): wrong token")
+
+    # -- output -----------------------------------------------------------------------
+    def error(self, msgid: int, code: int, message: str) -> None:
+        self.bridge.stats.counters["errors"] += 1
+        self.send(self.rpc.error_response(msgid, code, message))
+
+    def send(self, data: bytes) -> None:
+        if not self.open:
+            return
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > self.bridge.config.max_output_buffer:
+            log.info("closing a client that does not read its responses (output buffer over %d bytes)",
+                     self.bridge.config.max_output_buffer)
+            self.transport.abort()
+            self.connection_lost(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.connection_lost(None)
+
+
+class Bridge:
+    """The server object: owns the listening socket, connections, batcher and stats."""
+
+    def __init__(self, service: Service, config: ServerConfig = ServerConfig()):
+        self.service = service
+        self.config = config
+        self.methods = Methods(service)
+        self.method_names = sorted({*self.methods.direct, "act", "act_batch", "stats", "auth"})
+        self.stats = Stats()
+        self.connections: set[Connection] = set()
+        self.batcher: MicroBatcher | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._reaper: asyncio.Task | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        """Listen; returns the bound port. Online training runs in a background thread."""
+        loop = asyncio.get_running_loop()
+        self.batcher = MicroBatcher(loop, self.methods, self.config, self.stats)
+        self._server = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._reaper = loop.create_task(self._reap_idle())
+        if self.service.online:
+            self.service.start_background_training(self.config.train_interval)
+        log.info("npcadapt bridge listening on %s:%d", self.config.host, self.port)
+        return self.port
+
+    async def _reap_idle(self) -> None:
+        period = max(min(self.config.idle_timeout / 4, 5.0), 0.01)
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - self.config.idle_timeout
+            for conn in [c for c in self.connections if c.last_activity < cutoff]:
+                log.info("closing an idle connection")
+                conn.close()
+
+    def stats_snapshot(self) -> dict:
+        return {**self.stats.snapshot(), **self.service.stats()}
+
+    async def stop(self) -> None:
+        """Stop accepting, close connections, flush the log and changed adapters."""
+        if self._server is not None:
+            self._server.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self.service.close()
+
+
+def serve(service: Service, config: ServerConfig, *, ready: Callable[[int], None] | None = None) -> None:
+    """Run the bridge until SIGINT or SIGTERM; both flush everything before returning."""
+
+    async def main() -> None:
+        bridge = Bridge(service, config)
+        port = await bridge.start()
+        if ready:
+            ready(port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: flushing the interaction log and changed adapters")
+        await bridge.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,42 @@
+"""Test helpers: a real bridge on a loopback port, run in a background event-loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import npcadapt
+from npcadapt.server import Bridge, ServerConfig
+
+
+class RunningBridge:
+    """Start a Bridge over a fresh Service in its own thread; `stop()` flushes and closes."""
+
+    def __init__(self, data_dir, config: ServerConfig | None = None, **service_options):
+        self.service = npcadapt.open(data_dir, seed=0, **service_options)
+        self.bridge = Bridge(self.service, config or ServerConfig(port=0))
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(self.bridge.start())
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        started.wait(10)
+        self.port = self.bridge.port
+
+    def connect(self, timeout: float = 5.0) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(self.bridge.stop(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)

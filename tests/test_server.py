@@ -1,0 +1,312 @@
+"""The socket bridge end to end over real loopback sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from bridge_helpers import RunningBridge
+from npcadapt.client import Client, RemoteError
+from npcadapt.log import read_records
+from npcadapt.protocol import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, UNAUTHORIZED
+from npcadapt.server import ServerConfig
+
+OBS = [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.5]
+
+
+@pytest.fixture
+def server(tmp_path):
+    running = RunningBridge(tmp_path / "data")
+    yield running
+    running.stop()
+
+
+def raw_call(sock: socket.socket, payload: list) -> list:
+    """Send one raw msgpack message, read one reply."""
+    sock.sendall(msgpack.packb(payload, use_bin_type=True))
+    unpacker = msgpack.Unpacker(raw=False)
+    while True:
+        unpacker.feed(sock.recv(65536))
+        for msg in unpacker:
+            return msg
+
+
+def still_serves(server) -> None:
+    with Client(port=server.port) as c:
+        assert c.act("duelist", "healthy", "n", OBS)["action_name"]
+
+
+def test_every_method_end_to_end(server):
+    with Client(port=server.port) as c:
+        archs = {a["name"]: a for a in c.archetypes()}
+        duel = archs["duelist"]
+        assert sum(o["size"] for o in duel["observation"]) == 8 and len(duel["actions"]) == 8
+        assert set(duel) == {"name", "version", "observation", "actions"}
+        d = c.act("duelist", "ann", "sparring", OBS)
+        assert duel["actions"][d["action"]] == d["action_name"] and d["adapter_version"] == 0
+        greedy = c.call("act", "duelist", "ann", "sparring", OBS, {"greedy": True, "mask": [False] * 7 + [True]})
+        assert greedy["action"] == 7
+        rows = c.act_batch("duelist", [["ann", "a", OBS], ["bob", "b", OBS, {"mask": [True] + [False] * 7}]])
+        assert len(rows) == 2 and rows[1]["action"] == 0
+        assert c.call("feedback", "ann", "sparring", 1.0, True) is True
+        c.feedback("bob", "b", 0.5, True)  # notification: no reply
+        assert c.adapter_info("duelist", "ann") is None
+        assert c.reset_player("duelist", "ann") is False
+        assert c.flush() == 0
+        stats = c.stats()
+        assert stats["decisions"] == 4 and stats["requests"] >= 7 and stats["notifications"] == 1
+        assert stats["act_p50_ms"] > 0 and stats["batch_size_max"] >= 1
+
+
+def test_pipelined_requests_and_binary_method_name(server):
+    sock = server.connect()
+    msgs = [[0, i, "act" if i % 2 else b"act", ["duelist", f"p{i}", "n", OBS]] for i in range(20)]
+    msgs.append([0, 99, "archetypes", []])
+    sock.sendall(b"".join(msgpack.packb(m, use_bin_type=True) for m in msgs))
+    unpacker, replies = msgpack.Unpacker(raw=False), {}
+    while len(replies) < 21:
+        unpacker.feed(sock.recv(65536))
+        for msg in unpacker:
+            assert msg[0] == 1 and msg[2] is None
+            replies[msg[1]] = msg[3]
+    assert set(replies) == set(range(20)) | {99}
+    assert len({r["decision"] for i, r in replies.items() if i != 99}) == 20
+    stats = Client(port=server.port).stats()
+    assert stats["batch_size_max"] > 1  # requests that arrived together shared one forward
+
+
+def test_many_connections_each_get_their_own_reply(server):
+    socks = [server.connect() for _ in range(8)]
+    for i, s in enumerate(socks):
+        s.sendall(msgpack.packb([0, 100 + i, "act", ["duelist", f"p{i}", "n", OBS]]))
+    decisions = set()
+    for i, s in enumerate(socks):
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(s.recv(65536))
+        reply = next(unpacker)
+        assert reply[:3] == [1, 100 + i, None]
+        decisions.add(reply[3]["decision"])
+    assert len(decisions) == 8 and Client(port=server.port).stats()["decisions"] == 8
+
+
+@pytest.mark.parametrize(
+    "params, code, fragment",
+    [
+        (["duelist", "p", "n"], INVALID_PARAMS, "takes 4 or 5 params"),
+        (["nope", "p", "n", OBS], INVALID_PARAMS, "unknown archetype"),
+        (["duelist", "p", "n", OBS[:7]], INVALID_PARAMS, "8 numbers"),
+        (["duelist", "p", "n", [float("nan")] * 8], INVALID_PARAMS, "NaN"),
+        (["duelist", "p", "n", [float("inf")] * 8], INVALID_PARAMS, "NaN or infinite"),
+        (["duelist", "p", "n", ["x"] * 8], INVALID_PARAMS, "only numbers"),
+        (["duelist", "p", "n", b"\x00" * 31], INVALID_PARAMS, "32 bytes"),
+        (["duelist", "p", "n", OBS, {"mask": [False] * 8}], INVALID_PARAMS, "allows no action"),
+        (["duelist", "p", "n", OBS, {"mask": [True] * 3}], INVALID_PARAMS, "8 bools"),
+        (["duelist", "p", "n", OBS, {"colour": 1}], INVALID_PARAMS, "unknown options"),
+        (["duelist", "x" * 300, "n", OBS], INVALID_PARAMS, "bytes"),
+        (["duelist", "", "n", OBS], INVALID_PARAMS, "empty"),
+        (["duelist", 5, "n", OBS], INVALID_PARAMS, "str"),
+    ],
+)
+def test_bad_act_gets_an_error_with_its_msgid(server, params, code, fragment):
+    sock = server.connect()
+    reply = raw_call(sock, [0, 4242, "act", params])
+    assert reply[0] == 1 and reply[1] == 4242 and reply[3] is None
+    assert reply[2][0] == code and fragment in reply[2][1]
+    reply = raw_call(sock, [0, 7, "act", ["duelist", "p", "n", OBS]])  # same connection keeps working
+    assert reply[2] is None
+    still_serves(server)
+
+
+def test_wrong_requests(server):
+    sock = server.connect()
+    assert raw_call(sock, [0, 1, "fly", []])[2][0] == METHOD_NOT_FOUND
+    assert raw_call(sock, [0, 2, "act"])[2][0] == INVALID_REQUEST  # envelope arity
+    assert raw_call(sock, [0, 3, "act", "notalist"])[2][0] == INVALID_PARAMS
+    assert raw_call(sock, [0, 4, "act_batch", ["duelist", [["p", "n", OBS], ["p", "n", OBS[:2]]]]])[2][1].startswith("row 1")
+    assert raw_call(sock, [0, 5, "feedback", ["ghost", "n", 1.0, True]])[2][1].startswith("no decision")
+    assert raw_call(sock, [0, 6, "feedback", ["p", "n", float("nan")]])[2][0] == INVALID_PARAMS
+    sock.sendall(msgpack.packb([2, "no_such_notification", []]) + msgpack.packb([2, "feedback", ["ghost", "n", 1.0]]))
+    assert raw_call(sock, [0, 8, "archetypes", []])[1] == 8  # notifications got no replies
+    still_serves(server)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\xc1", b"\x91" * 100_000 + b"\xc0", msgpack.packb(msgpack.ExtType(5, b"x")), msgpack.packb("bare string"),
+     b"\xdd\xff\xff\xff\xff" + b"\xc0" * (9 * 2**20)],  # a declared 4G-element array: cut at max_buffer_size
+)
+def test_hostile_bytes_close_only_that_connection(server, garbage):
+    bystander = server.connect()
+    assert raw_call(bystander, [0, 1, "archetypes", []])[2] is None
+    bad = server.connect()
+    try:
+        bad.sendall(garbage)
+    except ConnectionError:
+        pass  # the server closed it mid-send
+    bad.settimeout(5)
+    try:
+        assert bad.recv(100) == b""  # closed by the server
+    except ConnectionResetError:
+        pass
+    assert raw_call(bystander, [0, 2, "act", ["duelist", "p", "n", OBS]])[2] is None
+    still_serves(server)
+
+
+def test_notification_flood_gets_no_replies_and_memory_stays_bounded(server):
+    sock = server.connect()
+    note = msgpack.packb([2, "feedback", ["ghost", "n", 1.0]])
+    sock.sendall(note * 20_000)
+    reply = raw_call(sock, [0, 1, "archetypes", []])
+    assert reply[1] == 1
+    sock.settimeout(0.2)
+    with pytest.raises(socket.timeout):
+        sock.recv(1)
+    assert server.service.tracker.open_count() == 0
+
+
+def test_client_that_never_reads_is_cut_off(tmp_path):
+    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, max_output_buffer=64 * 1024))
+    try:
+        hog = running.connect()
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = msgpack.packb([0, 1, "archetypes", []])
+        closed = False
+        for _ in range(2000):
+            try:
+                hog.sendall(request * 50)
+            except OSError:
+                closed = True
+                break
+        assert closed or running.bridge.stats.counters["connections"] <= 1
+        still_serves(running)
+    finally:
+        running.stop()
+
+
+def test_connection_cap_and_idle_timeout(tmp_path):
+    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, max_connections=2, idle_timeout=0.3))
+    try:
+        a, b = running.connect(), running.connect()
+        assert raw_call(a, [0, 1, "archetypes", []])[2] is None
+        c = running.connect()
+        c.settimeout(5)
+        assert c.recv(10) == b""  # over the cap: closed at once
+        assert running.bridge.stats.counters["connections_refused"] == 1
+        time.sleep(1.0)  # a and b idle past the timeout
+        a.settimeout(5)
+        assert a.recv(10) == b""
+        still_serves(running)
+    finally:
+        running.stop()
+
+
+def test_token_required_off_loopback_and_auth_first(tmp_path):
+    with pytest.raises(Exception, match="token"):
+        ServerConfig(host="0.0.0.0")
+    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, token="s3cret"))
+    try:
+        sock = running.connect()
+        reply = raw_call(sock, [0, 1, "act", ["duelist", "p", "n", OBS]])
+        assert reply[2][0] == UNAUTHORIZED and "auth" in reply[2][1]
+        assert raw_call(sock, [0, 2, "auth", ["wrong"]])[2][0] == UNAUTHORIZED
+        assert raw_call(sock, [0, 3, "auth", ["s3cret"]])[3] is True
+        assert raw_call(sock, [0, 4, "act", ["duelist", "p", "n", OBS]])[2] is None
+        with Client(port=running.port, token="s3cret") as c:
+            assert c.archetypes()
+        with pytest.raises(RemoteError, match="wrong token"):
+            Client(port=running.port, token="nope")
+    finally:
+        running.stop()
+
+
+def test_online_adaptation_through_the_bridge_is_recorded(tmp_path):
+    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, train_interval=0.01))
+    try:
+        with Client(port=running.port) as c:
+            played, deadline = 0, time.monotonic() + 30
+            while c.stats()["updates"] < 2 and time.monotonic() < deadline:
+                for t in range(3):  # the first update also warms torch up, so keep playing
+                    d = c.act("duelist", "ann", "n", OBS)
+                    c.feedback("ann", "n", float(d["action"] == 2), t == 2)
+                played += 1
+                time.sleep(0.02)
+            info = c.adapter_info("duelist", "ann")
+            assert info is not None and info["version"] >= 2
+            assert c.act("duelist", "ann", "n", OBS)["adapter_version"] >= 2
+            c.flush()
+    finally:
+        running.stop()
+    records = list(read_records(tmp_path / "d" / "logs"))
+    assert sum(len(r["players"]) for r in records if r["t"] == "decisions") == 3 * played + 1
+    assert sum(len(r["players"]) for r in records if r["t"] == "feedback") == 3 * played
+
+
+def _spawn_server(data, extra=()):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "npcadapt.cli", "serve", "--port", "0", "--data", str(data), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    line = proc.stdout.readline()
+    assert "bridge on" in line, line
+    return proc, int(line.split(":")[1].split()[0])
+
+
+def _play(port, episodes=6):
+    with Client(port=port) as c:
+        for episode in range(episodes):
+            for t in range(4):
+                d = c.act("duelist", "ann", "n", OBS)
+                c.feedback("ann", "n", float(d["action"] == 3), t == 3, wait=True)
+        return c.stats()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_flushes_log_and_adapters(tmp_path, sig):
+    proc, port = _spawn_server(tmp_path / "d", ["--episodes-per-update", "2"])
+    try:
+        stats = _play(port)
+        deadline = time.monotonic() + 20
+        while Client(port=port).stats()["updates"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "flushed" in out
+    assert stats["decisions"] == 24
+    records = list(read_records(tmp_path / "d" / "logs"))
+    assert sum(len(r["players"]) for r in records if r["t"] == "decisions") == 24
+    assert list((tmp_path / "d" / "adapters" / "duelist").rglob("*.safetensors"))
+
+
+def test_kill_9_recovers_log_and_complete_adapters(tmp_path):
+    from npcadapt.log import InteractionLog
+    from npcadapt.store import AdapterStore
+
+    proc, port = _spawn_server(tmp_path / "d", ["--episodes-per-update", "1"])
+    try:
+        _play(port)
+        with Client(port=port) as c:
+            c.flush()
+            _play(port, episodes=2)  # more, unflushed work in flight
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = InteractionLog(tmp_path / "d" / "logs")  # recovers a torn tail if any
+    log.close()
+    records = list(read_records(tmp_path / "d" / "logs"))  # raises on corruption
+    assert sum(len(r["players"]) for r in records if r["t"] == "decisions") >= 24
+    store = AdapterStore(tmp_path / "d")
+    for player in store.players("duelist"):
+        assert store.read_meta("duelist", player).version >= 1  # every file a complete version
