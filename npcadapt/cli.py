@@ -177,9 +177,58 @@ def _cmd_train_base(args) -> int:
     return 0
 
 
+def _cmd_train_adapters(args) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from .fit_report import write_fit_report
+    from .recordings import read_episodes
+    from .service import Service
+    from .training.offline import OfflineConfig, fit_adapters
+
+    logs = Path(args.logs)
+    episodes, summary = read_episodes(logs, archetypes=args.archetype and [args.archetype], players=args.players)
+    print(f"read {summary.records} records: {summary.episodes} episodes of {summary.players} players "
+          f"({summary.corrupt_records} corrupt records skipped, {summary.open_episodes} unfinished episodes ignored)")
+    config = OfflineConfig(epochs=args.epochs, learning_rate=args.lr, kl_bound=args.kl_bound, seed=args.seed)
+    data = Path(args.data) if args.data else logs.parent
+    out = Path(args.out) if args.out else data / "reports"
+    by_arch: dict[str, dict] = {}
+    for (archetype, player), eps in episodes.items():
+        by_arch.setdefault(archetype, {})[player] = eps
+    with Service(data, archetype_dirs=_archetype_dirs(args), seed=args.seed, online=None, record=False) as svc:
+        unknown = sorted(set(by_arch) - set(svc.archetypes))
+        if unknown:
+            print(f"skipping recordings of unknown archetypes {unknown}")
+        for archetype in sorted(set(by_arch) & set(svc.archetypes)):
+            players = by_arch[archetype]
+            state = data / f".fit-{archetype}.state.json"
+            with tqdm(total=len(players), desc=f"fit {archetype}", unit="player", disable=args.quiet) as bar:
+                rows = fit_adapters(svc, archetype, players, config, state_file=state, on_players=bar.update)
+            json_path, png_path = write_fit_report(archetype, rows, summary.to_dict(), asdict(config), out)
+            improved = sum(r["estimate_fitted"] > r["estimate_base"] for r in rows)
+            print(f"{archetype}: {len(rows)} players fitted, {improved} improve the off-policy estimate; "
+                  f"adapters in {data}/adapters/{archetype}; report {json_path}, plot {png_path}")
+    return 0
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train archetype bases")
+    p = sub.add_parser("train", help="train archetype bases and per-player adapters")
     tsub = p.add_subparsers(dest="train_cmd", required=True)
+    ad = tsub.add_parser("adapters", help="fit each player's adapter from recorded sessions (off-policy)")
+    ad.add_argument("--logs", required=True, help="interaction log directory (DATA/logs)")
+    ad.add_argument("--archetype", help="only this archetype")
+    ad.add_argument("--players", nargs="+", help="only these player ids")
+    ad.add_argument("--data", help="where adapters are written (default: the parent of --logs)")
+    ad.add_argument("--out", help="report directory (default: DATA/reports)")
+    ad.add_argument("--epochs", type=int, default=20)
+    ad.add_argument("--lr", type=float, default=1e-2)
+    ad.add_argument("--kl-bound", type=float, default=3.0)
+    ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    ad.add_argument("--quiet", action="store_true")
+    ad.set_defaults(func=_cmd_train_adapters)
     base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")
     base.add_argument("--archetype", required=True, help="archetype name")
     base.add_argument("--env", help="gymnasium id or module:Class (default: the archetype's env)")
@@ -243,6 +292,74 @@ def _add_sim(sub) -> None:
     p.set_defaults(func=_cmd_sim)
 
 
+# -- inspect ----------------------------------------------------------------------------
+def _cmd_inspect_log(args) -> int:
+    import numpy as np
+
+    from .log import scan
+    from .recordings import read_episodes
+
+    scanned = scan(args.dir)
+    episodes, summary = read_episodes(args.dir)
+    print(f"{args.dir}: {scanned.segments} segments, {scanned.records} records, {scanned.bytes} bytes, "
+          f"{len(scanned.corrupt_records)} corrupt records, torn tail {scanned.torn_tail_bytes} bytes")
+    print(f"{summary.decisions} decisions, {summary.feedback} feedback events, {summary.orphan_feedback} orphan feedback, "
+          f"{summary.open_episodes} unfinished episodes; bases: {dict(summary.bases)}")
+    by_arch: dict[str, list] = {}
+    for (archetype, _), eps in episodes.items():
+        by_arch.setdefault(archetype, []).append(eps)
+    for archetype, players in sorted(by_arch.items()):
+        returns = [e.total_reward for eps in players for e in eps]
+        print(f"  {archetype:<12} players {len(players):>5}  episodes {len(returns):>7}  "
+              f"return mean {np.mean(returns):.3f}  min {np.min(returns):.3f}  max {np.max(returns):.3f}")
+    return 0
+
+
+def _cmd_inspect_adapter(args) -> int:
+    import numpy as np
+
+    from .service import Service
+
+    with Service(args.data, archetype_dirs=_archetype_dirs(args), online=None, record=False) as svc:
+        info = svc.adapter_info(args.archetype, args.player)
+        if info is None:
+            print(f"player {args.player!r} has no {args.archetype} adapter in {args.data}: they get the base policy")
+            return 1
+        print(json.dumps(info.to_dict(), indent=1))
+        for name, tensor in svc.engine.get_adapter(args.archetype, args.player).items():
+            print(f"  {name:<22} shape {tuple(tensor.shape)!s:<10} norm {float(tensor.norm()):.4f}")
+        spec = svc.archetypes[args.archetype].spec
+        where = "256 seeded uniform observations"
+        obs = np.random.default_rng(0).random((256, spec.obs_dim), dtype=np.float32)
+        if args.logs:
+            from .recordings import read_episodes
+
+            episodes, _ = read_episodes(args.logs, archetypes=[args.archetype], players=[args.player])
+            steps = [o for eps in episodes.values() for ep in eps for o in ep.obs]
+            if steps:
+                obs, where = np.stack(steps), f"the player's {len(steps)} recorded observations"
+        p = svc.action_probs(args.archetype, [args.player] * len(obs), obs)
+        q = svc.action_probs(args.archetype, [args.player] * len(obs), obs, base=True)
+        kl = float(np.mean(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)), axis=1)))
+        print(f"  KL(adapter || base) {kl:.4f} nats, mean over {where}")
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="summarise recordings or one player's adapter")
+    isub = p.add_subparsers(dest="inspect_cmd", required=True)
+    lg = isub.add_parser("log", help="sessions, players, episodes, rewards and corrupt records of a log directory")
+    lg.add_argument("dir")
+    lg.set_defaults(func=_cmd_inspect_log)
+    ad = isub.add_parser("adapter", help="version, updates, norms and KL to base of one adapter")
+    ad.add_argument("--archetype", required=True)
+    ad.add_argument("--player", required=True)
+    ad.add_argument("--data", default="data/serve", help="data directory holding adapters/")
+    ad.add_argument("--logs", help="measure KL on this player's recorded observations from this log directory")
+    ad.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    ad.set_defaults(func=_cmd_inspect_adapter)
+
+
 # -- serve ----------------------------------------------------------------------------
 def _cmd_serve(args) -> int:
     from .server import ServerConfig, serve
@@ -290,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_serve, _add_bench]
+_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_serve, _add_inspect, _add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

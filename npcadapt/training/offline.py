@@ -1,0 +1,173 @@
+"""Fitting per-player adapters from recorded sessions (off-policy).
+
+Method: clipped importance-weighted policy gradient (PPO-clip against the *logged*
+behaviour log-probabilities), several epochs over each player's recorded episodes,
+many players per batched update, under the same KL-to-base bound as online training.
+The clip keeps each player's policy within a trust region of what was actually played,
+which is what makes learning from someone else's decisions safe.
+
+Evaluation: per-decision weighted importance sampling (PDWIS) of the episode return,
+for the fitted policy and for the base, from the same recorded episodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..episodes import Episode
+from ..service import Service
+from .online import OnlineConfig, OnlineTrainer, PlayerUpdate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OfflineConfig:
+    """Settings of `train adapters`."""
+
+    epochs: int = 20  # passes over each player's recorded episodes
+    players_per_batch: int = 64  # players updated together in one batched pass
+    learning_rate: float = 1e-2
+    clip_coef: float = 0.2
+    kl_bound: float = 3.0  # same guardrail as online training
+    gamma: float = 0.9
+    gae_lambda: float = 0.5
+    min_episodes: int = 1  # players with fewer recorded episodes are skipped
+    seed: int = 0
+
+    def online(self) -> OnlineConfig:
+        return OnlineConfig(episodes_per_update=1, epochs=1, learning_rate=self.learning_rate, clip_coef=self.clip_coef,
+                            kl_bound=self.kl_bound, gamma=self.gamma, gae_lambda=self.gae_lambda)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def pdwis(episodes: Sequence[Episode], target_logp: Sequence[np.ndarray], gamma: float = 1.0) -> float:
+    """Per-decision weighted importance sampling estimate of the episode return.
+
+    target_logp[i] holds log pi_target(a_t | s_t) for episode i's logged actions.
+    """
+    horizon = max(len(ep) for ep in episodes)
+    weights = np.zeros((len(episodes), horizon))
+    rewards = np.zeros((len(episodes), horizon))
+    for i, (ep, lp) in enumerate(zip(episodes, target_logp)):
+        log_rho = np.cumsum(np.asarray(lp, np.float64) - np.asarray(ep.logp, np.float64))
+        weights[i, : len(ep)] = np.exp(np.clip(log_rho, -50, 50))
+        rewards[i, : len(ep)] = ep.reward
+    totals = weights.sum(0)
+    per_step = np.divide((weights * rewards).sum(0), totals, out=np.zeros(horizon), where=totals > 0)
+    return float((per_step * gamma ** np.arange(horizon)).sum())
+
+
+def _steps(trainer: OnlineTrainer, episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All steps of `episodes`: obs (T, D), masks (T, A), logged actions (T,)."""
+    n_actions = trainer.policy.actor[-1].out_features
+    obs = torch.from_numpy(np.concatenate([np.stack(ep.obs) for ep in episodes]))
+    masks = torch.from_numpy(np.stack([m if m is not None else np.ones(n_actions, bool) for ep in episodes for m in ep.mask]))
+    actions = torch.tensor([a for ep in episodes for a in ep.action])
+    return obs, masks, actions
+
+
+def _policy_logp(trainer: OnlineTrainer, params: torch.Tensor | None, obs, masks) -> torch.Tensor:
+    """Masked log-probabilities (T, A) under `params` (None = the base)."""
+    rows = None if params is None else params.unsqueeze(0).expand(len(obs), -1)
+    with torch.no_grad():
+        return trainer._log_probs(obs, masks, rows)
+
+
+def evaluate(trainer: OnlineTrainer, params: torch.Tensor, episodes: Sequence[Episode], gamma: float) -> dict:
+    """PDWIS return estimates of the fitted policy and of the base, and mean KL(fitted || base)."""
+    obs, masks, actions = _steps(trainer, episodes)
+    splits = np.cumsum([len(ep) for ep in episodes])[:-1]
+    base = _policy_logp(trainer, None, obs, masks)
+    fitted = _policy_logp(trainer, params, obs, masks)
+    taken = lambda lp: np.split(lp.gather(1, actions.unsqueeze(1)).squeeze(1).numpy(), splits)  # noqa: E731
+    return {
+        "estimate_base": round(pdwis(episodes, taken(base), gamma), 4),
+        "estimate_fitted": round(pdwis(episodes, taken(fitted), gamma), 4),
+        "kl_to_base": round(float(trainer._kl_rows(fitted, base, masks).mean()), 4),
+    }
+
+
+def fit_adapters(
+    service: Service,
+    archetype: str,
+    episodes: dict[str, list[Episode]],
+    config: OfflineConfig,
+    *,
+    state_file: Path | None = None,
+    on_players: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Fit each player's adapter from their episodes; returns one report row per player.
+
+    With `state_file`, finished players are recorded after each batch (adapters flushed
+    first), and a rerun with the same config skips them: the fit resumes after an
+    interruption and ends with the same adapters as an uninterrupted run.
+    """
+    engine = service.engine
+    rt = engine.runtime(archetype)
+    trainer = OnlineTrainer(rt.policy, rt.layout, config.online())
+    state = _load_state(state_file, config)
+    done_rows: dict[str, dict] = state["players"]
+    todo = sorted(p for p, eps in episodes.items() if len(eps) >= config.min_episodes and p not in done_rows)
+    for start in range(0, len(todo), config.players_per_batch):
+        batch = todo[start : start + config.players_per_batch]
+        params = {p: _start_params(engine, archetype, p, config.seed) for p in batch}
+        first = dict(params)
+        for epoch in range(config.epochs):
+            items = [PlayerUpdate(p, params[p], episodes[p]) for p in batch if params[p] is not None]
+            for outcome in trainer.update(items):
+                if outcome.params is None:
+                    log.warning("player %r: non-finite update skipped, keeping the previous adapter", outcome.player)
+                    continue
+                params[outcome.player] = outcome.params
+        for p in batch:
+            eps = episodes[p]
+            if not torch.equal(params[p], first[p]):
+                engine.set_adapter_row(archetype, p, params[p], updates=config.epochs)
+            done_rows[p] = {"player": p, "episodes": len(eps), "steps": sum(len(e) for e in eps),
+                            "logged_return": round(float(np.mean([e.total_reward for e in eps])), 4),
+                            **evaluate(trainer, params[p], eps, config.gamma)}
+        engine.flush()
+        _save_state(state_file, state)
+        if on_players:
+            on_players(len(batch))
+    return [done_rows[p] for p in sorted(done_rows) if p in episodes]
+
+
+def _start_params(engine, archetype: str, player: str, seed: int) -> torch.Tensor:
+    """The player's current adapter (to refine), else a fresh one seeded by (seed, player)."""
+    current = engine.adapter_row(archetype, player)
+    if current is not None:
+        return current
+    digest = hashlib.sha256(f"{seed}\0{archetype}\0{player}".encode("utf-8", "surrogatepass")).digest()
+    return engine.fresh_adapter_row(archetype, player, seed=int.from_bytes(digest[:7], "little"))
+
+
+def _load_state(path: Path | None, config: OfflineConfig) -> dict:
+    fresh = {"config": config.fingerprint(), "players": {}}
+    if path is None or not path.exists():
+        return fresh
+    state = json.loads(path.read_text())
+    if state.get("config") != config.fingerprint():
+        log.warning("%s was written with other settings; starting over", path)
+        return fresh
+    return state
+
+
+def _save_state(path: Path | None, state: dict) -> None:
+    if path is None:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
