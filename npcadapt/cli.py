@@ -360,6 +360,38 @@ def _add_inspect(sub) -> None:
     ad.set_defaults(func=_cmd_inspect_adapter)
 
 
+# -- export -------------------------------------------------------------------------------
+def _cmd_export(args) -> int:
+    from .engine import Engine
+    from .export import export_onnx, export_peft
+
+    engine = Engine(args.data, archetype_dirs=_archetype_dirs(args))
+    try:
+        if args.format == "onnx":
+            who = args.player or "base"
+            path = export_onnx(engine, args.archetype, args.player, args.out or f"exports/{args.archetype}-{who}.onnx")
+        else:
+            path = export_peft(engine, args.archetype, args.player, args.out or f"exports/{args.archetype}-{args.player}-peft")
+    finally:
+        engine.close()
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a policy for in-engine inference (ONNX) or an adapter (PEFT layout)")
+    esub = p.add_subparsers(dest="format", required=True)
+    for fmt, text in (("onnx", "merged policy (base + the player's adapter) as ONNX: obs, mask -> logits, value"),
+                      ("peft", "the player's adapter as adapter_config.json + adapter_model.safetensors")):
+        q = esub.add_parser(fmt, help=text)
+        q.add_argument("--archetype", required=True)
+        q.add_argument("--player", required=fmt == "peft", help="player id (ONNX without it: the base policy)")
+        q.add_argument("--data", default="data/serve", help="data directory holding adapters/")
+        q.add_argument("--out", help="output file (onnx) or directory (peft)")
+        q.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+        q.set_defaults(func=_cmd_export)
+
+
 # -- serve ----------------------------------------------------------------------------
 def _cmd_serve(args) -> int:
     from .server import ServerConfig, serve
@@ -407,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_serve, _add_inspect, _add_bench]
+_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_serve, _add_inspect, _add_export, _add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:
