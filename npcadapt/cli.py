@@ -121,6 +121,10 @@ def _cmd_bench(args) -> int:
         from .bench.store import run
 
         result = run(seed=args.seed)
+    elif args.which == "fit":
+        from .bench.fit import run
+
+        result = run(players=args.players, episodes=args.episodes, epochs=args.epochs)
     elif args.which == "adapt":
         from .bench.adapt import run
         from .training.online import OnlineConfig
@@ -148,6 +152,10 @@ def _add_bench(sub) -> None:
     st = bsub.add_parser("store", help="adapter store saves/loads per second and cold-load latency")
     st.add_argument("--seed", type=int, default=0)
     bsub.add_parser("log", help="interaction log appends per second")
+    ft = bsub.add_parser("fit", help="players fitted per second by train adapters: local vs Ray 1 and 2 workers")
+    ft.add_argument("--players", type=int, default=32)
+    ft.add_argument("--episodes", type=int, default=20)
+    ft.add_argument("--epochs", type=int, default=5)
     ad = bsub.add_parser("adapt", help="adaptation quality per persona vs oracle and full fine-tuning")
     ad.add_argument("--env", default="npcadapt/Duel-v0")
     ad.add_argument("--episodes", type=int, default=200, help="episodes per player")
@@ -191,7 +199,8 @@ def _cmd_train_adapters(args) -> int:
     episodes, summary = read_episodes(logs, archetypes=args.archetype and [args.archetype], players=args.players)
     print(f"read {summary.records} records: {summary.episodes} episodes of {summary.players} players "
           f"({summary.corrupt_records} corrupt records skipped, {summary.open_episodes} unfinished episodes ignored)")
-    config = OfflineConfig(epochs=args.epochs, learning_rate=args.lr, kl_bound=args.kl_bound, seed=args.seed)
+    config = OfflineConfig(epochs=args.epochs, learning_rate=args.lr, kl_bound=args.kl_bound, seed=args.seed,
+                           players_per_batch=args.players_per_batch)
     data = Path(args.data) if args.data else logs.parent
     out = Path(args.out) if args.out else data / "reports"
     by_arch: dict[str, dict] = {}
@@ -204,8 +213,14 @@ def _cmd_train_adapters(args) -> int:
         for archetype in sorted(set(by_arch) & set(svc.archetypes)):
             players = by_arch[archetype]
             state = data / f".fit-{archetype}.state.json"
+            executor = None
+            if args.engine == "ray":
+                from .training.ray_backend import RayExecutor
+
+                executor = RayExecutor(svc.archetypes[archetype].directory, config, address=args.address, workers=args.workers)
             with tqdm(total=len(players), desc=f"fit {archetype}", unit="player", disable=args.quiet) as bar:
-                rows = fit_adapters(svc, archetype, players, config, state_file=state, on_players=bar.update)
+                rows = fit_adapters(svc, archetype, players, config, state_file=state, on_players=bar.update,
+                                    executor=executor)
             json_path, png_path = write_fit_report(archetype, rows, summary.to_dict(), asdict(config), out)
             improved = sum(r["estimate_fitted"] > r["estimate_base"] for r in rows)
             print(f"{archetype}: {len(rows)} players fitted, {improved} improve the off-policy estimate; "
@@ -223,6 +238,10 @@ def _add_train(sub) -> None:
     ad.add_argument("--data", help="where adapters are written (default: the parent of --logs)")
     ad.add_argument("--out", help="report directory (default: DATA/reports)")
     ad.add_argument("--epochs", type=int, default=20)
+    ad.add_argument("--players-per-batch", type=int, default=64, help="players fitted together in one batched pass")
+    ad.add_argument("--engine", choices=("local", "ray"), default="local", help="where batches run")
+    ad.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)")
+    ad.add_argument("--workers", type=int, help="CPUs of the local Ray (default: all)")
     ad.add_argument("--lr", type=float, default=1e-2)
     ad.add_argument("--kl-bound", type=float, default=3.0)
     ad.add_argument("--seed", type=int, default=0)

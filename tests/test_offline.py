@@ -124,3 +124,22 @@ def test_cli_train_adapters_and_inspect(tmp_path, recorded, capsys):
     out = capsys.readouterr().out
     assert "actor.0.lora_A" in out and "recorded observations" in out
     assert main(["inspect", "adapter", "--archetype", "duelist", "--player", "nobody", "--data", str(data)]) == 1
+
+
+def test_ray_engine_gives_the_same_adapters_as_local(tmp_path, recorded):
+    pytest.importorskip("ray")
+    from npcadapt.training.ray_backend import RayExecutor
+
+    config = OfflineConfig(epochs=2, players_per_batch=3)
+    _, local = _fit(tmp_path / "local", recorded, config)
+    episodes, _ = read_episodes(recorded / "logs")
+    svc = npcadapt.open(tmp_path / "ray", seed=0, online=None, record=False)
+    executor = RayExecutor(svc.archetypes["duelist"].directory, config, workers=2)
+    try:
+        rows = fit_adapters(svc, "duelist", {p: e for (_, p), e in episodes.items()}, config, executor=executor)
+        assert len(rows) == PLAYERS
+        for p, flat in local.items():
+            assert torch.allclose(svc.engine.adapter_row("duelist", p), flat, atol=1e-6)
+    finally:
+        executor.shutdown()
+        svc.close()

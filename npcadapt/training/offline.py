@@ -18,7 +18,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -99,6 +99,33 @@ def evaluate(trainer: OnlineTrainer, params: torch.Tensor, episodes: Sequence[Ep
     }
 
 
+def fit_batch(trainer: OnlineTrainer, start: dict[str, torch.Tensor], episodes: dict[str, list[Episode]],
+              config: OfflineConfig) -> dict[str, tuple[torch.Tensor, dict]]:
+    """Fit one batch of players together from their start adapters: {player: (params, report row)}.
+
+    Pure computation (no store, no files), so a local loop or a Ray worker can run it.
+    """
+    params = dict(start)
+    for _ in range(config.epochs):
+        items = [PlayerUpdate(p, params[p], episodes[p]) for p in params]
+        for outcome in trainer.update(items):
+            if outcome.params is None:
+                log.warning("player %r: non-finite update skipped, keeping the previous adapter", outcome.player)
+                continue
+            params[outcome.player] = outcome.params
+    out = {}
+    for p, flat in params.items():
+        eps = episodes[p]
+        out[p] = (flat, {"player": p, "episodes": len(eps), "steps": sum(len(e) for e in eps),
+                         "logged_return": round(float(np.mean([e.total_reward for e in eps])), 4),
+                         **evaluate(trainer, flat, eps, config.gamma)})
+    return out
+
+
+# batches of (start adapters, episodes) -> results of fit_batch, in any order
+Executor = Callable[[list[tuple[dict[str, torch.Tensor], dict[str, list[Episode]]]]], Iterator[dict]]
+
+
 def fit_adapters(
     service: Service,
     archetype: str,
@@ -107,12 +134,14 @@ def fit_adapters(
     *,
     state_file: Path | None = None,
     on_players: Callable[[int], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[dict]:
     """Fit each player's adapter from their episodes; returns one report row per player.
 
-    With `state_file`, finished players are recorded after each batch (adapters flushed
-    first), and a rerun with the same config skips them: the fit resumes after an
-    interruption and ends with the same adapters as an uninterrupted run.
+    Batches run through `executor` (default: in this process, one after another; see
+    :mod:`npcadapt.training.ray_backend` for Ray). With `state_file`, finished players are
+    recorded after each batch (adapters flushed first), and a rerun with the same config
+    skips them: the fit resumes after an interruption with the same adapters.
     """
     engine = service.engine
     rt = engine.runtime(archetype)
@@ -120,28 +149,21 @@ def fit_adapters(
     state = _load_state(state_file, config)
     done_rows: dict[str, dict] = state["players"]
     todo = sorted(p for p, eps in episodes.items() if len(eps) >= config.min_episodes and p not in done_rows)
+    jobs = []
     for start in range(0, len(todo), config.players_per_batch):
         batch = todo[start : start + config.players_per_batch]
-        params = {p: _start_params(engine, archetype, p, config.seed) for p in batch}
-        first = dict(params)
-        for epoch in range(config.epochs):
-            items = [PlayerUpdate(p, params[p], episodes[p]) for p in batch if params[p] is not None]
-            for outcome in trainer.update(items):
-                if outcome.params is None:
-                    log.warning("player %r: non-finite update skipped, keeping the previous adapter", outcome.player)
-                    continue
-                params[outcome.player] = outcome.params
-        for p in batch:
-            eps = episodes[p]
-            if not torch.equal(params[p], first[p]):
-                engine.set_adapter_row(archetype, p, params[p], updates=config.epochs)
-            done_rows[p] = {"player": p, "episodes": len(eps), "steps": sum(len(e) for e in eps),
-                            "logged_return": round(float(np.mean([e.total_reward for e in eps])), 4),
-                            **evaluate(trainer, params[p], eps, config.gamma)}
+        jobs.append(({p: _start_params(engine, archetype, p, config.seed) for p in batch}, {p: episodes[p] for p in batch}))
+    starts = {p: flat for start, _ in jobs for p, flat in start.items()}
+    run = executor or (lambda js: (fit_batch(trainer, start, eps, config) for start, eps in js))
+    for results in run(jobs):
+        for p, (flat, row) in results.items():
+            if not torch.equal(flat, starts[p]):
+                engine.set_adapter_row(archetype, p, flat, updates=config.epochs)
+            done_rows[p] = row
         engine.flush()
         _save_state(state_file, state)
         if on_players:
-            on_players(len(batch))
+            on_players(len(results))
     return [done_rows[p] for p in sorted(done_rows) if p in episodes]
 
 
