@@ -172,6 +172,17 @@ def _cmd_train_base(args) -> int:
 
     arch = _archetype(args, args.archetype)
     directory = arch.directory
+    if args.logs:
+        from .recordings import read_episodes
+        from .training.base_from_logs import CloneConfig, clone_base
+
+        episodes, _ = read_episodes(args.logs, archetypes=[arch.name])
+        new, summary = clone_base(directory, [e for eps in episodes.values() for e in eps],
+                                  CloneConfig(top_fraction=args.top, seed=args.seed, init_from_current=not args.fresh))
+        print(f"cloned the best {summary['episodes_kept']} of {summary['episodes']} recorded episodes into {arch.name}: "
+              f"version {summary['previous_base_hash']} -> {new.base_hash}; adapters trained on the old version are "
+              f"refused (and kept) until refitted with `npcadapt train adapters`")
+        return 0
     env_id = args.env or arch.spec.env
     if not env_id:
         raise NpcAdaptError(f"archetype {args.archetype!r} names no env; pass --env ID or module:Class")
@@ -251,6 +262,8 @@ def _add_train(sub) -> None:
     base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")
     base.add_argument("--archetype", required=True, help="archetype name")
     base.add_argument("--env", help="gymnasium id or module:Class (default: the archetype's env)")
+    base.add_argument("--logs", help="train from recorded sessions instead (behaviour cloning of the best episodes)")
+    base.add_argument("--top", type=float, default=0.5, help="with --logs: share of best episodes to imitate")
     base.add_argument("--steps", type=int, default=200_000, help="environment steps (default 200k)")
     base.add_argument("--envs", type=int, default=16, help="parallel envs (default 16)")
     base.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (keeps the base adaptable)")
@@ -343,6 +356,12 @@ def _cmd_inspect_adapter(args) -> int:
         info = svc.adapter_info(args.archetype, args.player)
         if info is None:
             print(f"player {args.player!r} has no {args.archetype} adapter in {args.data}: they get the base policy")
+            return 1
+        current = svc.archetypes[args.archetype].base_hash
+        if info.base_hash != current:
+            print(f"STALE: trained against base {info.base_hash}, {args.archetype} is now {current}; "
+                  f"the engine serves the base policy until it is refitted")
+            print(json.dumps(info.to_dict(), indent=1))
             return 1
         print(json.dumps(info.to_dict(), indent=1))
         for name, tensor in svc.engine.get_adapter(args.archetype, args.player).items():

@@ -143,3 +143,26 @@ def test_ray_engine_gives_the_same_adapters_as_local(tmp_path, recorded):
     finally:
         executor.shutdown()
         svc.close()
+
+
+def test_refresh_base_from_logs_makes_old_adapters_stale(tmp_path, recorded, capsys):
+    arch_dir = tmp_path / "archetypes"
+    shutil.copytree(npcadapt.Engine(tmp_path / "probe").runtime("duelist").archetype.directory, arch_dir / "duelist")
+    data = tmp_path / "data"
+    shutil.copytree(recorded / "logs", data / "logs")
+    assert main(["train", "adapters", "--logs", str(data / "logs"), "--epochs", "1", "--players", "turtle-0",
+                 "--archetypes", str(arch_dir), "--quiet"]) == 0
+    old = npcadapt.Engine(tmp_path / "x", archetype_dirs=[arch_dir]).runtime("duelist").archetype.base_hash
+    assert main(["train", "base", "--archetype", "duelist", "--archetypes", str(arch_dir), "--logs", str(data / "logs")]) == 0
+    result = json.loads((arch_dir / "duelist" / "train_result.json").read_text())
+    assert result["previous_base_hash"] == old != result["base_hash"]
+    assert result["episodes_kept"] >= result["episodes"] // 2 and result["kept_mean_return"] > result["all_mean_return"]
+    assert result["greedy_agreement_with_kept_actions"] > 0.3
+    eng = npcadapt.Engine(data, archetype_dirs=[arch_dir])
+    assert eng.runtime("duelist").archetype.base_hash == result["base_hash"]
+    assert eng.act("duelist", "turtle-0", np.zeros(8, np.float32)).adapter_version == 0  # old adapter not applied
+    assert eng.counters["stale_adapters"] == 1 and eng.store.path_for("duelist", "turtle-0").exists()
+    capsys.readouterr()
+    assert main(["inspect", "adapter", "--archetype", "duelist", "--player", "turtle-0", "--data", str(data),
+                 "--archetypes", str(arch_dir)]) == 1
+    assert "STALE" in capsys.readouterr().out
