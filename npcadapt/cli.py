@@ -121,6 +121,10 @@ def _cmd_bench(args) -> int:
         from .bench.store import run
 
         result = run(seed=args.seed)
+    elif args.which == "bridge":
+        from .bench.bridge import run
+
+        result = run(args.seconds, server_threads=args.server_threads or None)
     elif args.which == "fit":
         from .bench.fit import run
 
@@ -152,6 +156,9 @@ def _add_bench(sub) -> None:
     st = bsub.add_parser("store", help="adapter store saves/loads per second and cold-load latency")
     st.add_argument("--seed", type=int, default=0)
     bsub.add_parser("log", help="interaction log appends per second")
+    br = bsub.add_parser("bridge", help="socket bridge latency and throughput vs a raw asyncio echo")
+    br.add_argument("--seconds", type=float, default=3.0, help="seconds per load phase")
+    br.add_argument("--server-threads", type=int, default=1, help="torch threads of the server (0: torch's default)")
     ft = bsub.add_parser("fit", help="players fitted per second by train adapters: local vs Ray 1 and 2 workers")
     ft.add_argument("--players", type=int, default=32)
     ft.add_argument("--episodes", type=int, default=20)
@@ -432,9 +439,13 @@ def _add_export(sub) -> None:
 
 # -- serve ----------------------------------------------------------------------------
 def _cmd_serve(args) -> int:
+    import torch
+
     from .server import ServerConfig, serve
     from .service import Service
 
+    if args.threads:
+        torch.set_num_threads(args.threads)  # small batches: more threads only contend with the trainer
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
                           idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3)
     service = Service(args.data, archetype_dirs=_archetype_dirs(args), seed=args.seed,
@@ -462,6 +473,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--kl-bound", type=float, default=3.0, help="max mean KL(adapted || base), nats")
     p.add_argument("--no-adapt", action="store_true", help="serve without online adaptation")
     p.add_argument("--compile", action="store_true", help="torch.compile the batched forward")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 keeps torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
     p.set_defaults(func=_cmd_serve)

@@ -11,6 +11,7 @@ import math
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,11 @@ class ArchetypeSpec:
         unknown = [t for t in self.lora.targets if t not in known]
         _require(not unknown, "lora.targets", f"unknown layers {unknown}; the network has {sorted(known)}")
 
-    @property
+    @cached_property
     def obs_dim(self) -> int:
         return sum(f.size for f in self.observation)
 
-    @property
+    @cached_property
     def n_actions(self) -> int:
         return len(self.actions)
 

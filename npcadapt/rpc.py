@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import InvalidInputError
-from .service import Service
+from .service import Service, validate_npc_id
 from .store import validate_player_id
 
 ACT_OPTIONS = ("mask", "greedy")
@@ -36,12 +36,6 @@ def _arity(method: str, params: list, *counts: int) -> None:
     if len(params) not in counts:
         want = " or ".join(str(c) for c in counts)
         raise InvalidInputError(f"{method} takes {want} params, got {len(params)}")
-
-
-def _string(name: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{name} must be a string, got {type(value).__name__}")
-    return value
 
 
 def parse_obs(value: Any, obs_dim: int) -> np.ndarray:
@@ -110,7 +104,7 @@ class Methods:
             raise InvalidInputError(f"{where} row must be [player, npc, obs] or [player, npc, obs, options]")
         spec = self._spec(archetype)
         player = validate_player_id(row[0])
-        npc = _string("npc", row[1])
+        npc = validate_npc_id(row[1])
         obs = parse_obs(row[2], spec.obs_dim)
         mask, greedy = parse_options(row[3], spec.n_actions) if len(row) == 4 else (None, False)
         return ActRow(player, npc, obs, mask, greedy)
@@ -156,7 +150,7 @@ class Methods:
     def feedback(self, params: list) -> bool:
         _arity("feedback", params, 3, 4)
         player = validate_player_id(params[0])
-        npc = _string("npc", params[1])
+        npc = validate_npc_id(params[1])
         reward = params[2]
         if type(reward) not in (int, float) or not math.isfinite(reward):
             raise InvalidInputError(f"reward must be a finite number, got {reward!r}")

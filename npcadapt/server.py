@@ -37,6 +37,8 @@ from .service import Service
 
 log = logging.getLogger(__name__)
 
+MAX_AUTH_FAILURES = 3  # wrong tokens before the connection is closed
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -52,6 +54,7 @@ class ServerConfig:
     max_batch: int = 4096  # rows per engine forward
     limits: Limits = field(default_factory=Limits)
     train_interval: float = 0.05  # background online training poll, seconds
+    flush_interval: float = 1.0  # seconds between interaction-log flushes (what a kill -9 can lose)
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
@@ -72,7 +75,7 @@ class Stats:
 
     def __init__(self, window: int = 10_000):
         self.counters = {"connections": 0, "connections_total": 0, "connections_refused": 0, "requests": 0,
-                         "notifications": 0, "errors": 0, "protocol_errors": 0, "batches": 0}
+                         "notifications": 0, "errors": 0, "protocol_errors": 0, "auth_failures": 0}
         self.latency = deque(maxlen=window)  # seconds, act/act_batch request -> response
         self.batch_sizes = deque(maxlen=window)
 
@@ -85,7 +88,12 @@ class Stats:
                 "batch_size_max": int(sizes.max()) if sizes.size else None}
 
 
-Callback = Callable[[list[dict] | None, NpcAdaptError | None], None]
+def error_code(exc: Exception) -> int:
+    """Caller mistakes are INVALID_PARAMS; anything else (disk full, a bug) is INTERNAL_ERROR."""
+    return INVALID_PARAMS if isinstance(exc, InvalidInputError) else INTERNAL_ERROR
+
+
+Callback = Callable[[list[dict] | None, Exception | None], None]
 
 
 class MicroBatcher:
@@ -116,16 +124,28 @@ class MicroBatcher:
         rows = [row for group, _ in queue for row in group]
         try:
             results = self.methods.run_rows(archetype, rows)
-        except NpcAdaptError as exc:
-            for _, callback in queue:
-                callback(None, exc)
+        except Exception as exc:  # noqa: BLE001 - every request must get an answer
+            if len(queue) == 1:
+                queue[0][1](None, exc)
+                return
+            log.info("a merged batch failed (%s); answering its requests one by one", exc)
+            for group, callback in queue:  # so one request's problem never fails another's
+                self._run_alone(archetype, group, callback)
             return
-        self.stats.counters["batches"] += 1
         self.stats.batch_sizes.append(len(rows))
         start = 0
         for group, callback in queue:
             callback(results[start : start + len(group)], None)
             start += len(group)
+
+    def _run_alone(self, archetype: str, rows: list[ActRow], callback: Callback) -> None:
+        try:
+            results = self.methods.run_rows(archetype, rows)
+        except Exception as exc:  # noqa: BLE001
+            callback(None, exc)
+            return
+        self.stats.batch_sizes.append(len(rows))
+        callback(results, None)
 
 
 class Connection(asyncio.Protocol):
@@ -138,6 +158,7 @@ class Connection(asyncio.Protocol):
         self.authenticated = bridge.config.token is None
         self.last_activity = time.monotonic()
         self.open = False
+        self.auth_failures = 0
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,14 +237,16 @@ class Connection(asyncio.Protocol):
             else:
                 self.error(req.msgid, METHOD_NOT_FOUND, f"unknown method {req.method!r}; known: {self.bridge.method_names}")
         except NpcAdaptError as exc:
-            self.error(req.msgid, INVALID_PARAMS, str(exc))
+            self.error(req.msgid, error_code(exc), str(exc))
         except Exception as exc:  # a bug must not take the server down
             log.exception("internal error in %s", req.method)
             self.error(req.msgid, INTERNAL_ERROR, f"internal error in {req.method}: {type(exc).__name__}: {exc}")
 
-    def _answer_act(self, msgid: int, started: float, single: bool, results: list | None, err: NpcAdaptError | None) -> None:
+    def _answer_act(self, msgid: int, started: float, single: bool, results: list | None, err: Exception | None) -> None:
         if err is not None:
-            self.error(msgid, INVALID_PARAMS, str(err))
+            if not isinstance(err, NpcAdaptError):
+                log.error("internal error while deciding: %r", err)
+            self.error(msgid, error_code(err), str(err) if isinstance(err, NpcAdaptError) else f"internal error: {err!r}")
             return
         self.send(self.rpc.response(msgid, None, results[0] if single else results))
         self.bridge.stats.latency.append(time.perf_counter() - started)
@@ -233,8 +256,13 @@ class Connection(asyncio.Protocol):
         if isinstance(token, str) and hmac.compare_digest(token.encode(), self.bridge.config.token.encode()):
             self.authenticated = True
             self.send(self.rpc.response(req.msgid, None, True))
-        else:
-            self.error(req.msgid, UNAUTHORIZED, "auth(token): wrong token")
+            return
+        self.auth_failures += 1
+        self.bridge.stats.counters["auth_failures"] += 1
+        self.error(req.msgid, UNAUTHORIZED, "auth(token): wrong token")
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            log.info("closing a connection after %d wrong tokens", self.auth_failures)
+            self.close()
 
     # -- output -----------------------------------------------------------------------
     def error(self, msgid: int, code: int, message: str) -> None:
@@ -270,6 +298,7 @@ class Bridge:
         self.batcher: MicroBatcher | None = None
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
+        self._flusher: asyncio.Task | None = None
         self.port: int | None = None
 
     async def start(self) -> int:
@@ -279,6 +308,7 @@ class Bridge:
         self._server = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._reaper = loop.create_task(self._reap_idle())
+        self._flusher = loop.create_task(self._flush_log())
         if self.service.online:
             self.service.start_background_training(self.config.train_interval)
         log.info("npcadapt bridge listening on %s:%d", self.config.host, self.port)
@@ -293,6 +323,15 @@ class Bridge:
                 log.info("closing an idle connection")
                 conn.close()
 
+    async def _flush_log(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.flush_interval)
+            if self.service.log is not None:
+                try:
+                    self.service.log.flush()
+                except NpcAdaptError as exc:  # e.g. disk full: keep serving, keep the records buffered
+                    log.error("interaction log flush failed: %s", exc)
+
     def stats_snapshot(self) -> dict:
         return {**self.stats.snapshot(), **self.service.stats()}
 
@@ -300,8 +339,9 @@ class Bridge:
         """Stop accepting, close connections, flush the log and changed adapters."""
         if self._server is not None:
             self._server.close()
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (self._reaper, self._flusher):
+            if task is not None:
+                task.cancel()
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:

@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 MAX_NPC_ID_BYTES = 256
 
 
-def _check_npc(npc: object) -> str:
+def validate_npc_id(npc: object) -> str:
+    """A non-empty string of at most MAX_NPC_ID_BYTES UTF-8 bytes, else InvalidInputError."""
     if not isinstance(npc, str) or not npc or len(npc.encode("utf-8", "surrogatepass")) > MAX_NPC_ID_BYTES:
         raise InvalidInputError(f"npc id must be a non-empty string of at most {MAX_NPC_ID_BYTES} bytes, got {str(npc)[:40]!r}")
     return npc
@@ -84,7 +85,7 @@ class Service:
         if len(npcs) != len(players):
             raise InvalidInputError(f"got {len(npcs)} npc ids for {len(players)} rows")
         for npc in set(npcs):
-            _check_npc(npc)
+            validate_npc_id(npc)
         out = self.engine.act_batch(archetype, players, obs, masks=masks, greedy=greedy)
         obs_arr = np.ascontiguousarray(np.asarray(obs, dtype=np.float32))
         mask_arr = None if masks is None else np.ascontiguousarray(np.asarray(masks, dtype=bool))
@@ -122,7 +123,7 @@ class Service:
         decisions = []
         for player, npc, reward, done in zip(players, npcs, rewards, dones):
             validate_player_id(player)
-            _check_npc(npc)
+            validate_npc_id(npc)
             if self.online:
                 self.tracker.feedback(player, npc, float(reward), bool(done))
         self.counters["feedback"] += len(players)

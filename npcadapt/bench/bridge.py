@@ -1,0 +1,405 @@
+"""Benchmark of the socket bridge: round-trip latency and throughput over loopback.
+
+The server is a real ``npcadapt serve`` subprocess (default settings: online adaptation
+and recording on) on a fresh temporary data directory, so the load generated here never
+shares its GIL; its torch intra-op threads are set with OMP_NUM_THREADS (default 1: on
+a 2-core machine shared with the clients, torch's default of one thread per core makes
+every forward wait for a busy core). The reference is a raw asyncio echo server
+(``asyncio.Protocol`` writing back what it reads) in its own process, measured the same
+way in the same run. Observations are float32 binary (what :mod:`npcadapt.client`
+sends); archetype ``duelist`` (8 floats, 8 actions). Phases, ``seconds_per_phase`` each:
+
+- light load: one client, one blocking socket, sequential ``act`` round trips of the same
+  prebuilt request bytes -> ``act_p50_ms``, ``act_p99_ms``; the echo server gets the
+  same bytes the same way -> ``echo_p50_ms``, ``echo_p99_ms``, ``p99_ratio_vs_echo``.
+- ``single_row_decisions_per_s``: 64 connections (64 players), each keeping 16 single-row
+  ``act`` requests in flight (prebuilt bytes; each reply sends the next request).
+- ``batched_decisions_per_s``: 8 connections, each keeping 4 ``act_batch`` requests of
+  64 rows (64 distinct players per request) in flight.
+- ``act_p99_ms_while_training``: the light-load measurement again while a driver process
+  plays 64 players' 4-step episodes (an ``act_batch`` of the 64 every 10 ms; after each
+  episode's last reply one ``feedback`` notification per player with ``done``), so the
+  online trainer keeps updating adapters; ``training_updates`` counts the updates made
+  during the measurement. The same driver without ``done`` (the same load, no episode
+  ever completes, no training) gives ``act_p99_ms_same_load_no_training``, which
+  separates the trainer's cost from the driver's requests.
+
+Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N]``: one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+ARCHETYPE = "duelist"
+OBS_DIM = 8
+_READY = re.compile(r"bridge on [\d.]+:(\d+)")
+# The episode driver of the training phases: 64 players, 4-step episodes, a step per 10 ms.
+DRIVER = {"players": 64, "steps": 4, "interval": 0.01}
+
+
+# -- request bytes --------------------------------------------------------------------------
+def _obs(rng: np.random.Generator) -> bytes:
+    return rng.random(OBS_DIM, dtype=np.float32).astype("<f4").tobytes()
+
+
+def act_request(player: str, obs: bytes, msgid: int = 0) -> bytes:
+    return msgpack.packb([0, msgid, "act", [ARCHETYPE, player, "npc", obs]], use_bin_type=True)
+
+
+def act_batch_request(players: list[str], rng: np.random.Generator, msgid: int = 0) -> bytes:
+    rows = [[p, "npc", _obs(rng)] for p in players]
+    return msgpack.packb([0, msgid, "act_batch", [ARCHETYPE, rows]], use_bin_type=True)
+
+
+def _feedback_notifications(players: list[str], rewards: np.ndarray, done: bool) -> bytes:
+    return b"".join(
+        msgpack.packb([2, "feedback", [p, "npc", float(r), done]]) for p, r in zip(players, rewards)
+    )
+
+
+# -- processes ------------------------------------------------------------------------------
+def start_server(
+    data_dir: Path, *args: str, env: dict | None = None, timeout: float = 120.0
+) -> tuple[subprocess.Popen, int]:
+    """`npcadapt serve --port 0 [args]` in a subprocess; returns it and the port it printed."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "npcadapt.cli",
+        "serve",
+        "--port",
+        "0",
+        "--data",
+        str(data_dir),
+        "--seed",
+        "0",
+        *args,
+    ]
+    errors = data_dir.parent / "server-stderr.txt"  # the server's log, for the error below
+    with open(errors, "wb") as stderr:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env=None if env is None else {**os.environ, **env},
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = _READY.search(line)
+        if match:
+            return proc, int(match.group(1))
+    stop_process(proc)
+    tail = errors.read_text(errors="replace")[-500:]
+    raise RuntimeError(
+        f"npcadapt serve did not report a port within {timeout:.0f}s (exit code {proc.poll()}): {tail}"
+    )
+
+
+def stop_process(proc: subprocess.Popen | mp.Process, timeout: float = 30.0) -> None:
+    """SIGTERM (the server flushes and exits), then SIGKILL if it hangs."""
+    if isinstance(proc, subprocess.Popen):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    else:
+        proc.terminate()
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def _echo_server(ports: mp.Queue) -> None:
+    """Child process: a raw asyncio echo server on a free loopback port."""
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_Echo, "127.0.0.1", 0)
+        ports.put(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()  # until terminated
+
+    asyncio.run(main())
+
+
+def start_echo(ctx) -> tuple[mp.Process, int]:
+    ports = ctx.Queue()
+    proc = ctx.Process(target=_echo_server, args=(ports,), daemon=True)
+    proc.start()
+    return proc, ports.get(timeout=120)
+
+
+def _drive_episodes(
+    port: int, players: int, steps: int, interval: float, finish: bool, ready, stop
+) -> None:
+    """Child process: `players` NPC episodes of `steps` steps, one step per `interval` s.
+
+    Each step is one ``act_batch`` of all players; after the last step's reply, one
+    ``feedback`` notification per player carries the episode's reward. With `finish` it
+    sets ``done`` (episodes complete and the online trainer updates adapters); without it
+    no episode ever ends: the same load, no training. Sets `ready` after the first episode.
+    """
+    import socket
+
+    rng = np.random.default_rng(1)
+    names = [f"{'trainee' if finish else 'control'}-{i}" for i in range(players)]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    unpacker = msgpack.Unpacker()
+    while not stop.is_set():
+        for step in range(steps):
+            started = time.perf_counter()
+            sock.sendall(act_batch_request(names, rng))
+            while (reply := next(unpacker, None)) is None:
+                unpacker.feed(sock.recv(1 << 20))
+            if reply[2] is not None:
+                raise RuntimeError(f"driver act_batch failed: {reply[2]}")
+            if step == steps - 1:  # sparse reward: one feedback per episode, after the last reply
+                sock.sendall(_feedback_notifications(names, rng.random(players), finish))
+            time.sleep(max(0.0, interval - (time.perf_counter() - started)))
+        ready.set()
+    sock.close()
+
+
+# -- measurements ------------------------------------------------------------------------
+def round_trips(
+    port: int,
+    request: bytes,
+    seconds: float,
+    *,
+    echo: bool,
+    warmup: int = 200,
+    max_calls: int = 50_000,
+) -> np.ndarray:
+    """Sequential round-trip times (s) of `request` on one blocking socket."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    unpacker = msgpack.Unpacker()
+    size = len(request)
+    times: list[float] = []
+
+    def once() -> None:
+        sock.sendall(request)
+        if echo:
+            got = 0
+            while got < size:
+                got += len(sock.recv(65536))
+        else:
+            while (reply := next(unpacker, None)) is None:
+                unpacker.feed(sock.recv(65536))
+            if reply[2] is not None:
+                raise RuntimeError(f"act failed during the benchmark: {reply[2]}")
+
+    for _ in range(warmup):
+        once()
+    end = time.perf_counter() + seconds
+    while len(times) < max_calls:
+        start = time.perf_counter()
+        once()
+        now = time.perf_counter()
+        times.append(now - start)
+        if now > end:
+            break
+    sock.close()
+    return np.asarray(times)
+
+
+class _Pipeline(asyncio.Protocol):
+    """Keeps `window` copies of one request in flight; each reply sends the next."""
+
+    def __init__(self, request: bytes, window: int, tally: dict):
+        self.request, self.window, self.tally = request, window, tally
+        self.unpacker = msgpack.Unpacker()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.write(self.request * self.window)
+
+    def data_received(self, data: bytes) -> None:
+        self.unpacker.feed(data)
+        n = 0
+        for reply in self.unpacker:
+            n += 1
+            if reply[2] is not None:
+                self.tally["errors"] += 1
+        self.tally["replies"] += n
+        if n and self.tally["running"]:
+            self.transport.write(self.request * n)
+
+
+async def _pipelined(
+    port: int, requests: list[bytes], window: int, seconds: float, warmup: float = 0.5
+) -> float:
+    """Replies per second with one connection per request, each keeping `window` in flight."""
+    loop = asyncio.get_running_loop()
+    tally = {"replies": 0, "errors": 0, "running": True}
+    transports = []
+    for request in requests:
+        transport, _ = await loop.create_connection(
+            lambda r=request: _Pipeline(r, window, tally), "127.0.0.1", port
+        )
+        transports.append(transport)
+    await asyncio.sleep(warmup)
+    start_count, start = tally["replies"], time.perf_counter()
+    await asyncio.sleep(seconds)
+    count, elapsed = tally["replies"] - start_count, time.perf_counter() - start
+    tally["running"] = False
+    for transport in transports:
+        transport.close()
+    if tally["errors"]:
+        raise RuntimeError(f"{tally['errors']} error replies during a throughput phase")
+    return count / elapsed
+
+
+def _stats(port: int) -> dict:
+    from ..client import Client
+
+    with Client(port=port) as client:
+        return client.stats()
+
+
+def _ms(times: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(times, q)) * 1e3, 4)
+
+
+def _ratio(times: np.ndarray, reference: np.ndarray) -> float:
+    """p99 over the reference's p99."""
+    return round(float(np.percentile(times, 99) / np.percentile(reference, 99)), 3)
+
+
+def _light_while_driving(
+    ctx, port: int, request: bytes, seconds: float, finish: bool
+) -> tuple[np.ndarray, dict]:
+    """Light-load round trips while a driver process plays episodes; returns times and stat deltas."""
+    ready, stop = ctx.Event(), ctx.Event()
+    driver = ctx.Process(
+        target=_drive_episodes,
+        args=(port, DRIVER["players"], DRIVER["steps"], DRIVER["interval"], finish, ready, stop),
+        daemon=True,
+    )
+    driver.start()
+    try:
+        ready.wait(120)  # the driver process has started and played one episode
+        time.sleep(1.5)  # more episodes complete; the trainer gets going
+        before, start = _stats(port), time.perf_counter()
+        times = round_trips(port, request, seconds, echo=False)
+        after, elapsed = _stats(port), time.perf_counter() - start
+    finally:
+        stop.set()
+        driver.join(10)
+        if driver.is_alive():
+            stop_process(driver)
+    if driver.exitcode != 0:
+        raise RuntimeError(f"the episode driver failed (exit code {driver.exitcode})")
+    delta = {k: after[k] - before[k] for k in ("updates", "feedback", "decisions")}
+    return times, {**delta, "seconds": elapsed}
+
+
+def run(seconds_per_phase: float = 3.0, *, server_threads: int | None = 1) -> dict:
+    """Measure every figure (see the module docstring); about 13 x `seconds_per_phase` + start-up.
+
+    `server_threads` sets OMP_NUM_THREADS (torch's intra-op threads) for the server
+    process; None leaves torch's default (one per core).
+    """
+    rng = np.random.default_rng(0)
+    ctx = mp.get_context("spawn")
+    light = act_request("bench-light", _obs(rng))
+    result: dict = {
+        "benchmark": "bridge",
+        "seconds_per_phase": seconds_per_phase,
+        "server_threads": server_threads,
+    }
+    env = None if server_threads is None else {"OMP_NUM_THREADS": str(server_threads)}
+    with tempfile.TemporaryDirectory(prefix="npcadapt-bench-bridge-") as tmp:
+        server, port = start_server(Path(tmp) / "data", env=env)
+        echo, echo_port = start_echo(ctx)
+        try:
+            acts = round_trips(port, light, seconds_per_phase, echo=False)
+            echoes = round_trips(echo_port, light, seconds_per_phase, echo=True)
+            result.update(
+                act_p50_ms=_ms(acts, 50),
+                act_p99_ms=_ms(acts, 99),
+                act_calls=len(acts),
+                echo_p50_ms=_ms(echoes, 50),
+                echo_p99_ms=_ms(echoes, 99),
+                p99_ratio_vs_echo=_ratio(acts, echoes),
+            )
+
+            singles = [act_request(f"bench-single-{i}", _obs(rng)) for i in range(64)]
+            result["single_row_decisions_per_s"] = round(
+                asyncio.run(_pipelined(port, singles, 16, seconds_per_phase))
+            )
+            batches = [
+                act_batch_request([f"bench-batch-{c}-{i}" for i in range(64)], rng)
+                for c in range(8)
+            ]
+            result["batched_decisions_per_s"] = round(
+                64 * asyncio.run(_pipelined(port, batches, 4, seconds_per_phase))
+            )
+
+            loaded, control = _light_while_driving(
+                ctx, port, light, seconds_per_phase, finish=False
+            )
+            trained, work = _light_while_driving(ctx, port, light, seconds_per_phase, finish=True)
+            result.update(
+                act_p50_ms_while_training=_ms(trained, 50),
+                act_p99_ms_while_training=_ms(trained, 99),
+                p99_ratio_training_vs_idle=_ratio(trained, acts),
+                training_updates=work["updates"],
+                training_updates_per_s=round(work["updates"] / work["seconds"], 1),
+                driver_decisions_per_s=round(work["decisions"] / work["seconds"]),
+                act_p99_ms_same_load_no_training=_ms(loaded, 99),
+                p99_ratio_training_vs_same_load=_ratio(trained, loaded),
+                control_updates=control["updates"],
+            )
+        finally:
+            stop_process(echo)
+            stop_process(server)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per phase (default 3)")
+    parser.add_argument(
+        "--server-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the server process (default 1; 0 = torch's default)",
+    )
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.seconds, server_threads=args.server_threads or None)))
+
+
+if __name__ == "__main__":
+    main()
