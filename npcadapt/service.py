@@ -24,7 +24,7 @@ from .episodes import EpisodeTracker
 from .errors import InvalidInputError
 from .log import InteractionLog
 from .store import validate_player_id
-from .training.online import OnlineConfig, OnlineTrainer, PlayerUpdate
+from .training.online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Service:
         runtimes = {name: self.engine.runtime(name) for name in self.engine.archetypes}
         self.trainers = {name: OnlineTrainer(rt.policy, rt.layout, online) for name, rt in runtimes.items()} if online else {}
         self._train_lock = threading.Lock()
+        self._opt_states: dict[tuple[str, str], OptimizerState] = {}  # in memory; lost on restart
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0}
@@ -148,7 +149,8 @@ class Service:
                 flat = self.engine.adapter_row(archetype, player)
                 if flat is None:
                     flat = self.engine.fresh_adapter_row(archetype, player)
-                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
+                state = self._opt_states.get((archetype, player))
+                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes, state))
             done = 0
             for archetype, items in by_arch.items():
                 for outcome in self.trainers[archetype].update(items):
@@ -156,6 +158,7 @@ class Service:
                         self.counters["skipped_updates"] += 1
                         continue
                     self.engine.set_adapter_row(archetype, outcome.player, outcome.params, updates=1)
+                    self._opt_states[(archetype, outcome.player)] = outcome.state
                     self.counters["updates"] += 1
                     self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
                     done += 1
@@ -191,6 +194,7 @@ class Service:
         """Erase the player's adapter and pending episodes: they get the base policy again."""
         with self._train_lock:
             self.tracker.forget_player(archetype, player)
+            self._opt_states.pop((archetype, player), None)
             return self.engine.reset_player(archetype, player)
 
     def stats(self) -> dict:

@@ -87,6 +87,16 @@ def test_batched_update_equals_each_player_alone(svc):
         assert not torch.equal(joint.params, item.params)
 
 
+def test_optimizer_state_is_carried_per_player(svc):
+    """Each player's Adam moments and evidence count travel from one update to the next."""
+    play(svc, ["ann", "bob"], episodes=8)
+    states = {p: svc._opt_states[("tiny", p)] for p in ("ann", "bob")}
+    assert states["ann"].episodes == 8 and states["ann"].steps == 8 // svc.online.episodes_per_update * svc.online.epochs
+    assert not torch.equal(states["ann"].exp_avg, states["bob"].exp_avg)
+    svc.reset_player("tiny", "ann")
+    assert ("tiny", "ann") not in svc._opt_states and ("tiny", "bob") in svc._opt_states
+
+
 def test_nan_update_is_skipped_and_last_good_adapter_kept(svc):
     play(svc, ["ann", "bob"], episodes=4)
     rt = svc.engine.runtime("tiny")

@@ -16,7 +16,7 @@ import torch
 from ..episodes import EpisodeTracker
 from ..engine import sample_actions
 from ..policy import ActorCritic, LayerDelta, masked_log_probs
-from .online import OnlineConfig, OnlineTrainer, PlayerUpdate
+from .online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class FullFinetuneHost:
         self.config = config
         self.tracker = EpisodeTracker()
         self.params: dict[str, torch.Tensor] = {}
+        self.states: dict[str, OptimizerState] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self._ids = 0
 
@@ -102,11 +103,13 @@ class FullFinetuneHost:
     def train_pending(self) -> int:
         ready = self.tracker.ready(self.config.episodes_per_update)
         taken = self.tracker.take(ready)
-        items = [PlayerUpdate(p, self.params.get(p, torch.zeros(self.family.size)), eps) for (_, p), eps in taken.items()]
+        items = [PlayerUpdate(p, self.params.get(p, torch.zeros(self.family.size)), eps, self.states.get(p))
+                 for (_, p), eps in taken.items()]
         done = 0
         for outcome in self.trainer.update(items):
             if outcome.params is not None:
                 self.params[outcome.player] = outcome.params
+                self.states[outcome.player] = outcome.state
                 done += 1
         return done
 

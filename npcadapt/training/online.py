@@ -37,11 +37,15 @@ class OnlineConfig:
     clip_coef: float = 0.2  # PPO ratio clip
     ent_coef: float = 0.0  # entropy bonus
     kl_coef: float = 0.0  # soft KL-to-base penalty inside the loss
-    kl_bound: float = 3.0  # hard bound on mean KL(adapted || base), nats; <= 0 disables
+    kl_bound: float = 5.0  # hard bound on mean KL(adapted || base), nats; <= 0 disables
     gamma: float = 0.9  # discount (NPC decisions pay off within a few steps)
     gae_lambda: float = 0.5  # GAE lambda (low: the base critic does not know this player)
     max_grad_norm: float = 1.0  # per-player gradient clip
     normalize_advantages: bool = True  # per player and update
+    persistent_optimizer: bool = True  # keep each player's Adam moments across updates
+    lr_decay_episodes: float = 0.0  # > 0: lr / (1 + episodes seen / this) ** lr_decay_power
+    lr_decay_power: float = 0.5
+    adam_betas: tuple[float, float] = (0.9, 0.999)
 
     def __post_init__(self) -> None:
         if self.episodes_per_update < 1 or self.epochs < 1:
@@ -64,12 +68,27 @@ class ParamFamily(Protocol):
 
 
 @dataclass(frozen=True)
+class OptimizerState:
+    """One player's Adam moments and evidence count, carried from update to update."""
+
+    exp_avg: torch.Tensor  # (P,)
+    exp_avg_sq: torch.Tensor  # (P,)
+    steps: int  # Adam steps taken
+    episodes: int  # episodes trained on
+
+    @classmethod
+    def fresh(cls, size: int) -> "OptimizerState":
+        return cls(torch.zeros(size), torch.zeros(size), 0, 0)
+
+
+@dataclass(frozen=True)
 class PlayerUpdate:
     """Input for one player: their current parameters and completed episodes."""
 
     player: str
     params: torch.Tensor  # (P,) fp32
     episodes: Sequence[Episode]
+    state: OptimizerState | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +102,7 @@ class UpdateOutcome:
     steps: int
     mean_return: float
     skipped: str | None = None
+    state: OptimizerState | None = None
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
@@ -158,7 +178,15 @@ class OnlineTrainer:
         counts = torch.bincount(owner, minlength=len(items)).to(torch.float32)  # (K,)
         start = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
         params = start.clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([params], lr=cfg.learning_rate)
+        size = start.shape[1]
+        states = [self._start_state(it.state, size) for it in items]
+        exp_avg = torch.stack([st.exp_avg for st in states]).to(device)  # (K, P)
+        exp_avg_sq = torch.stack([st.exp_avg_sq for st in states]).to(device)  # (K, P)
+        steps = torch.tensor([st.steps for st in states], dtype=torch.float32, device=device)  # (K,)
+        seen = torch.tensor([st.episodes for st in states], dtype=torch.float32, device=device)  # (K,)
+        lr = torch.full_like(steps, cfg.learning_rate)
+        if cfg.lr_decay_episodes > 0:
+            lr = lr / (1 + seen / cfg.lr_decay_episodes) ** cfg.lr_decay_power
         healthy = torch.ones(len(items), dtype=torch.bool, device=device)
         with torch.no_grad():
             base_logp = self._log_probs(obs, masks, None)  # (T, A)
@@ -175,14 +203,15 @@ class OnlineTrainer:
                 row_loss = row_loss + cfg.kl_coef * self._kl_rows(logp_all, base_logp, masks)
             per_player = self._per_player_mean(row_loss, owner, counts)  # (K,)
             healthy &= torch.isfinite(per_player)
-            optimizer.zero_grad(set_to_none=False)
+            params.grad = None
             per_player.where(healthy, torch.zeros_like(per_player)).sum().backward()
             grad = params.grad
             healthy &= torch.isfinite(grad).all(dim=1)
             grad.masked_fill_(~healthy.unsqueeze(1), 0.0)
             norms = grad.norm(dim=1, keepdim=True)
             grad.mul_(torch.clamp(cfg.max_grad_norm / (norms + 1e-12), max=1.0))
-            optimizer.step()
+            with torch.no_grad():
+                exp_avg, exp_avg_sq, steps = self._adam_step(params, grad, exp_avg, exp_avg_sq, steps, lr, healthy)
         with torch.no_grad():
             new = params.detach().where(healthy.unsqueeze(1), start)
             healthy &= torch.isfinite(new).all(dim=1)
@@ -192,6 +221,8 @@ class OnlineTrainer:
         out = []
         for k, item in enumerate(items):
             ok = bool(healthy[k])
+            state = OptimizerState(exp_avg[k].cpu().clone(), exp_avg_sq[k].cpu().clone(), int(steps[k]),
+                                   states[k].episodes + len(item.episodes)) if ok else item.state
             out.append(
                 UpdateOutcome(
                     player=item.player,
@@ -201,11 +232,32 @@ class OnlineTrainer:
                     steps=int(counts[k]),
                     mean_return=returns[k],
                     skipped=None if ok else "non-finite loss or gradient",
+                    state=state,
                 )
             )
             if not ok:
                 log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
         return out
+
+    def _start_state(self, state: OptimizerState | None, size: int) -> OptimizerState:
+        if state is None:
+            return OptimizerState.fresh(size)
+        if self.config.persistent_optimizer:
+            return state
+        return OptimizerState(torch.zeros(size), torch.zeros(size), 0, state.episodes)
+
+    def _adam_step(self, params, grad, exp_avg, exp_avg_sq, steps, lr, healthy):
+        """One Adam step per row with per-row step counts and learning rates; unhealthy rows untouched."""
+        cfg = self.config
+        b1, b2 = cfg.adam_betas
+        live = healthy.unsqueeze(1)
+        new_avg = (b1 * exp_avg + (1 - b1) * grad).where(live, exp_avg)  # (K, P)
+        new_sq = (b2 * exp_avg_sq + (1 - b2) * grad * grad).where(live, exp_avg_sq)  # (K, P)
+        new_steps = steps + healthy.to(steps.dtype)  # (K,)
+        t = new_steps.clamp(min=1).unsqueeze(1)
+        step = (lr.unsqueeze(1) / (1 - b1**t)) * new_avg / ((new_sq / (1 - b2**t)).sqrt() + 1e-8)
+        params.sub_(step.where(live, torch.zeros_like(step)))
+        return new_avg, new_sq, new_steps
 
     def kl_to_base(self, params: torch.Tensor, obs, masks, owner, counts, base_logp) -> torch.Tensor:
         """Mean KL(adapted || base) per player (K,) over their observations."""
