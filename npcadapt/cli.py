@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .errors import NpcAdaptError
 
+KL_BOUND = 5.0  # = OnlineConfig.kl_bound (kept here so --help needs no torch import; a test checks)
+
 
 def _parse_obs(text: str) -> list[tuple[str, int]]:
     """'health:1,position:2' -> [('health', 1), ('position', 2)]."""
@@ -167,7 +169,7 @@ def _add_bench(sub) -> None:
     ad.add_argument("--env", default="npcadapt/Duel-v0")
     ad.add_argument("--episodes", type=int, default=200, help="episodes per player")
     ad.add_argument("--players-per-persona", type=int, default=2)
-    ad.add_argument("--kl-bound", type=float, default=3.0)
+    ad.add_argument("--kl-bound", type=float, default=KL_BOUND)
     ad.add_argument("--seed", type=int, default=0)
     for q in bsub.choices.values():
         q.set_defaults(func=_cmd_bench)
@@ -261,7 +263,7 @@ def _add_train(sub) -> None:
     ad.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)")
     ad.add_argument("--workers", type=int, help="CPUs of the local Ray (default: all)")
     ad.add_argument("--lr", type=float, default=1e-2)
-    ad.add_argument("--kl-bound", type=float, default=3.0)
+    ad.add_argument("--kl-bound", type=float, default=KL_BOUND)
     ad.add_argument("--seed", type=int, default=0)
     ad.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
     ad.add_argument("--quiet", action="store_true")
@@ -323,7 +325,7 @@ def _add_sim(sub) -> None:
     p.add_argument("--out", default="runs/sim", help="where report.json and returns.png go")
     p.add_argument("--episodes-per-update", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
-    p.add_argument("--kl-bound", type=float, default=3.0, help="max mean KL(adapted || base), nats")
+    p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
     p.add_argument("--no-adapt", action="store_true", help="serve the base only (a control run)")
     p.add_argument("--no-record", action="store_true", help="do not write the interaction log")
     p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
@@ -470,7 +472,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a batch waits for more rows")
     p.add_argument("--episodes-per-update", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
-    p.add_argument("--kl-bound", type=float, default=3.0, help="max mean KL(adapted || base), nats")
+    p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
     p.add_argument("--no-adapt", action="store_true", help="serve without online adaptation")
     p.add_argument("--compile", action="store_true", help="torch.compile the batched forward")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 keeps torch's default)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -64,7 +65,9 @@ class Service:
         runtimes = {name: self.engine.runtime(name) for name in self.engine.archetypes}
         self.trainers = {name: OnlineTrainer(rt.policy, rt.layout, online) for name, rt in runtimes.items()} if online else {}
         self._train_lock = threading.Lock()
-        self._opt_states: dict[tuple[str, str], OptimizerState] = {}  # in memory; lost on restart
+        # each player's optimizer state, in memory (lost on restart), bounded like the adapter bank
+        self._opt_states: OrderedDict[tuple[str, str], OptimizerState] = OrderedDict()
+        self._opt_capacity = sum(rt.bank.capacity for rt in runtimes.values())
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0}
@@ -158,11 +161,18 @@ class Service:
                         self.counters["skipped_updates"] += 1
                         continue
                     self.engine.set_adapter_row(archetype, outcome.player, outcome.params, updates=1)
-                    self._opt_states[(archetype, outcome.player)] = outcome.state
+                    self._remember_state(archetype, outcome.player, outcome.state)
                     self.counters["updates"] += 1
                     self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
                     done += 1
             return done
+
+    def _remember_state(self, archetype: str, player: str, state: OptimizerState) -> None:
+        key = (archetype, player)
+        self._opt_states[key] = state
+        self._opt_states.move_to_end(key)
+        while len(self._opt_states) > self._opt_capacity:
+            self._opt_states.popitem(last=False)
 
     def start_background_training(self, interval: float = 0.05) -> None:
         """Run `train_pending` in a daemon thread while decisions keep being served."""

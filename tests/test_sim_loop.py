@@ -108,3 +108,9 @@ def test_train_base_command_on_a_user_archetype(tmp_path, capsys):
 def test_cli_errors_are_clear(capsys):
     assert main(["archetype", "show", "nope"]) == 2
     assert "unknown archetype" in capsys.readouterr().err
+
+
+def test_cli_kl_bound_default_matches_the_trainer():
+    from npcadapt.cli import KL_BOUND
+
+    assert KL_BOUND == npcadapt.OnlineConfig().kl_bound

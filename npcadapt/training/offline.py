@@ -38,7 +38,7 @@ class OfflineConfig:
     players_per_batch: int = 64  # players updated together in one batched pass
     learning_rate: float = 1e-2
     clip_coef: float = 0.2
-    kl_bound: float = 3.0  # same guardrail as online training
+    kl_bound: float = 5.0  # same guardrail as online training
     gamma: float = 0.9
     gae_lambda: float = 0.5
     min_episodes: int = 1  # players with fewer recorded episodes are skipped
@@ -106,13 +106,15 @@ def fit_batch(trainer: OnlineTrainer, start: dict[str, torch.Tensor], episodes: 
     Pure computation (no store, no files), so a local loop or a Ray worker can run it.
     """
     params = dict(start)
+    states: dict = {}  # each player's optimizer state, carried from epoch to epoch
     for _ in range(config.epochs):
-        items = [PlayerUpdate(p, params[p], episodes[p]) for p in params]
+        items = [PlayerUpdate(p, params[p], episodes[p], states.get(p)) for p in params]
         for outcome in trainer.update(items):
             if outcome.params is None:
                 log.warning("player %r: non-finite update skipped, keeping the previous adapter", outcome.player)
                 continue
             params[outcome.player] = outcome.params
+            states[outcome.player] = outcome.state
     out = {}
     for p, flat in params.items():
         eps = episodes[p]
