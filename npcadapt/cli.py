@@ -481,6 +481,15 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+# -- demo -----------------------------------------------------------------------------------
+def _add_demo(sub) -> None:
+    from .demo import add_arguments, main
+
+    p = sub.add_parser("demo", help="play the pygame demo: a village whose NPCs adapt to you (--headless: a bot plays)")
+    add_arguments(p)
+    p.set_defaults(func=main)
+
+
 # -- main -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="npcadapt", description="NPCs that adapt to each player with per-player LoRA adapters.")
@@ -491,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SUBCOMMANDS = [_add_archetype, _add_train, _add_sim, _add_serve, _add_inspect, _add_export, _add_bench]
+_SUBCOMMANDS = [_add_demo, _add_archetype, _add_train, _add_sim, _add_serve, _add_inspect, _add_export, _add_bench]
 
 
 def main(argv: list[str] | None = None) -> int:

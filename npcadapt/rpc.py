@@ -89,6 +89,7 @@ class Methods:
             "adapter_info": self.adapter_info,
             "reset_player": self.reset_player,
             "flush": self.flush,
+            "action_probs": self.action_probs,
         }
 
     def _spec(self, archetype: Any):
@@ -159,6 +160,22 @@ class Methods:
             raise InvalidInputError(f"done must be a bool, got {type(done).__name__}")
         self.service.feedback(player, npc, float(reward), done)
         return True
+
+    def action_probs(self, params: list) -> list[list[float]]:
+        """action_probs(archetype, rows[, {base: bool}]) with rows [[player, obs], ...]:
+        each row's action probabilities under its player's current policy (or the base)."""
+        _arity("action_probs", params, 2, 3)
+        archetype, rows = params[0], params[1]
+        spec = self._spec(archetype)
+        options = params[2] if len(params) == 3 else {}
+        if not isinstance(options, dict) or set(options) - {"base"} or not isinstance(options.get("base", False), bool):
+            raise InvalidInputError("action_probs options must be a map with an optional bool 'base'")
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, list) and len(r) == 2 for r in rows):
+            raise InvalidInputError("action_probs rows must be a non-empty array of [player, obs]")
+        players = [validate_player_id(r[0]) for r in rows]
+        obs = np.stack([parse_obs(r[1], spec.obs_dim) for r in rows])
+        probs = self.service.action_probs(archetype, players, obs, base=options.get("base", False))
+        return probs.astype(float).tolist()
 
     def adapter_info(self, params: list) -> dict | None:
         _arity("adapter_info", params, 2)

@@ -377,3 +377,15 @@ def test_log_is_flushed_periodically(tmp_path):
         assert any(r["t"] == "decisions" for r in read_records(tmp_path / "d" / "logs"))  # no flush() was called
     finally:
         running.stop()
+
+
+def test_action_probs_method(server):
+    with Client(port=server.port) as c:
+        rows = [["ann", OBS], ["bob", np.asarray(OBS, "<f4").tobytes()]]
+        now = np.asarray(c.call("action_probs", "duelist", rows))
+        base = np.asarray(c.call("action_probs", "duelist", rows, {"base": True}))
+        assert now.shape == (2, 8) and np.allclose(now.sum(1), 1) and np.allclose(now, base)  # no adapters yet
+        with pytest.raises(RemoteError, match="rows"):
+            c.call("action_probs", "duelist", [["ann"]])
+        with pytest.raises(RemoteError, match="options"):
+            c.call("action_probs", "duelist", rows, {"colour": 1})

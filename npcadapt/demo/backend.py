@@ -1,0 +1,185 @@
+"""Where the demo's NPC decisions come from: the engine in-process, or a bridge over a socket.
+
+Both implementations expose the same small surface (:class:`Backend`): batched decisions,
+feedback, action probabilities (adapted and base) for the HUD, adapter info, reset,
+flush. In-process (:class:`LocalBackend`) wraps :class:`npcadapt.Service` with recording
+on and online training in a background thread. Over the socket (:class:`SocketBackend`)
+every call goes through :class:`npcadapt.client.Client` exactly as a game engine's would;
+the server records the session and trains, and the HUD's probabilities come from the
+bridge's ``action_probs`` method.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..client import Client
+from ..errors import InvalidInputError, NpcAdaptError
+from ..service import Service
+from ..training.online import OnlineConfig
+
+log = logging.getLogger(__name__)
+DEFAULT_ONLINE = OnlineConfig()
+
+
+@dataclass(frozen=True)
+class Act:
+    """One decision as the demo needs it."""
+
+    action: int
+    logp: float
+    version: int  # adapter version that decided (0 = base)
+
+
+class Backend(ABC):
+    """The npcadapt surface the demo uses."""
+
+    label = ""
+
+    @abstractmethod
+    def describe(self, archetype: str) -> dict: ...
+
+    @abstractmethod
+    def act_batch(self, archetype: str, players: Sequence[str], npcs: Sequence[str], obs: np.ndarray) -> list[Act]: ...
+
+    @abstractmethod
+    def feedback(self, players: Sequence[str], npcs: Sequence[str], rewards: Sequence[float],
+                 dones: Sequence[bool]) -> None: ...
+
+    @abstractmethod
+    def probs(self, archetype: str, player: str, obs: np.ndarray, *, base: bool) -> np.ndarray | None:
+        """(N, A) action probabilities on obs (N, D); None where this backend cannot tell."""
+
+    @abstractmethod
+    def adapter_info(self, archetype: str, player: str) -> dict | None: ...
+
+    @abstractmethod
+    def reset_player(self, archetype: str, player: str) -> bool: ...
+
+    @abstractmethod
+    def flush(self) -> None: ...
+
+    def train_step(self) -> int:
+        """Run pending adapter updates now (synchronous training only); returns how many."""
+        return 0
+
+    def stats(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        self.flush()
+
+
+class LocalBackend(Backend):
+    """The engine in this process, recorded to DATA/logs.
+
+    `train`: "background" runs online updates in a thread while frames keep coming (the
+    window game); "sync" runs them only when :meth:`train_step` is called (headless runs at
+    full speed, so that updates keep pace with simulated time and runs are reproducible).
+    """
+
+    def __init__(self, data_dir: str | Path, *, seed: int = 0, online: OnlineConfig | None = DEFAULT_ONLINE,
+                 train: str = "background", train_interval: float = 0.05, **service_options):
+        if train not in ("background", "sync"):
+            raise InvalidInputError(f"train must be 'background' or 'sync', got {train!r}")
+        self.service = Service(data_dir, seed=seed, online=online, record=True, **service_options)
+        self.label = f"in-process ({self.service.data_dir})"
+        self.sync = train == "sync"
+        if online is not None and not self.sync:
+            self.service.start_background_training(train_interval)
+
+    def train_step(self) -> int:
+        return self.service.train_pending(max_players=1) if self.sync else 0
+
+    def describe(self, archetype: str) -> dict:
+        return self.service.archetypes[archetype].describe()
+
+    def act_batch(self, archetype, players, npcs, obs) -> list[Act]:
+        out = self.service.act_batch(archetype, list(players), obs, npcs=list(npcs))
+        return [Act(int(a), float(lp), int(v)) for a, lp, v in zip(out.action, out.logp, out.adapter_version)]
+
+    def feedback(self, players, npcs, rewards, dones) -> None:
+        self.service.feedback_batch(list(players), list(npcs), rewards, dones)
+
+    def probs(self, archetype, player, obs, *, base) -> np.ndarray:
+        obs = np.asarray(obs, np.float32)
+        return self.service.action_probs(archetype, [player] * len(obs), obs, base=base)
+
+    def adapter_info(self, archetype, player) -> dict | None:
+        info = self.service.adapter_info(archetype, player)
+        return None if info is None else info.to_dict()
+
+    def reset_player(self, archetype, player) -> bool:
+        return self.service.reset_player(archetype, player)
+
+    def flush(self) -> None:
+        self.service.flush()
+
+    def stats(self) -> dict:
+        return self.service.stats()
+
+    def close(self) -> None:
+        self.service.close()
+
+
+class SocketBackend(Backend):
+    """A running ``npcadapt serve`` bridge, through the Python client."""
+
+    def __init__(self, host: str, port: int, *, token: str | None = None, timeout: float = 10.0):
+        try:
+            self.client = Client(host, port, token=token, timeout=timeout)
+        except OSError as exc:
+            raise NpcAdaptError(f"cannot connect to the npcadapt bridge at {host}:{port} ({exc}); "
+                                f"start one with `npcadapt serve --port {port}`") from None
+        self.label = f"socket bridge {host}:{port}"
+        self._described = {a["name"]: a for a in self.client.archetypes()}
+
+    def describe(self, archetype: str) -> dict:
+        return self._described[archetype]
+
+    def act_batch(self, archetype, players, npcs, obs) -> list[Act]:
+        rows = [[p, n, np.asarray(o, np.float32)] for p, n, o in zip(players, npcs, obs)]
+        return [Act(int(r["action"]), float(r["logp"]), int(r["adapter_version"]))
+                for r in self.client.act_batch(archetype, rows)]
+
+    def feedback(self, players, npcs, rewards, dones) -> None:
+        for p, n, r, d in zip(players, npcs, rewards, dones):
+            self.client.feedback(p, n, float(r), bool(d))  # notifications: no round trip
+
+    def probs(self, archetype, player, obs, *, base) -> np.ndarray | None:
+        rows = [[player, np.ascontiguousarray(o, "<f4").tobytes()] for o in np.asarray(obs, np.float32)]
+        return np.asarray(self.client.call("action_probs", archetype, rows, {"base": bool(base)}), np.float64)
+
+    def adapter_info(self, archetype, player) -> dict | None:
+        return self.client.adapter_info(archetype, player)
+
+    def reset_player(self, archetype, player) -> bool:
+        return bool(self.client.reset_player(archetype, player))
+
+    def flush(self) -> None:
+        self.client.flush()
+
+    def stats(self) -> dict:
+        return self.client.stats()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        except (OSError, NpcAdaptError) as exc:  # the bridge went away: it flushes on its own shutdown
+            log.warning("could not ask the bridge to flush: %s", exc)
+        finally:
+            self.client.close()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' -> (host, port); raises InvalidInputError naming the problem."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInputError(f"--connect expects HOST:PORT (e.g. 127.0.0.1:7777), got {text!r}")
+    return host.strip("[]"), int(port)

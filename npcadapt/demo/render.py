@@ -1,0 +1,183 @@
+"""pygame drawing of the world: art loading, cached text, the map, characters and speech.
+
+Imported only by the app (pygame is needed here and in :mod:`hud` / :mod:`screens`, nowhere
+else). The screen is 1280 x 720: a top bar, the 960 x 640 world view, the HUD panel on the
+right and a key-hint bar at the bottom. Static layers (tiles, trees, props) are drawn once
+per time of day into a background surface; each frame blits it and draws the characters
+sorted by depth, their speech bubbles and reward flashes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pygame
+
+from . import rules
+from .rules import COMPANION, DUELIST, MERCHANT
+from .village import DECOR, HEIGHT, STALL_TOP, TILE, WIDTH
+from .world import Npc, World
+
+ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "demo"
+SIZE = (1280, 720)
+TOP = 32
+WORLD_POS = (0, TOP)
+PANEL = pygame.Rect(WIDTH, TOP, SIZE[0] - WIDTH, HEIGHT)
+BOTTOM = pygame.Rect(0, TOP + HEIGHT, SIZE[0], SIZE[1] - TOP - HEIGHT)
+INK = (236, 236, 240)
+DIM = (160, 164, 180)
+GOOD, BAD, NEUTRAL = (110, 220, 120), (240, 96, 90), (200, 200, 200)
+ACCENT = {DUELIST: (236, 120, 90), MERCHANT: (240, 200, 80), COMPANION: (110, 210, 150)}
+ROLE = {DUELIST: "sparring partner", MERCHANT: "merchant", COMPANION: "companion"}
+TILE_FILES = {"g": "grass", "s": "sand", "c": "cobble", "d": "dirt", "v": "slab", "w": "wall", "~": "water"}
+
+
+class Art:
+    """Sprites, tiles and fonts (pygame's default font, freesansbold), loaded once."""
+
+    def __init__(self, root: Path = ASSETS):
+        def load(rel: str) -> pygame.Surface:
+            path = root / rel
+            if not path.exists():
+                raise FileNotFoundError(f"demo art {path} is missing; regenerate with assets/demo/make_art.py")
+            return pygame.image.load(str(path)).convert_alpha()
+
+        self.tiles = {code: load(f"tiles/{name}.png") for code, name in TILE_FILES.items() if code != "g"}
+        self.grass = [load(f"tiles/grass{i}.png") for i in range(3)]
+        self.flowers = load("tiles/flowers.png")
+        self.props = {name: load(f"props/{name}.png") for name in ("tree", "bush", "chest", "barrel", "post",
+                                                                 "crate", "well", "rug", "gold")}
+        self.stalls = [load(f"props/stall{i}.png") for i in range(3)]
+        self.icons = {name: load(f"icons/{name}.png") for name in ("heart", "coin", "bolt", "shield")}
+        self.people: dict[str, list[pygame.Surface]] = {}
+        for name in ["player"] + [f"duelist{i}" for i in range(8)] + [f"merchant{i}" for i in range(3)] + \
+                [f"companion{i}" for i in range(2)]:
+            self.people[name] = [load(f"characters/{name}_{f}.png") for f in (0, 1)]
+        self.shadow = pygame.Surface((30, 10), pygame.SRCALPHA)
+        pygame.draw.ellipse(self.shadow, (0, 0, 0, 70), self.shadow.get_rect())
+        self._fonts: dict[int, pygame.font.Font] = {}
+        self._text: dict[tuple, pygame.Surface] = {}
+
+    def font(self, size: int) -> pygame.font.Font:
+        if size not in self._fonts:
+            self._fonts[size] = pygame.font.Font(None, size)
+        return self._fonts[size]
+
+    def text(self, text: str, size: int = 18, colour: tuple = INK) -> pygame.Surface:
+        """A rendered text surface, cached (numbers on the HUD change a few times a second)."""
+        key = (text, size, colour)
+        surf = self._text.get(key)
+        if surf is None:
+            if len(self._text) > 3000:
+                self._text.clear()
+            surf = self._text[key] = self.font(size).render(text, True, colour)
+        return surf
+
+    def sprite(self, npc: Npc, moving: bool) -> pygame.Surface:
+        frames = self.people[f"{npc.archetype}{npc.variant % (8 if npc.archetype == DUELIST else 3 if npc.archetype == MERCHANT else 2)}"]
+        return frames[int(npc.walk / 14) % 2 if moving else 0]
+
+
+def blit_text(surface: pygame.Surface, art: Art, text: str, pos: tuple[int, int], size: int = 18,
+              colour: tuple = INK, anchor: str = "topleft", shadow: bool = False) -> pygame.Rect:
+    img = art.text(text, size, colour)
+    rect = img.get_rect(**{anchor: pos})
+    if shadow:
+        surface.blit(art.text(text, size, (20, 20, 28)), rect.move(1, 1))
+    surface.blit(img, rect)
+    return rect
+
+
+def reward_colour(value: float) -> tuple[int, int, int]:
+    return GOOD if value > 1e-9 else BAD if value < -1e-9 else NEUTRAL
+
+
+class WorldView:
+    """Draws a :class:`World` into the world rectangle of the screen."""
+
+    def __init__(self, art: Art, world: World):
+        self.art, self.world = art, world
+        day = self._background(world)
+        night = day.copy()
+        night.fill((176, 164, 226), special_flags=pygame.BLEND_MULT)
+        self.backgrounds = (day, night)
+
+    def _background(self, world: World) -> pygame.Surface:
+        bg = pygame.Surface((WIDTH, HEIGHT)).convert()
+        art = self.art
+        for y, row in enumerate(world.terrain):
+            for x, code in enumerate(row):
+                tile = art.grass[(x * 7 + y * 13) % 3] if code == "g" else art.tiles[code]
+                bg.blit(tile, (x * TILE, y * TILE))
+                if code == "g" and (x * 31 + y * 17) % 11 == 0:
+                    bg.blit(art.flowers, (x * TILE, y * TILE))
+        for kind, x, y in sorted(DECOR, key=lambda d: (d[0] != "rug", d[2])):
+            img = art.props[kind]
+            bg.blit(img, img.get_rect(midbottom=(int(x), int(y))))
+        return bg
+
+    def draw(self, screen: pygame.Surface, selected: Npc | None) -> None:
+        world, art = self.world, self.art
+        view = screen.subsurface(pygame.Rect(WORLD_POS, (WIDTH, HEIGHT)))
+        view.blit(self.backgrounds[int(world.evening)], (0, 0))
+        if selected is not None:
+            pygame.draw.ellipse(view, ACCENT[selected.archetype], (selected.x - 20, selected.y - 8, 40, 14), 2)
+        p = world.player
+        pygame.draw.ellipse(view, (110, 170, 255), (p.x - 18, p.y - 7, 36, 13), 2)
+        people = [(n.y, n) for n in world.npcs if n.archetype != MERCHANT] + [(world.player.y, None)]
+        for n in world.npcs:  # merchants stand behind their counters
+            if n.archetype == MERCHANT:
+                self._person(view, art.sprite(n, False), n.x, n.y)
+                stall = art.stalls[n.variant % 3]
+                view.blit(stall, stall.get_rect(midtop=(int(n.home[0]), int(STALL_TOP))))
+        for _, n in sorted(people, key=lambda p: p[0]):
+            if n is None:
+                p = world.player
+                moving = math.hypot(p.vx, p.vy) > 20
+                self._person(view, art.people["player"][int(p.walk / 14) % 2 if moving else 0], p.x, p.y)
+            else:
+                self._person(view, art.sprite(n, n.moving), n.x, n.y)
+        placed: list[pygame.Rect] = []
+        for n in sorted(world.npcs, key=lambda n: -n.y):
+            self._speech(view, n, placed)
+        self._player_move(view)
+
+    def _person(self, view: pygame.Surface, img: pygame.Surface, x: float, y: float) -> None:
+        view.blit(self.art.shadow, (int(x) - 15, int(y) - 5))
+        view.blit(img, img.get_rect(midbottom=(int(x), int(y) + 2)))
+
+    def _speech(self, view: pygame.Surface, npc: Npc, placed: list[pygame.Rect]) -> None:
+        """Speech bubble and reward flash above `npc`, nudged up past bubbles already drawn."""
+        art, now = self.art, self.world.time
+        top = int(npc.y) - 50
+        if npc.bubble and now < npc.bubble_until:
+            colour = (255, 220, 90) if npc.bubble == "!" else (250, 248, 240)
+            img = art.text(npc.bubble, 16, (30, 30, 40))
+            box = img.get_rect(midbottom=(int(npc.x), top)).inflate(12, 8)
+            for _ in range(4):
+                hit = box.collidelist(placed)
+                if hit < 0:
+                    break
+                box.bottom = placed[hit].top - 2
+            box.clamp_ip(view.get_rect())
+            placed.append(box)
+            pygame.draw.rect(view, colour, box, border_radius=6)
+            pygame.draw.rect(view, (40, 36, 50), box, 1, border_radius=6)
+            pygame.draw.polygon(view, colour, [(npc.x - 4, box.bottom - 1), (npc.x + 4, box.bottom - 1), (npc.x, box.bottom + 5)])
+            view.blit(img, img.get_rect(center=box.center))
+            top = box.top - 2
+        if npc.flash is not None:
+            text, value, t0 = npc.flash
+            age = now - t0
+            if age < 1.2:
+                blit_text(view, art, text, (int(npc.x), top - int(age * 18)), 18, reward_colour(value),
+                          anchor="midbottom", shadow=True)
+        label = art.text(npc.name, 14, ACCENT[npc.archetype])
+        view.blit(label, label.get_rect(midtop=(int(npc.x), int(npc.y) + 4)))
+
+    def _player_move(self, view: pygame.Surface) -> None:
+        p = self.world.player
+        if p.last_move is not None and self.world.time - p.last_move_time < 0.6:
+            blit_text(view, self.art, rules.PLAYER_MOVES[p.last_move].replace("_", " "),
+                      (int(p.x), int(p.y) - 52), 18, (150, 200, 255), anchor="midbottom", shadow=True)

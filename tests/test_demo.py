@@ -1,0 +1,273 @@
+"""The pygame demo: world rules without pygame, bots, profiles, headless runs in-process, over
+the socket bridge and from the command line (dummy video driver, see conftest)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from bridge_helpers import RunningBridge
+
+from npcadapt.client import Client
+from npcadapt.demo import rules
+from npcadapt.demo.app import run_headless
+from npcadapt.demo.backend import LocalBackend, parse_address
+from npcadapt.demo.bots import PRESETS, parse_bot
+from npcadapt.demo.options import add_arguments
+from npcadapt.demo.profiles import Profiles, check_name, player_id
+from npcadapt.demo.session import CONTROL_SUFFIX, Session
+from npcadapt.demo.village import ARENA
+from npcadapt.demo.world import MOMENT, PITCH_TIMEOUT, PlayerInput, World
+from npcadapt.errors import InvalidInputError
+from npcadapt.log import read_records
+from npcadapt.training.online import OnlineConfig
+from sim.companion import CompanionEnv
+from sim.duel import PAYOFF, DuelEnv
+from sim.merchant import MARGIN, WALK_AWAY, MerchantEnv
+
+BLOCK_HIGH = rules.SIM_ACTIONS["duelist"].index("block_high")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """The demo runs torch on one thread (tiny batches); restore the setting for other tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def demo_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+# -- world rules (no pygame, no engine) ----------------------------------------------------------
+def _in_ring(world: World) -> None:
+    world.player.x, world.player.y = ARENA[0], ARENA[1]
+    world.update(0.01, PlayerInput())
+
+
+def test_duel_reward_is_the_payoff_of_the_players_move_and_bouts_last_12():
+    world = World(duelists=1, merchants=0, companions=0)
+    _in_ring(world)
+    npc = world.npcs[0]
+    outcomes = []
+    for step in range(12):
+        world.update(1.0, PlayerInput())  # rest and cooldowns pass
+        world.player.hp = 100.0
+        (req,) = world.requests()
+        action, move = step % 8, (step * 3) % 8
+        world.decided(npc, action, req.levels)
+        world.player.cooldown = 0
+        (out,) = world.update(0.01, PlayerInput(duel_move=move))
+        assert out.reward == pytest.approx(PAYOFF[action, move])
+        outcomes.append(out)
+    assert [o.done for o in outcomes] == [False] * 11 + [True]
+    assert npc.t == 0 and not npc.open
+    world.update(3.0, PlayerInput())
+    (req,) = world.requests()
+    world.decided(npc, 0, req.levels)
+    world.player.x = 900.0  # leave the ring mid-bout: the episode ends without a reward
+    (out,) = world.update(0.01, PlayerInput())
+    assert (out.reward, out.done, out.note) == (0.0, True, "bout abandoned")
+
+
+def test_merchant_rewards_follow_the_players_reply():
+    world = World(duelists=0, merchants=1, companions=0)
+    npc = world.npcs[0]
+    world.player.x, world.player.y = world.stall_front(npc)
+    gold = world.player.gold = 100
+    results = []
+    for reply, wait in (("buy", 0.01), ("no", 0.01), (None, PITCH_TIMEOUT + 0.1)):
+        world.update(1.0, PlayerInput())
+        (req,) = world.requests()
+        world.decided(npc, 2, req.levels)  # offer_potion
+        (out,) = world.update(wait, PlayerInput(reply=reply))
+        results.append(out.reward)
+    assert results == pytest.approx([MARGIN[2], 0.0, 0.0])
+    assert world.player.gold == gold - rules.PRICES[2]
+    world.update(1.0, PlayerInput())
+    (req,) = world.requests()
+    world.decided(npc, 5, req.levels)
+    world.player.y += 200  # walks off mid-pitch
+    (out,) = world.update(0.01, PlayerInput())
+    assert (out.reward, out.done) == (WALK_AWAY, True)
+
+
+def test_companion_rewards_are_the_players_reactions():
+    world = World(duelists=0, merchants=0, companions=1)
+    npc = world.npcs[0]
+    got = []
+    for reaction, wait in (("thanks", 0.1), ("stop", 0.1), (None, MOMENT + 0.1)):
+        world.update(1.0, PlayerInput())
+        (req,) = world.requests()
+        world.decided(npc, 3, req.levels)
+        (out,) = world.update(wait, PlayerInput(reaction=reaction))
+        got.append(out.reward)
+    assert got == [1.0, -1.0, 0.0]
+
+
+@pytest.mark.parametrize("env_cls", [DuelEnv, MerchantEnv, CompanionEnv])
+def test_observations_match_the_sim_envs_layout(env_cls):
+    env = env_cls()
+    situations = env.situations()
+    for t in (0, 5, 11):
+        for c, levels in enumerate(env.model.contexts):
+            np.testing.assert_array_equal(rules.encode(levels, (2, 3, 2), t), situations[t * env.n_contexts + c][0])
+
+
+def test_duel_stance_comes_from_how_the_player_moves():
+    world = World(duelists=1, merchants=0, companions=0)
+    _in_ring(world)
+    npc = world.npcs[0]
+    for _ in range(30):  # walk straight at the NPC
+        dx, dy = npc.x - world.player.x, npc.y - world.player.y
+        world.update(1 / 60, PlayerInput(move=(dx, dy)))
+    assert world.situation(npc)[1] == 0  # aggressive
+    for _ in range(30):
+        world.update(1 / 60, PlayerInput())
+    assert world.situation(npc)[1] == 2  # neutral
+
+
+def test_bot_specs_and_bad_input():
+    assert parse_bot("high_blocker") == PRESETS["high_blocker"]
+    assert parse_bot("knight")["merchant"] == "knight"
+    assert parse_bot("duelist=turtle,companion=chatty") == {**PRESETS["high_blocker"], "duelist": "turtle", "companion": "chatty"}
+    for bad in ("nobody", "duelist=knight", "wizard=turtle"):
+        with pytest.raises(InvalidInputError, match="bot"):
+            parse_bot(bad)
+    with pytest.raises(InvalidInputError, match="HOST:PORT"):
+        parse_address("localhost")
+    assert parse_address("127.0.0.1:7777") == ("127.0.0.1", 7777)
+
+
+def test_profiles_are_case_insensitive_and_survive_a_bad_file(tmp_path):
+    assert player_id("Ana") == player_id(" ana ") == "demo:ana"
+    for bad in ("", "x" * 25, "_x", "a/b"):
+        with pytest.raises(InvalidInputError, match="profile name"):
+            check_name(bad)
+    book = Profiles(tmp_path)
+    book.open("Ana")
+    book.open("Bo")
+    again = Profiles(tmp_path)
+    assert [p.name for p in again.list()] == ["Bo", "Ana"] and again.get("ANA").sessions == 1
+    (tmp_path / "demo_profiles.json").write_text("{not json")
+    assert Profiles(tmp_path).list() == [] and (tmp_path / "demo_profiles.bad").exists()
+
+
+# -- sessions against the engine ---------------------------------------------------------------------
+def _spar(session: Session, seconds: float) -> None:
+    """Stand in the ring (never fainting) striking high every 0.4 s."""
+    for i in range(int(seconds * 60)):
+        session.world.player.hp = 100.0
+        session.step(1 / 60, PlayerInput(duel_move=0 if i % 24 == 0 else None))
+
+
+def test_adaptation_off_plays_the_base_and_never_trains(tmp_path):
+    backend = LocalBackend(tmp_path, online=OnlineConfig(episodes_per_update=1), train="sync")
+    try:
+        world = World(duelists=2, merchants=0, companions=0)
+        session = Session(world, backend, "demo:ctl", adapting=False)
+        _in_ring(world)
+        _spar(session, 20)
+        assert session.decisions > 40
+        assert backend.adapter_info("duelist", "demo:ctl" + CONTROL_SUFFIX) is None
+        assert backend.adapter_info("duelist", "demo:ctl") is None
+        session.set_adapting(True)
+        _spar(session, 20)
+        assert backend.adapter_info("duelist", "demo:ctl")["version"] > 0
+    finally:
+        backend.close()
+
+
+def test_headless_run_adapts_saves_and_profiles_are_separate(tmp_path):
+    data = tmp_path / "data"
+    shot = tmp_path / "shot.png"
+    first = run_headless(demo_args("--data", str(data), "--profile", "Ana", "--seconds", "45",
+                                   "--screenshot", str(shot), "--bot", "brawler"))
+    duel = [r for r in first["npcs"] if r["archetype"] == "duelist"]
+    assert all(r["version_start"] == 0 and r["version"] > 0 for r in duel)
+    moved = np.mean([r["probs_now"][BLOCK_HIGH] - r["probs_base"][BLOCK_HIGH] for r in duel])
+    assert moved > 0.2, f"duelists did not learn to block a brawler's high strikes: {moved:.2f}"
+    assert np.mean([r["reward_late"] for r in duel]) > np.mean([r["reward_early"] for r in duel])
+    assert first["frame_time"]["frames"] == 45 * 60
+
+    import pygame
+
+    pixels = pygame.surfarray.array3d(pygame.image.load(str(shot)))
+    assert pixels.shape[:2] == (1280, 720)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200 and pixels.std() > 30
+
+    version = duel[0]["version"]
+    second = run_headless(demo_args("--data", str(data), "--profile", "ana", "--seconds", "2"))
+    assert second["npcs"][0]["version_start"] == version  # remembered across runs
+    other = run_headless(demo_args("--data", str(data), "--profile", "Bo", "--seconds", "2"))
+    assert all(r["version_start"] == 0 for r in other["npcs"])  # a second profile starts fresh
+    players = {p for rec in read_records(data / "logs") if rec["t"] == "decisions" for p in rec["players"]}
+    assert {"demo:ana", "demo:bo"} <= players  # every session recorded
+
+    backend = LocalBackend(data, train="sync")
+    try:
+        session = Session(World(), backend, player_id("Ana"))
+        assert session.start_info["duelist"]["version"] >= version
+        session.erase()
+        assert all(backend.adapter_info(a, "demo:ana") is None for a in session.archetypes)
+    finally:
+        backend.close()
+    fresh = run_headless(demo_args("--data", str(data), "--profile", "Ana", "--seconds", "1"))
+    assert all(r["version_start"] == 0 for r in fresh["npcs"])
+
+
+def test_connect_plays_through_a_real_bridge(tmp_path):
+    bridge = RunningBridge(tmp_path / "server", online=OnlineConfig(episodes_per_update=2))
+    try:
+        summary = run_headless(demo_args("--connect", f"127.0.0.1:{bridge.port}", "--data", str(tmp_path / "client"),
+                                         "--profile", "Remote", "--seconds", "30", "--bot", "brawler"))
+        assert summary["backend"].startswith("socket bridge")
+        assert summary["decisions"] > 100
+        assert any(r["kl"] is not None for r in summary["npcs"])
+        with Client(port=bridge.port) as c:
+            deadline = time.monotonic() + 15
+            while (c.adapter_info("duelist", "demo:remote") or {}).get("version", 0) == 0:
+                assert time.monotonic() < deadline, "the server never adapted to the remote player"
+                time.sleep(0.1)
+    finally:
+        bridge.stop()
+    records = list(read_records(tmp_path / "server" / "logs"))
+    assert any(r["t"] == "feedback" and "demo:remote" in r["players"] for r in records)
+
+
+def test_window_loop_handles_keys_and_quits(tmp_path):
+    """The window path under the dummy driver: keys posted before the loop, a timed quit."""
+    from npcadapt.demo.app import init_pygame, run_window
+
+    pygame, _ = init_pygame(headless=True)
+    args = demo_args("--data", str(tmp_path), "--profile", "Keys")
+    for key in (pygame.K_m, pygame.K_h, pygame.K_h, pygame.K_TAB, pygame.K_1, pygame.K_DELETE, pygame.K_DELETE):
+        pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key, mod=0, unicode=""))
+    pygame.time.set_timer(pygame.QUIT, 600, loops=1)
+    assert run_window(args) == 0
+    assert Profiles(tmp_path).get("keys").sessions == 1
+
+
+def test_cli_headless_exits_zero_and_writes_summary(tmp_path):
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    out = tmp_path / "summary.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "npcadapt.demo", "--headless", "--bot", "turtle", "--seconds", "5",
+         "--data", str(tmp_path / "d"), "--screenshot", str(tmp_path / "s.png"), "--json", str(out)],
+        check=False, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "frame time" in proc.stdout and "p95" in proc.stdout and (tmp_path / "s.png").stat().st_size > 10_000
+    summary = json.loads(out.read_text())
+    assert summary["bot"]["duelist"] == "turtle" and summary["frame_time"]["frames"] == 300
