@@ -99,14 +99,18 @@ class Methods:
         return spec
 
     # -- decisions (batched by the server) ---------------------------------------------
-    def act_row(self, archetype: Any, row: list, where: str = "act") -> ActRow:
-        """Validate [player, npc, obs] or [player, npc, obs, options] for `archetype`."""
+    def act_row(self, archetype: Any, row: list, where: str = "act", obs: np.ndarray | None = None) -> ActRow:
+        """Validate [player, npc, obs] or [player, npc, obs, options] for `archetype`.
+
+        `obs` may be given already parsed (act_batch decodes binary observations in bulk).
+        """
         if not isinstance(row, list) or len(row) not in (3, 4):
             raise InvalidInputError(f"{where} row must be [player, npc, obs] or [player, npc, obs, options]")
         spec = self._spec(archetype)
         player = validate_player_id(row[0])
         npc = validate_npc_id(row[1])
-        obs = parse_obs(row[2], spec.obs_dim)
+        if obs is None:
+            obs = parse_obs(row[2], spec.obs_dim)
         mask, greedy = parse_options(row[3], spec.n_actions) if len(row) == 4 else (None, False)
         return ActRow(player, npc, obs, mask, greedy)
 
@@ -120,13 +124,24 @@ class Methods:
         self._spec(archetype)
         if not isinstance(rows, list) or not rows:
             raise InvalidInputError("act_batch rows must be a non-empty array")
+        bulk = self._bulk_binary_obs(archetype, rows)
         parsed = []
         for i, row in enumerate(rows):
             try:
-                parsed.append(self.act_row(archetype, row, f"row {i}"))
+                parsed.append(self.act_row(archetype, row, f"row {i}", None if bulk is None else bulk[i]))
             except InvalidInputError as exc:
                 raise InvalidInputError(f"row {i}: {exc}") from None
         return archetype, parsed
+
+    def _bulk_binary_obs(self, archetype: str, rows: list) -> np.ndarray | None:
+        """(N, D) observations decoded at once when every row carries well-sized float32 binary
+        that is all finite; else None and rows are parsed (and their errors named) one by one."""
+        width = 4 * self._spec(archetype).obs_dim
+        raws = [row[2] if isinstance(row, list) and len(row) in (3, 4) else None for row in rows]
+        if not all(isinstance(r, bytes) and len(r) == width for r in raws):
+            return None
+        obs = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
+        return obs if np.isfinite(obs).all() else None
 
     def run_rows(self, archetype: str, rows: list[ActRow]) -> list[dict]:
         """One Service.act_batch over rows (possibly from many requests)."""
@@ -138,7 +153,7 @@ class Methods:
             archetype, [r.player for r in rows], np.stack([r.obs for r in rows]),
             npcs=[r.npc for r in rows], masks=masks, greedy=np.array([r.greedy for r in rows]),
         )
-        return [d.to_dict() for d in out.rows()]
+        return out.to_dicts()
 
     # -- direct methods --------------------------------------------------------------
     def archetypes(self, params: list) -> list[dict]:

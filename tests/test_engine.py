@@ -299,3 +299,8 @@ def test_compiled_forward_matches_eager(tmp_path, arch_root):
         eng.close()
     assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-5
     assert (outs[0][1] - outs[1][1]).abs().max() <= 1e-5
+
+
+def test_batch_to_dicts_equals_row_dicts(engine):
+    out = engine.act_batch("tiny", ["a", "b", "c"], np.random.default_rng(3).standard_normal((3, 6)))
+    assert out.to_dicts() == [d.to_dict() for d in out.rows()]

@@ -389,3 +389,14 @@ def test_action_probs_method(server):
             c.call("action_probs", "duelist", [["ann"]])
         with pytest.raises(RemoteError, match="options"):
             c.call("action_probs", "duelist", rows, {"colour": 1})
+
+
+def test_binary_act_batch_names_the_bad_row(server):
+    sock = server.connect()
+    good = np.asarray(OBS, "<f4").tobytes()
+    bad = np.asarray([np.nan] + OBS[1:], "<f4").tobytes()
+    rows = [["p", "n", good], ["q", "n", good], ["r", "n", bad]]
+    reply = raw_call(sock, [0, 1, "act_batch", ["duelist", rows]])
+    assert reply[2][0] == INVALID_PARAMS and reply[2][1].startswith("row 2") and "NaN" in reply[2][1]
+    reply = raw_call(sock, [0, 2, "act_batch", ["duelist", rows[:2]]])
+    assert reply[2] is None and len(reply[3]) == 2
