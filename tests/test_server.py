@@ -237,7 +237,7 @@ def test_online_adaptation_through_the_bridge_is_recorded(tmp_path):
         with Client(port=running.port) as c:
             played, deadline = 0, time.monotonic() + 30
             while c.stats()["updates"] < 2 and time.monotonic() < deadline:
-                for t in range(3):  # the first update also warms torch up, so keep playing
+                for t in range(3):  # keep playing until two updates have landed
                     d = c.act("duelist", "ann", "n", OBS)
                     c.feedback("ann", "n", float(d["action"] == 2), t == 2)
                 played += 1
