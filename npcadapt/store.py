@@ -16,43 +16,45 @@ validation on load is moved to quarantine, so the next load serves the base poli
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
-import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import BinaryIO, NoReturn, TypeVar
 
 import safetensors.torch
 import torch
 
-from npcadapt.config import NAME_RE
+from npcadapt.adapter_meta import (
+    ARCHETYPE_NAME_RE,
+    DTYPES,
+    FORMAT,
+    MAX_PLAYER_ID_BYTES,
+    AdapterMeta,
+    AdapterSpec,
+    _show,
+    player_key,
+    validate_archetype_name,
+    validate_player_id,
+)
 from npcadapt.errors import (
     AdapterMismatchError,
-    ArchetypeError,
     CorruptAdapterError,
     InvalidInputError,
-    PlayerIdError,
     StoreError,
 )
+
+__all__ = ["ARCHETYPE_NAME_RE", "DTYPES", "FORMAT", "MAX_PLAYER_ID_BYTES", "AdapterMeta", "AdapterSpec",
+           "AdapterStore", "player_key", "validate_archetype_name", "validate_player_id"]
 
 _T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
-MAX_PLAYER_ID_BYTES = 256
-ARCHETYPE_NAME_RE = NAME_RE  # the same rule archetype.toml names follow
-FORMAT = "npcadapt-adapter/1"
-DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
-    {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-)
 _SUFFIX = ".safetensors"
 _TMP_SUFFIX = ".tmp"
 _MAX_HEADER_BYTES = 1 << 20  # our headers are ~1 KB; refuse absurd lengths before reading
@@ -68,190 +70,10 @@ _OS_REASONS = {
 }
 
 
-def validate_player_id(player: object) -> str:
-    """Return ``player`` if it is a non-empty str of at most 256 UTF-8 bytes, else raise."""
-    if not isinstance(player, str):
-        raise PlayerIdError(f"player id must be a str, got {type(player).__name__}")
-    if not player:
-        raise PlayerIdError("player id is empty")
-    try:
-        n_bytes = len(player.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise PlayerIdError(
-            f"player id {_show(player)} is not encodable as UTF-8: "
-            f"{exc.reason} at index {exc.start}"
-        ) from None
-    if n_bytes > MAX_PLAYER_ID_BYTES:
-        raise PlayerIdError(
-            f"player id {_show(player)} is {n_bytes} UTF-8 bytes; "
-            f"the limit is {MAX_PLAYER_ID_BYTES}"
-        )
-    return player
-
-
-def validate_archetype_name(name: object) -> str:
-    """Return ``name`` if it matches :data:`ARCHETYPE_NAME_RE`, else raise ArchetypeError."""
-    if not isinstance(name, str) or not ARCHETYPE_NAME_RE.fullmatch(name):
-        raise ArchetypeError(
-            f"archetype name {name!r} does not match {ARCHETYPE_NAME_RE.pattern} "
-            "(lowercase letter, then up to 63 of [a-z0-9_-])"
-        )
-    return name
-
-
-def player_key(player: str) -> str:
-    """Validated player id -> sha256 hex digest of its UTF-8 bytes (the file name stem)."""
-    return hashlib.sha256(validate_player_id(player).encode("utf-8")).hexdigest()
-
-
-def _show(player: str) -> str:
-    """A bounded repr of a player id for messages."""
-    return repr(player) if len(player) <= 80 else f"{player[:60]!r}...(+{len(player) - 60} chars)"
-
-
 def _os_reason(exc: OSError) -> str:
     """'disk full [ENOSPC]'-style text for an OSError."""
     name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     return f"{_OS_REASONS.get(exc.errno or 0) or exc.strerror or exc} [{name}]"
-
-
-def _require(ok: bool, field: str, expected: str, got: object) -> None:
-    if not ok:
-        raise InvalidInputError(f"adapter meta field {field!r}: expected {expected}, got {got!r}")
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-@dataclass(frozen=True)
-class AdapterMeta:
-    """Everything stored next to an adapter's tensors, validated at construction."""
-
-    archetype: str
-    player: str
-    base_hash: str
-    rank: int
-    alpha: float
-    rslora: bool
-    version: int  # bumped by the writer each time a changed adapter is saved
-    updates: int  # training updates applied so far
-    created: float  # unix time
-    updated: float  # unix time
-    dtype: str  # storage dtype of the tensors: "float32" | "bfloat16" | "float16"
-
-    def __post_init__(self) -> None:
-        validate_archetype_name(self.archetype)
-        validate_player_id(self.player)
-        _require(isinstance(self.base_hash, str) and bool(self.base_hash), "base_hash",
-                 "a non-empty str", self.base_hash)
-        _require(_is_int(self.rank) and self.rank >= 1, "rank", "an int >= 1", self.rank)
-        _require(_is_real(self.alpha) and self.alpha > 0, "alpha", "a finite number > 0",
-                 self.alpha)
-        _require(isinstance(self.rslora, bool), "rslora", "a bool", self.rslora)
-        for name in ("version", "updates"):
-            value = getattr(self, name)
-            _require(_is_int(value) and value >= 0, name, "an int >= 0", value)
-        for name in ("alpha", "created", "updated"):
-            value = getattr(self, name)
-            _require(_is_real(value), name, "a finite number", value)
-            object.__setattr__(self, name, float(value))
-        _require(self.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}", self.dtype)
-
-    def to_metadata(self) -> dict[str, str]:
-        """The safetensors header metadata (str -> str); floats round-trip exactly."""
-        return {
-            "format": FORMAT,
-            "archetype": self.archetype,
-            "player": self.player,
-            "base_hash": self.base_hash,
-            "rank": str(self.rank),
-            "alpha": repr(self.alpha),
-            "rslora": "true" if self.rslora else "false",
-            "version": str(self.version),
-            "updates": str(self.updates),
-            "created": repr(self.created),
-            "updated": repr(self.updated),
-            "dtype": self.dtype,
-        }
-
-    @classmethod
-    def from_metadata(cls, md: Mapping[str, str]) -> AdapterMeta:
-        """Parse :meth:`to_metadata` output; ValueError naming the field on anything bad."""
-        if md.get("format") != FORMAT:
-            raise ValueError(
-                f"metadata field 'format' is {md.get('format')!r}, expected {FORMAT!r}")
-        missing = [f for f in _FIELDS if f not in md]
-        if missing:
-            raise ValueError(f"metadata is missing field(s) {missing}")
-        bad = [f for f in _FIELDS if not isinstance(md[f], str)]
-        if bad:
-            raise ValueError(f"metadata field(s) {bad} are not strings")
-        try:
-            return cls(
-                archetype=md["archetype"],
-                player=md["player"],
-                base_hash=md["base_hash"],
-                rank=_parse_int(md, "rank"),
-                alpha=_parse_float(md, "alpha"),
-                rslora=_parse_bool(md, "rslora"),
-                version=_parse_int(md, "version"),
-                updates=_parse_int(md, "updates"),
-                created=_parse_float(md, "created"),
-                updated=_parse_float(md, "updated"),
-                dtype=md["dtype"],
-            )
-        except ArchetypeError as exc:  # not a ValueError in the hierarchy; callers expect one
-            raise ValueError(f"metadata field 'archetype': {exc}") from None
-
-
-_FIELDS = tuple(f for f in AdapterMeta.__dataclass_fields__)
-
-
-def _parse_int(md: Mapping[str, str], field: str) -> int:
-    s = md[field]
-    if not (s.isascii() and s.isdigit()):
-        raise ValueError(f"metadata field {field!r} is {s!r}, expected a non-negative integer")
-    return int(s)
-
-
-def _parse_float(md: Mapping[str, str], field: str) -> float:
-    try:
-        return float(md[field])
-    except ValueError:
-        raise ValueError(f"metadata field {field!r} is {md[field]!r}, expected a number") from None
-
-
-def _parse_bool(md: Mapping[str, str], field: str) -> bool:
-    if md[field] not in ("true", "false"):
-        raise ValueError(f"metadata field {field!r} is {md[field]!r}, expected 'true' or 'false'")
-    return md[field] == "true"
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """What a valid adapter for one archetype looks like."""
-
-    archetype: str
-    base_hash: str
-    rank: int
-    shapes: Mapping[str, tuple[int, ...]]  # e.g. {"actor.0.lora_A": (8, 64), ...}
-
-    def __post_init__(self) -> None:
-        validate_archetype_name(self.archetype)
-        if not _is_int(self.rank) or self.rank < 1:
-            raise InvalidInputError(f"AdapterSpec.rank must be an int >= 1, got {self.rank!r}")
-        if not isinstance(self.base_hash, str) or not self.base_hash:
-            raise InvalidInputError(
-                f"AdapterSpec.base_hash must be a non-empty str, got {self.base_hash!r}")
-        shapes = {str(k): tuple(int(d) for d in v) for k, v in dict(self.shapes).items()}
-        if not shapes:
-            raise InvalidInputError(f"AdapterSpec for {self.archetype!r} has no tensors")
-        object.__setattr__(self, "shapes", MappingProxyType(shapes))
 
 
 class _Invalid(Exception):
