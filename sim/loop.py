@@ -45,10 +45,21 @@ def persona_names(env: gym.Env) -> tuple[str, ...]:
     return (*env.unwrapped.PERSONAS, AVERAGE, NOISE)
 
 
-def assign_personas(env: gym.Env, players: int) -> list[tuple[str, str]]:
-    """(player id, persona) pairs, cycling through :func:`persona_names`."""
+def assign_personas(env: gym.Env, players: int, counts: dict[str, int] | None = None) -> list[tuple[str, str]]:
+    """(player id, persona) pairs, cycling through :func:`persona_names`.
+
+    `counts` overrides how many players a persona gets (e.g. more 'average' players, whose
+    figure is noisier); the others keep the cycling share of `players`.
+    """
     personas = persona_names(env)
-    return [(f"{personas[i % len(personas)]}-{i // len(personas)}", personas[i % len(personas)]) for i in range(players)]
+    pairs = [(f"{personas[i % len(personas)]}-{i // len(personas)}", personas[i % len(personas)]) for i in range(players)]
+    if not counts:
+        return pairs
+    unknown = set(counts) - set(personas)
+    if unknown:
+        raise ValueError(f"unknown personas in counts: {sorted(unknown)}; env has {list(personas)}")
+    kept = [pair for pair in pairs if pair[1] not in counts]
+    return kept + [(f"{name}-{j}", name) for name, n in counts.items() for j in range(n)]
 
 
 class Evaluator:
@@ -89,11 +100,12 @@ def run_simulation(
     seed: int = 0,
     train: bool = True,
     on_episode: Callable[[int], None] | None = None,
+    persona_counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Play `episodes` episodes for each of `players` simulated players; return the report."""
     start = time.perf_counter()
     probe = gym.make(env_id)
-    assignment = assign_personas(probe, players)
+    assignment = assign_personas(probe, players, persona_counts)
     tracks = [PlayerTrack(p, persona) for p, persona in assignment]
     envs = [gym.make(env_id, persona=persona) for _, persona in assignment]
     evaluator = Evaluator(probe)

@@ -87,6 +87,42 @@ def test_batched_update_equals_each_player_alone(svc):
         assert not torch.equal(joint.params, item.params)
 
 
+def test_evidence_gate_is_per_player_and_waits_for_a_second_update(svc):
+    """With the evidence gate on, the first update takes no step; later ones match each player alone."""
+    base = svc.trainers["tiny"]
+    trainer = OnlineTrainer(base.policy, base.family, OnlineConfig(evidence_beta=0.8, evidence_full=0.3))
+    rt = svc.engine.runtime("tiny")
+    rng = np.random.default_rng(3)
+
+    def episodes(player, sign):
+        eps = []
+        for _ in range(3):
+            ep = Episode("tiny", player, "n")
+            for _ in range(5):
+                action = int(rng.integers(0, 4))
+                ep.obs.append(OBS[rng.integers(0, 3)])
+                ep.mask.append(None)
+                ep.action.append(action)
+                ep.logp.append(float(np.log(0.25)))
+                ep.value.append(0.0)
+                ep.reward.append(sign * (1.0 if action == 0 else -0.3))  # consistent: action 0 pays
+                ep.decision.append(0)
+            eps.append(ep)
+        return eps
+
+    names = ("ann", "bob")
+    start = [rt.layout.pack(svc.engine.new_adapter("tiny", p)) for p in names]
+    first = trainer.update([PlayerUpdate(p, x, episodes(p, 1.0)) for p, x in zip(names, start)])
+    for out, x in zip(first, start):
+        assert torch.equal(out.params, x)  # one update is no evidence of consistency
+    items = [PlayerUpdate(o.player, o.params, episodes(o.player, 1.0), o.state) for o in first]
+    together = trainer.update(items)
+    for item, joint in zip(items, together):
+        alone = trainer.update([item])[0]
+        assert torch.allclose(joint.params, alone.params, atol=1e-6)
+        assert not torch.equal(joint.params, item.params)  # consistent feedback: the gate opened
+
+
 def test_optimizer_state_is_carried_per_player(svc):
     """Each player's Adam moments and evidence count travel from one update to the next."""
     play(svc, ["ann", "bob"], episodes=8)

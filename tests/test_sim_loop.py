@@ -76,7 +76,8 @@ def test_sim_without_adaptation_stays_at_base(tmp_path, capsys):
 def test_bench_adapt_reports_lora_and_full_finetune(tmp_path):
     from npcadapt.bench.adapt import run
 
-    result = run("npcadapt/Duel-v0", players_per_persona=1, episodes=8, seed=0)
+    result = run("npcadapt/Duel-v0", players_per_persona=1, episodes=8, seed=0, control_players=2)
+    assert result["players"] == 8 + 2 + 2  # 1 per named persona, 2 average, 2 noise
     assert set(result) >= {"mean_gain", "lora_vs_full", "adapter_param_fraction", "episodes_per_player", "personas"}
     assert 0 < result["adapter_param_fraction"] < 0.5
     p = result["personas"]["turtle"]

@@ -20,22 +20,29 @@ from ..training.online import OnlineConfig
 
 
 def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episodes: int = 200, seed: int = 0,
-        config: OnlineConfig = OnlineConfig(), archetype_dirs=None) -> dict:
+        config: OnlineConfig = OnlineConfig(), archetype_dirs=None, control_players: int = 8) -> dict:
+    """Benchmark one env. Named personas get `players_per_persona` players each; the
+    'average' and 'noise' personas get `control_players` each (their figures are
+    differences near zero, so they need more players to be trustworthy)."""
     import gymnasium as gym
 
     from sim.loop import persona_names, run_simulation  # sim is a sibling package
+    from sim.personas import AVERAGE, NOISE
 
     archetype = archetype_for_env(env_id, find_archetypes(archetype_dirs or [BUILTIN_DIR]))
     players = players_per_persona * len(persona_names(gym.make(env_id)))
+    counts = {AVERAGE: control_players, NOISE: control_players}
     with tempfile.TemporaryDirectory(prefix="npcadapt-adapt-") as tmp:
         svc = Service(tmp, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)
-        lora = run_simulation(svc, env_id, archetype, players=players, episodes=episodes, seed=seed)
+        lora = run_simulation(svc, env_id, archetype, players=players, episodes=episodes, seed=seed,
+                              persona_counts=counts)
         rt = svc.engine.runtime(archetype)
         adapter_params = rt.layout.size
         network_params = sum(p.numel() for p in rt.archetype.policy.parameters())
         svc.close()
     full_host = FullFinetuneHost(rt.archetype.policy, archetype, config, seed=seed)
-    full = run_simulation(full_host, env_id, archetype, players=players, episodes=episodes, seed=seed)
+    full = run_simulation(full_host, env_id, archetype, players=players, episodes=episodes, seed=seed,
+                          persona_counts=counts)
     personas = {}
     for name, p in lora["personas"].items():
         f = full["personas"][name]
@@ -58,7 +65,7 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         "env": env_id,
         "archetype": archetype,
         "episodes_per_player": episodes,
-        "players": players,
+        "players": lora["players"],
         "mean_gain": round(mean_gain, 4),
         "full_ft_mean_gain": round(mean_full, 4),
         "lora_vs_full": round(mean_gain / mean_full, 4) if mean_full else None,

@@ -46,6 +46,9 @@ class OnlineConfig:
     lr_decay_episodes: float = 0.0  # > 0: lr / (1 + episodes seen / this) ** lr_decay_power
     lr_decay_power: float = 0.5
     adam_betas: tuple[float, float] = (0.9, 0.999)
+    evidence_beta: float = 0.0  # > 0: gate each player's step by how consistent their gradients are across updates
+    evidence_full: float = 0.3  # signal share of gradient energy at which a player takes the full step
+    evidence_power: float = 1.0  # step scale = min(1, signal share / evidence_full) ** this
 
     def __post_init__(self) -> None:
         if self.episodes_per_update < 1 or self.epochs < 1:
@@ -75,10 +78,13 @@ class OptimizerState:
     exp_avg_sq: torch.Tensor  # (P,)
     steps: int  # Adam steps taken
     episodes: int  # episodes trained on
+    direction: torch.Tensor | None = None  # (P,) decayed sum of unit update gradients (evidence gate)
+    weight: float = 0.0  # decayed sum of weights of those gradients
+    weight_sq: float = 0.0  # decayed sum of squared weights
 
     @classmethod
     def fresh(cls, size: int) -> "OptimizerState":
-        return cls(torch.zeros(size), torch.zeros(size), 0, 0)
+        return cls(torch.zeros(size), torch.zeros(size), 0, 0, torch.zeros(size), 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -190,7 +196,9 @@ class OnlineTrainer:
         healthy = torch.ones(len(items), dtype=torch.bool, device=device)
         with torch.no_grad():
             base_logp = self._log_probs(obs, masks, None)  # (T, A)
-        for _ in range(cfg.epochs):
+        gate = torch.ones_like(steps)
+        evidence = None
+        for epoch in range(cfg.epochs):
             logp_all = self._log_probs(obs, masks, params.index_select(0, owner))
             logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)  # (T,)
             ratio = torch.exp(logp - old_logp)
@@ -209,9 +217,12 @@ class OnlineTrainer:
             healthy &= torch.isfinite(grad).all(dim=1)
             grad.masked_fill_(~healthy.unsqueeze(1), 0.0)
             norms = grad.norm(dim=1, keepdim=True)
+            if epoch == 0 and cfg.evidence_beta > 0:
+                evidence = self._evidence(states, grad / (norms + 1e-12), healthy)
+                gate = (evidence[3] / cfg.evidence_full).clamp(max=1.0) ** cfg.evidence_power
             grad.mul_(torch.clamp(cfg.max_grad_norm / (norms + 1e-12), max=1.0))
             with torch.no_grad():
-                exp_avg, exp_avg_sq, steps = self._adam_step(params, grad, exp_avg, exp_avg_sq, steps, lr, healthy)
+                exp_avg, exp_avg_sq, steps = self._adam_step(params, grad, exp_avg, exp_avg_sq, steps, lr * gate, healthy)
         with torch.no_grad():
             new = params.detach().where(healthy.unsqueeze(1), start)
             healthy &= torch.isfinite(new).all(dim=1)
@@ -221,8 +232,10 @@ class OnlineTrainer:
         out = []
         for k, item in enumerate(items):
             ok = bool(healthy[k])
+            ev = dict(direction=evidence[0][k].cpu().clone(), weight=float(evidence[1][k]), weight_sq=float(evidence[2][k])) \
+                if evidence is not None else {}
             state = OptimizerState(exp_avg[k].cpu().clone(), exp_avg_sq[k].cpu().clone(), int(steps[k]),
-                                   states[k].episodes + len(item.episodes)) if ok else item.state
+                                   states[k].episodes + len(item.episodes), **ev) if ok else item.state
             out.append(
                 UpdateOutcome(
                     player=item.player,
@@ -239,12 +252,37 @@ class OnlineTrainer:
                 log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
         return out
 
+    def _evidence(self, states: list[OptimizerState], unit: torch.Tensor, healthy: torch.Tensor):
+        """Fold this update's unit gradients (K, P) into each player's decayed history.
+
+        Returns (direction (K, P), weight (K,), weight_sq (K,), gate (K,)). The gate is the
+        share of gradient energy that is signal: with decayed weights w, unit gradients
+        g = mu + noise, E|mean g|^2 = |mu|^2 + s2 * W2 / W1^2 and E|g|^2 = 1 = |mu|^2 + s2,
+        so |mu|^2 is estimated without bias as (|mean g|^2 - W2/W1^2) / (1 - W2/W1^2).
+        A player whose feedback disagrees with itself gets a gate near 0 and stays put.
+        """
+        beta = self.config.evidence_beta
+        dev = unit.device
+        size = unit.shape[1]
+        direction = torch.stack([st.direction if st.direction is not None else torch.zeros(size) for st in states]).to(dev)
+        w1 = torch.tensor([st.weight for st in states], dtype=torch.float32, device=dev)  # (K,)
+        w2 = torch.tensor([st.weight_sq for st in states], dtype=torch.float32, device=dev)  # (K,)
+        live = healthy.to(torch.float32)
+        direction = torch.where(healthy.unsqueeze(1), beta * direction + unit, direction)  # (K, P)
+        w1 = torch.where(healthy, beta * w1 + live, w1)
+        w2 = torch.where(healthy, beta * beta * w2 + live, w2)
+        ratio = w2 / w1.clamp(min=1e-12)**2  # 1 after one update, -> (1 - beta) / (1 + beta)
+        mean_sq = (direction / w1.clamp(min=1e-12).unsqueeze(1)).pow(2).sum(1)
+        signal = (mean_sq - ratio) / (1 - ratio).clamp(min=1e-6)
+        gate = torch.where(ratio < 1 - 1e-6, signal.clamp(0.0, 1.0), torch.zeros_like(signal))
+        return direction, w1, w2, gate
+
     def _start_state(self, state: OptimizerState | None, size: int) -> OptimizerState:
         if state is None:
             return OptimizerState.fresh(size)
         if self.config.persistent_optimizer:
             return state
-        return OptimizerState(torch.zeros(size), torch.zeros(size), 0, state.episodes)
+        return OptimizerState(torch.zeros(size), torch.zeros(size), 0, state.episodes, state.direction, state.weight, state.weight_sq)
 
     def _adam_step(self, params, grad, exp_avg, exp_avg_sq, steps, lr, healthy):
         """One Adam step per row with per-row step counts and learning rates; unhealthy rows untouched."""
