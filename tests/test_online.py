@@ -12,7 +12,7 @@ import torch
 import npcadapt
 from npcadapt.episodes import Episode
 from npcadapt.log import read_records
-from npcadapt.training.online import OnlineConfig, OnlineTrainer, PlayerUpdate
+from npcadapt.training.online import OnlineConfig, PlayerUpdate
 
 OBS = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
 FAVOURITE = {"ann": 2, "bob": 0}  # each simulated player rewards one action
@@ -85,42 +85,6 @@ def test_batched_update_equals_each_player_alone(svc):
         alone = trainer.update([item])[0]
         assert torch.allclose(joint.params, alone.params, atol=1e-6)
         assert not torch.equal(joint.params, item.params)
-
-
-def test_evidence_gate_is_per_player_and_waits_for_a_second_update(svc):
-    """With the evidence gate on, the first update takes no step; later ones match each player alone."""
-    base = svc.trainers["tiny"]
-    trainer = OnlineTrainer(base.policy, base.family, OnlineConfig(evidence_beta=0.8, evidence_full=0.3))
-    rt = svc.engine.runtime("tiny")
-    rng = np.random.default_rng(3)
-
-    def episodes(player, sign):
-        eps = []
-        for _ in range(3):
-            ep = Episode("tiny", player, "n")
-            for _ in range(5):
-                action = int(rng.integers(0, 4))
-                ep.obs.append(OBS[rng.integers(0, 3)])
-                ep.mask.append(None)
-                ep.action.append(action)
-                ep.logp.append(float(np.log(0.25)))
-                ep.value.append(0.0)
-                ep.reward.append(sign * (1.0 if action == 0 else -0.3))  # consistent: action 0 pays
-                ep.decision.append(0)
-            eps.append(ep)
-        return eps
-
-    names = ("ann", "bob")
-    start = [rt.layout.pack(svc.engine.new_adapter("tiny", p)) for p in names]
-    first = trainer.update([PlayerUpdate(p, x, episodes(p, 1.0)) for p, x in zip(names, start)])
-    for out, x in zip(first, start):
-        assert torch.equal(out.params, x)  # one update is no evidence of consistency
-    items = [PlayerUpdate(o.player, o.params, episodes(o.player, 1.0), o.state) for o in first]
-    together = trainer.update(items)
-    for item, joint in zip(items, together):
-        alone = trainer.update([item])[0]
-        assert torch.allclose(joint.params, alone.params, atol=1e-6)
-        assert not torch.equal(joint.params, item.params)  # consistent feedback: the gate opened
 
 
 def test_optimizer_state_is_carried_per_player(svc):
@@ -204,3 +168,50 @@ def test_reset_erases_adapter_and_pending_episodes(svc):
 def test_feedback_without_decision_is_a_clear_error(svc):
     with pytest.raises(npcadapt.NpcAdaptError, match="no decision"):
         svc.feedback("ghost", "n", 1.0)
+
+
+def kl_to_base(svc, player, obs=OBS):
+    p, q = policy_probs(svc, player, obs), policy_probs(svc, "nobody", obs)
+    return float((p * (p.log() - q.log())).sum(-1).mean())
+
+
+def play_consistent_and_noisy(svc, episodes, seed=4):
+    """ann rewards her favourite action; zed's rewards are coin flips whatever the NPC does."""
+    rng = np.random.default_rng(seed)
+    players, npcs = ["ann", "zed"], ["n", "n"]
+    for _ in range(episodes):
+        for t in range(4):
+            out = svc.act_batch("tiny", players, OBS[rng.integers(0, len(OBS), size=2)], npcs=npcs)
+            rewards = [float(out.action[0] == FAVOURITE["ann"]), float(rng.random() < 0.5)]
+            svc.feedback_batch(players, npcs, rewards, [t == 3] * 2)
+        svc.train_pending()
+
+
+def test_validation_gate_serves_consistent_players_and_keeps_noise_at_base(svc):
+    rt = svc.engine.runtime("tiny")
+    scalable = rt.layout.scalable_mask()
+    play_consistent_and_noisy(svc, episodes=svc.online.episodes_per_update)  # one update
+    first = svc._opt_states[("tiny", "zed")]
+    served = rt.layout.pack(svc.engine.get_adapter("tiny", "zed"))
+    assert first.gate == 0.0 and not served[scalable].any()  # no evidence yet: the base is served
+    assert first.iterate[scalable].any()  # ... while the trained adapter already moved
+    play_consistent_and_noisy(svc, episodes=36, seed=5)
+    ann, zed = svc._opt_states[("tiny", "ann")], svc._opt_states[("tiny", "zed")]
+    assert ann.gate > 0.5 and ann.gate_n >= 16
+    assert zed.gate < 0.5 and not zed.gate_locked
+    assert kl_to_base(svc, "ann") > 0.5
+    assert kl_to_base(svc, "zed") < 0.2 * kl_to_base(svc, "ann")
+
+
+def test_validation_gate_keeps_serving_an_adapter_restored_without_trainer_state(tmp_path, arch_root):
+    config = OnlineConfig(kl_bound=3.0)
+    first = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], seed=0, online=config)
+    play(first, ["ann"], episodes=24)
+    trained = policy_probs(first, "ann")[:, FAVOURITE["ann"]].mean()
+    assert first._opt_states[("tiny", "ann")].gate > 0.5
+    first.close()
+    again = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], seed=1, online=config)  # optimizer states are not persisted
+    play(again, ["ann"], episodes=4)  # one update, with no evidence carried over
+    assert again._opt_states[("tiny", "ann")].gate == 1.0
+    assert policy_probs(again, "ann")[:, FAVOURITE["ann"]].mean() > trained - 0.1
+    again.close()

@@ -46,7 +46,8 @@ class OfflineConfig:
 
     def online(self) -> OnlineConfig:
         return OnlineConfig(episodes_per_update=1, epochs=1, learning_rate=self.learning_rate, clip_coef=self.clip_coef,
-                            kl_bound=self.kl_bound, gamma=self.gamma, gae_lambda=self.gae_lambda)
+                            kl_bound=self.kl_bound, gamma=self.gamma, gae_lambda=self.gae_lambda,
+                            validation_gate=False)  # recorded sessions are judged by importance sampling instead
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]

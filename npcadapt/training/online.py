@@ -9,14 +9,23 @@ Guardrails:
 - a player whose loss or gradient is not finite is skipped (their adapter unchanged);
 - after the update, an adapter whose mean KL(adapted || base) over that player's
   observations exceeds ``kl_bound`` is pulled back by scaling its B matrices (which
-  scales the whole low-rank delta) with a bisection that only accepts feasible scales.
+  scales the whole low-rank delta) with a bisection that only accepts feasible scales;
+- validation gate (on by default): training continues from each player's own trained
+  adapter (the *iterate*), but what is served is that iterate with its delta scaled by a
+  share in [0, 1] set by held-out evidence that it beats the base. Every update first
+  scores the current iterate on the new, not yet trained-on episodes (importance-sampled
+  advantage over the base, one estimate per episode); the share follows the t-statistic
+  of those estimates. Players whose feedback is consistent are served their adapter
+  within a few updates; players whose feedback is noise or who keep changing (the
+  population-average player) stay at the base instead of drifting away from it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import Callable, Protocol, Sequence
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -46,9 +55,15 @@ class OnlineConfig:
     lr_decay_episodes: float = 0.0  # > 0: lr / (1 + episodes seen / this) ** lr_decay_power
     lr_decay_power: float = 0.5
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    evidence_beta: float = 0.0  # > 0: gate each player's step by how consistent their gradients are across updates
-    evidence_full: float = 0.3  # signal share of gradient energy at which a player takes the full step
-    evidence_power: float = 1.0  # step scale = min(1, signal share / evidence_full) ** this
+    validation_gate: bool = True  # serve the trained adapter scaled by held-out evidence that it beats the base
+    gate_t_open: float = 1.0  # t-statistic of that evidence at which serving starts
+    gate_t_full: float = 3.0  # t-statistic at which the trained adapter is served whole
+    gate_weight_clip: float = 5.0  # bound on |pi - base| / behaviour weights in the evidence estimate
+    gate_decay: float = 0.98  # weight of past evidence per update (1: all history counts)
+    gate_min_episodes: int = 8  # held-out episodes before the served share may move
+    gate_lock_t: float = 4.0  # t-statistic that settles the question: the adapter is served whole from then on
+    gate_lock_episodes: int = 16  # ... counted only after this many held-out episodes
+    gate_is_clip: float = 2.0  # truncation of trained / served importance weights in the loss
 
     def __post_init__(self) -> None:
         if self.episodes_per_update < 1 or self.epochs < 1:
@@ -72,19 +87,22 @@ class ParamFamily(Protocol):
 
 @dataclass(frozen=True)
 class OptimizerState:
-    """One player's Adam moments and evidence count, carried from update to update."""
+    """One player's trainer state (Adam moments, trained adapter, held-out evidence), carried from update to update."""
 
     exp_avg: torch.Tensor  # (P,)
     exp_avg_sq: torch.Tensor  # (P,)
     steps: int  # Adam steps taken
     episodes: int  # episodes trained on
-    direction: torch.Tensor | None = None  # (P,) decayed sum of unit update gradients (evidence gate)
-    weight: float = 0.0  # decayed sum of weights of those gradients
-    weight_sq: float = 0.0  # decayed sum of squared weights
+    iterate: torch.Tensor | None = None  # (P,) the trained adapter before the validation gate scales it
+    gate_n: float = 0.0  # validation evidence: decayed count, sum and sum of squares of per-episode estimates
+    gate_s1: float = 0.0
+    gate_s2: float = 0.0
+    gate: float = 0.0  # share of the trained adapter served (0: base)
+    gate_locked: bool = False  # the evidence settled it: serve the adapter whole unless it turns to harm
 
     @classmethod
-    def fresh(cls, size: int) -> "OptimizerState":
-        return cls(torch.zeros(size), torch.zeros(size), 0, 0, torch.zeros(size), 0.0, 0.0)
+    def fresh(cls, size: int) -> OptimizerState:
+        return cls(torch.zeros(size), torch.zeros(size), 0, 0)
 
 
 @dataclass(frozen=True)
@@ -111,6 +129,16 @@ class UpdateOutcome:
     state: OptimizerState | None = None
 
 
+class Evidence(NamedTuple):
+    """Per-player held-out evidence after one update, each (K,)."""
+
+    n: torch.Tensor  # decayed count of held-out episodes
+    s1: torch.Tensor  # decayed sum of their estimates
+    s2: torch.Tensor  # decayed sum of squares
+    gate: torch.Tensor  # share of the trained adapter to serve
+    locked: torch.Tensor  # bool: served whole from now on
+
+
 def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
     """Advantages of one finished episode (value after the last step is 0)."""
     adv = np.zeros_like(rewards, dtype=np.float32)
@@ -133,11 +161,14 @@ class OnlineTrainer:
         self._scalable = family.scalable_mask()
 
     def _flatten(self, items: Sequence[PlayerUpdate], n_actions: int, device: torch.device):
-        obs, masks, actions, old_logp, adv, owner = [], [], [], [], [], []
+        obs, masks, actions, old_logp, adv, owner, episode = [], [], [], [], [], [], []
         cfg = self.config
+        n_episodes = 0
         for k, item in enumerate(items):
             player_adv = []
             for ep in item.episodes:
+                episode.extend([n_episodes] * len(ep))
+                n_episodes += 1
                 player_adv.append(gae(np.asarray(ep.reward, np.float32), np.asarray(ep.value, np.float32), cfg.gamma, cfg.gae_lambda))
                 obs.extend(ep.obs)
                 masks.extend(np.ones(n_actions, bool) if m is None else m for m in ep.mask)
@@ -156,6 +187,7 @@ class OnlineTrainer:
             as_t(old_logp, torch.float32),  # (T,)
             as_t(np.concatenate(adv), torch.float32),  # (T,)
             as_t(owner, torch.int64),  # (T,)
+            as_t(episode, torch.int64),  # (T,) index of the row's episode over all players
         )
 
     def _log_probs(self, obs, masks, rows: torch.Tensor | None) -> torch.Tensor:
@@ -180,12 +212,15 @@ class OnlineTrainer:
         cfg = self.config
         device = next(self.policy.parameters()).device
         n_actions = self.policy.actor[-1].out_features
-        obs, masks, actions, old_logp, adv, owner = self._flatten(items, n_actions, device)
-        counts = torch.bincount(owner, minlength=len(items)).to(torch.float32)  # (K,)
-        start = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
-        params = start.clone().requires_grad_(True)
-        size = start.shape[1]
+        served = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
+        size = served.shape[1]
         states = [self._start_state(it.state, size) for it in items]
+        obs, masks, actions, old_logp, adv, owner, episode = self._flatten(items, n_actions, device)
+        counts = torch.bincount(owner, minlength=len(items)).to(torch.float32)  # (K,)
+        gated = cfg.validation_gate
+        start = torch.stack([st.iterate.to(device) if gated and st.iterate is not None else served[k]
+                             for k, st in enumerate(states)])  # (K, P) what training continues from
+        params = start.clone().requires_grad_(True)
         exp_avg = torch.stack([st.exp_avg for st in states]).to(device)  # (K, P)
         exp_avg_sq = torch.stack([st.exp_avg_sq for st in states]).to(device)  # (K, P)
         steps = torch.tensor([st.steps for st in states], dtype=torch.float32, device=device)  # (K,)
@@ -196,13 +231,19 @@ class OnlineTrainer:
         healthy = torch.ones(len(items), dtype=torch.bool, device=device)
         with torch.no_grad():
             base_logp = self._log_probs(obs, masks, None)  # (T, A)
-        gate = torch.ones_like(steps)
-        evidence = None
-        for epoch in range(cfg.epochs):
+        weight = torch.ones_like(old_logp)  # (T,) importance weight trained / served policy
+        ref_logp = old_logp
+        if gated:  # PPO ratios against the trained adapter, importance weights for what actually played
+            with torch.no_grad():
+                start_logp = self._log_probs(obs, masks, start.index_select(0, owner)).gather(1, actions.unsqueeze(1)).squeeze(1)
+                weight = torch.exp(start_logp - old_logp).clamp(max=cfg.gate_is_clip)
+                ref_logp = start_logp
+                evidence = self._validate(states, start, served, start_logp, base_logp, old_logp, actions, adv, owner, episode)
+        for _ in range(cfg.epochs):
             logp_all = self._log_probs(obs, masks, params.index_select(0, owner))
             logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)  # (T,)
-            ratio = torch.exp(logp - old_logp)
-            pg = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv)
+            ratio = torch.exp(logp - ref_logp)
+            pg = -weight * torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv)
             row_loss = pg
             if cfg.ent_coef:
                 entropy = -torch.where(masks, logp_all.exp() * logp_all, torch.zeros_like(logp_all)).sum(-1)
@@ -217,23 +258,25 @@ class OnlineTrainer:
             healthy &= torch.isfinite(grad).all(dim=1)
             grad.masked_fill_(~healthy.unsqueeze(1), 0.0)
             norms = grad.norm(dim=1, keepdim=True)
-            if epoch == 0 and cfg.evidence_beta > 0:
-                evidence = self._evidence(states, grad / (norms + 1e-12), healthy)
-                gate = (evidence[3] / cfg.evidence_full).clamp(max=1.0) ** cfg.evidence_power
             grad.mul_(torch.clamp(cfg.max_grad_norm / (norms + 1e-12), max=1.0))
             with torch.no_grad():
-                exp_avg, exp_avg_sq, steps = self._adam_step(params, grad, exp_avg, exp_avg_sq, steps, lr * gate, healthy)
+                exp_avg, exp_avg_sq, steps = self._adam_step(params, grad, exp_avg, exp_avg_sq, steps, lr, healthy)
         with torch.no_grad():
             new = params.detach().where(healthy.unsqueeze(1), start)
             healthy &= torch.isfinite(new).all(dim=1)
             new = new.where(healthy.unsqueeze(1), start)
             new, kl, scale = self._bound_kl(new, obs, masks, owner, counts, base_logp)
+            iterate = new
+            if gated:
+                new, kl = self._scale_rows(new, evidence.gate, obs, masks, owner, counts, base_logp)
         returns = [float(np.mean([ep.total_reward for ep in it.episodes])) for it in items]
         out = []
         for k, item in enumerate(items):
             ok = bool(healthy[k])
-            ev = dict(direction=evidence[0][k].cpu().clone(), weight=float(evidence[1][k]), weight_sq=float(evidence[2][k])) \
-                if evidence is not None else {}
+            ev = {}
+            if gated:
+                ev = {"iterate": iterate[k].cpu().clone(), "gate_n": float(evidence.n[k]), "gate_s1": float(evidence.s1[k]),
+                          "gate_s2": float(evidence.s2[k]), "gate": float(evidence.gate[k]), "gate_locked": bool(evidence.locked[k])}
             state = OptimizerState(exp_avg[k].cpu().clone(), exp_avg_sq[k].cpu().clone(), int(steps[k]),
                                    states[k].episodes + len(item.episodes), **ev) if ok else item.state
             out.append(
@@ -252,37 +295,59 @@ class OnlineTrainer:
                 log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
         return out
 
-    def _evidence(self, states: list[OptimizerState], unit: torch.Tensor, healthy: torch.Tensor):
-        """Fold this update's unit gradients (K, P) into each player's decayed history.
+    def _validate(self, states, start, served, start_logp, base_logp, old_logp, actions, adv, owner, episode) -> Evidence:
+        """Held-out evidence that each player's trained adapter beats the base.
 
-        Returns (direction (K, P), weight (K,), weight_sq (K,), gate (K,)). The gate is the
-        share of gradient energy that is signal: with decayed weights w, unit gradients
-        g = mu + noise, E|mean g|^2 = |mu|^2 + s2 * W2 / W1^2 and E|g|^2 = 1 = |mu|^2 + s2,
-        so |mu|^2 is estimated without bias as (|mean g|^2 - W2/W1^2) / (1 - W2/W1^2).
-        A player whose feedback disagrees with itself gets a gate near 0 and stays put.
+        The episodes of this update were not trained on yet, so the importance-sampled
+        advantage of the trained policy over the base, (pi - base)(a_t) / behaviour(a_t) * A_t,
+        averaged over one episode, is an unbiased (up to weight clipping) estimate of the
+        adapter's first-order improvement. Episodes are the unit (a player's episodes are
+        independent; decisions within one are not), so each adds one estimate to the
+        player's decayed count, sum and sum of squares, and the served share of the adapter
+        rises with their t-statistic.
         """
-        beta = self.config.evidence_beta
-        dev = unit.device
-        size = unit.shape[1]
-        direction = torch.stack([st.direction if st.direction is not None else torch.zeros(size) for st in states]).to(dev)
-        w1 = torch.tensor([st.weight for st in states], dtype=torch.float32, device=dev)  # (K,)
-        w2 = torch.tensor([st.weight_sq for st in states], dtype=torch.float32, device=dev)  # (K,)
-        live = healthy.to(torch.float32)
-        direction = torch.where(healthy.unsqueeze(1), beta * direction + unit, direction)  # (K, P)
-        w1 = torch.where(healthy, beta * w1 + live, w1)
-        w2 = torch.where(healthy, beta * beta * w2 + live, w2)
-        ratio = w2 / w1.clamp(min=1e-12)**2  # 1 after one update, -> (1 - beta) / (1 + beta)
-        mean_sq = (direction / w1.clamp(min=1e-12).unsqueeze(1)).pow(2).sum(1)
-        signal = (mean_sq - ratio) / (1 - ratio).clamp(min=1e-6)
-        gate = torch.where(ratio < 1 - 1e-6, signal.clamp(0.0, 1.0), torch.zeros_like(signal))
-        return direction, w1, w2, gate
+        cfg = self.config
+        dev = start_logp.device
+        k = len(states)
+        base_taken = base_logp.gather(1, actions.unsqueeze(1)).squeeze(1)  # (T,)
+        w = ((start_logp.exp() - base_taken.exp()) / old_logp.exp()).clamp(-cfg.gate_weight_clip, cfg.gate_weight_clip)
+        n_ep = int(episode.max()) + 1
+        ep_len = torch.bincount(episode, minlength=n_ep).to(torch.float32)  # (E,)
+        ep_value = torch.zeros(n_ep, device=dev).index_add(0, episode, w * adv) / ep_len  # (E,)
+        ep_owner = torch.zeros(n_ep, dtype=torch.int64, device=dev).index_copy(0, episode, owner)  # (E,)
+        as_t = lambda f: torch.tensor([f(st) for st in states], dtype=torch.float32, device=dev)
+        scalable = self._scalable.to(dev)
+        has = (start[:, scalable] != 0).any(dim=1)  # an untrained adapter (zero B, zero delta) is no evidence
+        per = lambda x: torch.zeros(k, device=dev).index_add(0, ep_owner, x)  # (E,) -> (K,) sums
+        d = cfg.gate_decay
+        n = torch.where(has, d * as_t(lambda st: st.gate_n) + per(torch.ones_like(ep_value)), as_t(lambda st: st.gate_n))  # (K,)
+        s1 = torch.where(has, d * as_t(lambda st: st.gate_s1) + per(ep_value), as_t(lambda st: st.gate_s1))
+        s2 = torch.where(has, d * as_t(lambda st: st.gate_s2) + per(ep_value**2), as_t(lambda st: st.gate_s2))
+        mean = s1 / n.clamp(min=1e-9)
+        var = (s2 / n.clamp(min=1e-9) - mean**2).clamp(min=0) * n / (n - 1).clamp(min=1e-9)
+        t = mean / (var / n.clamp(min=1e-9) + 1e-12).sqrt()
+        share = ((t - cfg.gate_t_open) / (cfg.gate_t_full - cfg.gate_t_open)).clamp(0.0, 1.0)
+        # until there is enough evidence: keep the served share (an adapter restored without its trainer state: whole)
+        restored = torch.tensor([st.iterate is None for st in states], device=dev) & (served[:, scalable] != 0).any(dim=1)
+        prev = torch.where(restored, torch.ones_like(n), as_t(lambda st: st.gate))
+        gate = torch.where(n >= cfg.gate_min_episodes, share, prev)
+        locked = as_t(lambda st: float(st.gate_locked)) > 0
+        locked = (locked | ((t >= cfg.gate_lock_t) & (n >= cfg.gate_lock_episodes))) & (t >= -cfg.gate_t_open)
+        gate = torch.where(locked, torch.ones_like(gate), gate)
+        return Evidence(n, s1, s2, gate, locked)
+
+    def _scale_rows(self, params, c, obs, masks, owner, counts, base_logp):
+        """Scale each row's B matrices (its whole low-rank delta) by c (K,); returns them and their KL (K,)."""
+        scalable = self._scalable.to(params.device)
+        params = params * torch.where(scalable, c.unsqueeze(1), torch.ones_like(c).unsqueeze(1))
+        return params, self.kl_to_base(params, obs, masks, owner, counts, base_logp)
 
     def _start_state(self, state: OptimizerState | None, size: int) -> OptimizerState:
         if state is None:
             return OptimizerState.fresh(size)
         if self.config.persistent_optimizer:
             return state
-        return OptimizerState(torch.zeros(size), torch.zeros(size), 0, state.episodes, state.direction, state.weight, state.weight_sq)
+        return replace(state, exp_avg=torch.zeros(size), exp_avg_sq=torch.zeros(size), steps=0)
 
     def _adam_step(self, params, grad, exp_avg, exp_avg_sq, steps, lr, healthy):
         """One Adam step per row with per-row step counts and learning rates; unhealthy rows untouched."""
