@@ -223,7 +223,7 @@ def test_mid_segment_corruption_is_reported_and_skipped(
 
 
 def test_unpackable_payload_with_good_crc_is_reported(tmp_path: Path) -> None:
-    from npcadapt.log import _frame
+    from npcadapt.log.segments import frame as _frame
 
     write_log(tmp_path, [small(0)])
     seg = only_segment(tmp_path)

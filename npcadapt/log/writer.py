@@ -1,24 +1,4 @@
-"""The interaction log: append-only, CRC'd, crash-safe segment files of msgpack records.
-
-This module owns the on-disk log format, appending (buffered, thread-safe, rotating by
-size), crash recovery (cutting a torn tail, routing around mid-segment corruption) and
-reading back (records in order, corruption reported, never silently dropped).
-
-Format. A log is a directory of segments ``seg-00000001.npl``, ``seg-00000002.npl``, ...
-Each segment starts with an 8-byte header, ``b"NPLOG\\x00"`` + format version (1) + a
-reserved zero byte, followed by records::
-
-    magic b"\\xa5\\x5a" | u32 LE payload length | u32 LE crc32(length bytes + payload) | payload
-
-where the payload is ``msgpack.packb(record, use_bin_type=True)`` of a dict. The engine
-decides the records' schema; this module only stores maps.
-
-A crash can leave the last segment with a torn tail: a partial record header, a length
-running past EOF, or a bad CRC with no valid record after it. That is not corruption:
-writers cut it on open and readers stop there quietly. A bad record with a valid record
-after it is corruption: it is reported and readers resynchronise on the next record
-whose magic, length and CRC check out.
-"""
+"""Appending to an interaction log: buffered, thread-safe, rotating by size, recovering on open."""
 
 from __future__ import annotations
 
@@ -26,51 +6,32 @@ import errno
 import fcntl
 import logging
 import os
-import re
-import struct
 import threading
-import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import msgpack
 
-from npcadapt.errors import InvalidInputError, LogCorruptionError, LogError
+from npcadapt.errors import InvalidInputError, LogError
+
+from .segments import (
+    FILE_HEADER,
+    FRAME_HEADER_BYTES,
+    frame,
+    list_segments,
+    read_segment,
+    segment_number,
+    segment_path,
+    segment_spans,
+)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-FILE_MAGIC = b"NPLOG\x00"
-FILE_HEADER = FILE_MAGIC + bytes([FORMAT_VERSION, 0])
-RECORD_MAGIC = b"\xa5\x5a"
-_LEN = struct.Struct("<I")
-_FRAME = struct.Struct("<2sII")  # magic, payload length, crc32
-FRAME_HEADER_BYTES = _FRAME.size  # 10
-_SEGMENT_RE = re.compile(r"^seg-(\d{8})\.npl$")
 _BUFFER_BYTES = 1 << 20  # buffered bytes that trigger a write to the OS
 _MAX_U32 = 2**32 - 1
-
-
-@dataclass(frozen=True)
-class CorruptRecord:
-    """A bad region in a segment: where it starts, why it is bad, how much was skipped."""
-
-    segment: Path
-    offset: int
-    reason: str
-    skipped_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class TornTail:
-    """Bytes after the last complete record of the last segment (what a crash leaves)."""
-
-    segment: Path
-    offset: int
-    bytes: int
 
 
 @dataclass(frozen=True)
@@ -82,197 +43,6 @@ class Recovery:
     records_kept: int
     corrupt_records: int = 0
     header_rewritten: bool = False
-
-
-@dataclass(frozen=True)
-class LogSummary:
-    """Counts over a whole log directory (see :func:`scan`)."""
-
-    segments: int
-    records: int
-    bytes: int
-    corrupt_records: list[CorruptRecord]
-    torn_tail_bytes: int
-
-
-# ---------------------------------------------------------------- framing (no I/O)
-
-
-def _frame(payload: bytes) -> bytes:
-    """The 10-byte record header for ``payload``."""
-    n = len(payload)
-    return _FRAME.pack(RECORD_MAGIC, n, zlib.crc32(payload, zlib.crc32(_LEN.pack(n))))
-
-
-def _frame_end(data: bytes, pos: int) -> int:
-    """End offset of the valid record at ``pos``, or -1 if there is none."""
-    if len(data) - pos < FRAME_HEADER_BYTES:
-        return -1
-    magic, n, crc = _FRAME.unpack_from(data, pos)
-    end = pos + FRAME_HEADER_BYTES + n
-    if magic != RECORD_MAGIC or end > len(data):
-        return -1
-    view = memoryview(data)
-    if zlib.crc32(view[pos + FRAME_HEADER_BYTES : end], zlib.crc32(view[pos + 2 : pos + 6])) != crc:
-        return -1
-    return end
-
-
-def _frame_problem(data: bytes, pos: int) -> str:
-    """Why the record at ``pos`` is not valid (for messages)."""
-    left = len(data) - pos
-    if left < FRAME_HEADER_BYTES:
-        return f"partial record header ({left} of {FRAME_HEADER_BYTES} bytes)"
-    magic, n, crc = _FRAME.unpack_from(data, pos)
-    if magic != RECORD_MAGIC:
-        return f"bad record magic {magic.hex()} (expected {RECORD_MAGIC.hex()})"
-    if n > left - FRAME_HEADER_BYTES:
-        return f"length {n} runs past end of file ({left - FRAME_HEADER_BYTES} bytes left)"
-    return f"CRC mismatch on {n}-byte record (stored {crc:08x})"
-
-
-def _resync(data: bytes, start: int) -> int:
-    """Offset of the next valid record at or after ``start``, or -1."""
-    i = data.find(RECORD_MAGIC, start)
-    while i != -1:
-        if _frame_end(data, i) != -1:
-            return i
-        i = data.find(RECORD_MAGIC, i + 1)
-    return -1
-
-
-class _Span(NamedTuple):
-    """A region [start, end) of a segment: a valid "record", a "corrupt" region, or a
-    "torn" tail (always last: nothing valid follows it)."""
-
-    kind: str
-    start: int
-    end: int
-    reason: str = ""
-
-
-def _segment_spans(path: Path, data: bytes) -> Iterator[_Span]:
-    """Walk a segment's bytes from its file header to EOF."""
-    n, head = len(data), len(FILE_HEADER)
-    pos = head
-    if n < head and data == FILE_HEADER[:n]:
-        yield _Span("torn", 0, n, f"torn file header ({n} of {head} bytes)")
-        return
-    if data[: len(FILE_MAGIC)] != FILE_MAGIC or n < head:
-        nxt = _resync(data, 1)
-        pos = n if nxt == -1 else nxt
-        yield _Span("corrupt", 0, pos, f"bad segment file header {data[:head].hex()}")
-    elif data[6] != FORMAT_VERSION:
-        raise LogError(
-            f"log segment {path} has format version {data[6]}; this reader knows {FORMAT_VERSION}"
-        )
-    while pos < n:
-        end = _frame_end(data, pos)
-        if end != -1:
-            yield _Span("record", pos, end)
-            pos = end
-            continue
-        nxt = _resync(data, pos + 1)
-        if nxt == -1:
-            yield _Span("torn", pos, n, _frame_problem(data, pos))
-            return
-        yield _Span("corrupt", pos, nxt, _frame_problem(data, pos))
-        pos = nxt
-
-
-def _decode(data: bytes, pos: int, end: int) -> dict:
-    """Unpack the payload of the valid record [pos, end); raises ValueError if not a map."""
-    obj = msgpack.unpackb(
-        memoryview(data)[pos + FRAME_HEADER_BYTES : end], raw=False, strict_map_key=False
-    )
-    if not isinstance(obj, dict):
-        raise ValueError(f"payload is a {type(obj).__name__}, not a map")
-    return obj
-
-
-def list_segments(directory: str | os.PathLike[str]) -> list[Path]:
-    """Segment files of a log directory, in order."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise LogError(f"log directory {d} does not exist or is not a directory")
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _SEGMENT_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def _segment_path(directory: Path, number: int) -> Path:
-    return directory / f"seg-{number:08d}.npl"
-
-
-def _segment_number(path: Path) -> int:
-    m = _SEGMENT_RE.match(path.name)
-    assert m is not None, path
-    return int(m.group(1))
-
-
-# ---------------------------------------------------------------- reading
-
-
-def read_records(
-    directory: str | os.PathLike[str],
-    *,
-    on_corrupt: Callable[[CorruptRecord], None] | None = None,
-    on_torn: Callable[[TornTail], None] | None = None,
-) -> Iterator[dict]:
-    """Yield every valid record of every segment, in order.
-
-    A corrupt record is passed to ``on_corrupt`` (or raises :class:`LogCorruptionError`
-    naming segment and offset when there is no callback); reading then resumes at the
-    next valid record. A torn tail of the last segment ends reading quietly (it is passed
-    to ``on_torn`` if given); in an earlier segment it counts as corruption.
-    """
-    segments = list_segments(directory)
-
-    def report(bad: CorruptRecord) -> None:
-        if on_corrupt is None:
-            raise LogCorruptionError(
-                f"corrupt record in log segment {bad.segment} at offset {bad.offset}: "
-                f"{bad.reason} ({bad.skipped_bytes} bytes skipped)"
-            )
-        on_corrupt(bad)
-
-    for i, path in enumerate(segments):
-        data = _read(path)
-        for kind, start, end, reason in _segment_spans(path, data):
-            if kind == "record":
-                try:
-                    obj = _decode(data, start, end)
-                except (ValueError, TypeError, msgpack.UnpackException) as e:
-                    report(CorruptRecord(path, start, f"unpackable payload: {e}", end - start))
-                    continue
-                yield obj
-            elif kind == "corrupt":
-                report(CorruptRecord(path, start, reason, end - start))
-            elif i == len(segments) - 1:
-                if on_torn is not None:
-                    on_torn(TornTail(path, start, end - start))
-            else:
-                reason = f"incomplete data at end of non-final segment: {reason}"
-                report(CorruptRecord(path, start, reason, end - start))
-
-
-def scan(directory: str | os.PathLike[str]) -> LogSummary:
-    """Count segments, valid records, bytes, corrupt records and torn-tail bytes."""
-    corrupt: list[CorruptRecord] = []
-    torn: list[TornTail] = []
-    records = sum(
-        1 for _ in read_records(directory, on_corrupt=corrupt.append, on_torn=torn.append)
-    )
-    segments = list_segments(directory)
-    return LogSummary(
-        segments=len(segments),
-        records=records,
-        bytes=sum(p.stat().st_size for p in segments),
-        corrupt_records=corrupt,
-        torn_tail_bytes=sum(t.bytes for t in torn),
-    )
-
-
-# ---------------------------------------------------------------- writing
 
 
 def _describe_oserror(e: OSError) -> str:
@@ -343,14 +113,14 @@ class InteractionLog:
         """Repair the last segment and open the segment that appends go to."""
         segs = list_segments(self.directory)
         if not segs:
-            path = _segment_path(self.directory, 1)
+            path = segment_path(self.directory, 1)
             self._open(path, create=True)
             return Recovery(path, 0, 0)
         path = segs[-1]
-        data = _read(path)
+        data = read_segment(path)
         kept = corrupt = 0
         cut_at = len(data)
-        for span in _segment_spans(path, data):
+        for span in segment_spans(path, data):
             if span.kind == "record":
                 kept += 1
             elif span.kind == "corrupt":
@@ -371,7 +141,7 @@ class InteractionLog:
             )
             self._cut(path, cut_at)
         if corrupt:
-            nxt = _segment_path(self.directory, _segment_number(path) + 1)
+            nxt = segment_path(self.directory, segment_number(path) + 1)
             logger.warning(
                 "log segment %s has %d corrupt records; appending to %s", path, corrupt, nxt
             )
@@ -458,7 +228,7 @@ class InteractionLog:
                 or self._disk_size + self._pending + size > self._segment_bytes
             ):
                 self._make_room(size)
-            self._chunks.append(_frame(payload))
+            self._chunks.append(frame(payload))
             self._chunks.append(payload)
             self._pending += size
             self.records_written += 1
@@ -477,7 +247,7 @@ class InteractionLog:
             for payload in payloads:
                 size = FRAME_HEADER_BYTES + len(payload)
                 self._make_room(size)
-                self._chunks += (_frame(payload), payload)
+                self._chunks += (frame(payload), payload)
                 self._pending += size
                 self.records_written += 1
 
@@ -532,7 +302,7 @@ class InteractionLog:
         self._drain()
         self._sync()
         old = self._file
-        self._open(_segment_path(self.directory, _segment_number(self._path) + 1), create=True)
+        self._open(segment_path(self.directory, segment_number(self._path) + 1), create=True)
         old.close()
 
     def flush(self) -> None:
@@ -579,13 +349,6 @@ class InteractionLog:
 def _keys(record: Mapping) -> list[str]:
     """A short list of a record's keys, for error messages."""
     return [str(k) for k in list(record)[:8]]
-
-
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise LogError(f"cannot read log segment {path}: {e.strerror or e}") from e
 
 
 def _take_dir_lock(directory: Path) -> BinaryIO:
