@@ -24,6 +24,7 @@ import torch
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
 from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError
 from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
+from .lora.numpy_forward import NumpyForward, decide, log_probs
 from .policy import ActorCritic, masked_log_probs
 from .store import DTYPES, AdapterMeta, AdapterSpec, AdapterStore, validate_player_id
 from .types import AdapterInfo, BatchDecision, Decision
@@ -40,6 +41,7 @@ class ArchetypeRuntime:
     layout: AdapterLayout
     bank: AdapterBank
     adapter_spec: AdapterSpec
+    fast: NumpyForward | None  # the CPU forward; None on other devices (torch forward)
     compiled: Callable | None = None  # torch.compile'd gather+forward, when asked for
 
 
@@ -88,6 +90,7 @@ class Engine:
         layout = AdapterLayout.from_spec(arch.spec)
         spec = AdapterSpec(arch.name, arch.base_hash, layout.rank, layout.tensor_shapes())
         policy = copy.deepcopy(arch.policy).to(self.device)
+        fast = NumpyForward(policy, layout) if self.device.type == "cpu" else None
         bank = AdapterBank(
             layout,
             capacity,
@@ -96,7 +99,7 @@ class Engine:
             dtype=DTYPES[self.adapter_dtype],
             device=self.device,
         )
-        return ArchetypeRuntime(arch, policy, layout, bank, spec)
+        return ArchetypeRuntime(arch, policy, layout, bank, spec, fast)
 
     def _load_adapter(self, archetype: str, player: str) -> tuple[torch.Tensor, AdapterMeta] | None:
         rt = self._runtimes[archetype]
@@ -162,25 +165,24 @@ class Engine:
         """Decisions for N rows in one forward pass; row i uses players[i]'s adapter."""
         rt = self.runtime(archetype)
         spec = rt.archetype.spec
-        obs_t = self._check_obs(obs, len(players), spec.obs_dim)
-        mask_t = self._check_masks(masks, len(players), spec.n_actions)
-        greedy_t = self._check_greedy(greedy, len(players))
-        bank = rt.bank
-        slots = self._slots(bank, players)
-        with torch.inference_mode():
-            logits, value = self._forward(rt, slots, obs_t)  # (N, A), (N,)
-            action, logp, entropy = self._sample(logits, mask_t, greedy_t)
         n = len(players)
+        obs_a = self._check_obs(obs, n, spec.obs_dim)  # (N, D)
+        mask_a = self._check_masks(masks, n, spec.n_actions)  # (N, A) or None
+        greedy_a = self._check_greedy(greedy, n)  # (N,) or None
+        slots = self._slots(rt.bank, players)
+        logits, value = self._logits(rt, slots, obs_a)  # (N, A), (N,)
+        with self._rng_lock:
+            action, logp, entropy = decide(logits, mask_a, greedy_a, self._generator)
         ids = np.fromiter(itertools.islice(self._decision_ids, n), dtype=np.int64, count=n)
         self.counters["decisions"] += n
         self.counters["batches"] += 1
         return BatchDecision(
             decision=ids,
-            action=action.cpu().numpy(),
-            logp=logp.float().cpu().numpy(),
-            value=value.float().cpu().numpy(),
-            entropy=entropy.float().cpu().numpy(),
-            adapter_version=bank.versions(slots),
+            action=action,
+            logp=logp,
+            value=value,
+            entropy=entropy,
+            adapter_version=rt.bank.versions(slots),
             action_names=spec.actions,
         )
 
@@ -188,12 +190,11 @@ class Engine:
         """Action probabilities (N, A) of each row's current policy (or of the base); no sampling."""
         rt = self.runtime(archetype)
         spec = rt.archetype.spec
-        obs_t = self._check_obs(obs, len(players), spec.obs_dim)
-        mask_t = self._check_masks(masks, len(players), spec.n_actions)
+        obs_a = self._check_obs(obs, len(players), spec.obs_dim)
+        mask_a = self._check_masks(masks, len(players), spec.n_actions)
         slots = np.zeros(len(players), np.int64) if base else self._slots(rt.bank, players)
-        with torch.inference_mode():
-            logits, _ = self._forward(rt, slots, obs_t)
-            return masked_log_probs(logits, mask_t).exp().cpu().numpy()
+        logits, _ = self._logits(rt, slots, obs_a)
+        return np.ascontiguousarray(log_probs(logits, mask_a)[1].T)
 
     def _slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
         """Slots for a batch. Ids are validated where they are first seen: the store's loader."""
@@ -205,6 +206,24 @@ class Engine:
             for p in players:
                 validate_player_id(p)
             raise
+
+    def _logits(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Logits (N, A) and values (N,) as float32 numpy. On CPU the numpy forward (faster at
+        every batch size, see lora/numpy_forward.py) unless torch.compile was asked for and
+        the batch is large; elsewhere the torch forward."""
+        fast = rt.fast
+        if fast is not None and not (self.compile and len(slots) > fast.numpy_rows):
+            if not slots.any():
+                rows = None
+            elif (slots == slots[0]).all():
+                rows = rt.bank.gather(slots[:1]).float().numpy()  # (1, P): one adapter for every row
+            else:
+                rows = rt.bank.gather(slots).float().numpy()  # (N, P)
+            return fast(obs, rows)
+        with torch.inference_mode():
+            obs_t = torch.from_numpy(obs if obs.flags.writeable else obs.copy()).to(self.device)
+            logits, value = self._forward(rt, slots, obs_t)
+            return logits.float().cpu().numpy(), value.float().cpu().numpy()
 
     def _forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Dispatch: all-base rows -> plain forward; one adapter -> low-rank product; else gather."""
@@ -233,14 +252,9 @@ class Engine:
         with rt.bank.lock:
             return rt.compiled(rt.bank.storage, index, obs)
 
-    def _sample(
-        self, logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with self._rng_lock:
-            return sample_actions(logits, mask, greedy, self._generator)
-
     # -- validation -----------------------------------------------------------------
-    def _check_obs(self, obs, n: int, obs_dim: int) -> torch.Tensor:
+    def _check_obs(self, obs, n: int, obs_dim: int) -> np.ndarray:
+        """(n, obs_dim) finite numbers -> C-contiguous float32 (N, D)."""
         if n == 0:
             raise InvalidInputError("a batch needs at least one row")
         try:
@@ -256,9 +270,10 @@ class Engine:
         if not finite.all():
             bad = np.flatnonzero(~finite)[:5].tolist()
             raise InvalidInputError(f"obs rows {bad} contain NaN or infinite values")
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        return np.ascontiguousarray(arr)
 
-    def _check_masks(self, masks, n: int, n_actions: int) -> torch.Tensor | None:
+    def _check_masks(self, masks, n: int, n_actions: int) -> np.ndarray | None:
+        """None, or (n, n_actions) booleans with at least one allowed action per row."""
         if masks is None:
             return None
         arr = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
@@ -271,15 +286,16 @@ class Engine:
         empty = ~arr.any(axis=1)
         if empty.any():
             raise InvalidInputError(f"mask rows {np.flatnonzero(empty)[:5].tolist()} allow no action")
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device)
+        return arr
 
-    def _check_greedy(self, greedy, n: int) -> torch.Tensor | None:
+    def _check_greedy(self, greedy, n: int) -> np.ndarray | None:
+        """A bool for every row or (n,) bools -> (N,) bool, or None when no row is greedy."""
         if isinstance(greedy, (bool, np.bool_)):
-            return torch.ones(n, dtype=torch.bool, device=self.device) if greedy else None
+            return np.ones(n, dtype=bool) if greedy else None
         arr = np.asarray(greedy)
         if arr.shape != (n,) or arr.dtype != np.bool_:
             raise InvalidInputError(f"greedy must be a bool or {n} bools, got {arr.dtype} {arr.shape}")
-        return torch.from_numpy(arr).to(self.device)
+        return arr if arr.any() else None
 
     # -- adapters -----------------------------------------------------------------
     def fresh_adapter_row(self, archetype: str, player: str, *, seed: int | None = None) -> torch.Tensor:

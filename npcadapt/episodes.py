@@ -3,6 +3,12 @@
 Each (player, npc) pair has at most one open episode: decisions append steps, feedback
 adds reward to the latest step, ``done`` closes the episode and files it under the
 player's completed episodes for that archetype, where the online trainer picks it up.
+
+Recording is on the serving hot path, so it stays column-wise: one ``record`` call
+keeps its batch's arrays once (a :class:`_Batch`), and an open episode holds only a
+batch reference and a row number per step (two flat lists: no per-step objects for the
+garbage collector to walk). Steps become an :class:`Episode`'s per-step lists
+when the trainer takes the episode.
 """
 
 from __future__ import annotations
@@ -39,52 +45,94 @@ class Episode:
         return float(sum(self.reward))
 
 
+class _Batch:
+    """The arrays of one `record` call, shared by every step that came from it."""
+
+    __slots__ = ("obs", "masks", "action", "logp", "value", "decision")
+
+    def __init__(self, obs, masks, action, logp, value, decision):
+        self.obs = np.array(obs, dtype=np.float32)  # (N, D), a copy: callers may reuse theirs
+        self.masks = None if masks is None else np.array(masks, dtype=bool)  # (N, A)
+        self.action, self.logp, self.value, self.decision = action, logp, value, decision  # (N,) each
+
+
+class _Steps:
+    """An episode in progress: step k is row rows[k] of batches[k]; rewards by step index."""
+
+    __slots__ = ("archetype", "batches", "rows", "rewards")
+
+    def __init__(self, archetype: str):
+        self.archetype = archetype
+        self.batches: list[_Batch] = []
+        self.rows: list[int] = []
+        self.rewards: dict[int, float] = {}  # step index -> reward (absent = 0)
+
+    def trim(self) -> int:
+        """Drop the older half of the steps; returns how many were dropped."""
+        half = len(self.rows) // 2
+        del self.batches[:half], self.rows[:half]
+        self.rewards = {i - half: r for i, r in self.rewards.items() if i >= half}
+        return half
+
+    def episode(self, player: str, npc: str) -> Episode:
+        ep = Episode(self.archetype, player, npc)
+        for batch, i in zip(self.batches, self.rows):
+            ep.obs.append(batch.obs[i])
+            ep.mask.append(None if batch.masks is None else batch.masks[i])
+            ep.action.append(int(batch.action[i]))
+            ep.logp.append(float(batch.logp[i]))
+            ep.value.append(float(batch.value[i]))
+            ep.decision.append(int(batch.decision[i]))
+        ep.reward = [0.0] * len(self.rows)
+        for i, r in self.rewards.items():
+            ep.reward[i] = r
+        return ep
+
+
 class EpisodeTracker:
     """Open episodes per (player, npc); completed ones per (archetype, player)."""
 
     def __init__(self, max_open_steps: int = 100_000):
         self.max_open_steps = max_open_steps
-        self._open: dict[tuple[str, str], Episode] = {}
-        self._done: dict[tuple[str, str], list[Episode]] = defaultdict(list)
+        self._open: dict[tuple[str, str], _Steps] = {}
+        self._done: dict[tuple[str, str], list[tuple[str, _Steps]]] = defaultdict(list)  # -> [(npc, steps)]
         self._lock = threading.Lock()
         self.dropped_steps = 0
 
     def record(self, archetype: str, players, npcs, obs: np.ndarray, masks, actions, logps, values, decisions) -> None:
         """Append one step per row to that (player, npc)'s open episode."""
+        batch = _Batch(obs, masks, actions, logps, values, decisions)
+        limit = self.max_open_steps
         with self._lock:
-            for i, (player, npc) in enumerate(zip(players, npcs)):
-                key = (player, npc)
-                ep = self._open.get(key)
+            open_ = self._open
+            for i, key in enumerate(zip(players, npcs)):
+                ep = open_.get(key)
                 if ep is None or ep.archetype != archetype:
-                    ep = self._open[key] = Episode(archetype, player, npc)
-                if len(ep) >= self.max_open_steps:  # an NPC that never gets `done`: keep the newest steps
-                    self._trim(ep)
-                ep.obs.append(obs[i])
-                ep.mask.append(None if masks is None else masks[i])
-                ep.action.append(int(actions[i]))
-                ep.logp.append(float(logps[i]))
-                ep.value.append(float(values[i]))
-                ep.reward.append(0.0)
-                ep.decision.append(int(decisions[i]))
+                    ep = open_[key] = _Steps(archetype)
+                elif len(ep.rows) >= limit:  # an NPC that never gets `done`: keep the newest steps
+                    self.dropped_steps += ep.trim()
+                ep.batches.append(batch)
+                ep.rows.append(i)
 
-    def _trim(self, ep: Episode) -> None:
-        half = len(ep) // 2
-        for name in ("obs", "mask", "action", "logp", "value", "reward", "decision"):
-            del getattr(ep, name)[:half]
-        self.dropped_steps += half
-
-    def feedback(self, player: str, npc: str, reward: float, done: bool) -> Episode | None:
-        """Add reward to the latest step of (player, npc); returns the episode if it closed."""
+    def feedback(self, player: str, npc: str, reward: float, done: bool) -> bool:
+        """Add reward to the latest step of (player, npc); True when `done` closed the episode."""
         with self._lock:
             ep = self._open.get((player, npc))
-            if ep is None or not len(ep):
+            if ep is None or not ep.rows:
                 raise InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
-            ep.reward[-1] += float(reward)
+            last = len(ep.rows) - 1
+            ep.rewards[last] = ep.rewards.get(last, 0.0) + float(reward)
             if not done:
-                return None
+                return False
             del self._open[(player, npc)]
-            self._done[(ep.archetype, player)].append(ep)
-            return ep
+            self._done[(ep.archetype, player)].append((npc, ep))
+            return True
+
+    def has_open(self, player: str, npc: str) -> bool:
+        """True when (player, npc) has a decision that feedback can attach to."""
+        with self._lock:
+            ep = self._open.get((player, npc))
+            return ep is not None and bool(ep.rows)
 
     def completed_count(self, archetype: str, player: str) -> int:
         with self._lock:
@@ -98,7 +146,8 @@ class EpisodeTracker:
     def take(self, keys) -> dict[tuple[str, str], list[Episode]]:
         """Remove and return the completed episodes of `keys`."""
         with self._lock:
-            return {k: self._done.pop(k) for k in keys if k in self._done}
+            taken = {k: self._done.pop(k) for k in keys if k in self._done}
+        return {k: [steps.episode(k[1], npc) for npc, steps in eps] for k, eps in taken.items()}
 
     def forget_player(self, archetype: str, player: str) -> None:
         """Drop everything tracked for one player of one archetype (used by reset)."""

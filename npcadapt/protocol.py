@@ -423,6 +423,27 @@ class RpcConnection:
         return self.response(msgid, [code, message], None)
 
 
+_RESPONSE_OK = [bytes((0x94, 0x01, i, 0xC0)) for i in range(128)]  # "[1, msgid, nil," for msgids < 128
+
+
+def packed_response(msgid: int, result: bytes, count: int | None = None) -> bytes:
+    """A success response ``[1, msgid, nil, result]`` around a result already encoded.
+
+    `result` is one MessagePack value, or with `count` the `count` values back to back
+    that make up an array result. Only the framing is written here; msgid is checked.
+    """
+    if not _is_msgid(msgid):
+        raise InvalidInputError(f"msgid must be an unsigned 32-bit int, got {msgid!r}")
+    head = _RESPONSE_OK[msgid] if msgid < 128 else b"\x94\x01" + pack(msgid) + b"\xc0"
+    if count is None:
+        return head + result
+    if count < 16:
+        return head + bytes((0x90 | count,)) + result
+    if count < 2**16:
+        return head + b"\xdc" + count.to_bytes(2, "big") + result
+    return head + b"\xdd" + count.to_bytes(4, "big") + result
+
+
 def _checked(method: object, params: object) -> tuple[str, list]:
     """Validate outgoing method and params (a tuple is sent as an array too)."""
     if not isinstance(method, str):

@@ -2,34 +2,134 @@
 
 Each method takes the decoded MessagePack-RPC params list and either returns a result
 (plain msgpack-able data) or raises an :class:`~npcadapt.errors.NpcAdaptError` whose
-message names the problem. ``act`` rows are parsed here and executed in batches by the
-server's micro-batcher; everything else runs directly against the Service.
+message names the problem. ``act`` rows are parsed here (column-wise when they allow it)
+into :class:`ActBlock` s, which the server's micro-batcher merges into one Service call;
+:class:`DecisionEncoder` packs that call's results straight to MessagePack bytes.
+Everything else runs directly against the Service.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import msgpack
 import numpy as np
 
 from .errors import InvalidInputError
 from .service import Service, validate_npc_id
 from .store import validate_player_id
+from .types import BatchDecision
 
 ACT_OPTIONS = ("mask", "greedy")
+FAST_ID_CHARS = 64  # ids this short are within every byte limit (<= 4 UTF-8 bytes a char)
+
+
+@dataclass(slots=True)
+class ActBlock:
+    """The validated rows of one ``act`` or ``act_batch`` request, column by column."""
+
+    players: list[str]
+    npcs: list[str]
+    obs: np.ndarray  # (n, D) float32
+    masks: np.ndarray | None  # (n, A) bool; None = every action allowed
+    greedy: np.ndarray | None  # (n,) bool; None = no row greedy
+
+    def __len__(self) -> int:
+        return len(self.players)
 
 
 @dataclass(frozen=True)
-class ActRow:
-    """One validated decision request."""
+class EncodedRows:
+    """Every row's result as one MessagePack map; row i is data[offsets[i]:offsets[i + 1]]."""
 
-    player: str
-    npc: str
-    obs: np.ndarray  # (D,) float32
-    mask: np.ndarray | None  # (A,) bool
-    greedy: bool
+    data: bytes
+    offsets: list[int]  # n + 1 byte offsets
+
+
+_MARKERS = {">u4": (b"\xce", "I"), ">u8": (b"\xcf", "Q"), ">f4": (b"\xca", "f")}  # msgpack type byte, struct code
+
+
+class _FixedPart:
+    """The fixed-width part of a decision map: map header, then key, type byte, value per field."""
+
+    def __init__(self, fields: Sequence[tuple[str, str]], n_entries: int):
+        dtype, fmt = [("map", "u1")], ">B"
+        self.constants: dict[str, Any] = {"map": 0x80 | n_entries}
+        for name, kind in fields:
+            marker = msgpack.packb(name) + _MARKERS[kind][0]
+            dtype += [(f"k_{name}", f"S{len(marker)}"), (name, kind)]
+            self.constants[f"k_{name}"] = marker
+            fmt += f"{len(marker)}s{_MARKERS[kind][1]}"
+        self.fields = [name for name, _ in fields]
+        self.record = np.dtype(dtype)  # packed: no alignment padding
+        self.struct = struct.Struct(fmt)
+        self.markers = [self.constants[f"k_{name}"] for name in self.fields]
+        assert self.record.itemsize == self.struct.size
+
+
+class DecisionEncoder:
+    """MessagePack maps of a batch's decisions, built column-wise with no per-row dicts.
+
+    Each map holds decision, logp, value, entropy, adapter_version, action, action_name
+    (in that order). Floats go out as float32 (what the engine computes), the two ids as
+    uint32, or uint64 for a batch where one needs it, so every row but its action part has
+    one fixed layout: a few rows are packed with a ``struct``, a large batch as one numpy
+    record array. The action part (action and action_name) is packed once per action.
+    """
+
+    VECTOR_ROWS = 64  # from this many rows on, numpy beats struct.pack per row (measured)
+
+    def __init__(self, action_names: Sequence[str]):
+        self._tails = [
+            msgpack.packb("action") + msgpack.packb(i) + msgpack.packb("action_name") + msgpack.packb(name)
+            for i, name in enumerate(action_names)
+        ]
+        self._tail_len = np.array([len(t) for t in self._tails], np.int64)  # (A,)
+        self._tail_bytes = np.zeros((len(self._tails), int(self._tail_len.max())), np.uint8)  # (A, W), zero-padded
+        for i, tail in enumerate(self._tails):
+            self._tail_bytes[i, : len(tail)] = np.frombuffer(tail, np.uint8)
+        self._layouts = {
+            (wide_ids, wide_versions): _FixedPart(
+                [("decision", ">u8" if wide_ids else ">u4"), ("logp", ">f4"), ("value", ">f4"), ("entropy", ">f4"),
+                 ("adapter_version", ">u8" if wide_versions else ">u4")], 7)
+            for wide_ids in (False, True) for wide_versions in (False, True)
+        }
+
+    def encode(self, out: BatchDecision) -> EncodedRows:
+        """The rows of `out` as MessagePack maps, back to back."""
+        n = len(out)
+        wide = (n > 0 and int(out.decision.max()) >= 2**32, n > 0 and int(out.adapter_version.max()) >= 2**32)
+        if n < self.VECTOR_ROWS:
+            return self._encode_rows(out, self._layouts[wide])
+        return self._encode_columns(out, self._layouts[wide])
+
+    def _encode_rows(self, out: BatchDecision, part: _FixedPart) -> EncodedRows:
+        pack, (kd, kl, kv, ke, ka), header = part.struct.pack, part.markers, part.constants["map"]
+        rows = [
+            pack(header, kd, d, kl, lp, kv, v, ke, e, ka, av) + self._tails[a]
+            for d, lp, v, e, av, a in zip(out.decision.tolist(), out.logp.tolist(), out.value.tolist(),
+                                          out.entropy.tolist(), out.adapter_version.tolist(), out.action.tolist())
+        ]
+        return EncodedRows(b"".join(rows), list(itertools.accumulate(map(len, rows), initial=0)))
+
+    def _encode_columns(self, out: BatchDecision, part: _FixedPart) -> EncodedRows:
+        n = len(out)
+        fixed = np.empty(n, part.record)
+        for name, value in part.constants.items():
+            fixed[name] = value
+        for name in part.fields:
+            fixed[name] = getattr(out, name)
+        width = part.record.itemsize
+        padded = np.concatenate([fixed.view(np.uint8).reshape(n, width), self._tail_bytes[out.action]], axis=1)
+        row_len = width + self._tail_len[out.action]  # (N,)
+        keep = np.arange(padded.shape[1]) < row_len[:, None]  # (N, width + tail width)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(row_len, out=offsets[1:])
+        return EncodedRows(padded[keep].tobytes(), offsets.tolist())
 
 
 def _arity(method: str, params: list, *counts: int) -> None:
@@ -77,12 +177,32 @@ def parse_options(value: Any, n_actions: int) -> tuple[np.ndarray | None, bool]:
     return mask, greedy
 
 
+def _short_strs(values: Sequence) -> bool:
+    """True when every value is a non-empty str of at most FAST_ID_CHARS characters."""
+    return set(map(type, values)) == {str} and 0 < min(map(len, values)) and max(map(len, values)) <= FAST_ID_CHARS
+
+
+def _feedback_args(params: list) -> tuple[str, str, float, bool]:
+    """feedback(player, npc, reward[, done]) params -> checked (player, npc, reward, done)."""
+    _arity("feedback", params, 3, 4)
+    player = validate_player_id(params[0])
+    npc = validate_npc_id(params[1])
+    reward = params[2]
+    if type(reward) not in (int, float) or not math.isfinite(reward):
+        raise InvalidInputError(f"reward must be a finite number, got {reward!r}")
+    done = params[3] if len(params) == 4 else False
+    if not isinstance(done, bool):
+        raise InvalidInputError(f"done must be a bool, got {type(done).__name__}")
+    return player, npc, float(reward), done
+
+
 class Methods:
     """The bridge's method table over one Service."""
 
     def __init__(self, service: Service):
         self.service = service
         self._specs = {name: arch.spec for name, arch in service.archetypes.items()}
+        self._encoders = {name: DecisionEncoder(spec.actions) for name, spec in self._specs.items()}
         self.direct: dict[str, Callable[[list], Any]] = {
             "archetypes": self.archetypes,
             "feedback": self.feedback,
@@ -99,61 +219,86 @@ class Methods:
         return spec
 
     # -- decisions (batched by the server) ---------------------------------------------
-    def act_row(self, archetype: Any, row: list, where: str = "act", obs: np.ndarray | None = None) -> ActRow:
-        """Validate [player, npc, obs] or [player, npc, obs, options] for `archetype`.
-
-        `obs` may be given already parsed (act_batch decodes binary observations in bulk).
-        """
-        if not isinstance(row, list) or len(row) not in (3, 4):
-            raise InvalidInputError(f"{where} row must be [player, npc, obs] or [player, npc, obs, options]")
-        spec = self._spec(archetype)
-        player = validate_player_id(row[0])
-        npc = validate_npc_id(row[1])
-        if obs is None:
-            obs = parse_obs(row[2], spec.obs_dim)
-        mask, greedy = parse_options(row[3], spec.n_actions) if len(row) == 4 else (None, False)
-        return ActRow(player, npc, obs, mask, greedy)
-
-    def parse_act(self, params: list) -> tuple[str, list[ActRow]]:
+    def parse_act(self, params: list) -> tuple[str, ActBlock]:
+        """act(archetype, player, npc, obs[, options]) -> its one row."""
         _arity("act", params, 4, 5)
-        return params[0], [self.act_row(params[0], params[1:])]
+        spec = self._spec(params[0])
+        player, npc, obs, mask, greedy = self._row(spec, params[1:])
+        return params[0], ActBlock([player], [npc], obs[None], None if mask is None else mask[None],
+                                   np.ones(1, bool) if greedy else None)
 
-    def parse_act_batch(self, params: list) -> tuple[str, list[ActRow]]:
+    def parse_act_batch(self, params: list) -> tuple[str, ActBlock]:
+        """act_batch(archetype, rows): rows checked column-wise, or one by one to name a bad row."""
         _arity("act_batch", params, 2)
         archetype, rows = params
-        self._spec(archetype)
+        spec = self._spec(archetype)
         if not isinstance(rows, list) or not rows:
             raise InvalidInputError("act_batch rows must be a non-empty array")
-        bulk = self._bulk_binary_obs(archetype, rows)
+        return archetype, self._columns(spec, rows) or self._row_by_row(spec, rows)
+
+    def _row(self, spec, row: list) -> tuple[str, str, np.ndarray, np.ndarray | None, bool]:
+        """Validate [player, npc, obs] or [player, npc, obs, options]."""
+        if not isinstance(row, list) or len(row) not in (3, 4):
+            raise InvalidInputError("row must be [player, npc, obs] or [player, npc, obs, options]")
+        player = validate_player_id(row[0])
+        npc = validate_npc_id(row[1])
+        obs = parse_obs(row[2], spec.obs_dim)
+        mask, greedy = parse_options(row[3], spec.n_actions) if len(row) == 4 else (None, False)
+        return player, npc, obs, mask, greedy
+
+    def _row_by_row(self, spec, rows: list) -> ActBlock:
         parsed = []
         for i, row in enumerate(rows):
             try:
-                parsed.append(self.act_row(archetype, row, f"row {i}", None if bulk is None else bulk[i]))
+                parsed.append(self._row(spec, row))
             except InvalidInputError as exc:
                 raise InvalidInputError(f"row {i}: {exc}") from None
-        return archetype, parsed
-
-    def _bulk_binary_obs(self, archetype: str, rows: list) -> np.ndarray | None:
-        """(N, D) observations decoded at once when every row carries well-sized float32 binary
-        that is all finite; else None and rows are parsed (and their errors named) one by one."""
-        width = 4 * self._spec(archetype).obs_dim
-        raws = [row[2] if isinstance(row, list) and len(row) in (3, 4) else None for row in rows]
-        if not all(isinstance(r, bytes) and len(r) == width for r in raws):
-            return None
-        obs = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(rows), -1).astype(np.float32)
-        return obs if np.isfinite(obs).all() else None
-
-    def run_rows(self, archetype: str, rows: list[ActRow]) -> list[dict]:
-        """One Service.act_batch over rows (possibly from many requests)."""
-        masks = None
-        if any(r.mask is not None for r in rows):
-            n_actions = self._specs[archetype].n_actions
-            masks = np.stack([r.mask if r.mask is not None else np.ones(n_actions, bool) for r in rows])
-        out = self.service.act_batch(
-            archetype, [r.player for r in rows], np.stack([r.obs for r in rows]),
-            npcs=[r.npc for r in rows], masks=masks, greedy=np.array([r.greedy for r in rows]),
+        players, npcs, obs, masks, greedy = zip(*parsed)
+        any_mask = any(m is not None for m in masks)
+        return ActBlock(
+            list(players), list(npcs), np.stack(obs),
+            np.stack([np.ones(spec.n_actions, bool) if m is None else m for m in masks]) if any_mask else None,
+            np.asarray(greedy) if any(greedy) else None,
         )
-        return out.to_dicts()
+
+    @staticmethod
+    def _columns(spec, rows: list) -> ActBlock | None:
+        """The common case in bulk: every row [player, npc, obs] with short ids and finite
+        float32-binary obs. None when any row is otherwise; those are parsed one by one."""
+        width = 4 * spec.obs_dim
+        if set(map(type, rows)) != {list} or set(map(len, rows)) != {3}:
+            return None
+        players, npcs, raws = zip(*rows)
+        if not (_short_strs(players) and _short_strs(npcs) and set(map(type, raws)) == {bytes}
+                and set(map(len, raws)) == {width}):
+            return None
+        try:
+            "".join(players).encode("utf-8")  # what validate_player_id would refuse
+        except UnicodeEncodeError:
+            return None
+        obs = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(rows), spec.obs_dim).astype(np.float32)
+        if not np.isfinite(obs).all():
+            return None
+        return ActBlock(list(players), list(npcs), obs, None, None)
+
+    def run_blocks(self, archetype: str, blocks: Sequence[ActBlock]) -> EncodedRows:
+        """One Service.act_batch over the rows of many requests -> every row's result, encoded."""
+        n_actions = self._specs[archetype].n_actions
+        if len(blocks) == 1:
+            block = blocks[0]
+            players, npcs, obs, masks, greedy = block.players, block.npcs, block.obs, block.masks, block.greedy
+        else:
+            players = list(itertools.chain.from_iterable(b.players for b in blocks))
+            npcs = list(itertools.chain.from_iterable(b.npcs for b in blocks))
+            obs = np.concatenate([b.obs for b in blocks])
+            masks = greedy = None
+            if any(b.masks is not None for b in blocks):
+                masks = np.concatenate([np.ones((len(b), n_actions), bool) if b.masks is None else b.masks for b in blocks])
+            if any(b.greedy is not None for b in blocks):
+                greedy = np.concatenate([np.zeros(len(b), bool) if b.greedy is None else b.greedy for b in blocks])
+        out = self.service.act_batch(archetype, players, obs, npcs=npcs, masks=masks,
+                                     greedy=False if greedy is None else greedy)
+        return self._encoders[archetype].encode(out)
 
     # -- direct methods --------------------------------------------------------------
     def archetypes(self, params: list) -> list[dict]:
@@ -164,17 +309,32 @@ class Methods:
         ]
 
     def feedback(self, params: list) -> bool:
-        _arity("feedback", params, 3, 4)
-        player = validate_player_id(params[0])
-        npc = validate_npc_id(params[1])
-        reward = params[2]
-        if type(reward) not in (int, float) or not math.isfinite(reward):
-            raise InvalidInputError(f"reward must be a finite number, got {reward!r}")
-        done = params[3] if len(params) == 4 else False
-        if not isinstance(done, bool):
-            raise InvalidInputError(f"done must be a bool, got {type(done).__name__}")
-        self.service.feedback(player, npc, float(reward), done)
+        self.service.feedback(*_feedback_args(params))
         return True
+
+    def feedback_many(self, params_list: Sequence[list]) -> list[InvalidInputError]:
+        """Several feedback calls (a burst of notifications) as one Service.feedback_batch,
+        one log record; returns the errors of those refused, which change nothing.
+
+        Each call is checked first as the Service would check it in order, including
+        whether its NPC has a decision to attach to, so the batch never fails half-way.
+        """
+        tracker = self.service.tracker if self.service.online else None
+        items, errors, closed = [], [], set()
+        for params in params_list:
+            try:
+                player, npc, reward, done = _feedback_args(params)
+                if tracker is not None and ((player, npc) in closed or not tracker.has_open(player, npc)):
+                    raise InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
+            except InvalidInputError as exc:
+                errors.append(exc)
+                continue
+            items.append((player, npc, reward, done))
+            if done:
+                closed.add((player, npc))
+        if items:
+            self.service.feedback_batch(*map(list, zip(*items)))
+        return errors
 
     def action_probs(self, params: list) -> list[list[float]]:
         """action_probs(archetype, rows[, {base: bool}]) with rows [[player, obs], ...]:

@@ -1,9 +1,10 @@
 """The socket bridge: an asyncio TCP server speaking MessagePack-RPC over the Service.
 
-This module owns sockets, limits, authentication and micro-batching; framing lives in
-:mod:`npcadapt.protocol` and method semantics in :mod:`npcadapt.rpc`. ``act`` and
-``act_batch`` rows from every connection are queued per archetype and answered by one
-engine forward per archetype on the next turn of the event loop (or after ``batch_wait``).
+This module owns sockets, limits, authentication and micro-batching; framing lives in :mod:`npcadapt.protocol` and method semantics in
+:mod:`npcadapt.rpc`. ``act`` and ``act_batch`` rows from every connection are queued per
+archetype and answered by one engine forward per archetype on the next turn of the event
+loop (or after ``batch_wait``), with one socket write per connection per forward; a run
+of feedback notifications from one read is applied as one batch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -31,8 +32,9 @@ from .protocol import (
     Notification,
     Request,
     RpcConnection,
+    packed_response,
 )
-from .rpc import ActRow, Methods
+from .rpc import ActBlock, EncodedRows, Methods
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class ServerConfig:
     max_batch: int = 4096  # rows per engine forward
     limits: Limits = field(default_factory=Limits)
     train_interval: float = 0.05  # background online training poll, seconds
+    trainer_nice: int = 10  # added to the trainer thread's nice value (Linux): decisions come first
     flush_interval: float = 1.0  # seconds between interaction-log flushes (what a kill -9 can lose)
 
     def __post_init__(self) -> None:
@@ -93,59 +96,76 @@ def error_code(exc: Exception) -> int:
     return INVALID_PARAMS if isinstance(exc, InvalidInputError) else INTERNAL_ERROR
 
 
-Callback = Callable[[list[dict] | None, Exception | None], None]
+# A queued act / act_batch request: (connection, msgid, single-row act?, arrival time, its rows).
+Pending = tuple["Connection", int, bool, float, ActBlock]
 
 
 class MicroBatcher:
-    """Per-archetype queues of act rows, answered by one engine forward each."""
+    """Per-archetype queues of act rows, answered by one engine forward each.
+
+    The answers of one forward go out as one write per connection, however many of its
+    requests the forward answered.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, methods: Methods, config: ServerConfig, stats: Stats):
         self.loop, self.methods, self.config, self.stats = loop, methods, config, stats
-        self._queues: dict[str, list[tuple[list[ActRow], Callback]]] = {}
+        self._queues: dict[str, list[Pending]] = {}
         self._sizes: dict[str, int] = {}
 
-    def submit(self, archetype: str, rows: list[ActRow], callback: Callback) -> None:
-        queue = self._queues.setdefault(archetype, [])
-        if not queue:
+    def submit(self, archetype: str, pending: Pending) -> None:
+        queue = self._queues.get(archetype)
+        if queue is None:
+            queue = self._queues[archetype] = []
             if self.config.batch_wait > 0:
                 self.loop.call_later(self.config.batch_wait, self.flush, archetype)
             else:
                 self.loop.call_soon(self.flush, archetype)
-        queue.append((rows, callback))
-        self._sizes[archetype] = self._sizes.get(archetype, 0) + len(rows)
-        if self._sizes[archetype] >= self.config.max_batch:
+        queue.append(pending)
+        size = self._sizes[archetype] = self._sizes.get(archetype, 0) + len(pending[4])
+        if size >= self.config.max_batch:
             self.flush(archetype)
 
     def flush(self, archetype: str) -> None:
-        queue = self._queues.pop(archetype, [])
+        queue = self._queues.pop(archetype, None)
         self._sizes.pop(archetype, None)
-        if not queue:
-            return
-        rows = [row for group, _ in queue for row in group]
+        if queue:
+            self._run(archetype, queue)
+
+    def _run(self, archetype: str, queue: list[Pending]) -> None:
         try:
-            results = self.methods.run_rows(archetype, rows)
+            encoded = self.methods.run_blocks(archetype, [p[4] for p in queue])
         except Exception as exc:  # noqa: BLE001 - every request must get an answer
             if len(queue) == 1:
-                queue[0][1](None, exc)
+                _fail(queue[0], exc)
                 return
             log.info("a merged batch failed (%s); answering its requests one by one", exc)
-            for group, callback in queue:  # so one request's problem never fails another's
-                self._run_alone(archetype, group, callback)
+            for pending in queue:  # so one request's problem never fails another's
+                self._run(archetype, [pending])
             return
-        self.stats.batch_sizes.append(len(rows))
-        start = 0
-        for group, callback in queue:
-            callback(results[start : start + len(group)], None)
-            start += len(group)
+        self._answer(queue, encoded)
 
-    def _run_alone(self, archetype: str, rows: list[ActRow], callback: Callback) -> None:
-        try:
-            results = self.methods.run_rows(archetype, rows)
-        except Exception as exc:  # noqa: BLE001
-            callback(None, exc)
-            return
-        self.stats.batch_sizes.append(len(rows))
-        callback(results, None)
+    def _answer(self, queue: list[Pending], encoded: EncodedRows) -> None:
+        """One response per request, one write per connection."""
+        data, offsets = encoded.data, encoded.offsets
+        replies: dict[Connection, list[bytes]] = {}
+        row = 0
+        for conn, msgid, single, _, block in queue:
+            end = row + len(block)
+            body = data[offsets[row] : offsets[end]]
+            replies.setdefault(conn, []).append(packed_response(msgid, body, None if single else end - row))
+            row = end
+        for conn, parts in replies.items():
+            conn.send(parts[0] if len(parts) == 1 else b"".join(parts))
+        now = time.perf_counter()
+        self.stats.latency.extend(now - p[3] for p in queue)
+        self.stats.batch_sizes.append(row)
+
+
+def _fail(pending: Pending, err: Exception) -> None:
+    conn, msgid = pending[0], pending[1]
+    if not isinstance(err, NpcAdaptError):
+        log.error("internal error while deciding: %r", err)
+    conn.error(msgid, error_code(err), str(err) if isinstance(err, NpcAdaptError) else f"internal error: {err!r}")
 
 
 class Connection(asyncio.Protocol):
@@ -190,25 +210,45 @@ class Connection(asyncio.Protocol):
             log.info("closing connection after protocol error: %s", exc)
             self.close()
             return
+        feedback: list[list] = []  # a run of feedback notifications, applied as one batch
         for event in events:
             if not self.open:
                 return
+            if type(event) is Notification and event.method == "feedback":
+                feedback.append(event.params)
+                continue
+            if feedback:
+                self._feedback(feedback)
+                feedback = []
             self._handle(event)
+        if feedback:
+            self._feedback(feedback)
 
     # -- dispatch -------------------------------------------------------------------
+    def _feedback(self, params_list: list[list]) -> None:
+        """Feedback notifications: applied together, never answered; refusals are counted."""
+        stats = self.bridge.stats.counters
+        stats["notifications"] += len(params_list)
+        if not self.authenticated:
+            return
+        try:
+            refused = self.bridge.methods.feedback_many(params_list)
+        except NpcAdaptError as exc:  # e.g. the log could not be written
+            refused = [exc]
+        stats["errors"] += len(refused)
+        for exc in refused:
+            log.debug("feedback notification refused: %s", exc)
+
     def _handle(self, event) -> None:
         stats = self.bridge.stats.counters
         if isinstance(event, Request):
             stats["requests"] += 1
             self._request(event)
         elif isinstance(event, Notification):
-            stats["notifications"] += 1
-            if self.authenticated and event.method == "feedback":
-                try:
-                    self.bridge.methods.feedback(event.params)
-                except NpcAdaptError as exc:  # notifications are never answered
-                    stats["errors"] += 1
-                    log.debug("feedback notification refused: %s", exc)
+            if event.method == "feedback":
+                self._feedback([event.params])
+            else:
+                stats["notifications"] += 1
         elif isinstance(event, InvalidMessage) and event.msgid is not None:
             stats["errors"] += 1
             self.send(self.rpc.response(event.msgid, event.error, None))
@@ -222,12 +262,11 @@ class Connection(asyncio.Protocol):
                 self.error(req.msgid, UNAUTHORIZED, f"authenticate first: call auth(token) before {req.method!r}")
             return
         try:
-            if req.method in ("act", "act_batch"):
-                parse = methods.parse_act if req.method == "act" else methods.parse_act_batch
-                archetype, rows = parse(req.params)
-                started = time.perf_counter()
-                single = req.method == "act"
-                self.bridge.batcher.submit(archetype, rows, lambda res, err: self._answer_act(req.msgid, started, single, res, err))
+            method = req.method
+            if method == "act" or method == "act_batch":
+                single = method == "act"
+                archetype, block = (methods.parse_act if single else methods.parse_act_batch)(req.params)
+                self.bridge.batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block))
             elif req.method == "stats":
                 self.send(self.rpc.response(req.msgid, None, self.bridge.stats_snapshot()))
             elif req.method == "auth":
@@ -241,15 +280,6 @@ class Connection(asyncio.Protocol):
         except Exception as exc:  # a bug must not take the server down
             log.exception("internal error in %s", req.method)
             self.error(req.msgid, INTERNAL_ERROR, f"internal error in {req.method}: {type(exc).__name__}: {exc}")
-
-    def _answer_act(self, msgid: int, started: float, single: bool, results: list | None, err: Exception | None) -> None:
-        if err is not None:
-            if not isinstance(err, NpcAdaptError):
-                log.error("internal error while deciding: %r", err)
-            self.error(msgid, error_code(err), str(err) if isinstance(err, NpcAdaptError) else f"internal error: {err!r}")
-            return
-        self.send(self.rpc.response(msgid, None, results[0] if single else results))
-        self.bridge.stats.latency.append(time.perf_counter() - started)
 
     def _auth(self, req: Request) -> None:
         token = req.params[0] if len(req.params) == 1 else None
@@ -310,7 +340,7 @@ class Bridge:
         self._reaper = loop.create_task(self._reap_idle())
         self._flusher = loop.create_task(self._flush_log())
         if self.service.online:
-            self.service.start_background_training(self.config.train_interval)
+            self.service.start_background_training(self.config.train_interval, nice=self.config.trainer_nice)
         log.info("npcadapt bridge listening on %s:%d", self.config.host, self.port)
         return self.port
 
@@ -346,7 +376,7 @@ class Bridge:
             conn.close()
         if self._server is not None:
             await self._server.wait_closed()
-        self.service.close()
+        self.service.close()  # stops the background trainer
 
 
 def serve(service: Service, config: ServerConfig, *, ready: Callable[[int], None] | None = None) -> None:

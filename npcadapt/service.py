@@ -12,6 +12,8 @@ the simulation loop all call this same object:
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -124,11 +126,11 @@ class Service:
             raise InvalidInputError("players, npcs, rewards and dones must have the same length")
         if not np.isfinite(rewards).all():
             raise InvalidInputError(f"rewards must be finite numbers, got {rewards[~np.isfinite(rewards)][:3].tolist()}")
-        decisions = []
-        for player, npc, reward, done in zip(players, npcs, rewards, dones):
+        for player, npc in zip(players, npcs):  # all checked before any is applied
             validate_player_id(player)
             validate_npc_id(npc)
-            if self.online:
+        if self.online:
+            for player, npc, reward, done in zip(players, npcs, rewards, dones):
                 self.tracker.feedback(player, npc, float(reward), bool(done))
         self.counters["feedback"] += len(players)
         if self.log is not None:
@@ -174,13 +176,18 @@ class Service:
         while len(self._opt_states) > self._opt_capacity:
             self._opt_states.popitem(last=False)
 
-    def start_background_training(self, interval: float = 0.05) -> None:
-        """Run `train_pending` in a daemon thread while decisions keep being served."""
+    def start_background_training(self, interval: float = 0.05, *, nice: int = 0) -> None:
+        """Run `train_pending` in a daemon thread while decisions keep being served.
+
+        ``nice`` > 0 raises that thread's nice value (per thread on Linux), so on a busy
+        machine the scheduler runs decisions first; torch releases the GIL inside its ops.
+        """
         if self._background is not None:
             return
         self._stop.clear()
 
         def loop() -> None:
+            _lower_thread_priority(nice)
             while not self._stop.wait(interval):
                 try:
                     self.train_pending()
@@ -230,6 +237,16 @@ class Service:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _lower_thread_priority(nice: int) -> None:
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:
+        log.warning("could not lower the online trainer thread's priority: %s", exc)
 
 
 def open(data_dir: str | Path, **kwargs) -> Service:  # noqa: A001 - mirrors builtins.open on purpose

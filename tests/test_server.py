@@ -329,14 +329,14 @@ def test_one_bad_request_never_fails_another_in_the_same_batch(tmp_path):
         reply = next(unpacker)
         assert reply[1] == 1 and reply[2][0] == INVALID_PARAMS and "npc id" in reply[2][1]
         # a failure inside the merged forward is retried per request: only the culprit errs
-        original = running.bridge.methods.run_rows
+        original = running.bridge.methods.run_blocks
 
-        def flaky(archetype, rows):
-            if any(r.player == "mallory" for r in rows):
+        def flaky(archetype, blocks):
+            if any("mallory" in b.players for b in blocks):
                 raise RuntimeError("boom")
-            return original(archetype, rows)
+            return original(archetype, blocks)
 
-        running.bridge.methods.run_rows = flaky
+        running.bridge.methods.run_blocks = flaky
         socks = [running.connect() for _ in range(2)]
         socks[0].sendall(msgpack.packb([0, 5, "act", ["duelist", "alice", "n", OBS]]))
         socks[1].sendall(msgpack.packb([0, 6, "act", ["duelist", "mallory", "n", OBS]]))
