@@ -287,7 +287,8 @@ def _add_train(sub) -> None:
 def _online_config(args):
     from .training.online import OnlineConfig
 
-    return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr, kl_bound=args.kl_bound)
+    return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr, kl_bound=args.kl_bound,
+                        validation_gate=not args.no_gate)
 
 
 def _cmd_sim(args) -> int:
@@ -326,6 +327,8 @@ def _add_sim(sub) -> None:
     p.add_argument("--episodes-per-update", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
     p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
+    p.add_argument("--no-gate", action="store_true",
+                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
     p.add_argument("--no-adapt", action="store_true", help="serve the base only (a control run)")
     p.add_argument("--no-record", action="store_true", help="do not write the interaction log")
     p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
@@ -449,7 +452,8 @@ def _cmd_serve(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # small batches: more threads only contend with the trainer
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
-                          idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3)
+                          idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3,
+                          trainer_nice=args.trainer_nice)
     service = Service(args.data, archetype_dirs=_archetype_dirs(args), seed=args.seed,
                       online=None if args.no_adapt else _online_config(args), compile=args.compile)
 
@@ -473,9 +477,13 @@ def _add_serve(sub) -> None:
     p.add_argument("--episodes-per-update", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
     p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
+    p.add_argument("--no-gate", action="store_true",
+                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
     p.add_argument("--no-adapt", action="store_true", help="serve without online adaptation")
     p.add_argument("--compile", action="store_true", help="torch.compile the batched forward")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 keeps torch's default)")
+    p.add_argument("--trainer-nice", type=int, default=10,
+                   help="added to the online trainer thread's nice value (Linux) so decisions come first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
     p.set_defaults(func=_cmd_serve)

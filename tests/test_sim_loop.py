@@ -118,3 +118,17 @@ def test_cli_kl_bound_default_matches_the_trainer():
     from npcadapt.cli import KL_BOUND
 
     assert KL_BOUND == npcadapt.OnlineConfig().kl_bound
+
+
+def test_sim_gate_holds_the_base_until_there_is_evidence_and_no_gate_serves_at_once(tmp_path, capsys):
+    def returns(*flags):
+        out = tmp_path / "-".join(flags or ("gated",))
+        rc = main(["sim", "--players", "10", "--episodes", "8", "--no-record", "--data", str(out / "d"),
+                   "--out", str(out), "--quiet", *flags])
+        assert rc == 0
+        return json.loads((out / "report.json").read_text())["personas"]
+
+    gated, ungated = returns(), returns("--no-gate")
+    # 8 episodes = 2 updates; the first trains from nothing, the second holds 4 episodes of evidence (< 8)
+    assert all(p["adapted_return"] == pytest.approx(p["base_return"], abs=1e-6) for p in gated.values())
+    assert any(abs(p["adapted_return"] - p["base_return"]) > 1e-3 for p in ungated.values())
