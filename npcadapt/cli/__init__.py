@@ -1,0 +1,48 @@
+"""The one `npcadapt` command. It owns printing, progress bars and exit codes.
+
+Subcommands live in this package, one module per group, each registered by a small
+`_add_*` function; each handler receives the parsed arguments and returns an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..errors import NpcAdaptError
+from .archetype import add_archetype
+from .bench import add_bench
+from .common import KL_BOUND
+from .inspect import add_export, add_inspect
+from .run import add_demo, add_serve, add_sim
+from .train import add_train
+
+__all__ = ["KL_BOUND", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npcadapt", description="NPCs that adapt to each player with per-player LoRA adapters.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+_SUBCOMMANDS = [add_demo, add_archetype, add_train, add_sim, add_serve, add_inspect, add_export, add_bench]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except NpcAdaptError as exc:
+        print(f"npcadapt: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("npcadapt: interrupted", file=sys.stderr)
+        return 130
+

@@ -1,0 +1,7 @@
+"""`python -m npcadapt.cli`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""Helpers shared by the subcommands: argument parsers, archetype lookup, online settings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import NpcAdaptError
+
+KL_BOUND = 5.0  # = OnlineConfig.kl_bound (kept here so --help needs no torch import; a test checks)
+
+
+def parse_obs(text: str) -> list[tuple[str, int]]:
+    """'health:1,position:2' -> [('health', 1), ('position', 2)]."""
+    features = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, size = part.partition(":")
+        try:
+            features.append((name.strip(), int(size) if size else 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"observation feature {part!r} must be NAME or NAME:SIZE") from None
+    if not features:
+        raise argparse.ArgumentTypeError("give at least one observation feature")
+    return features
+
+
+def parse_list(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in parse_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def archetype_dirs(args) -> list[Path]:
+    from ..archetypes import BUILTIN_DIR
+
+    return [BUILTIN_DIR, *map(Path, args.archetypes or [])]
+
+
+def load_archetype(args, name: str):
+    """The named archetype from the built-in and --archetypes directories."""
+    from ..archetypes import find_archetypes
+
+    found = find_archetypes(archetype_dirs(args))
+    if name not in found:
+        raise NpcAdaptError(f"unknown archetype {name!r}; known: {sorted(found)}")
+    return found[name]
+
+
+def online_config(args):
+    from ..training.online import OnlineConfig
+
+    return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr, kl_bound=args.kl_bound,
+                        validation_gate=not args.no_gate)

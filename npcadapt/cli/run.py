@@ -1,0 +1,110 @@
+"""`npcadapt sim`, `npcadapt serve` and `npcadapt demo`: run the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import (
+    KL_BOUND,
+    archetype_dirs,
+    online_config,
+)
+
+
+def _cmd_sim(args) -> int:
+    from tqdm import tqdm
+
+    from sim.loop import format_table, run_simulation, write_report
+
+    from ..archetypes import archetype_for_env
+    from ..service import Service
+
+    data = Path(args.data)
+    with Service(data, archetype_dirs=archetype_dirs(args), seed=args.seed, online=online_config(args),
+                 record=not args.no_record) as svc:
+        archetype = args.archetype or archetype_for_env(args.env, svc.archetypes)
+        with tqdm(total=args.episodes, desc=f"sim {args.env}", unit="ep", disable=args.quiet) as bar:
+            report = run_simulation(svc, args.env, archetype, players=args.players, episodes=args.episodes,
+                                    seed=args.seed, train=not args.no_adapt, on_episode=lambda _: bar.update())
+        report["stats"] = svc.stats()
+    json_path, png_path = write_report(report, args.out)
+    print(format_table(report))
+    print(f"{report['players']} players x {args.episodes} episodes in {report['seconds']:.1f}s "
+          f"({report['decisions_per_s']} decisions/s, {report['stats']['updates']} adapter updates)")
+    print(f"report: {json_path}\nplot:   {png_path}\nadapters and recorded sessions: {data}")
+    return 0
+
+
+def add_sim(sub) -> None:
+    p = sub.add_parser("sim", help="run simulated players through the engine with online adaptation")
+    p.add_argument("--env", default="npcadapt/Duel-v0", help="gymnasium env id (default npcadapt/Duel-v0)")
+    p.add_argument("--archetype", help="archetype (default: the one whose env matches)")
+    p.add_argument("--players", type=int, default=64)
+    p.add_argument("--episodes", type=int, default=200, help="episodes per player")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="data/sim", help="data directory: adapters and interaction logs")
+    p.add_argument("--out", default="runs/sim", help="where report.json and returns.png go")
+    p.add_argument("--episodes-per-update", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
+    p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
+    p.add_argument("--no-gate", action="store_true",
+                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
+    p.add_argument("--no-adapt", action="store_true", help="serve the base only (a control run)")
+    p.add_argument("--no-record", action="store_true", help="do not write the interaction log")
+    p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_sim)
+
+
+def _cmd_serve(args) -> int:
+    import torch
+
+    from ..server import ServerConfig, serve
+    from ..service import Service
+
+    if args.threads:
+        torch.set_num_threads(args.threads)  # small batches: more threads only contend with the trainer
+    config = ServerConfig(host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
+                          idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3,
+                          trainer_nice=args.trainer_nice)
+    service = Service(args.data, archetype_dirs=archetype_dirs(args), seed=args.seed,
+                      online=None if args.no_adapt else online_config(args), compile=args.compile)
+
+    def ready(port: int) -> None:
+        print(f"npcadapt bridge on {args.host}:{port} (data {args.data}); archetypes: {', '.join(sorted(service.archetypes))}", flush=True)
+
+    serve(service, config, ready=ready)
+    print("flushed the interaction log and adapters; bye", flush=True)
+    return 0
+
+
+def add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="run the MessagePack-RPC socket bridge for game engines")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --token)")
+    p.add_argument("--port", type=int, default=7777, help="TCP port (0 picks a free one)")
+    p.add_argument("--data", default="data/serve", help="data directory: adapters and interaction logs")
+    p.add_argument("--token", default=None, help="shared secret; clients must call auth(token) first")
+    p.add_argument("--max-connections", type=int, default=1024)
+    p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle client is closed")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a batch waits for more rows")
+    p.add_argument("--episodes-per-update", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
+    p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
+    p.add_argument("--no-gate", action="store_true",
+                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
+    p.add_argument("--no-adapt", action="store_true", help="serve without online adaptation")
+    p.add_argument("--compile", action="store_true", help="torch.compile the batched forward")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 keeps torch's default)")
+    p.add_argument("--trainer-nice", type=int, default=10,
+                   help="added to the online trainer thread's nice value (Linux) so decisions come first")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def add_demo(sub) -> None:
+    from ..demo import add_arguments, main
+
+    p = sub.add_parser("demo", help="play the pygame demo: a village whose NPCs adapt to you (--headless: a bot plays)")
+    add_arguments(p)
+    p.set_defaults(func=main)

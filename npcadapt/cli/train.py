@@ -1,0 +1,119 @@
+"""`npcadapt train base|adapters`: train archetype bases and per-player adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import NpcAdaptError
+from .common import (
+    KL_BOUND,
+    archetype_dirs,
+    load_archetype,
+)
+
+
+def _cmd_train_base(args) -> int:
+    from ..training.base import BaseTrainConfig, train_base
+
+    arch = load_archetype(args, args.archetype)
+    directory = arch.directory
+    if args.logs:
+        from ..recordings import read_episodes
+        from ..training.base_from_logs import CloneConfig, clone_base
+
+        episodes, _ = read_episodes(args.logs, archetypes=[arch.name])
+        new, summary = clone_base(directory, [e for eps in episodes.values() for e in eps],
+                                  CloneConfig(top_fraction=args.top, seed=args.seed, init_from_current=not args.fresh))
+        print(f"cloned the best {summary['episodes_kept']} of {summary['episodes']} recorded episodes into {arch.name}: "
+              f"version {summary['previous_base_hash']} -> {new.base_hash}; adapters trained on the old version are "
+              f"refused (and kept) until refitted with `npcadapt train adapters`")
+        return 0
+    env_id = args.env or arch.spec.env
+    if not env_id:
+        raise NpcAdaptError(f"archetype {args.archetype!r} names no env; pass --env ID or module:Class")
+    kwargs = {"persona": "average"} if env_id.startswith("npcadapt/") else {}
+    config = BaseTrainConfig(env_id=env_id, env_kwargs=kwargs, total_steps=args.steps, num_envs=args.envs,
+                             ent_coef=args.ent_coef, seed=args.seed, init_from_current=not args.fresh)
+    result = train_base(directory, config, progress=not args.quiet)
+    print(f"trained {args.archetype} on {env_id}: {result.steps} steps in {result.seconds:.1f}s, "
+          f"final return {result.final_return:.3f}, new version {result.archetype.base_hash}")
+    print(f"wrote {directory}/{result.archetype.spec.weights}, train_config.toml, train_result.json")
+    return 0
+
+
+def _cmd_train_adapters(args) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from ..fit_report import write_fit_report
+    from ..recordings import read_episodes
+    from ..service import Service
+    from ..training.offline import OfflineConfig, fit_adapters
+
+    logs = Path(args.logs)
+    episodes, summary = read_episodes(logs, archetypes=args.archetype and [args.archetype], players=args.players)
+    print(f"read {summary.records} records: {summary.episodes} episodes of {summary.players} players "
+          f"({summary.corrupt_records} corrupt records skipped, {summary.open_episodes} unfinished episodes ignored)")
+    config = OfflineConfig(epochs=args.epochs, learning_rate=args.lr, kl_bound=args.kl_bound, seed=args.seed,
+                           players_per_batch=args.players_per_batch)
+    data = Path(args.data) if args.data else logs.parent
+    out = Path(args.out) if args.out else data / "reports"
+    by_arch: dict[str, dict] = {}
+    for (archetype, player), eps in episodes.items():
+        by_arch.setdefault(archetype, {})[player] = eps
+    with Service(data, archetype_dirs=archetype_dirs(args), seed=args.seed, online=None, record=False) as svc:
+        unknown = sorted(set(by_arch) - set(svc.archetypes))
+        if unknown:
+            print(f"skipping recordings of unknown archetypes {unknown}")
+        for archetype in sorted(set(by_arch) & set(svc.archetypes)):
+            players = by_arch[archetype]
+            state = data / f".fit-{archetype}.state.json"
+            executor = None
+            if args.engine == "ray":
+                from ..training.ray_backend import RayExecutor
+
+                executor = RayExecutor(svc.archetypes[archetype].directory, config, address=args.address, workers=args.workers)
+            with tqdm(total=len(players), desc=f"fit {archetype}", unit="player", disable=args.quiet) as bar:
+                rows = fit_adapters(svc, archetype, players, config, state_file=state, on_players=bar.update,
+                                    executor=executor)
+            json_path, png_path = write_fit_report(archetype, rows, summary.to_dict(), asdict(config), out)
+            improved = sum(r["estimate_fitted"] > r["estimate_base"] for r in rows)
+            print(f"{archetype}: {len(rows)} players fitted, {improved} improve the off-policy estimate; "
+                  f"adapters in {data}/adapters/{archetype}; report {json_path}, plot {png_path}")
+    return 0
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser("train", help="train archetype bases and per-player adapters")
+    tsub = p.add_subparsers(dest="train_cmd", required=True)
+    ad = tsub.add_parser("adapters", help="fit each player's adapter from recorded sessions (off-policy)")
+    ad.add_argument("--logs", required=True, help="interaction log directory (DATA/logs)")
+    ad.add_argument("--archetype", help="only this archetype")
+    ad.add_argument("--players", nargs="+", help="only these player ids")
+    ad.add_argument("--data", help="where adapters are written (default: the parent of --logs)")
+    ad.add_argument("--out", help="report directory (default: DATA/reports)")
+    ad.add_argument("--epochs", type=int, default=20)
+    ad.add_argument("--players-per-batch", type=int, default=64, help="players fitted together in one batched pass")
+    ad.add_argument("--engine", choices=("local", "ray"), default="local", help="where batches run")
+    ad.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)")
+    ad.add_argument("--workers", type=int, help="CPUs of the local Ray (default: all)")
+    ad.add_argument("--lr", type=float, default=1e-2)
+    ad.add_argument("--kl-bound", type=float, default=KL_BOUND)
+    ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    ad.add_argument("--quiet", action="store_true")
+    ad.set_defaults(func=_cmd_train_adapters)
+    base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")
+    base.add_argument("--archetype", required=True, help="archetype name")
+    base.add_argument("--env", help="gymnasium id or module:Class (default: the archetype's env)")
+    base.add_argument("--logs", help="train from recorded sessions instead (behaviour cloning of the best episodes)")
+    base.add_argument("--top", type=float, default=0.5, help="with --logs: share of best episodes to imitate")
+    base.add_argument("--steps", type=int, default=200_000, help="environment steps (default 200k)")
+    base.add_argument("--envs", type=int, default=16, help="parallel envs (default 16)")
+    base.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (keeps the base adaptable)")
+    base.add_argument("--seed", type=int, default=0)
+    base.add_argument("--fresh", action="store_true", help="start from fresh weights instead of the current ones")
+    base.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    base.add_argument("--quiet", action="store_true", help="no progress bar")
+    base.set_defaults(func=_cmd_train_base)
