@@ -169,8 +169,11 @@ class Engine:
         obs_a = self._check_obs(obs, n, spec.obs_dim)  # (N, D)
         mask_a = self._check_masks(masks, n, spec.n_actions)  # (N, A) or None
         greedy_a = self._check_greedy(greedy, n)  # (N,) or None
-        slots = self._slots(rt.bank, players)
-        logits, value = self._logits(rt, slots, obs_a)  # (N, A), (N,)
+        with rt.bank.lock:  # no other thread may evict a slot between lookup and forward
+            slots = self._slots(rt.bank, players)
+            logits, value = self._logits(rt, slots, obs_a)  # (N, A), (N,)
+            versions = rt.bank.versions(slots)
+        _check_logits(logits)
         with self._rng_lock:
             action, logp, entropy = decide(logits, mask_a, greedy_a, self._generator)
         ids = np.fromiter(itertools.islice(self._decision_ids, n), dtype=np.int64, count=n)
@@ -182,7 +185,7 @@ class Engine:
             logp=logp,
             value=value,
             entropy=entropy,
-            adapter_version=rt.bank.versions(slots),
+            adapter_version=versions,
             action_names=spec.actions,
         )
 
@@ -192,8 +195,10 @@ class Engine:
         spec = rt.archetype.spec
         obs_a = self._check_obs(obs, len(players), spec.obs_dim)
         mask_a = self._check_masks(masks, len(players), spec.n_actions)
-        slots = np.zeros(len(players), np.int64) if base else self._slots(rt.bank, players)
-        logits, _ = self._logits(rt, slots, obs_a)
+        with rt.bank.lock:
+            slots = np.zeros(len(players), np.int64) if base else self._slots(rt.bank, players)
+            logits, _ = self._logits(rt, slots, obs_a)
+        _check_logits(logits)
         return np.ascontiguousarray(log_probs(logits, mask_a)[1].T)
 
     def _slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
@@ -419,6 +424,14 @@ def single_row(obs, mask=None) -> tuple[np.ndarray, np.ndarray | None]:
     if arr.ndim != 1:
         raise InvalidInputError(f"obs must be a flat list of numbers, got shape {arr.shape}")
     return arr[None], None if mask is None else np.asarray(mask)[None]
+
+
+def _check_logits(logits: np.ndarray) -> None:
+    """Finite observations can still overflow the network (e.g. 3e38): refuse, never sample from NaN."""
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)[:5].tolist()
+        raise InvalidInputError(f"obs rows {bad} drive the policy to non-finite logits (values far out of range?)")
 
 
 def sample_actions(

@@ -53,7 +53,8 @@ class _Batch:
     def __init__(self, obs, masks, action, logp, value, decision):
         self.obs = np.array(obs, dtype=np.float32)  # (N, D), a copy: callers may reuse theirs
         self.masks = None if masks is None else np.array(masks, dtype=bool)  # (N, A)
-        self.action, self.logp, self.value, self.decision = action, logp, value, decision  # (N,) each
+        # (N,) each, copies: the caller's result arrays are theirs to change
+        self.action, self.logp, self.value, self.decision = (np.array(a) for a in (action, logp, value, decision))
 
 
 class _Steps:
@@ -96,7 +97,7 @@ class EpisodeTracker:
         self.max_open_steps = max_open_steps
         self._open: dict[tuple[str, str], _Steps] = {}
         self._done: dict[tuple[str, str], list[tuple[str, _Steps]]] = defaultdict(list)  # -> [(npc, steps)]
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # feedback_batch holds it across feedback calls
         self.dropped_steps = 0
 
     def record(self, archetype: str, players, npcs, obs: np.ndarray, masks, actions, logps, values, decisions) -> None:
@@ -127,6 +128,20 @@ class EpisodeTracker:
             del self._open[(player, npc)]
             self._done[(ep.archetype, player)].append((npc, ep))
             return True
+
+    def feedback_batch(self, players, npcs, rewards, dones) -> None:
+        """Several `feedback` calls, all or none: every row is checked (in order, so a
+        row after one that closed its episode is refused) before any is applied."""
+        with self._lock:
+            closed = set()
+            for player, npc, done in zip(players, npcs, dones):
+                ep = self._open.get((player, npc))
+                if (player, npc) in closed or ep is None or not ep.rows:
+                    raise InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
+                if done:
+                    closed.add((player, npc))
+            for player, npc, reward, done in zip(players, npcs, rewards, dones):
+                self.feedback(player, npc, float(reward), bool(done))
 
     def has_open(self, player: str, npc: str) -> bool:
         """True when (player, npc) has a decision that feedback can attach to."""

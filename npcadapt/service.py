@@ -126,12 +126,11 @@ class Service:
             raise InvalidInputError("players, npcs, rewards and dones must have the same length")
         if not np.isfinite(rewards).all():
             raise InvalidInputError(f"rewards must be finite numbers, got {rewards[~np.isfinite(rewards)][:3].tolist()}")
-        for player, npc in zip(players, npcs):  # all checked before any is applied
+        for player, npc in zip(players, npcs):
             validate_player_id(player)
             validate_npc_id(npc)
         if self.online:
-            for player, npc, reward, done in zip(players, npcs, rewards, dones):
-                self.tracker.feedback(player, npc, float(reward), bool(done))
+            self.tracker.feedback_batch(players, npcs, rewards, dones)  # all rows or none
         self.counters["feedback"] += len(players)
         if self.log is not None:
             self.log.append({

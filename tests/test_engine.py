@@ -304,3 +304,14 @@ def test_compiled_forward_matches_eager(tmp_path, arch_root):
 def test_batch_to_dicts_equals_row_dicts(engine):
     out = engine.act_batch("tiny", ["a", "b", "c"], np.random.default_rng(3).standard_normal((3, 6)))
     assert out.to_dicts() == [d.to_dict() for d in out.rows()]
+
+
+def test_observations_that_overflow_the_network_are_refused(engine):
+    engine.set_adapter("tiny", "ann", random_adapter(engine, "tiny", "ann", seed=3))
+    huge = np.full((2, 6), 3e38, dtype=np.float32)
+    huge[:, ::2] *= -1
+    with pytest.raises(InvalidInputError, match="non-finite logits"):
+        engine.act_batch("tiny", ["ann", "ann"], huge)
+    with pytest.raises(InvalidInputError, match="non-finite logits"):
+        engine.action_probs("tiny", ["ann", "ann"], huge)
+    assert len(engine.act_batch("tiny", ["ann"], np.zeros((1, 6)))) == 1  # and it keeps serving

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -80,11 +81,44 @@ def test_batched_update_equals_each_player_alone(svc):
         return eps
 
     items = [PlayerUpdate(p, rt.layout.pack(svc.engine.new_adapter("tiny", p)), episodes(p)) for p in ("ann", "bob", "cid")]
-    together = trainer.update(items)
-    for item, joint in zip(items, together):
-        alone = trainer.update([item])[0]
-        assert torch.allclose(joint.params, alone.params, atol=1e-6)
-        assert not torch.equal(joint.params, item.params)
+    scalable = rt.layout.scalable_mask()
+    for _ in range(4):  # chained updates: served adapter, trained adapter and evidence all stay per player
+        together = trainer.update(items)
+        for item, joint in zip(items, together):
+            alone = trainer.update([item])[0]
+            assert torch.allclose(joint.params, alone.params, atol=1e-5)
+            assert torch.allclose(joint.state.iterate, alone.state.iterate, atol=1e-5)
+            assert joint.state.gate == pytest.approx(alone.state.gate, abs=1e-4)
+            assert joint.state.gate_n == alone.state.gate_n
+            assert joint.state.iterate[scalable].any()  # the trained adapter moved
+        items = [PlayerUpdate(o.player, o.params, episodes(o.player), o.state) for o in together]
+
+
+def test_empty_episodes_are_ignored_and_never_poison_the_evidence(svc):
+    trainer = svc.trainers["tiny"]
+    rt = svc.engine.runtime("tiny")
+    rng = np.random.default_rng(7)
+
+    def episode(steps):
+        ep = Episode("tiny", "ann", "n")
+        for _ in range(steps):
+            action = int(rng.integers(0, 4))
+            ep.obs.append(OBS[rng.integers(0, 3)])
+            ep.mask.append(None)
+            ep.action.append(action)
+            ep.logp.append(float(np.log(0.25)))
+            ep.value.append(0.0)
+            ep.reward.append(float(action == 2))
+            ep.decision.append(0)
+        return ep
+
+    item = PlayerUpdate("ann", rt.layout.pack(svc.engine.new_adapter("tiny", "ann")), [episode(5), episode(5)])
+    for _ in range(6):
+        out = trainer.update([replace(item, episodes=[episode(5), episode(0), episode(5), episode(0)])])[0]
+        assert out.params is not None and torch.isfinite(out.params).all()
+        assert np.isfinite([out.state.gate, out.state.gate_s1, out.state.gate_s2]).all()
+        assert out.state.gate_n > 0 or out.state.iterate is not None
+        item = PlayerUpdate("ann", out.params, [], out.state)
 
 
 def test_optimizer_state_is_carried_per_player(svc):

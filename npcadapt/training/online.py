@@ -206,7 +206,8 @@ class OnlineTrainer:
 
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One PPO update for every player in `items`, computed together."""
-        items = [it for it in items if sum(len(ep) for ep in it.episodes) > 0]
+        items = [replace(it, episodes=[ep for ep in it.episodes if len(ep)]) for it in items]  # empty episodes say nothing
+        items = [it for it in items if it.episodes]
         if not items:
             return []
         cfg = self.config
@@ -267,8 +268,10 @@ class OnlineTrainer:
             new = new.where(healthy.unsqueeze(1), start)
             new, kl, scale = self._bound_kl(new, obs, masks, owner, counts, base_logp)
             iterate = new
-            if gated:
-                new, kl = self._scale_rows(new, evidence.gate, obs, masks, owner, counts, base_logp)
+            if gated:  # serve the gated share, bounded again (KL need not shrink with the scale through tanh)
+                healthy &= torch.isfinite(evidence.gate) & torch.isfinite(evidence.s1) & torch.isfinite(evidence.s2)
+                new, kl = self._scale_rows(new, evidence.gate.nan_to_num(0.0), obs, masks, owner, counts, base_logp)
+                new, kl, _ = self._bound_kl(new, obs, masks, owner, counts, base_logp)
         returns = [float(np.mean([ep.total_reward for ep in it.episodes])) for it in items]
         out = []
         for k, item in enumerate(items):
