@@ -132,3 +132,25 @@ def test_sim_gate_holds_the_base_until_there_is_evidence_and_no_gate_serves_at_o
     # 8 episodes = 2 updates; the first trains from nothing, the second holds 4 episodes of evidence (< 8)
     assert all(p["adapted_return"] == pytest.approx(p["base_return"], abs=1e-6) for p in gated.values())
     assert any(abs(p["adapted_return"] - p["base_return"]) > 1e-3 for p in ungated.values())
+
+
+def test_online_settings_parse_by_field_type_and_name_what_is_wrong():
+    config = npcadapt.OnlineConfig().with_settings(["epochs=8", "validation_gate=false", "kl-bound=2.5",
+                                                     "adam_betas=0.8,0.99"])
+    assert (config.epochs, config.validation_gate, config.kl_bound, config.adam_betas) == (8, False, 2.5, (0.8, 0.99))
+    with pytest.raises(ValueError, match="'epoch=3'.*epochs"):
+        npcadapt.OnlineConfig().with_settings(["epoch=3"])
+    with pytest.raises(ValueError, match="'validation_gate=maybe'"):
+        npcadapt.OnlineConfig().with_settings(["validation_gate=maybe"])
+
+
+def test_bench_adapt_lora_only_with_settings(capsys):
+    rc = main(["bench", "adapt", "--episodes", "8", "--players-per-persona", "1", "--lora-only",
+               "--set", "validation_gate=false", "--set", "epochs=2"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["full_ft_mean_gain"] is None and result["lora_vs_full"] is None
+    assert result["config"]["epochs"] == 2 and result["config"]["validation_gate"] is False
+    assert result["mean_gain"] != 0  # ungated, 8 episodes already move the named players
+    assert main(["bench", "adapt", "--set", "nope=1"]) == 2
+    assert "nope=1" in capsys.readouterr().err

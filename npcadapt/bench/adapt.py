@@ -20,10 +20,12 @@ from ..training.online import OnlineConfig
 
 
 def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episodes: int = 200, seed: int = 0,
-        config: OnlineConfig = OnlineConfig(), archetype_dirs=None, control_players: int = 8) -> dict:
+        config: OnlineConfig = OnlineConfig(), archetype_dirs=None, control_players: int = 8,
+        full_finetune: bool = True) -> dict:
     """Benchmark one env. Named personas get `players_per_persona` players each; the
     'average' and 'noise' personas get `control_players` each (their figures are
-    differences near zero, so they need more players to be trustworthy)."""
+    differences near zero, so they need more players to be trustworthy). Without
+    `full_finetune` only the LoRA half runs (about half the time; full-FT fields None)."""
     import gymnasium as gym
 
     from sim.loop import persona_names, run_simulation  # sim is a sibling package
@@ -40,25 +42,27 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         adapter_params = rt.layout.size
         network_params = sum(p.numel() for p in rt.archetype.policy.parameters())
         svc.close()
-    full_host = FullFinetuneHost(rt.archetype.policy, archetype, config, seed=seed)
-    full = run_simulation(full_host, env_id, archetype, players=players, episodes=episodes, seed=seed,
-                          persona_counts=counts)
+    full = None
+    if full_finetune:
+        full_host = FullFinetuneHost(rt.archetype.policy, archetype, config, seed=seed)
+        full = run_simulation(full_host, env_id, archetype, players=players, episodes=episodes, seed=seed,
+                              persona_counts=counts)
     personas = {}
     for name, p in lora["personas"].items():
-        f = full["personas"][name]
+        f = full["personas"][name] if full else None
         gap = p["oracle_return"] - p["base_return"]
         personas[name] = {
             "base_return": p["base_return"],
             "adapted_return": p["adapted_return"],
             "oracle_return": p["oracle_return"],
-            "full_ft_return": f["adapted_return"],
+            "full_ft_return": f["adapted_return"] if f else None,
             "gain": p["gain"],
-            "full_ft_gain": round((f["adapted_return"] - p["base_return"]) / gap, 4) if abs(gap) > 1e-6 else None,
+            "full_ft_gain": round((f["adapted_return"] - p["base_return"]) / gap, 4) if f and abs(gap) > 1e-6 else None,
             "kl_to_base": p["kl_to_base"],
         }
     named = [n for n in personas if n not in ("average", "noise")]
     mean_gain = float(np.mean([personas[n]["gain"] for n in named]))
-    mean_full = float(np.mean([personas[n]["full_ft_gain"] for n in named]))
+    mean_full = float(np.mean([personas[n]["full_ft_gain"] for n in named])) if full else None
     avg = personas.get("average")
     return {
         "benchmark": "adapt",
@@ -67,14 +71,15 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         "episodes_per_player": episodes,
         "players": lora["players"],
         "mean_gain": round(mean_gain, 4),
-        "full_ft_mean_gain": round(mean_full, 4),
+        "full_ft_mean_gain": round(mean_full, 4) if full else None,
         "lora_vs_full": round(mean_gain / mean_full, 4) if mean_full else None,
         "adapter_param_fraction": round(adapter_params / network_params, 4),
         "average_vs_base": round(avg["adapted_return"] - avg["base_return"], 4) if avg else None,
         "average_tolerance": round(0.02 * abs(avg["oracle_return"] - avg["base_return"]), 4) if avg else None,
         "noise_kl": personas.get("noise", {}).get("kl_to_base"),
         "kl_bound": config.kl_bound,
-        "seconds": round(lora["seconds"] + full["seconds"], 1),
+        "seconds": round(lora["seconds"] + (full["seconds"] if full else 0.0), 1),
+        "config": config.to_dict(),
         "personas": personas,
     }
 

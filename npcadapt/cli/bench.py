@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 
-from .common import (
-    KL_BOUND,
-)
+from ..errors import InvalidInputError
+from .common import KL_BOUND
 
 
 def _cmd_bench(args) -> int:
@@ -31,8 +30,12 @@ def _cmd_bench(args) -> int:
         from ..bench.adapt import run
         from ..training.online import OnlineConfig
 
+        try:
+            config = OnlineConfig(kl_bound=args.kl_bound).with_settings(args.set or [])
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
         result = run(args.env, players_per_persona=args.players_per_persona, episodes=args.episodes, seed=args.seed,
-                     config=OnlineConfig(kl_bound=args.kl_bound))
+                     config=config, full_finetune=not args.lora_only)
     else:
         from ..bench.log import run
 
@@ -67,5 +70,8 @@ def add_bench(sub) -> None:
     ad.add_argument("--players-per-persona", type=int, default=2)
     ad.add_argument("--kl-bound", type=float, default=KL_BOUND)
     ad.add_argument("--seed", type=int, default=0)
+    ad.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="online trainer setting, e.g. --set epochs=8 --set validation_gate=false (repeatable)")
+    ad.add_argument("--lora-only", action="store_true", help="skip the full fine-tune comparison (about half the time)")
     for q in bsub.choices.values():
         q.set_defaults(func=_cmd_bench)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -73,6 +73,30 @@ class OnlineConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def with_settings(self, items: Sequence[str]) -> "OnlineConfig":
+        """A copy with ``key=value`` settings applied (values parsed by each field's type),
+        e.g. ``["epochs=8", "validation_gate=false"]``."""
+        known = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        changes = {}
+        for item in items:
+            key, sep, text = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in known:
+                raise ValueError(f"online setting {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+            kind = known[key]
+            try:
+                if kind is bool:
+                    if text.strip().lower() not in ("true", "false", "1", "0"):
+                        raise ValueError("expected true or false")
+                    changes[key] = text.strip().lower() in ("true", "1")
+                elif kind is tuple:
+                    changes[key] = tuple(float(v) for v in text.split(","))
+                else:
+                    changes[key] = kind(text.strip())
+            except ValueError as exc:
+                raise ValueError(f"online setting {item!r}: {exc}") from None
+        return replace(self, **changes)
 
 
 class ParamFamily(Protocol):
