@@ -23,13 +23,13 @@ import os
 import sys
 import time
 from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InvalidInputError
-from ..training.online import OnlineConfig
-from .backend import Backend, LocalBackend, SocketBackend, parse_address
+from .backend import DEFAULT_ONLINE, Backend, LocalBackend, SocketBackend, parse_address
 from .bots import Bot, parse_bot
 from .profiles import Profiles
 from .session import Session
@@ -96,8 +96,8 @@ def open_backend(args, *, train: str) -> Backend:
 
     torch.set_num_threads(1)  # tiny batches: one thread is fastest and never stalls on a busy core
     chosen = {"learning_rate": args.lr, "kl_bound": args.kl_bound}
-    online = OnlineConfig(episodes_per_update=args.episodes_per_update,
-                          **{k: v for k, v in chosen.items() if v is not None})
+    online = replace(DEFAULT_ONLINE, episodes_per_update=args.episodes_per_update,
+                     **{k: v for k, v in chosen.items() if v is not None})
     return LocalBackend(args.data, seed=args.seed, online=online, train=train)
 
 

@@ -25,7 +25,10 @@ from ..service import Service
 from ..training.online import OnlineConfig
 
 log = logging.getLogger(__name__)
-DEFAULT_ONLINE = OnlineConfig()
+# A demo session lasts minutes, not hundreds of episodes: the trainer's early exploration
+# bonus (which pays off over a long relationship with a player) would still be making the
+# NPCs try alternatives when the session ends, so the demo adapts without it.
+DEFAULT_ONLINE = OnlineConfig(ent_coef=0.0)
 
 
 @dataclass(frozen=True)

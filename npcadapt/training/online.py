@@ -44,7 +44,8 @@ class OnlineConfig:
     epochs: int = 4  # gradient steps over those episodes
     learning_rate: float = 1e-2  # Adam step size on adapter parameters
     clip_coef: float = 0.2  # PPO ratio clip
-    ent_coef: float = 0.0  # entropy bonus
+    ent_coef: float = 0.2  # entropy bonus: keeps trying alternatives while a player is new ...
+    ent_decay_episodes: float = 35.0  # ... fading as ent_coef / (1 + the player's episodes / this); 0: constant
     kl_coef: float = 0.0  # soft KL-to-base penalty inside the loss
     kl_bound: float = 5.0  # hard bound on mean KL(adapted || base), nats; <= 0 disables
     gamma: float = 0.9  # discount (NPC decisions pay off within a few steps)
@@ -253,6 +254,9 @@ class OnlineTrainer:
         lr = torch.full_like(steps, cfg.learning_rate)
         if cfg.lr_decay_episodes > 0:
             lr = lr / (1 + seen / cfg.lr_decay_episodes) ** cfg.lr_decay_power
+        ent_coef = torch.full_like(steps, cfg.ent_coef)  # (K,)
+        if cfg.ent_decay_episodes > 0:
+            ent_coef = ent_coef / (1 + seen / cfg.ent_decay_episodes)
         healthy = torch.ones(len(items), dtype=torch.bool, device=device)
         with torch.no_grad():
             base_logp = self._log_probs(obs, masks, None)  # (T, A)
@@ -272,7 +276,7 @@ class OnlineTrainer:
             row_loss = pg
             if cfg.ent_coef:
                 entropy = -torch.where(masks, logp_all.exp() * logp_all, torch.zeros_like(logp_all)).sum(-1)
-                row_loss = row_loss - cfg.ent_coef * entropy
+                row_loss = row_loss - ent_coef.index_select(0, owner) * entropy
             if cfg.kl_coef:
                 row_loss = row_loss + cfg.kl_coef * self._kl_rows(logp_all, base_logp, masks)
             per_player = self._per_player_mean(row_loss, owner, counts)  # (K,)
