@@ -154,3 +154,10 @@ def test_bench_adapt_lora_only_with_settings(capsys):
     assert result["mean_gain"] != 0  # ungated, 8 episodes already move the named players
     assert main(["bench", "adapt", "--set", "nope=1"]) == 2
     assert "nope=1" in capsys.readouterr().err
+
+
+def test_inconsistent_gate_settings_are_refused():
+    with pytest.raises(ValueError, match="gate_t_full"):
+        npcadapt.OnlineConfig(gate_t_open=2.0, gate_t_full=1.0)
+    with pytest.raises(ValueError, match="ent_coef"):
+        npcadapt.OnlineConfig(ent_coef=-0.1)

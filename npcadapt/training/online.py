@@ -71,6 +71,10 @@ class OnlineConfig:
             raise ValueError("episodes_per_update and epochs must be >= 1")
         if not (self.learning_rate > 0 and self.clip_coef > 0 and 0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ValueError(f"invalid online training settings: {self}")
+        if self.ent_coef < 0 or self.ent_decay_episodes < 0 or not 0 < self.gate_decay <= 1:
+            raise ValueError("ent_coef and ent_decay_episodes must be >= 0 and gate_decay in (0, 1]")
+        if self.gate_t_full <= self.gate_t_open:
+            raise ValueError(f"gate_t_full ({self.gate_t_full}) must exceed gate_t_open ({self.gate_t_open})")
 
     def to_dict(self) -> dict:
         return asdict(self)
