@@ -5,13 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import (
-    archetype_dirs,
-    load_archetype,
-    parse_ints,
-    parse_list,
-    parse_obs,
-)
+from .common import archetype_dirs, load_archetype, parse_ints, parse_list, parse_obs
 
 
 def _cmd_archetype_init(args) -> int:

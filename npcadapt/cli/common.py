@@ -51,6 +51,15 @@ def load_archetype(args, name: str):
     return found[name]
 
 
+def add_online_arguments(p: argparse.ArgumentParser) -> None:
+    """The online trainer's flags, read back by :func:`online_config`."""
+    p.add_argument("--episodes-per-update", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
+    p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
+    p.add_argument("--no-gate", action="store_true",
+                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
+
+
 def online_config(args):
     from ..training.online import OnlineConfig
 

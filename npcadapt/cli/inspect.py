@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import (
-    archetype_dirs,
-)
+from .common import archetype_dirs
 
 
 def _cmd_inspect_log(args) -> int:

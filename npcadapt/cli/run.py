@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import (
-    KL_BOUND,
-    archetype_dirs,
-    online_config,
-)
+from .common import add_online_arguments, archetype_dirs, online_config
 
 
 def _cmd_sim(args) -> int:
@@ -44,11 +40,7 @@ def add_sim(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="data/sim", help="data directory: adapters and interaction logs")
     p.add_argument("--out", default="runs/sim", help="where report.json and returns.png go")
-    p.add_argument("--episodes-per-update", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
-    p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
-    p.add_argument("--no-gate", action="store_true",
-                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
+    add_online_arguments(p)
     p.add_argument("--no-adapt", action="store_true", help="serve the base only (a control run)")
     p.add_argument("--no-record", action="store_true", help="do not write the interaction log")
     p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
@@ -87,11 +79,7 @@ def add_serve(sub) -> None:
     p.add_argument("--max-connections", type=int, default=1024)
     p.add_argument("--idle-timeout", type=float, default=300.0, help="seconds before an idle client is closed")
     p.add_argument("--batch-wait-ms", type=float, default=0.0, help="how long a batch waits for more rows")
-    p.add_argument("--episodes-per-update", type=int, default=4)
-    p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
-    p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
-    p.add_argument("--no-gate", action="store_true",
-                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
+    add_online_arguments(p)
     p.add_argument("--no-adapt", action="store_true", help="serve without online adaptation")
     p.add_argument("--compile", action="store_true", help="torch.compile the batched forward")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 keeps torch's default)")

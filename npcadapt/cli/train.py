@@ -5,11 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import NpcAdaptError
-from .common import (
-    KL_BOUND,
-    archetype_dirs,
-    load_archetype,
-)
+from .common import KL_BOUND, archetype_dirs, load_archetype
 
 
 def _cmd_train_base(args) -> int:

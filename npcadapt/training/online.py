@@ -168,6 +168,12 @@ class Evidence(NamedTuple):
     locked: torch.Tensor  # bool: served whole from now on
 
 
+def _fading(value: float, episodes: torch.Tensor, scale: float, power: float = 1.0) -> torch.Tensor:
+    """Per player (K,): value / (1 + episodes / scale) ** power; value itself when scale <= 0."""
+    out = torch.full_like(episodes, value)
+    return out / (1 + episodes / scale) ** power if scale > 0 else out
+
+
 def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
     """Advantages of one finished episode (value after the last step is 0)."""
     adv = np.zeros_like(rewards, dtype=np.float32)
@@ -255,12 +261,8 @@ class OnlineTrainer:
         exp_avg_sq = torch.stack([st.exp_avg_sq for st in states]).to(device)  # (K, P)
         steps = torch.tensor([st.steps for st in states], dtype=torch.float32, device=device)  # (K,)
         seen = torch.tensor([st.episodes for st in states], dtype=torch.float32, device=device)  # (K,)
-        lr = torch.full_like(steps, cfg.learning_rate)
-        if cfg.lr_decay_episodes > 0:
-            lr = lr / (1 + seen / cfg.lr_decay_episodes) ** cfg.lr_decay_power
-        ent_coef = torch.full_like(steps, cfg.ent_coef)  # (K,)
-        if cfg.ent_decay_episodes > 0:
-            ent_coef = ent_coef / (1 + seen / cfg.ent_decay_episodes)
+        lr = _fading(cfg.learning_rate, seen, cfg.lr_decay_episodes, cfg.lr_decay_power)  # (K,)
+        ent_coef = _fading(cfg.ent_coef, seen, cfg.ent_decay_episodes)  # (K,)
         healthy = torch.ones(len(items), dtype=torch.bool, device=device)
         with torch.no_grad():
             base_logp = self._log_probs(obs, masks, None)  # (T, A)
@@ -302,8 +304,7 @@ class OnlineTrainer:
             iterate = new
             if gated:  # serve the gated share, bounded again (KL need not shrink with the scale through tanh)
                 healthy &= torch.isfinite(evidence.gate) & torch.isfinite(evidence.s1) & torch.isfinite(evidence.s2)
-                new, kl = self._scale_rows(new, evidence.gate.nan_to_num(0.0), obs, masks, owner, counts, base_logp)
-                new, kl, _ = self._bound_kl(new, obs, masks, owner, counts, base_logp)
+                new, kl, _ = self._bound_kl(self._scaled(new, evidence.gate.nan_to_num(0.0)), obs, masks, owner, counts, base_logp)
         returns = [float(np.mean([ep.total_reward for ep in it.episodes])) for it in items]
         out = []
         for k, item in enumerate(items):
@@ -371,11 +372,10 @@ class OnlineTrainer:
         gate = torch.where(locked, torch.ones_like(gate), gate)
         return Evidence(n, s1, s2, gate, locked)
 
-    def _scale_rows(self, params, c, obs, masks, owner, counts, base_logp):
-        """Scale each row's B matrices (its whole low-rank delta) by c (K,); returns them and their KL (K,)."""
+    def _scaled(self, params: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Rows (K, P) with their B matrices, and so each whole low-rank delta, scaled by c (K,)."""
         scalable = self._scalable.to(params.device)
-        params = params * torch.where(scalable, c.unsqueeze(1), torch.ones_like(c).unsqueeze(1))
-        return params, self.kl_to_base(params, obs, masks, owner, counts, base_logp)
+        return params * torch.where(scalable, c.unsqueeze(1), torch.ones_like(c).unsqueeze(1))
 
     def _start_state(self, state: OptimizerState | None, size: int) -> OptimizerState:
         if state is None:
@@ -409,18 +409,13 @@ class OnlineTrainer:
         over = kl > bound
         if bound <= 0 or not over.any():
             return params, kl, scale
-        scalable = self._scalable.to(params.device)
         lo = torch.zeros_like(scale)
         hi = torch.ones_like(scale)
-
-        def scaled(c: torch.Tensor) -> torch.Tensor:
-            return params * torch.where(scalable, c.unsqueeze(1), torch.ones_like(c).unsqueeze(1))
-
         for _ in range(iters):
             mid = (lo + hi) / 2
-            ok = self.kl_to_base(scaled(mid), obs, masks, owner, counts, base_logp) <= bound
+            ok = self.kl_to_base(self._scaled(params, mid), obs, masks, owner, counts, base_logp) <= bound
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
         scale = torch.where(over, lo, scale)
-        params = scaled(scale)
+        params = self._scaled(params, scale)
         return params, self.kl_to_base(params, obs, masks, owner, counts, base_logp), scale
