@@ -25,25 +25,25 @@ DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
     {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 )
 
-def validate_player_id(player: object) -> str:
-    """Return ``player`` if it is a non-empty str of at most 256 UTF-8 bytes, else raise."""
-    if not isinstance(player, str):
-        raise PlayerIdError(f"player id must be a str, got {type(player).__name__}")
-    if not player:
-        raise PlayerIdError("player id is empty")
+def validate_id(value: object, what: str, error: type[Exception] = PlayerIdError) -> str:
+    """Return ``value`` if it is a non-empty str of at most 256 UTF-8 bytes, else raise
+    ``error`` naming ``what`` ("player id", "npc id")."""
+    if not isinstance(value, str):
+        raise error(f"{what} must be a str, got {type(value).__name__}")
+    if not value:
+        raise error(f"{what} is empty")
     try:
-        n_bytes = len(player.encode("utf-8"))
+        n_bytes = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise PlayerIdError(
-            f"player id {_show(player)} is not encodable as UTF-8: "
-            f"{exc.reason} at index {exc.start}"
-        ) from None
+        raise error(f"{what} {_show(value)} is not encodable as UTF-8: {exc.reason} at index {exc.start}") from None
     if n_bytes > MAX_PLAYER_ID_BYTES:
-        raise PlayerIdError(
-            f"player id {_show(player)} is {n_bytes} UTF-8 bytes; "
-            f"the limit is {MAX_PLAYER_ID_BYTES}"
-        )
-    return player
+        raise error(f"{what} {_show(value)} is {n_bytes} UTF-8 bytes; the limit is {MAX_PLAYER_ID_BYTES}")
+    return value
+
+
+def validate_player_id(player: object) -> str:
+    """Return ``player`` if it is a non-empty str of at most 256 UTF-8 bytes, else PlayerIdError."""
+    return validate_id(player, "player id")
 
 
 def validate_archetype_name(name: object) -> str:

@@ -88,7 +88,7 @@ class ArchetypeSpec:
     env: str | None = None
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.name, str) and bool(NAME_RE.match(self.name)), "name", f"must match {NAME_RE.pattern}, got {self.name!r}")
+        _require(isinstance(self.name, str) and bool(NAME_RE.fullmatch(self.name)), "name", f"must match {NAME_RE.pattern}, got {self.name!r}")
         _require(len(self.observation) >= 1, "observation", "declare at least one feature")
         names = [f.name for f in self.observation]
         _require(len(set(names)) == len(names), "observation", f"feature names must be unique, got {names}")

@@ -163,6 +163,13 @@ class Engine:
         greedy: bool | Sequence[bool] | np.ndarray = False,
     ) -> BatchDecision:
         """Decisions for N rows in one forward pass; row i uses players[i]'s adapter."""
+        return self.act_batch_checked(archetype, players, obs, masks=masks, greedy=greedy)[0]
+
+    def act_batch_checked(
+        self, archetype: str, players: Sequence[str], obs, *, masks=None, greedy=False
+    ) -> tuple[BatchDecision, np.ndarray, np.ndarray | None]:
+        """:meth:`act_batch`, also returning the checked observations (N, D) float32 and masks
+        (N, A) bool or None that it decided on (what a caller records)."""
         rt = self.runtime(archetype)
         spec = rt.archetype.spec
         n = len(players)
@@ -179,7 +186,7 @@ class Engine:
         ids = np.fromiter(itertools.islice(self._decision_ids, n), dtype=np.int64, count=n)
         self.counters["decisions"] += n
         self.counters["batches"] += 1
-        return BatchDecision(
+        out = BatchDecision(
             decision=ids,
             action=action,
             logp=logp,
@@ -188,6 +195,7 @@ class Engine:
             adapter_version=versions,
             action_names=spec.actions,
         )
+        return out, obs_a, mask_a
 
     def action_probs(self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False) -> np.ndarray:
         """Action probabilities (N, A) of each row's current policy (or of the base); no sampling."""

@@ -273,7 +273,7 @@ class Methods:
                 and set(map(len, raws)) == {width}):
             return None
         try:
-            "".join(players).encode("utf-8")  # what validate_player_id would refuse
+            "".join(players + npcs).encode("utf-8")  # what validate_id would refuse
         except UnicodeEncodeError:
             return None
         obs = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(rows), spec.obs_dim).astype(np.float32)

@@ -22,24 +22,19 @@ from typing import Sequence
 
 import numpy as np
 
+from .adapter_meta import validate_id, validate_player_id
 from .engine import Engine, single_row
 from .episodes import EpisodeTracker
 from .errors import InvalidInputError
 from .log import InteractionLog
-from .store import validate_player_id
 from .training.online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
 
-MAX_NPC_ID_BYTES = 256
-
-
 def validate_npc_id(npc: object) -> str:
-    """A non-empty string of at most MAX_NPC_ID_BYTES UTF-8 bytes, else InvalidInputError."""
-    if not isinstance(npc, str) or not npc or len(npc.encode("utf-8", "surrogatepass")) > MAX_NPC_ID_BYTES:
-        raise InvalidInputError(f"npc id must be a non-empty string of at most {MAX_NPC_ID_BYTES} bytes, got {str(npc)[:40]!r}")
-    return npc
+    """The player-id rule (non-empty str, at most 256 UTF-8 bytes), raising InvalidInputError."""
+    return validate_id(npc, "npc id", InvalidInputError)
 
 
 class Service:
@@ -92,9 +87,7 @@ class Service:
             raise InvalidInputError(f"got {len(npcs)} npc ids for {len(players)} rows")
         for npc in set(npcs):
             validate_npc_id(npc)
-        out = self.engine.act_batch(archetype, players, obs, masks=masks, greedy=greedy)
-        obs_arr = np.ascontiguousarray(np.asarray(obs, dtype=np.float32))
-        mask_arr = None if masks is None else np.ascontiguousarray(np.asarray(masks, dtype=bool))
+        out, obs_arr, mask_arr = self.engine.act_batch_checked(archetype, players, obs, masks=masks, greedy=greedy)
         if self.online:
             self.tracker.record(archetype, players, npcs, obs_arr, mask_arr, out.action, out.logp, out.value, out.decision)
         if self.log is not None:

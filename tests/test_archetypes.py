@@ -56,6 +56,7 @@ def test_same_seed_same_weights(tmp_path):
         ({"actions": ["only"]}, "at least two actions"),
         ({"actions": ["a", "a"]}, "unique"),
         ({"name": "Bad Name"}, "name"),
+        ({"name": "tiny\n"}, "name"),  # "$" alone would accept a trailing newline
         ({"lora": {"rank": 0, "targets": ["actor.0"]}}, "lora.rank"),
         ({"lora": {"rank": 4, "targets": ["actor.9"]}}, "unknown layers"),
         ({"network": {"hidden": [], "activation": "tanh"}}, "network.hidden"),

@@ -44,3 +44,22 @@ def test_recorded_steps_do_not_share_the_callers_arrays(svc):
         (ep,) = episodes[("tiny", player)]
         assert ep.action == [int(actions[i])] and ep.logp[0] == pytest.approx(float(logps[i]))
         assert np.array_equal(ep.obs[0], OBS[i])
+
+
+def test_npc_ids_follow_the_player_id_rule_and_a_refused_one_records_nothing(svc):
+    for bad in ("n\udc80", "", "x" * 257):
+        with pytest.raises(InvalidInputError, match="npc id"):
+            svc.act("tiny", "p1", OBS[0], npc=bad)
+    assert svc.tracker.open_count() == 0 and svc.engine.counters["decisions"] == 0
+
+
+def test_tensor_observations_are_recorded_as_decided(svc):
+    import torch
+
+    obs = torch.tensor(OBS[:2], requires_grad=True)
+    out = svc.act_batch("tiny", ["p1", "p2"], obs, npcs=["n", "n"])
+    svc.feedback_batch(["p1", "p2"], ["n", "n"], [1.0, 0.0], [True, True])
+    episodes = svc.tracker.take([("tiny", "p1"), ("tiny", "p2")])
+    for i, player in enumerate(["p1", "p2"]):
+        (ep,) = episodes[("tiny", player)]
+        assert np.array_equal(ep.obs[0], OBS[i]) and ep.action == [int(out.action[i])]
