@@ -117,37 +117,36 @@ class EpisodeTracker:
 
     def feedback(self, player: str, npc: str, reward: float, done: bool) -> bool:
         """Add reward to the latest step of (player, npc); True when `done` closed the episode."""
-        with self._lock:
-            ep = self._open.get((player, npc))
-            if ep is None or not ep.rows:
-                raise InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
-            last = len(ep.rows) - 1
-            ep.rewards[last] = ep.rewards.get(last, 0.0) + float(reward)
-            if not done:
-                return False
-            del self._open[(player, npc)]
-            self._done[(ep.archetype, player)].append((npc, ep))
-            return True
+        self.feedback_batch([player], [npc], [reward], [done])
+        return bool(done)
 
     def feedback_batch(self, players, npcs, rewards, dones) -> None:
-        """Several `feedback` calls, all or none: every row is checked (in order, so a
-        row after one that closed its episode is refused) before any is applied."""
+        """Several `feedback` calls, all or none (see :meth:`refused`)."""
         with self._lock:
-            closed = set()
-            for player, npc, done in zip(players, npcs, dones):
-                ep = self._open.get((player, npc))
-                if (player, npc) in closed or ep is None or not ep.rows:
-                    raise InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
-                if done:
-                    closed.add((player, npc))
+            refused = self.refused(players, npcs, dones)
+            if refused:
+                i = refused[0]
+                raise InvalidInputError(f"no decision to attach feedback to for player {players[i]!r}, npc {npcs[i]!r}")
             for player, npc, reward, done in zip(players, npcs, rewards, dones):
-                self.feedback(player, npc, float(reward), bool(done))
+                ep = self._open[(player, npc)]
+                last = len(ep.rows) - 1
+                ep.rewards[last] = ep.rewards.get(last, 0.0) + float(reward)
+                if done:
+                    del self._open[(player, npc)]
+                    self._done[(ep.archetype, player)].append((npc, ep))
 
-    def has_open(self, player: str, npc: str) -> bool:
-        """True when (player, npc) has a decision that feedback can attach to."""
+    def refused(self, players, npcs, dones) -> list[int]:
+        """Indices of feedback rows with no decision to attach to, taken in order: a row
+        after the one that closed its episode is refused too."""
         with self._lock:
-            ep = self._open.get((player, npc))
-            return ep is not None and bool(ep.rows)
+            refused, closed = [], set()
+            for i, key in enumerate(zip(players, npcs)):
+                ep = self._open.get(key)
+                if key in closed or ep is None or not ep.rows:
+                    refused.append(i)
+                elif dones[i]:
+                    closed.add(key)
+            return refused
 
     def completed_count(self, archetype: str, player: str) -> int:
         with self._lock:

@@ -319,19 +319,20 @@ class Methods:
         Each call is checked first as the Service would check it in order, including
         whether its NPC has a decision to attach to, so the batch never fails half-way.
         """
-        tracker = self.service.tracker if self.service.online else None
-        items, errors, closed = [], [], set()
-        for params in params_list:
+        items, errors = [], {}  # errors by position in the burst
+        for k, params in enumerate(params_list):
             try:
-                player, npc, reward, done = _feedback_args(params)
-                if tracker is not None and ((player, npc) in closed or not tracker.has_open(player, npc)):
-                    raise InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
+                items.append((k, *_feedback_args(params)))
             except InvalidInputError as exc:
-                errors.append(exc)
-                continue
-            items.append((player, npc, reward, done))
-            if done:
-                closed.add((player, npc))
+                errors[k] = exc
+        if items and self.service.online:
+            refused = self.service.tracker.refused([it[1] for it in items], [it[2] for it in items], [it[4] for it in items])
+            for i in refused:
+                k, player, npc = items[i][:3]
+                errors[k] = InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
+            items = [it for it in items if it[0] not in errors]
+        items = [it[1:] for it in items]
+        errors = [errors[k] for k in sorted(errors)]
         if items:
             self.service.feedback_batch(*map(list, zip(*items)))
         return errors

@@ -22,10 +22,10 @@ def test_feedback_batch_is_all_or_nothing(svc):
     svc.act("tiny", "p1", OBS[0], npc="n")
     with pytest.raises(InvalidInputError, match="'p2'"):
         svc.feedback_batch(["p1", "p2"], ["n", "n"], [1.0, 1.0], [True, True])
-    assert svc.tracker.has_open("p1", "n") and svc.tracker.completed_count("tiny", "p1") == 0
+    assert svc.tracker.refused(["p1"], ["n"], [True]) == [] and svc.tracker.completed_count("tiny", "p1") == 0
     with pytest.raises(InvalidInputError, match="'p1'"):  # a row after the one that closes the episode
         svc.feedback_batch(["p1", "p1"], ["n", "n"], [1.0, 2.0], [True, False])
-    assert svc.tracker.has_open("p1", "n")
+    assert svc.tracker.refused(["p1"], ["n"], [True]) == []
     svc.feedback_batch(["p1"], ["n"], [3.0], [True])
     (episode,) = svc.tracker.take([("tiny", "p1")])[("tiny", "p1")]
     assert episode.reward == [3.0]  # the refused batches added nothing

@@ -97,8 +97,7 @@ class FullFinetuneHost:
         return _Actions(action.numpy())
 
     def feedback_batch(self, players, npcs, rewards, dones) -> None:
-        for p, n, r, d in zip(players, npcs, rewards, dones):
-            self.tracker.feedback(p, n, float(r), bool(d))
+        self.tracker.feedback_batch(players, npcs, rewards, dones)
 
     def train_pending(self) -> int:
         ready = self.tracker.ready(self.config.episodes_per_update)
