@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ArchetypeSpec, LoraConfig, NetworkConfig, ObservationFeature
 from .errors import ArchetypeError
+from .fileio import write_atomic
 from .policy import ActorCritic
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,7 @@ def save_base(directory: str | Path, spec: ArchetypeSpec, policy: ActorCritic) -
     tmp = directory / f".{spec.weights}.tmp"
     save_file(state, tmp, metadata={"archetype": spec.name, "trained": str(spec.trained).lower()})
     tmp.replace(directory / spec.weights)
-    toml_tmp = directory / f".{TOML_NAME}.tmp"
-    toml_tmp.write_text(spec.to_toml(), encoding="utf-8")
-    toml_tmp.replace(directory / TOML_NAME)
+    write_atomic(directory / TOML_NAME, spec.to_toml())
     return load_archetype(directory)
 
 

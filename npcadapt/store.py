@@ -47,6 +47,7 @@ from npcadapt.errors import (
     InvalidInputError,
     StoreError,
 )
+from npcadapt.fileio import fsync_dir
 
 __all__ = ["ARCHETYPE_NAME_RE", "DTYPES", "FORMAT", "MAX_PLAYER_ID_BYTES", "AdapterMeta", "AdapterSpec",
            "AdapterStore", "player_key", "validate_archetype_name", "validate_player_id"]
@@ -177,14 +178,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -245,7 +238,7 @@ class AdapterStore:
             _unlink_quietly(tmp)
             raise
         try:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             raise StoreError(
                 f"saved adapter for player {_show(meta.player)} to {path} but could not fsync "
@@ -302,7 +295,7 @@ class AdapterStore:
         try:
             with self._lock_for(path):
                 os.unlink(path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -353,7 +346,7 @@ class AdapterStore:
                 d.mkdir()
             except FileExistsError:
                 continue
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
         self._known_dirs.add(directory)
 
     def _quarantine(self, archetype: str, player: str, path: Path,
@@ -378,8 +371,8 @@ class AdapterStore:
                 except OSError:
                     _unlink_quietly(target.with_name(target.stem + ".reason.txt"))
                     raise
-            _fsync_dir(qdir)
-            _fsync_dir(path.parent)
+            fsync_dir(qdir)
+            fsync_dir(path.parent)
         except OSError as exc:
             logger.error("could not quarantine %s: %s", path, _os_reason(exc))
             raise CorruptAdapterError(f"{what}; moving it to quarantine failed: {_os_reason(exc)}"

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..fileio import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +93,4 @@ class Profiles:
     def save(self) -> None:
         """Write the list atomically (temp file, fsync, rename)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        data = json.dumps({"profiles": [asdict(p) for p in self.list()]}, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=".profiles-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps({"profiles": [asdict(p) for p in self.list()]}, indent=1))

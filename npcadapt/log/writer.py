@@ -16,6 +16,7 @@ from typing import BinaryIO
 import msgpack
 
 from npcadapt.errors import InvalidInputError, LogError
+from npcadapt.fileio import fsync_dir
 
 from .segments import (
     FILE_HEADER,
@@ -51,14 +52,6 @@ def _describe_oserror(e: OSError) -> str:
     if e.errno == errno.EDQUOT:
         return "disk quota exceeded (EDQUOT)"
     return e.strerror or str(e)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class InteractionLog:
@@ -176,7 +169,7 @@ class InteractionLog:
                 f.write(FILE_HEADER)
                 if self._fsync:
                     os.fsync(f.fileno())
-                    _fsync_dir(self.directory)
+                    fsync_dir(self.directory)
             size = os.fstat(f.fileno()).st_size
         except OSError as e:
             f.close()

@@ -20,7 +20,6 @@ import importlib
 import json
 import logging
 import math
-import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 from ..archetypes import Archetype, fresh_policy, load_archetype, save_base
 from ..config import ArchetypeSpec
 from ..errors import ArchetypeError, InvalidInputError
+from ..fileio import write_atomic
 from ..policy import ActorCritic
 
 log = logging.getLogger(__name__)
@@ -435,15 +435,6 @@ def _initial_policy(current: Archetype, cfg: BaseTrainConfig) -> ActorCritic:
     return policy.train().requires_grad_(True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _save(directory: Path, spec: ArchetypeSpec, policy: ActorCritic, cfg: BaseTrainConfig,
           final_return: float, returns: list[float], steps: int, seconds: float) -> Archetype:
     """Weights + archetype.toml, then train_config.toml and train_result.json beside them."""
@@ -461,6 +452,6 @@ def _save(directory: Path, spec: ArchetypeSpec, policy: ActorCritic, cfg: BaseTr
         "torch": torch.__version__,
         "gymnasium": gym.__version__,
     }
-    _write_atomic(directory / CONFIG_NAME, tomli_w.dumps(cfg.to_dict()))
-    _write_atomic(directory / RESULT_NAME, json.dumps(result, indent=1) + "\n")
+    write_atomic(directory / CONFIG_NAME, tomli_w.dumps(cfg.to_dict()))
+    write_atomic(directory / RESULT_NAME, json.dumps(result, indent=1) + "\n")
     return archetype

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import tomli_w
+import torch
 
 from ..archetypes import Archetype, fresh_policy, load_archetype, save_base
 from ..episodes import Episode
 from ..errors import InvalidInputError
-from .base import _write_atomic
+from ..fileio import write_atomic
+from .base import CONFIG_NAME, RESULT_NAME
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,6 @@ def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConf
         "all_mean_return": round(float(returns.mean()), 4), "greedy_agreement_with_kept_actions": round(agreement, 4),
         "seconds": round(time.perf_counter() - start, 3), "seed": config.seed,
     }
-    _write_atomic(directory / "train_config.toml", tomli_w.dumps({"source": "logs", **dataclasses.asdict(config)}))
-    _write_atomic(directory / "train_result.json", json.dumps(summary, indent=1) + "\n")
+    write_atomic(directory / CONFIG_NAME, tomli_w.dumps({"source": "logs", **dataclasses.asdict(config)}))
+    write_atomic(directory / RESULT_NAME, json.dumps(summary, indent=1) + "\n")
     return archetype, summary

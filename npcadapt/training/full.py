@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..episodes import EpisodeTracker
 from ..engine import sample_actions
+from ..episodes import EpisodeTracker
 from ..policy import ActorCritic, LayerDelta, masked_log_probs
 from .online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ..episodes import Episode
+from ..fileio import write_atomic
 from ..service import Service
 from .online import OnlineConfig, OnlineTrainer, PlayerUpdate
 
@@ -193,6 +193,4 @@ def _load_state(path: Path | None, config: OfflineConfig) -> dict:
 def _save_state(path: Path | None, state: dict) -> None:
     if path is None:
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state))

@@ -15,8 +15,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..errors import NpcAdaptError
 from ..episodes import Episode
+from ..errors import NpcAdaptError
 from .offline import OfflineConfig
 
 log = logging.getLogger(__name__)
