@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,6 +20,12 @@ from .config import ArchetypeSpec
 LayerDelta = Callable[[str, torch.Tensor], torch.Tensor | None]
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise KL(p || q) in nats for (..., A) probabilities; actions p never takes add 0."""
+    logs = np.log(np.clip(p, 1e-30, None)) - np.log(np.clip(q, 1e-30, None))
+    return np.where(p > 0, p * logs, 0.0).sum(-1)
 
 
 def masked_log_probs(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

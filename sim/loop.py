@@ -24,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 
 import sim  # noqa: F401  (registers the envs)
+from npcadapt.policy import kl_rows
 from sim.personas import AVERAGE, NOISE
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,7 @@ class Evaluator:
         players = [t.player for t in tracks]
         p = self._probs(host, archetype, players, False)
         q = self._probs(host, archetype, players, True)
-        kl = np.where(p > 0, p * (np.log(np.clip(p, 1e-30, None)) - np.log(np.clip(q, 1e-30, None))), 0.0).sum(-1)
-        return (kl * self.weights).sum(-1) / self.weights.sum()
+        return (kl_rows(p, q) * self.weights).sum(-1) / self.weights.sum()
 
 
 def run_simulation(

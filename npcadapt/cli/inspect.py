@@ -32,6 +32,7 @@ def _cmd_inspect_log(args) -> int:
 def _cmd_inspect_adapter(args) -> int:
     import numpy as np
 
+    from ..policy import kl_rows
     from ..service import Service
 
     with Service(args.data, archetype_dirs=archetype_dirs(args), online=None, record=False) as svc:
@@ -60,7 +61,7 @@ def _cmd_inspect_adapter(args) -> int:
                 obs, where = np.stack(steps), f"the player's {len(steps)} recorded observations"
         p = svc.action_probs(args.archetype, [args.player] * len(obs), obs)
         q = svc.action_probs(args.archetype, [args.player] * len(obs), obs, base=True)
-        kl = float(np.mean(np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)), axis=1)))
+        kl = float(np.mean(kl_rows(p, q)))
         print(f"  KL(adapter || base) {kl:.4f} nats, mean over {where}")
     return 0
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..policy import kl_rows
 from . import rules
 from .backend import Backend
 from .world import Npc, Outcome, PlayerInput, World
@@ -47,13 +48,6 @@ class NpcTrack:
     now: np.ndarray | None = None  # (A,) probabilities on the current observation
     base: np.ndarray | None = None
     kl: float | None = None  # KL(now || base) on the current observation
-
-
-def kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Row-wise KL(p || q) for (N, A) distributions."""
-    p = np.clip(p, 1e-12, 1.0)
-    q = np.clip(q, 1e-12, 1.0)
-    return (p * (np.log(p) - np.log(q))).sum(-1)
 
 
 class Session:
@@ -154,7 +148,7 @@ class Session:
                 tr.levels = seen[i][0]
                 tr.base = None if base is None else base[i]
                 tr.now = None if now is None else now[i]
-                tr.kl = None if now is None or base is None else float(kl(now[i:i + 1], base[i:i + 1])[0])
+                tr.kl = None if now is None or base is None else float(kl_rows(now[i], base[i]))
 
     def summary(self) -> dict:
         """Per NPC: decisions, reward early vs late, KL, mean probabilities now vs base on what it saw."""
@@ -182,7 +176,7 @@ class Session:
                 if base is not None:
                     row["probs_base"] = base.mean(0).round(4).tolist()
                 if now is not None and base is not None:
-                    row.update(kl=float(kl(now, base).mean()), probs_now=now.mean(0).round(4).tolist())
+                    row.update(kl=float(kl_rows(now, base).mean()), probs_now=now.mean(0).round(4).tolist())
             npcs.append(row)
         return {"player": self.player, "backend": self.backend.label, "npcs": npcs,
                 "adapters": infos, "decisions": self.decisions, "feedback": self.feedbacks,
