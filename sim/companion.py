@@ -41,7 +41,6 @@ _TASTES = {
 }
 # fmt: on
 PERSONAS: tuple[str, ...] = tuple(_TASTES)
-ALL_PERSONAS: tuple[str, ...] = (*PERSONAS, "average", "noise")
 
 FAVOURITE_BONUS = 0.8  # satisfaction of the column's favourite at high health (half when hurt)
 HURT_BONUS = 0.5  # satisfaction of the low-health favourite
@@ -147,7 +146,6 @@ class CompanionEnv(PersonaRoundEnv):
             p, v = mood_outcomes(_satisfaction(persona, contexts), MOOD_JITTER)  # (C, A, 3)
             outcome_probs[persona], outcome_values[persona] = p, v
         return RoundModel(
-            feature_sizes=(2, 3, 2),
             contexts=contexts,
             context_probs=probs,
             outcome_names=MOODS,

@@ -53,7 +53,6 @@ _HABITS = {
 }
 # fmt: on
 PERSONAS: tuple[str, ...] = tuple(_HABITS)
-ALL_PERSONAS: tuple[str, ...] = (*PERSONAS, "average", "noise")
 
 HABIT_WEIGHT = 0.6  # probability of the column's habit move
 TIRED_WEIGHT = 0.2  # probability of the fallback move at low stamina (else of the habit)
@@ -157,7 +156,6 @@ class DuelEnv(PersonaRoundEnv):
             outcome_probs[persona] = np.repeat(moves[:, None, :], len(ACTIONS), axis=1)
             outcome_values[persona] = values
         return RoundModel(
-            feature_sizes=(2, 3, 2),
             contexts=contexts,
             context_probs=probs,
             outcome_names=PLAYER_MOVES,

@@ -50,7 +50,6 @@ _TASTES = {
 }
 # fmt: on
 PERSONAS: tuple[str, ...] = tuple(_TASTES)
-ALL_PERSONAS: tuple[str, ...] = (*PERSONAS, "average", "noise")
 
 
 def _liking(persona: str, contexts: np.ndarray) -> np.ndarray:
@@ -159,7 +158,6 @@ class MerchantEnv(PersonaRoundEnv):
         for persona in PERSONAS:
             outcome_probs[persona], outcome_values[persona] = _responses(persona, contexts)
         return RoundModel(
-            feature_sizes=(2, 3, 2),
             contexts=contexts,
             context_probs=probs,
             outcome_names=RESPONSES,

@@ -34,7 +34,6 @@ class RoundModel:
     """The arrays that define one env's rounds and personas (C contexts, A actions, O outcomes).
 
     Attributes:
-        feature_sizes: one-hot size of each context feature, in observation order.
         contexts: (C, F) int, the value of each context feature in each context.
         context_probs: (C,) probability of each context in a round; sums to 1.
         outcome_names: (O,) names of the player's possible responses.
@@ -42,7 +41,6 @@ class RoundModel:
         outcome_values: persona -> (C, A, O) reward the NPC gets for each response.
     """
 
-    feature_sizes: tuple[int, ...]
     contexts: np.ndarray
     context_probs: np.ndarray
     outcome_names: tuple[str, ...]
@@ -112,7 +110,7 @@ class PersonaRoundEnv(gym.Env):
         self.render_mode = render_mode
         self.episode_length = int(episode_length)
         self.persona = self._check_persona(AVERAGE if persona is None else persona)
-        self.model = self._model()
+        self.model = self.shared_model()
         m = self.model
         self.n_contexts = len(m.context_probs)
         self.action_space = spaces.Discrete(len(self.ACTIONS))
@@ -139,7 +137,8 @@ class PersonaRoundEnv(gym.Env):
         raise NotImplementedError
 
     @classmethod
-    def _model(cls) -> RoundModel:
+    def shared_model(cls) -> RoundModel:
+        """The env class's RoundModel, built once per class."""
         if cls not in PersonaRoundEnv._MODEL_CACHE:
             PersonaRoundEnv._MODEL_CACHE[cls] = cls.build_model()
         return PersonaRoundEnv._MODEL_CACHE[cls]
@@ -156,7 +155,7 @@ class PersonaRoundEnv(gym.Env):
         m, T = self.model, self.episode_length
         table = np.zeros((T, self.n_contexts, self.observation_space.shape[0]), np.float32)
         offset = 0
-        for f, size in enumerate(m.feature_sizes):
+        for f, (_, size) in enumerate(self.OBSERVATION_FEATURES[:-1]):  # one-hot features, then t / T
             table[:, np.arange(self.n_contexts), offset + m.contexts[:, f]] = 1.0
             offset += size
         table[:, :, -1] = (np.arange(T, dtype=np.float32) / T)[:, None]

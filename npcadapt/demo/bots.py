@@ -40,13 +40,8 @@ PRESETS: dict[str, dict[str, str]] = {
     "low_sweeper": {DUELIST: "low_sweeper", MERCHANT: "big_spender", COMPANION: "chatty"},
 }
 THANKS_AT, STOP_AT = 0.3, -0.3
-_MODELS: dict[str, RoundModel] = {}
-
-
 def model(archetype: str) -> RoundModel:
-    if archetype not in _MODELS:
-        _MODELS[archetype] = ENVS[archetype].build_model()
-    return _MODELS[archetype]
+    return ENVS[archetype].shared_model()
 
 
 def parse_bot(spec: str) -> dict[str, str]:

@@ -188,7 +188,6 @@ class AdapterBank:
         self._absent = 0  # how many known-absent players _slot_of holds
         self._tick = 1
         self.evictions = 0
-        self.loads = 0
 
     # -- residency ------------------------------------------------------------
     def __len__(self) -> int:
@@ -232,7 +231,6 @@ class AdapterBank:
             self._absent += 1
             return ZERO_SLOT
         flat, meta = loaded
-        self.loads += 1
         return self._install(player, flat, meta, dirty=False)
 
     def _take_slot(self) -> int:

@@ -13,13 +13,6 @@ import math
 import torch
 
 
-def scaling(alpha: float, rank: int, rslora: bool = False) -> float:
-    """The factor applied to B A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
-    if rank <= 0:
-        raise ValueError(f"LoRA rank must be positive, got {rank}")
-    return alpha / (math.sqrt(rank) if rslora else rank)
-
-
 def init_lora(
     d_in: int,
     d_out: int,
@@ -53,11 +46,6 @@ def merge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) 
     return weight + delta_weight(a, b, scale)
 
 
-def unmerge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """Inverse of :func:`merge`: W_merged - scale B A."""
-    return weight - delta_weight(a, b, scale)
-
-
 def gathered_delta(x: torch.Tensor, a_rows: torch.Tensor, bt_rows: torch.Tensor, scale: float) -> torch.Tensor:
     """Each row its own adapter (BGMV): x (N, d_in), A (N, r, d_in), B^T (N, r, d_out) -> (N, d_out).
 
@@ -66,19 +54,3 @@ def gathered_delta(x: torch.Tensor, a_rows: torch.Tensor, bt_rows: torch.Tensor,
     """
     xa = torch.bmm(x.unsqueeze(1), a_rows.transpose(1, 2))  # (N, 1, r)
     return torch.bmm(xa.mul_(scale), bt_rows).squeeze(1)  # (N, d_out)
-
-
-def bank_delta(
-    x: torch.Tensor,
-    a_bank: torch.Tensor,
-    b_bank: torch.Tensor,
-    slots: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """Gathered multi-adapter delta straight from stacked banks.
-
-    x (N, d_in); A bank (S, r, d_in); B bank (S, d_out, r); slots (N,) int64 -> (N, d_out).
-    """
-    a_rows = a_bank.index_select(0, slots).to(x.dtype)  # (N, r, d_in)
-    bt_rows = b_bank.index_select(0, slots).to(x.dtype).transpose(1, 2)  # (N, r, d_out)
-    return gathered_delta(x, a_rows, bt_rows, scale)
