@@ -119,9 +119,7 @@ class Engine:
         return rt.layout.pack(tensors, torch.float32), meta
 
     def _save_adapter(self, archetype: str, player: str, flat: torch.Tensor, meta: AdapterMeta) -> None:
-        rt = self._runtimes[archetype]
-        tensors = {k: v.clone() for k, v in rt.layout.unpack(flat.to(DTYPES[meta.dtype])).items()}
-        self.store.save(tensors, meta)
+        self.store.save(self._named(archetype, flat.to(DTYPES[meta.dtype])), meta)
 
     # -- lookups ------------------------------------------------------------------
     @property
@@ -226,31 +224,32 @@ class Engine:
         the batch is large; elsewhere the torch forward."""
         fast = rt.fast
         if fast is not None and not (self.compile and len(slots) > fast.numpy_rows):
-            if not slots.any():
-                rows = None
-            elif (slots == slots[0]).all():
-                rows = rt.bank.gather(slots[:1]).float().numpy()  # (1, P): one adapter for every row
-            else:
-                rows = rt.bank.gather(slots).float().numpy()  # (N, P)
-            return fast(obs, rows)
+            rows = self._adapter_rows(rt, slots)
+            return fast(obs, None if rows is None else rows.float().numpy())
         with torch.inference_mode():
             obs_t = torch.from_numpy(obs if obs.flags.writeable else obs.copy()).to(self.device)
             logits, value = self._forward(rt, slots, obs_t)
             return logits.float().cpu().numpy(), value.float().cpu().numpy()
 
-    def _forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Dispatch: all-base rows -> plain forward; one adapter -> low-rank product; else gather."""
-        layout = rt.layout
-        first = int(slots[0]) if len(slots) else ZERO_SLOT
+    @staticmethod
+    def _adapter_rows(rt: ArchetypeRuntime, slots: np.ndarray) -> torch.Tensor | None:
+        """A snapshot of the batch's adapters: None when every row is base, (1, P) when all
+        rows share one adapter (the low-rank product needs no gather), else (N, P)."""
+        first = slots[0] if len(slots) else ZERO_SLOT
         if (slots == first).all():
-            if first == ZERO_SLOT:
-                return rt.policy(obs)
-            flat = rt.bank.gather(slots[:1])[0].to(obs.dtype)  # (P,)
-            return rt.policy(obs, layout.single_delta_fn(flat))
-        if self.compile:
+            return None if first == ZERO_SLOT else rt.bank.gather(slots[:1])
+        return rt.bank.gather(slots)
+
+    def _forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The torch forward for the rows' adapters (fused gather under torch.compile)."""
+        if self.compile and len(slots) and not (slots == slots[0]).all():
             return self._compiled_forward(rt, slots, obs)
-        rows = rt.bank.gather(slots).to(obs.dtype)  # (N, P) snapshot
-        return rt.policy(obs, layout.delta_fn(rows))
+        rows = self._adapter_rows(rt, slots)
+        if rows is None:
+            return rt.policy(obs)
+        if len(rows) == 1:
+            return rt.policy(obs, rt.layout.single_delta_fn(rows[0].to(obs.dtype)))
+        return rt.policy(obs, rt.layout.delta_fn(rows.to(obs.dtype)))
 
     def _compiled_forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor):
         """Gather + convert + forward fused by torch.compile; the bank lock is held throughout."""
@@ -318,8 +317,7 @@ class Engine:
         """
         rt = self.runtime(archetype)
         if seed is None:
-            key = f"{archetype}\0{player}".encode("utf-8", "surrogatepass")
-            seed = int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
+            seed = derived_seed(archetype, player)
         return rt.layout.fresh(torch.Generator().manual_seed(seed))
 
     def new_adapter(self, archetype: str, player: str, *, seed: int | None = None) -> dict[str, torch.Tensor]:
@@ -358,9 +356,9 @@ class Engine:
             raise InvalidInputError(f"adapter for player {player!r} has non-finite values")
         with rt.bank.lock:
             rt.bank.lookup([player])
-            prev = rt.bank.get(player)
+            old = rt.bank.meta(player)
             now = time.time()
-            if prev is None:
+            if old is None:
                 meta = AdapterMeta(
                     archetype=archetype, player=player, base_hash=rt.archetype.base_hash,
                     rank=rt.layout.rank, alpha=float(rt.archetype.spec.lora.alpha),
@@ -368,23 +366,24 @@ class Engine:
                     created=now, updated=now, dtype=self.adapter_dtype,
                 )
             else:
-                old = prev[1]
                 meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
             rt.bank.put(player, flat, meta)
-        return self.adapter_info(archetype, player)
+        return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
 
     def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
         """Version, update count and residency of a player's adapter; None when they have none."""
         rt = self.runtime(archetype)
         validate_player_id(player)
-        got = rt.bank.get(player)
-        resident = got is not None
-        meta = got[1] if resident else self.store.read_meta(archetype, player)
-        if meta is None:
-            return None
-        stored = self.store.path_for(archetype, player).exists()
+        meta = rt.bank.meta(player)
+        if meta is not None:
+            return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
+        meta = self.store.read_meta(archetype, player)
+        return None if meta is None else self._info(meta, resident=False, stored=True)
+
+    @staticmethod
+    def _info(meta: AdapterMeta, *, resident: bool, stored: bool) -> AdapterInfo:
         return AdapterInfo(
-            archetype=archetype, player=player, version=meta.version, updates=meta.updates,
+            archetype=meta.archetype, player=meta.player, version=meta.version, updates=meta.updates,
             base_hash=meta.base_hash, rank=meta.rank, resident=resident, stored=stored,
             created=meta.created, updated=meta.updated,
         )
@@ -432,6 +431,12 @@ def single_row(obs, mask=None) -> tuple[np.ndarray, np.ndarray | None]:
     if arr.ndim != 1:
         raise InvalidInputError(f"obs must be a flat list of numbers, got shape {arr.shape}")
     return arr[None], None if mask is None else np.asarray(mask)[None]
+
+
+def derived_seed(*parts: str) -> int:
+    """A reproducible 56-bit seed from strings (SHA-256 of their NUL-joined UTF-8 bytes)."""
+    key = "\0".join(parts).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
 
 
 def _check_logits(logits: np.ndarray) -> None:

@@ -250,12 +250,16 @@ class AdapterBank:
         if self._dirty[slot] and self._writeback is not None:
             self._writeback(player, self.storage[slot].detach().cpu().clone(), self._meta[slot])
         del self._slot_of[player]
+        self._clear(slot)
+        self.evictions += 1
+
+    def _clear(self, slot: int) -> None:
+        """Empty a slot: no player, no metadata, zero adapter."""
         self._player_of[slot] = None
         self._meta[slot] = None
         self._dirty[slot] = False
         self._version[slot] = 0
         self.storage[slot].zero_()
-        self.evictions += 1
 
     def _forget_all_absent(self) -> None:
         self._slot_of = {p: s for p, s in self._slot_of.items() if s != ZERO_SLOT}
@@ -295,6 +299,12 @@ class AdapterBank:
             self._tick += 1
             return self._install(player, flat, meta, dirty=dirty)
 
+    def meta(self, player: str) -> Any:
+        """The resident adapter's metadata, or None (no copy of the adapter)."""
+        with self.lock:
+            slot = self._slot_of.get(player, ZERO_SLOT)
+            return None if slot == ZERO_SLOT else self._meta[slot]
+
     def get(self, player: str) -> tuple[torch.Tensor, Any] | None:
         """A copy of the player's resident adapter (P,) in fp32 and its meta, or None."""
         with self.lock:
@@ -311,12 +321,8 @@ class AdapterBank:
                 self._absent -= 1
             if not slot:
                 return False
-            self._player_of[slot] = None
-            self._meta[slot] = None
-            self._dirty[slot] = False
-            self._version[slot] = 0
+            self._clear(slot)
             self._last_used[slot] = 0
-            self.storage[slot].zero_()
             self._free.append(slot)
             return True
 

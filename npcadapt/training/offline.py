@@ -22,6 +22,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..engine import derived_seed
 from ..episodes import Episode
 from ..fileio import write_atomic
 from ..service import Service
@@ -175,8 +176,7 @@ def _start_params(engine, archetype: str, player: str, seed: int) -> torch.Tenso
     current = engine.adapter_row(archetype, player)
     if current is not None:
         return current
-    digest = hashlib.sha256(f"{seed}\0{archetype}\0{player}".encode("utf-8", "surrogatepass")).digest()
-    return engine.fresh_adapter_row(archetype, player, seed=int.from_bytes(digest[:7], "little"))
+    return engine.fresh_adapter_row(archetype, player, seed=derived_seed(str(seed), archetype, player))
 
 
 def _load_state(path: Path | None, config: OfflineConfig) -> dict:
