@@ -60,10 +60,10 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
             "full_ft_gain": round((f["adapted_return"] - p["base_return"]) / gap, 4) if f and abs(gap) > 1e-6 else None,
             "kl_to_base": p["kl_to_base"],
         }
-    named = [n for n in personas if n not in ("average", "noise")]
+    named = [n for n in personas if n not in (AVERAGE, NOISE)]
     mean_gain = float(np.mean([personas[n]["gain"] for n in named]))
     mean_full = float(np.mean([personas[n]["full_ft_gain"] for n in named])) if full else None
-    avg = personas.get("average")
+    avg = personas.get(AVERAGE)
     return {
         "benchmark": "adapt",
         "env": env_id,
@@ -76,7 +76,7 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         "adapter_param_fraction": round(adapter_params / network_params, 4),
         "average_vs_base": round(avg["adapted_return"] - avg["base_return"], 4) if avg else None,
         "average_tolerance": round(0.02 * abs(avg["oracle_return"] - avg["base_return"]), 4) if avg else None,
-        "noise_kl": personas.get("noise", {}).get("kl_to_base"),
+        "noise_kl": personas.get(NOISE, {}).get("kl_to_base"),
         "kl_bound": config.kl_bound,
         "seconds": round(lora["seconds"] + (full["seconds"] if full else 0.0), 1),
         "config": config.to_dict(),

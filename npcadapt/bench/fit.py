@@ -14,6 +14,7 @@ from pathlib import Path
 
 import npcadapt
 
+from ..archetypes import BUILTIN_DIR, find_archetypes
 from ..recordings import read_episodes
 from ..training.offline import OfflineConfig, fit_adapters
 
@@ -51,7 +52,7 @@ def run(players: int = 32, episodes: int = 20, epochs: int = 5) -> dict:
     except ImportError:
         result["ray"] = "not installed"
         return result
-    archetype_dir = npcadapt.Engine(tmp / "probe").runtime("duelist").archetype.directory
+    archetype_dir = find_archetypes([BUILTIN_DIR])["duelist"].directory
     for workers in (1, 2):
         start = time.perf_counter()
         executor = RayExecutor(archetype_dir, config, workers=workers)

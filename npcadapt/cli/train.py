@@ -9,7 +9,7 @@ from .common import KL_BOUND, archetype_dirs, load_archetype
 
 
 def _cmd_train_base(args) -> int:
-    from ..training.base import BaseTrainConfig, train_base
+    from ..training.base import CONFIG_NAME, RESULT_NAME, BaseTrainConfig, train_base
 
     arch = load_archetype(args, args.archetype)
     directory = arch.directory
@@ -33,7 +33,7 @@ def _cmd_train_base(args) -> int:
     result = train_base(directory, config, progress=not args.quiet)
     print(f"trained {args.archetype} on {env_id}: {result.steps} steps in {result.seconds:.1f}s, "
           f"final return {result.final_return:.3f}, new version {result.archetype.base_hash}")
-    print(f"wrote {directory}/{result.archetype.spec.weights}, train_config.toml, train_result.json")
+    print(f"wrote {directory}/{result.archetype.spec.weights}, {CONFIG_NAME}, {RESULT_NAME}")
     return 0
 
 

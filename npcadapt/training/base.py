@@ -147,13 +147,14 @@ def make_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
         raise InvalidInputError(f"env '{env_id}' rejected env_kwargs {env_kwargs}: {exc}") from None
 
 
-def _check_spaces(spec: ArchetypeSpec, env_id: str, obs_space: gym.Space, act_space: gym.Space) -> None:
-    want_obs, want_act = f"Box(shape=({spec.obs_dim},))", f"Discrete({spec.n_actions})"
-    ok_obs = isinstance(obs_space, gym.spaces.Box) and obs_space.shape == (spec.obs_dim,)
-    ok_act = isinstance(act_space, gym.spaces.Discrete) and int(act_space.n) == spec.n_actions
+def _check_spaces(who: str, obs_dim: int, n_actions: int, env_id: str, obs_space: gym.Space, act_space: gym.Space) -> None:
+    """`who` (an archetype, a policy) needs Box((obs_dim,)) observations and Discrete(n_actions) actions."""
+    want_obs, want_act = f"Box(shape=({obs_dim},))", f"Discrete({n_actions})"
+    ok_obs = isinstance(obs_space, gym.spaces.Box) and obs_space.shape == (obs_dim,)
+    ok_act = isinstance(act_space, gym.spaces.Discrete) and int(act_space.n) == n_actions
     if not (ok_obs and ok_act):
         raise ArchetypeError(
-            f"archetype '{spec.name}' expects observation {want_obs} and actions {want_act}, "
+            f"{who} expects observation {want_obs} and actions {want_act}, "
             f"but env '{env_id}' has observation {obs_space} and actions {act_space}"
         )
 
@@ -212,13 +213,12 @@ def evaluate_policy(
     env = make_env(env_id, env_kwargs)
     if max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
-    obs_dim, n_actions = policy.actor[0].in_features, policy.actor[-1].out_features
-    if env.observation_space.shape != (obs_dim,) or getattr(env.action_space, "n", None) != n_actions:
+    n_actions = policy.actor[-1].out_features
+    try:
+        _check_spaces("policy", policy.actor[0].in_features, n_actions, env_id, env.observation_space, env.action_space)
+    except ArchetypeError:
         env.close()
-        raise ArchetypeError(
-            f"policy expects observation shape ({obs_dim},) and Discrete({n_actions}), but env '{env_id}' "
-            f"has observation {env.observation_space} and actions {env.action_space}"
-        )
+        raise
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
     try:
@@ -354,7 +354,8 @@ def _train(directory: Path, cfg: BaseTrainConfig, progress: bool,
         autoreset_mode=AutoresetMode.SAME_STEP,
     ))
     try:
-        _check_spaces(spec, cfg.env_id, envs.single_observation_space, envs.single_action_space)
+        _check_spaces(f"archetype '{spec.name}'", spec.obs_dim, spec.n_actions, cfg.env_id,
+                      envs.single_observation_space, envs.single_action_space)
         obs_np, info = envs.reset(seed=cfg.seed)
         state = _obs(obs_np), _action_mask(info, cfg.num_envs, spec.n_actions)
         with tqdm(total=num_updates * batch, unit="step", disable=not progress, desc=f"train {spec.name}") as bar:
