@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Union
 
@@ -364,27 +365,23 @@ class RpcConnection:
         if msgid is None:
             return _invalid(None, INVALID_REQUEST,
                             f"msgid must be an unsigned 32-bit int, got {_describe(msg[1])}")
-        try:
-            method = self._method(msg[2])
-        except ValueError as exc:
-            return _invalid(msgid, INVALID_REQUEST, str(exc))
-        if not isinstance(msg[3], list):
-            return _invalid(msgid, INVALID_PARAMS,
-                            f"params must be an array, got {_describe(msg[3])}")
-        return Request(msgid, method, msg[3])
+        return self._call(msgid, msg[2], msg[3], lambda method, params: Request(msgid, method, params))
 
     def _notification(self, msg: list) -> Event:
         if len(msg) != 3:
             return _invalid(None, INVALID_REQUEST,
                             f"notification must be [2, method, params], got {len(msg)} elements")
+        return self._call(None, msg[1], msg[2], Notification)
+
+    def _call(self, msgid: int | None, method: object, params: object, make: Callable[[str, list], Event]) -> Event:
+        """The method name and params array shared by requests and notifications."""
         try:
-            method = self._method(msg[1])
+            name = self._method(method)
         except ValueError as exc:
-            return _invalid(None, INVALID_REQUEST, str(exc))
-        if not isinstance(msg[2], list):
-            return _invalid(None, INVALID_PARAMS,
-                            f"params must be an array, got {_describe(msg[2])}")
-        return Notification(method, msg[2])
+            return _invalid(msgid, INVALID_REQUEST, str(exc))
+        if not isinstance(params, list):
+            return _invalid(msgid, INVALID_PARAMS, f"params must be an array, got {_describe(params)}")
+        return make(name, params)
 
     def _response(self, msg: list) -> Event:
         if len(msg) != 4:
