@@ -173,4 +173,3 @@ class CompanionEnv(PersonaRoundEnv):
         last = scene["last"]
         if last:
             render.label(surface, f"player in {MOODS[last['outcome']]}", (10, 20), 18)
-        render.reward_strip(surface, scene, ACTIONS)

@@ -190,4 +190,3 @@ class DuelEnv(PersonaRoundEnv):
             render.label(
                 surface, f"player: {PLAYER_MOVES[last['outcome']]}", (player_x - 40, 20), 18
             )
-        render.reward_strip(surface, scene, ACTIONS)

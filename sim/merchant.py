@@ -187,4 +187,3 @@ class MerchantEnv(PersonaRoundEnv):
         last = scene["last"]
         if last:
             render.label(surface, f"customer {RESPONSES[last['outcome']]}", (260, 20), 18)
-        render.reward_strip(surface, scene, ACTIONS)

@@ -247,7 +247,9 @@ class PersonaRoundEnv(gym.Env):
             gym.logger.warn(f"{type(self).__name__}.render() called without a render_mode")
             return None
         surface = draw.new_surface()
-        self.draw(surface, self._scene())
+        scene = self._scene()
+        self.draw(surface, scene)
+        draw.reward_strip(surface, scene, self.ACTIONS)  # every env: the last round's action and reward
         if self.render_mode == "rgb_array":
             return draw.to_array(surface)
         if self._window is None:
