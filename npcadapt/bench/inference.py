@@ -91,12 +91,12 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
             f"{prefix}floor_ratio": round(t_batched / floor, 3),
             f"{prefix}kernel_floor_ratio": round(t_kernel / floor, 3),
             f"{prefix}adapter_bytes": row_bytes,
+            f"{prefix}read_bandwidth_gb_s": round(bandwidth / 1e9, 2),  # the floor ratios' own reading
         })
         if prefix == "":
             loop_slots = slots[: min(rows, 256)]
             t_loop = median_seconds(lambda: _per_player_loop(engine, loop_slots, obs), max(3, repeats // 10), 1)
             result["speedup_vs_loop"] = round((t_loop / len(loop_slots) * rows) / t_batched, 1)
-            result["read_bandwidth_gb_s"] = round(bandwidth / 1e9, 2)
         engine.close()
         del engine, rt
         gc.collect()
