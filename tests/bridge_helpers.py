@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from typing import Self
+
+import msgpack
 
 import npcadapt
 from npcadapt.server import Bridge, ServerConfig
@@ -30,6 +33,12 @@ class RunningBridge:
         started.wait(10)
         self.port = self.bridge.port
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
     def connect(self, timeout: float = 5.0) -> socket.socket:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -40,3 +49,28 @@ class RunningBridge:
             asyncio.run_coroutine_threadsafe(self.bridge.stop(), self.loop).result(10)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
+
+
+def send(sock: socket.socket, msg) -> None:
+    """Send one raw msgpack message."""
+    sock.sendall(msgpack.packb(msg, use_bin_type=True))
+
+
+def read_reply(sock: socket.socket):
+    """Read until one whole msgpack message has arrived (a reply may come in several TCP reads).
+
+    Use it when exactly one reply is outstanding: bytes after that message are dropped."""
+    unpacker = msgpack.Unpacker(raw=False)
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed before a whole reply arrived")
+        unpacker.feed(data)
+        for msg in unpacker:
+            return msg
+
+
+def raw_call(sock: socket.socket, msg):
+    """Send one raw msgpack message, read one reply."""
+    send(sock, msg)
+    return read_reply(sock)

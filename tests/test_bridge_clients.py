@@ -38,11 +38,10 @@ BATCH_WAIT = 0.02
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    running = RunningBridge(
+    with RunningBridge(
         tmp_path_factory.mktemp("bridge") / "data", ServerConfig(port=0, batch_wait=BATCH_WAIT)
-    )
-    yield running
-    running.stop()
+    ) as running:
+        yield running
 
 
 # -- the Node.js example ----------------------------------------------------------------

@@ -229,8 +229,7 @@ def test_headless_run_adapts_saves_and_profiles_are_separate(tmp_path):
 
 
 def test_connect_plays_through_a_real_bridge(tmp_path):
-    bridge = RunningBridge(tmp_path / "server", online=OnlineConfig(episodes_per_update=2))
-    try:
+    with RunningBridge(tmp_path / "server", online=OnlineConfig(episodes_per_update=2)) as bridge:
         summary = run_headless(demo_args("--connect", f"127.0.0.1:{bridge.port}", "--data", str(tmp_path / "client"),
                                          "--profile", "Remote", "--seconds", "30", "--bot", "brawler"))
         assert summary["backend"].startswith("socket bridge")
@@ -241,8 +240,6 @@ def test_connect_plays_through_a_real_bridge(tmp_path):
             while (c.adapter_info("duelist", "demo:remote") or {}).get("version", 0) == 0:
                 assert time.monotonic() < deadline, "the server never adapted to the remote player"
                 time.sleep(0.1)
-    finally:
-        bridge.stop()
     records = list(read_records(tmp_path / "server" / "logs"))
     assert any(r["t"] == "feedback" and "demo:remote" in r["players"] for r in records)
 

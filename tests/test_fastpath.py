@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from bridge_helpers import RunningBridge
+from bridge_helpers import RunningBridge, read_reply
 from conftest import random_adapter
 from npcadapt.archetypes import init_archetype
 from npcadapt.engine import Engine, sample_actions
@@ -235,31 +235,29 @@ def test_replies_of_one_batch_go_out_as_one_write_per_connection(tmp_path):
         writes.append((id(self), data))
         original(self, data)
 
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, batch_wait=0.05))
-    Connection.send = counting
-    try:
-        socks = [running.connect() for _ in range(2)]
-        raw = OBS.astype("<f4").tobytes()
-        for s in socks:
-            s.sendall(b"".join(msgpack.packb([0, i, "act", ["duelist", f"p{i}", "npc", raw]]) for i in range(20)))
-        for s in socks:
-            unpacker, replies = msgpack.Unpacker(), []
-            while len(replies) < 20:
-                unpacker.feed(s.recv(1 << 16))
-                replies.extend(unpacker)
-            assert sorted(r[1] for r in replies) == list(range(20)) and all(r[2] is None for r in replies)
-            assert all(r[3]["action_name"] == running.service.archetypes["duelist"].spec.actions[r[3]["action"]]
-                       for r in replies)
-        assert len(writes) == 2  # 40 replies, 2 connections, 1 merged batch
-    finally:
-        Connection.send = original
-        running.stop()
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, batch_wait=0.05)) as running:
+        Connection.send = counting
+        try:
+            socks = [running.connect() for _ in range(2)]
+            raw = OBS.astype("<f4").tobytes()
+            for s in socks:
+                s.sendall(b"".join(msgpack.packb([0, i, "act", ["duelist", f"p{i}", "npc", raw]]) for i in range(20)))
+            for s in socks:
+                unpacker, replies = msgpack.Unpacker(), []
+                while len(replies) < 20:
+                    unpacker.feed(s.recv(1 << 16))
+                    replies.extend(unpacker)
+                assert sorted(r[1] for r in replies) == list(range(20)) and all(r[2] is None for r in replies)
+                assert all(r[3]["action_name"] == running.service.archetypes["duelist"].spec.actions[r[3]["action"]]
+                           for r in replies)
+            assert len(writes) == 2  # 40 replies, 2 connections, 1 merged batch
+        finally:
+            Connection.send = original
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux behaviour")
 def test_trainer_thread_runs_at_lower_priority(tmp_path):
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, trainer_nice=7))
-    try:
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, trainer_nice=7)):
         deadline = time.monotonic() + 10
         thread = None
         while thread is None and time.monotonic() < deadline:
@@ -269,8 +267,6 @@ def test_trainer_thread_runs_at_lower_priority(tmp_path):
             time.sleep(0.01)
         assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(base + 7, 19)
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the server itself is untouched
-    finally:
-        running.stop()
     assert not thread.is_alive()
 
 
@@ -309,21 +305,16 @@ def test_a_burst_of_feedback_is_one_batch_and_refuses_exactly_what_one_by_one_wo
 
 
 def test_feedback_notifications_in_one_read_are_counted_and_applied(tmp_path):
-    running = RunningBridge(tmp_path / "d")
-    try:
+    with RunningBridge(tmp_path / "d") as running:
         sock = running.connect()
         raw = OBS.astype("<f4").tobytes()
         rows = [[p, "n", raw] for p in ("ann", "bob")]
         sock.sendall(msgpack.packb([0, 1, "act_batch", ["duelist", rows]]))
-        unpacker = msgpack.Unpacker()
-        unpacker.feed(sock.recv(1 << 16))
-        assert next(unpacker)[2] is None
+        assert read_reply(sock)[2] is None
         notes = [["ann", "n", 1.0, True], ["ghost", "n", 1.0], ["bob", "n", 0.5, True]]
         sock.sendall(b"".join(msgpack.packb([2, "feedback", p]) for p in notes) + msgpack.packb([0, 2, "stats", []]))
-        while (reply := next(unpacker, None)) is None:
-            unpacker.feed(sock.recv(1 << 16))
+        reply = read_reply(sock)
+        assert reply[1] == 2
         stats = reply[3]
         assert stats["notifications"] == 3 and stats["errors"] == 1 and stats["feedback"] == 2
         assert stats["open_episodes"] == 0
-    finally:
-        running.stop()

@@ -169,7 +169,8 @@ def test_decisions_and_feedback_are_recorded(svc):
     assert len(decisions) == 8 and len(feedback) == 8
     first = decisions[0]
     assert first["players"] == ["ann", "bob"] and first["archetype"] == "tiny"
-    assert np.frombuffer(first["obs"], np.float32).reshape(2, 6).shape == (2, 6)
+    logged = np.frombuffer(first["obs"], np.float32).reshape(2, 6)
+    assert all((OBS == row).all(1).any() for row in logged)  # each logged row is an observation played
     assert first["base"] == svc.engine.runtime("tiny").archetype.base_hash
     assert sum(sum(r["reward"]) for r in feedback) == given
     assert [r["done"] for r in feedback[:4]] == [[False, False]] * 3 + [[True, True]]

@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import msgpack
 import numpy as np
 import pytest
 
-from bridge_helpers import RunningBridge
+from bridge_helpers import RunningBridge, raw_call, read_reply
+from npcadapt.bench.bridge import start_server
 from npcadapt.client import Client, RemoteError
 from npcadapt.log import read_records
 from npcadapt.protocol import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, UNAUTHORIZED
@@ -24,19 +23,8 @@ OBS = [0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.5]
 
 @pytest.fixture
 def server(tmp_path):
-    running = RunningBridge(tmp_path / "data")
-    yield running
-    running.stop()
-
-
-def raw_call(sock: socket.socket, payload: list) -> list:
-    """Send one raw msgpack message, read one reply."""
-    sock.sendall(msgpack.packb(payload, use_bin_type=True))
-    unpacker = msgpack.Unpacker(raw=False)
-    while True:
-        unpacker.feed(sock.recv(65536))
-        for msg in unpacker:
-            return msg
+    with RunningBridge(tmp_path / "data") as running:
+        yield running
 
 
 def still_serves(server) -> None:
@@ -89,9 +77,7 @@ def test_many_connections_each_get_their_own_reply(server):
         s.sendall(msgpack.packb([0, 100 + i, "act", ["duelist", f"p{i}", "n", OBS]]))
     decisions = set()
     for i, s in enumerate(socks):
-        unpacker = msgpack.Unpacker(raw=False)
-        unpacker.feed(s.recv(65536))
-        reply = next(unpacker)
+        reply = read_reply(s)
         assert reply[:3] == [1, 100 + i, None]
         decisions.add(reply[3]["decision"])
     assert len(decisions) == 8 and Client(port=server.port).stats()["decisions"] == 8
@@ -176,8 +162,7 @@ def test_client_that_never_reads_is_cut_off(tmp_path):
     # Depending on the kernel's buffers, either the output cap fires (our queue for the hog
     # passes 64 KiB) or TCP stalls both directions with our queue empty; then the hog can no
     # longer send and the idle timeout closes it. Either way it is closed and costs nothing.
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, max_output_buffer=64 * 1024, idle_timeout=2.0))
-    try:
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, max_output_buffer=64 * 1024, idle_timeout=2.0)) as running:
         hog = running.connect()
         hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         request = msgpack.packb([0, 1, "archetypes", []])
@@ -191,13 +176,10 @@ def test_client_that_never_reads_is_cut_off(tmp_path):
             time.sleep(0.02)
         assert running.bridge.stats.counters["connections"] == 0  # the hog was closed by the server
         still_serves(running)
-    finally:
-        running.stop()
 
 
 def test_connection_cap_and_idle_timeout(tmp_path):
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, max_connections=2, idle_timeout=0.3))
-    try:
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, max_connections=2, idle_timeout=0.3)) as running:
         a, b = running.connect(), running.connect()
         assert raw_call(a, [0, 1, "archetypes", []])[2] is None
         c = running.connect()
@@ -208,15 +190,12 @@ def test_connection_cap_and_idle_timeout(tmp_path):
         a.settimeout(5)
         assert a.recv(10) == b""
         still_serves(running)
-    finally:
-        running.stop()
 
 
 def test_token_required_off_loopback_and_auth_first(tmp_path):
     with pytest.raises(Exception, match="token"):
         ServerConfig(host="0.0.0.0")
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, token="s3cret"))
-    try:
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, token="s3cret")) as running:
         sock = running.connect()
         reply = raw_call(sock, [0, 1, "act", ["duelist", "p", "n", OBS]])
         assert reply[2][0] == UNAUTHORIZED and "auth" in reply[2][1]
@@ -227,40 +206,27 @@ def test_token_required_off_loopback_and_auth_first(tmp_path):
             assert c.archetypes()
         with pytest.raises(RemoteError, match="wrong token"):
             Client(port=running.port, token="nope")
-    finally:
-        running.stop()
 
 
 def test_online_adaptation_through_the_bridge_is_recorded(tmp_path):
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, train_interval=0.01))
-    try:
-        with Client(port=running.port) as c:
-            played, deadline = 0, time.monotonic() + 30
-            while c.stats()["updates"] < 2 and time.monotonic() < deadline:
-                for t in range(3):  # keep playing until two updates have landed
-                    d = c.act("duelist", "ann", "n", OBS)
-                    c.feedback("ann", "n", float(d["action"] == 2), t == 2)
-                played += 1
-                time.sleep(0.02)
-            info = c.adapter_info("duelist", "ann")
-            assert info is not None and info["version"] >= 2
-            assert c.act("duelist", "ann", "n", OBS)["adapter_version"] >= 2
-            c.flush()
-    finally:
-        running.stop()
+    with (
+        RunningBridge(tmp_path / "d", ServerConfig(port=0, train_interval=0.01)) as running,
+        Client(port=running.port) as c,
+    ):
+        played, deadline = 0, time.monotonic() + 30
+        while c.stats()["updates"] < 2 and time.monotonic() < deadline:
+            for t in range(3):  # keep playing until two updates have landed
+                d = c.act("duelist", "ann", "n", OBS)
+                c.feedback("ann", "n", float(d["action"] == 2), t == 2)
+            played += 1
+            time.sleep(0.02)
+        info = c.adapter_info("duelist", "ann")
+        assert info is not None and info["version"] >= 2
+        assert c.act("duelist", "ann", "n", OBS)["adapter_version"] >= 2
+        c.flush()
     records = list(read_records(tmp_path / "d" / "logs"))
     assert sum(len(r["players"]) for r in records if r["t"] == "decisions") == 3 * played + 1
     assert sum(len(r["players"]) for r in records if r["t"] == "feedback") == 3 * played
-
-
-def _spawn_server(data, extra=()):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "npcadapt.cli", "serve", "--port", "0", "--data", str(data), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    line = proc.stdout.readline()
-    assert "bridge on" in line, line
-    return proc, int(line.split(":")[1].split()[0])
 
 
 def _play(port, episodes=6):
@@ -274,7 +240,7 @@ def _play(port, episodes=6):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_flushes_log_and_adapters(tmp_path, sig):
-    proc, port = _spawn_server(tmp_path / "d", ["--episodes-per-update", "2"])
+    proc, port = start_server(tmp_path / "d", "--episodes-per-update", "2")
     try:
         stats = _play(port)
         deadline = time.monotonic() + 20
@@ -296,7 +262,7 @@ def test_kill_9_recovers_log_and_complete_adapters(tmp_path):
     from npcadapt.log import InteractionLog
     from npcadapt.store import AdapterStore
 
-    proc, port = _spawn_server(tmp_path / "d", ["--episodes-per-update", "1"])
+    proc, port = start_server(tmp_path / "d", "--episodes-per-update", "1")
     try:
         _play(port)
         with Client(port=port) as c:
@@ -317,16 +283,13 @@ def test_kill_9_recovers_log_and_complete_adapters(tmp_path):
 
 
 def test_one_bad_request_never_fails_another_in_the_same_batch(tmp_path):
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, batch_wait=0.05))
-    try:
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, batch_wait=0.05)) as running:
         good, bad = running.connect(), running.connect()
         good.sendall(msgpack.packb([0, 1, "act", ["duelist", "alice", "guard", OBS]]))
         bad.sendall(msgpack.packb([0, 1, "act", ["duelist", "mallory", "", OBS]]))
         assert raw_call(good, [0, 2, "archetypes", []]) is not None
-        unpacker = msgpack.Unpacker(raw=False)
         bad.settimeout(5)
-        unpacker.feed(bad.recv(65536))
-        reply = next(unpacker)
+        reply = read_reply(bad)
         assert reply[1] == 1 and reply[2][0] == INVALID_PARAMS and "npc id" in reply[2][1]
         # a failure inside the merged forward is retried per request: only the culprit errs
         original = running.bridge.methods.run_blocks
@@ -342,31 +305,23 @@ def test_one_bad_request_never_fails_another_in_the_same_batch(tmp_path):
         socks[1].sendall(msgpack.packb([0, 6, "act", ["duelist", "mallory", "n", OBS]]))
         replies = []
         for s in socks:
-            u = msgpack.Unpacker(raw=False)
             s.settimeout(5)
-            u.feed(s.recv(65536))
-            replies.append(next(u))
+            replies.append(read_reply(s))
         assert replies[0][1] == 5 and replies[0][2] is None
         assert replies[1][1] == 6 and replies[1][2][0] == 4 and "boom" in replies[1][2][1]  # INTERNAL_ERROR
-    finally:
-        running.stop()
 
 
 def test_wrong_tokens_close_the_connection_after_three_tries(tmp_path):
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, token="t"))
-    try:
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, token="t")) as running:
         sock = running.connect()
         for i in range(3):
             assert raw_call(sock, [0, i, "auth", ["nope"]])[2][0] == UNAUTHORIZED
         sock.settimeout(5)
         assert sock.recv(10) == b""
-    finally:
-        running.stop()
 
 
 def test_log_is_flushed_periodically(tmp_path):
-    running = RunningBridge(tmp_path / "d", ServerConfig(port=0, flush_interval=0.05))
-    try:
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, flush_interval=0.05)) as running:
         with Client(port=running.port) as c:
             c.act("duelist", "ann", "n", OBS)
             deadline = time.monotonic() + 10
@@ -375,8 +330,6 @@ def test_log_is_flushed_periodically(tmp_path):
                     break
                 time.sleep(0.05)
         assert any(r["t"] == "decisions" for r in read_records(tmp_path / "d" / "logs"))  # no flush() was called
-    finally:
-        running.stop()
 
 
 def test_action_probs_method(server):

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import importlib
-import os
 import tomllib
 from pathlib import Path
 
-os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from gymnasium.utils.env_checker import check_env  # noqa: E402
-
-import sim  # noqa: E402
-from npcadapt.errors import InvalidInputError  # noqa: E402
-from sim import companion, duel, merchant  # noqa: E402
+import sim
+from npcadapt.errors import InvalidInputError
+from sim import companion, duel, merchant
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS = {

@@ -36,6 +36,8 @@ def test_curves_start_at_base_and_are_per_episode(duel_report):
     p = duel_report["personas"]["brawler"]
     assert len(p["curve"]) == 40 and len(p["realised"]) == 40
     assert p["curve"][-1] == pytest.approx(p["adapted_return"], abs=1e-3)
+    for persona in duel_report["personas"].values():
+        assert persona["curve"][0] == pytest.approx(persona["base_return"], abs=1e-6)
 
 
 def test_same_seed_same_report(tmp_path):

@@ -19,19 +19,18 @@ def test_define_record_train_serve(tmp_path, capsys):
                  "--actions", "patrol,warn,chase,call_help", "--dir", str(archetypes), "--hidden", "32,32"]) == 0
     # 2. record sessions through the bridge: this "game" rewards warning unarmed players, calling help on armed ones
     rng = np.random.default_rng(0)
-    running = RunningBridge(data, ServerConfig(port=0), archetype_dirs=[archetypes], online=None)
-    try:
-        with Client(port=running.port) as c:
-            assert [a["name"] for a in c.archetypes()] == ["guard"]
-            for episode in range(60):
-                for t in range(5):
-                    armed = float(rng.random() < 0.5)
-                    d = c.act("guard", f"player-{episode % 6}", "gate-guard", [rng.random(), armed, 0.0])
-                    good = ("call_help" if armed else "warn") == d["action_name"]
-                    c.feedback(f"player-{episode % 6}", "gate-guard", 1.0 if good else 0.0, t == 4)
-            c.flush()
-    finally:
-        running.stop()
+    with (
+        RunningBridge(data, ServerConfig(port=0), archetype_dirs=[archetypes], online=None) as running,
+        Client(port=running.port) as c,
+    ):
+        assert [a["name"] for a in c.archetypes()] == ["guard"]
+        for episode in range(60):
+            for t in range(5):
+                armed = float(rng.random() < 0.5)
+                d = c.act("guard", f"player-{episode % 6}", "gate-guard", [rng.random(), armed, 0.0])
+                good = ("call_help" if armed else "warn") == d["action_name"]
+                c.feedback(f"player-{episode % 6}", "gate-guard", 1.0 if good else 0.0, t == 4)
+        c.flush()
     # 3. train the base from those recordings, then fit every player's adapter
     assert main(["train", "base", "--archetype", "guard", "--archetypes", str(archetypes), "--logs", str(data / "logs"),
                  "--top", "0.3"]) == 0
@@ -40,11 +39,12 @@ def test_define_record_train_serve(tmp_path, capsys):
     assert main(["train", "adapters", "--logs", str(data / "logs"), "--archetypes", str(archetypes), "--epochs", "3",
                  "--quiet"]) == 0
     # 4. serve with per-player adaptation: the refreshed base prefers the rewarded actions
-    running = RunningBridge(data, ServerConfig(port=0), archetype_dirs=[archetypes])
-    try:
-        with Client(port=running.port) as c:
-            unarmed = [c.act("guard", "new-player", "g", [0.5, 0.0, 0.0], greedy=True)["action_name"] for _ in range(3)]
-            armed = [c.act("guard", "new-player", "g", [0.5, 1.0, 0.0], greedy=True)["action_name"] for _ in range(3)]
-            assert set(unarmed) == {"warn"} and set(armed) == {"call_help"}
-    finally:
-        running.stop()
+    with (
+        RunningBridge(data, ServerConfig(port=0), archetype_dirs=[archetypes]) as running,
+        Client(port=running.port) as c,
+    ):
+        unarmed = [c.act("guard", "new-player", "g", [0.5, 0.0, 0.0], greedy=True)["action_name"] for _ in range(3)]
+        armed = [c.act("guard", "new-player", "g", [0.5, 1.0, 0.0], greedy=True)["action_name"] for _ in range(3)]
+        assert set(unarmed) == {"warn"} and set(armed) == {"call_help"}
+        # every recorded player got a fitted adapter from `train adapters`, and the server serves it
+        assert all(c.adapter_info("guard", f"player-{i}")["version"] >= 1 for i in range(6))
