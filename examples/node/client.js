@@ -169,7 +169,7 @@ async function main() {
 
     // The online trainer runs in the background; give it a moment to adapt this player.
     let info = null;
-    for (let i = 0; i < 20 && !(info && info.version > 0); i++) {
+    for (let i = 0; i < 100 && !(info && info.version > 0); i++) {  // up to 10 s: training runs in the background
       info = await client.call("adapter_info", archetype, player);
       if (!(info && info.version > 0)) await sleep(100);
     }
