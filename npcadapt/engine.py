@@ -350,6 +350,12 @@ class Engine:
 
     def set_adapter_row(self, archetype: str, player: str, flat: torch.Tensor, *, updates: int = 0) -> AdapterInfo:
         """:meth:`set_adapter` for a packed adapter (P,)."""
+        meta = self.put_adapter_row(archetype, player, flat, updates=updates)
+        return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
+
+    def put_adapter_row(self, archetype: str, player: str, flat: torch.Tensor, *, updates: int = 0) -> AdapterMeta:
+        """:meth:`set_adapter_row` returning only the new metadata: no file-system check, for
+        the trainers, which install many adapters a second."""
         rt = self.runtime(archetype)
         validate_player_id(player)
         if not torch.isfinite(flat).all():
@@ -368,7 +374,7 @@ class Engine:
             else:
                 meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
             rt.bank.put(player, flat, meta)
-        return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
+        return meta
 
     def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
         """Version, update count and residency of a player's adapter; None when they have none."""

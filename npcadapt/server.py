@@ -56,7 +56,6 @@ class ServerConfig:
     max_batch: int = 4096  # rows per engine forward
     limits: Limits = field(default_factory=Limits)
     train_interval: float = 0.05  # background online training poll, seconds
-    trainer_nice: int = 10  # added to the trainer thread's nice value (Linux): decisions come first
     flush_interval: float = 1.0  # seconds between interaction-log flushes (what a kill -9 can lose)
 
     def __post_init__(self) -> None:
@@ -340,7 +339,7 @@ class Bridge:
         self._reaper = loop.create_task(self._reap_idle())
         self._flusher = loop.create_task(self._flush_log())
         if self.service.online:
-            self.service.start_background_training(self.config.train_interval, nice=self.config.trainer_nice)
+            self.service.start_background_training(self.config.train_interval)
         log.info("npcadapt bridge listening on %s:%d", self.config.host, self.port)
         return self.port
 

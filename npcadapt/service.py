@@ -16,7 +16,6 @@ import os
 import sys
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +26,9 @@ from .engine import Engine, single_row
 from .episodes import EpisodeTracker
 from .errors import InvalidInputError
 from .log import InteractionLog
-from .training.online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
+from .training.online import OnlineConfig, PlayerUpdate
+from .training.trainer_host import InProcessTrainer
+from .training.trainer_process import TrainerProcess
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,16 @@ class Service:
         data_dir: str | Path,
         *,
         online: OnlineConfig | None = OnlineConfig(),
+        trainer_process: bool = False,
+        trainer_nice: int = 10,
         record: bool = True,
         log_segment_bytes: int = 64 * 2**20,
         **engine_options,
     ):
         """`online` None disables training; `record` False disables the interaction log.
+        `trainer_process` runs online updates in a child process (at `trainer_nice`) instead
+        of the calling thread: what a server wants, so training never holds the GIL that
+        decisions need (see training/trainer_process.py).
 
         Other options go to :class:`~npcadapt.engine.Engine`: archetype_dirs, capacity,
         adapter_dtype, device, seed, compile.
@@ -60,11 +66,16 @@ class Service:
         self.online = online
         self.tracker = EpisodeTracker()
         runtimes = {name: self.engine.runtime(name) for name in self.engine.archetypes}
-        self.trainers = {name: OnlineTrainer(rt.policy, rt.layout, online) for name, rt in runtimes.items()} if online else {}
+        # each player's optimizer state is kept by the trainer, bounded like the adapter bank
+        capacity = sum(rt.bank.capacity for rt in runtimes.values())
+        self.trainer_nice = trainer_nice
+        self.trainer: InProcessTrainer | TrainerProcess | None = None
+        if online and trainer_process:
+            archetypes = {name: rt.archetype for name, rt in runtimes.items()}
+            self.trainer = TrainerProcess(archetypes, online, capacity, device=str(self.engine.device), nice=trainer_nice)
+        elif online:
+            self.trainer = InProcessTrainer({name: (rt.policy, rt.layout) for name, rt in runtimes.items()}, online, capacity)
         self._train_lock = threading.Lock()
-        # each player's optimizer state, in memory (lost on restart), bounded like the adapter bank
-        self._opt_states: OrderedDict[tuple[str, str], OptimizerState] = OrderedDict()
-        self._opt_capacity = sum(rt.bank.capacity for rt in runtimes.values())
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0}
@@ -146,36 +157,32 @@ class Service:
                 flat = self.engine.adapter_row(archetype, player)
                 if flat is None:
                     flat = self.engine.fresh_adapter_row(archetype, player)
-                state = self._opt_states.get((archetype, player))
-                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes, state))
+                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
             done = 0
             for archetype, items in by_arch.items():
-                for outcome in self.trainers[archetype].update(items):
+                for outcome in self.trainer.update(archetype, items):
                     if outcome.params is None:
                         self.counters["skipped_updates"] += 1
                         continue
-                    self.engine.set_adapter_row(archetype, outcome.player, outcome.params, updates=1)
-                    self._remember_state(archetype, outcome.player, outcome.state)
+                    self.engine.put_adapter_row(archetype, outcome.player, outcome.params, updates=1)
                     self.counters["updates"] += 1
                     self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
                     done += 1
             return done
 
-    def _remember_state(self, archetype: str, player: str, state: OptimizerState) -> None:
-        key = (archetype, player)
-        self._opt_states[key] = state
-        self._opt_states.move_to_end(key)
-        while len(self._opt_states) > self._opt_capacity:
-            self._opt_states.popitem(last=False)
-
-    def start_background_training(self, interval: float = 0.05, *, nice: int = 0) -> None:
+    def start_background_training(self, interval: float = 0.05) -> None:
         """Run `train_pending` in a daemon thread while decisions keep being served.
 
-        ``nice`` > 0 raises that thread's nice value (per thread on Linux), so on a busy
-        machine the scheduler runs decisions first; torch releases the GIL inside its ops.
+        With the in-process trainer the thread does the training, so its nice value is
+        raised by `trainer_nice` (per thread on Linux) and on a busy machine the scheduler
+        runs decisions first. With a trainer process the child has that priority instead;
+        this thread only moves episodes and adapters, holding the GIL briefly, and stays at
+        normal priority: lowered, it could be descheduled while holding the GIL that
+        decisions wait for.
         """
         if self._background is not None:
             return
+        nice = self.trainer_nice if isinstance(self.trainer, InProcessTrainer) else 0
         self._stop.clear()
 
         def loop() -> None:
@@ -203,7 +210,8 @@ class Service:
         """Erase the player's adapter and pending episodes: they get the base policy again."""
         with self._train_lock:
             self.tracker.forget_player(archetype, player)
-            self._opt_states.pop((archetype, player), None)
+            if self.trainer is not None:
+                self.trainer.forget(archetype, player)
             return self.engine.reset_player(archetype, player)
 
     def stats(self) -> dict:
@@ -218,6 +226,8 @@ class Service:
 
     def close(self) -> None:
         self.stop_background_training()
+        if self.trainer is not None:
+            self.trainer.close()
         try:
             self.engine.close()
         finally:

@@ -255,21 +255,6 @@ def test_replies_of_one_batch_go_out_as_one_write_per_connection(tmp_path):
             Connection.send = original
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux behaviour")
-def test_trainer_thread_runs_at_lower_priority(tmp_path):
-    with RunningBridge(tmp_path / "d", ServerConfig(port=0, trainer_nice=7)):
-        deadline = time.monotonic() + 10
-        thread = None
-        while thread is None and time.monotonic() < deadline:
-            thread = next((t for t in threading.enumerate() if t.name == "npcadapt-online-trainer"), None)
-        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        while os.getpriority(os.PRIO_PROCESS, thread.native_id) == base and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(base + 7, 19)
-        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # the server itself is untouched
-    assert not thread.is_alive()
-
-
 def test_a_burst_of_feedback_is_one_batch_and_refuses_exactly_what_one_by_one_would(tmp_path):
     import npcadapt
     from npcadapt.log import read_records

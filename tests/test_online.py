@@ -61,7 +61,7 @@ def test_adaptation_improves_one_player_and_leaves_others_bit_identical(svc):
 
 
 def test_batched_update_equals_each_player_alone(svc):
-    trainer = svc.trainers["tiny"]
+    trainer = svc.trainer.trainers["tiny"]
     rt = svc.engine.runtime("tiny")
     rng = np.random.default_rng(2)
 
@@ -95,7 +95,7 @@ def test_batched_update_equals_each_player_alone(svc):
 
 
 def test_empty_episodes_are_ignored_and_never_poison_the_evidence(svc):
-    trainer = svc.trainers["tiny"]
+    trainer = svc.trainer.trainers["tiny"]
     rt = svc.engine.runtime("tiny")
     rng = np.random.default_rng(7)
 
@@ -124,11 +124,11 @@ def test_empty_episodes_are_ignored_and_never_poison_the_evidence(svc):
 def test_optimizer_state_is_carried_per_player(svc):
     """Each player's Adam moments and evidence count travel from one update to the next."""
     play(svc, ["ann", "bob"], episodes=8)
-    states = {p: svc._opt_states[("tiny", p)] for p in ("ann", "bob")}
+    states = {p: svc.trainer.states[("tiny", p)] for p in ("ann", "bob")}
     assert states["ann"].episodes == 8 and states["ann"].steps == 8 // svc.online.episodes_per_update * svc.online.epochs
     assert not torch.equal(states["ann"].exp_avg, states["bob"].exp_avg)
     svc.reset_player("tiny", "ann")
-    assert ("tiny", "ann") not in svc._opt_states and ("tiny", "bob") in svc._opt_states
+    assert ("tiny", "ann") not in svc.trainer.states and ("tiny", "bob") in svc.trainer.states
 
 
 def test_nan_update_is_skipped_and_last_good_adapter_kept(svc):
@@ -137,7 +137,7 @@ def test_nan_update_is_skipped_and_last_good_adapter_kept(svc):
     good = {p: rt.layout.pack(svc.engine.get_adapter("tiny", p)) for p in ("ann", "bob")}
     ep_bad = Episode("tiny", "ann", "n", obs=[OBS[0]], mask=[None], action=[1], logp=[-1.0], value=[0.0], reward=[float("nan")], decision=[0])
     ep_ok = Episode("tiny", "bob", "n", obs=[OBS[0], OBS[1]], mask=[None, None], action=[1, 0], logp=[-1.0, -1.0], value=[0.0, 0.0], reward=[1.0, 0.0], decision=[0, 0])
-    outcomes = svc.trainers["tiny"].update([PlayerUpdate("ann", good["ann"], [ep_bad]), PlayerUpdate("bob", good["bob"], [ep_ok])])
+    outcomes = svc.trainer.trainers["tiny"].update([PlayerUpdate("ann", good["ann"], [ep_bad]), PlayerUpdate("bob", good["bob"], [ep_ok])])
     assert outcomes[0].params is None and "non-finite" in outcomes[0].skipped
     assert outcomes[1].params is not None and not torch.equal(outcomes[1].params, good["bob"])
     # through the service: a NaN reward is refused at the door and nothing changes
@@ -226,12 +226,12 @@ def test_validation_gate_serves_consistent_players_and_keeps_noise_at_base(svc):
     rt = svc.engine.runtime("tiny")
     scalable = rt.layout.scalable_mask()
     play_consistent_and_noisy(svc, episodes=svc.online.episodes_per_update)  # one update
-    first = svc._opt_states[("tiny", "zed")]
+    first = svc.trainer.states[("tiny", "zed")]
     served = rt.layout.pack(svc.engine.get_adapter("tiny", "zed"))
     assert first.gate == 0.0 and not served[scalable].any()  # no evidence yet: the base is served
     assert first.iterate[scalable].any()  # ... while the trained adapter already moved
     play_consistent_and_noisy(svc, episodes=36, seed=5)
-    ann, zed = svc._opt_states[("tiny", "ann")], svc._opt_states[("tiny", "zed")]
+    ann, zed = svc.trainer.states[("tiny", "ann")], svc.trainer.states[("tiny", "zed")]
     assert ann.gate > 0.5 and ann.gate_n >= 16
     assert zed.gate < 0.5 and not zed.gate_locked
     assert kl_to_base(svc, "ann") > 0.5
@@ -243,10 +243,10 @@ def test_validation_gate_keeps_serving_an_adapter_restored_without_trainer_state
     first = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], seed=0, online=config)
     play(first, ["ann"], episodes=24)
     trained = policy_probs(first, "ann")[:, FAVOURITE["ann"]].mean()
-    assert first._opt_states[("tiny", "ann")].gate > 0.5
+    assert first.trainer.states[("tiny", "ann")].gate > 0.5
     first.close()
     again = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], seed=1, online=config)  # optimizer states are not persisted
     play(again, ["ann"], episodes=4)  # one update, with no evidence carried over
-    assert again._opt_states[("tiny", "ann")].gate == 1.0
+    assert again.trainer.states[("tiny", "ann")].gate == 1.0
     assert policy_probs(again, "ann")[:, FAVOURITE["ann"]].mean() > trained - 0.1
     again.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -258,6 +260,28 @@ def test_signal_flushes_log_and_adapters(tmp_path, sig):
     assert list((tmp_path / "d" / "adapters" / "duelist").rglob("*.safetensors"))
 
 
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the trainer process in /proc")
 def test_kill_9_recovers_log_and_complete_adapters(tmp_path):
     from npcadapt.log import InteractionLog
     from npcadapt.store import AdapterStore
@@ -266,13 +290,22 @@ def test_kill_9_recovers_log_and_complete_adapters(tmp_path):
     try:
         _play(port)
         with Client(port=port) as c:
+            deadline = time.monotonic() + 20
+            while c.stats()["updates"] < 1 and time.monotonic() < deadline:  # the trainer process is up
+                time.sleep(0.05)
             c.flush()
             _play(port, episodes=2)  # more, unflushed work in flight
+        children = _children(proc.pid)
+        assert children  # the online trainer process
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
         if proc.poll() is None:
             proc.kill()
+    deadline = time.monotonic() + 10  # the trainer sees its input close and exits too
+    while any(_running(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_running(pid) for pid in children)
     log = InteractionLog(tmp_path / "d" / "logs")  # recovers a torn tail if any
     log.close()
     records = list(read_records(tmp_path / "d" / "logs"))  # raises on corruption

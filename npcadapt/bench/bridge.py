@@ -17,14 +17,17 @@ sends); archetype ``duelist`` (8 floats, 8 actions). Phases, ``seconds_per_phase
 - ``batched_decisions_per_s``: 8 connections, each keeping 4 ``act_batch`` requests of
   64 rows (64 distinct players per request) in flight.
 - ``act_p99_ms_while_training``: the light-load measurement again while a driver process
-  plays 64 players' 4-step episodes (an ``act_batch`` of the 64 every 10 ms; after each
-  episode's last reply one ``feedback`` notification per player with ``done``), so the
-  online trainer keeps updating adapters; ``training_updates`` counts the updates made
-  during the measurement. The same driver without ``done`` (the same load, no episode
-  ever completes, no training) gives ``act_p99_ms_same_load_no_training``, which
-  separates the trainer's cost from the driver's requests.
+  plays ``driver_players`` players' 4-step episodes (default 16; an ``act_batch`` of them
+  every 10 ms; after each episode's last reply one ``feedback`` notification per player
+  with ``done``), so the online trainer keeps updating adapters (every player every 4
+  episodes); ``training_updates`` counts the updates made during the measurement. The
+  same driver without ``done`` (the same load, no episode ever completes, no training)
+  gives ``act_p99_ms_same_load_no_training``, which separates the trainer's cost from
+  the driver's requests. ``trainer`` says where the server trains (``serve --trainer``:
+  a child process by default, or a thread).
 
-Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N]``: one JSON line.
+Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N] [--driver-players N]
+[--trainer process|thread]``: one JSON line.
 """
 
 from __future__ import annotations
@@ -48,8 +51,8 @@ import numpy as np
 ARCHETYPE = "duelist"
 OBS_DIM = 8
 _READY = re.compile(r"bridge on [\d.]+:(\d+)")
-# The episode driver of the training phases: 64 players, 4-step episodes, a step per 10 ms.
-DRIVER = {"players": 64, "steps": 4, "interval": 0.01}
+# The episode driver of the training phases: 4-step episodes, a step per 10 ms.
+DRIVER_STEPS, DRIVER_INTERVAL = 4, 0.01
 
 
 # -- request bytes --------------------------------------------------------------------------
@@ -298,13 +301,13 @@ def _ratio(times: np.ndarray, reference: np.ndarray) -> float:
 
 
 def _light_while_driving(
-    ctx, port: int, request: bytes, seconds: float, finish: bool
+    ctx, port: int, request: bytes, seconds: float, finish: bool, players: int
 ) -> tuple[np.ndarray, dict]:
     """Light-load round trips while a driver process plays episodes; returns times and stat deltas."""
     ready, stop = ctx.Event(), ctx.Event()
     driver = ctx.Process(
         target=_drive_episodes,
-        args=(port, DRIVER["players"], DRIVER["steps"], DRIVER["interval"], finish, ready, stop),
+        args=(port, players, DRIVER_STEPS, DRIVER_INTERVAL, finish, ready, stop),
         daemon=True,
     )
     driver.start()
@@ -325,11 +328,18 @@ def _light_while_driving(
     return times, {**delta, "seconds": elapsed}
 
 
-def run(seconds_per_phase: float = 3.0, *, server_threads: int | None = 1) -> dict:
+def run(
+    seconds_per_phase: float = 3.0,
+    *,
+    server_threads: int | None = 1,
+    driver_players: int = 16,
+    trainer: str = "process",
+) -> dict:
     """Measure every figure (see the module docstring); about 13 x `seconds_per_phase` + start-up.
 
     `server_threads` sets OMP_NUM_THREADS (torch's intra-op threads) for the server
-    process; None leaves torch's default (one per core).
+    process; None leaves torch's default (one per core). `driver_players` sizes the
+    training phases' episode driver; `trainer` is the server's ``--trainer``.
     """
     rng = np.random.default_rng(0)
     ctx = mp.get_context("spawn")
@@ -338,10 +348,12 @@ def run(seconds_per_phase: float = 3.0, *, server_threads: int | None = 1) -> di
         "benchmark": "bridge",
         "seconds_per_phase": seconds_per_phase,
         "server_threads": server_threads,
+        "driver_players": driver_players,
+        "trainer": trainer,
     }
     env = None if server_threads is None else {"OMP_NUM_THREADS": str(server_threads)}
     with tempfile.TemporaryDirectory(prefix="npcadapt-bench-bridge-") as tmp:
-        server, port = start_server(Path(tmp) / "data", env=env)
+        server, port = start_server(Path(tmp) / "data", "--trainer", trainer, env=env)
         echo, echo_port = start_echo(ctx)
         try:
             acts = round_trips(port, light, seconds_per_phase, echo=False)
@@ -368,9 +380,11 @@ def run(seconds_per_phase: float = 3.0, *, server_threads: int | None = 1) -> di
             )
 
             loaded, control = _light_while_driving(
-                ctx, port, light, seconds_per_phase, finish=False
+                ctx, port, light, seconds_per_phase, False, driver_players
             )
-            trained, work = _light_while_driving(ctx, port, light, seconds_per_phase, finish=True)
+            trained, work = _light_while_driving(
+                ctx, port, light, seconds_per_phase, True, driver_players
+            )
             result.update(
                 act_p50_ms_while_training=_ms(trained, 50),
                 act_p99_ms_while_training=_ms(trained, 99),
@@ -397,8 +411,12 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="OMP_NUM_THREADS of the server process (default 1; 0 = torch's default)",
     )
+    parser.add_argument("--driver-players", type=int, default=16, help="players of the training driver")
+    parser.add_argument("--trainer", choices=("process", "thread"), default="process")
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.seconds, server_threads=args.server_threads or None)))
+    result = run(args.seconds, server_threads=args.server_threads or None,
+                 driver_players=args.driver_players, trainer=args.trainer)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

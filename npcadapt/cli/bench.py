@@ -21,7 +21,8 @@ def _cmd_bench(args) -> int:
     elif args.which == "bridge":
         from ..bench.bridge import run
 
-        result = run(args.seconds, server_threads=args.server_threads or None)
+        result = run(args.seconds, server_threads=args.server_threads or None,
+                     driver_players=args.driver_players, trainer=args.trainer)
     elif args.which == "fit":
         from ..bench.fit import run
 
@@ -60,6 +61,8 @@ def add_bench(sub) -> None:
     br = bsub.add_parser("bridge", help="socket bridge latency and throughput vs a raw asyncio echo")
     br.add_argument("--seconds", type=float, default=3.0, help="seconds per load phase")
     br.add_argument("--server-threads", type=int, default=1, help="torch threads of the server (0: torch's default)")
+    br.add_argument("--driver-players", type=int, default=16, help="players of the episode driver in the training phases")
+    br.add_argument("--trainer", choices=("process", "thread"), default="process", help="the server's --trainer")
     ft = bsub.add_parser("fit", help="players fitted per second by train adapters: local vs Ray 1 and 2 workers")
     ft.add_argument("--players", type=int, default=32)
     ft.add_argument("--episodes", type=int, default=20)

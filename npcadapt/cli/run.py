@@ -57,10 +57,10 @@ def _cmd_serve(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # small batches: more threads only contend with the trainer
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
-                          idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3,
-                          trainer_nice=args.trainer_nice)
+                          idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3)
     service = Service(args.data, archetype_dirs=archetype_dirs(args), seed=args.seed,
-                      online=None if args.no_adapt else online_config(args), compile=args.compile)
+                      online=None if args.no_adapt else online_config(args), compile=args.compile,
+                      trainer_process=args.trainer == "process", trainer_nice=args.trainer_nice)
 
     def ready(port: int) -> None:
         print(f"npcadapt bridge on {args.host}:{port} (data {args.data}); archetypes: {', '.join(sorted(service.archetypes))}", flush=True)
@@ -83,8 +83,11 @@ def add_serve(sub) -> None:
     p.add_argument("--no-adapt", action="store_true", help="serve without online adaptation")
     p.add_argument("--compile", action="store_true", help="torch.compile the batched forward")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1; 0 keeps torch's default)")
+    p.add_argument("--trainer", choices=("process", "thread"), default="process",
+                   help="where online updates run: a child process (default; never holds the server's GIL) "
+                        "or a thread of the server process")
     p.add_argument("--trainer-nice", type=int, default=10,
-                   help="added to the online trainer thread's nice value (Linux) so decisions come first")
+                   help="added to the online trainer's nice value (Linux) so decisions come first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
     p.set_defaults(func=_cmd_serve)

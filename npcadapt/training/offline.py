@@ -162,7 +162,7 @@ def fit_adapters(
     for results in run(jobs):
         for p, (flat, row) in results.items():
             if not torch.equal(flat, starts[p]):
-                engine.set_adapter_row(archetype, p, flat, updates=config.epochs)
+                engine.put_adapter_row(archetype, p, flat, updates=config.epochs)
             done_rows[p] = row
         engine.flush()
         _save_state(state_file, state)

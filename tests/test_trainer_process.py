@@ -1,0 +1,131 @@
+"""Online training in a child process: same adapters as in process, forget, death, priority, shutdown."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from test_online import FAVOURITE, play
+
+import npcadapt
+from npcadapt.training.online import OnlineConfig
+from npcadapt.training.trainer_process import TrainerProcess, TrainerProcessError
+
+CONFIG = OnlineConfig(kl_bound=3.0)
+
+
+def open_service(tmp_path, arch_root, name, **options):
+    return npcadapt.open(tmp_path / name, archetype_dirs=[arch_root], seed=0, online=CONFIG, **options)
+
+
+def rows(svc, players=("ann", "bob")):
+    return {p: svc.engine.adapter_row("tiny", p) for p in players}
+
+
+def test_process_trainer_gives_the_in_process_adapters_bit_for_bit(tmp_path, arch_root):
+    """Several updates (Adam moments, validation evidence carried in the child), a reset in
+    between (the child forgets that player's state): every adapter identical to in-process."""
+    results = {}
+    for name, in_child in (("thread", False), ("child", True)):
+        with open_service(tmp_path, arch_root, name, trainer_process=in_child) as svc:
+            play(svc, ["ann", "bob"], episodes=12)
+            svc.reset_player("tiny", "ann")
+            play(svc, ["ann", "bob"], episodes=8, rng=np.random.default_rng(3))
+            results[name] = (rows(svc), dict(svc.counters), svc.adapter_info("tiny", "ann").version)
+    (thread_rows, thread_counters, thread_version), (child_rows, child_counters, child_version) = results.values()
+    assert thread_counters["updates"] == child_counters["updates"] == 3 * 2 + 2 * 2
+    assert thread_version == child_version == 2  # ann's adapter restarted from the reset
+    for player in ("ann", "bob"):
+        assert torch.equal(thread_rows[player], child_rows[player])
+        assert thread_rows[player].abs().sum() > 0
+
+
+def test_learning_through_the_child_changes_behaviour(tmp_path, arch_root):
+    with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
+        rt = svc.engine.runtime("tiny")
+        obs = np.random.default_rng(0).standard_normal((32, 6)).astype(np.float32)
+        before = svc.action_probs("tiny", ["ann"] * 32, obs)[:, FAVOURITE["ann"]].mean()
+        play(svc, ["ann"], episodes=40)
+        after = svc.action_probs("tiny", ["ann"] * 32, obs)[:, FAVOURITE["ann"]].mean()
+        assert after > before + 0.3
+        assert rt.bank.meta("ann").updates == 10
+
+
+def test_a_trainer_process_found_dead_is_replaced_with_a_warning(tmp_path, arch_root, caplog):
+    with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
+        play(svc, ["ann"], episodes=4)
+        svc.trainer._proc.kill()
+        svc.trainer._proc.wait()
+        play(svc, ["ann"], episodes=4)  # the episodes go to a new child
+        assert svc.counters["updates"] == 2 and svc.adapter_info("tiny", "ann").version == 2
+        assert "starting a new online trainer process" in caplog.text
+
+
+def test_a_trainer_process_dying_mid_update_is_an_error_and_the_next_update_works(tmp_path, arch_root):
+    with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
+        play(svc, ["ann"], episodes=4)
+        trainer, alive = svc.trainer, svc.trainer._alive
+
+        def alive_then_killed():
+            alive()
+            trainer._proc.kill()
+            trainer._proc.wait()
+
+        trainer._alive = alive_then_killed
+        play(svc, ["ann"], episodes=4, train=False)
+        with pytest.raises(TrainerProcessError, match="exited"):
+            svc.train_pending()
+        assert svc.adapter_info("tiny", "ann").version == 1  # the served adapter is untouched
+        trainer._alive = alive
+        play(svc, ["ann"], episodes=4)  # a new child takes over
+        assert svc.counters["updates"] == 2 and svc.adapter_info("tiny", "ann").version == 2
+
+
+def test_the_child_refuses_an_archetype_that_changed_on_disk(tmp_path, arch_root):
+    from npcadapt.archetypes import load_archetype
+
+    arch = load_archetype(arch_root / "tiny")
+    items = []
+    trainer = TrainerProcess({"tiny": replace(arch, base_hash="0" * 16)}, CONFIG, capacity=8)
+    try:
+        with pytest.raises(TrainerProcessError, match="changed on disk"):
+            trainer.update("tiny", items)
+    finally:
+        trainer.close()
+
+
+def test_close_ends_the_child(tmp_path, arch_root):
+    svc = open_service(tmp_path, arch_root, "d", trainer_process=True)
+    play(svc, ["ann"], episodes=4)
+    proc = svc.trainer._proc
+    svc.close()
+    assert proc.returncode == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values per thread are Linux behaviour")
+@pytest.mark.parametrize("in_child", [False, True])
+def test_the_trainer_runs_at_lower_priority_and_serving_does_not(tmp_path, arch_root, in_child):
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with open_service(tmp_path, arch_root, "d", trainer_process=in_child, trainer_nice=7) as svc:
+        svc.start_background_training(interval=0.01)
+        thread = next(t for t in threading.enumerate() if t.name == "npcadapt-online-trainer")
+        deadline = time.monotonic() + 10
+        if in_child:
+            play(svc, ["ann"], episodes=4, train=False)
+            while svc.counters["updates"] < 1 and time.monotonic() < deadline:  # the child is up
+                time.sleep(0.01)
+            assert os.getpriority(os.PRIO_PROCESS, svc.trainer._proc.pid) == min(base + 7, 19)
+            # the thread that hands the child its work holds the GIL briefly: it stays at normal priority
+            assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == base
+        else:
+            while os.getpriority(os.PRIO_PROCESS, thread.native_id) == base and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(base + 7, 19)
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # decisions keep theirs
+    assert not thread.is_alive()
