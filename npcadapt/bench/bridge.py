@@ -20,11 +20,12 @@ sends); archetype ``duelist`` (8 floats, 8 actions). Phases, ``seconds_per_phase
   plays ``driver_players`` players' 4-step episodes (default 16; an ``act_batch`` of them
   every 10 ms; after each episode's last reply one ``feedback`` notification per player
   with ``done``), so the online trainer keeps updating adapters (every player every 4
-  episodes); ``training_updates`` counts the updates made during the measurement. The
-  same driver without ``done`` (the same load, no episode ever completes, no training)
-  gives ``act_p99_ms_same_load_no_training``, which separates the trainer's cost from
-  the driver's requests. ``trainer`` says where the server trains (``serve --trainer``:
-  a child process by default, or a thread).
+  episodes); ``training_updates`` counts the updates made during the measurement. Then
+  the same driver with the same players (now with adapters) without ``done`` (the same
+  requests at the same cost, no episode ever completes, no training) gives
+  ``act_p99_ms_same_load_no_training``, which separates the trainer's cost from the
+  driver's requests. ``trainer`` says where the server trains (``serve --trainer``: a
+  child process by default, or a thread).
 
 Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N] [--driver-players N]
 [--trainer process|thread]``: one JSON line.
@@ -174,7 +175,7 @@ def _drive_episodes(
     import socket
 
     rng = np.random.default_rng(1)
-    names = [f"{'trainee' if finish else 'control'}-{i}" for i in range(players)]
+    names = [f"driver-{i}" for i in range(players)]
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
     unpacker = msgpack.Unpacker()
     while not stop.is_set():
@@ -379,11 +380,11 @@ def run(
                 64 * asyncio.run(_pipelined(port, batches, 4, seconds_per_phase))
             )
 
-            loaded, control = _light_while_driving(
-                ctx, port, light, seconds_per_phase, False, driver_players
-            )
             trained, work = _light_while_driving(
                 ctx, port, light, seconds_per_phase, True, driver_players
+            )
+            loaded, control = _light_while_driving(  # the same players, adapters and requests
+                ctx, port, light, seconds_per_phase, False, driver_players
             )
             result.update(
                 act_p50_ms_while_training=_ms(trained, 50),
