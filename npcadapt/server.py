@@ -57,10 +57,13 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     train_interval: float = 0.05  # background online training poll, seconds
     flush_interval: float = 1.0  # seconds between interaction-log flushes (what a kill -9 can lose)
+    busy_poll: float = 0.0  # seconds the event loop keeps polling, not sleeping, after bytes arrive; 0 = off
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
             raise NpcAdaptError(f"refusing to bind {self.host!r} without --token: only loopback may be served unauthenticated")
+        if not 0.0 <= self.busy_poll <= 1.0:
+            raise InvalidInputError(f"busy_poll must be between 0 and 1 second, got {self.busy_poll!r}")
 
 
 def is_loopback(host: str) -> bool:
@@ -200,6 +203,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.bridge.config.busy_poll:
+            self.bridge.keep_polling()
         try:
             events = self.rpc.receive_data(data)
         except ProtocolError as exc:
@@ -328,11 +333,14 @@ class Bridge:
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
         self._flusher: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._poll_until = 0.0
+        self._polling = False
         self.port: int | None = None
 
     async def start(self) -> int:
         """Listen; returns the bound port. Online training runs in a background thread."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.batcher = MicroBatcher(loop, self.methods, self.config, self.stats)
         self._server = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -342,6 +350,22 @@ class Bridge:
             self.service.start_background_training(self.config.train_interval)
         log.info("npcadapt bridge listening on %s:%d", self.config.host, self.port)
         return self.port
+
+    def keep_polling(self) -> None:
+        """Busy polling: for `busy_poll` seconds after the latest bytes, the loop turns without
+        sleeping, so the next request finds the process awake and its caches warm (on the
+        2-core benchmark machine: light-load p50 0.175 -> 0.13 ms). Costs up to that much
+        CPU per burst of requests; off by default."""
+        self._poll_until = time.perf_counter() + self.config.busy_poll
+        if not self._polling:
+            self._polling = True
+            self._loop.call_soon(self._poll)
+
+    def _poll(self) -> None:
+        if time.perf_counter() < self._poll_until:
+            self._loop.call_soon(self._poll)  # a ready callback makes the next select non-blocking
+        else:
+            self._polling = False
 
     async def _reap_idle(self) -> None:
         period = max(min(self.config.idle_timeout / 4, 5.0), 0.01)
@@ -353,11 +377,15 @@ class Bridge:
                 conn.close()
 
     async def _flush_log(self) -> None:
+        """Flush the interaction log every `flush_interval` in a worker thread: the write and
+        the fsync never stall the event loop (appends wait only while the buffer is handed
+        to the OS, not for the disk)."""
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.config.flush_interval)
             if self.service.log is not None:
                 try:
-                    self.service.log.flush()
+                    await loop.run_in_executor(None, self.service.log.flush)
                 except NpcAdaptError as exc:  # e.g. disk full: keep serving, keep the records buffered
                     log.error("interaction log flush failed: %s", exc)
 

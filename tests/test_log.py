@@ -363,3 +363,48 @@ def test_write_failure_keeps_records_buffered_for_retry(tmp_path: Path) -> None:
 def test_missing_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(LogError, match="nowhere"):
         list(read_records(tmp_path / "nowhere"))
+
+
+def test_fsync_runs_outside_the_lock_so_appends_never_wait_for_the_disk(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    log = InteractionLog(tmp_path, fsync_on_flush=True)
+    log.append(small(0))
+    in_fsync, release = threading.Event(), threading.Event()
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:
+        in_fsync.set()
+        assert release.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", slow_fsync)
+    flusher = threading.Thread(target=log.flush)
+    flusher.start()
+    assert in_fsync.wait(10)
+    appended = threading.Thread(target=log.append, args=(small(1),))  # while the disk is "busy"
+    appended.start()
+    appended.join(2)
+    assert not appended.is_alive()  # did not wait for the fsync
+    release.set()
+    flusher.join(10)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    log.close()
+    assert list(read_records(tmp_path)) == [small(0), small(1)]
+
+
+def test_fsync_failure_is_named(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    log = InteractionLog(tmp_path, fsync_on_flush=True)
+    log.append(small(0))
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(LogError, match="cannot fsync log segment .*Input/output error"):
+        log.flush()
+    monkeypatch.undo()
+    log.close()
+    assert list(read_records(tmp_path)) == [small(0)]

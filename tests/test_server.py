@@ -386,3 +386,61 @@ def test_binary_act_batch_names_the_bad_row(server):
     assert reply[2][0] == INVALID_PARAMS and reply[2][1].startswith("row 2") and "NaN" in reply[2][1]
     reply = raw_call(sock, [0, 2, "act_batch", ["duelist", rows[:2]]])
     assert reply[2] is None and len(reply[3]) == 2
+
+
+def test_a_slow_disk_never_stalls_decisions(tmp_path, monkeypatch):
+    """The periodic log flush (write + fsync) runs in a worker thread: while an fsync takes
+    a second, act round trips stay fast."""
+    real_fsync, fsyncs = os.fsync, []
+
+    def slow_fsync(fd):
+        fsyncs.append(time.monotonic())
+        time.sleep(1.0)
+        real_fsync(fd)
+
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, flush_interval=0.05)) as running:
+        monkeypatch.setattr(os, "fsync", slow_fsync)
+        worst = 0.0
+        with Client(port=running.port) as c:
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end:
+                start = time.monotonic()
+                c.act("duelist", "ann", "n", OBS)
+                worst = max(worst, time.monotonic() - start)
+        monkeypatch.setattr(os, "fsync", real_fsync)
+    assert fsyncs and fsyncs[0] < end - 1.0  # a slow fsync really overlapped the decisions
+    assert worst < 0.3
+
+
+def test_busy_polling_spins_for_its_window_then_sleeps(tmp_path):
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, busy_poll=0.05)) as running:
+        bridge, turns = running.bridge, []
+        poll = bridge._poll
+
+        def counted():
+            turns.append(time.perf_counter())
+            poll()
+
+        bridge._poll = counted
+        with Client(port=running.port) as c:
+            c.act("duelist", "ann", "n", OBS)
+            time.sleep(0.3)
+            assert not bridge._polling
+            spun = len(turns)
+            assert spun > 10 and turns[-1] - turns[0] < 0.15  # the loop turned without sleeping, ~50 ms
+            time.sleep(0.1)
+            assert len(turns) == spun  # ... then stopped: an idle server does not burn CPU
+            c.act("duelist", "ann", "n", OBS)  # new bytes start it again
+            time.sleep(0.1)
+            assert len(turns) > spun
+    with RunningBridge(tmp_path / "e") as running:  # off by default
+        with Client(port=running.port) as c:
+            c.act("duelist", "ann", "n", OBS)
+        assert not running.bridge._polling and running.bridge.config.busy_poll == 0
+
+
+def test_busy_poll_setting_is_checked():
+    from npcadapt.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError, match="busy_poll"):
+        ServerConfig(port=0, busy_poll=5.0)

@@ -183,7 +183,7 @@ def _drive_episodes(
             started = time.perf_counter()
             sock.sendall(act_batch_request(names, rng))
             while (reply := next(unpacker, None)) is None:
-                unpacker.feed(sock.recv(1 << 20))
+                unpacker.feed(_recv(sock, 1 << 20))
             if reply[2] is not None:
                 raise RuntimeError(f"driver act_batch failed: {reply[2]}")
             if step == steps - 1:  # sparse reward: one feedback per episode, after the last reply
@@ -191,6 +191,14 @@ def _drive_episodes(
             time.sleep(max(0.0, interval - (time.perf_counter() - started)))
         ready.set()
     sock.close()
+
+
+def _recv(sock, size: int) -> bytes:
+    """sock.recv that raises when the server closed the connection (instead of spinning on b"")."""
+    data = sock.recv(size)
+    if not data:
+        raise RuntimeError("the server closed the connection during the benchmark")
+    return data
 
 
 # -- measurements ------------------------------------------------------------------------
@@ -217,10 +225,10 @@ def round_trips(
         if echo:
             got = 0
             while got < size:
-                got += len(sock.recv(65536))
+                got += len(_recv(sock, 65536))
         else:
             while (reply := next(unpacker, None)) is None:
-                unpacker.feed(sock.recv(65536))
+                unpacker.feed(_recv(sock, 65536))
             if reply[2] is not None:
                 raise RuntimeError(f"act failed during the benchmark: {reply[2]}")
 
@@ -335,12 +343,14 @@ def run(
     server_threads: int | None = 1,
     driver_players: int = 16,
     trainer: str = "process",
+    busy_poll_us: float = 0.0,
 ) -> dict:
     """Measure every figure (see the module docstring); about 13 x `seconds_per_phase` + start-up.
 
     `server_threads` sets OMP_NUM_THREADS (torch's intra-op threads) for the server
     process; None leaves torch's default (one per core). `driver_players` sizes the
-    training phases' episode driver; `trainer` is the server's ``--trainer``.
+    training phases' episode driver; `trainer` and `busy_poll_us` are the server's
+    ``--trainer`` and ``--busy-poll-us``.
     """
     rng = np.random.default_rng(0)
     ctx = mp.get_context("spawn")
@@ -351,10 +361,13 @@ def run(
         "server_threads": server_threads,
         "driver_players": driver_players,
         "trainer": trainer,
+        "busy_poll_us": busy_poll_us,
     }
     env = None if server_threads is None else {"OMP_NUM_THREADS": str(server_threads)}
     with tempfile.TemporaryDirectory(prefix="npcadapt-bench-bridge-") as tmp:
-        server, port = start_server(Path(tmp) / "data", "--trainer", trainer, env=env)
+        server, port = start_server(
+            Path(tmp) / "data", "--trainer", trainer, "--busy-poll-us", str(busy_poll_us), env=env
+        )
         echo, echo_port = start_echo(ctx)
         try:
             acts = round_trips(port, light, seconds_per_phase, echo=False)
@@ -414,9 +427,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--driver-players", type=int, default=16, help="players of the training driver")
     parser.add_argument("--trainer", choices=("process", "thread"), default="process")
+    parser.add_argument("--busy-poll-us", type=float, default=0.0, help="the server's --busy-poll-us")
     args = parser.parse_args(argv)
     result = run(args.seconds, server_threads=args.server_threads or None,
-                 driver_players=args.driver_players, trainer=args.trainer)
+                 driver_players=args.driver_players, trainer=args.trainer, busy_poll_us=args.busy_poll_us)
     print(json.dumps(result))
 
 

@@ -22,7 +22,7 @@ def _cmd_bench(args) -> int:
         from ..bench.bridge import run
 
         result = run(args.seconds, server_threads=args.server_threads or None,
-                     driver_players=args.driver_players, trainer=args.trainer)
+                     driver_players=args.driver_players, trainer=args.trainer, busy_poll_us=args.busy_poll_us)
     elif args.which == "fit":
         from ..bench.fit import run
 
@@ -63,6 +63,7 @@ def add_bench(sub) -> None:
     br.add_argument("--server-threads", type=int, default=1, help="torch threads of the server (0: torch's default)")
     br.add_argument("--driver-players", type=int, default=16, help="players of the episode driver in the training phases")
     br.add_argument("--trainer", choices=("process", "thread"), default="process", help="the server's --trainer")
+    br.add_argument("--busy-poll-us", type=float, default=0.0, help="the server's --busy-poll-us (default 0: off)")
     ft = bsub.add_parser("fit", help="players fitted per second by train adapters: local vs Ray 1 and 2 workers")
     ft.add_argument("--players", type=int, default=32)
     ft.add_argument("--episodes", type=int, default=20)

@@ -299,12 +299,25 @@ class InteractionLog:
         old.close()
 
     def flush(self) -> None:
-        """Write buffered records to the OS, then fsync if ``fsync_on_flush``."""
+        """Write buffered records to the OS, then fsync if ``fsync_on_flush``.
+
+        The fsync runs outside the lock, on a duplicate of the segment's descriptor, so
+        appends from other threads never wait for the disk; records appended before
+        ``flush`` was called are durable when it returns.
+        """
         with self._lock:
             if self._closed:
                 return
             self._drain()
-            self._sync()
+            if not self._fsync:
+                return
+            fd, path = os.dup(self._file.fileno()), self._path
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise LogError(f"cannot fsync log segment {path}: {_describe_oserror(e)}") from e
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Flush and close; idempotent. The file is closed even if the final flush fails."""
