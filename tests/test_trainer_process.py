@@ -96,6 +96,10 @@ def test_the_child_refuses_an_archetype_that_changed_on_disk(tmp_path, arch_root
     try:
         with pytest.raises(TrainerProcessError, match="changed on disk"):
             trainer.update("tiny", items)
+        assert trainer._proc is None  # the child was stopped ...
+        with pytest.raises(TrainerProcessError, match="changed on disk"):
+            trainer.update("tiny", items)  # ... and later updates fail at once, no new child
+        assert trainer._proc is None
     finally:
         trainer.close()
 

@@ -110,7 +110,9 @@ class TrainerProcess:
 
     The child starts at construction; the first ``update`` waits for it to be ready. If it
     dies, that update raises :class:`TrainerProcessError` and the next one starts a new
-    child (players' optimizer and validation state start afresh, as after a restart).
+    child (players' optimizer and validation state start afresh, as after a restart). If
+    its set-up fails (an archetype changed on disk), every update raises that error: only
+    a restart of the server can fix it.
     """
 
     def __init__(self, archetypes: Mapping[str, Archetype], config: OnlineConfig, capacity: int, *,
@@ -124,10 +126,12 @@ class TrainerProcess:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._ready = False
+        self._setup_error: TrainerProcessError | None = None
         self._start()
 
     def _start(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-c", f"from {__name__} import main; main()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        command = [sys.executable, "-c", f"from {__name__} import main; main()"]
+        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._unpacker = msgpack.Unpacker(max_buffer_size=MAX_MESSAGE)
         self._ready = False
         self._send(self._init)
@@ -160,13 +164,20 @@ class TrainerProcess:
         return TrainerProcessError(f"online trainer process exited (code {code}): {how}; see its messages above")
 
     def _alive(self) -> None:
+        if self._setup_error is not None:
+            raise self._setup_error
         if self._proc is None or self._proc.poll() is not None:
             if self._proc is not None:
                 self._died("found dead")
             log.warning("starting a new online trainer process; players' optimizer state starts afresh")
             self._start()
         if not self._ready:
-            self._receive()  # {"ok": True}, or the child's set-up error
+            try:
+                self._receive()  # {"ok": True}, or the child's set-up error
+            except TrainerProcessError as exc:
+                self._setup_error = exc
+                self._stop_child()
+                raise
             self._ready = True
 
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
@@ -183,19 +194,22 @@ class TrainerProcess:
     def close(self, timeout: float = 10.0) -> None:
         """End of input: the child finishes what it is doing and exits."""
         with self._lock:
-            proc, self._proc = self._proc, None
-            if proc is None:
-                return
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
+            self._stop_child(timeout)
+
+    def _stop_child(self, timeout: float = 10.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
 
 
 # -- child side -------------------------------------------------------------------------------
