@@ -278,9 +278,8 @@ class Engine:
         if arr.shape != (n, obs_dim):
             raise InvalidInputError(f"obs must have shape ({n}, {obs_dim}) (rows, observation length), got {arr.shape}")
         arr = arr.astype(np.float32, copy=False)
-        finite = np.isfinite(arr).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)[:5].tolist()
+        if not np.isfinite(arr).all():
+            bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))[:5].tolist()
             raise InvalidInputError(f"obs rows {bad} contain NaN or infinite values")
         return np.ascontiguousarray(arr)
 
@@ -447,9 +446,8 @@ def derived_seed(*parts: str) -> int:
 
 def _check_logits(logits: np.ndarray) -> None:
     """Finite observations can still overflow the network (e.g. 3e38): refuse, never sample from NaN."""
-    finite = np.isfinite(logits).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)[:5].tolist()
+    if not np.isfinite(logits).all():
+        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))[:5].tolist()
         raise InvalidInputError(f"obs rows {bad} drive the policy to non-finite logits (values far out of range?)")
 
 

@@ -107,9 +107,10 @@ class Service:
                 "t": "decisions", "time": time.time(), "archetype": archetype, "base": rt.archetype.base_hash,
                 "players": list(players), "npcs": npcs, "obs_dim": int(obs_arr.shape[1]),
                 "obs": obs_arr.tobytes(), "mask": None if mask_arr is None else mask_arr.tobytes(),
-                "decision": out.decision.tobytes(), "action": out.action.astype(np.int64).tobytes(),
-                "logp": out.logp.astype(np.float32).tobytes(), "value": out.value.astype(np.float32).tobytes(),
-                "adapter_version": out.adapter_version.astype(np.int64).tobytes(),
+                "decision": out.decision.tobytes(), "action": out.action.astype(np.int64, copy=False).tobytes(),
+                "logp": out.logp.astype(np.float32, copy=False).tobytes(),
+                "value": out.value.astype(np.float32, copy=False).tobytes(),
+                "adapter_version": out.adapter_version.astype(np.int64, copy=False).tobytes(),
             })
         return out
 

@@ -210,10 +210,9 @@ class AdapterBank:
             self._tick += 1
             get = self._slot_of.get
             slots = np.fromiter((get(p, -1) for p in players), dtype=np.int64, count=len(players))
-            missing = np.flatnonzero(slots < 0)
-            if missing.size:
+            if (slots < 0).any():
                 self._last_used[slots[slots > 0]] = self._tick
-                for i in missing:
+                for i in np.flatnonzero(slots < 0):
                     slots[i] = self._resolve(players[i])
             self._last_used[slots] = self._tick
             return slots

@@ -52,6 +52,7 @@ class NumpyForward:
         self.policy = policy
         self.layout = layout
         self.n_actions = policy.actor[-1].out_features
+        self._half = policy.actor[0].out_features  # where the critic's columns start in layer 0
         self._act = _ACTIVATIONS[policy.activation]
         self._params = list(policy.parameters())
         widest = max(lin.in_features * lin.out_features for lin in policy.named_linears().values())
@@ -97,7 +98,7 @@ class NumpyForward:
         w, b = self._weights[0]
         y = mm(obs, w)  # (N, 2 h0)
         y += b
-        half = self.policy.actor[0].out_features  # where the critic's columns start
+        half = self._half
         if rows is not None:
             for head, layer in self._targets.get(0, ()):
                 y[:, head * half : head * half + layer.d_out] += self._delta(obs, rows, layer, mm)
@@ -163,8 +164,9 @@ def decide(
     n = logits.shape[0]
     logp_all, probs = log_probs(logits, mask)  # (A, N) each
     if n <= EXACT_DRAW_ROWS:
-        q = torch.empty(logits.shape, device=generator.device).exponential_(1, generator=generator)  # (N, A)
-        action = (probs / q.cpu().numpy().T).argmax(axis=0)
+        device = generator.device
+        q = torch.empty(logits.shape, device=device).exponential_(1, generator=generator)  # (N, A)
+        action = (probs / (q.numpy() if device.type == "cpu" else q.cpu().numpy()).T).argmax(axis=0)
     else:
         cdf = np.cumsum(probs, axis=0, dtype=np.float64)  # (A, N)
         u = torch.rand(n, dtype=torch.float64, device=generator.device, generator=generator).cpu().numpy()
