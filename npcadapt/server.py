@@ -388,6 +388,8 @@ class Bridge:
                     await loop.run_in_executor(None, self.service.log.flush)
                 except NpcAdaptError as exc:  # e.g. disk full: keep serving, keep the records buffered
                     log.error("interaction log flush failed: %s", exc)
+                except Exception:  # a bug must not stop every later flush
+                    log.exception("interaction log flush failed")
 
     def stats_snapshot(self) -> dict:
         return {**self.stats.snapshot(), **self.service.stats()}

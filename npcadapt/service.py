@@ -28,7 +28,7 @@ from .errors import InvalidInputError
 from .log import InteractionLog
 from .training.online import OnlineConfig, PlayerUpdate
 from .training.trainer_host import InProcessTrainer
-from .training.trainer_process import TrainerProcess
+from .training.trainer_process import TrainerProcess, TrainerProcessError
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,14 @@ class Service:
                 if flat is None:
                     flat = self.engine.fresh_adapter_row(archetype, player)
                 by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
-            done = 0
+            done, failure = 0, None
             for archetype, items in by_arch.items():
-                for outcome in self.trainer.update(archetype, items):
+                try:
+                    outcomes = self.trainer.update(archetype, items)
+                except TrainerProcessError as exc:  # these episodes are lost; other archetypes still train
+                    failure = failure or exc
+                    continue
+                for outcome in outcomes:
                     if outcome.params is None:
                         self.counters["skipped_updates"] += 1
                         continue
@@ -169,6 +174,8 @@ class Service:
                     self.counters["updates"] += 1
                     self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
                     done += 1
+            if failure is not None:
+                raise failure
             return done
 
     def start_background_training(self, interval: float = 0.05) -> None:

@@ -408,3 +408,20 @@ def test_fsync_failure_is_named(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.undo()
     log.close()
     assert list(read_records(tmp_path)) == [small(0)]
+
+
+def test_running_out_of_descriptors_on_flush_is_named(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    log = InteractionLog(tmp_path, fsync_on_flush=True)
+    log.append(small(0))
+
+    def no_fds(fd: int) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "dup", no_fds)
+    with pytest.raises(LogError, match="cannot fsync log segment .*Too many open files"):
+        log.flush()
+    monkeypatch.undo()
+    log.close()
+    assert list(read_records(tmp_path)) == [small(0)]

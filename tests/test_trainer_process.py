@@ -133,3 +133,47 @@ def test_the_trainer_runs_at_lower_priority_and_serving_does_not(tmp_path, arch_
             assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == min(base + 7, 19)
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # decisions keep theirs
     assert not thread.is_alive()
+
+
+def test_reset_with_a_dead_child_still_resets(tmp_path, arch_root):
+    with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
+        play(svc, ["ann"], episodes=4)
+        svc.trainer._proc.kill()
+        svc.trainer._proc.wait()
+        assert svc.reset_player("tiny", "ann")  # forget finds no child to tell: no error
+        assert svc.adapter_info("tiny", "ann") is None
+
+
+def test_a_child_dying_during_set_up_is_not_taken_for_a_refusal(tmp_path, arch_root):
+    with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
+        trainer = svc.trainer
+        trainer._proc.kill()
+        trainer._proc.wait()
+        trainer._proc.poll = lambda: None  # looks alive, so the update waits for its set-up reply
+        play(svc, ["ann"], episodes=4, train=False)
+        with pytest.raises(TrainerProcessError, match="closed its output"):
+            svc.train_pending()
+        assert trainer._setup_error is None
+        play(svc, ["ann"], episodes=4)  # the next update starts a new child
+        assert svc.counters["updates"] == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="stops the child with SIGSTOP")
+def test_a_hung_child_is_stopped_after_the_reply_timeout(tmp_path, arch_root):
+    import signal
+
+    with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
+        play(svc, ["ann"], episodes=4)
+        trainer = svc.trainer
+        trainer.reply_timeout = 0.5
+        hung = trainer._proc
+        os.kill(hung.pid, signal.SIGSTOP)
+        play(svc, ["ann"], episodes=4, train=False)
+        started = time.monotonic()
+        with pytest.raises(TrainerProcessError, match="no reply within"):
+            svc.train_pending()
+        assert time.monotonic() - started < 10
+        assert hung.poll() is not None  # killed
+        trainer.reply_timeout = 600.0  # a new child needs seconds to import torch
+        play(svc, ["ann"], episodes=4)
+        assert svc.counters["updates"] == 2

@@ -311,7 +311,11 @@ class InteractionLog:
             self._drain()
             if not self._fsync:
                 return
-            fd, path = os.dup(self._file.fileno()), self._path
+            path = self._path
+            try:
+                fd = os.dup(self._file.fileno())
+            except OSError as e:  # e.g. out of descriptors
+                raise LogError(f"cannot fsync log segment {path}: {_describe_oserror(e)}") from e
         try:
             os.fsync(fd)
         except OSError as e:

@@ -3,7 +3,7 @@
 In one process, the trainer thread's Python between torch ops holds the interpreter lock
 that the event loop needs to answer a decision; measured on 2 cores, that alone made the
 light-load p99 nearly twice what the same request load gave without training. The child
-(:func:`main`, started as ``python -c``) holds an
+(:func:`main`, started with ``python -c``) holds an
 :class:`~npcadapt.training.trainer_host.InProcessTrainer` (base policies loaded from the
 same archetype directories, their hashes checked; each player's optimizer and validation
 state) and runs at a lower priority; the parent keeps the adapters, the episodes and
@@ -11,7 +11,7 @@ the bank.
 
 Channel: the child's stdin and stdout, one MessagePack map per message, numbers as
 float32/bool byte strings or plain lists (nothing is pickled). The child's own stdout is
-redirected to stderr so a stray print cannot corrupt it.
+redirected to stderr before anything is imported, so a stray print cannot corrupt it.
 
     parent -> child: {"op": "init", ...}     child -> parent: {"ok": true} | {"error": msg}
                      {"op": "update", ...}                    {"outcomes": [...]} | {"error": msg}
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -40,10 +41,15 @@ from .online import OnlineConfig, PlayerUpdate, UpdateOutcome
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1 << 30  # bytes of one message on the channel
+_CAN_SELECT = sys.platform != "win32"  # select() on pipes (for the reply timeout) is POSIX only
 
 
 class TrainerProcessError(NpcAdaptError):
     """The trainer process failed, refused its set-up or died."""
+
+
+class TrainerRefusedError(TrainerProcessError):
+    """The trainer process answered a request with an error (the channel is still in step)."""
 
 
 # -- message codec --------------------------------------------------------------------------
@@ -109,29 +115,36 @@ class TrainerProcess:
     """The InProcessTrainer interface (update / forget / close), run by a child process.
 
     The child starts at construction; the first ``update`` waits for it to be ready. If it
-    dies, that update raises :class:`TrainerProcessError` and the next one starts a new
-    child (players' optimizer and validation state start afresh, as after a restart). If
-    its set-up fails (an archetype changed on disk), every update raises that error: only
-    a restart of the server can fix it.
+    dies, hangs past `reply_timeout` or the channel breaks, that update raises
+    :class:`TrainerProcessError`, the child is stopped, and the next update starts a new
+    one (players' optimizer and validation state start afresh, as after a restart). If
+    the child answers its set-up with an error (an archetype changed on disk), every update
+    raises that error: only a restart of the server can fix it.
     """
 
     def __init__(self, archetypes: Mapping[str, Archetype], config: OnlineConfig, capacity: int, *,
-                 device: str = "cpu", threads: int = 1, nice: int = 10):
+                 device: str = "cpu", threads: int = 1, nice: int = 10, reply_timeout: float = 600.0):
         self._init = {
             "op": "init", "config": config.to_dict(), "capacity": capacity, "device": str(device),
             "threads": threads, "nice": nice,
             "archetypes": [{"name": a.name, "directory": str(a.directory), "base_hash": a.base_hash}
                            for a in archetypes.values()],
         }
+        self._nice = nice
+        self.reply_timeout = reply_timeout
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._ready = False
-        self._setup_error: TrainerProcessError | None = None
+        self._setup_error: TrainerRefusedError | None = None
         self._start()
 
     def _start(self) -> None:
-        command = [sys.executable, "-c", f"from {__name__} import main; main()"]
-        self._proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        # the channel is a copy of the child's stdout taken before anything is imported;
+        # its stdout proper goes to stderr, so nothing printed at import can corrupt it
+        code = f"import os; channel = os.dup(1); os.dup2(2, 1); from {__name__} import main; main(channel)"
+        low = getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0) if self._nice > 0 else 0  # Windows: no nice
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      creationflags=low)
         self._unpacker = msgpack.Unpacker(max_buffer_size=MAX_MESSAGE)
         self._ready = False
         self._send(self._init)
@@ -140,27 +153,24 @@ class TrainerProcess:
         try:
             self._proc.stdin.write(msgpack.packb(message, use_bin_type=True))
             self._proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
+        except OSError as exc:
             raise self._died(f"cannot write to it ({exc})") from None
 
     def _receive(self) -> dict:
         fd = self._proc.stdout.fileno()
         while (message := next(self._unpacker, None)) is None:
+            if _CAN_SELECT and not select.select([fd], [], [], self.reply_timeout)[0]:
+                raise self._died(f"no reply within {self.reply_timeout:g} s; stopped it")
             data = os.read(fd, 1 << 20)  # blocks without the GIL
             if not data:
                 raise self._died("it closed its output")
             self._unpacker.feed(data)
         if "error" in message:
-            raise TrainerProcessError(f"online trainer process: {message['error']}")
+            raise TrainerRefusedError(f"online trainer process: {message['error']}")
         return message
 
     def _died(self, how: str) -> TrainerProcessError:
-        proc, self._proc = self._proc, None
-        try:
-            code = proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        code = self._stop_child(timeout=1.0)
         return TrainerProcessError(f"online trainer process exited (code {code}): {how}; see its messages above")
 
     def _alive(self) -> None:
@@ -168,13 +178,13 @@ class TrainerProcess:
             raise self._setup_error
         if self._proc is None or self._proc.poll() is not None:
             if self._proc is not None:
-                self._died("found dead")
+                self._stop_child()
             log.warning("starting a new online trainer process; players' optimizer state starts afresh")
             self._start()
         if not self._ready:
             try:
                 self._receive()  # {"ok": True}, or the child's set-up error
-            except TrainerProcessError as exc:
+            except TrainerRefusedError as exc:
                 self._setup_error = exc
                 self._stop_child()
                 raise
@@ -183,33 +193,44 @@ class TrainerProcess:
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         with self._lock:
             self._alive()
-            self._send({"op": "update", "archetype": archetype, "items": encode_items(items)})
-            return decode_outcomes(self._receive()["outcomes"])
+            try:
+                self._send({"op": "update", "archetype": archetype, "items": encode_items(items)})
+                return decode_outcomes(self._receive()["outcomes"])
+            except TrainerRefusedError:
+                raise  # the child answered: the channel is in step
+            except BaseException:  # a reply may be left unread: never read it as the next one's
+                self._stop_child(timeout=0.0)
+                raise
 
     def forget(self, archetype: str, player: str) -> None:
+        """Drop a player's state in the child; a dead child has none to drop."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
-                self._send({"op": "forget", "archetype": archetype, "player": player})
+                try:
+                    self._send({"op": "forget", "archetype": archetype, "player": player})
+                except TrainerProcessError as exc:
+                    log.warning("%s", exc)
 
     def close(self, timeout: float = 10.0) -> None:
         """End of input: the child finishes what it is doing and exits."""
         with self._lock:
             self._stop_child(timeout)
 
-    def _stop_child(self, timeout: float = 10.0) -> None:
+    def _stop_child(self, timeout: float = 10.0) -> int | None:
+        """Close the child's input, wait up to `timeout` s for it to exit, then kill it; returns its exit code."""
         proc, self._proc = self._proc, None
         if proc is None:
-            return
+            return None
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
         try:
-            proc.stdin.close()
-        except OSError:
-            pass
-        try:
-            proc.wait(timeout)
+            return proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
-        proc.stdout.close()
+            return proc.wait()
 
 
 # -- child side -------------------------------------------------------------------------------
@@ -257,9 +278,8 @@ def _serve(read_fd: int, out) -> None:
             out.flush()
 
 
-def main() -> None:
+def main(channel: int) -> None:
+    """The child: requests on stdin, replies on `channel` (the original stdout, see TrainerProcess._start)."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    out = os.fdopen(os.dup(1), "wb")  # the channel to the parent ...
-    os.dup2(2, 1)  # ... and nothing else may write there
     sys.stdout = sys.stderr
-    _serve(0, out)
+    _serve(0, os.fdopen(channel, "wb"))
