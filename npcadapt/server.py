@@ -3,8 +3,10 @@
 This module owns sockets, limits, authentication and micro-batching; framing lives in :mod:`npcadapt.protocol` and method semantics in
 :mod:`npcadapt.rpc`. ``act`` and ``act_batch`` rows from every connection are queued per
 archetype and answered by one engine forward per archetype on the next turn of the event
-loop (or after ``batch_wait``), with one socket write per connection per forward; a run
-of feedback notifications from one read is applied as one batch.
+loop (or after ``batch_wait``; with one client connected, at the end of the read that
+brought them), with one socket write per connection per forward; a run of feedback
+notifications from one read is applied as one batch, after the decisions of any act
+rows that came before it on the same connection.
 """
 
 from __future__ import annotations
@@ -114,17 +116,22 @@ class MicroBatcher:
         self._queues: dict[str, list[Pending]] = {}
         self._sizes: dict[str, int] = {}
 
-    def submit(self, archetype: str, pending: Pending) -> None:
+    def submit(self, archetype: str, pending: Pending, *, defer: bool = True) -> None:
+        """Queue a request's rows; with `defer` False the caller flushes (see Connection.data_received)."""
         queue = self._queues.get(archetype)
         if queue is None:
             queue = self._queues[archetype] = []
-            if self.config.batch_wait > 0:
+            if defer and self.config.batch_wait > 0:
                 self.loop.call_later(self.config.batch_wait, self.flush, archetype)
-            else:
+            elif defer:
                 self.loop.call_soon(self.flush, archetype)
         queue.append(pending)
         size = self._sizes[archetype] = self._sizes.get(archetype, 0) + len(pending[4])
         if size >= self.config.max_batch:
+            self.flush(archetype)
+
+    def flush_all(self) -> None:
+        for archetype in list(self._queues):
             self.flush(archetype)
 
     def flush(self, archetype: str) -> None:
@@ -181,6 +188,7 @@ class Connection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.open = False
         self.auth_failures = 0
+        self.eager = False  # this read's act rows are flushed when it has been handled
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -202,9 +210,20 @@ class Connection(asyncio.Protocol):
             self.bridge.connections.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        bridge = self.bridge
         self.last_activity = time.monotonic()
-        if self.bridge.config.busy_poll:
-            self.bridge.keep_polling()
+        if bridge.config.busy_poll:
+            bridge.keep_polling()
+        # With one client connected there is nobody to batch with: this read's act rows are
+        # the whole batch, answered at the end of this call rather than on the next loop turn.
+        self.eager = len(bridge.connections) == 1 and bridge.config.batch_wait == 0
+        try:
+            self._receive(data)
+        finally:
+            if self.eager:
+                bridge.batcher.flush_all()
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self.rpc.receive_data(data)
         except ProtocolError as exc:
@@ -215,6 +234,7 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         feedback: list[list] = []  # a run of feedback notifications, applied as one batch
+        acted = False  # this read queued act rows: feedback after them must see their decisions
         for event in events:
             if not self.open:
                 return
@@ -222,15 +242,22 @@ class Connection(asyncio.Protocol):
                 feedback.append(event.params)
                 continue
             if feedback:
-                self._feedback(feedback)
-                feedback = []
-            self._handle(event)
+                self._feedback(feedback, acted)
+                feedback, acted = [], False
+            if acted and type(event) is Request and event.method == "feedback":
+                self.bridge.batcher.flush_all()  # it attaches to the decisions before it
+                acted = False
+            acted |= self._handle(event)
         if feedback:
-            self._feedback(feedback)
+            self._feedback(feedback, acted)
 
     # -- dispatch -------------------------------------------------------------------
-    def _feedback(self, params_list: list[list]) -> None:
-        """Feedback notifications: applied together, never answered; refusals are counted."""
+    def _feedback(self, params_list: list[list], after_acts: bool = False) -> None:
+        """Feedback notifications: applied together, never answered; refusals are counted.
+        `after_acts`: act rows queued earlier in this read are decided first, so feedback
+        reaches the decision it follows on the wire."""
+        if after_acts:
+            self.bridge.batcher.flush_all()
         stats = self.bridge.stats.counters
         stats["notifications"] += len(params_list)
         if not self.authenticated:
@@ -243,12 +270,13 @@ class Connection(asyncio.Protocol):
         for exc in refused:
             log.debug("feedback notification refused: %s", exc)
 
-    def _handle(self, event) -> None:
+    def _handle(self, event) -> bool:
+        """Handle one event; True when it queued act rows."""
         stats = self.bridge.stats.counters
         if isinstance(event, Request):
             stats["requests"] += 1
-            self._request(event)
-        elif isinstance(event, Notification):
+            return self._request(event)
+        if isinstance(event, Notification):
             if event.method == "feedback":
                 self._feedback([event.params])
             else:
@@ -256,21 +284,25 @@ class Connection(asyncio.Protocol):
         elif isinstance(event, InvalidMessage) and event.msgid is not None:
             stats["errors"] += 1
             self.send(self.rpc.response(event.msgid, event.error, None))
+        return False
 
-    def _request(self, req: Request) -> None:
+    def _request(self, req: Request) -> bool:
+        """Answer or queue one request; True when it queued act rows."""
         methods = self.bridge.methods
         if not self.authenticated:
             if req.method == "auth":
                 self._auth(req)
             else:
                 self.error(req.msgid, UNAUTHORIZED, f"authenticate first: call auth(token) before {req.method!r}")
-            return
+            return False
         try:
             method = req.method
             if method == "act" or method == "act_batch":
                 single = method == "act"
                 archetype, block = (methods.parse_act if single else methods.parse_act_batch)(req.params)
-                self.bridge.batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block))
+                self.bridge.batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block),
+                                           defer=not self.eager)
+                return True
             elif req.method == "stats":
                 self.send(self.rpc.response(req.msgid, None, self.bridge.stats_snapshot()))
             elif req.method == "auth":
@@ -284,6 +316,7 @@ class Connection(asyncio.Protocol):
         except Exception as exc:  # a bug must not take the server down
             log.exception("internal error in %s", req.method)
             self.error(req.msgid, INTERNAL_ERROR, f"internal error in {req.method}: {type(exc).__name__}: {exc}")
+        return False
 
     def _auth(self, req: Request) -> None:
         token = req.params[0] if len(req.params) == 1 else None

@@ -444,3 +444,51 @@ def test_busy_poll_setting_is_checked():
 
     with pytest.raises(InvalidInputError, match="busy_poll"):
         ServerConfig(port=0, busy_poll=5.0)
+
+
+class _RecordingLoop:
+    """Stands in for the batcher's loop reference: records what it schedules, then schedules it."""
+
+    def __init__(self, loop):
+        self.loop, self.scheduled = loop, []
+
+    def call_soon(self, callback, *args):
+        self.scheduled.append(callback.__name__)
+        return self.loop.call_soon(callback, *args)
+
+    def call_later(self, delay, callback, *args):
+        self.scheduled.append(callback.__name__)
+        return self.loop.call_later(delay, callback, *args)
+
+
+def test_a_lone_client_is_answered_without_waiting_for_another_loop_turn(tmp_path):
+    with RunningBridge(tmp_path / "d") as running:
+        batcher = running.bridge.batcher
+        batcher.loop = recording = _RecordingLoop(batcher.loop)
+        with Client(port=running.port) as one:
+            assert one.act("duelist", "ann", "n", OBS)["action_name"]
+            assert recording.scheduled == []  # answered at the end of the read
+            with Client(port=running.port) as two:
+                assert two.act("duelist", "bob", "n", OBS)["action_name"]
+                assert recording.scheduled == ["flush"]  # two clients: batched on the next turn
+
+
+@pytest.mark.parametrize("clients", [1, 2])
+def test_feedback_after_an_act_in_the_same_write_reaches_that_decision(tmp_path, clients):
+    with RunningBridge(tmp_path / "d") as running:
+        others = [running.connect() for _ in range(clients - 1)]  # deferred batching when > 1
+        sock = running.connect()
+        sock.sendall(msgpack.packb([0, 1, "act", ["duelist", "ann", "n", OBS]])
+                     + msgpack.packb([2, "feedback", ["ann", "n", 5.0, True]])
+                     + msgpack.packb([0, 2, "act", ["duelist", "bob", "n", OBS]])
+                     + msgpack.packb([0, 3, "feedback", ["bob", "n", 1.0, True]]))
+        replies = {r[1]: r for r in (read_reply(sock) for _ in range(3))}
+        assert replies[1][2] is None and replies[2][2] is None
+        assert replies[3][2] is None and replies[3][3] is True  # bob's act was decided first
+        assert running.bridge.stats.counters["errors"] == 0  # ann's notification was not refused
+        ready = running.service.tracker.ready(1)
+        assert ("duelist", "ann") in ready and ("duelist", "bob") in ready
+        taken = running.service.tracker.take([("duelist", "ann")])
+        assert taken[("duelist", "ann")][0].reward == [5.0]
+        for s in (sock, *others):
+            s.close()
