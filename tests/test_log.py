@@ -393,34 +393,21 @@ def test_fsync_runs_outside_the_lock_so_appends_never_wait_for_the_disk(tmp_path
     assert list(read_records(tmp_path)) == [small(0), small(1)]
 
 
-def test_fsync_failure_is_named(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(("call", "err", "text"), [
+    ("fsync", errno.EIO, "Input/output error"),  # the disk fails
+    ("dup", errno.EMFILE, "Too many open files"),  # no descriptor for the fsync
+])
+def test_a_failed_fsync_is_named_and_loses_nothing(tmp_path: Path, monkeypatch, call, err, text) -> None:
     import os
 
     log = InteractionLog(tmp_path, fsync_on_flush=True)
     log.append(small(0))
 
-    def failing_fsync(fd: int) -> None:
-        raise OSError(errno.EIO, "Input/output error")
+    def fail(fd: int) -> None:
+        raise OSError(err, text)
 
-    monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(LogError, match="cannot fsync log segment .*Input/output error"):
-        log.flush()
-    monkeypatch.undo()
-    log.close()
-    assert list(read_records(tmp_path)) == [small(0)]
-
-
-def test_running_out_of_descriptors_on_flush_is_named(tmp_path: Path, monkeypatch) -> None:
-    import os
-
-    log = InteractionLog(tmp_path, fsync_on_flush=True)
-    log.append(small(0))
-
-    def no_fds(fd: int) -> int:
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    monkeypatch.setattr(os, "dup", no_fds)
-    with pytest.raises(LogError, match="cannot fsync log segment .*Too many open files"):
+    monkeypatch.setattr(os, call, fail)
+    with pytest.raises(LogError, match=f"cannot fsync log segment .*{text}"):
         log.flush()
     monkeypatch.undo()
     log.close()
