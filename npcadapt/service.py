@@ -75,7 +75,11 @@ class Service:
             self.trainer = TrainerProcess(archetypes, online, capacity, device=str(self.engine.device), nice=trainer_nice)
         elif online:
             self.trainer = InProcessTrainer({name: (rt.policy, rt.layout) for name, rt in runtimes.items()}, online, capacity)
+        # _train_lock guards taking episodes and installing outcomes (short); _update_lock
+        # serialises the trainer's work (long), so a reset never waits for an update in flight
         self._train_lock = threading.Lock()
+        self._update_lock = threading.Lock()
+        self._reset_while_updating: set[tuple[str, str]] | None = None  # during an update: players reset meanwhile
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0}
@@ -148,17 +152,19 @@ class Service:
         """Update every player with enough completed episodes, batched per archetype."""
         if not self.online:
             return 0
-        with self._train_lock:
-            ready = self.tracker.ready(self.online.episodes_per_update)
-            if max_players is not None:
-                ready = ready[:max_players]
-            taken = self.tracker.take(ready)
-            by_arch: dict[str, list[PlayerUpdate]] = {}
-            for (archetype, player), episodes in taken.items():
-                flat = self.engine.adapter_row(archetype, player)
-                if flat is None:
-                    flat = self.engine.fresh_adapter_row(archetype, player)
-                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
+        with self._update_lock:
+            with self._train_lock:
+                ready = self.tracker.ready(self.online.episodes_per_update)
+                if max_players is not None:
+                    ready = ready[:max_players]
+                taken = self.tracker.take(ready)
+                self._reset_while_updating = reset = set()
+                by_arch: dict[str, list[PlayerUpdate]] = {}
+                for (archetype, player), episodes in taken.items():
+                    flat = self.engine.adapter_row(archetype, player)
+                    if flat is None:
+                        flat = self.engine.fresh_adapter_row(archetype, player)
+                    by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
             done, failure = 0, None
             for archetype, items in by_arch.items():
                 try:
@@ -166,14 +172,21 @@ class Service:
                 except TrainerProcessError as exc:  # these episodes are lost; other archetypes still train
                     failure = failure or exc
                     continue
-                for outcome in outcomes:
-                    if outcome.params is None:
-                        self.counters["skipped_updates"] += 1
-                        continue
-                    self.engine.put_adapter_row(archetype, outcome.player, outcome.params, updates=1)
-                    self.counters["updates"] += 1
-                    self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
-                    done += 1
+                with self._train_lock:
+                    for outcome in outcomes:
+                        if (archetype, outcome.player) in reset:
+                            continue  # reset while this update ran: its result must not bring the adapter back
+                        if outcome.params is None:
+                            self.counters["skipped_updates"] += 1
+                            continue
+                        self.engine.put_adapter_row(archetype, outcome.player, outcome.params, updates=1)
+                        self.counters["updates"] += 1
+                        self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
+                        done += 1
+            with self._train_lock:
+                self._reset_while_updating = None
+                for archetype, player in reset:  # the update may have stored their state again
+                    self.trainer.forget(archetype, player)
             if failure is not None:
                 raise failure
             return done
@@ -215,9 +228,16 @@ class Service:
         return self.engine.adapter_info(archetype, player)
 
     def reset_player(self, archetype: str, player: str) -> bool:
-        """Erase the player's adapter and pending episodes: they get the base policy again."""
+        """Erase the player's adapter and pending episodes: they get the base policy again.
+
+        Does not wait for an update in flight: its result for this player is dropped, and
+        the trainer forgets the player's state before its next update."""
+        self.engine.runtime(archetype)  # an unknown archetype or a bad id changes nothing
+        validate_player_id(player)
         with self._train_lock:
             self.tracker.forget_player(archetype, player)
+            if self._reset_while_updating is not None:
+                self._reset_while_updating.add((archetype, player))
             if self.trainer is not None:
                 self.trainer.forget(archetype, player)
             return self.engine.reset_player(archetype, player)

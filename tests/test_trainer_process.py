@@ -177,3 +177,41 @@ def test_a_hung_child_is_stopped_after_the_reply_timeout(tmp_path, arch_root):
         trainer.reply_timeout = 600.0  # a new child needs seconds to import torch
         play(svc, ["ann"], episodes=4)
         assert svc.counters["updates"] == 2
+
+
+def test_a_reset_during_an_update_does_not_wait_and_the_update_cannot_undo_it(tmp_path, arch_root):
+    """reset_player while the trainer is busy: it returns at once, the update's result for
+    that player is dropped, and the player's next update starts from fresh trainer state
+    (in process: 4 episodes, not 12; in the child: the same adapter as in process)."""
+    final = {}
+    for in_child in (False, True):
+        with open_service(tmp_path, arch_root, f"d{in_child}", trainer_process=in_child) as svc:
+            play(svc, ["ann", "bob"], episodes=4)  # both have adapters and trainer state
+            trainer = svc.trainer
+            inner = trainer.update
+            in_update, release = threading.Event(), threading.Event()
+
+            def slow_update(archetype, items, inner=inner, in_update=in_update, release=release):
+                in_update.set()
+                assert release.wait(20)
+                return inner(archetype, items)
+
+            trainer.update = slow_update
+            play(svc, ["ann", "bob"], episodes=4, train=False)
+            training = threading.Thread(target=svc.train_pending)
+            training.start()
+            assert in_update.wait(20)
+            started = time.monotonic()
+            assert svc.reset_player("tiny", "ann")
+            assert time.monotonic() - started < 1.0  # did not wait for the update in flight
+            release.set()
+            training.join(30)
+            trainer.update = inner
+            assert svc.adapter_info("tiny", "ann") is None  # the update's result did not bring it back
+            assert svc.adapter_info("tiny", "bob").version == 2  # bob's update still landed
+            play(svc, ["ann"], episodes=4)
+            assert svc.adapter_info("tiny", "ann").version == 1
+            if not in_child:
+                assert svc.trainer.states[("tiny", "ann")].episodes == 4
+            final[in_child] = svc.engine.adapter_row("tiny", "ann")
+    assert torch.equal(final[False], final[True])

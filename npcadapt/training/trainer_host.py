@@ -8,6 +8,7 @@ outcomes and ``forget(archetype, player)``, so the Service does not care which i
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -25,14 +26,17 @@ class InProcessTrainer:
         self.trainers = {name: OnlineTrainer(policy, layout, config) for name, (policy, layout) in models.items()}
         self.states: OrderedDict[tuple[str, str], OptimizerState] = OrderedDict()
         self.capacity = capacity
+        self._lock = threading.Lock()  # guards states: forget may come from another thread
 
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One batched update of `items` (their `state` is filled in here); remembers the new states."""
-        items = [replace(it, state=self.states.get((archetype, it.player))) for it in items]
+        with self._lock:
+            items = [replace(it, state=self.states.get((archetype, it.player))) for it in items]
         outcomes = self.trainers[archetype].update(items)
-        for outcome in outcomes:
-            if outcome.params is not None:
-                self._remember(archetype, outcome.player, outcome.state)
+        with self._lock:
+            for outcome in outcomes:
+                if outcome.params is not None:
+                    self._remember(archetype, outcome.player, outcome.state)
         return outcomes
 
     def _remember(self, archetype: str, player: str, state: OptimizerState) -> None:
@@ -43,7 +47,8 @@ class InProcessTrainer:
             self.states.popitem(last=False)
 
     def forget(self, archetype: str, player: str) -> None:
-        self.states.pop((archetype, player), None)
+        with self._lock:
+            self.states.pop((archetype, player), None)
 
     def close(self) -> None:
         pass

@@ -41,6 +41,7 @@ from .online import OnlineConfig, PlayerUpdate, UpdateOutcome
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE = 1 << 30  # bytes of one message on the channel
+MAX_QUEUED_FORGETS = 10_000  # then forget waits for the child rather than queue more
 _CAN_SELECT = sys.platform != "win32"  # select() on pipes (for the reply timeout) is POSIX only
 
 
@@ -132,7 +133,9 @@ class TrainerProcess:
         }
         self._nice = nice
         self.reply_timeout = reply_timeout
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held for a whole exchange
+        self._forgets: list[tuple[str, str]] = []  # sent before the next update, so forget never waits
+        self._forgets_lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
         self._ready = False
         self._setup_error: TrainerRefusedError | None = None
@@ -193,7 +196,11 @@ class TrainerProcess:
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         with self._lock:
             self._alive()
+            with self._forgets_lock:
+                forgets, self._forgets = self._forgets, []
             try:
+                for forgotten, player in forgets:  # the child has no reply for these
+                    self._send({"op": "forget", "archetype": forgotten, "player": player})
                 self._send({"op": "update", "archetype": archetype, "items": encode_items(items)})
                 return decode_outcomes(self._receive()["outcomes"])
             except TrainerRefusedError:
@@ -203,13 +210,24 @@ class TrainerProcess:
                 raise
 
     def forget(self, archetype: str, player: str) -> None:
-        """Drop a player's state in the child; a dead child has none to drop."""
-        with self._lock:
+        """Drop a player's state in the child before its next update (also the state an update
+        in flight is about to store). Never waits for the child."""
+        with self._forgets_lock:
+            self._forgets.append((archetype, player))
+            if len(self._forgets) < MAX_QUEUED_FORGETS:
+                return
+        with self._lock:  # many resets and no update: deliver them now (bounded memory)
             if self._proc is not None and self._proc.poll() is None:
+                with self._forgets_lock:
+                    forgets, self._forgets = self._forgets, []
                 try:
-                    self._send({"op": "forget", "archetype": archetype, "player": player})
-                except TrainerProcessError as exc:
+                    for forgotten, player_id in forgets:
+                        self._send({"op": "forget", "archetype": forgotten, "player": player_id})
+                except TrainerProcessError as exc:  # a dead child has no state to forget
                     log.warning("%s", exc)
+            else:  # no child: no state to forget
+                with self._forgets_lock:
+                    self._forgets.clear()
 
     def close(self, timeout: float = 10.0) -> None:
         """End of input: the child finishes what it is doing and exits."""
