@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .config import ArchetypeSpec, LoraConfig, NetworkConfig, ObservationFeature
 from .errors import ArchetypeError
@@ -126,9 +126,7 @@ def save_base(directory: str | Path, spec: ArchetypeSpec, policy: ActorCritic) -
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    tmp = directory / f".{spec.weights}.tmp"
-    save_file(state, tmp, metadata={"archetype": spec.name, "trained": str(spec.trained).lower()})
-    tmp.replace(directory / spec.weights)
+    write_atomic(directory / spec.weights, save(state, metadata={"archetype": spec.name, "trained": str(spec.trained).lower()}))
     write_atomic(directory / TOML_NAME, spec.to_toml())
     return load_archetype(directory)
 

@@ -234,30 +234,27 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         feedback: list[list] = []  # a run of feedback notifications, applied as one batch
-        acted = False  # this read queued act rows: feedback after them must see their decisions
+        acted = False  # this read queued act rows not yet decided
         for event in events:
             if not self.open:
                 return
-            if type(event) is Notification and event.method == "feedback":
+            is_feedback = type(event) in (Notification, Request) and event.method == "feedback"
+            if acted and is_feedback:  # feedback attaches to the decisions sent before it
+                self.bridge.batcher.flush_all()
+                acted = False
+            if is_feedback and type(event) is Notification:
                 feedback.append(event.params)
                 continue
             if feedback:
-                self._feedback(feedback, acted)
-                feedback, acted = [], False
-            if acted and type(event) is Request and event.method == "feedback":
-                self.bridge.batcher.flush_all()  # it attaches to the decisions before it
-                acted = False
+                self._feedback(feedback)
+                feedback = []
             acted |= self._handle(event)
         if feedback:
-            self._feedback(feedback, acted)
+            self._feedback(feedback)
 
     # -- dispatch -------------------------------------------------------------------
-    def _feedback(self, params_list: list[list], after_acts: bool = False) -> None:
-        """Feedback notifications: applied together, never answered; refusals are counted.
-        `after_acts`: act rows queued earlier in this read are decided first, so feedback
-        reaches the decision it follows on the wire."""
-        if after_acts:
-            self.bridge.batcher.flush_all()
+    def _feedback(self, params_list: list[list]) -> None:
+        """Feedback notifications: applied together, never answered; refusals are counted."""
         stats = self.bridge.stats.counters
         stats["notifications"] += len(params_list)
         if not self.authenticated:

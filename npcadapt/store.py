@@ -47,7 +47,7 @@ from npcadapt.errors import (
     InvalidInputError,
     StoreError,
 )
-from npcadapt.fileio import fsync_dir
+from npcadapt.fileio import fsync_dir, write_new_durably
 
 __all__ = ["ARCHETYPE_NAME_RE", "DTYPES", "FORMAT", "MAX_PLAYER_ID_BYTES", "AdapterMeta", "AdapterSpec",
            "AdapterStore", "player_key", "validate_archetype_name", "validate_player_id"]
@@ -166,18 +166,6 @@ def _serialize(tensors: Mapping[str, torch.Tensor], meta: AdapterMeta) -> bytes:
         raise InvalidInputError(f"adapter for player {_show(meta.player)}: {exc}") from None
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Create ``path`` (must not exist), write all of ``data``, fsync, close."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -227,7 +215,7 @@ class AdapterStore:
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
         try:
             self._ensure_dir(path.parent)
-            _write_durably(tmp, data)
+            write_new_durably(tmp, data)
             with self._lock_for(path):
                 os.replace(tmp, path)
         except OSError as exc:
@@ -388,7 +376,7 @@ class AdapterStore:
         ns = time.time_ns()
         while True:
             try:
-                _write_durably(qdir / f"{key}.{ns}.reason.txt", text)
+                write_new_durably(qdir / f"{key}.{ns}.reason.txt", text)
                 return qdir / f"{key}.{ns}{_SUFFIX}"
             except FileExistsError:
                 ns += 1

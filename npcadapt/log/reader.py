@@ -57,7 +57,11 @@ def read_records(
     next valid record. A torn tail of the last segment ends reading quietly (it is passed
     to ``on_torn`` if given); in an earlier segment it counts as corruption.
     """
-    segments = list_segments(directory)
+    return _read(list_segments(directory), on_corrupt, on_torn)
+
+
+def _read(segments: list[Path], on_corrupt, on_torn) -> Iterator[dict]:
+    """:func:`read_records` over an already listed set of segments."""
 
     def report(bad: CorruptRecord) -> None:
         if on_corrupt is None:
@@ -91,10 +95,8 @@ def scan(directory: str | os.PathLike[str]) -> LogSummary:
     """Count segments, valid records, bytes, corrupt records and torn-tail bytes."""
     corrupt: list[CorruptRecord] = []
     torn: list[TornTail] = []
-    records = sum(
-        1 for _ in read_records(directory, on_corrupt=corrupt.append, on_torn=torn.append)
-    )
-    segments = list_segments(directory)
+    segments = list_segments(directory)  # listed once: counts and bytes describe what was read
+    records = sum(1 for _ in _read(segments, corrupt.append, torn.append))
     return LogSummary(
         segments=len(segments),
         records=records,

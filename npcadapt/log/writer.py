@@ -46,6 +46,13 @@ class Recovery:
     header_rewritten: bool = False
 
 
+def _fsync(fd: int, path: Path) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise LogError(f"cannot fsync log segment {path}: {_describe_oserror(e)}") from e
+
+
 def _describe_oserror(e: OSError) -> str:
     if e.errno == errno.ENOSPC:
         return "disk full (ENOSPC)"
@@ -283,12 +290,8 @@ class InteractionLog:
             )
 
     def _sync(self) -> None:
-        if not self._fsync:
-            return
-        try:
-            os.fsync(self._file.fileno())
-        except OSError as e:
-            raise LogError(f"cannot fsync log segment {self._path}: {_describe_oserror(e)}") from e
+        if self._fsync:
+            _fsync(self._file.fileno(), self._path)
 
     def _rotate(self) -> None:
         """Finish the current segment and start the next one (lock held)."""
@@ -301,9 +304,10 @@ class InteractionLog:
     def flush(self) -> None:
         """Write buffered records to the OS, then fsync if ``fsync_on_flush``.
 
-        The fsync runs outside the lock, on a duplicate of the segment's descriptor, so
-        appends from other threads never wait for the disk; records appended before
-        ``flush`` was called are durable when it returns.
+        This fsync runs outside the lock, on a duplicate of the segment's descriptor, so
+        appends from other threads do not wait for it (a segment rotation and ``close``
+        still sync under the lock); records appended before ``flush`` was called are
+        durable when it returns.
         """
         with self._lock:
             if self._closed:
@@ -317,9 +321,7 @@ class InteractionLog:
             except OSError as e:  # e.g. out of descriptors
                 raise LogError(f"cannot fsync log segment {path}: {_describe_oserror(e)}") from e
         try:
-            os.fsync(fd)
-        except OSError as e:
-            raise LogError(f"cannot fsync log segment {path}: {_describe_oserror(e)}") from e
+            _fsync(fd, path)
         finally:
             os.close(fd)
 
