@@ -166,27 +166,30 @@ class Service:
                         flat = self.engine.fresh_adapter_row(archetype, player)
                     by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
             done, failure = 0, None
-            for archetype, items in by_arch.items():
-                try:
-                    outcomes = self.trainer.update(archetype, items)
-                except TrainerProcessError as exc:  # these episodes are lost; other archetypes still train
-                    failure = failure or exc
-                    continue
+            try:
+                for archetype, items in by_arch.items():
+                    try:
+                        outcomes = self.trainer.update(archetype, items)
+                    except TrainerProcessError as exc:  # these episodes are lost; other archetypes still train
+                        failure = failure or exc
+                        continue
+                    with self._train_lock:
+                        for outcome in outcomes:
+                            if (archetype, outcome.player) in reset:
+                                continue  # reset while this update ran: its result must not bring the adapter back
+                            if outcome.params is None:
+                                self.counters["skipped_updates"] += 1
+                                continue
+                            self.engine.put_adapter_row(archetype, outcome.player, outcome.params, updates=1)
+                            self.counters["updates"] += 1
+                            self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
+                            done += 1
+            finally:
                 with self._train_lock:
-                    for outcome in outcomes:
-                        if (archetype, outcome.player) in reset:
-                            continue  # reset while this update ran: its result must not bring the adapter back
-                        if outcome.params is None:
-                            self.counters["skipped_updates"] += 1
-                            continue
-                        self.engine.put_adapter_row(archetype, outcome.player, outcome.params, updates=1)
-                        self.counters["updates"] += 1
-                        self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
-                        done += 1
-            with self._train_lock:
-                self._reset_while_updating = None
-                for archetype, player in reset:  # the update may have stored their state again
-                    self.trainer.forget(archetype, player)
+                    self._reset_while_updating = None
+                    # the trainer may have stored their state again: any trainer, whenever the reset came
+                    for archetype, player in reset:
+                        self.trainer.forget(archetype, player)
             if failure is not None:
                 raise failure
             return done

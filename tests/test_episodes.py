@@ -63,3 +63,32 @@ def test_tensor_observations_are_recorded_as_decided(svc):
     for i, player in enumerate(["p1", "p2"]):
         (ep,) = episodes[("tiny", player)]
         assert np.array_equal(ep.obs[0], OBS[i]) and ep.action == [int(out.action[i])]
+
+
+def test_a_long_open_episode_keeps_its_own_rows_not_every_shared_batch():
+    """An NPC that never ends its episode, decided in wide batches: it holds its own rows
+    (compacted every COMPACT_STEPS steps), not every batch it shared; the steps are unchanged."""
+    from npcadapt.episodes import COMPACT_STEPS, EpisodeTracker
+
+    tracker = EpisodeTracker()
+    rng = np.random.default_rng(1)
+    n, steps = 64, 3 * COMPACT_STEPS + 10
+    players = [f"p{i}" for i in range(n)]
+    want_obs, want_masks = [], []
+    for t in range(steps):
+        obs = rng.standard_normal((n, 6)).astype(np.float32)
+        masks = None if t % 3 else rng.random((n, 4)) < 0.8  # some batches without masks
+        tracker.record("tiny", players, ["n"] * n, obs, masks, np.full(n, t % 4), np.full(n, -1.0 - t),
+                       np.zeros(n), np.arange(n) + t * n)
+        want_obs.append(obs[7])
+        want_masks.append(np.ones(4, bool) if masks is None else masks[7])
+    held = tracker._open[("p7", "n")]
+    assert len({id(b) for b in held.batches}) <= COMPACT_STEPS + 3  # 3 own-row chunks + the recent batches
+    assert sum(b.obs.shape[0] for b in {id(b): b for b in held.batches}.values()) < 3 * steps  # not n * steps
+    tracker.feedback_batch(["p7"], ["n"], [1.0], [True])
+    (episode,) = tracker.take([("tiny", "p7")])[("tiny", "p7")]
+    assert np.array_equal(np.stack(episode.obs), np.stack(want_obs))
+    got_masks = [np.ones(4, bool) if m is None else m for m in episode.mask]
+    assert np.array_equal(np.stack(got_masks), np.stack(want_masks))
+    assert episode.action == [t % 4 for t in range(steps)] and episode.logp == [-1.0 - t for t in range(steps)]
+    assert episode.decision == [7 + t * n for t in range(steps)] and episode.reward[-1] == 1.0

@@ -113,11 +113,14 @@ def test_empty_episodes_are_ignored_and_never_poison_the_evidence(svc):
         return ep
 
     item = PlayerUpdate("ann", rt.layout.pack(svc.engine.new_adapter("tiny", "ann")), [episode(5), episode(5)])
+    decay, expected_n = svc.online.gate_decay, None
     for _ in range(6):
         out = trainer.update([replace(item, episodes=[episode(5), episode(0), episode(5), episode(0)])])[0]
         assert out.params is not None and torch.isfinite(out.params).all()
         assert np.isfinite([out.state.gate, out.state.gate_s1, out.state.gate_s2]).all()
-        assert out.state.gate_n > 0 or out.state.iterate is not None
+        # the held-out evidence counts the two non-empty episodes only (the first update has no iterate to score)
+        expected_n = 0.0 if expected_n is None else decay * expected_n + 2
+        assert out.state.gate_n == pytest.approx(expected_n)
         item = PlayerUpdate("ann", out.params, [], out.state)
 
 

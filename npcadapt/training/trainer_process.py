@@ -196,11 +196,8 @@ class TrainerProcess:
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         with self._lock:
             self._alive()
-            with self._forgets_lock:
-                forgets, self._forgets = self._forgets, []
             try:
-                for forgotten, player in forgets:  # the child has no reply for these
-                    self._send({"op": "forget", "archetype": forgotten, "player": player})
+                self._send_forgets()
                 self._send({"op": "update", "archetype": archetype, "items": encode_items(items)})
                 return decode_outcomes(self._receive()["outcomes"])
             except TrainerRefusedError:
@@ -217,17 +214,21 @@ class TrainerProcess:
             if len(self._forgets) < MAX_QUEUED_FORGETS:
                 return
         with self._lock:  # many resets and no update: deliver them now (bounded memory)
-            if self._proc is not None and self._proc.poll() is None:
+            if self._proc is None or self._proc.poll() is not None:
                 with self._forgets_lock:
-                    forgets, self._forgets = self._forgets, []
-                try:
-                    for forgotten, player_id in forgets:
-                        self._send({"op": "forget", "archetype": forgotten, "player": player_id})
-                except TrainerProcessError as exc:  # a dead child has no state to forget
-                    log.warning("%s", exc)
-            else:  # no child: no state to forget
-                with self._forgets_lock:
-                    self._forgets.clear()
+                    self._forgets.clear()  # no child: no state to forget
+                return
+            try:
+                self._send_forgets()
+            except TrainerProcessError as exc:  # it died: its state went with it
+                log.warning("%s", exc)
+
+    def _send_forgets(self) -> None:
+        """Send the queued forgets (lock held); the child does not reply to them."""
+        with self._forgets_lock:
+            forgets, self._forgets = self._forgets, []
+        for archetype, player in forgets:
+            self._send({"op": "forget", "archetype": archetype, "player": player})
 
     def close(self, timeout: float = 10.0) -> None:
         """End of input: the child finishes what it is doing and exits."""
