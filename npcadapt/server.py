@@ -115,26 +115,35 @@ class MicroBatcher:
         self.loop, self.methods, self.config, self.stats = loop, methods, config, stats
         self._queues: dict[str, list[Pending]] = {}
         self._sizes: dict[str, int] = {}
+        self._scheduled: set[str] = set()  # archetypes with a flush on the loop
 
-    def submit(self, archetype: str, pending: Pending, *, defer: bool = True) -> None:
-        """Queue a request's rows; with `defer` False the caller flushes (see Connection.data_received)."""
-        queue = self._queues.get(archetype)
-        if queue is None:
-            queue = self._queues[archetype] = []
-            if defer and self.config.batch_wait > 0:
-                self.loop.call_later(self.config.batch_wait, self.flush, archetype)
-            elif defer:
-                self.loop.call_soon(self.flush, archetype)
-        queue.append(pending)
+    def submit(self, archetype: str, pending: Pending) -> None:
+        """Queue a request's rows (answered by :meth:`end_read`'s choice, or at `max_batch` rows)."""
+        self._queues.setdefault(archetype, []).append(pending)
+        pending[0].queued += 1
         size = self._sizes[archetype] = self._sizes.get(archetype, 0) + len(pending[4])
         if size >= self.config.max_batch:
             self.flush(archetype)
+
+    def end_read(self, eager: bool) -> None:
+        """After a read was handled: `eager` answers every queue now; otherwise each queue is
+        flushed on the next loop turn, or after `batch_wait`, so other connections' rows join."""
+        if eager:
+            self.flush_all()
+            return
+        for archetype in self._queues.keys() - self._scheduled:
+            self._scheduled.add(archetype)
+            if self.config.batch_wait > 0:
+                self.loop.call_later(self.config.batch_wait, self.flush, archetype)
+            else:
+                self.loop.call_soon(self.flush, archetype)
 
     def flush_all(self) -> None:
         for archetype in list(self._queues):
             self.flush(archetype)
 
     def flush(self, archetype: str) -> None:
+        self._scheduled.discard(archetype)
         queue = self._queues.pop(archetype, None)
         self._sizes.pop(archetype, None)
         if queue:
@@ -159,12 +168,13 @@ class MicroBatcher:
         replies: dict[Connection, list[bytes]] = {}
         row = 0
         for conn, msgid, single, _, block in queue:
+            conn.queued -= 1
             end = row + len(block)
             body = data[offsets[row] : offsets[end]]
             replies.setdefault(conn, []).append(packed_response(msgid, body, None if single else end - row))
             row = end
         for conn, parts in replies.items():
-            conn.send(parts[0] if len(parts) == 1 else b"".join(parts))
+            conn.send(b"".join(parts))
         now = time.perf_counter()
         self.stats.latency.extend(now - p[3] for p in queue)
         self.stats.batch_sizes.append(row)
@@ -172,6 +182,7 @@ class MicroBatcher:
 
 def _fail(pending: Pending, err: Exception) -> None:
     conn, msgid = pending[0], pending[1]
+    conn.queued -= 1
     if not isinstance(err, NpcAdaptError):
         log.error("internal error while deciding: %r", err)
     conn.error(msgid, error_code(err), str(err) if isinstance(err, NpcAdaptError) else f"internal error: {err!r}")
@@ -188,7 +199,7 @@ class Connection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.open = False
         self.auth_failures = 0
-        self.eager = False  # this read's act rows are flushed when it has been handled
+        self.queued = 0  # act requests queued in the batcher, not yet answered
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -214,14 +225,11 @@ class Connection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         if bridge.config.busy_poll:
             bridge.keep_polling()
-        # With one client connected there is nobody to batch with: this read's act rows are
-        # the whole batch, answered at the end of this call rather than on the next loop turn.
-        self.eager = len(bridge.connections) == 1 and bridge.config.batch_wait == 0
         try:
             self._receive(data)
         finally:
-            if self.eager:
-                bridge.batcher.flush_all()
+            # with one client connected there is nobody to batch with: answer this read's rows now
+            bridge.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -234,21 +242,19 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         feedback: list[list] = []  # a run of feedback notifications, applied as one batch
-        acted = False  # this read queued act rows not yet decided
         for event in events:
             if not self.open:
                 return
             is_feedback = type(event) in (Notification, Request) and event.method == "feedback"
-            if acted and is_feedback:  # feedback attaches to the decisions sent before it
+            if is_feedback and self.queued:  # feedback attaches to the decisions sent before it
                 self.bridge.batcher.flush_all()
-                acted = False
             if is_feedback and type(event) is Notification:
                 feedback.append(event.params)
                 continue
             if feedback:
                 self._feedback(feedback)
                 feedback = []
-            acted |= self._handle(event)
+            self._handle(event)
         if feedback:
             self._feedback(feedback)
 
@@ -267,13 +273,12 @@ class Connection(asyncio.Protocol):
         for exc in refused:
             log.debug("feedback notification refused: %s", exc)
 
-    def _handle(self, event) -> bool:
-        """Handle one event; True when it queued act rows."""
+    def _handle(self, event) -> None:
         stats = self.bridge.stats.counters
         if isinstance(event, Request):
             stats["requests"] += 1
-            return self._request(event)
-        if isinstance(event, Notification):
+            self._request(event)
+        elif isinstance(event, Notification):
             if event.method == "feedback":
                 self._feedback([event.params])
             else:
@@ -281,25 +286,21 @@ class Connection(asyncio.Protocol):
         elif isinstance(event, InvalidMessage) and event.msgid is not None:
             stats["errors"] += 1
             self.send(self.rpc.response(event.msgid, event.error, None))
-        return False
 
-    def _request(self, req: Request) -> bool:
-        """Answer or queue one request; True when it queued act rows."""
+    def _request(self, req: Request) -> None:
         methods = self.bridge.methods
         if not self.authenticated:
             if req.method == "auth":
                 self._auth(req)
             else:
                 self.error(req.msgid, UNAUTHORIZED, f"authenticate first: call auth(token) before {req.method!r}")
-            return False
+            return
         try:
             method = req.method
             if method == "act" or method == "act_batch":
                 single = method == "act"
                 archetype, block = (methods.parse_act if single else methods.parse_act_batch)(req.params)
-                self.bridge.batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block),
-                                           defer=not self.eager)
-                return True
+                self.bridge.batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block))
             elif req.method == "stats":
                 self.send(self.rpc.response(req.msgid, None, self.bridge.stats_snapshot()))
             elif req.method == "auth":
@@ -313,7 +314,6 @@ class Connection(asyncio.Protocol):
         except Exception as exc:  # a bug must not take the server down
             log.exception("internal error in %s", req.method)
             self.error(req.msgid, INTERNAL_ERROR, f"internal error in {req.method}: {type(exc).__name__}: {exc}")
-        return False
 
     def _auth(self, req: Request) -> None:
         token = req.params[0] if len(req.params) == 1 else None
@@ -383,9 +383,9 @@ class Bridge:
 
     def keep_polling(self) -> None:
         """Busy polling: for `busy_poll` seconds after the latest bytes, the loop turns without
-        sleeping, so the next request finds the process awake and its caches warm (on the
-        2-core benchmark machine: light-load p50 0.175 -> 0.13 ms). Costs up to that much
-        CPU per burst of requests; off by default."""
+        sleeping, so the next request finds the process awake and its caches warm (light-load
+        figures with and without it: docs/benchmarks.md). Costs up to that much CPU per burst
+        of requests; off by default."""
         self._poll_until = time.perf_counter() + self.config.busy_poll
         if not self._polling:
             self._polling = True

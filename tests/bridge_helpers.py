@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import weakref
 from typing import Self
 
 import msgpack
@@ -56,18 +57,19 @@ def send(sock: socket.socket, msg) -> None:
     sock.sendall(msgpack.packb(msg, use_bin_type=True))
 
 
-def read_reply(sock: socket.socket):
-    """Read until one whole msgpack message has arrived (a reply may come in several TCP reads).
+_unpackers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # socket -> its bytes not yet read as replies
 
-    Use it when exactly one reply is outstanding: bytes after that message are dropped."""
-    unpacker = msgpack.Unpacker(raw=False)
-    while True:
+
+def read_reply(sock: socket.socket):
+    """The next whole msgpack message from `sock` (a reply may come in several TCP reads,
+    or several replies in one: what follows the message is kept for the next call)."""
+    unpacker = _unpackers.setdefault(sock, msgpack.Unpacker(raw=False))
+    while (msg := next(unpacker, None)) is None:
         data = sock.recv(65536)
         if not data:
             raise ConnectionError("connection closed before a whole reply arrived")
         unpacker.feed(data)
-        for msg in unpacker:
-            return msg
+    return msg
 
 
 def raw_call(sock: socket.socket, msg):

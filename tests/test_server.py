@@ -433,10 +433,14 @@ def test_busy_polling_spins_for_its_window_then_sleeps(tmp_path):
             c.act("duelist", "ann", "n", OBS)  # new bytes start it again
             time.sleep(0.1)
             assert len(turns) > spun
-    with RunningBridge(tmp_path / "e") as running:  # off by default
+    with RunningBridge(tmp_path / "e") as running:  # off by default: the loop never spins
+        bridge, turns = running.bridge, []
+        poll = bridge._poll
+        bridge._poll = lambda: (turns.append(1), poll())
         with Client(port=running.port) as c:
             c.act("duelist", "ann", "n", OBS)
-        assert not running.bridge._polling and running.bridge.config.busy_poll == 0
+            time.sleep(0.1)
+        assert turns == []
 
 
 def test_busy_poll_setting_is_checked():
@@ -471,6 +475,21 @@ def test_a_lone_client_is_answered_without_waiting_for_another_loop_turn(tmp_pat
             with Client(port=running.port) as two:
                 assert two.act("duelist", "bob", "n", OBS)["action_name"]
                 assert recording.scheduled == ["flush"]  # two clients: batched on the next turn
+
+
+def test_feedback_in_a_later_write_waits_for_a_queued_act(tmp_path):
+    """With a batch wait and two clients the act is still queued when its feedback arrives
+    in the next write: the feedback makes it decided first rather than being refused."""
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, batch_wait=0.2)) as running:
+        other, sock = running.connect(), running.connect()
+        sock.sendall(msgpack.packb([0, 1, "act", ["duelist", "ann", "n", OBS]]))
+        time.sleep(0.02)
+        sock.sendall(msgpack.packb([0, 2, "feedback", ["ann", "n", 5.0, True]]))
+        replies = {r[1]: r for r in (read_reply(sock) for _ in range(2))}
+        assert replies[1][2] is None and replies[2] == [1, 2, None, True]
+        assert ("duelist", "ann") in running.service.tracker.ready(1)
+        sock.close()
+        other.close()
 
 
 @pytest.mark.parametrize("clients", [1, 2])
