@@ -183,7 +183,10 @@ def test_adaptation_off_plays_the_base_and_never_trains(tmp_path):
         assert session.decisions > 40
         assert backend.adapter_info("duelist", "demo:ctl" + CONTROL_SUFFIX) is None
         assert backend.adapter_info("duelist", "demo:ctl") is None
+        tracker = backend.service.tracker
+        assert any(player == "demo:ctl" + CONTROL_SUFFIX for player, _ in tracker._open)  # never done
         session.set_adapting(True)
+        assert not any(player == "demo:ctl" + CONTROL_SUFFIX for player, _ in tracker._open)  # let go
         _spar(session, 20)
         assert backend.adapter_info("duelist", "demo:ctl")["version"] > 0
     finally:
@@ -255,6 +258,8 @@ def test_window_loop_handles_keys_and_quits(tmp_path):
     pygame.time.set_timer(pygame.QUIT, 600, loops=1)
     assert run_window(args) == 0
     assert Profiles(tmp_path).get("keys").sessions == 1
+    players = {p for r in read_records(tmp_path / "logs") if r["t"] == "decisions" for p in r["players"]}
+    assert players == {"demo:keys" + CONTROL_SUFFIX}  # M turned adaptation off before the first decision
 
 
 def test_cli_headless_exits_zero_and_writes_summary(tmp_path):

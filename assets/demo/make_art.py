@@ -381,12 +381,17 @@ def characters() -> None:
 
 
 # -- icons (8 x 8 base) ----------------------------------------------------------------------------
-def icons() -> None:
-    heart = canvas(8, 8)
-    for y, row in enumerate([".XX.XX..", "XXXXXXX.", "XXXXXXX.", ".XXXXX..", "..XXX...", "...X...."]):
+def stamp(a: np.ndarray, rows: list[str], colour, dy: int = 0) -> None:
+    """Paint `colour` where a pattern row has an X (row r at y = r + dy)."""
+    for y, row in enumerate(rows):
         for x, ch in enumerate(row):
             if ch == "X":
-                px(heart, x, y + 1, (226, 60, 76))
+                px(a, x, y + dy, colour)
+
+
+def icons() -> None:
+    heart = canvas(8, 8)
+    stamp(heart, [".XX.XX..", "XXXXXXX.", "XXXXXXX.", ".XXXXX..", "..XXX...", "...X...."], (226, 60, 76), dy=1)
     px(heart, 1, 2, (255, 170, 180))
     save(outline(heart), "icons/heart.png")
     coin = canvas(8, 8)
@@ -395,16 +400,10 @@ def icons() -> None:
     rect(coin, 4, 2, 1, 4, (200, 150, 30))
     save(outline(coin), "icons/coin.png")
     bolt = canvas(8, 8)
-    for y, row in enumerate(["....XX..", "...XX...", "..XXXX..", "....XX..", "...XX...", "..XX...."]):
-        for x, ch in enumerate(row):
-            if ch == "X":
-                px(bolt, x, y + 1, (250, 220, 70))
+    stamp(bolt, ["....XX..", "...XX...", "..XXXX..", "....XX..", "...XX...", "..XX...."], (250, 220, 70), dy=1)
     save(outline(bolt), "icons/bolt.png")
     shield = canvas(8, 8)
-    for y, row in enumerate(["XXXXXXX.", "XXXXXXX.", "XXXXXXX.", ".XXXXX..", ".XXXXX..", "..XXX...", "...X...."]):
-        for x, ch in enumerate(row):
-            if ch == "X":
-                px(shield, x, y, (150, 170, 200))
+    stamp(shield, ["XXXXXXX.", "XXXXXXX.", "XXXXXXX.", ".XXXXX..", ".XXXXX..", "..XXX...", "...X...."], (150, 170, 200))
     rect(shield, 3, 0, 1, 6, (210, 220, 240))
     save(outline(shield), "icons/shield.png")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli.common import online_config
 from ..errors import InvalidInputError
 from .backend import DEFAULT_ONLINE, Backend, LocalBackend, SocketBackend, parse_address
 from .bots import Bot, parse_bot
@@ -95,9 +96,7 @@ def open_backend(args, *, train: str) -> Backend:
     import torch
 
     torch.set_num_threads(1)  # tiny batches: one thread is fastest and never stalls on a busy core
-    chosen = {"learning_rate": args.lr, "kl_bound": args.kl_bound}
-    online = replace(DEFAULT_ONLINE, episodes_per_update=args.episodes_per_update,
-                     **{k: v for k, v in chosen.items() if v is not None})
+    online = replace(online_config(args), ent_coef=DEFAULT_ONLINE.ent_coef)  # minutes-long sessions: no exploration bonus
     return LocalBackend(args.data, seed=args.seed, online=online, train=train)
 
 

@@ -72,11 +72,8 @@ class Backend(ABC):
         """Run pending adapter updates now (synchronous training only); returns how many."""
         return 0
 
-    def stats(self) -> dict:
-        return {}
-
-    def close(self) -> None:
-        self.flush()
+    @abstractmethod
+    def close(self) -> None: ...
 
 
 class LocalBackend(Backend):
@@ -88,14 +85,14 @@ class LocalBackend(Backend):
     """
 
     def __init__(self, data_dir: str | Path, *, seed: int = 0, online: OnlineConfig | None = DEFAULT_ONLINE,
-                 train: str = "background", train_interval: float = 0.05, **service_options):
+                 train: str = "background"):
         if train not in ("background", "sync"):
             raise InvalidInputError(f"train must be 'background' or 'sync', got {train!r}")
-        self.service = Service(data_dir, seed=seed, online=online, record=True, **service_options)
+        self.service = Service(data_dir, seed=seed, online=online, record=True)
         self.label = f"in-process ({self.service.data_dir})"
         self.sync = train == "sync"
         if online is not None and not self.sync:
-            self.service.start_background_training(train_interval)
+            self.service.start_background_training()
 
     def train_step(self) -> int:
         return self.service.train_pending(max_players=1) if self.sync else 0
@@ -124,9 +121,6 @@ class LocalBackend(Backend):
     def flush(self) -> None:
         self.service.flush()
 
-    def stats(self) -> dict:
-        return self.service.stats()
-
     def close(self) -> None:
         self.service.close()
 
@@ -134,9 +128,9 @@ class LocalBackend(Backend):
 class SocketBackend(Backend):
     """A running ``npcadapt serve`` bridge, through the Python client."""
 
-    def __init__(self, host: str, port: int, *, token: str | None = None, timeout: float = 10.0):
+    def __init__(self, host: str, port: int, *, token: str | None = None):
         try:
-            self.client = Client(host, port, token=token, timeout=timeout)
+            self.client = Client(host, port, token=token, timeout=10.0)
         except OSError as exc:
             raise NpcAdaptError(f"cannot connect to the npcadapt bridge at {host}:{port} ({exc}); "
                                 f"start one with `npcadapt serve --port {port}`") from None
@@ -167,9 +161,6 @@ class SocketBackend(Backend):
 
     def flush(self) -> None:
         self.client.flush()
-
-    def stats(self) -> dict:
-        return self.client.stats()
 
     def close(self) -> None:
         try:

@@ -1,8 +1,10 @@
-"""The options of ``npcadapt demo``: argparse only, so building the CLI parser imports nothing else."""
+"""The options of ``npcadapt demo`` (argparse only: building the CLI parser imports no pygame)."""
 
 from __future__ import annotations
 
 import argparse
+
+from ..cli.common import add_online_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,8 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--merchants", type=int, default=2, help="market stalls (0-3)")
     p.add_argument("--companions", type=int, default=1, help="companions following the player (0-2)")
     p.add_argument("--no-adapt", action="store_true", help="start with adaptation off (M toggles)")
-    p.add_argument("--episodes-per-update", type=int, default=2, help="in-process: episodes that trigger an update")
-    p.add_argument("--lr", type=float, default=None, help="in-process: adapter learning rate (default: the trainer's)")
-    p.add_argument("--kl-bound", type=float, default=None,
-                   help="in-process: max mean KL(adapted || base) in nats (default: the trainer's)")
+    add_online_arguments(p)  # in-process play only; a bridge has its own
+    p.set_defaults(episodes_per_update=2)  # a demo session lasts minutes: update often
     p.add_argument("--seed", type=int, default=0)

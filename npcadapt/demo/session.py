@@ -66,7 +66,6 @@ class Session:
         self.start_info = {a: self.adapter(a) for a in self.archetypes}
         self.decisions = 0
         self.feedbacks = 0
-        self.updates = 0  # synchronous updates run by this session
 
     @property
     def acting_player(self) -> str:
@@ -88,7 +87,7 @@ class Session:
                 tr.last_action = act.action
                 tr.recent_obs.append(req.obs)
             self.decisions += len(reqs)
-        self.updates += self.backend.train_step()
+        self.backend.train_step()
         if self.world.time - self._probs_at >= PROBS_EVERY:
             self.refresh_probs()
 
@@ -112,6 +111,9 @@ class Session:
         """Toggle adaptation; open episodes end first, under the id that played them."""
         if on != self.adapting:
             self._send(self.world.end_episodes())
+            if on:  # the base-policy episodes never end (never trained): let them go
+                for arch in self.archetypes:
+                    self.backend.reset_player(arch, self.player + CONTROL_SUFFIX)
             self.adapting = on
             self._probs_at = -1e9
 
