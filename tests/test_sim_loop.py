@@ -116,12 +116,6 @@ def test_cli_errors_are_clear(capsys):
     assert "unknown archetype" in capsys.readouterr().err
 
 
-def test_cli_kl_bound_default_matches_the_trainer():
-    from npcadapt.cli import KL_BOUND
-
-    assert KL_BOUND == npcadapt.OnlineConfig().kl_bound
-
-
 def test_sim_gate_holds_the_base_until_there_is_evidence_and_no_gate_serves_at_once(tmp_path, capsys):
     def returns(*flags):
         out = tmp_path / "-".join(flags or ("gated",))

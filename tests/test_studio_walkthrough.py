@@ -47,4 +47,5 @@ def test_define_record_train_serve(tmp_path, capsys):
         armed = [c.act("guard", "new-player", "g", [0.5, 1.0, 0.0], greedy=True)["action_name"] for _ in range(3)]
         assert set(unarmed) == {"warn"} and set(armed) == {"call_help"}
         # every recorded player got a fitted adapter from `train adapters`, and the server serves it
-        assert all(c.adapter_info("guard", f"player-{i}")["version"] >= 1 for i in range(6))
+        # (an adapter for another base would be refused and the base served: version 0)
+        assert all(c.act("guard", f"player-{i}", "g", [0.5, 0.0, 0.0])["adapter_version"] >= 1 for i in range(6))

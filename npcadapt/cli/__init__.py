@@ -1,7 +1,7 @@
 """The one `npcadapt` command. It owns printing, progress bars and exit codes.
 
 Subcommands live in this package, one module per group, each registered by a small
-`_add_*` function; each handler receives the parsed arguments and returns an exit code.
+`add_*` function; each handler receives the parsed arguments and returns an exit code.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ import sys
 from ..errors import NpcAdaptError
 from .archetype import add_archetype
 from .bench import add_bench
-from .common import KL_BOUND
 from .inspect import add_export, add_inspect
 from .run import add_demo, add_serve, add_sim
 from .train import add_train
 
-__all__ = ["KL_BOUND", "build_parser", "main"]
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import archetype_dirs, load_archetype, parse_ints, parse_list, parse_obs
+from .common import add_archetypes_argument, archetype_dirs, load_archetype, parse_ints, parse_list, parse_obs
 
 
 def _cmd_archetype_init(args) -> int:
@@ -57,5 +57,5 @@ def add_archetype(sub) -> None:
         q = asub.add_parser(name, help=text)
         if name == "show":
             q.add_argument("name")
-        q.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+        add_archetypes_argument(q)
         q.set_defaults(func=func)

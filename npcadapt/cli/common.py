@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import NpcAdaptError
+from ..training.online import OnlineConfig
 
-KL_BOUND = 5.0  # = OnlineConfig.kl_bound (kept here so --help needs no torch import; a test checks)
+KL_BOUND = OnlineConfig.kl_bound  # the trainer's default, shown by every --kl-bound
 
 
 def parse_obs(text: str) -> list[tuple[str, int]]:
@@ -33,6 +34,11 @@ def parse_ints(text: str) -> tuple[int, ...]:
         return tuple(int(p) for p in parse_list(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_archetypes_argument(p: argparse.ArgumentParser) -> None:
+    """--archetypes, read back by :func:`archetype_dirs`."""
+    p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
 
 
 def archetype_dirs(args) -> list[Path]:
@@ -61,7 +67,5 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def online_config(args):
-    from ..training.online import OnlineConfig
-
     return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr, kl_bound=args.kl_bound,
                         validation_gate=not args.no_gate)

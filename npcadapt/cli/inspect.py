@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from .common import archetype_dirs
+from .common import add_archetypes_argument, archetype_dirs
 
 
 def _cmd_inspect_log(args) -> int:
@@ -77,7 +77,7 @@ def add_inspect(sub) -> None:
     ad.add_argument("--player", required=True)
     ad.add_argument("--data", default="data/serve", help="data directory holding adapters/")
     ad.add_argument("--logs", help="measure KL on this player's recorded observations from this log directory")
-    ad.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    add_archetypes_argument(ad)
     ad.set_defaults(func=_cmd_inspect_adapter)
 
 
@@ -108,5 +108,5 @@ def add_export(sub) -> None:
         q.add_argument("--player", required=fmt == "peft", help="player id (ONNX without it: the base policy)")
         q.add_argument("--data", default="data/serve", help="data directory holding adapters/")
         q.add_argument("--out", help="output file (onnx) or directory (peft)")
-        q.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+        add_archetypes_argument(q)
         q.set_defaults(func=_cmd_export)

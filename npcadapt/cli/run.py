@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_online_arguments, archetype_dirs, online_config
+from .common import add_archetypes_argument, add_online_arguments, archetype_dirs, online_config
 
 
 def _cmd_sim(args) -> int:
@@ -43,7 +43,7 @@ def add_sim(sub) -> None:
     add_online_arguments(p)
     p.add_argument("--no-adapt", action="store_true", help="serve the base only (a control run)")
     p.add_argument("--no-record", action="store_true", help="do not write the interaction log")
-    p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    add_archetypes_argument(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_sim)
 
@@ -93,7 +93,7 @@ def add_serve(sub) -> None:
     p.add_argument("--trainer-nice", type=int, default=10,
                    help="added to the online trainer's nice value (Linux) so decisions come first")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    add_archetypes_argument(p)
     p.set_defaults(func=_cmd_serve)
 
 

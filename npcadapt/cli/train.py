@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import NpcAdaptError
-from .common import KL_BOUND, archetype_dirs, load_archetype
+from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
 def _cmd_train_base(args) -> int:
@@ -97,7 +97,7 @@ def add_train(sub) -> None:
     ad.add_argument("--lr", type=float, default=1e-2)
     ad.add_argument("--kl-bound", type=float, default=KL_BOUND)
     ad.add_argument("--seed", type=int, default=0)
-    ad.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    add_archetypes_argument(ad)
     ad.add_argument("--quiet", action="store_true")
     ad.set_defaults(func=_cmd_train_adapters)
     base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")
@@ -110,6 +110,6 @@ def add_train(sub) -> None:
     base.add_argument("--ent-coef", type=float, default=0.01, help="entropy bonus (keeps the base adaptable)")
     base.add_argument("--seed", type=int, default=0)
     base.add_argument("--fresh", action="store_true", help="start from fresh weights instead of the current ones")
-    base.add_argument("--archetypes", action="append", help="extra archetype directory (repeatable)")
+    add_archetypes_argument(base)
     base.add_argument("--quiet", action="store_true", help="no progress bar")
     base.set_defaults(func=_cmd_train_base)
