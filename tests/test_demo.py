@@ -117,13 +117,13 @@ def test_companion_rewards_are_the_players_reactions():
     assert got == [1.0, -1.0, 0.0]
 
 
-@pytest.mark.parametrize("env_cls", [DuelEnv, MerchantEnv, CompanionEnv])
-def test_observations_match_the_sim_envs_layout(env_cls):
+@pytest.mark.parametrize(("archetype", "env_cls"), [("duelist", DuelEnv), ("merchant", MerchantEnv), ("companion", CompanionEnv)])
+def test_observations_match_the_sim_envs_layout(archetype, env_cls):
     env = env_cls()
     situations = env.situations()
     for t in (0, 5, 11):
         for c, levels in enumerate(env.model.contexts):
-            np.testing.assert_array_equal(rules.encode(levels, (2, 3, 2), t), situations[t * env.n_contexts + c][0])
+            np.testing.assert_array_equal(rules.encode(levels, archetype, t), situations[t * env.n_contexts + c][0])
 
 
 def test_duel_stance_comes_from_how_the_player_moves():

@@ -33,7 +33,7 @@ from ..errors import InvalidInputError
 from .backend import DEFAULT_ONLINE, Backend, LocalBackend, SocketBackend, parse_address
 from .bots import Bot, parse_bot
 from .profiles import Profiles
-from .session import Session
+from .session import KL_OBSERVATIONS, Session
 from .world import PlayerInput, World
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def format_summary(s: dict) -> str:
         kl = "-" if r["kl"] is None else f"{max(r['kl'], 0.0):.2f}"
         lines.append(f"{r['name']:<12} {r['archetype']:<10} {r['answered']:>7}  {early:>20}  "
                      f"{versions:>10}  {r['updates']:>7}  {kl:>6}")
-    lines.append("(KL: mean KL(adapted || base) over the NPC's last 64 observations)")
+    lines.append(f"(KL: mean KL(adapted || base) over the NPC's last {KL_OBSERVATIONS} observations)")
     lines.append(f"frame time ({s['training']} updates, world + inference + HUD + drawing): p50 {ft['p50_ms']:.2f} ms, "
                  f"p95 {ft['p95_ms']:.2f} ms, p99 {ft['p99_ms']:.2f} ms, max {ft['max_ms']:.1f} ms over {ft['frames']} frames "
                  f"with {s['adapting_npcs']} adapting NPCs; {ft['over_budget']} frames over {ft['target_ms']} ms")

@@ -27,11 +27,12 @@ from sim.merchant import MerchantEnv
 from sim.personas import RoundModel
 
 from ..errors import InvalidInputError
-from .rules import COMPANION, DUELIST, MERCHANT
+from .rules import COMPANION, DUELIST, MERCHANT, RESPONSES
 from .village import ARENA, STALL_REACH, TILE, VAULT
 from .world import PlayerInput, World
 
 ENVS = {DUELIST: DuelEnv, MERCHANT: MerchantEnv, COMPANION: CompanionEnv}
+MERCHANT_REPLIES = {"walks_away": "walk", "browses": "no", "buys": "buy"}  # the customer's response -> what the bot does
 PRESETS: dict[str, dict[str, str]] = {
     "high_blocker": {DUELIST: "high_blocker", MERCHANT: "knight", COMPANION: "tank"},
     "brawler": {DUELIST: "brawler", MERCHANT: "sellsword", COMPANION: "tank"},
@@ -181,7 +182,7 @@ class Bot:
         probs = m.outcome_probs[self.personas[archetype]][c, pend.action]  # (O,)
         o = int(self.rng.choice(len(probs), p=probs / probs.sum()))
         if archetype == MERCHANT:
-            return self.rng.uniform(0.3, 0.8), ("walk", "no", "buy")[o]
+            return self.rng.uniform(0.3, 0.8), MERCHANT_REPLIES[RESPONSES[o]]
         value = float(m.outcome_values[self.personas[archetype]][c, pend.action, o])
         reply = "thanks" if value >= THANKS_AT else "stop" if value <= STOP_AT else None
         return self.rng.uniform(0.4, 1.0), reply

@@ -31,7 +31,7 @@ from .render import (
     reward_colour,
 )
 from .rules import COMPANION, DUELIST, MERCHANT
-from .session import Session
+from .session import CURVE_WINDOW, Session
 from .world import Npc
 
 PANEL_BG = (26, 28, 40)
@@ -159,7 +159,7 @@ def _bars(screen, art: Art, session: Session, npc: Npc, x0: int, y: int) -> int:
 
 
 def _curve(screen, art: Art, curve, accent, x0: int, y: int) -> int:
-    blit_text(screen, art, "reward per answer (rolling mean of 12)", (x0, y), 15, DIM)
+    blit_text(screen, art, f"reward per answer (rolling mean of {CURVE_WINDOW})", (x0, y), 15, DIM)
     box = pygame.Rect(x0, y + 18, PANEL.w - 24, 74)
     pygame.draw.rect(screen, (18, 20, 30), box, border_radius=4)
     mid = box.centery

@@ -17,7 +17,7 @@ import pygame
 from . import rules
 from .rules import COMPANION, DUELIST, MERCHANT
 from .village import DECOR, HEIGHT, STALL_TOP, TILE, WIDTH
-from .world import Npc, World
+from .world import SPRITES, Npc, World
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "demo"
 SIZE = (1280, 720)
@@ -48,11 +48,10 @@ class Art:
         self.flowers = load("tiles/flowers.png")
         self.props = {name: load(f"props/{name}.png") for name in ("tree", "bush", "chest", "barrel", "post",
                                                                  "crate", "well", "rug", "gold")}
-        self.stalls = [load(f"props/stall{i}.png") for i in range(3)]
+        self.stalls = [load(f"props/stall{i}.png") for i in range(SPRITES[MERCHANT])]
         self.icons = {name: load(f"icons/{name}.png") for name in ("heart", "coin", "bolt", "shield")}
         self.people: dict[str, list[pygame.Surface]] = {}
-        for name in ["player"] + [f"duelist{i}" for i in range(8)] + [f"merchant{i}" for i in range(3)] + \
-                [f"companion{i}" for i in range(2)]:
+        for name in ["player", *(f"{kind}{i}" for kind, count in SPRITES.items() for i in range(count))]:
             self.people[name] = [load(f"characters/{name}_{f}.png") for f in (0, 1)]
         self.shadow = pygame.Surface((30, 10), pygame.SRCALPHA)
         pygame.draw.ellipse(self.shadow, (0, 0, 0, 70), self.shadow.get_rect())
@@ -75,7 +74,7 @@ class Art:
         return surf
 
     def sprite(self, npc: Npc, moving: bool) -> pygame.Surface:
-        frames = self.people[f"{npc.archetype}{npc.variant % (8 if npc.archetype == DUELIST else 3 if npc.archetype == MERCHANT else 2)}"]
+        frames = self.people[f"{npc.archetype}{npc.variant}"]  # World keeps variants within SPRITES
         return frames[int(npc.walk / 14) % 2 if moving else 0]
 
 
@@ -129,7 +128,7 @@ class WorldView:
         for n in world.npcs:  # merchants stand behind their counters
             if n.archetype == MERCHANT:
                 self._person(view, art.sprite(n, False), n.x, n.y)
-                stall = art.stalls[n.variant % 3]
+                stall = art.stalls[n.variant]
                 view.blit(stall, stall.get_rect(midtop=(int(n.home[0]), int(STALL_TOP))))
         for _, n in sorted(people, key=lambda p: p[0]):
             if n is None:

@@ -34,6 +34,8 @@ SIM_FEATURES = {
     COMPANION: sim_companion.OBSERVATION_FEATURES,
 }
 SIM_ACTIONS = {DUELIST: sim_duel.ACTIONS, MERCHANT: sim_merchant.ACTIONS, COMPANION: sim_companion.ACTIONS}
+# one-hot sizes of each archetype's situation features (the last feature is round progress)
+ONE_HOT_SIZES = {a: tuple(size for _, size in features[:-1]) for a, features in SIM_FEATURES.items()}
 
 # -- duel ---------------------------------------------------------------------------------------
 PLAYER_MOVES = sim_duel.PLAYER_MOVES  # keys 1..8 in this order
@@ -79,8 +81,9 @@ def check_layout(archetype: str, described: dict) -> None:
             f"and actions {list(SIM_ACTIONS[archetype])}, got {got_obs} and {described.get('actions')}")
 
 
-def encode(levels: Sequence[int], sizes: Sequence[int], t: int) -> np.ndarray:
-    """One-hot features then progress: (sum(sizes) + 1,) float32."""
+def encode(levels: Sequence[int], archetype: str, t: int) -> np.ndarray:
+    """One-hot features then progress, laid out as the archetype's sim env: (D,) float32."""
+    sizes = ONE_HOT_SIZES[archetype]
     obs = np.zeros(sum(sizes) + 1, np.float32)
     offset = 0
     for level, size in zip(levels, sizes):

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CONTROL_SUFFIX = "#base"
 CURVE_POINTS = 240  # rolling reward curve length (decisions)
 CURVE_WINDOW = 12  # rewards averaged per curve point
+KL_OBSERVATIONS = 64  # an NPC's latest observations over which the HUD's KL is measured
 PROBS_EVERY = 0.2  # seconds of game time between HUD probability refreshes
 INFO_EVERY = 0.5
 UNANSWERED = ("interrupted", "left", "bout abandoned")  # episode ends the player did not answer
@@ -41,7 +42,7 @@ class NpcTrack:
     rewards: list[float] = field(default_factory=list)  # adapted-mode rewards, in order
     window: deque = field(default_factory=lambda: deque(maxlen=CURVE_WINDOW))
     curve: deque = field(default_factory=lambda: deque(maxlen=CURVE_POINTS))  # (mean reward, adapting)
-    recent_obs: deque = field(default_factory=lambda: deque(maxlen=64))
+    recent_obs: deque = field(default_factory=lambda: deque(maxlen=KL_OBSERVATIONS))
     decisions: int = 0
     last_action: int | None = None
     levels: tuple[int, int, int] = (0, 0, 0)

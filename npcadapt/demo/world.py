@@ -43,6 +43,7 @@ DUEL_REST, PITCH_GAP, VISIT_REST = 2.0, 0.8, 3.0
 PITCH_TIMEOUT = 4.0  # an unanswered pitch counts as browsing
 MOMENT = 3.0  # a companion's support offer is open this long
 LIMITS = {DUELIST: 12, MERCHANT: 3, COMPANION: 2}
+SPRITES = {DUELIST: 8, MERCHANT: 3, COMPANION: 2}  # character sprite variants drawn by assets/demo/make_art.py
 NAMES = {
     DUELIST: ("Brakka", "Oona", "Tamsin", "Ivo", "Sefa", "Ruda", "Kenji", "Mira", "Dov", "Lark", "Pell", "Zia"),
     MERCHANT: ("Hedda", "Old Pim", "Yusra"),
@@ -145,7 +146,7 @@ class World:
         for i in range(duelists):
             a = 2 * math.pi * i / max(duelists, 1)
             home = (cx + math.cos(a) * 3.6 * TILE, cy + math.sin(a) * 3.6 * TILE)
-            self.npcs.append(Npc(f"duelist-{i + 1}", DUELIST, NAMES[DUELIST][i], i % 8, home, *home, slot=a))
+            self.npcs.append(Npc(f"duelist-{i + 1}", DUELIST, NAMES[DUELIST][i], i % SPRITES[DUELIST], home, *home, slot=a))
         for i in range(merchants):
             home = (STALL_X[i], STALL_TOP + 46)
             self.npcs.append(Npc(f"merchant-{i + 1}", MERCHANT, NAMES[MERCHANT][i], i, home, *home))
@@ -190,7 +191,7 @@ class World:
 
     def observe(self, npc: Npc) -> tuple[tuple[int, int, int], np.ndarray]:
         levels = self.situation(npc)
-        return levels, rules.encode(levels, (2, 3, 2), npc.t)
+        return levels, rules.encode(levels, npc.archetype, npc.t)
 
     # -- decisions ------------------------------------------------------------------------------
     def requests(self) -> list[Request]:
