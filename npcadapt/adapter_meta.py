@@ -35,9 +35,9 @@ def validate_id(value: object, what: str, error: type[Exception] = PlayerIdError
     try:
         n_bytes = len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise error(f"{what} {_show(value)} is not encodable as UTF-8: {exc.reason} at index {exc.start}") from None
+        raise error(f"{what} {show_id(value)} is not encodable as UTF-8: {exc.reason} at index {exc.start}") from None
     if n_bytes > MAX_PLAYER_ID_BYTES:
-        raise error(f"{what} {_show(value)} is {n_bytes} UTF-8 bytes; the limit is {MAX_PLAYER_ID_BYTES}")
+        raise error(f"{what} {show_id(value)} is {n_bytes} UTF-8 bytes; the limit is {MAX_PLAYER_ID_BYTES}")
     return value
 
 
@@ -61,7 +61,7 @@ def player_key(player: str) -> str:
     return hashlib.sha256(validate_player_id(player).encode("utf-8")).hexdigest()
 
 
-def _show(player: str) -> str:
+def show_id(player: str) -> str:
     """A bounded repr of a player id for messages."""
     return repr(player) if len(player) <= 80 else f"{player[:60]!r}...(+{len(player) - 60} chars)"
 

@@ -26,7 +26,8 @@ from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError
 from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
 from .lora.numpy_forward import NumpyForward, decide, log_probs
 from .policy import ActorCritic, masked_log_probs
-from .store import DTYPES, AdapterMeta, AdapterSpec, AdapterStore, validate_player_id
+from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
+from .store import AdapterStore
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .service import Service, validate_npc_id
-from .store import validate_player_id
+from .adapter_meta import validate_player_id
 from .types import BatchDecision
 
 ACT_OPTIONS = ("mask", "greedy")

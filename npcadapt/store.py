@@ -30,16 +30,12 @@ import safetensors.torch
 import torch
 
 from npcadapt.adapter_meta import (
-    ARCHETYPE_NAME_RE,
     DTYPES,
-    FORMAT,
-    MAX_PLAYER_ID_BYTES,
     AdapterMeta,
     AdapterSpec,
-    _show,
+    show_id,
     player_key,
     validate_archetype_name,
-    validate_player_id,
 )
 from npcadapt.errors import (
     AdapterMismatchError,
@@ -49,8 +45,7 @@ from npcadapt.errors import (
 )
 from npcadapt.fileio import fsync_dir, write_new_durably
 
-__all__ = ["ARCHETYPE_NAME_RE", "DTYPES", "FORMAT", "MAX_PLAYER_ID_BYTES", "AdapterMeta", "AdapterSpec",
-           "AdapterStore", "player_key", "validate_archetype_name", "validate_player_id"]
+__all__ = ["AdapterStore"]
 
 _T = TypeVar("_T")
 
@@ -102,7 +97,7 @@ def _meta_for(md: Mapping[str, str], archetype: str, player: str) -> AdapterMeta
     if meta.archetype != archetype:
         raise _Invalid(f"metadata archetype is {meta.archetype!r}, expected {archetype!r}")
     if meta.player != player:
-        raise _Invalid(f"metadata names player {_show(meta.player)}, not {_show(player)} "
+        raise _Invalid(f"metadata names player {show_id(meta.player)}, not {show_id(player)} "
                        "(file swapped or misnamed)")
     return meta
 
@@ -145,12 +140,12 @@ def _validate(
 def _serialize(tensors: Mapping[str, torch.Tensor], meta: AdapterMeta) -> bytes:
     """Contiguous CPU copies (same dtype) -> safetensors bytes; InvalidInputError if unfit."""
     if not isinstance(tensors, Mapping) or not tensors:
-        raise InvalidInputError(f"adapter for player {_show(meta.player)}: tensors must be a "
+        raise InvalidInputError(f"adapter for player {show_id(meta.player)}: tensors must be a "
                                 f"non-empty mapping, got {type(tensors).__name__}")
     want = DTYPES[meta.dtype]
     prepared: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
-        where = f"tensor {name!r} of player {_show(meta.player)}"
+        where = f"tensor {name!r} of player {show_id(meta.player)}"
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
             raise InvalidInputError(
                 f"{where}: expected str -> torch.Tensor, got {type(t).__name__}")
@@ -163,7 +158,7 @@ def _serialize(tensors: Mapping[str, torch.Tensor], meta: AdapterMeta) -> bytes:
     try:
         return safetensors.torch.save(prepared, metadata=meta.to_metadata())
     except (ValueError, RuntimeError) as exc:  # e.g. two names sharing memory
-        raise InvalidInputError(f"adapter for player {_show(meta.player)}: {exc}") from None
+        raise InvalidInputError(f"adapter for player {show_id(meta.player)}: {exc}") from None
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -220,7 +215,7 @@ class AdapterStore:
                 os.replace(tmp, path)
         except OSError as exc:
             _unlink_quietly(tmp)
-            raise StoreError(f"could not save adapter for player {_show(meta.player)} to {path}: "
+            raise StoreError(f"could not save adapter for player {show_id(meta.player)} to {path}: "
                              f"{_os_reason(exc)}; the previous version is unchanged") from exc
         except BaseException:
             _unlink_quietly(tmp)
@@ -229,7 +224,7 @@ class AdapterStore:
             fsync_dir(path.parent)
         except OSError as exc:
             raise StoreError(
-                f"saved adapter for player {_show(meta.player)} to {path} but could not fsync "
+                f"saved adapter for player {show_id(meta.player)} to {path} but could not fsync "
                 f"its directory: {_os_reason(exc)}; it may not survive a power loss") from exc
         return path
 
@@ -247,7 +242,7 @@ class AdapterStore:
         tensors, meta = loaded
         if meta.base_hash != spec.base_hash:
             raise AdapterMismatchError(
-                f"adapter for player {_show(player)} ({path}) was trained against base "
+                f"adapter for player {show_id(player)} ({path}) was trained against base "
                 f"{meta.base_hash}, archetype {spec.archetype!r} is at {spec.base_hash}")
         return tensors, meta
 
@@ -271,7 +266,7 @@ class AdapterStore:
             return None
         except OSError as exc:
             if exc.errno not in _BAD_FILE_ERRNOS:
-                raise StoreError(f"could not read {what} for player {_show(player)} from {path}: "
+                raise StoreError(f"could not read {what} for player {show_id(player)} from {path}: "
                                  f"{_os_reason(exc)}") from exc
             self._quarantine(archetype, player, path, ident, f"unreadable: {_os_reason(exc)}")
         except _Invalid as exc:
@@ -287,7 +282,7 @@ class AdapterStore:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise StoreError(f"could not delete adapter for player {_show(player)} at {path}: "
+            raise StoreError(f"could not delete adapter for player {show_id(player)} at {path}: "
                              f"{_os_reason(exc)}") from exc
         return True
 
@@ -306,7 +301,7 @@ class AdapterStore:
                 continue
             if meta.archetype != archetype or player_key(meta.player) != path.stem:
                 logger.warning("skipping %s: it holds archetype %r player %s, which belongs "
-                               "elsewhere", path, meta.archetype, _show(meta.player))
+                               "elsewhere", path, meta.archetype, show_id(meta.player))
                 continue
             yield meta.player
 
@@ -341,7 +336,7 @@ class AdapterStore:
                     ident: tuple[int, int] | None, reason: str) -> NoReturn:
         """Move a bad file aside with a reason note, then raise CorruptAdapterError."""
         key, qdir = path.stem, self.root / "quarantine" / archetype
-        what = f"adapter for player {_show(player)} in {path} failed validation: {reason}"
+        what = f"adapter for player {show_id(player)} in {path} failed validation: {reason}"
         try:
             self._ensure_dir(qdir)
             with self._lock_for(path):

@@ -22,14 +22,8 @@ from npcadapt.errors import (
     PlayerIdError,
     StoreError,
 )
-from npcadapt.store import (
-    AdapterMeta,
-    AdapterSpec,
-    AdapterStore,
-    player_key,
-    validate_archetype_name,
-    validate_player_id,
-)
+from npcadapt.adapter_meta import AdapterMeta, AdapterSpec, player_key, validate_archetype_name, validate_player_id
+from npcadapt.store import AdapterStore
 
 ARCH = "duelist"
 BASE = "base-aaaa"

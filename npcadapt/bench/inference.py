@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..engine import Engine
-from ..store import AdapterMeta
+from ..adapter_meta import AdapterMeta
 from .common import median_seconds, read_bandwidth, reference_archetype, rss_bytes
 
 

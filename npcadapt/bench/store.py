@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from npcadapt.store import AdapterMeta, AdapterSpec, AdapterStore
+from npcadapt.adapter_meta import AdapterMeta, AdapterSpec
+from npcadapt.store import AdapterStore
 
 RANK = 8
 SHAPES = {

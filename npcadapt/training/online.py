@@ -356,9 +356,10 @@ class OnlineTrainer:
         has = (start[:, scalable] != 0).any(dim=1)  # an untrained adapter (zero B, zero delta) is no evidence
         per = lambda x: torch.zeros(k, device=dev).index_add(0, ep_owner, x)  # (E,) -> (K,) sums
         d = cfg.gate_decay
-        n = torch.where(has, d * as_t(lambda st: st.gate_n) + per(torch.ones_like(ep_value)), as_t(lambda st: st.gate_n))  # (K,)
-        s1 = torch.where(has, d * as_t(lambda st: st.gate_s1) + per(ep_value), as_t(lambda st: st.gate_s1))
-        s2 = torch.where(has, d * as_t(lambda st: st.gate_s2) + per(ep_value**2), as_t(lambda st: st.gate_s2))
+        old_n, old_s1, old_s2 = (as_t(lambda st, f=f: getattr(st, f)) for f in ("gate_n", "gate_s1", "gate_s2"))  # (K,) each
+        n = torch.where(has, d * old_n + per(torch.ones_like(ep_value)), old_n)  # (K,)
+        s1 = torch.where(has, d * old_s1 + per(ep_value), old_s1)
+        s2 = torch.where(has, d * old_s2 + per(ep_value**2), old_s2)
         mean = s1 / n.clamp(min=1e-9)
         var = (s2 / n.clamp(min=1e-9) - mean**2).clamp(min=0) * n / (n - 1).clamp(min=1e-9)
         t = mean / (var / n.clamp(min=1e-9) + 1e-12).sqrt()
