@@ -147,20 +147,25 @@ class EpisodeTracker:
         self.feedback_batch([player], [npc], [reward], [done])
         return bool(done)
 
-    def feedback_batch(self, players, npcs, rewards, dones) -> None:
-        """Several `feedback` calls, all or none (see :meth:`refused`)."""
+    def feedback_batch(self, players, npcs, rewards, dones, *, skip_refused: bool = False) -> list[int]:
+        """Several `feedback` calls in order: all or none (see :meth:`refused`), or with
+        `skip_refused` every row but the refused ones, whose indices are returned."""
         with self._lock:
             refused = self.refused(players, npcs, dones)
-            if refused:
+            if refused and not skip_refused:
                 i = refused[0]
                 raise InvalidInputError(f"no decision to attach feedback to for player {players[i]!r}, npc {npcs[i]!r}")
-            for player, npc, reward, done in zip(players, npcs, rewards, dones):
+            skip = set(refused)
+            for k, (player, npc, reward, done) in enumerate(zip(players, npcs, rewards, dones)):
+                if k in skip:
+                    continue
                 ep = self._open[(player, npc)]
                 last = len(ep.rows) - 1
                 ep.rewards[last] = ep.rewards.get(last, 0.0) + float(reward)
                 if done:
                     del self._open[(player, npc)]
                     self._done[(ep.archetype, player)].append((npc, ep))
+            return refused
 
     def refused(self, players, npcs, dones) -> list[int]:
         """Indices of feedback rows with no decision to attach to, taken in order: a row

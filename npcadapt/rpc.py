@@ -316,28 +316,20 @@ class Methods:
 
     def feedback_many(self, params_list: Sequence[list]) -> list[InvalidInputError]:
         """Several feedback calls (a burst of notifications) as one Service.feedback_batch,
-        one log record; returns the errors of those refused, which change nothing.
-
-        Each call is checked first as the Service would check it in order, including
-        whether its NPC has a decision to attach to, so the batch never fails half-way.
-        """
+        one log record; returns the errors of those refused (malformed, or with no decision
+        to attach to), which change nothing, exactly as one-by-one calls would refuse them."""
         items, errors = [], {}  # errors by position in the burst
         for k, params in enumerate(params_list):
             try:
                 items.append((k, *_feedback_args(params)))
             except InvalidInputError as exc:
                 errors[k] = exc
-        if items and self.service.online:
-            refused = self.service.tracker.refused([it[1] for it in items], [it[2] for it in items], [it[4] for it in items])
-            for i in refused:
-                k, player, npc = items[i][:3]
-                errors[k] = InvalidInputError(f"no decision to attach feedback to for player {player!r}, npc {npc!r}")
-            items = [it for it in items if it[0] not in errors]
-        items = [it[1:] for it in items]
-        errors = [errors[k] for k in sorted(errors)]
         if items:
-            self.service.feedback_batch(*map(list, zip(*items)))
-        return errors
+            positions, players, npcs, rewards, dones = map(list, zip(*items))
+            for i in self.service.feedback_batch(players, npcs, rewards, dones, skip_refused=True):
+                errors[positions[i]] = InvalidInputError(
+                    f"no decision to attach feedback to for player {players[i]!r}, npc {npcs[i]!r}")
+        return [errors[k] for k in sorted(errors)]
 
     def action_probs(self, params: list) -> list[list[float]]:
         """action_probs(archetype, rows[, {base: bool}]) with rows [[player, obs], ...]:

@@ -127,8 +127,11 @@ class Service:
         """Attach `reward` to the latest decision of `player`'s `npc`; `done` ends the episode."""
         self.feedback_batch([player], [npc], [reward], [done])
 
-    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones) -> None:
-        """Feedback for several NPCs at once (one log record)."""
+    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones, *,
+                       skip_refused: bool = False) -> list[int]:
+        """Feedback for several NPCs at once (one log record). Malformed input refuses the
+        whole batch; so does a row with no decision to attach to, unless `skip_refused`,
+        which applies and records the other rows and returns the refused rows' indices."""
         rewards = np.asarray(rewards, dtype=np.float64)
         dones = np.asarray(dones, dtype=bool)
         if not (len(players) == len(npcs) == len(rewards) == len(dones)):
@@ -138,14 +141,17 @@ class Service:
         for player, npc in zip(players, npcs):
             validate_player_id(player)
             validate_npc_id(npc)
-        if self.online:
-            self.tracker.feedback_batch(players, npcs, rewards, dones)  # all rows or none
+        refused = self.tracker.feedback_batch(players, npcs, rewards, dones, skip_refused=skip_refused) if self.online else []
+        if refused:
+            kept = np.setdiff1d(np.arange(len(players)), refused)
+            players, npcs, rewards, dones = [players[i] for i in kept], [npcs[i] for i in kept], rewards[kept], dones[kept]
         self.counters["feedback"] += len(players)
-        if self.log is not None:
+        if self.log is not None and len(players):
             self.log.append({
                 "t": "feedback", "time": time.time(), "players": list(players), "npcs": list(npcs),
                 "reward": rewards.tolist(), "done": dones.tolist(),
             })
+        return refused
 
     # -- training -------------------------------------------------------------------
     def train_pending(self, max_players: int | None = None) -> int:

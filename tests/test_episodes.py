@@ -92,3 +92,17 @@ def test_a_long_open_episode_keeps_its_own_rows_not_every_shared_batch():
     assert np.array_equal(np.stack(got_masks), np.stack(want_masks))
     assert episode.action == [t % 4 for t in range(steps)] and episode.logp == [-1.0 - t for t in range(steps)]
     assert episode.decision == [7 + t * n for t in range(steps)] and episode.reward[-1] == 1.0
+
+
+def test_skip_refused_applies_and_records_the_other_rows(svc):
+    from npcadapt.log import read_records
+
+    svc.act("tiny", "p1", OBS[0], npc="n")
+    refused = svc.feedback_batch(["p2", "p1", "p1"], ["n", "n", "n"], [1.0, 2.0, 3.0], [False, True, False],
+                                 skip_refused=True)
+    assert refused == [0, 2]  # no decision for p2; p1's episode closed by the row before
+    (episode,) = svc.tracker.take([("tiny", "p1")])[("tiny", "p1")]
+    assert episode.reward == [2.0]
+    svc.flush()
+    (record,) = [r for r in read_records(svc.data_dir / "logs") if r["t"] == "feedback"]
+    assert record["players"] == ["p1"] and record["reward"] == [2.0] and svc.counters["feedback"] == 1
