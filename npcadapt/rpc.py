@@ -21,11 +21,10 @@ import numpy as np
 
 from .errors import InvalidInputError
 from .service import Service, validate_npc_id
-from .adapter_meta import validate_player_id
+from .adapter_meta import all_valid_ids, validate_player_id
 from .types import BatchDecision
 
 ACT_OPTIONS = ("mask", "greedy")
-FAST_ID_CHARS = 64  # ids this short are within every byte limit (<= 4 UTF-8 bytes a char)
 
 
 @dataclass(slots=True)
@@ -179,11 +178,6 @@ def parse_options(value: Any, n_actions: int) -> tuple[np.ndarray | None, bool]:
     return mask, greedy
 
 
-def _short_strs(values: Sequence) -> bool:
-    """True when every value is a non-empty str of at most FAST_ID_CHARS characters."""
-    return set(map(type, values)) == {str} and 0 < min(map(len, values)) and max(map(len, values)) <= FAST_ID_CHARS
-
-
 def _feedback_args(params: list) -> tuple[str, str, float, bool]:
     """feedback(player, npc, reward[, done]) params -> checked (player, npc, reward, done)."""
     _arity("feedback", params, 3, 4)
@@ -271,12 +265,7 @@ class Methods:
         if set(map(type, rows)) != {list} or set(map(len, rows)) != {3}:
             return None
         players, npcs, raws = zip(*rows)
-        if not (_short_strs(players) and _short_strs(npcs) and set(map(type, raws)) == {bytes}
-                and set(map(len, raws)) == {width}):
-            return None
-        try:
-            "".join(players + npcs).encode("utf-8")  # what validate_id would refuse
-        except UnicodeEncodeError:
+        if not (all_valid_ids(players + npcs) and set(map(type, raws)) == {bytes} and set(map(len, raws)) == {width}):
             return None
         obs = np.frombuffer(b"".join(raws), dtype="<f4").reshape(len(rows), spec.obs_dim).astype(np.float32)
         if not np.isfinite(obs).all():
