@@ -65,33 +65,25 @@ def test_tensor_observations_are_recorded_as_decided(svc):
         assert np.array_equal(ep.obs[0], OBS[i]) and ep.action == [int(out.action[i])]
 
 
-def test_a_long_open_episode_keeps_its_own_rows_not_every_shared_batch():
-    """An NPC that never ends its episode, decided in wide batches: it holds its own rows
-    (compacted every COMPACT_STEPS steps), not every batch it shared; the steps are unchanged."""
-    from npcadapt.episodes import COMPACT_STEPS, EpisodeTracker
+def test_a_never_ending_episode_keeps_a_bounded_number_of_shared_batches():
+    """An NPC that never ends its episode, decided in wide batches with others whose
+    episodes do end: it keeps at most max_open_steps steps, so at most that many batches."""
+    from npcadapt.episodes import EpisodeTracker
 
     tracker = EpisodeTracker()
-    rng = np.random.default_rng(1)
-    n, steps = 64, 3 * COMPACT_STEPS + 10
+    limit, n = tracker.max_open_steps, 64
     players = [f"p{i}" for i in range(n)]
-    want_obs, want_masks = [], []
-    for t in range(steps):
-        obs = rng.standard_normal((n, 6)).astype(np.float32)
-        masks = None if t % 3 else rng.random((n, 4)) < 0.8  # some batches without masks
-        tracker.record("tiny", players, ["n"] * n, obs, masks, np.full(n, t % 4), np.full(n, -1.0 - t),
-                       np.zeros(n), np.arange(n) + t * n)
-        want_obs.append(obs[7])
-        want_masks.append(np.ones(4, bool) if masks is None else masks[7])
-    held = tracker._open[("p7", "n")]
-    assert len({id(b) for b in held.batches}) <= COMPACT_STEPS + 3  # 3 own-row chunks + the recent batches
-    assert sum(b.obs.shape[0] for b in {id(b): b for b in held.batches}.values()) < 3 * steps  # not n * steps
-    tracker.feedback_batch(["p7"], ["n"], [1.0], [True])
-    (episode,) = tracker.take([("tiny", "p7")])[("tiny", "p7")]
-    assert np.array_equal(np.stack(episode.obs), np.stack(want_obs))
-    got_masks = [np.ones(4, bool) if m is None else m for m in episode.mask]
-    assert np.array_equal(np.stack(got_masks), np.stack(want_masks))
-    assert episode.action == [t % 4 for t in range(steps)] and episode.logp == [-1.0 - t for t in range(steps)]
-    assert episode.decision == [7 + t * n for t in range(steps)] and episode.reward[-1] == 1.0
+    for t in range(2 * limit + 10):
+        obs = np.full((n, 6), t, np.float32)
+        tracker.record("tiny", players, ["n"] * n, obs, None, np.zeros(n), np.zeros(n), np.zeros(n), np.arange(n) + t * n)
+        tracker.feedback_batch(players[1:], ["n"] * (n - 1), np.zeros(n - 1), [True] * (n - 1))  # all but p0 end
+        tracker.take([("tiny", p) for p in players[1:]])
+    held = tracker._open[("p0", "n")]
+    assert len(held.rows) <= limit and len({id(b) for b in held.batches}) <= limit
+    assert tracker.dropped_steps > limit
+    tracker.feedback_batch(["p0"], ["n"], [1.0], [True])
+    (episode,) = tracker.take([("tiny", "p0")])[("tiny", "p0")]
+    assert episode.obs[-1][0] == 2 * limit + 9 and episode.decision[-1] == (2 * limit + 9) * n  # the newest steps
 
 
 def test_skip_refused_applies_and_records_the_other_rows(svc):
