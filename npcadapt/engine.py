@@ -315,10 +315,7 @@ class Engine:
 
         Without a seed, the seed derives from (archetype, player), so it is reproducible.
         """
-        rt = self.runtime(archetype)
-        if seed is None:
-            seed = derived_seed(archetype, player)
-        return rt.layout.fresh(torch.Generator().manual_seed(seed))
+        return fresh_row(self.runtime(archetype).layout, archetype, player, seed=seed)
 
     def new_adapter(self, archetype: str, player: str, *, seed: int | None = None) -> dict[str, torch.Tensor]:
         """:meth:`fresh_adapter_row` as named tensors ('<layer>.lora_A', '<layer>.lora_B')."""
@@ -354,27 +351,40 @@ class Engine:
         return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
 
     def put_adapter_row(self, archetype: str, player: str, flat: torch.Tensor, *, updates: int = 0) -> AdapterMeta:
-        """:meth:`set_adapter_row` returning only the new metadata: no file-system check, for
-        the trainers, which install many adapters a second."""
+        """:meth:`set_adapter_row` returning only the new metadata: no file-system check."""
+        return self.put_adapter_rows(archetype, [player], flat.reshape(1, -1), updates=updates)[0]
+
+    def put_adapter_rows(
+        self, archetype: str, players: Sequence[str], flats: torch.Tensor, *, updates: int = 0
+    ) -> list[AdapterMeta]:
+        """Install new adapter versions for several players at once, flats (N, P): for the
+        trainers, which install many adapters a second. All or none are checked first."""
         rt = self.runtime(archetype)
-        validate_player_id(player)
-        if not torch.isfinite(flat).all():
-            raise InvalidInputError(f"adapter for player {player!r} has non-finite values")
+        for player in players:
+            validate_player_id(player)
+        if flats.shape[0] != len(players):
+            raise InvalidInputError(f"got {flats.shape[0]} adapters for {len(players)} players")
+        finite = np.isfinite(flats.detach().cpu().float().numpy()).all(axis=1)  # (N,)
+        if not finite.all():
+            raise InvalidInputError(f"adapter for player {players[int(np.argmin(finite))]!r} has non-finite values")
+        metas = []
         with rt.bank.lock:
-            rt.bank.lookup([player])
-            old = rt.bank.meta(player)
+            rt.bank.lookup(players)
             now = time.time()
-            if old is None:
-                meta = AdapterMeta(
-                    archetype=archetype, player=player, base_hash=rt.archetype.base_hash,
-                    rank=rt.layout.rank, alpha=float(rt.archetype.spec.lora.alpha),
-                    rslora=rt.archetype.spec.lora.rslora, version=1, updates=updates,
-                    created=now, updated=now, dtype=self.adapter_dtype,
-                )
-            else:
-                meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
-            rt.bank.put(player, flat, meta)
-        return meta
+            for player, flat in zip(players, flats):
+                old = rt.bank.meta(player)
+                if old is None:
+                    meta = AdapterMeta(
+                        archetype=archetype, player=player, base_hash=rt.archetype.base_hash,
+                        rank=rt.layout.rank, alpha=float(rt.archetype.spec.lora.alpha),
+                        rslora=rt.archetype.spec.lora.rslora, version=1, updates=updates,
+                        created=now, updated=now, dtype=self.adapter_dtype,
+                    )
+                else:
+                    meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
+                rt.bank.put(player, flat, meta)
+                metas.append(meta)
+        return metas
 
     def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
         """Version, update count and residency of a player's adapter; None when they have none."""
@@ -437,6 +447,11 @@ def single_row(obs, mask=None) -> tuple[np.ndarray, np.ndarray | None]:
     if arr.ndim != 1:
         raise InvalidInputError(f"obs must be a flat list of numbers, got shape {arr.shape}")
     return arr[None], None if mask is None else np.asarray(mask)[None]
+
+
+def fresh_row(layout: AdapterLayout, archetype: str, player: str, *, seed: int | None = None) -> torch.Tensor:
+    """:meth:`Engine.fresh_adapter_row` for a layout: (P,), seeded by (archetype, player) by default."""
+    return layout.fresh(torch.Generator().manual_seed(derived_seed(archetype, player) if seed is None else seed))
 
 
 def derived_seed(*parts: str) -> int:

@@ -13,6 +13,7 @@ when the trainer takes the episode.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -160,10 +161,12 @@ class EpisodeTracker:
         with self._lock:
             return len(self._done.get((archetype, player), ()))
 
-    def ready(self, min_episodes: int) -> list[tuple[str, str]]:
-        """(archetype, player) keys with at least `min_episodes` completed episodes."""
+    def ready(self, min_episodes: int, limit: int | None = None) -> list[tuple[str, str]]:
+        """(archetype, player) keys with at least `min_episodes` completed episodes, in the
+        order they completed their first pending one; the first `limit` of them."""
         with self._lock:
-            return [k for k, eps in self._done.items() if len(eps) >= min_episodes]
+            keys = (k for k, eps in self._done.items() if len(eps) >= min_episodes)
+            return list(itertools.islice(keys, limit))
 
     def take(self, keys) -> dict[tuple[str, str], list[Episode]]:
         """Remove and return the completed episodes of `keys`."""

@@ -37,7 +37,7 @@ from .protocol import (
     packed_response,
 )
 from .rpc import ActBlock, EncodedRows, Methods
-from .service import Service
+from .service import ROUND_PLAYERS, Service
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class ServerConfig:
     max_batch: int = 4096  # rows per engine forward
     limits: Limits = field(default_factory=Limits)
     train_interval: float = 0.05  # background online training poll, seconds
+    train_round_players: int = ROUND_PLAYERS  # players per background update round
     flush_interval: float = 1.0  # seconds between interaction-log flushes (what a kill -9 can lose)
     busy_poll: float = 0.0  # seconds the event loop keeps polling, not sleeping, after bytes arrive; 0 = off
 
@@ -377,7 +378,7 @@ class Bridge:
         self._reaper = loop.create_task(self._reap_idle())
         self._flusher = loop.create_task(self._flush_log())
         if self.service.online:
-            self.service.start_background_training(self.config.train_interval)
+            self.service.start_background_training(self.config.train_interval, self.config.train_round_players)
         log.info("npcadapt bridge listening on %s:%d", self.config.host, self.port)
         return self.port
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .adapter_meta import validate_id, validate_player_id
 from .engine import Engine, single_row
@@ -32,6 +33,8 @@ from .training.trainer_process import TrainerProcess, TrainerProcessError
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
+
+ROUND_PLAYERS = 32  # players per background update round (docs/benchmarks.md: latency while training)
 
 def validate_npc_id(npc: object) -> str:
     """The player-id rule (non-empty str, at most 256 UTF-8 bytes), raising InvalidInputError."""
@@ -155,53 +158,70 @@ class Service:
 
     # -- training -------------------------------------------------------------------
     def train_pending(self, max_players: int | None = None) -> int:
-        """Update every player with enough completed episodes, batched per archetype."""
+        """Update every player with enough completed episodes (at most `max_players`, those
+        ready first), batched per archetype; returns the number of adapters updated."""
         if not self.online:
             return 0
         with self._update_lock:
-            with self._train_lock:
-                ready = self.tracker.ready(self.online.episodes_per_update)
-                if max_players is not None:
-                    ready = ready[:max_players]
-                taken = self.tracker.take(ready)
-                self._reset_while_updating = reset = set()
-                by_arch: dict[str, list[PlayerUpdate]] = {}
-                for (archetype, player), episodes in taken.items():
-                    flat = self.engine.adapter_row(archetype, player)
-                    if flat is None:
-                        flat = self.engine.fresh_adapter_row(archetype, player)
-                    by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
             done, failure = 0, None
             try:
+                by_arch = self._take_round(max_players)
                 for archetype, items in by_arch.items():
                     try:
                         outcomes = self.trainer.update(archetype, items)
                     except TrainerProcessError as exc:  # these episodes are lost; other archetypes still train
                         failure = failure or exc
                         continue
-                    with self._train_lock:
-                        for outcome in outcomes:
-                            if (archetype, outcome.player) in reset:
-                                continue  # reset while this update ran: its result must not bring the adapter back
-                            if outcome.params is None:
-                                self.counters["skipped_updates"] += 1
-                                continue
-                            self.engine.put_adapter_row(archetype, outcome.player, outcome.params, updates=1)
-                            self.counters["updates"] += 1
-                            self.counters["kl_bounded"] += outcome.kl_scaled < 1.0
-                            done += 1
+                    done += self._install(archetype, outcomes)
             finally:
-                with self._train_lock:
-                    self._reset_while_updating = None
-                    # the trainer may have stored their state again: any trainer, whenever the reset came
-                    for archetype, player in reset:
-                        self.trainer.forget(archetype, player)
+                self._end_round()
             if failure is not None:
                 raise failure
             return done
 
-    def start_background_training(self, interval: float = 0.05) -> None:
+    def _take_round(self, max_players: int | None) -> dict[str, list[PlayerUpdate]]:
+        """Take the ready players' episodes with their current adapters, per archetype."""
+        with self._train_lock:
+            ready = self.tracker.ready(self.online.episodes_per_update, max_players)
+            taken = self.tracker.take(ready)
+            self._reset_while_updating = set()
+            by_arch: dict[str, list[PlayerUpdate]] = {}
+            for (archetype, player), episodes in taken.items():  # a new player's adapter: made by the trainer
+                flat = self.engine.adapter_row(archetype, player)
+                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
+            return by_arch
+
+    def _install(self, archetype: str, outcomes) -> int:
+        """Install updated adapters, except players reset while the update ran."""
+        with self._train_lock:
+            reset = self._reset_while_updating
+            # reset while this update ran: its result must not bring the adapter back
+            kept = [o for o in outcomes if (archetype, o.player) not in reset]
+            updated = [o for o in kept if o.params is not None]
+            if updated:
+                self.engine.put_adapter_rows(archetype, [o.player for o in updated],
+                                             torch.stack([o.params for o in updated]), updates=1)
+            self.counters["skipped_updates"] += len(kept) - len(updated)
+            self.counters["updates"] += len(updated)
+            self.counters["kl_bounded"] += sum(o.kl_scaled < 1.0 for o in updated)
+        return len(updated)
+
+    def _end_round(self) -> None:
+        with self._train_lock:
+            reset, self._reset_while_updating = self._reset_while_updating or set(), None
+            # the trainer may have stored their state again: any trainer, whenever the reset came
+            for archetype, player in reset:
+                self.trainer.forget(archetype, player)
+
+    def start_background_training(self, interval: float = 0.05, players_per_round: int | None = ROUND_PLAYERS) -> None:
         """Run `train_pending` in a daemon thread while decisions keep being served.
+
+        Each round updates at most `players_per_round` players (None: every ready player),
+        those that became ready first; while more are ready the next round starts at once,
+        otherwise the thread looks again after `interval` seconds. Bounded rounds keep a backlog
+        (many players finishing episodes at once) from becoming one long update whose
+        hand-over work, done in this process, would stall decisions, and every adapter in
+        it would arrive only at its end.
 
         With the in-process trainer the thread does the training, so its nice value is
         raised by `trainer_nice` (per thread on Linux) and on a busy machine the scheduler
@@ -210,6 +230,8 @@ class Service:
         normal priority: lowered, it could be descheduled while holding the GIL that
         decisions wait for.
         """
+        if players_per_round is not None and players_per_round < 1:
+            raise InvalidInputError(f"players_per_round must be >= 1 or None, got {players_per_round!r}")
         if self._background is not None:
             return
         nice = self.trainer_nice if isinstance(self.trainer, InProcessTrainer) else 0
@@ -217,11 +239,14 @@ class Service:
 
         def loop() -> None:
             _lower_thread_priority(nice)
-            while not self._stop.wait(interval):
+            wait = 0.0  # the first round at once
+            while not self._stop.wait(wait):
                 try:
-                    self.train_pending()
+                    self.train_pending(players_per_round)
+                    wait = 0.0 if self.tracker.ready(self.online.episodes_per_update, 1) else interval  # a backlog: go on
                 except Exception:  # keep serving; the error is logged
                     log.exception("online training step failed")
+                    wait = interval
 
         self._background = threading.Thread(target=loop, name="npcadapt-online-trainer", daemon=True)
         self._background.start()
@@ -251,8 +276,13 @@ class Service:
                 self.trainer.forget(archetype, player)
             return self.engine.reset_player(archetype, player)
 
+    def ready_players(self) -> int:
+        """Players (per archetype) with enough completed episodes for an update, not yet taken."""
+        return len(self.tracker.ready(self.online.episodes_per_update)) if self.online else 0
+
     def stats(self) -> dict:
-        return {**self.engine.counters, **self.counters, "open_episodes": self.tracker.open_count()}
+        return {**self.engine.counters, **self.counters, "open_episodes": self.tracker.open_count(),
+                "ready_players": self.ready_players()}
 
     def flush(self) -> int:
         """Persist changed adapters and the interaction log."""

@@ -315,3 +315,19 @@ def test_observations_that_overflow_the_network_are_refused(engine):
     with pytest.raises(InvalidInputError, match="non-finite logits"):
         engine.action_probs("tiny", ["ann", "ann"], huge)
     assert len(engine.act_batch("tiny", ["ann"], np.zeros((1, 6)))) == 1  # and it keeps serving
+
+
+def test_put_adapter_rows_installs_all_or_none(engine):
+    rt = engine.runtime("tiny")
+    good = torch.stack([engine.fresh_adapter_row("tiny", p) for p in ("ann", "bob")])  # (2, P)
+    metas = engine.put_adapter_rows("tiny", ["ann", "bob"], good, updates=1)
+    assert [(m.player, m.version, m.updates) for m in metas] == [("ann", 1, 1), ("bob", 1, 1)]
+    bad = good.clone()
+    bad[1, 0] = float("nan")
+    with pytest.raises(InvalidInputError, match="'bob' has non-finite"):
+        engine.put_adapter_rows("tiny", ["ann", "bob"], bad + 1.0, updates=1)
+    with pytest.raises(InvalidInputError, match="2 adapters for 1 players"):
+        engine.put_adapter_rows("tiny", ["ann"], good)
+    assert rt.bank.meta("ann").version == 1 and torch.equal(engine.adapter_row("tiny", "ann"), good[0])  # untouched
+    again = engine.put_adapter_rows("tiny", ["bob"], good[1:] * 2, updates=1)[0]
+    assert (again.version, again.updates) == (2, 2) and torch.equal(engine.adapter_row("tiny", "bob"), good[1] * 2)

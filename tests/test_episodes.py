@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import npcadapt
+from npcadapt.episodes import EpisodeTracker
 from npcadapt.errors import InvalidInputError
 
 OBS = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
@@ -98,3 +99,16 @@ def test_skip_refused_applies_and_records_the_other_rows(svc):
     svc.flush()
     (record,) = [r for r in read_records(svc.data_dir / "logs") if r["t"] == "feedback"]
     assert record["players"] == ["p1"] and record["reward"] == [2.0] and svc.counters["feedback"] == 1
+
+
+def test_ready_lists_players_in_the_order_they_became_ready_up_to_a_limit():
+    tracker = EpisodeTracker()
+    for player in ("c", "a", "b"):
+        for _ in range(2):
+            tracker.record("arch", [player], ["n"], np.zeros((1, 2), np.float32), None, [0], [0.0], [0.0], [1])
+            tracker.feedback(player, "n", 1.0, True)
+    tracker.record("arch", ["d"], ["n"], np.zeros((1, 2), np.float32), None, [0], [0.0], [0.0], [1])
+    tracker.feedback("d", "n", 1.0, True)  # one episode: not ready for 2
+    assert tracker.ready(2) == [("arch", "c"), ("arch", "a"), ("arch", "b")]
+    assert tracker.ready(2, limit=2) == [("arch", "c"), ("arch", "a")]
+    assert tracker.ready(1, limit=10)[-1] == ("arch", "d")

@@ -16,7 +16,7 @@ from npcadapt.log import read_records
 from npcadapt.training.online import OnlineConfig, PlayerUpdate
 
 OBS = np.random.default_rng(0).standard_normal((3, 6)).astype(np.float32)
-FAVOURITE = {"ann": 2, "bob": 0}  # each simulated player rewards one action
+FAVOURITE = {"ann": 2, "bob": 0}  # each simulated player rewards one action (others: action 1)
 
 
 def policy_probs(svc, player, obs=OBS):
@@ -34,7 +34,7 @@ def play(svc, players, episodes, steps=4, rng=None, train=True, states=OBS):
         for t in range(steps):
             obs = states[rng.integers(0, len(states), size=len(players))]
             out = svc.act_batch("tiny", players, obs, npcs=["n"] * len(players))
-            rewards = [float(a == FAVOURITE[p]) for a, p in zip(out.action, players)]
+            rewards = [float(a == FAVOURITE.get(p, 1)) for a, p in zip(out.action, players)]
             total += sum(rewards)
             svc.feedback_batch(players, ["n"] * len(players), rewards, [t == steps - 1] * len(players))
         if train:
@@ -253,3 +253,48 @@ def test_validation_gate_keeps_serving_an_adapter_restored_without_trainer_state
     assert again.trainer.states[("tiny", "ann")].gate == 1.0
     assert policy_probs(again, "ann")[:, FAVOURITE["ann"]].mean() > trained - 0.1
     again.close()
+
+
+def test_a_round_updates_at_most_max_players_those_ready_first(svc):
+    players = [f"p{i}" for i in range(5)]
+    for p in players:  # one at a time: p0 completes its episodes first
+        play(svc, [p], episodes=svc.online.episodes_per_update, train=False)
+    assert svc.stats()["ready_players"] == 5
+    assert svc.train_pending(max_players=2) == 2
+    assert [svc.adapter_info("tiny", p) is not None for p in players] == [True, True, False, False, False]
+    assert svc.stats()["ready_players"] == 3
+    assert svc.train_pending() == 3
+
+
+def test_background_training_works_through_a_backlog_round_after_round(svc):
+    """More ready players than a round takes: the next round starts at once, not after the
+    (here very long) poll interval."""
+    players = [f"p{i}" for i in range(7)]
+    play(svc, players, episodes=svc.online.episodes_per_update, train=False)
+    rounds = []
+    real = svc.train_pending
+    svc.train_pending = lambda max_players=None: rounds.append(real(max_players)) or rounds[-1]
+    svc.start_background_training(interval=30.0, players_per_round=3)
+    try:
+        deadline = time.monotonic() + 30
+        while svc.counters["updates"] < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        svc.stop_background_training()
+    assert svc.counters["updates"] == 7 and rounds[:3] == [3, 3, 1]
+    with pytest.raises(ValueError, match="players_per_round"):
+        svc.start_background_training(players_per_round=0)
+
+
+def test_a_new_players_first_update_starts_from_their_seeded_fresh_adapter(svc):
+    """The trainer makes a new player's adapter (params None): what the engine would make."""
+    from npcadapt.training.trainer_host import InProcessTrainer
+
+    play(svc, ["ann"], episodes=svc.online.episodes_per_update, train=False)
+    episodes = svc.tracker.take(svc.tracker.ready(svc.online.episodes_per_update))[("tiny", "ann")]
+    rt = svc.engine.runtime("tiny")
+    results = []
+    for params in (None, svc.engine.fresh_adapter_row("tiny", "ann")):
+        trainer = InProcessTrainer({"tiny": (rt.policy, rt.layout)}, svc.online, capacity=8)
+        results.append(trainer.update("tiny", [PlayerUpdate("ann", params, episodes)])[0].params)
+    assert results[0] is not None and torch.equal(results[0], results[1])

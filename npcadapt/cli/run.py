@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import add_archetypes_argument, add_online_arguments, archetype_dirs, online_config
+from ..service import ROUND_PLAYERS
 
 
 def _cmd_sim(args) -> int:
@@ -58,7 +59,7 @@ def _cmd_serve(args) -> int:
         torch.set_num_threads(args.threads)  # small batches: more threads only contend with the trainer
     config = ServerConfig(host=args.host, port=args.port, token=args.token, max_connections=args.max_connections,
                           idle_timeout=args.idle_timeout, batch_wait=args.batch_wait_ms / 1e3,
-                          busy_poll=args.busy_poll_us / 1e6)
+                          busy_poll=args.busy_poll_us / 1e6, train_round_players=args.train_round_players)
     service = Service(args.data, archetype_dirs=archetype_dirs(args), seed=args.seed,
                       online=None if args.no_adapt else online_config(args), compile=args.compile,
                       trainer_process=args.trainer == "process", trainer_nice=args.trainer_nice)
@@ -92,6 +93,9 @@ def add_serve(sub) -> None:
                         "or a thread of the server process")
     p.add_argument("--trainer-nice", type=int, default=10,
                    help="added to the online trainer's nice value (Linux) so decisions come first")
+    p.add_argument("--train-round-players", type=int, default=ROUND_PLAYERS,
+                   help=f"players per online update round (default {ROUND_PLAYERS}); a backlog is worked "
+                        "through round after round")
     p.add_argument("--seed", type=int, default=0)
     add_archetypes_argument(p)
     p.set_defaults(func=_cmd_serve)

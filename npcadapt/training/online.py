@@ -139,7 +139,7 @@ class PlayerUpdate:
     """Input for one player: their current parameters and completed episodes."""
 
     player: str
-    params: torch.Tensor  # (P,) fp32
+    params: torch.Tensor | None  # (P,) fp32; None: a new player (the trainer host makes a fresh adapter)
     episodes: Sequence[Episode]
     state: OptimizerState | None = None
 

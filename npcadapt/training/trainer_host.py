@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
+from ..engine import fresh_row
 from ..lora.bank import AdapterLayout
 from ..policy import ActorCritic
 from .online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate, UpdateOutcome
@@ -24,14 +25,19 @@ class InProcessTrainer:
 
     def __init__(self, models: Mapping[str, tuple[ActorCritic, AdapterLayout]], config: OnlineConfig, capacity: int):
         self.trainers = {name: OnlineTrainer(policy, layout, config) for name, (policy, layout) in models.items()}
+        self.layouts = {name: layout for name, (_, layout) in models.items()}
         self.states: OrderedDict[tuple[str, str], OptimizerState] = OrderedDict()
         self.capacity = capacity
         self._lock = threading.Lock()  # guards states: forget may come from another thread
 
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
-        """One batched update of `items` (their `state` is filled in here); remembers the new states."""
+        """One batched update of `items` (their `state`, and for new players their fresh
+        adapter, are filled in here); remembers the new states."""
+        layout = self.layouts[archetype]
         with self._lock:
-            items = [replace(it, state=self.states.get((archetype, it.player))) for it in items]
+            items = [replace(it, state=self.states.get((archetype, it.player)),
+                             params=fresh_row(layout, archetype, it.player) if it.params is None else it.params)
+                     for it in items]
         outcomes = self.trainers[archetype].update(items)
         with self._lock:
             for outcome in outcomes:

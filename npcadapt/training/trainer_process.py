@@ -57,7 +57,7 @@ class TrainerRefusedError(TrainerProcessError):
 def encode_items(items: Sequence[PlayerUpdate]) -> list[dict]:
     """PlayerUpdates (their state stays with the trainer) -> plain maps."""
     return [
-        {"player": it.player, "params": it.params.detach().cpu().float().numpy().tobytes(),
+        {"player": it.player, "params": None if it.params is None else it.params.detach().cpu().float().numpy().tobytes(),
          "episodes": [_encode_episode(ep) for ep in it.episodes]}
         for it in items
     ]
@@ -85,7 +85,7 @@ def decode_items(archetype: Archetype, maps: Sequence[dict]) -> list[PlayerUpdat
             masks = [None] * steps if e["mask"] is None else list(np.frombuffer(e["mask"], bool).reshape(steps, spec.n_actions))
             episodes.append(Episode(archetype.name, m["player"], e["npc"], list(obs), masks, e["action"], e["logp"],
                                     e["value"], e["reward"], e["decision"]))
-        params = torch.from_numpy(np.frombuffer(m["params"], np.float32).copy())  # (P,)
+        params = None if m["params"] is None else torch.from_numpy(np.frombuffer(m["params"], np.float32).copy())  # (P,)
         items.append(PlayerUpdate(m["player"], params, episodes))
     return items
 
