@@ -16,19 +16,27 @@ sends); archetype ``duelist`` (8 floats, 8 actions). Phases, ``seconds_per_phase
   ``act`` requests in flight (prebuilt bytes; each reply sends the next request).
 - ``batched_decisions_per_s``: 8 connections, each keeping 4 ``act_batch`` requests of
   64 rows (64 distinct players per request) in flight.
-- ``act_p99_ms_while_training``: the light-load measurement again while a driver process
-  plays ``driver_players`` players' 4-step episodes (default 16; an ``act_batch`` of them
-  every 10 ms; after each episode's last reply one ``feedback`` notification per player
-  with ``done``), so the online trainer keeps updating adapters (every player every 4
-  episodes); ``training_updates`` counts the updates made during the measurement. Then
-  the same driver with the same players (now with adapters) without ``done`` (the same
-  requests at the same cost, no episode ever completes, no training) gives
-  ``act_p99_ms_same_load_no_training``, which separates the trainer's cost from the
-  driver's requests. ``trainer`` says where the server trains (``serve --trainer``: a
-  child process by default, or a thread).
+- ``act_p99_ms_while_training``: the light-load measurement again while the online trainer
+  works through a backlog and nothing else talks to the server: first ``backlog_players``
+  players (default 4,096) each play the server's ``episodes_per_update`` 4-step episodes
+  (``act_batch`` of 256 rows, then one ``feedback`` notification with ``done`` per player),
+  then the light load runs while the trainer updates them round after round;
+  ``training_updates`` counts the adapters installed during the measurement, and
+  ``trainer_busy_throughout`` says whether players were still waiting for an update when
+  it ended (so training never ran dry). The benchmark then waits for the backlog to drain.
+- ``act_p99_ms_while_training_with_driver``: the light-load measurement while a driver
+  process plays ``driver_players`` players' 4-step episodes (default 16; an ``act_batch``
+  of them every 10 ms; after each episode's last reply one ``feedback`` notification per
+  player with ``done``), so the trainer keeps updating adapters (every player every
+  ``episodes_per_update`` episodes) while another client's requests share the two cores:
+  ``driver_training_updates``. Then the same driver with the same players (now with
+  adapters) without ``done`` (the same requests at the same cost, no episode ever
+  completes, no training) gives ``act_p99_ms_same_load_no_training``, which separates the
+  trainer's cost from the driver's requests. ``trainer`` says where the server trains
+  (``serve --trainer``: a child process by default, or a thread).
 
-Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N] [--driver-players N]
-[--trainer process|thread]``: one JSON line.
+Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N] [--backlog-players N]
+[--driver-players N] [--trainer process|thread] [--busy-poll-us U]``: one JSON line.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ OBS_DIM = 8
 _READY = re.compile(r"bridge on [\d.]+:(\d+)")
 # The episode driver of the training phases: 4-step episodes, a step per 10 ms.
 DRIVER_STEPS, DRIVER_INTERVAL = 4, 0.01
+BACKLOG_BATCH = 256  # rows per act_batch while filling the trainer's backlog
 
 
 # -- request bytes --------------------------------------------------------------------------
@@ -309,6 +318,43 @@ def _ratio(times: np.ndarray, reference: np.ndarray) -> float:
     return round(float(np.percentile(times, 99) / np.percentile(reference, 99)), 3)
 
 
+def _fill_backlog(port: int, players: list[str], episodes: int, rng: np.random.Generator) -> None:
+    """`episodes` completed 4-step episodes for every player, as fast as the server answers."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    unpacker = msgpack.Unpacker()
+    chunks = [players[i : i + BACKLOG_BATCH] for i in range(0, len(players), BACKLOG_BATCH)]
+    for _ in range(episodes):
+        for chunk in chunks:
+            for _ in range(DRIVER_STEPS):
+                sock.sendall(act_batch_request(chunk, rng))
+                while (reply := next(unpacker, None)) is None:
+                    unpacker.feed(_recv(sock, 1 << 20))
+                if reply[2] is not None:
+                    raise RuntimeError(f"act_batch failed while filling the backlog: {reply[2]}")
+            sock.sendall(_feedback_notifications(chunk, rng.random(len(chunk)), True))
+    sock.close()
+
+
+def _light_while_training(port: int, request: bytes, seconds: float, players: int) -> tuple[np.ndarray, dict]:
+    """Light-load round trips while the trainer works through `players` players' backlog
+    (no other client traffic); returns the times and what the trainer did meanwhile."""
+    from ..training.online import OnlineConfig
+
+    episodes = OnlineConfig().episodes_per_update  # the server runs the default online settings
+    _fill_backlog(port, [f"backlog-{i}" for i in range(players)], episodes, np.random.default_rng(2))
+    before, start = _stats(port), time.perf_counter()
+    times = round_trips(port, request, seconds, echo=False)
+    after, elapsed = _stats(port), time.perf_counter() - start
+    deadline = time.monotonic() + 600
+    while _stats(port)["ready_players"] and time.monotonic() < deadline:  # drain before the next phase
+        time.sleep(0.25)
+    time.sleep(1.0)  # the last round's reply
+    updates = after["updates"] - before["updates"]
+    return times, {"updates": updates, "seconds": elapsed, "busy": after["ready_players"] > 0}
+
+
 def _light_while_driving(
     ctx, port: int, request: bytes, seconds: float, finish: bool, players: int
 ) -> tuple[np.ndarray, dict]:
@@ -341,6 +387,7 @@ def run(
     seconds_per_phase: float = 3.0,
     *,
     server_threads: int | None = 1,
+    backlog_players: int = 4096,
     driver_players: int = 16,
     trainer: str = "process",
     busy_poll_us: float = 0.0,
@@ -348,9 +395,9 @@ def run(
     """Measure every figure (see the module docstring); about 13 x `seconds_per_phase` + start-up.
 
     `server_threads` sets OMP_NUM_THREADS (torch's intra-op threads) for the server
-    process; None leaves torch's default (one per core). `driver_players` sizes the
-    training phases' episode driver; `trainer` and `busy_poll_us` are the server's
-    ``--trainer`` and ``--busy-poll-us``.
+    process; None leaves torch's default (one per core). `backlog_players` sizes the
+    trainer's backlog, `driver_players` the episode driver of the phases with another
+    client; `trainer` and `busy_poll_us` are the server's ``--trainer`` and ``--busy-poll-us``.
     """
     rng = np.random.default_rng(0)
     ctx = mp.get_context("spawn")
@@ -359,6 +406,7 @@ def run(
         "benchmark": "bridge",
         "seconds_per_phase": seconds_per_phase,
         "server_threads": server_threads,
+        "backlog_players": backlog_players,
         "driver_players": driver_players,
         "trainer": trainer,
         "busy_poll_us": busy_poll_us,
@@ -393,21 +441,29 @@ def run(
                 64 * asyncio.run(_pipelined(port, batches, 4, seconds_per_phase))
             )
 
-            trained, work = _light_while_driving(
-                ctx, port, light, seconds_per_phase, True, driver_players
-            )
-            loaded, control = _light_while_driving(  # the same players, adapters and requests
-                ctx, port, light, seconds_per_phase, False, driver_players
-            )
+            trained, work = _light_while_training(port, light, seconds_per_phase, backlog_players)
             result.update(
                 act_p50_ms_while_training=_ms(trained, 50),
                 act_p99_ms_while_training=_ms(trained, 99),
                 p99_ratio_training_vs_idle=_ratio(trained, acts),
                 training_updates=work["updates"],
                 training_updates_per_s=round(work["updates"] / work["seconds"], 1),
-                driver_decisions_per_s=round(work["decisions"] / work["seconds"]),
+                trainer_busy_throughout=work["busy"],
+            )
+
+            driven, drive = _light_while_driving(
+                ctx, port, light, seconds_per_phase, True, driver_players
+            )
+            loaded, control = _light_while_driving(  # the same players, adapters and requests
+                ctx, port, light, seconds_per_phase, False, driver_players
+            )
+            result.update(
+                act_p99_ms_while_training_with_driver=_ms(driven, 99),
+                p99_ratio_training_with_driver_vs_idle=_ratio(driven, acts),
+                driver_training_updates=drive["updates"],
+                driver_decisions_per_s=round(drive["decisions"] / drive["seconds"]),
                 act_p99_ms_same_load_no_training=_ms(loaded, 99),
-                p99_ratio_training_vs_same_load=_ratio(trained, loaded),
+                p99_ratio_training_vs_same_load=_ratio(driven, loaded),
                 control_updates=control["updates"],
             )
         finally:
@@ -425,12 +481,14 @@ def main(argv: list[str] | None = None) -> None:
         default=1,
         help="OMP_NUM_THREADS of the server process (default 1; 0 = torch's default)",
     )
+    parser.add_argument("--backlog-players", type=int, default=4096, help="players in the trainer's backlog")
     parser.add_argument("--driver-players", type=int, default=16, help="players of the training driver")
     parser.add_argument("--trainer", choices=("process", "thread"), default="process")
     parser.add_argument("--busy-poll-us", type=float, default=0.0, help="the server's --busy-poll-us")
     args = parser.parse_args(argv)
     result = run(args.seconds, server_threads=args.server_threads or None,
-                 driver_players=args.driver_players, trainer=args.trainer, busy_poll_us=args.busy_poll_us)
+                 backlog_players=args.backlog_players, driver_players=args.driver_players, trainer=args.trainer,
+                 busy_poll_us=args.busy_poll_us)
     print(json.dumps(result))
 
 

@@ -21,7 +21,7 @@ def _cmd_bench(args) -> int:
     elif args.which == "bridge":
         from ..bench.bridge import run
 
-        result = run(args.seconds, server_threads=args.server_threads or None,
+        result = run(args.seconds, server_threads=args.server_threads or None, backlog_players=args.backlog_players,
                      driver_players=args.driver_players, trainer=args.trainer, busy_poll_us=args.busy_poll_us)
     elif args.which == "fit":
         from ..bench.fit import run
@@ -61,7 +61,8 @@ def add_bench(sub) -> None:
     br = bsub.add_parser("bridge", help="socket bridge latency and throughput vs a raw asyncio echo")
     br.add_argument("--seconds", type=float, default=3.0, help="seconds per load phase")
     br.add_argument("--server-threads", type=int, default=1, help="torch threads of the server (0: torch's default)")
-    br.add_argument("--driver-players", type=int, default=16, help="players of the episode driver in the training phases")
+    br.add_argument("--backlog-players", type=int, default=4096, help="players in the trainer's backlog (training phase)")
+    br.add_argument("--driver-players", type=int, default=16, help="players of the episode driver (training with another client)")
     br.add_argument("--trainer", choices=("process", "thread"), default="process", help="the server's --trainer")
     br.add_argument("--busy-poll-us", type=float, default=0.0, help="the server's --busy-poll-us (default 0: off)")
     ft = bsub.add_parser("fit", help="players fitted per second by train adapters: local vs Ray 1 and 2 workers")
