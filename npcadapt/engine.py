@@ -369,9 +369,9 @@ class Engine:
             raise InvalidInputError(f"adapter for player {players[int(np.argmin(finite))]!r} has non-finite values")
         metas = []
         with rt.bank.lock:
-            rt.bank.lookup(players)
             now = time.time()
             for player, flat in zip(players, flats):
+                rt.bank.lookup([player])  # one at a time: more players than the bank holds still fit
                 old = rt.bank.meta(player)
                 if old is None:
                     meta = AdapterMeta(

@@ -192,12 +192,15 @@ class Service:
             return by_arch
 
     def _install(self, archetype: str, outcomes) -> int:
-        """Install updated adapters, except players reset while the update ran."""
+        """Install updated adapters, except players reset while the update ran; a result with
+        non-finite numbers is skipped (the player keeps their adapter), never the others."""
         with self._train_lock:
             reset = self._reset_while_updating
             # reset while this update ran: its result must not bring the adapter back
             kept = [o for o in outcomes if (archetype, o.player) not in reset]
-            updated = [o for o in kept if o.params is not None]
+            updated = [o for o in kept if o.params is not None and bool(torch.isfinite(o.params).all())]
+            if len(updated) < sum(o.params is not None for o in kept):
+                log.warning("online update for archetype %r gave non-finite adapters; those players keep theirs", archetype)
             if updated:
                 self.engine.put_adapter_rows(archetype, [o.player for o in updated],
                                              torch.stack([o.params for o in updated]), updates=1)
@@ -217,8 +220,9 @@ class Service:
         """Run `train_pending` in a daemon thread while decisions keep being served.
 
         Each round updates at most `players_per_round` players (None: every ready player),
-        those that became ready first; while more are ready the next round starts at once,
-        otherwise the thread looks again after `interval` seconds. Bounded rounds keep a backlog
+        those that became ready first; while a full round's worth is still ready the next
+        round starts at once, otherwise the thread looks again after `interval` seconds (so
+        players trickling in are still gathered into batches). Bounded rounds keep a backlog
         (many players finishing episodes at once) from becoming one long update whose
         hand-over work, done in this process, would stall decisions, and every adapter in
         it would arrive only at its end.
@@ -243,13 +247,19 @@ class Service:
             while not self._stop.wait(wait):
                 try:
                     self.train_pending(players_per_round)
-                    wait = 0.0 if self.tracker.ready(self.online.episodes_per_update, 1) else interval  # a backlog: go on
+                    wait = 0.0 if self._full_round_ready(players_per_round) else interval
                 except Exception:  # keep serving; the error is logged
                     log.exception("online training step failed")
                     wait = interval
 
         self._background = threading.Thread(target=loop, name="npcadapt-online-trainer", daemon=True)
         self._background.start()
+
+    def _full_round_ready(self, players_per_round: int | None) -> bool:
+        """A backlog: at least a whole round of players is waiting."""
+        if players_per_round is None:
+            return False
+        return len(self.tracker.ready(self.online.episodes_per_update, players_per_round)) >= players_per_round
 
     def stop_background_training(self) -> None:
         if self._background is not None:

@@ -267,34 +267,70 @@ def test_a_round_updates_at_most_max_players_those_ready_first(svc):
 
 
 def test_background_training_works_through_a_backlog_round_after_round(svc):
-    """More ready players than a round takes: the next round starts at once, not after the
-    (here very long) poll interval."""
-    players = [f"p{i}" for i in range(7)]
+    """A full round's worth waiting: the next round starts at once, not after the (here very
+    long) interval; fewer than a round wait for it, so a trickle is still batched."""
+    players = [f"p{i}" for i in range(10)]
     play(svc, players, episodes=svc.online.episodes_per_update, train=False)
     rounds = []
     real = svc.train_pending
     svc.train_pending = lambda max_players=None: rounds.append(real(max_players)) or rounds[-1]
     svc.start_background_training(interval=30.0, players_per_round=3)
     try:
-        deadline = time.monotonic() + 30
-        while svc.counters["updates"] < 7 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 20
+        while svc.counters["updates"] < 9 and time.monotonic() < deadline:
             time.sleep(0.01)
+        time.sleep(0.3)
+        assert rounds == [3, 3, 3] and svc.stats()["ready_players"] == 1  # the tenth waits for the interval
     finally:
         svc.stop_background_training()
-    assert svc.counters["updates"] == 7 and rounds[:3] == [3, 3, 1]
     with pytest.raises(ValueError, match="players_per_round"):
         svc.start_background_training(players_per_round=0)
 
 
-def test_a_new_players_first_update_starts_from_their_seeded_fresh_adapter(svc):
-    """The trainer makes a new player's adapter (params None): what the engine would make."""
+def test_the_trainer_gets_no_adapter_for_a_new_player_and_the_served_one_after(svc):
+    """A new player's fresh adapter is made by the trainer host (params None), the same
+    seeded adapter the engine would make; a known player's update starts from the served one."""
     from npcadapt.training.trainer_host import InProcessTrainer
 
-    play(svc, ["ann"], episodes=svc.online.episodes_per_update, train=False)
-    episodes = svc.tracker.take(svc.tracker.ready(svc.online.episodes_per_update))[("tiny", "ann")]
+    seen = []
+    real = svc.trainer.update
+    svc.trainer.update = lambda archetype, items: seen.append(items) or real(archetype, items)
+    play(svc, ["ann"], episodes=2 * svc.online.episodes_per_update)
+    assert [item.params is None for items in seen for item in items] == [True, False]
+    served_after_first = seen[1][0].params
+    assert svc.engine.get_adapter("tiny", "ann") is not None and served_after_first.abs().sum() > 0
+
+    play(svc, ["bob"], episodes=svc.online.episodes_per_update, train=False)
+    episodes = svc.tracker.take(svc.tracker.ready(svc.online.episodes_per_update))[("tiny", "bob")]
     rt = svc.engine.runtime("tiny")
     results = []
-    for params in (None, svc.engine.fresh_adapter_row("tiny", "ann")):
+    for params in (None, svc.engine.fresh_adapter_row("tiny", "bob")):
         trainer = InProcessTrainer({"tiny": (rt.policy, rt.layout)}, svc.online, capacity=8)
-        results.append(trainer.update("tiny", [PlayerUpdate("ann", params, episodes)])[0].params)
+        results.append(trainer.update("tiny", [PlayerUpdate("bob", params, episodes)])[0].params)
     assert results[0] is not None and torch.equal(results[0], results[1])
+
+
+def test_a_round_larger_than_the_adapter_bank_installs_every_player(tmp_path, arch_root):
+    with npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], seed=0, capacity=4,
+                       online=OnlineConfig(kl_bound=3.0)) as small:
+        players = [f"p{i}" for i in range(8)]
+        for _ in range(2):  # the second round's players are mostly on disk, not in the bank
+            for half in (players[:4], players[4:]):  # a decision batch may hold at most 4 adapters
+                play(small, half, episodes=small.online.episodes_per_update, train=False)
+            assert small.train_pending() == 8
+        assert small.counters["updates"] == 16
+        assert all(small.adapter_info("tiny", p).version == 2 for p in players)
+
+
+def test_a_non_finite_result_skips_that_player_only(svc):
+    real = svc.trainer.update
+
+    def poisoned(archetype, items):
+        outcomes = real(archetype, items)
+        bad = replace(outcomes[0], params=torch.full_like(outcomes[1].params, float("nan")))
+        return [bad, *outcomes[1:]]
+
+    svc.trainer.update = poisoned
+    play(svc, ["ann", "bob"], episodes=svc.online.episodes_per_update)
+    assert svc.adapter_info("tiny", "ann") is None and svc.adapter_info("tiny", "bob").version == 1
+    assert (svc.counters["updates"], svc.counters["skipped_updates"]) == (1, 1)

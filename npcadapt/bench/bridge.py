@@ -20,8 +20,9 @@ sends); archetype ``duelist`` (8 floats, 8 actions). Phases, ``seconds_per_phase
   works through a backlog and nothing else talks to the server: first ``backlog_players``
   players (default 4,096) each play the server's ``episodes_per_update`` 4-step episodes
   (``act_batch`` of 256 rows, then one ``feedback`` notification with ``done`` per player),
-  then the light load runs while the trainer updates them round after round;
-  ``training_updates`` counts the adapters installed during the measurement, and
+  then the light load runs while the trainer updates them round after round (it starts
+  during the filling: ``backlog_at_start`` players are still waiting when the measurement
+  starts); ``training_updates`` counts the adapters installed during the measurement, and
   ``trainer_busy_throughout`` says whether players were still waiting for an update when
   it ended (so training never ran dry). The benchmark then waits for the backlog to drain.
 - ``act_p99_ms_while_training_with_driver``: the light-load measurement while a driver
@@ -352,7 +353,8 @@ def _light_while_training(port: int, request: bytes, seconds: float, players: in
         time.sleep(0.25)
     time.sleep(1.0)  # the last round's reply
     updates = after["updates"] - before["updates"]
-    return times, {"updates": updates, "seconds": elapsed, "busy": after["ready_players"] > 0}
+    return times, {"updates": updates, "seconds": elapsed, "waiting": before["ready_players"],
+                   "busy": after["ready_players"] > 0}
 
 
 def _light_while_driving(
@@ -448,6 +450,7 @@ def run(
                 p99_ratio_training_vs_idle=_ratio(trained, acts),
                 training_updates=work["updates"],
                 training_updates_per_s=round(work["updates"] / work["seconds"], 1),
+                backlog_at_start=work["waiting"],
                 trainer_busy_throughout=work["busy"],
             )
 
