@@ -355,22 +355,26 @@ class Engine:
         return self.put_adapter_rows(archetype, [player], flat.reshape(1, -1), updates=updates)[0]
 
     def put_adapter_rows(
-        self, archetype: str, players: Sequence[str], flats: torch.Tensor, *, updates: int = 0
-    ) -> list[AdapterMeta]:
+        self, archetype: str, players: Sequence[str], flats: torch.Tensor, *, updates: int = 0,
+        skip_non_finite: bool = False,
+    ) -> list[AdapterMeta | None]:
         """Install new adapter versions for several players at once, flats (N, P): for the
-        trainers, which install many adapters a second. All or none are checked first."""
+        trainers, which install many adapters a second. Everything is checked before anything
+        is installed; a row with non-finite values refuses the call, or with `skip_non_finite`
+        is left out (that player keeps their adapter; None in its place in the result)."""
         rt = self.runtime(archetype)
         for player in players:
             validate_player_id(player)
         if flats.shape[0] != len(players):
             raise InvalidInputError(f"got {flats.shape[0]} adapters for {len(players)} players")
         finite = np.isfinite(flats.detach().cpu().float().numpy()).all(axis=1)  # (N,)
-        if not finite.all():
+        if not (finite.all() or skip_non_finite):
             raise InvalidInputError(f"adapter for player {players[int(np.argmin(finite))]!r} has non-finite values")
-        metas = []
+        metas: list[AdapterMeta | None] = [None] * len(players)
         with rt.bank.lock:
             now = time.time()
-            for player, flat in zip(players, flats):
+            for i in np.flatnonzero(finite):
+                player, flat = players[i], flats[i]
                 rt.bank.lookup([player])  # one at a time: more players than the bank holds still fit
                 old = rt.bank.meta(player)
                 if old is None:
@@ -383,7 +387,7 @@ class Engine:
                 else:
                     meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
                 rt.bank.put(player, flat, meta)
-                metas.append(meta)
+                metas[i] = meta
         return metas
 
     def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:

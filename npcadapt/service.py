@@ -198,12 +198,13 @@ class Service:
             reset = self._reset_while_updating
             # reset while this update ran: its result must not bring the adapter back
             kept = [o for o in outcomes if (archetype, o.player) not in reset]
-            updated = [o for o in kept if o.params is not None and bool(torch.isfinite(o.params).all())]
-            if len(updated) < sum(o.params is not None for o in kept):
+            results = [o for o in kept if o.params is not None]
+            metas = self.engine.put_adapter_rows(archetype, [o.player for o in results],
+                                                 torch.stack([o.params for o in results]), updates=1,
+                                                 skip_non_finite=True) if results else []
+            updated = [o for o, meta in zip(results, metas) if meta is not None]
+            if len(updated) < len(results):
                 log.warning("online update for archetype %r gave non-finite adapters; those players keep theirs", archetype)
-            if updated:
-                self.engine.put_adapter_rows(archetype, [o.player for o in updated],
-                                             torch.stack([o.params for o in updated]), updates=1)
             self.counters["skipped_updates"] += len(kept) - len(updated)
             self.counters["updates"] += len(updated)
             self.counters["kl_bounded"] += sum(o.kl_scaled < 1.0 for o in updated)

@@ -331,3 +331,7 @@ def test_put_adapter_rows_installs_all_or_none(engine):
     assert rt.bank.meta("ann").version == 1 and torch.equal(engine.adapter_row("tiny", "ann"), good[0])  # untouched
     again = engine.put_adapter_rows("tiny", ["bob"], good[1:] * 2, updates=1)[0]
     assert (again.version, again.updates) == (2, 2) and torch.equal(engine.adapter_row("tiny", "bob"), good[1] * 2)
+    skipped = engine.put_adapter_rows("tiny", ["ann", "bob"], bad + 1.0, updates=1, skip_non_finite=True)
+    assert skipped[0].version == 2 and skipped[1] is None  # bob keeps his adapter
+    assert torch.equal(engine.adapter_row("tiny", "ann"), good[0] + 1.0)
+    assert torch.equal(engine.adapter_row("tiny", "bob"), good[1] * 2)

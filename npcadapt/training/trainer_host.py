@@ -25,7 +25,6 @@ class InProcessTrainer:
 
     def __init__(self, models: Mapping[str, tuple[ActorCritic, AdapterLayout]], config: OnlineConfig, capacity: int):
         self.trainers = {name: OnlineTrainer(policy, layout, config) for name, (policy, layout) in models.items()}
-        self.layouts = {name: layout for name, (_, layout) in models.items()}
         self.states: OrderedDict[tuple[str, str], OptimizerState] = OrderedDict()
         self.capacity = capacity
         self._lock = threading.Lock()  # guards states: forget may come from another thread
@@ -33,7 +32,7 @@ class InProcessTrainer:
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One batched update of `items` (their `state`, and for new players their fresh
         adapter, are filled in here); remembers the new states."""
-        layout = self.layouts[archetype]
+        layout = self.trainers[archetype].family
         with self._lock:
             items = [replace(it, state=self.states.get((archetype, it.player)),
                              params=fresh_row(layout, archetype, it.player) if it.params is None else it.params)
