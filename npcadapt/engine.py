@@ -24,9 +24,10 @@ import torch
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
 from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError
 from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
-from .lora.numpy_forward import NumpyForward, decide, log_probs
+from .lora.numpy_forward import NumpyForward
 from .policy import ActorCritic, masked_log_probs
 from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
+from .sampling import ExpNoise, decide, decide_one, log_probs
 from .store import AdapterStore
 from .types import AdapterInfo, BatchDecision, Decision
 
@@ -80,7 +81,7 @@ class Engine:
         self._runtimes: dict[str, ArchetypeRuntime] = {}
         for name, arch in find_archetypes(dirs).items():
             self._runtimes[name] = self._runtime(arch, capacity)
-        self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._noise = ExpNoise(seed)  # the draws' randomness (see sampling.py)
         self._decision_ids = itertools.count(1)
         self._rng_lock = threading.Lock()
         self._closed = False
@@ -181,7 +182,11 @@ class Engine:
             versions = rt.bank.versions(slots)
         _check_logits(logits)
         with self._rng_lock:
-            action, logp, entropy = decide(logits, mask_a, greedy_a, self._generator)
+            if n == 1:  # the latency-critical case: Python floats beat a dozen numpy calls
+                one = decide_one(logits[0], None if mask_a is None else mask_a[0], greedy_a is not None, self._noise)
+                action, logp, entropy = np.array(one[:1]), np.array(one[1:2], np.float32), np.array(one[2:], np.float32)
+            else:
+                action, logp, entropy = decide(logits, mask_a, greedy_a, self._noise)
         ids = np.fromiter(itertools.islice(self._decision_ids, n), dtype=np.int64, count=n)
         self.counters["decisions"] += n
         self.counters["batches"] += 1
@@ -225,12 +230,20 @@ class Engine:
         the batch is large; elsewhere the torch forward."""
         fast = rt.fast
         if fast is not None and not (self.compile and len(slots) > fast.numpy_rows):
-            rows = self._adapter_rows(rt, slots)
-            return fast(obs, None if rows is None else rows.float().numpy())
+            return fast(obs, self._rows_for_numpy(rt, slots))
         with torch.inference_mode():
             obs_t = torch.from_numpy(obs if obs.flags.writeable else obs.copy()).to(self.device)
             logits, value = self._forward(rt, slots, obs_t)
             return logits.float().cpu().numpy(), value.float().cpu().numpy()
+
+    @staticmethod
+    def _rows_for_numpy(rt: ArchetypeRuntime, slots: np.ndarray) -> np.ndarray | None:
+        """The numpy forward's adapters, float32: None when every row is base, (1, P) when
+        all rows share one adapter, else (N, P). Read under the bank lock, held by the caller."""
+        first = slots[0]
+        if len(slots) == 1 or (slots == first).all():
+            return None if first == ZERO_SLOT else rt.bank.float32_rows(slots[:1])
+        return rt.bank.float32_rows(slots)
 
     @staticmethod
     def _adapter_rows(rt: ArchetypeRuntime, slots: np.ndarray) -> torch.Tensor | None:

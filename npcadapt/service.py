@@ -244,6 +244,10 @@ class Service:
 
         def loop() -> None:
             _lower_thread_priority(nice)
+            try:
+                self.trainer.wait_ready()  # a trainer process starts now, not at the first update
+            except Exception:  # the first round raises it again, and logs it
+                log.exception("the online trainer did not start")
             wait = 0.0  # the first round at once
             while not self._stop.wait(wait):
                 try:
@@ -293,7 +297,8 @@ class Service:
 
     def stats(self) -> dict:
         return {**self.engine.counters, **self.counters, "open_episodes": self.tracker.open_count(),
-                "ready_players": self.ready_players()}
+                "ready_players": self.ready_players(),
+                "trainer_ready": None if self.trainer is None else self.trainer.ready}
 
     def flush(self) -> int:
         """Persist changed adapters and the interaction log."""

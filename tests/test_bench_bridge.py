@@ -18,3 +18,4 @@ def test_bench_bridge_prints_every_figure(capsys):
     assert 0 < result["backlog_at_start"] <= 1500
     assert result["driver_training_updates"] >= 0 and result["control_updates"] == 0  # no done: no training
     assert isinstance(result["trainer_busy_throughout"], bool)
+    assert result["trainer_start_wait_s"] >= 0  # measuring began once the trainer process was up

@@ -267,6 +267,22 @@ def test_bf16_bank_matches_fp32_closely(tmp_path, arch_root):
     assert (outs[0] - outs[1]).abs().max() < 2e-2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_numpy_forward_reads_the_banks_rows_in_every_dtype(tmp_path, arch_root, dtype):
+    eng = Engine(tmp_path / dtype, archetype_dirs=[arch_root], adapter_dtype=dtype)
+    for i in range(3):
+        eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", seed=i))
+    bank = eng.runtime("tiny").bank
+    slots = bank.lookup(["p2", "p0", "nobody", "p2"])
+    rows = bank.float32_rows(slots)
+    assert rows.dtype == np.float32 and np.array_equal(rows, bank.gather(slots).float().numpy())
+    one = bank.float32_rows(slots[:1])
+    eng.set_adapter("tiny", "p2", random_adapter(eng, "tiny", "p2", seed=9))  # the bank's memory changes
+    assert np.array_equal(bank.float32_rows(slots[:1]), bank.gather(slots[:1]).float().numpy())
+    assert not np.array_equal(one, bank.float32_rows(slots[:1]))  # what was read before is not rewritten
+    eng.close()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu(tmp_path, arch_root):
     obs = np.random.default_rng(8).standard_normal((8, 6)).astype(np.float32)

@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import msgpack
 import numpy as np
@@ -17,10 +18,10 @@ import torch
 from bridge_helpers import RunningBridge, read_reply
 from conftest import random_adapter
 from npcadapt.archetypes import init_archetype
-from npcadapt.engine import Engine, sample_actions
+from npcadapt.engine import Engine
 from npcadapt.episodes import EpisodeTracker
 from npcadapt.errors import InvalidInputError
-from npcadapt.lora.numpy_forward import EXACT_DRAW_ROWS, decide
+from npcadapt.sampling import ExpNoise, decide, decide_one
 from npcadapt.protocol import packed_response
 from npcadapt.rpc import DecisionEncoder, Methods
 from npcadapt.server import Connection, ServerConfig
@@ -75,40 +76,82 @@ def test_small_batch_copies_follow_in_place_weight_changes(engine):
     assert not np.allclose(before, after) and np.abs(after - want.numpy()).max() <= 1e-5
 
 
-def test_decide_draws_exactly_what_torch_multinomial_draws():
-    rng = np.random.default_rng(1)
-    n = EXACT_DRAW_ROWS
-    logits = rng.standard_normal((n, 6)).astype(np.float32) * 3
-    mask = rng.random((n, 6)) < 0.7
-    mask[np.arange(n), rng.integers(0, 6, n)] = True  # every row allows something
-    for m in (None, mask):
-        action, logp, entropy = decide(logits, m, None, torch.Generator().manual_seed(5))
-        want = sample_actions(torch.from_numpy(logits), None if m is None else torch.from_numpy(m), None,
-                              torch.Generator().manual_seed(5))
-        assert np.array_equal(action, want[0].numpy())
-        assert np.abs(logp - want[1].numpy()).max() <= 1e-5
-        assert np.abs(entropy - want[2].numpy()).max() <= 1e-5
-    assert mask[np.arange(n), action].all()
+def test_noise_stream_is_the_same_however_it_is_taken():
+    whole = ExpNoise(7).take(100_000)
+    noise = ExpNoise(7, block=1000)
+    sizes = [1, 8, 999, 3, 2500, 1000, 7, 40_000]  # within a block, across blocks, larger than one
+    parts = [noise.take(k).copy() for k in sizes]
+    assert np.array_equal(np.concatenate(parts), whole[: sum(sizes)])
+    assert whole.dtype == np.float32 and whole.min() > 0 and abs(whole.mean() - 1) < 0.01
 
 
-def test_decide_by_inverse_cdf_for_large_batches_follows_the_probabilities():
+def test_noise_never_holds_zero():
+    noise = ExpNoise(0)
+    noise._rng = SimpleNamespace(standard_exponential=lambda k, dtype: np.zeros(k, dtype))  # a 2^-24 event, forced
+    q = noise.take(16)
+    assert (q > 0).all()  # so p / q never divides by zero (0 / 0 would be NaN, which argmax picks)
+
+
+def test_decide_follows_the_probabilities_and_masks():
     n = 20_000  # one distribution repeated: the draw frequencies must match it
     logits = np.tile(np.array([[2.0, 0.0, -1.0, 1.0, 5.0]], np.float32), (n, 1))
     mask = np.tile(np.array([[True, True, True, True, False]]), (n, 1))  # the likeliest action is masked
     probs = np.exp(logits[0, :4]) / np.exp(logits[0, :4]).sum()
-    action, logp, entropy = decide(logits, mask, None, torch.Generator().manual_seed(0))
+    action, logp, entropy = decide(logits, mask, None, ExpNoise(0))
     freq = np.bincount(action, minlength=5) / n
     assert freq[4] == 0 and np.abs(freq[:4] - probs).max() < 0.015
     assert np.allclose(logp, np.log(probs)[action], atol=1e-5)
     assert np.allclose(entropy, -(probs * np.log(probs)).sum(), atol=1e-5)
-    again, _, _ = decide(logits, mask, None, torch.Generator().manual_seed(0))
+    again, _, _ = decide(logits, mask, None, ExpNoise(0))
     assert np.array_equal(action, again)  # seeded
     greedy = np.arange(n) % 2 == 0
-    picked, _, _ = decide(logits, mask, greedy, torch.Generator().manual_seed(1))
+    picked, _, _ = decide(logits, mask, greedy, ExpNoise(1))
     assert (picked[greedy] == 0).all() and (picked[~greedy] != 4).all()
 
 
-@pytest.mark.parametrize("n", [24, EXACT_DRAW_ROWS + 44])  # both ways of drawing
+def test_decide_one_draws_what_decide_draws_row_by_row():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    logits = (rng.standard_normal((n, 6)) * 3).astype(np.float32)
+    mask = rng.random((n, 6)) < 0.7
+    mask[np.arange(n), rng.integers(0, 6, n)] = True  # every row allows something
+    greedy = rng.random(n) < 0.2
+    for m, g in ((None, None), (mask, greedy)):
+        action, logp, entropy = decide(logits, m, g, ExpNoise(5))
+        noise = ExpNoise(5)  # the same stream, taken a row at a time
+        rows = [decide_one(logits[i], None if m is None else m[i], g is not None and bool(g[i]), noise) for i in range(n)]
+        assert np.array_equal(action, [r[0] for r in rows])
+        assert np.abs(logp - [r[1] for r in rows]).max() <= 1e-5
+        assert np.abs(entropy - [r[2] for r in rows]).max() <= 1e-5
+    assert mask[np.arange(n), action].all() and len(set(action.tolist())) == 6
+
+
+def test_engine_decides_the_same_one_row_at_a_time_as_in_a_batch(tmp_path, arch_root):
+    """The single-row path (Python floats) and the batch path (numpy) over the same seed."""
+    obs = np.random.default_rng(6).standard_normal((40, 6)).astype(np.float32)
+    players = [f"p{i % 4}" for i in range(40)]
+    masks = np.random.default_rng(7).random((40, 4)) < 0.6
+    masks[:, 1] = True
+    outs = []
+    for one_at_a_time in (False, True):
+        eng = Engine(tmp_path / str(one_at_a_time), archetype_dirs=[arch_root], capacity=8, seed=3)
+        for i in range(3):  # p3 has no adapter
+            eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", scale=1.0, seed=i))
+        if one_at_a_time:
+            rows = [eng.act_batch("tiny", [players[i]], obs[i : i + 1], masks=masks[i : i + 1]) for i in range(40)]
+            outs.append({f: np.concatenate([getattr(r, f) for r in rows]) for f in ("action", "logp", "entropy", "value")})
+        else:
+            out = eng.act_batch("tiny", players, obs, masks=masks)
+            outs.append({f: getattr(out, f) for f in ("action", "logp", "entropy", "value")})
+        eng.close()
+    batch, single = outs
+    assert np.array_equal(batch["action"], single["action"]) and len(set(batch["action"].tolist())) > 1
+    for field in ("logp", "entropy", "value"):
+        assert single[field].dtype == np.float32 and np.abs(batch[field] - single[field]).max() <= 1e-5
+    assert masks[np.arange(40), batch["action"]].all()
+
+
+@pytest.mark.parametrize("n", [1, 24, 300])  # one row (Python floats) and batches
 def test_act_batch_numpy_and_torch_paths_agree_with_masks_and_greedy(tmp_path, arch_root, n):
     obs = np.random.default_rng(2).standard_normal((n, 6)).astype(np.float32)
     players = [f"p{i % 5}" for i in range(n)]
@@ -132,7 +175,8 @@ def test_act_batch_numpy_and_torch_paths_agree_with_masks_and_greedy(tmp_path, a
         for field in ("logp", "value", "entropy"):
             assert np.abs(getattr(fast, field) - getattr(slow, field)).max() <= 1e-5
         assert masks[np.arange(n), fast.action].all()
-    assert len(set(outs[0][0].action[~greedy].tolist())) > 1  # really sampled
+    if n > 1:
+        assert len(set(outs[0][0].action[~greedy].tolist())) > 1  # really sampled
     assert outs[0][3].action == outs[1][3].action == 1
 
 

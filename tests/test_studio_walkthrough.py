@@ -24,7 +24,7 @@ def test_define_record_train_serve(tmp_path, capsys):
         Client(port=running.port) as c,
     ):
         assert [a["name"] for a in c.archetypes()] == ["guard"]
-        for episode in range(60):
+        for episode in range(400):  # 60 episodes were too few: the refreshed base's preference was a coin flip
             for t in range(5):
                 armed = float(rng.random() < 0.5)
                 d = c.act("guard", f"player-{episode % 6}", "gate-guard", [rng.random(), armed, 0.0])

@@ -104,6 +104,20 @@ def test_the_child_refuses_an_archetype_that_changed_on_disk(tmp_path, arch_root
         trainer.close()
 
 
+def test_stats_say_when_the_trainer_process_is_ready(tmp_path, arch_root):
+    with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
+        assert svc.stats()["trainer_ready"] is False  # the child starts with the service; nobody has heard from it
+        svc.start_background_training(interval=0.05)  # which waits for the child at once, not at the first update
+        deadline = time.monotonic() + 60
+        while not svc.stats()["trainer_ready"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert svc.stats()["trainer_ready"] is True and svc.counters["updates"] == 0
+    with open_service(tmp_path, arch_root, "in", trainer_process=False) as svc:
+        assert svc.stats()["trainer_ready"] is True
+    with npcadapt.open(tmp_path / "off", archetype_dirs=[arch_root], online=False) as svc:
+        assert svc.stats()["trainer_ready"] is None
+
+
 def test_close_ends_the_child(tmp_path, arch_root):
     svc = open_service(tmp_path, arch_root, "d", trainer_process=True)
     play(svc, ["ann"], episodes=4)

@@ -7,7 +7,9 @@ a 2-core machine shared with the clients, torch's default of one thread per core
 every forward wait for a busy core). The reference is a raw asyncio echo server
 (``asyncio.Protocol`` writing back what it reads) in its own process, measured the same
 way in the same run. Observations are float32 binary (what :mod:`npcadapt.client`
-sends); archetype ``duelist`` (8 floats, 8 actions). Phases, ``seconds_per_phase`` each:
+sends); archetype ``duelist`` (8 floats, 8 actions). Measuring starts once the server's
+online trainer process is up (``trainer_start_wait_s``: how long that took after the server
+listened). Phases, ``seconds_per_phase`` each:
 
 - light load: one client, one blocking socket, sequential ``act`` round trips of the same
   prebuilt request bytes -> ``act_p50_ms``, ``act_p99_ms``; the echo server gets the
@@ -310,6 +312,18 @@ def _stats(port: int) -> dict:
         return client.stats()
 
 
+def wait_trainer_ready(port: int, timeout: float = 120.0) -> float:
+    """Wait until the server's online trainer process is up (``stats().trainer_ready``): its
+    start-up (importing torch, loading archetypes) would share the cores with the first
+    phase. Returns the seconds waited."""
+    start = time.perf_counter()
+    while _stats(port).get("trainer_ready") is False:
+        if time.perf_counter() - start > timeout:
+            raise RuntimeError(f"the server's online trainer was not ready within {timeout:.0f}s")
+        time.sleep(0.05)
+    return round(time.perf_counter() - start, 2)
+
+
 def _ms(times: np.ndarray, q: float) -> float:
     return round(float(np.percentile(times, q)) * 1e3, 4)
 
@@ -420,6 +434,7 @@ def run(
         )
         echo, echo_port = start_echo(ctx)
         try:
+            result["trainer_start_wait_s"] = wait_trainer_ready(port)
             acts = round_trips(port, light, seconds_per_phase, echo=False)
             echoes = round_trips(echo_port, light, seconds_per_phase, echo=True)
             result.update(

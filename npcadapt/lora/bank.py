@@ -175,6 +175,8 @@ class AdapterBank:
         self.capacity = capacity
         self.dtype = dtype
         self.storage = torch.zeros(capacity + 1, layout.size, dtype=dtype, device=device)  # (S, P)
+        # the same memory seen by numpy (CPU float32/float16), so the numpy forward reads rows without torch
+        self._storage_np = self.storage.numpy() if self.storage.device.type == "cpu" and dtype in (torch.float32, torch.float16) else None
         self.lock = threading.RLock()
         self._loader = loader
         self._writeback = writeback
@@ -208,6 +210,12 @@ class AdapterBank:
         """
         with self.lock:
             self._tick += 1
+            if len(players) == 1:  # a single request: no array passes
+                slot = self._slot_of.get(players[0])
+                if slot is None:
+                    slot = self._resolve(players[0])
+                self._last_used[slot] = self._tick
+                return np.array([slot])
             get = self._slot_of.get
             slots = np.fromiter((get(p, -1) for p in players), dtype=np.int64, count=len(players))
             if (slots < 0).any():
@@ -285,6 +293,13 @@ class AdapterBank:
         index = torch.as_tensor(slots, dtype=torch.int64, device=self.storage.device)
         with self.lock:
             return self.storage.index_select(0, index)
+
+    def float32_rows(self, slots: np.ndarray) -> np.ndarray:
+        """The slots' adapter rows as float32 numpy (N, P): a copy, or where the bank is float32
+        a read of its memory that is only valid while the caller holds `lock`."""
+        if self._storage_np is None:
+            return self.gather(slots).float().cpu().numpy()
+        return self._storage_np[slots].astype(np.float32, copy=False)
 
     def versions(self, slots: np.ndarray) -> np.ndarray:
         """Adapter version per slot (0 for the zero slot)."""

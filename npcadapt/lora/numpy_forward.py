@@ -1,4 +1,4 @@
-"""The engine's CPU forward pass and decision step: numpy arithmetic, torch's BLAS for big products.
+"""The engine's CPU forward pass: numpy arithmetic, torch's BLAS for big products.
 
 :class:`NumpyForward` computes what ``ActorCritic.forward`` with ``AdapterLayout.delta_fn``
 computes (float32, equal up to rounding) on cached float32 copies of the frozen base
@@ -11,9 +11,8 @@ weights, for two measured reasons:
   go through torch (its thread setting), because numpy's BLAS starts threads of its own
   at that size, which fight the server's on a small machine.
 
-:func:`log_probs` and :func:`decide` turn logits into decisions (the numpy counterparts
-of ``masked_log_probs`` and ``torch.multinomial``). This module knows nothing of players
-or banks; the engine decides when it runs.
+Turning logits into decisions is :mod:`npcadapt.sampling`'s job. This module knows
+nothing of players or banks; the engine decides when it runs.
 """
 
 from __future__ import annotations
@@ -127,57 +126,3 @@ class NumpyForward:
         xa = mm(a, np.ascontiguousarray(x)[:, :, None])  # (N, r, 1)
         xa *= np.float32(self.layout.scale)
         return mm(xa.transpose(0, 2, 1), bt)[:, 0, :]  # (N, d_out)
-
-
-EXACT_DRAW_ROWS = 256  # up to this many rows, draws are exactly torch.multinomial's
-
-
-def log_probs(logits: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """numpy ``masked_log_probs``, actions first: logits (N, A) -> log-probabilities and
-    probabilities (A, N); masked actions get -inf and exactly 0.
-
-    Working on (A, N) keeps every reduction an element-wise pass over rows of N numbers
-    (reducing a short last axis is several times slower in numpy).
-    """
-    lt = np.ascontiguousarray(logits.T)  # (A, N)
-    if mask is not None:
-        lt = np.where(mask.T, lt, np.float32(-np.inf))
-    lt -= lt.max(axis=0)
-    exp = np.exp(lt)
-    total = exp.sum(axis=0)  # (N,)
-    lt -= np.log(total)
-    exp /= total
-    return lt, exp
-
-
-def decide(
-    logits: np.ndarray, mask: np.ndarray | None, greedy: np.ndarray | None, generator: torch.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Masked categorical draw: logits (N, A) -> action (N,) int64, logp (N,), entropy (N,).
-
-    Masked actions get probability exactly 0 and are never drawn; rows with greedy True
-    take the argmax. Randomness comes from `generator` only: up to EXACT_DRAW_ROWS rows the
-    draw is argmax(p / q) with q ~ Exp(1), which is what ``torch.multinomial(p, 1)`` does,
-    so the same generator state picks the same actions as torch's sampler; above that one
-    uniform number per row picks by inverse CDF (A exponentials a row cost ~15 ns each).
-    """
-    n = logits.shape[0]
-    logp_all, probs = log_probs(logits, mask)  # (A, N) each
-    if n <= EXACT_DRAW_ROWS:
-        device = generator.device
-        q = torch.empty(logits.shape, device=device).exponential_(1, generator=generator)  # (N, A)
-        action = (probs / (q.numpy() if device.type == "cpu" else q.cpu().numpy()).T).argmax(axis=0)
-    else:
-        cdf = np.cumsum(probs, axis=0, dtype=np.float64)  # (A, N)
-        u = torch.rand(n, dtype=torch.float64, device=generator.device, generator=generator).cpu().numpy()
-        u *= cdf[-1]
-        action = (cdf <= u).sum(axis=0)  # the first action whose cumulative probability exceeds u
-        over = action >= cdf.shape[0]
-        if over.any():  # u rounded up to the total: the last action of non-zero probability
-            action[over] = cdf.shape[0] - 1 - np.argmax(probs[::-1, over] > 0, axis=0)
-    if greedy is not None:
-        action = np.where(greedy, logp_all.argmax(axis=0), action)
-    rows = np.arange(n)
-    logp = logp_all[action, rows]
-    terms = probs * (logp_all if mask is None else np.where(probs > 0, logp_all, np.float32(0.0)))
-    return action.astype(np.int64, copy=False), logp, -terms.sum(axis=0)

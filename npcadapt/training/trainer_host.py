@@ -3,7 +3,8 @@
 :class:`InProcessTrainer` runs :class:`~npcadapt.training.online.OnlineTrainer` in the
 calling thread; :class:`~npcadapt.training.trainer_process.TrainerProcess` runs the same
 object in a child process. Both answer ``update(archetype, items)`` with the same
-outcomes and ``forget(archetype, player)``, so the Service does not care which it has.
+outcomes and ``forget(archetype, player)``, and say whether they are ``ready`` (a child
+process takes seconds to start), so the Service does not care which it has.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class InProcessTrainer:
                 if outcome.params is not None:
                     self._remember(archetype, outcome.player, outcome.state)
         return outcomes
+
+    ready = True  # nothing to start
+
+    def wait_ready(self) -> None:
+        pass
 
     def _remember(self, archetype: str, player: str, state: OptimizerState) -> None:
         key = (archetype, player)

@@ -193,6 +193,16 @@ class TrainerProcess:
                 raise
             self._ready = True
 
+    @property
+    def ready(self) -> bool:
+        """Whether the child has answered its set-up (it imports torch and loads every archetype)."""
+        return self._ready
+
+    def wait_ready(self) -> None:
+        """Block until the child is set up (what the first update would wait for); raises as update does."""
+        with self._lock:
+            self._alive()
+
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         with self._lock:
             self._alive()
