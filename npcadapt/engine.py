@@ -230,20 +230,24 @@ class Engine:
         the batch is large; elsewhere the torch forward."""
         fast = rt.fast
         if fast is not None and not (self.compile and len(slots) > fast.numpy_rows):
-            return fast(obs, self._rows_for_numpy(rt, slots))
+            rows, key = self._rows_for_numpy(rt, slots)
+            return fast(obs, rows, key)
         with torch.inference_mode():
             obs_t = torch.from_numpy(obs if obs.flags.writeable else obs.copy()).to(self.device)
             logits, value = self._forward(rt, slots, obs_t)
             return logits.float().cpu().numpy(), value.float().cpu().numpy()
 
     @staticmethod
-    def _rows_for_numpy(rt: ArchetypeRuntime, slots: np.ndarray) -> np.ndarray | None:
-        """The numpy forward's adapters, float32: None when every row is base, (1, P) when
-        all rows share one adapter, else (N, P). Read under the bank lock, held by the caller."""
+    def _rows_for_numpy(rt: ArchetypeRuntime, slots: np.ndarray) -> tuple[np.ndarray | None, int | None]:
+        """The numpy forward's adapters, float32: None when every row is base, (1, P) when all
+        rows share one adapter (with the key of its content), else (N, P). Read under the bank
+        lock, held by the caller."""
         first = slots[0]
         if len(slots) == 1 or (slots == first).all():
-            return None if first == ZERO_SLOT else rt.bank.float32_rows(slots[:1])
-        return rt.bank.float32_rows(slots)
+            if first == ZERO_SLOT:
+                return None, None
+            return rt.bank.float32_rows(slots[:1]), rt.bank.content_id(first)
+        return rt.bank.float32_rows(slots), None
 
     @staticmethod
     def _adapter_rows(rt: ArchetypeRuntime, slots: np.ndarray) -> torch.Tensor | None:

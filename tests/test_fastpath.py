@@ -64,6 +64,35 @@ def test_numpy_forward_matches_torch(tmp_path, arch_root, odd_root, archetype, p
     eng.close()
 
 
+@pytest.mark.parametrize("archetype", ["tiny", "odd"])
+def test_merged_weights_for_a_repeat_caller_match_the_low_rank_path(tmp_path, arch_root, odd_root, archetype):
+    eng = Engine(tmp_path / "d", archetype_dirs=[arch_root, odd_root], capacity=8)
+    rt = eng.runtime(archetype)
+    rt.fast.merged_capacity = 2
+    obs = np.random.default_rng(0).standard_normal((3, rt.archetype.spec.obs_dim)).astype(np.float32)
+
+    def reference(player):  # the torch forward of the player's adapter
+        with torch.inference_mode():
+            return eng._forward(rt, rt.bank.lookup([player] * 3), torch.from_numpy(obs))[0].numpy()
+
+    for round_ in range(2):
+        for i, p in enumerate(["ann", "bob", "cid"]):  # three adapters through a cache of two
+            if round_ == 0:
+                eng.set_adapter(archetype, p, random_adapter(eng, archetype, p, scale=1.0, seed=i))
+            for call in range(3):  # the first call takes the low-rank path, later ones the merged weights
+                got = eng._logits(rt, rt.bank.lookup([p] * 3), obs)[0]
+                assert np.abs(got - reference(p)).max() <= 1e-5, (p, call)
+            assert len(rt.fast._merged) <= 2
+    eng.set_adapter(archetype, "ann", random_adapter(eng, archetype, "ann", scale=1.0, seed=7))  # a new version
+    for _ in range(3):
+        assert np.abs(eng._logits(rt, rt.bank.lookup(["ann"] * 3), obs)[0] - reference("ann")).max() <= 1e-5
+    with torch.no_grad():
+        rt.policy.actor[0].bias.add_(0.5)  # the base changed in place: merged copies are dropped
+    assert np.abs(eng._logits(rt, rt.bank.lookup(["ann"] * 3), obs)[0] - reference("ann")).max() <= 1e-5
+    assert not rt.fast._merged
+    eng.close()
+
+
 def test_small_batch_copies_follow_in_place_weight_changes(engine):
     rt = engine.runtime("tiny")
     obs = np.ones((2, 6), np.float32)

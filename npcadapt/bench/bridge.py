@@ -14,6 +14,9 @@ listened). Phases, ``seconds_per_phase`` each:
 - light load: one client, one blocking socket, sequential ``act`` round trips of the same
   prebuilt request bytes -> ``act_p50_ms``, ``act_p99_ms``; the echo server gets the
   same bytes the same way -> ``echo_p50_ms``, ``echo_p99_ms``, ``p99_ratio_vs_echo``.
+  The light player has no adapter (the base policy answers); ``act_p50_ms_with_adapter``,
+  ``act_p99_ms_with_adapter`` and ``p99_ratio_with_adapter_vs_echo`` repeat the measurement
+  for a player holding one (given by one online update first), as a game's players would.
 - ``single_row_decisions_per_s``: 64 connections (64 players), each keeping 16 single-row
   ``act`` requests in flight (prebuilt bytes; each reply sends the next request).
 - ``batched_decisions_per_s``: 8 connections, each keeping 4 ``act_batch`` requests of
@@ -352,6 +355,21 @@ def _fill_backlog(port: int, players: list[str], episodes: int, rng: np.random.G
     sock.close()
 
 
+def _give_adapter(port: int, player: str, timeout: float = 60.0) -> int:
+    """Play `player` the episodes of one online update and wait for its adapter; returns its version."""
+    from ..client import Client
+    from ..training.online import OnlineConfig
+
+    _fill_backlog(port, [player], OnlineConfig().episodes_per_update, np.random.default_rng(3))
+    deadline = time.monotonic() + timeout
+    with Client(port=port) as client:
+        while (info := client.adapter_info(ARCHETYPE, player)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no adapter for {player!r} within {timeout:.0f}s")
+            time.sleep(0.05)
+    return info["version"]
+
+
 def _light_while_training(port: int, request: bytes, seconds: float, players: int) -> tuple[np.ndarray, dict]:
     """Light-load round trips while the trainer works through `players` players' backlog
     (no other client traffic); returns the times and what the trainer did meanwhile."""
@@ -408,7 +426,7 @@ def run(
     trainer: str = "process",
     busy_poll_us: float = 0.0,
 ) -> dict:
-    """Measure every figure (see the module docstring); about 13 x `seconds_per_phase` + start-up.
+    """Measure every figure (see the module docstring); about 14 x `seconds_per_phase` + start-up.
 
     `server_threads` sets OMP_NUM_THREADS (torch's intra-op threads) for the server
     process; None leaves torch's default (one per core). `backlog_players` sizes the
@@ -444,6 +462,13 @@ def run(
                 echo_p50_ms=_ms(echoes, 50),
                 echo_p99_ms=_ms(echoes, 99),
                 p99_ratio_vs_echo=_ratio(acts, echoes),
+            )
+            _give_adapter(port, "bench-adapted")
+            adapted = round_trips(port, act_request("bench-adapted", _obs(rng)), seconds_per_phase, echo=False)
+            result.update(
+                act_p50_ms_with_adapter=_ms(adapted, 50),
+                act_p99_ms_with_adapter=_ms(adapted, 99),
+                p99_ratio_with_adapter_vs_echo=_ratio(adapted, echoes),
             )
 
             singles = [act_request(f"bench-single-{i}", _obs(rng)) for i in range(64)]

@@ -12,6 +12,7 @@ snapshot and never sees half of an update.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from dataclasses import dataclass
@@ -186,6 +187,8 @@ class AdapterBank:
         self._last_used = np.zeros(capacity + 1, dtype=np.int64)
         self._dirty = np.zeros(capacity + 1, dtype=bool)
         self._version = np.zeros(capacity + 1, dtype=np.int64)
+        self._content = np.zeros(capacity + 1, dtype=np.int64)  # renumbered at every write of a slot's row
+        self._writes = itertools.count(1)
         self._free = list(range(capacity, 0, -1))
         self._absent = 0  # how many known-absent players _slot_of holds
         self._tick = 1
@@ -266,6 +269,7 @@ class AdapterBank:
         self._meta[slot] = None
         self._dirty[slot] = False
         self._version[slot] = 0
+        self._content[slot] = next(self._writes)
         self.storage[slot].zero_()
 
     def _forget_all_absent(self) -> None:
@@ -281,6 +285,7 @@ class AdapterBank:
             self._slot_of[player] = slot
             self._player_of[slot] = player
         self.storage[slot].copy_(flat.reshape(-1))
+        self._content[slot] = next(self._writes)
         self._meta[slot] = meta
         self._version[slot] = getattr(meta, "version", 0)
         self._dirty[slot] = dirty
@@ -300,6 +305,11 @@ class AdapterBank:
         if self._storage_np is None:
             return self.gather(slots).float().cpu().numpy()
         return self._storage_np[slots].astype(np.float32, copy=False)
+
+    def content_id(self, slot: int) -> int:
+        """A number unique to what the slot's row holds now: every write through the bank
+        gives a new one (a key for what is computed from the row; 0 for the zero slot)."""
+        return int(self._content[slot])
 
     def versions(self, slots: np.ndarray) -> np.ndarray:
         """Adapter version per slot (0 for the zero slot)."""

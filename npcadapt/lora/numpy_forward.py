@@ -17,6 +17,7 @@ nothing of players or banks; the engine decides when it runs.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ from ..policy import ActorCritic
 from .bank import AdapterLayout, LayerSlice
 
 NUMPY_MACS = 2**18  # multiply-adds of the widest product up to which numpy's matmul is used
+MERGED_BYTES = 16 * 2**20  # per archetype: base weights with one adapter merged in, for repeat callers
 
 _ACTIVATIONS = {"tanh": lambda y: np.tanh(y, out=y), "relu": lambda y: np.maximum(y, 0.0, out=y)}
 
@@ -51,6 +53,7 @@ class NumpyForward:
         self.policy = policy
         self.layout = layout
         self.n_actions = policy.actor[-1].out_features
+        self._scale = np.float32(layout.scale)
         self._half = policy.actor[0].out_features  # where the critic's columns start in layer 0
         self._act = _ACTIVATIONS[policy.activation]
         self._params = list(policy.parameters())
@@ -63,7 +66,12 @@ class NumpyForward:
             self._targets.setdefault(int(index), []).append((("actor", "critic").index(head), layer))
         self._weights: list[tuple[np.ndarray, np.ndarray]] = []
         self._stamp: list[int] = []
+        self._merged: OrderedDict[int, list[tuple[np.ndarray, np.ndarray]]] = OrderedDict()  # adapter key -> weights
+        self._seen: OrderedDict[int, None] = OrderedDict()  # adapter keys asked for once
         self.refresh()
+        adapted = {int(layer.name.split(".")[1]) for layer in layout.layers}
+        size = sum(self._weights[k][0].nbytes for k in adapted)
+        self.merged_capacity = max(1, MERGED_BYTES // max(size, 1))
 
     def refresh(self) -> None:
         """Copy the weights as float32 numpy: layer 0 W^T (D, 2 h0), deeper (2, d_in, d_out)."""
@@ -85,16 +93,29 @@ class NumpyForward:
             weights.append((w, b))
         self._weights = weights
         self._stamp = [p._version for p in self._params]
+        self._merged.clear()
+        self._seen.clear()
 
-    def __call__(self, obs: np.ndarray, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, obs: np.ndarray, rows: np.ndarray | None, key: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """obs (N, D) float32; rows None (base), (N, P) packed adapters, or (1, P) one adapter
-        for every row -> logits (N, A), value (N,)."""
+        for every row -> logits (N, A), value (N,).
+
+        `key` names the content of a (1, P) adapter (it must change whenever the row does):
+        from the second call with the same key on, that adapter is merged into a copy of the
+        base weights (kept for later calls, least recently used dropped past `merged_capacity`),
+        so the forward costs what the base's does.
+        """
         if [p._version for p in self._params] != self._stamp:  # in-place changes bump versions
             self.refresh()
+        weights = self._weights
+        if key is not None and rows is not None and rows.shape[0] == 1:
+            merged = self._merged_weights(key, rows)
+            if merged is not None:
+                weights, rows = merged, None
         n = obs.shape[0]
         mm: MatMul = np.matmul if n <= self.numpy_rows else torch_matmul
-        last = len(self._weights) - 1
-        w, b = self._weights[0]
+        last = len(weights) - 1
+        w, b = weights[0]
         y = mm(obs, w)  # (N, 2 h0)
         y += b
         half = self._half
@@ -105,7 +126,7 @@ class NumpyForward:
             return y[:, : self.n_actions], y[:, self.n_actions]
         h = self._act(y).reshape(n, 2, half).transpose(1, 0, 2)  # (2, N, h0)
         for k in range(1, last + 1):
-            w, b = self._weights[k]
+            w, b = weights[k]
             y = mm(h, w)  # (2, N, d_out)
             y += b
             if rows is not None:
@@ -114,15 +135,46 @@ class NumpyForward:
             h = y if k == last else self._act(y)
         return h[0, :, : self.n_actions], h[1, :, 0]
 
+    def _merged_weights(self, key: int, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """The base weights with adapter `rows` (1, P) merged in (W + scale A^T B^T per adapted
+        layer), cached by `key`; None the first time a key is seen (one call: the low-rank path is cheaper)."""
+        merged = self._merged.get(key)
+        if merged is not None:
+            self._merged.move_to_end(key)
+            return merged
+        if key not in self._seen:
+            self._seen[key] = None
+            if len(self._seen) > 4 * self.merged_capacity:
+                self._seen.popitem(last=False)
+            return None
+        del self._seen[key]
+        merged = list(self._weights)
+        half = self._half
+        for k, targets in self._targets.items():
+            w = merged[k][0].copy()
+            for head, layer in targets:
+                a = rows[0, layer.a_start : layer.a_end].reshape(layer.rank, layer.d_in)  # (r, d_in)
+                bt = rows[0, layer.b_start : layer.b_end].reshape(layer.rank, layer.d_out)  # (r, d_out)
+                delta = (a.T @ bt) * self._scale  # (d_in, d_out)
+                if k == 0:
+                    w[:, head * half : head * half + layer.d_out] += delta
+                else:
+                    w[head, :, : layer.d_out] += delta
+            merged[k] = (w, merged[k][1])
+        self._merged[key] = merged
+        if len(self._merged) > self.merged_capacity:
+            self._merged.popitem(last=False)
+        return merged
+
     def _delta(self, x: np.ndarray, rows: np.ndarray, layer: LayerSlice, mm: MatMul) -> np.ndarray:
         """scale * (x_i A_i^T) B_i^T for every row i: x (N, d_in) -> (N, d_out)."""
         m = rows.shape[0]
+        if m == 1:  # one adapter for every row: two plain products (BLAS reads A^T as it lies)
+            xa = mm(x, rows[0, layer.a_start : layer.a_end].reshape(layer.rank, layer.d_in).T)  # (N, r)
+            xa *= self._scale
+            return mm(xa, rows[0, layer.b_start : layer.b_end].reshape(layer.rank, layer.d_out))  # (N, d_out)
         a = rows[:, layer.a_start : layer.a_end].reshape(m, layer.rank, layer.d_in)  # (M, r, d_in)
         bt = rows[:, layer.b_start : layer.b_end].reshape(m, layer.rank, layer.d_out)  # (M, r, d_out)
-        if m == 1:  # one adapter for every row: two plain products
-            xa = mm(x, np.ascontiguousarray(a[0].T))  # (N, r)
-            xa *= np.float32(self.layout.scale)
-            return mm(xa, bt[0])  # (N, d_out)
         xa = mm(a, np.ascontiguousarray(x)[:, :, None])  # (N, r, 1)
-        xa *= np.float32(self.layout.scale)
+        xa *= self._scale
         return mm(xa.transpose(0, 2, 1), bt)[:, 0, :]  # (N, d_out)
