@@ -183,7 +183,8 @@ class Engine:
         _check_logits(logits)
         with self._rng_lock:
             if n == 1:  # the latency-critical case: Python floats beat a dozen numpy calls
-                one = decide_one(logits[0], None if mask_a is None else mask_a[0], greedy_a is not None, self._noise)
+                one = decide_one(logits[0], None if mask_a is None else mask_a[0],
+                                 greedy_a is not None and bool(greedy_a[0]), self._noise)
                 action, logp, entropy = np.array(one[:1]), np.array(one[1:2], np.float32), np.array(one[2:], np.float32)
             else:
                 action, logp, entropy = decide(logits, mask_a, greedy_a, self._noise)

@@ -245,7 +245,7 @@ class Service:
         def loop() -> None:
             _lower_thread_priority(nice)
             try:
-                self.trainer.wait_ready()  # a trainer process starts now, not at the first update
+                self.trainer.wait_ready(self._stop)  # a trainer process starts now, not at the first update
             except Exception:  # the first round raises it again, and logs it
                 log.exception("the online trainer did not start")
             wait = 0.0  # the first round at once

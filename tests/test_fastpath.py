@@ -83,12 +83,16 @@ def test_merged_weights_for_a_repeat_caller_match_the_low_rank_path(tmp_path, ar
                 got = eng._logits(rt, rt.bank.lookup([p] * 3), obs)[0]
                 assert np.abs(got - reference(p)).max() <= 1e-5, (p, call)
             assert len(rt.fast._merged) <= 2
-    eng.set_adapter(archetype, "ann", random_adapter(eng, archetype, "ann", scale=1.0, seed=7))  # a new version
+    assert len(rt.fast._merged) == 2  # bob's and cid's merged weights served the later calls
+    key = rt.bank.content_id(rt.bank.lookup(["cid"])[0])
+    assert key in rt.fast._merged
+    eng.set_adapter(archetype, "cid", random_adapter(eng, archetype, "cid", scale=1.0, seed=7))  # a new version
+    assert rt.bank.content_id(rt.bank.lookup(["cid"])[0]) != key  # so the cached copy is never used again
     for _ in range(3):
-        assert np.abs(eng._logits(rt, rt.bank.lookup(["ann"] * 3), obs)[0] - reference("ann")).max() <= 1e-5
+        assert np.abs(eng._logits(rt, rt.bank.lookup(["cid"] * 3), obs)[0] - reference("cid")).max() <= 1e-5
     with torch.no_grad():
         rt.policy.actor[0].bias.add_(0.5)  # the base changed in place: merged copies are dropped
-    assert np.abs(eng._logits(rt, rt.bank.lookup(["ann"] * 3), obs)[0] - reference("ann")).max() <= 1e-5
+    assert np.abs(eng._logits(rt, rt.bank.lookup(["cid"] * 3), obs)[0] - reference("cid")).max() <= 1e-5
     assert not rt.fast._merged
     eng.close()
 

@@ -118,6 +118,22 @@ def test_stats_say_when_the_trainer_process_is_ready(tmp_path, arch_root):
         assert svc.stats()["trainer_ready"] is None
 
 
+def test_waiting_for_the_child_can_be_stopped_and_a_dead_child_is_not_ready(arch_root):
+    from npcadapt.archetypes import load_archetype
+
+    trainer = TrainerProcess({"tiny": load_archetype(arch_root / "tiny")}, CONFIG, capacity=8)
+    try:
+        stop = threading.Event()
+        stop.set()
+        assert trainer.wait_ready(stop) is False and trainer.ready is False  # shutdown need not wait for start-up
+        assert trainer.wait_ready() is True and trainer.ready is True
+        trainer._proc.kill()
+        trainer._proc.wait()
+        assert trainer.ready is False  # stats() must not report a dead trainer as ready
+    finally:
+        trainer.close()
+
+
 def test_close_ends_the_child(tmp_path, arch_root):
     svc = open_service(tmp_path, arch_root, "d", trainer_process=True)
     play(svc, ["ann"], episodes=4)

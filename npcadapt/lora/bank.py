@@ -300,8 +300,8 @@ class AdapterBank:
             return self.storage.index_select(0, index)
 
     def float32_rows(self, slots: np.ndarray) -> np.ndarray:
-        """The slots' adapter rows as float32 numpy (N, P): a copy, or where the bank is float32
-        a read of its memory that is only valid while the caller holds `lock`."""
+        """A copy of the slots' adapter rows as float32 numpy (N, P), read without torch where
+        the bank is float32 or float16 on the CPU."""
         if self._storage_np is None:
             return self.gather(slots).float().cpu().numpy()
         return self._storage_np[slots].astype(np.float32, copy=False)

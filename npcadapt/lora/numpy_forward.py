@@ -69,8 +69,7 @@ class NumpyForward:
         self._merged: OrderedDict[int, list[tuple[np.ndarray, np.ndarray]]] = OrderedDict()  # adapter key -> weights
         self._seen: OrderedDict[int, None] = OrderedDict()  # adapter keys asked for once
         self.refresh()
-        adapted = {int(layer.name.split(".")[1]) for layer in layout.layers}
-        size = sum(self._weights[k][0].nbytes for k in adapted)
+        size = sum(self._weights[k][0].nbytes for k in self._targets)  # what a merged copy adds
         self.merged_capacity = max(1, MERGED_BYTES // max(size, 1))
 
     def refresh(self) -> None:

@@ -47,8 +47,8 @@ class InProcessTrainer:
 
     ready = True  # nothing to start
 
-    def wait_ready(self) -> None:
-        pass
+    def wait_ready(self, stop=None) -> bool:
+        return True
 
     def _remember(self, archetype: str, player: str, state: OptimizerState) -> None:
         key = (archetype, player)

@@ -195,13 +195,23 @@ class TrainerProcess:
 
     @property
     def ready(self) -> bool:
-        """Whether the child has answered its set-up (it imports torch and loads every archetype)."""
-        return self._ready
+        """Whether a live child has answered its set-up (it imports torch and loads every archetype)."""
+        proc = self._proc
+        return self._ready and proc is not None and proc.poll() is None
 
-    def wait_ready(self) -> None:
-        """Block until the child is set up (what the first update would wait for); raises as update does."""
-        with self._lock:
-            self._alive()
+    def wait_ready(self, stop: threading.Event | None = None) -> bool:
+        """Block until the child is set up (what the first update would wait for), or until
+        `stop` is set (returns False); raises as update does. The lock is taken in slices of
+        0.1 s, so close() and forget() never wait for the child's start-up."""
+        while not self._ready:
+            if stop is not None and stop.is_set():
+                return False
+            with self._lock:
+                proc = self._proc
+                if (self._ready or proc is None or not _CAN_SELECT
+                        or select.select([proc.stdout.fileno()], [], [], 0.1)[0]):
+                    self._alive()
+        return True
 
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         with self._lock:
