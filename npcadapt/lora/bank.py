@@ -177,7 +177,8 @@ class AdapterBank:
         self.dtype = dtype
         self.storage = torch.zeros(capacity + 1, layout.size, dtype=dtype, device=device)  # (S, P)
         # the same memory seen by numpy (CPU float32/float16), so the numpy forward reads rows without torch
-        self._storage_np = self.storage.numpy() if self.storage.device.type == "cpu" and dtype in (torch.float32, torch.float16) else None
+        numpy_readable = self.storage.device.type == "cpu" and dtype in (torch.float32, torch.float16)
+        self._storage_np = self.storage.numpy() if numpy_readable else None
         self.lock = threading.RLock()
         self._loader = loader
         self._writeback = writeback
