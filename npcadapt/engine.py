@@ -27,7 +27,7 @@ from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
 from .lora.numpy_forward import NumpyForward
 from .policy import ActorCritic, masked_log_probs
 from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
-from .sampling import ExpNoise, decide, decide_one, log_probs
+from .sampling import ExpNoise, decide, log_probs
 from .store import AdapterStore
 from .types import AdapterInfo, BatchDecision, Decision
 
@@ -182,12 +182,7 @@ class Engine:
             versions = rt.bank.versions(slots)
         _check_logits(logits)
         with self._rng_lock:
-            if n == 1:  # the latency-critical case: Python floats beat a dozen numpy calls
-                one = decide_one(logits[0], None if mask_a is None else mask_a[0],
-                                 greedy_a is not None and bool(greedy_a[0]), self._noise)
-                action, logp, entropy = np.array(one[:1]), np.array(one[1:2], np.float32), np.array(one[2:], np.float32)
-            else:
-                action, logp, entropy = decide(logits, mask_a, greedy_a, self._noise)
+            action, logp, entropy = decide(logits, mask_a, greedy_a, self._noise)
         ids = np.fromiter(itertools.islice(self._decision_ids, n), dtype=np.int64, count=n)
         self.counters["decisions"] += n
         self.counters["batches"] += 1
@@ -243,25 +238,25 @@ class Engine:
         """The numpy forward's adapters, float32: None when every row is base, (1, P) when all
         rows share one adapter (with the key of its content), else (N, P). Read under the bank
         lock, held by the caller."""
-        first = slots[0]
-        if len(slots) == 1 or (slots == first).all():
-            if first == ZERO_SLOT:
-                return None, None
-            return rt.bank.float32_rows(slots[:1]), rt.bank.content_id(first)
-        return rt.bank.float32_rows(slots), None
+        shared = _shared_slot(slots)
+        if shared is None:
+            return rt.bank.float32_rows(slots), None
+        if shared == ZERO_SLOT:
+            return None, None
+        return rt.bank.float32_rows(slots[:1]), rt.bank.content_id(shared)
 
     @staticmethod
     def _adapter_rows(rt: ArchetypeRuntime, slots: np.ndarray) -> torch.Tensor | None:
         """A snapshot of the batch's adapters: None when every row is base, (1, P) when all
         rows share one adapter (the low-rank product needs no gather), else (N, P)."""
-        first = slots[0] if len(slots) else ZERO_SLOT
-        if (slots == first).all():
-            return None if first == ZERO_SLOT else rt.bank.gather(slots[:1])
-        return rt.bank.gather(slots)
+        shared = _shared_slot(slots)
+        if shared is None:
+            return rt.bank.gather(slots)
+        return None if shared == ZERO_SLOT else rt.bank.gather(slots[:1])
 
     def _forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The torch forward for the rows' adapters (fused gather under torch.compile)."""
-        if self.compile and len(slots) and not (slots == slots[0]).all():
+        if self.compile and _shared_slot(slots) is None:
             return self._compiled_forward(rt, slots, obs)
         rows = self._adapter_rows(rt, slots)
         if rows is None:
@@ -480,6 +475,14 @@ def derived_seed(*parts: str) -> int:
     """A reproducible 56-bit seed from strings (SHA-256 of their NUL-joined UTF-8 bytes)."""
     key = "\0".join(parts).encode("utf-8", "surrogatepass")
     return int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
+
+
+def _shared_slot(slots: np.ndarray) -> int | None:
+    """The slot every row of a batch uses (ZERO_SLOT for no rows), or None when they differ."""
+    if len(slots) == 0:
+        return ZERO_SLOT
+    first = int(slots[0])
+    return first if len(slots) == 1 or (slots == first).all() else None
 
 
 def _check_logits(logits: np.ndarray) -> None:

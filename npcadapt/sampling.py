@@ -77,8 +77,13 @@ def decide(
 
     Masked actions get probability exactly 0 and are never drawn; rows with greedy True
     take the argmax (they still use up their A noise numbers, so the stream stays aligned).
+    One row goes to :func:`decide_one`.
     """
     n, a = logits.shape
+    if n == 1:
+        action, logp, entropy = decide_one(logits[0], None if mask is None else mask[0],
+                                           greedy is not None and bool(greedy[0]), noise)
+        return np.array([action]), np.array([logp], np.float32), np.array([entropy], np.float32)
     logp_all, probs = log_probs(logits, mask)  # (A, N) each
     q = noise.take(n * a).reshape(n, a)  # (N, A)
     action = (probs / q.T).argmax(axis=0)  # (N,)
@@ -102,7 +107,8 @@ def decide_one(
         values = [v if allowed else -math.inf for v, allowed in zip(values, mask.tolist())]
     top = max(values)
     weights = [math.exp(v - top) for v in values]  # unnormalised probabilities; masked -> 0
-    log_total = math.log(sum(weights))
+    total = math.fsum(weights)
+    log_total = math.log(total)
     q = noise.take(len(values)).tolist()
     if greedy:
         action = values.index(top)
@@ -110,5 +116,5 @@ def decide_one(
         ratios = [w / x for w, x in zip(weights, q)]
         action = ratios.index(max(ratios))
     # entropy = log Z - E_p[v - top], over the actions with p > 0
-    mean = sum(w * (v - top) for w, v in zip(weights, values) if w > 0.0) / math.fsum(weights)
+    mean = sum(w * (v - top) for w, v in zip(weights, values) if w > 0.0) / total
     return action, values[action] - top - log_total, log_total - mean

@@ -8,8 +8,8 @@ every forward wait for a busy core). The reference is a raw asyncio echo server
 (``asyncio.Protocol`` writing back what it reads) in its own process, measured the same
 way in the same run. Observations are float32 binary (what :mod:`npcadapt.client`
 sends); archetype ``duelist`` (8 floats, 8 actions). Measuring starts once the server's
-online trainer process is up (``trainer_start_wait_s``: how long that took after the server
-listened). Phases, ``seconds_per_phase`` each:
+online trainer process is up (``trainer_start_wait_s``: how long the benchmark waited for
+it once both servers were started). Phases, ``seconds_per_phase`` each:
 
 - light load: one client, one blocking socket, sequential ``act`` round trips of the same
   prebuilt request bytes -> ``act_p50_ms``, ``act_p99_ms``; the echo server gets the
@@ -355,19 +355,18 @@ def _fill_backlog(port: int, players: list[str], episodes: int, rng: np.random.G
     sock.close()
 
 
-def _give_adapter(port: int, player: str, timeout: float = 60.0) -> int:
-    """Play `player` the episodes of one online update and wait for its adapter; returns its version."""
+def _give_adapter(port: int, player: str, timeout: float = 60.0) -> None:
+    """Play `player` the episodes of one online update and wait for its adapter."""
     from ..client import Client
     from ..training.online import OnlineConfig
 
     _fill_backlog(port, [player], OnlineConfig().episodes_per_update, np.random.default_rng(3))
     deadline = time.monotonic() + timeout
     with Client(port=port) as client:
-        while (info := client.adapter_info(ARCHETYPE, player)) is None:
+        while client.adapter_info(ARCHETYPE, player) is None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no adapter for {player!r} within {timeout:.0f}s")
             time.sleep(0.05)
-    return info["version"]
 
 
 def _light_while_training(port: int, request: bytes, seconds: float, players: int) -> tuple[np.ndarray, dict]:

@@ -215,11 +215,7 @@ class AdapterBank:
         with self.lock:
             self._tick += 1
             if len(players) == 1:  # a single request: no array passes
-                slot = self._slot_of.get(players[0])
-                if slot is None:
-                    slot = self._resolve(players[0])
-                self._last_used[slot] = self._tick
-                return np.array([slot])
+                return np.array([self._resolve(players[0])])
             get = self._slot_of.get
             slots = np.fromiter((get(p, -1) for p in players), dtype=np.int64, count=len(players))
             if (slots < 0).any():

@@ -37,7 +37,7 @@ def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) 
 
 
 def delta_weight(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
-    """The dense update scale * B A, shape (d_out, d_in)."""
+    """The dense update scale * B A, shape (d_out, d_in) (torch tensors, or numpy arrays)."""
     return (b @ a) * scale
 
 

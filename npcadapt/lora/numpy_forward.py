@@ -25,6 +25,7 @@ import torch
 
 from ..policy import ActorCritic
 from .bank import AdapterLayout, LayerSlice
+from .functional import delta_weight
 
 NUMPY_MACS = 2**18  # multiply-adds of the widest product up to which numpy's matmul is used
 MERGED_BYTES = 16 * 2**20  # per archetype: base weights with one adapter merged in, for repeat callers
@@ -107,7 +108,7 @@ class NumpyForward:
         if [p._version for p in self._params] != self._stamp:  # in-place changes bump versions
             self.refresh()
         weights = self._weights
-        if key is not None and rows is not None and rows.shape[0] == 1:
+        if key is not None:
             merged = self._merged_weights(key, rows)
             if merged is not None:
                 weights, rows = merged, None
@@ -154,7 +155,7 @@ class NumpyForward:
             for head, layer in targets:
                 a = rows[0, layer.a_start : layer.a_end].reshape(layer.rank, layer.d_in)  # (r, d_in)
                 bt = rows[0, layer.b_start : layer.b_end].reshape(layer.rank, layer.d_out)  # (r, d_out)
-                delta = (a.T @ bt) * self._scale  # (d_in, d_out)
+                delta = delta_weight(a, bt.T, self._scale).T  # (d_in, d_out): our weights are stored W^T
                 if k == 0:
                     w[:, head * half : head * half + layer.d_out] += delta
                 else:

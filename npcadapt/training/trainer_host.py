@@ -30,6 +30,11 @@ class InProcessTrainer:
         self.capacity = capacity
         self._lock = threading.Lock()  # guards states: forget may come from another thread
 
+    ready = True  # nothing to start
+
+    def wait_ready(self, stop=None) -> bool:
+        return True
+
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One batched update of `items` (their `state`, and for new players their fresh
         adapter, are filled in here); remembers the new states."""
@@ -44,11 +49,6 @@ class InProcessTrainer:
                 if outcome.params is not None:
                     self._remember(archetype, outcome.player, outcome.state)
         return outcomes
-
-    ready = True  # nothing to start
-
-    def wait_ready(self, stop=None) -> bool:
-        return True
 
     def _remember(self, archetype: str, player: str, state: OptimizerState) -> None:
         key = (archetype, player)
