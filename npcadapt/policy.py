@@ -79,6 +79,13 @@ class ActorCritic(nn.Module):
         value = self._run("critic", obs, layer_delta).squeeze(-1)
         return logits, value
 
+    def actor_features(self, obs: torch.Tensor) -> torch.Tensor:
+        """The actor's last hidden activations: obs (N, obs_dim) -> (N, hidden[-1])."""
+        x = obs
+        for layer in self.actor[:-1]:
+            x = self._act(layer(x))
+        return x
+
     def logits(self, obs: torch.Tensor, layer_delta: LayerDelta | None = None) -> torch.Tensor:
         """Actor only: obs (N, obs_dim) -> logits (N, n_actions)."""
         return self._run("actor", obs, layer_delta)

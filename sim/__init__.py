@@ -16,6 +16,8 @@ ENV_IDS = {
     "npcadapt/Duel-v0": "sim.duel:DuelEnv",
     "npcadapt/Companion-v0": "sim.companion:CompanionEnv",
     "npcadapt/Merchant-v0": "sim.merchant:MerchantEnv",
+    "npcadapt/Skirmish-v0": "sim.skirmish:SkirmishEnv",
+    "npcadapt/Haggle-v0": "sim.haggle:HaggleEnv",
 }
 
 for _env_id, _entry_point in ENV_IDS.items():

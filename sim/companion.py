@@ -38,9 +38,13 @@ _TASTES = {
     ),
     "tank": ("gather_loot scout fight fight fight fight", "fight", "stay_close", 0.3),
     "looter": ("gather_loot " * 6, "gather_loot", "heal", 0.4),
+    # held out: never in "average", so neither the base nor population data has seen them
+    "medic_fan": ("heal buff heal buff heal buff", "heal", "gather_loot", 0.4),
+    "thrill_seeker": ("scout fight fight fight fight gather_loot", "buff", "stay_quiet", 0.4),
 }
+HELDOUT: tuple[str, ...] = ("medic_fan", "thrill_seeker")
 # fmt: on
-PERSONAS: tuple[str, ...] = tuple(_TASTES)
+PERSONAS: tuple[str, ...] = tuple(p for p in _TASTES if p not in HELDOUT)
 
 FAVOURITE_BONUS = 0.8  # satisfaction of the column's favourite at high health (half when hurt)
 HURT_BONUS = 0.5  # satisfaction of the low-health favourite
@@ -137,12 +141,14 @@ class CompanionEnv(PersonaRoundEnv):
     ACTIONS: ClassVar[tuple[str, ...]] = ACTIONS
     OBSERVATION_FEATURES: ClassVar[tuple[tuple[str, int], ...]] = OBSERVATION_FEATURES
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
+    HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
+    SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (("potion_lover", "tank"), ("chatty", "hates_small_talk"))
 
     @classmethod
     def build_model(cls) -> RoundModel:
         contexts, probs = product_contexts([0.35, 0.65], [0.4, 0.35, 0.25], [0.6, 0.4])
         outcome_probs, outcome_values = {}, {}
-        for persona in PERSONAS:
+        for persona in cls.playable():
             p, v = mood_outcomes(_satisfaction(persona, contexts), MOOD_JITTER)  # (C, A, 3)
             outcome_probs[persona], outcome_values[persona] = p, v
         return RoundModel(

@@ -50,9 +50,13 @@ _HABITS = {
     "turtle":          ("BL BL BS BL BL BS", "BL"),
     "jumper":          ("JU HS JU HS JU JU", "JU"),
     "zoner":           ("CO BL BS BS BS CO", "CO"),
+    # held out: never in "average", so neither the base nor population data has seen them
+    "sweep_and_hop":   ("LS JU LS JU BS LS", "BS"),
+    "guard_breaker":   ("BL CO BH CO BL RU", "CO"),
 }
+HELDOUT: tuple[str, ...] = ("sweep_and_hop", "guard_breaker")
 # fmt: on
-PERSONAS: tuple[str, ...] = tuple(_HABITS)
+PERSONAS: tuple[str, ...] = tuple(p for p in _HABITS if p not in HELDOUT)
 
 HABIT_WEIGHT = 0.6  # probability of the column's habit move
 TIRED_WEIGHT = 0.2  # probability of the fallback move at low stamina (else of the habit)
@@ -145,13 +149,15 @@ class DuelEnv(PersonaRoundEnv):
     ACTIONS: ClassVar[tuple[str, ...]] = ACTIONS
     OBSERVATION_FEATURES: ClassVar[tuple[tuple[str, int], ...]] = OBSERVATION_FEATURES
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
+    HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
+    SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (("brawler", "turtle"), ("high_blocker", "low_sweeper"))
 
     @classmethod
     def build_model(cls) -> RoundModel:
         contexts, probs = product_contexts([0.6, 0.4], [0.35, 0.35, 0.3], [0.4, 0.6])
         values = np.broadcast_to(PAYOFF, (len(contexts), *PAYOFF.shape)).copy()  # (C, A, M)
         outcome_probs, outcome_values = {}, {}
-        for persona in PERSONAS:
+        for persona in cls.playable():
             moves = _move_probs(persona, contexts)  # (C, M)
             outcome_probs[persona] = np.repeat(moves[:, None, :], len(ACTIONS), axis=1)
             outcome_values[persona] = values

@@ -32,13 +32,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PlayerTrack:
-    """One simulated player's history."""
+    """One simulated player's history.
+
+    ``kind`` is "named" (a persona of the population), "heldout" (a persona the base and
+    any population data never saw), "switch" (plays ``persona`` until episode
+    ``switch_at``, then ``switch_to``) or "control" ("average" and "noise").
+    """
 
     player: str
     persona: str
+    kind: str = "named"
+    switch_to: str | None = None
+    switch_at: int | None = None
     returns: list[float] = field(default_factory=list)  # realised return per episode
     expected: list[float] = field(default_factory=list)  # exact expected return after each episode
     kl_to_base: float = 0.0
+
+    @property
+    def group(self) -> str:
+        """The report's key: the persona, or "before>after" for a switching player."""
+        return f"{self.persona}{SWITCH_MARK}{self.switch_to}" if self.switch_to else self.persona
+
+    def persona_at(self, episode: int) -> str:
+        """The persona acting in (0-based) `episode`."""
+        if self.switch_to is not None and self.switch_at is not None and episode >= self.switch_at:
+            return self.switch_to
+        return self.persona
+
+
+SWITCH_MARK = ">"
 
 
 def persona_names(env: gym.Env) -> tuple[str, ...]:
@@ -63,6 +85,22 @@ def assign_personas(env: gym.Env, players: int, counts: dict[str, int] | None = 
     return kept + [(f"{name}-{j}", name) for name, n in counts.items() for j in range(n)]
 
 
+def make_tracks(env: gym.Env, players: int, episodes: int, *, counts: dict[str, int] | None = None,
+                heldout_players: int = 0, switch_players: int = 0, switch_at: int | None = None) -> list[PlayerTrack]:
+    """Every simulated player: the cycling population (:func:`assign_personas`), then
+    `heldout_players` per held-out persona and `switch_players` per switch pair of the env
+    (switching at `switch_at`, default half way)."""
+    base = env.unwrapped
+    tracks = [PlayerTrack(p, persona, "control" if persona in (AVERAGE, NOISE) else "named")
+              for p, persona in assign_personas(env, players, counts)]
+    tracks += [PlayerTrack(f"{name}-{j}", name, "heldout")
+               for name in base.HELDOUT_PERSONAS for j in range(heldout_players)]
+    at = episodes // 2 if switch_at is None else switch_at
+    tracks += [PlayerTrack(f"{a}{SWITCH_MARK}{b}-{j}", a, "switch", b, at)
+               for a, b in base.SWITCHES for j in range(switch_players)]
+    return tracks
+
+
 class Evaluator:
     """Exact expected return and KL-to-base of many players' current policies."""
 
@@ -78,9 +116,15 @@ class Evaluator:
         probs = host.action_probs(archetype, rows, np.tile(self.obs, (n, 1)), base=base)
         return probs.reshape(n, s, -1)  # (n, S, A)
 
-    def expected_returns(self, host, archetype: str, tracks: list[PlayerTrack], base: bool = False) -> np.ndarray:
-        probs = self._probs(host, archetype, [t.player for t in tracks], base)
-        return np.array([self.env.expected_return(t.persona, p) for t, p in zip(tracks, probs)])
+    def expected_returns(self, host, archetype: str, players: list[str], personas: list[str]) -> np.ndarray:
+        """(n,) exact expected return of each player's current policy against their persona."""
+        probs = self._probs(host, archetype, players, False)
+        return np.array([self.env.expected_return(persona, p) for persona, p in zip(personas, probs)])
+
+    def base_returns(self, host, archetype: str, personas: list[str]) -> dict[str, float]:
+        """Exact expected return of the base policy against each persona."""
+        probs = self._probs(host, archetype, ["base"], True)[0]  # (S, A)
+        return {persona: self.env.expected_return(persona, probs) for persona in personas}
 
     def kl_to_base(self, host, archetype: str, tracks: list[PlayerTrack]) -> np.ndarray:
         """Situation-weighted mean KL(policy || base) per player, nats."""
@@ -101,19 +145,32 @@ def run_simulation(
     train: bool = True,
     on_episode: Callable[[int], None] | None = None,
     persona_counts: dict[str, int] | None = None,
+    heldout_players: int = 0,
+    switch_players: int = 0,
+    switch_at: int | None = None,
 ) -> dict[str, Any]:
-    """Play `episodes` episodes for each of `players` simulated players; return the report."""
+    """Play `episodes` episodes for each simulated player; return the report.
+
+    Players: `players` cycling through the named personas, average and noise
+    (`persona_counts` overrides a persona's count), plus `heldout_players` per held-out
+    persona and `switch_players` per switch pair (see :func:`make_tracks`).
+    """
     start = time.perf_counter()
     probe = gym.make(env_id)
-    assignment = assign_personas(probe, players, persona_counts)
-    tracks = [PlayerTrack(p, persona) for p, persona in assignment]
-    envs = [gym.make(env_id, persona=persona) for _, persona in assignment]
+    tracks = make_tracks(probe, players, episodes, counts=persona_counts, heldout_players=heldout_players,
+                         switch_players=switch_players, switch_at=switch_at)
+    envs = [gym.make(env_id, persona=t.persona) for t in tracks]
     evaluator = Evaluator(probe)
-    base_expected = evaluator.expected_returns(host, archetype, tracks, base=True)
+    every_persona = list(dict.fromkeys(p for t in tracks for p in (t.persona, t.switch_to) if p))
+    base_returns = evaluator.base_returns(host, archetype, every_persona)
     ids = [t.player for t in tracks]
     decisions = 0
     for episode in range(episodes):
-        obs = np.stack([env.reset(seed=seed * 100_003 + i if episode == 0 else None)[0] for i, env in enumerate(envs)])
+        obs = []
+        for i, (env, track) in enumerate(zip(envs, tracks)):
+            switch = {"persona": track.switch_to} if track.switch_to and episode == track.switch_at else None
+            obs.append(env.reset(seed=seed * 100_003 + i if episode == 0 else None, options=switch)[0])
+        obs = np.stack(obs)
         active = np.arange(len(envs))
         totals = np.zeros(len(envs))
         while active.size:
@@ -130,7 +187,7 @@ def run_simulation(
             active = active[~dones]
         if train:
             host.train_pending()
-        expected = evaluator.expected_returns(host, archetype, tracks)
+        expected = evaluator.expected_returns(host, archetype, ids, [t.persona_at(episode) for t in tracks])
         for t, total, exp in zip(tracks, totals, expected):
             t.returns.append(float(total))
             t.expected.append(float(exp))
@@ -140,39 +197,73 @@ def run_simulation(
     for t, kl in zip(tracks, kls):
         t.kl_to_base = float(kl)
     seconds = time.perf_counter() - start
-    return _report(env_id, archetype, probe, tracks, base_expected, episodes, seed, seconds, decisions)
+    report = build_report(probe.unwrapped, tracks, base_returns)
+    report.update(env=env_id, archetype=archetype, players=len(tracks), episodes_per_player=episodes, seed=seed,
+                  seconds=round(seconds, 2), decisions_per_s=round(decisions / seconds))
+    return report
 
 
-def _report(env_id, archetype, probe, tracks, base_expected, episodes, seed, seconds, decisions) -> dict[str, Any]:
-    env = probe.unwrapped
+def _gain_curve(track: PlayerTrack, env, base_returns: dict[str, float]) -> np.ndarray | None:
+    """(episodes,) share of the gap from base to oracle closed after each episode, against
+    the persona acting then; None where the persona has no gap (noise)."""
+    gains = []
+    for e, value in enumerate(track.expected):
+        persona = track.persona_at(e)
+        gap = env.oracle_return(persona) - base_returns[persona]
+        if abs(gap) <= 1e-6:
+            return None
+        gains.append((value - base_returns[persona]) / gap)
+    return np.array(gains)
+
+
+def recovery_episodes(gain_curve: list[float], switch_at: int, threshold: float = 0.8) -> int | None:
+    """Episodes played as the new persona until the gain is back to `threshold` (None: never)."""
+    for e in range(switch_at, len(gain_curve)):
+        if gain_curve[e] >= threshold:
+            return e - switch_at + 1
+    return None
+
+
+def build_report(env, tracks: list[PlayerTrack], base_returns: dict[str, float]) -> dict[str, Any]:
+    """Per-persona figures (curves, gains, KL, experienced return), then summaries per kind."""
     personas: dict[str, dict] = {}
-    for persona in dict.fromkeys(t.persona for t in tracks):
-        idx = [i for i, t in enumerate(tracks) if t.persona == persona]
-        base = float(np.mean(base_expected[idx]))
-        oracle = float(env.oracle_return(persona))
-        adapted = float(np.mean([tracks[i].expected[-1] for i in idx]))
-        gap = oracle - base
-        personas[persona] = {
-            "players": len(idx),
+    for group in dict.fromkeys(t.group for t in tracks):
+        members = [t for t in tracks if t.group == group]
+        first = members[0]
+        final = first.persona_at(len(first.expected) - 1)
+        base, oracle = base_returns[final], float(env.oracle_return(final))
+        adapted = float(np.mean([t.expected[-1] for t in members]))
+        curves = [_gain_curve(t, env, base_returns) for t in members]
+        gain_curve = None if curves[0] is None else np.mean(curves, axis=0)
+        entry = {
+            "kind": first.kind,
+            "players": len(members),
             "base_return": round(base, 4),
             "adapted_return": round(adapted, 4),
             "oracle_return": round(oracle, 4),
-            "gain": round((adapted - base) / gap, 4) if abs(gap) > 1e-6 else None,
-            "kl_to_base": round(float(np.mean([tracks[i].kl_to_base for i in idx])), 4),
-            "curve": np.mean([tracks[i].expected for i in idx], axis=0).round(4).tolist(),
-            "realised": np.mean([tracks[i].returns for i in idx], axis=0).round(4).tolist(),
+            "gain": None if gain_curve is None else round(float(gain_curve[-1]), 4),
+            "kl_to_base": round(float(np.mean([t.kl_to_base for t in members])), 4),
+            # mean return the players actually experienced, over every episode, minus the base's
+            "play_return_vs_base": round(float(np.mean([t.returns for t in members])) - base_returns[first.persona], 4),
+            "curve": np.mean([t.expected for t in members], axis=0).round(4).tolist(),
+            "gain_curve": None if gain_curve is None else gain_curve.round(4).tolist(),
+            "realised": np.mean([t.returns for t in members], axis=0).round(4).tolist(),
         }
-    named = [p for p in personas if p not in (AVERAGE, NOISE) and personas[p]["gain"] is not None]
+        if first.switch_to is not None:
+            entry["switch_at"] = first.switch_at
+            entry["recovery_episodes"] = recovery_episodes(entry["gain_curve"], first.switch_at)
+        personas[group] = entry
+
+    def mean_gain(kind: str) -> float | None:
+        gains = [p["gain"] for p in personas.values() if p["kind"] == kind and p["gain"] is not None]
+        return round(float(np.mean(gains)), 4) if gains else None
+
     return {
-        "env": env_id,
-        "archetype": archetype,
-        "players": len(tracks),
-        "episodes_per_player": episodes,
-        "seed": seed,
-        "mean_gain": round(float(np.mean([personas[p]["gain"] for p in named])), 4) if named else None,
+        "mean_gain": mean_gain("named"),
+        "heldout_gain": mean_gain("heldout"),
+        "switch_recovery_episodes": {g: p["recovery_episodes"] for g, p in personas.items() if p["kind"] == "switch"},
+        "play_return_vs_base": {g: p["play_return_vs_base"] for g, p in personas.items() if p["kind"] == "control"},
         "personas": personas,
-        "seconds": round(seconds, 2),
-        "decisions_per_s": round(decisions / seconds),
     }
 
 
@@ -214,10 +305,16 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
 
 def format_table(report: dict[str, Any]) -> str:
     """Per-persona text table for the terminal."""
-    lines = [f"{'persona':<18}{'players':>8}{'base':>9}{'adapted':>9}{'oracle':>9}{'gain':>7}{'KL':>7}"]
+    lines = [f"{'persona':<30}{'kind':>8}{'players':>8}{'base':>9}{'adapted':>9}{'oracle':>9}{'gain':>7}{'KL':>7}"]
     for name, p in report["personas"].items():
         gain = "   n/a" if p["gain"] is None else f"{p['gain']:>6.2f}"
-        lines.append(f"{name:<18}{p['players']:>8}{p['base_return']:>9.2f}{p['adapted_return']:>9.2f}{p['oracle_return']:>9.2f}{gain:>7}{p['kl_to_base']:>7.2f}")
+        lines.append(f"{name:<30}{p['kind']:>8}{p['players']:>8}{p['base_return']:>9.2f}{p['adapted_return']:>9.2f}"
+                     f"{p['oracle_return']:>9.2f}{gain:>7}{p['kl_to_base']:>7.2f}")
     if report.get("mean_gain") is not None:
         lines.append(f"mean gain over named personas: {report['mean_gain']:.3f}")
+    if report.get("heldout_gain") is not None:
+        lines.append(f"mean gain over held-out personas (never in the base's population): {report['heldout_gain']:.3f}")
+    for group, n in report.get("switch_recovery_episodes", {}).items():
+        lines.append(f"switch {group}: gain back to 0.8 after "
+                     + ("never (within the run)" if n is None else f"{n} episodes") + " of the new style")
     return "\n".join(lines)

@@ -47,9 +47,15 @@ _TASTES = {
                "offer_armor", "offer_trinket", 1.0),
     "window_shopper": ("discount offer_trinket discount offer_trinket discount offer_trinket",
                        "offer_trinket", "upsell_premium", 0.6),
+    # held out: never in "average", so neither the base nor population data has seen them
+    "tinkerer": ("offer_potion offer_trinket offer_potion offer_armor offer_trinket offer_armor",
+                 "offer_potion", "discount", 1.0),
+    "noble": ("small_talk upsell_premium offer_armor upsell_premium upsell_premium offer_trinket",
+              "small_talk", "haggle_firm", 0.9),
 }
+HELDOUT: tuple[str, ...] = ("tinkerer", "noble")
 # fmt: on
-PERSONAS: tuple[str, ...] = tuple(_TASTES)
+PERSONAS: tuple[str, ...] = tuple(p for p in _TASTES if p not in HELDOUT)
 
 
 def _liking(persona: str, contexts: np.ndarray) -> np.ndarray:
@@ -150,12 +156,14 @@ class MerchantEnv(PersonaRoundEnv):
     ACTIONS: ClassVar[tuple[str, ...]] = ACTIONS
     OBSERVATION_FEATURES: ClassVar[tuple[tuple[str, int], ...]] = OBSERVATION_FEATURES
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
+    HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
+    SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (("bargain_hunter", "big_spender"), ("sellsword", "chatterbox"))
 
     @classmethod
     def build_model(cls) -> RoundModel:
         contexts, probs = product_contexts([0.55, 0.45], [0.35, 0.4, 0.25], [0.5, 0.5])
         outcome_probs, outcome_values = {}, {}
-        for persona in PERSONAS:
+        for persona in cls.playable():
             outcome_probs[persona], outcome_values[persona] = _responses(persona, contexts)
         return RoundModel(
             contexts=contexts,

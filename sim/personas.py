@@ -87,12 +87,20 @@ class PersonaRoundEnv(gym.Env):
     ``persona`` (configured), ``player`` (the named persona acting this episode, or
     "noise"), ``situation`` (row of :meth:`situations` for the observation returned;
     absent once the episode is over) and ``response`` (the player's last response).
+
+    ``HELDOUT_PERSONAS`` are playable and have oracles but never act for "average" (the
+    population that the base and any population data come from); ``SWITCHES`` lists
+    pairs of named personas whose best responses differ, for players who change style
+    once mid-run (the loop switches them with ``reset(options={"persona": ...})``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
     ACTIONS: ClassVar[tuple[str, ...]] = ()
     OBSERVATION_FEATURES: ClassVar[tuple[tuple[str, int], ...]] = ()
-    PERSONAS: ClassVar[tuple[str, ...]] = ()
+    PERSONAS: ClassVar[tuple[str, ...]] = ()  # the population: base training and "average"
+    HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = ()  # evaluation only: never in "average"
+    SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = ()  # (before, after) pairs for switching players
+    DISCRETE_CONTEXT: ClassVar[bool] = True  # obs minus progress takes few values (a table can key on it)
     _MODEL_CACHE: ClassVar[dict[type, RoundModel]] = {}
 
     def __init__(
@@ -120,7 +128,7 @@ class PersonaRoundEnv(gym.Env):
         self._terminal_obs = np.zeros(obs_dim, dtype=np.float32)
         self._terminal_obs[-1] = 1.0
         self._context_cdf = np.cumsum(m.context_probs)
-        self._cdfs = {p: np.cumsum(m.outcome_probs[p], axis=-1) for p in self.PERSONAS}
+        self._cdfs = {p: np.cumsum(m.outcome_probs[p], axis=-1) for p in self.playable()}
         self._values = m.outcome_values
         self._build_noise()
         self._window: Any = None
@@ -143,8 +151,13 @@ class PersonaRoundEnv(gym.Env):
             PersonaRoundEnv._MODEL_CACHE[cls] = cls.build_model()
         return PersonaRoundEnv._MODEL_CACHE[cls]
 
+    @classmethod
+    def playable(cls) -> tuple[str, ...]:
+        """Every persona with its own tables: the population, then the held-out ones."""
+        return (*cls.PERSONAS, *cls.HELDOUT_PERSONAS)
+
     def _check_persona(self, persona: Any) -> str:
-        allowed = (*self.PERSONAS, AVERAGE, NOISE)
+        allowed = (*self.playable(), AVERAGE, NOISE)
         if persona not in allowed:
             raise InvalidInputError(
                 f"{type(self).__name__}: unknown persona {persona!r}; expected one of {allowed}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InvalidInputError
 from .common import add_archetypes_argument, add_online_arguments, archetype_dirs, online_config
 from ..service import ROUND_PLAYERS
 
@@ -16,13 +17,20 @@ def _cmd_sim(args) -> int:
     from ..archetypes import archetype_for_env
     from ..service import Service
 
+    for name in ("players", "episodes", "heldout_players", "switch_players"):
+        if getattr(args, name) < 0:
+            raise InvalidInputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.switch_at is not None and not 0 < args.switch_at < args.episodes:
+        raise InvalidInputError(f"--switch-at must lie between 0 and --episodes ({args.episodes}), got {args.switch_at}")
     data = Path(args.data)
     with Service(data, archetype_dirs=archetype_dirs(args), seed=args.seed, online=online_config(args),
                  record=not args.no_record) as svc:
         archetype = args.archetype or archetype_for_env(args.env, svc.archetypes)
         with tqdm(total=args.episodes, desc=f"sim {args.env}", unit="ep", disable=args.quiet) as bar:
             report = run_simulation(svc, args.env, archetype, players=args.players, episodes=args.episodes,
-                                    seed=args.seed, train=not args.no_adapt, on_episode=lambda _: bar.update())
+                                    seed=args.seed, train=not args.no_adapt, on_episode=lambda _: bar.update(),
+                                    heldout_players=args.heldout_players, switch_players=args.switch_players,
+                                    switch_at=args.switch_at)
         report["stats"] = svc.stats()
     json_path, png_path = write_report(report, args.out)
     print(format_table(report))
@@ -38,6 +46,11 @@ def add_sim(sub) -> None:
     p.add_argument("--archetype", help="archetype (default: the one whose env matches)")
     p.add_argument("--players", type=int, default=64)
     p.add_argument("--episodes", type=int, default=200, help="episodes per player")
+    p.add_argument("--heldout-players", type=int, default=2, metavar="N",
+                   help="extra players per held-out persona (one the base never saw; default 2)")
+    p.add_argument("--switch-players", type=int, default=2, metavar="N",
+                   help="extra players per switch pair of the env (change style once; default 2)")
+    p.add_argument("--switch-at", type=int, metavar="EPISODE", help="episode at which they switch (default: half way)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="data/sim", help="data directory: adapters and interaction logs")
     p.add_argument("--out", default="runs/sim", help="where report.json and returns.png go")
