@@ -1,7 +1,10 @@
 """Simulation envs and player personas; importing this package registers the gymnasium ids.
 
-``npcadapt/Duel-v0``, ``npcadapt/Companion-v0`` and ``npcadapt/Merchant-v0`` take the
-constructor kwargs ``persona``, ``render_mode`` and ``episode_length``.
+``npcadapt/Duel-v0``, ``npcadapt/Companion-v0`` and ``npcadapt/Merchant-v0`` are contextual
+bandits over a few discrete situations; ``npcadapt/Skirmish-v0`` has continuous
+observations; in ``npcadapt/Haggle-v0`` the NPC's lines change the customer's mood, so the
+best policy plans ahead. All take the constructor kwargs ``persona``, ``render_mode`` and
+``episode_length``, and have named, held-out and switching personas with exact oracles.
 """
 
 from __future__ import annotations
@@ -10,7 +13,9 @@ from gymnasium.envs.registration import register, registry
 
 from sim.companion import CompanionEnv
 from sim.duel import DuelEnv
+from sim.haggle import HaggleEnv
 from sim.merchant import MerchantEnv
+from sim.skirmish import SkirmishEnv
 
 ENV_IDS = {
     "npcadapt/Duel-v0": "sim.duel:DuelEnv",
@@ -24,4 +29,4 @@ for _env_id, _entry_point in ENV_IDS.items():
     if _env_id not in registry:
         register(id=_env_id, entry_point=_entry_point)
 
-__all__ = ["ENV_IDS", "CompanionEnv", "DuelEnv", "MerchantEnv"]
+__all__ = ["ENV_IDS", "CompanionEnv", "DuelEnv", "HaggleEnv", "MerchantEnv", "SkirmishEnv"]

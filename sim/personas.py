@@ -101,6 +101,7 @@ class PersonaRoundEnv(gym.Env):
     HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = ()  # evaluation only: never in "average"
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = ()  # (before, after) pairs for switching players
     DISCRETE_CONTEXT: ClassVar[bool] = True  # obs minus progress takes few values (a table can key on it)
+    SEQUENTIAL: ClassVar[bool] = False  # True where the NPC's action changes the next observation
     _MODEL_CACHE: ClassVar[dict[type, RoundModel]] = {}
 
     def __init__(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -56,13 +57,14 @@ def test_sim_command_writes_report_plot_and_recording(tmp_path, capsys):
     assert rc == 0
     text = capsys.readouterr().out
     assert "potion_lover" in text and "mean gain" in text
+    assert "medic_fan" in text and "held-out personas" in text and "switch potion_lover>tank" in text
     report = json.loads((out / "report.json").read_text())
     assert report["archetype"] == "companion" and report["stats"]["updates"] > 0
     png = (out / "returns.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     records = list(read_records(data / "logs"))
     decisions = sum(len(r["players"]) for r in records if r["t"] == "decisions")
-    assert decisions == 10 * 8 * 12
+    assert decisions == (10 + 2 * 2 + 2 * 2) * 8 * 12  # 2 per held-out persona and per switch pair by default
     assert list((data / "adapters" / "companion").rglob("*.safetensors"))
 
 
@@ -81,13 +83,27 @@ def test_bench_adapt_reports_lora_and_full_finetune(tmp_path):
 
     # without the validation gate so that 8 episodes already move the served policies
     result = run("npcadapt/Duel-v0", players_per_persona=1, episodes=8, seed=0, control_players=2,
-                 config=OnlineConfig(validation_gate=False))
-    assert result["players"] == 8 + 2 + 2  # 1 per named persona, 2 average, 2 noise
-    assert set(result) >= {"mean_gain", "lora_vs_full", "adapter_param_fraction", "episodes_per_player", "personas"}
+                 heldout_players=1, switch_players=1, switch_at=4, config=OnlineConfig(validation_gate=False),
+                 out=tmp_path)
+    # 1 per named persona, 2 average, 2 noise, 1 per held-out persona, 1 per switch pair
+    assert result["players"] == 8 + 2 + 2 + 2 + 2
+    assert set(result) >= {"checkpoints", "gain_at", "baselines", "heldout_gain_at", "switch_recovery_episodes",
+                           "play_return_vs_base", "noise_kl", "lora_vs_full", "mean_gain", "seconds"}
+    assert result["checkpoints"] == [5, 8]
+    assert set(result["gain_at"]) == set(result["heldout_gain_at"]) == {"5", "8"}
+    assert result["gain_at"]["8"] == result["mean_gain"]
+    assert set(result["switch_recovery_episodes"]) == {"brawler>turtle", "high_blocker>low_sweeper"}
+    assert set(result["play_return_vs_base"]) == {"average", "noise"}
+    assert set(result["baselines"]) == {"table_thompson", "neural_linear_thompson"}
+    for baseline in result["baselines"].values():
+        assert set(baseline["gain_at"]) == {"5", "8"} and baseline["gain_at"]["8"] > 0.2  # they learn this fast
+    assert result["best_baseline_gain_at"]["8"] == max(b["gain_at"]["8"] for b in result["baselines"].values())
     assert 0 < result["adapter_param_fraction"] < 0.5
     p = result["personas"]["turtle"]
     assert set(p) >= {"base_return", "adapted_return", "oracle_return", "full_ft_return", "gain", "kl_to_base"}
     assert np.isfinite(p["full_ft_return"]) and p["full_ft_return"] != p["base_return"]
+    png = (tmp_path / "adapt-Duel-v0.png").read_bytes()
+    assert result["plot"] == str(tmp_path / "adapt-Duel-v0.png") and png[:4] == b"\x89PNG" and len(png) > 10_000
 
 
 def test_bench_inference_prints_one_json_line(capsys):
@@ -140,12 +156,12 @@ def test_online_settings_parse_by_field_type_and_name_what_is_wrong():
         npcadapt.OnlineConfig().with_settings(["validation_gate=maybe"])
 
 
-def test_bench_adapt_lora_only_with_settings(capsys):
-    rc = main(["bench", "adapt", "--episodes", "8", "--players-per-persona", "1", "--lora-only",
-               "--set", "validation_gate=false", "--set", "epochs=2"])
+def test_bench_adapt_lora_only_with_settings(tmp_path, capsys):
+    rc = main(["bench", "adapt", "--episodes", "8", "--players-per-persona", "1", "--lora-only", "--no-baselines",
+               "--set", "validation_gate=false", "--set", "epochs=2", "--out", str(tmp_path)])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["full_ft_mean_gain"] is None and result["lora_vs_full"] is None
+    assert result["full_ft_mean_gain"] is None and result["lora_vs_full"] is None and result["baselines"] == {}
     assert result["config"]["epochs"] == 2 and result["config"]["validation_gate"] is False
     assert result["mean_gain"] != 0  # ungated, 8 episodes already move the named players
     assert main(["bench", "adapt", "--set", "nope=1"]) == 2
@@ -157,3 +173,45 @@ def test_inconsistent_gate_settings_are_refused():
         npcadapt.OnlineConfig(gate_t_open=2.0, gate_t_full=1.0)
     with pytest.raises(ValueError, match="ent_coef"):
         npcadapt.OnlineConfig(ent_coef=-0.1)
+
+
+def test_heldout_and_switching_players_are_reported_separately(tmp_path):
+    svc = npcadapt.open(tmp_path, seed=0, record=False)
+    report = run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=10, episodes=8, seed=0, train=False,
+                            heldout_players=1, switch_players=2, switch_at=3)
+    svc.close()
+    personas = report["personas"]
+    kinds = {name: p["kind"] for name, p in personas.items()}
+    assert kinds["sweep_and_hop"] == kinds["guard_breaker"] == "heldout"
+    assert kinds["brawler>turtle"] == kinds["high_blocker>low_sweeper"] == "switch"
+    assert kinds["average"] == kinds["noise"] == "control" and kinds["brawler"] == "named"
+    assert personas["brawler>turtle"]["players"] == 2 and report["players"] == 10 + 2 + 4
+    # base only: the switching player's curve is the base against brawler, then against turtle from episode 3 on
+    before = gym.make("npcadapt/Duel-v0").unwrapped
+    probs = svc_free_base_probs(before)
+    curve = personas["brawler>turtle"]["curve"]
+    assert curve[:3] == pytest.approx([before.expected_return("brawler", probs)] * 3, abs=1e-3)
+    assert curve[3:] == pytest.approx([before.expected_return("turtle", probs)] * 5, abs=1e-3)
+    assert personas["brawler>turtle"]["gain_curve"] == pytest.approx([0.0] * 8, abs=1e-6)
+    assert report["switch_recovery_episodes"] == {"brawler>turtle": None, "high_blocker>low_sweeper": None}
+    assert report["heldout_gain"] == pytest.approx(0.0, abs=1e-6)
+    assert set(report["play_return_vs_base"]) == {"average", "noise"}
+
+
+def svc_free_base_probs(env) -> np.ndarray:
+    """(S, A) the shipped duelist base's action probabilities on the env's situations."""
+    import torch
+
+    from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
+
+    policy = find_archetypes([BUILTIN_DIR])["duelist"].policy
+    obs = torch.as_tensor(np.stack([o for o, _ in env.situations()]))
+    with torch.inference_mode():
+        return torch.softmax(policy.logits(obs), -1).double().numpy()
+
+
+def test_recovery_counts_episodes_of_the_new_style_until_the_gain_is_back():
+    from sim.loop import recovery_episodes
+
+    assert recovery_episodes([0.9, 0.9, 0.1, 0.5, 0.85, 0.7], switch_at=2) == 3
+    assert recovery_episodes([0.9, 0.9, 0.1, 0.5], switch_at=2) is None

@@ -1,15 +1,20 @@
-"""Benchmark: how well per-player LoRA adapters adapt, against the oracle and full fine-tuning.
+"""Benchmark: how fast per-player LoRA adapters adapt, against what a developer would pick instead.
 
-Runs the simulation loop twice with identical seeds and episode budgets: once through
-the real Service (LoRA adapters, online trainer), once with the same online algorithm
-updating a full per-player copy of the actor. Returns are exact expected returns from
-the env's situation tables (no sampling noise in the figures).
+Runs the simulation loop several times with identical players, seeds and episode
+budgets: through the real Service (LoRA adapters, online trainer); through per-player
+Thompson-sampling baselines (:mod:`npcadapt.bench.baselines`: a (situation, action)
+table where the env's situations are discrete, and NeuralLinear on the base's features);
+and with the same online algorithm updating a full per-player copy of the actor. Every
+figure is an exact expected return from the env's oracle (no sampling noise), turned
+into a gain: (policy - base) / (oracle - base), averaged over personas of one kind.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,71 +22,166 @@ from ..archetypes import BUILTIN_DIR, archetype_for_env, find_archetypes
 from ..service import Service
 from ..training.full import FullFinetuneHost
 from ..training.online import OnlineConfig
+from .baselines import NeuralLinearHost, TableThompsonHost, ThompsonSettings
+
+CHECKPOINTS = (5, 10, 20, 40, 80, 200)
+SEQUENTIAL_GAMMA = 0.9  # the baselines' reward-to-go discount on envs whose actions change the next state
+
+
+def checkpoints(episodes: int) -> list[int]:
+    """The standard checkpoints within `episodes`, and `episodes` itself."""
+    return sorted({c for c in CHECKPOINTS if c <= episodes} | {episodes})
+
+
+def gain_at(report: dict, kind: str, marks: list[int]) -> dict[str, float] | None:
+    """Mean gain over the personas of `kind` after each of `marks` episodes (None: no such persona)."""
+    curves = [p["gain_curve"] for p in report["personas"].values() if p["kind"] == kind and p["gain_curve"]]
+    if not curves:
+        return None
+    mean = np.mean(curves, axis=0)  # (episodes,)
+    return {str(k): round(float(mean[k - 1]), 4) for k in marks}
+
+
+def summarise(report: dict, marks: list[int]) -> dict[str, Any]:
+    """The figures reported for npcadapt and for every baseline."""
+    return {
+        "gain_at": gain_at(report, "named", marks),
+        "heldout_gain_at": gain_at(report, "heldout", marks),
+        "switch_recovery_episodes": report["switch_recovery_episodes"],
+        "play_return_vs_base": report["play_return_vs_base"],
+        "mean_gain": report["mean_gain"],
+        "seconds": report["seconds"],
+    }
+
+
+def baseline_hosts(env, policy, seed: int) -> dict[str, Any]:
+    """The baselines that apply to `env`, keyed by the name the report uses."""
+    gamma = SEQUENTIAL_GAMMA if getattr(env, "SEQUENTIAL", False) else 0.0
+    settings = ThompsonSettings(gamma=gamma)
+    hosts = {"neural_linear_thompson": NeuralLinearHost(policy, settings, seed=seed)}
+    if env.DISCRETE_CONTEXT:
+        hosts = {"table_thompson": TableThompsonHost(policy, settings, seed=seed), **hosts}
+    return hosts
 
 
 def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episodes: int = 200, seed: int = 0,
         config: OnlineConfig = OnlineConfig(), archetype_dirs=None, control_players: int = 8,
-        full_finetune: bool = True) -> dict:
-    """Benchmark one env. Named personas get `players_per_persona` players each; the
-    'average' and 'noise' personas get `control_players` each (their figures are
-    differences near zero, so they need more players to be trustworthy). Without
-    `full_finetune` only the LoRA half runs (about half the time; full-FT fields None)."""
+        heldout_players: int = 2, switch_players: int = 2, switch_at: int | None = None, full_finetune: bool = True,
+        baselines: bool = True, out: str | Path | None = "runs/bench") -> dict:
+    """Benchmark one env; returns the report (one JSON line on the CLI) and writes the plot.
+
+    Named and held-out personas get `players_per_persona` / `heldout_players` players
+    each; 'average' and 'noise' get `control_players` each (their figures are differences
+    near zero, so they need more players); each switch pair of the env gets
+    `switch_players`, switching at `switch_at` (default half way). Without `full_finetune` the full fine-tune run
+    is skipped (lora_vs_full None); without `baselines` the baselines are.
+    """
     import gymnasium as gym
 
     from sim.loop import persona_names, run_simulation  # sim is a sibling package
     from sim.personas import AVERAGE, NOISE
 
-    archetype = archetype_for_env(env_id, find_archetypes(archetype_dirs or [BUILTIN_DIR]))
-    players = players_per_persona * len(persona_names(gym.make(env_id)))
-    counts = {AVERAGE: control_players, NOISE: control_players}
+    archetypes = find_archetypes(archetype_dirs or [BUILTIN_DIR])
+    archetype = archetype_for_env(env_id, archetypes)
+    policy = archetypes[archetype].policy
+    env = gym.make(env_id).unwrapped
+    named = len(persona_names(gym.make(env_id))) - 2
+    sim_args = dict(players=players_per_persona * named, episodes=episodes, seed=seed,
+                    persona_counts={AVERAGE: control_players, NOISE: control_players},
+                    heldout_players=heldout_players, switch_players=switch_players, switch_at=switch_at)
     with tempfile.TemporaryDirectory(prefix="npcadapt-adapt-") as tmp:
         svc = Service(tmp, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)
-        lora = run_simulation(svc, env_id, archetype, players=players, episodes=episodes, seed=seed,
-                              persona_counts=counts)
+        lora = run_simulation(svc, env_id, archetype, **sim_args)
         rt = svc.engine.runtime(archetype)
         adapter_params = rt.layout.size
-        network_params = sum(p.numel() for p in rt.archetype.policy.parameters())
         svc.close()
+    network_params = sum(p.numel() for p in policy.parameters())
+    marks = checkpoints(episodes)
+    others, reports = {}, {"npcadapt (LoRA)": lora}
+    if baselines:
+        for name, host in baseline_hosts(env, policy, seed).items():
+            reports[name] = run_simulation(host, env_id, archetype, **sim_args)
+            others[name] = {**summarise(reports[name], marks), "settings": host.settings.to_dict()}
     full = None
     if full_finetune:
-        full_host = FullFinetuneHost(rt.archetype.policy, archetype, config, seed=seed)
-        full = run_simulation(full_host, env_id, archetype, players=players, episodes=episodes, seed=seed,
-                              persona_counts=counts)
+        full = run_simulation(FullFinetuneHost(policy, archetype, config, seed=seed), env_id, archetype, **sim_args)
+    ours = summarise(lora, marks)
     personas = {}
     for name, p in lora["personas"].items():
-        f = full["personas"][name] if full else None
-        gap = p["oracle_return"] - p["base_return"]
-        personas[name] = {
-            "base_return": p["base_return"],
-            "adapted_return": p["adapted_return"],
-            "oracle_return": p["oracle_return"],
-            "full_ft_return": f["adapted_return"] if f else None,
-            "gain": p["gain"],
-            "full_ft_gain": round((f["adapted_return"] - p["base_return"]) / gap, 4) if f and abs(gap) > 1e-6 else None,
-            "kl_to_base": p["kl_to_base"],
-        }
-    named = [n for n in personas if n not in (AVERAGE, NOISE)]
-    mean_gain = float(np.mean([personas[n]["gain"] for n in named]))
-    mean_full = float(np.mean([personas[n]["full_ft_gain"] for n in named])) if full else None
-    avg = personas.get(AVERAGE)
-    return {
+        personas[name] = {k: p[k] for k in ("kind", "base_return", "adapted_return", "oracle_return", "gain",
+                                            "kl_to_base", "play_return_vs_base")}
+        if full:
+            personas[name]["full_ft_return"] = full["personas"][name]["adapted_return"]
+            personas[name]["full_ft_gain"] = full["personas"][name]["gain"]
+    avg = lora["personas"].get(AVERAGE)
+    result = {
         "benchmark": "adapt",
         "env": env_id,
         "archetype": archetype,
         "episodes_per_player": episodes,
         "players": lora["players"],
-        "mean_gain": round(mean_gain, 4),
-        "full_ft_mean_gain": round(mean_full, 4) if full else None,
-        "lora_vs_full": round(mean_gain / mean_full, 4) if mean_full else None,
+        "checkpoints": marks,
+        **{k: ours[k] for k in ("gain_at", "heldout_gain_at", "switch_recovery_episodes", "play_return_vs_base")},
+        "baselines": others,
+        "best_baseline_gain_at": _best(others, marks),
+        "mean_gain": lora["mean_gain"],
+        "heldout_gain": lora["heldout_gain"],
+        "full_ft_mean_gain": full["mean_gain"] if full else None,
+        "lora_vs_full": round(lora["mean_gain"] / full["mean_gain"], 4) if full and full["mean_gain"] else None,
         "adapter_param_fraction": round(adapter_params / network_params, 4),
         "average_vs_base": round(avg["adapted_return"] - avg["base_return"], 4) if avg else None,
         "average_tolerance": round(0.02 * abs(avg["oracle_return"] - avg["base_return"]), 4) if avg else None,
-        "noise_kl": personas.get(NOISE, {}).get("kl_to_base"),
+        "noise_kl": lora["personas"].get(NOISE, {}).get("kl_to_base"),
         "kl_bound": config.kl_bound,
-        "seconds": round(lora["seconds"] + (full["seconds"] if full else 0.0), 1),
+        "seconds": round(lora["seconds"] + sum(b["seconds"] for b in others.values())
+                         + (full["seconds"] if full else 0.0), 1),
         "config": config.to_dict(),
         "personas": personas,
     }
+    if out is not None:
+        result["plot"] = str(write_plot(env_id, reports, full, Path(out)))
+    return result
+
+
+def _best(others: dict, marks: list[int]) -> dict[str, float] | None:
+    """Per checkpoint, the best baseline's named gain."""
+    if not others:
+        return None
+    return {str(k): max(b["gain_at"][str(k)] for b in others.values()) for k in marks}
+
+
+def write_plot(env_id: str, reports: dict[str, dict], full: dict | None, out: Path) -> Path:
+    """PNG of mean named (solid) and held-out (dotted) gain vs episodes, one colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    episodes = next(iter(reports.values()))["episodes_per_player"]
+    x = np.arange(1, episodes + 1)
+    every = list(range(1, episodes + 1))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for (label, report), colour in zip(reports.items(), ("tab:blue", "tab:orange", "tab:green", "tab:purple")):
+        for kind, style in (("named", "-"), ("heldout", ":")):
+            curve = gain_at(report, kind, every)
+            if curve:
+                ax.plot(x, list(curve.values()), color=colour, lw=1.8 if kind == "named" else 1.2, ls=style,
+                        label=f"{label}: {'named' if kind == 'named' else 'held-out'} personas")
+    if full is not None:
+        ax.plot(x, list(gain_at(full, "named", every).values()), color="0.5", lw=1.0, ls="--",
+                label="full fine-tune: named")
+    ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("episodes played by the player")
+    ax.set_ylabel("gain: (policy - base) / (oracle - base)")
+    ax.set_title(f"{env_id}: adaptation per player")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"adapt-{env_id.split('/')[-1]}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -193,61 +193,64 @@ class NeuralLinearHost(_ThompsonHost):
     """NeuralLinear Thompson sampling per player on the frozen base's last hidden features.
 
     Features are phi(x) = [h(x), 1] with h the actor's last hidden activations (D = H + 1).
-    Per player and action: precision L_a = weight_precision I + Phi^T Phi / noise^2 and
-    mean mu_a = L_a^-1 (weight_precision mu0_a + Phi^T y / noise^2), where mu0_a is the
-    base's last layer (centred over actions) times prior_scale, so phi . mu0_a is the
-    prior mean above. A decision samples w_a ~ N(mu_a, L_a^-1) through L_a's Cholesky factor.
+    Per player and action a Bayesian linear regression of the target on phi: prior
+    N(mu0_a, I / weight_precision), where mu0_a is the base's last layer (centred over
+    actions) times prior_scale, so phi . mu0_a is the prior mean above; noise variance
+    noise_std^2. Each observation is a rank-one (Kalman / recursive least squares) update
+    of the mean and covariance. A decision needs only the value of each action at this
+    phi, so it samples v_a ~ N(phi . mu_a, phi^T S_a phi): the same distribution as
+    sampling w_a and taking phi . w_a.
     """
 
     def __init__(self, policy: ActorCritic, settings: ThompsonSettings = ThompsonSettings(), seed: int = 0):
         super().__init__(policy, settings, seed)
         last = policy.actor[-1]
-        w = torch.cat([last.weight, last.bias[:, None]], 1).detach().double()  # (A, D)
-        self.prior_w = (settings.prior_scale * (w - w.mean(0, keepdim=True))).numpy()  # (A, D)
+        w = torch.cat([last.weight, last.bias[:, None]], 1).detach().double().numpy()  # (A, D)
+        self.prior_mean = settings.prior_scale * (w - w.mean(0, keepdims=True))  # (A, D)
         self.dim = w.shape[1]
-        self.generator = torch.Generator().manual_seed(seed)
-        self.stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # player -> (A, D, D) Phi^T Phi, (A, D) Phi^T y
-        self.cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # player -> (A, D) mean, (A, D, D) Cholesky
+        self.index: dict[str, int] = {}
+        self.mean = np.empty((0, self.n_actions, self.dim))  # (players, A, D)
+        self.cov = np.empty((0, self.n_actions, self.dim, self.dim))  # (players, A, D, D)
+        self._last_obs: np.ndarray | None = None
+        self._last_features = np.empty((0, self.dim))
 
     def _features(self, obs: np.ndarray) -> np.ndarray:
+        if self._last_obs is not None and self._last_obs.shape == obs.shape and np.array_equal(self._last_obs, obs):
+            return self._last_features  # the evaluator asks for the same situations after every episode
         with torch.inference_mode():
             hidden = self.policy.actor_features(torch.as_tensor(obs, dtype=torch.float32))  # (N, H)
-        return np.concatenate([hidden.double().numpy(), np.ones((len(obs), 1))], 1)  # (N, D)
+        features = np.concatenate([hidden.double().numpy(), np.ones((len(obs), 1))], 1)  # (N, D)
+        if len(obs) > 256:
+            self._last_obs, self._last_features = obs.copy(), features
+        return features
 
-    def _posterior(self, player: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, D) posterior mean weights and (A, D, D) Cholesky factor of the precision."""
-        if player not in self.cache:
-            lam, noise_prec = self.settings.weight_precision, self.settings.noise_std**-2
-            gram, xty = self.stats.get(player, (np.zeros((self.n_actions, self.dim, self.dim)),
-                                                np.zeros((self.n_actions, self.dim))))
-            precision = torch.from_numpy(lam * np.eye(self.dim) + noise_prec * gram)  # (A, D, D)
-            eta = torch.from_numpy(lam * self.prior_w + noise_prec * xty)  # (A, D)
-            chol = torch.linalg.cholesky(precision)  # (A, D, D) lower
-            mean = torch.cholesky_solve(eta.unsqueeze(-1), chol).squeeze(-1)  # (A, D)
-            self.cache[player] = (mean, chol)
-        return self.cache[player]
-
-    def _stack(self, players: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [self._posterior(p) for p in players]
-        return torch.stack([m for m, _ in parts]), torch.stack([c for _, c in parts])  # (N, A, D), (N, A, D, D)
+    def _rows(self, players: list[str]) -> np.ndarray:
+        """(N,) each player's row in the posterior arrays; a new player starts at the prior."""
+        new = [p for p in dict.fromkeys(players) if p not in self.index]
+        if new:
+            for p in new:
+                self.index[p] = len(self.index)
+            prior_cov = np.eye(self.dim) / self.settings.weight_precision
+            self.mean = np.concatenate([self.mean, np.broadcast_to(self.prior_mean, (len(new), *self.prior_mean.shape))])
+            self.cov = np.concatenate([self.cov, np.broadcast_to(prior_cov, (len(new), self.n_actions, *prior_cov.shape))])
+        return np.array([self.index[p] for p in players])
 
     def _sample_values(self, players, obs, features) -> np.ndarray:
-        mean, chol = self._stack(players)
-        z = torch.randn(mean.shape + (1,), generator=self.generator, dtype=torch.float64)  # (N, A, D, 1)
-        # w = mu + L^-T z has covariance (L L^T)^-1 = precision^-1
-        w = mean + torch.linalg.solve_triangular(chol.transpose(-1, -2), z, upper=True).squeeze(-1)
-        return torch.einsum("nad,nd->na", w, torch.from_numpy(features)).numpy()  # (N, A)
+        rows = self._rows(players)
+        mean = np.einsum("nad,nd->na", self.mean[rows], features)  # (N, A)
+        var = np.einsum("nd,nade,ne->na", features, self.cov[rows], features)  # (N, A)
+        return mean + np.sqrt(np.maximum(var, 0.0)) * self.rng.standard_normal(mean.shape)
 
     def _mean_values(self, players, obs, features) -> np.ndarray:
-        names, rows_of = np.unique(np.asarray(players, dtype=object), return_inverse=True)
-        means = np.stack([self._posterior(p)[0].numpy() for p in names])  # (U, A, D): evaluation repeats players
-        return np.einsum("nad,nd->na", means[rows_of], features)  # (N, A)
+        rows = self._rows(players)  # first: it may grow self.mean
+        return np.einsum("nad,nd->na", self.mean[rows], features)  # (N, A)
 
     def _observe(self, player, features, actions, targets) -> None:
-        gram, xty = self.stats.get(player, (np.zeros((self.n_actions, self.dim, self.dim)),
-                                            np.zeros((self.n_actions, self.dim))))
+        i = self._rows([player])[0]
+        noise_var = self.settings.noise_std**2
         for f, a, y in zip(features, actions, targets):
-            gram[a] += np.outer(f, f)
-            xty[a] += y * f
-        self.stats[player] = (gram, xty)
-        self.cache.pop(player, None)
+            mean, cov = self.mean[i, a], self.cov[i, a]  # (D,), (D, D) views
+            cov_f = cov @ f  # (D,)
+            gain = cov_f / (noise_var + f @ cov_f)  # (D,)
+            mean += gain * (y - f @ mean)
+            cov -= np.outer(gain, cov_f)

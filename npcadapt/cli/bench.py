@@ -36,7 +36,8 @@ def _cmd_bench(args) -> int:
         except ValueError as exc:
             raise InvalidInputError(str(exc)) from None
         result = run(args.env, players_per_persona=args.players_per_persona, episodes=args.episodes, seed=args.seed,
-                     config=config, full_finetune=not args.lora_only)
+                     config=config, full_finetune=not args.lora_only, baselines=not args.no_baselines,
+                     heldout_players=args.heldout_players, switch_players=args.switch_players, out=args.out)
     else:
         from ..bench.log import run
 
@@ -69,7 +70,7 @@ def add_bench(sub) -> None:
     ft.add_argument("--players", type=int, default=32)
     ft.add_argument("--episodes", type=int, default=20)
     ft.add_argument("--epochs", type=int, default=5)
-    ad = bsub.add_parser("adapt", help="adaptation quality per persona vs oracle and full fine-tuning")
+    ad = bsub.add_parser("adapt", help="adaptation speed per persona vs oracle, Thompson baselines and full fine-tuning")
     ad.add_argument("--env", default="npcadapt/Duel-v0")
     ad.add_argument("--episodes", type=int, default=200, help="episodes per player")
     ad.add_argument("--players-per-persona", type=int, default=2)
@@ -77,6 +78,10 @@ def add_bench(sub) -> None:
     ad.add_argument("--seed", type=int, default=0)
     ad.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="online trainer setting, e.g. --set epochs=8 --set validation_gate=false (repeatable)")
-    ad.add_argument("--lora-only", action="store_true", help="skip the full fine-tune comparison (about half the time)")
+    ad.add_argument("--heldout-players", type=int, default=2, help="players per held-out persona")
+    ad.add_argument("--switch-players", type=int, default=2, help="players per switch pair (switching half way)")
+    ad.add_argument("--lora-only", action="store_true", help="skip the full fine-tune comparison")
+    ad.add_argument("--no-baselines", action="store_true", help="skip the Thompson-sampling baselines")
+    ad.add_argument("--out", default="runs/bench", help="where the gain-vs-episodes PNG goes")
     for q in bsub.choices.values():
         q.set_defaults(func=_cmd_bench)
