@@ -131,11 +131,18 @@ class CompanionEnv(PersonaRoundEnv):
     | hates_small_talk | silence; hates talk        | stay_quiet; fight; heal when hurt    |
     | tank             | a second fighter           | fight; gather_loot / scout when clear |
     | looter           | every coin; hates wasted heals | gather_loot                      |
+    | medic_fan*       | heals and buffs; hates looting | heal; buff                       |
+    | thrill_seeker*   | a fighting partner; hates silence | buff; fight                      |
     | average          | a random named persona per outing | population optimum            |
     | noise            | ignores the NPC's choice   | none (all equal)                     |
 
+    * marks held-out personas: never part of "average" (so the base never trained
+    against them), for evaluation only. Switch pairs (a player who changes style once):
+    potion_lover -> tank, chatty -> hates_small_talk.
+
     ## Version History
-    * v0: initial version.
+    * v0: initial version; held-out personas and switch pairs added (their tables are
+      new; the named personas, and so every earlier figure, are unchanged).
     """
 
     ACTIONS: ClassVar[tuple[str, ...]] = ACTIONS

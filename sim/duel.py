@@ -139,11 +139,18 @@ class DuelEnv(PersonaRoundEnv):
     | turtle          | blocks low, backsteps                | attack_high; thrust          |
     | jumper          | jumps in; high strikes if defensive  | wait; block_high             |
     | zoner           | backsteps to keep range, counters    | thrust; feint                |
+    | sweep_and_hop*  | sweeps, jumps when defensive         | block_low; wait; thrust      |
+    | guard_breaker*  | low blocks, counters, rushes from far | feint; attack_high; dodge   |
     | average         | a random named persona per bout      | population optimum           |
     | noise           | reward ignores the NPC's move        | none (all equal)             |
 
+    * marks held-out personas: never part of "average" (so the base never trained
+    against them), for evaluation only. Switch pairs (a player who changes style once):
+    brawler -> turtle, high_blocker -> low_sweeper.
+
     ## Version History
-    * v0: initial version.
+    * v0: initial version; held-out personas and switch pairs added (their tables are
+      new; the named personas, and so every earlier figure, are unchanged).
     """
 
     ACTIONS: ClassVar[tuple[str, ...]] = ACTIONS

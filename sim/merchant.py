@@ -146,11 +146,18 @@ class MerchantEnv(PersonaRoundEnv):
     | chatterbox     | buys after a chat; hates haggling     | small_talk                    |
     | knight         | armour, sometimes a premium piece     | offer_armor; upsell_premium   |
     | window_shopper | rarely buys: deals or trinkets        | discount; offer_trinket       |
+    | tinkerer*      | potions, trinkets, armour; hates discounts | offer_potion; offer_trinket |
+    | noble*         | chat, premium goods; hates haggling   | small_talk; upsell_premium    |
     | average        | a random named persona per visit      | population optimum            |
     | noise          | reward ignores the NPC's pitch        | none (all equal)              |
 
+    * marks held-out personas: never part of "average" (so the base never trained
+    against them), for evaluation only. Switch pairs (a customer who changes style once):
+    bargain_hunter -> big_spender, sellsword -> chatterbox.
+
     ## Version History
-    * v0: initial version.
+    * v0: initial version; held-out personas and switch pairs added (their tables are
+      new; the named personas, and so every earlier figure, are unchanged).
     """
 
     ACTIONS: ClassVar[tuple[str, ...]] = ACTIONS

@@ -69,7 +69,7 @@ def test_sim_command_writes_report_plot_and_recording(tmp_path, capsys):
 
 
 def test_sim_without_adaptation_stays_at_base(tmp_path, capsys):
-    rc = main(["sim", "--players", "10", "--episodes", "4", "--no-adapt", "--no-record",
+    rc = main(["sim", "--players", "10", "--episodes", "4", "--no-adapt", "--no-record", "--switch-players", "0",
                "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--quiet"])
     assert rc == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
@@ -136,7 +136,7 @@ def test_sim_gate_holds_the_base_until_there_is_evidence_and_no_gate_serves_at_o
     def returns(*flags):
         out = tmp_path / "-".join(flags or ("gated",))
         rc = main(["sim", "--players", "10", "--episodes", "8", "--no-record", "--data", str(out / "d"),
-                   "--out", str(out), "--quiet", *flags])
+                   "--out", str(out), "--quiet", "--heldout-players", "0", "--switch-players", "0", *flags])
         assert rc == 0
         return json.loads((out / "report.json").read_text())["personas"]
 

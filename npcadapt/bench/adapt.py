@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from ..archetypes import BUILTIN_DIR, archetype_for_env, find_archetypes
 from ..service import Service
 from ..training.full import FullFinetuneHost
 from ..training.online import OnlineConfig
-from .baselines import NeuralLinearHost, TableThompsonHost, ThompsonSettings
+from .baselines import NEURAL_LINEAR_SETTINGS, TABLE_SETTINGS, NeuralLinearHost, TableThompsonHost
 
 CHECKPOINTS = (5, 10, 20, 40, 80, 200)
 SEQUENTIAL_GAMMA = 0.9  # the baselines' reward-to-go discount on envs whose actions change the next state
@@ -56,11 +57,10 @@ def summarise(report: dict, marks: list[int]) -> dict[str, Any]:
 
 def baseline_hosts(env, policy, seed: int) -> dict[str, Any]:
     """The baselines that apply to `env`, keyed by the name the report uses."""
-    gamma = SEQUENTIAL_GAMMA if getattr(env, "SEQUENTIAL", False) else 0.0
-    settings = ThompsonSettings(gamma=gamma)
-    hosts = {"neural_linear_thompson": NeuralLinearHost(policy, settings, seed=seed)}
+    gamma = SEQUENTIAL_GAMMA if env.SEQUENTIAL else 0.0
+    hosts = {"neural_linear_thompson": NeuralLinearHost(policy, replace(NEURAL_LINEAR_SETTINGS, gamma=gamma), seed)}
     if env.DISCRETE_CONTEXT:
-        hosts = {"table_thompson": TableThompsonHost(policy, settings, seed=seed), **hosts}
+        hosts = {"table_thompson": TableThompsonHost(policy, replace(TABLE_SETTINGS, gamma=gamma), seed), **hosts}
     return hosts
 
 

@@ -50,6 +50,12 @@ class ThompsonSettings:
         return asdict(self)
 
 
+# The settings each baseline runs with: the best early-episode gains of the sweep recorded in
+# docs/benchmarks.md ("Tuning the baselines"), over Duel, Merchant, Companion and Skirmish.
+TABLE_SETTINGS = ThompsonSettings(prior_scale=0.05, prior_std=0.5, noise_std=0.3)
+NEURAL_LINEAR_SETTINGS = ThompsonSettings(prior_scale=0.05, weight_precision=10.0, noise_std=0.5)
+
+
 @dataclass(frozen=True)
 class _Actions:
     action: np.ndarray

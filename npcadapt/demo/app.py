@@ -103,7 +103,7 @@ def open_backend(args, *, train: str) -> Backend:
 def start_session(args, name: str, *, train: str) -> tuple[Session, str]:
     """Open the profile, the backend and a fresh world; returns the session and the profile name."""
     profile = Profiles(args.data).open(name)
-    world = World(args.duelists, args.merchants, args.companions, seed=args.seed)
+    world = World(args.duelists, args.merchants, args.companions, args.hagglers, seed=args.seed)
     backend = open_backend(args, train=train)
     try:
         session = Session(world, backend, profile.player, adapting=not args.no_adapt)
@@ -202,7 +202,7 @@ def run_window(args) -> int:
     from .screens import draw_help, draw_pause, profile_prompt
 
     art = Art()
-    preview = World(args.duelists, args.merchants, args.companions, seed=args.seed)
+    preview = World(args.duelists, args.merchants, args.companions, args.hagglers, seed=args.seed)
     backdrop = WorldView(art, preview).backgrounds[0]
     name = args.profile or profile_prompt(screen, art, Profiles(args.data), backdrop)
     if name is None:
@@ -258,6 +258,8 @@ def _direction(pygame) -> tuple[float, float]:
 def _key(pygame, event, session: Session, ui, inp: PlayerInput, saved: bool) -> tuple[bool, bool]:
     """Handle one key press; returns (keep running, saved)."""
     key, now = event.key, session.world.time
+    feelings = {pygame.K_EQUALS: "likes", pygame.K_PLUS: "likes", pygame.K_KP_PLUS: "likes", pygame.K_MINUS: "dislikes",
+                pygame.K_KP_MINUS: "dislikes", pygame.K_0: "unmoved", pygame.K_KP0: "unmoved"}  # a haggler's line
     moves = {getattr(pygame, f"K_{i + 1}"): i for i in range(8)} | {getattr(pygame, f"K_KP{i + 1}"): i for i in range(8)}
     if key in (pygame.K_h, pygame.K_F1):
         ui.help = not ui.help
@@ -292,6 +294,8 @@ def _key(pygame, event, session: Session, ui, inp: PlayerInput, saved: bool) -> 
         inp.reply = "buy" if key == pygame.K_b else "no"
     elif key in (pygame.K_t, pygame.K_x):
         inp.reaction = "thanks" if key == pygame.K_t else "stop"
+    elif key in feelings:
+        inp.feeling = feelings[key]
     elif key == pygame.K_m:
         session.set_adapting(not session.adapting)
         ui.say("Adaptation ON: NPCs use what they learned about you" if session.adapting

@@ -1,17 +1,28 @@
 """Scripted bot players for headless mode, driven by the sim personas' hidden habits.
 
 A bot plays through the same :class:`~npcadapt.demo.world.PlayerInput` a person's
-keyboard produces. It walks a tour (the sparring ring, each stall, the vault) and answers
-NPCs the way a sim persona would in the situation the NPC observed:
+keyboard produces. It walks a tour (the sparring ring, each stall, each haggler's rug by
+the vault gate, the vault) and answers NPCs the way a sim persona would in the situation
+the NPC observed:
 
 - duel: its move is drawn from the duel persona's habit table (``sim.duel``);
 - merchant: buys / says no / walks off as drawn from the merchant persona's response
   probabilities for that pitch (``sim.merchant``);
 - companion: draws the companion persona's satisfaction for that support and presses
-  "thanks" when it is >= 0.3, "stop that" when it is <= -0.3, nothing otherwise.
+  "thanks" when it is >= 0.3, "stop that" when it is <= -0.3, nothing otherwise;
+- haggler: draws the haggle persona's response to that line in that (mood, item) from the
+  env's own table (``HaggleEnv().tables["outcomes"]``) and answers with the key that makes
+  the demo's rules give that response (``HAGGLE_ANSWERS``): likes / unmoved / dislikes a
+  mood line, takes or refuses a closing offer. The world then moves the mood exactly as
+  the env would, so the haggler meets a faithful ``sim.haggle`` customer; the bot stays at
+  the rug until the visit ends (a sale, a walk-out or the 12th line).
 
-A bot is named by a preset (``high_blocker``), by any sim persona name (the other
-archetypes then use the preset defaults), or explicitly: ``duelist=turtle,merchant=knight``.
+A bot is named by a preset (``high_blocker``), by any sim persona name (every archetype
+whose env has it plays it; the others use the preset defaults), or explicitly:
+``duelist=turtle,merchant=knight,haggler=joker``. Each preset's haggle customer fits its
+merchant customer (``PRESETS``): high_blocker (knight) -> no_nonsense, brawler (sellsword)
+-> joker, turtle (bargain_hunter) -> penny_pincher, jumper (collector) -> collector,
+low_sweeper (big_spender) -> flattery_lover.
 """
 
 from __future__ import annotations
@@ -23,26 +34,35 @@ import numpy as np
 
 from sim.companion import CompanionEnv
 from sim.duel import DuelEnv
+from sim.haggle import HaggleEnv
 from sim.merchant import MerchantEnv
 from sim.personas import RoundModel
 
 from ..errors import InvalidInputError
-from .rules import COMPANION, DUELIST, MERCHANT, RESPONSES
+from .rules import CLOSING, COMPANION, DUELIST, HAGGLE_RESPONSES, HAGGLER, MERCHANT, MOODS, RESPONSES
 from .village import ARENA, STALL_REACH, TILE, VAULT
-from .world import PlayerInput, World
+from .world import Pending, PlayerInput, World
 
-ENVS = {DUELIST: DuelEnv, MERCHANT: MerchantEnv, COMPANION: CompanionEnv}
+ROUND_ENVS = {DUELIST: DuelEnv, MERCHANT: MerchantEnv, COMPANION: CompanionEnv}  # sim.personas round envs
+ENVS = {**ROUND_ENVS, HAGGLER: HaggleEnv}
 MERCHANT_REPLIES = {"walks_away": "walk", "browses": "no", "buys": "buy"}  # the customer's response -> what the bot does
+# the haggle customer's response -> (answer to a mood line, answer to a closing line); a walk-out
+# only happens to a furious customer, whom the demo's rules send off on the next drop
+HAGGLE_ANSWERS = {"mood_up": ("likes", None), "unmoved": ("unmoved", None), "mood_down": ("dislikes", None),
+                  "refused": (None, "no"), "sale": (None, "buy"), "walked_away": ("dislikes", "no")}
 PRESETS: dict[str, dict[str, str]] = {
-    "high_blocker": {DUELIST: "high_blocker", MERCHANT: "knight", COMPANION: "tank"},
-    "brawler": {DUELIST: "brawler", MERCHANT: "sellsword", COMPANION: "tank"},
-    "turtle": {DUELIST: "turtle", MERCHANT: "bargain_hunter", COMPANION: "potion_lover"},
-    "jumper": {DUELIST: "jumper", MERCHANT: "collector", COMPANION: "explorer"},
-    "low_sweeper": {DUELIST: "low_sweeper", MERCHANT: "big_spender", COMPANION: "chatty"},
+    "high_blocker": {DUELIST: "high_blocker", MERCHANT: "knight", COMPANION: "tank", HAGGLER: "no_nonsense"},
+    "brawler": {DUELIST: "brawler", MERCHANT: "sellsword", COMPANION: "tank", HAGGLER: "joker"},
+    "turtle": {DUELIST: "turtle", MERCHANT: "bargain_hunter", COMPANION: "potion_lover", HAGGLER: "penny_pincher"},
+    "jumper": {DUELIST: "jumper", MERCHANT: "collector", COMPANION: "explorer", HAGGLER: "collector"},
+    "low_sweeper": {DUELIST: "low_sweeper", MERCHANT: "big_spender", COMPANION: "chatty", HAGGLER: "flattery_lover"},
 }
 THANKS_AT, STOP_AT = 0.3, -0.3
+HAGGLE_STAY = 15.0  # the longest a bot waits past its stop for a haggle to end (then it walks off)
+
+
 def model(archetype: str) -> RoundModel:
-    return ENVS[archetype].shared_model()
+    return ROUND_ENVS[archetype].shared_model()
 
 
 def parse_bot(spec: str) -> dict[str, str]:
@@ -71,7 +91,7 @@ def parse_bot(spec: str) -> dict[str, str]:
 
 @dataclass
 class Stop:
-    kind: str  # "arena", "stall", "vault"
+    kind: str  # "arena", "stall", "rug" (a haggler's), "vault"
     seconds: float
     npc: str = ""
 
@@ -93,11 +113,13 @@ class Bot:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
+        self.haggle_rng = np.random.default_rng([self.seed, 1])  # its own stream: the other answers stay as they were
         self._index = {a: {tuple(int(v) for v in row): i for i, row in enumerate(model(a).contexts)}
-                       for a in ENVS}
+                       for a in ROUND_ENVS}
+        self._haggle = HaggleEnv().tables["outcomes"]  # persona -> (item * 5 + mood, line, response) probabilities
 
     def plan(self, world: World) -> None:
-        """The default tour: long in the ring, a visit to each stall, a look into the vault."""
+        """The default tour: long in the ring, a visit to each stall and each haggler, a look into the vault."""
         if self.tour:
             return
         kinds = {n.archetype for n in world.npcs}
@@ -106,13 +128,16 @@ class Bot:
         for n in world.npcs:
             if n.archetype == MERCHANT:
                 self.tour.append(Stop("stall", 9.0, n.id))
+        for n in world.npcs:
+            if n.archetype == HAGGLER:
+                self.tour.append(Stop("rug", 7.0, n.id))  # then stays until the haggle in progress ends
         self.tour.append(Stop("vault", 5.0))
         self.stop_until = world.time + self.tour[0].seconds
 
     # -- per frame ------------------------------------------------------------------------------
     def control(self, world: World) -> PlayerInput:
         self.plan(world)
-        if world.time >= self.stop_until:
+        if world.time >= self.stop_until and not self._haggling(world):
             self._next(world)
         inp = PlayerInput(move=self._steer(world))
         p = world.player
@@ -126,19 +151,33 @@ class Bot:
             if npc.archetype == DUELIST:
                 continue
             key = (npc.id, npc.pending.since)
-            due, reply = self.answers.setdefault(key, self._answer(npc.archetype, npc.pending))
+            if npc.archetype == HAGGLER:
+                if key not in self.answers:
+                    self.answers[key] = self._haggle_answer(npc.pending)
+                due, reply = self.answers[key]
+            else:
+                due, reply = self.answers.setdefault(key, self._answer(npc.archetype, npc.pending))
             if reply is None or world.time - npc.pending.since < due:
                 continue
             self.answers[key] = (math.inf, None)  # answered once
             if reply == "walk":
                 self._next(world)
-            elif npc.archetype == MERCHANT:
+            elif npc.archetype == MERCHANT or reply in ("buy", "no"):
                 inp.reply = reply
+            elif npc.archetype == HAGGLER:
+                inp.feeling = reply
             else:
                 inp.reaction = reply
         if len(self.answers) > 256:
             self.answers.clear()
         return inp
+
+    def _haggling(self, world: World) -> bool:
+        """At a haggler's rug with a haggle in progress (and not stuck there past HAGGLE_STAY)."""
+        stop = self.tour[self.stop]
+        if stop.kind != "rug" or world.time >= self.stop_until + HAGGLE_STAY:
+            return False
+        return any(n.id == stop.npc and n.open for n in world.npcs)
 
     def _next(self, world: World) -> None:
         self.stop = (self.stop + 1) % len(self.tour)
@@ -155,7 +194,7 @@ class Bot:
                 else:
                     a, r = self.rng.uniform(0, 2 * math.pi), self.rng.uniform(0, 0.55) * ARENA[2]
                     self.target = (ARENA[0] + math.cos(a) * r, ARENA[1] + math.sin(a) * r)
-        elif stop.kind == "stall":
+        elif stop.kind in ("stall", "rug"):
             npc = next(n for n in world.npcs if n.id == stop.npc)
             fx, fy = world.stall_front(npc)
             self.target = (fx, fy) if self.target is None else self.target
@@ -167,7 +206,7 @@ class Bot:
         return (dx, dy) if math.hypot(dx, dy) > 4 else (0.0, 0.0)
 
     # -- the personas ----------------------------------------------------------------------------
-    def _context(self, archetype: str, levels: tuple[int, int, int]) -> int:
+    def _context(self, archetype: str, levels: tuple[int, ...]) -> int:
         return self._index[archetype][tuple(levels)]
 
     def _duel_move(self, levels: tuple[int, int, int]) -> int:
@@ -186,3 +225,11 @@ class Bot:
         value = float(m.outcome_values[self.personas[archetype]][c, pend.action, o])
         reply = "thanks" if value >= THANKS_AT else "stop" if value <= STOP_AT else None
         return self.rng.uniform(0.4, 1.0), reply
+
+    def _haggle_answer(self, pend: Pending) -> tuple[float, str | None]:
+        """(delay in seconds, answer) to a haggler's line: the env persona's response in that state."""
+        mood, item = pend.levels
+        probs = self._haggle[self.personas[HAGGLER]][item * len(MOODS) + mood, pend.action]  # (6,) HAGGLE_RESPONSES
+        o = int(self.haggle_rng.choice(len(probs), p=probs / probs.sum()))
+        to_mood_line, to_offer = HAGGLE_ANSWERS[HAGGLE_RESPONSES[o]]
+        return self.haggle_rng.uniform(0.3, 0.7), to_offer if pend.action in CLOSING else to_mood_line

@@ -30,7 +30,7 @@ from .render import (
     blit_text,
     reward_colour,
 )
-from .rules import COMPANION, DUELIST, MERCHANT
+from .rules import CLOSING, COMPANION, DUELIST, HAGGLER, MERCHANT
 from .session import CURVE_WINDOW, Session
 from .world import Npc
 
@@ -208,9 +208,15 @@ def draw_bottom(screen: pygame.Surface, art: Art, session: Session, ui: Ui) -> N
         hints.append("  ".join(f"{i + 1} {m.replace('_', ' ')}" for i, m in enumerate(rules.PLAYER_MOVES)))
     if any(n.archetype == MERCHANT and n.engaged for n in world.npcs):
         hints.append("B buy   N no thanks   (walking off = walking away)")
+    hagglers = [n for n in world.npcs if n.archetype == HAGGLER and n.engaged]
+    if any(n.pending is not None and n.pending.action in CLOSING for n in hagglers):
+        hints.append("B take the offer   N refuse it   (walking off = walking away)")
+    elif hagglers:
+        hints.append("= or + like that line   - dislike it   0 unmoved   (you are the customer: your mood is theirs to read)")
     if any(n.archetype == COMPANION and n.pending is not None for n in world.npcs):
         hints.append("T thanks   X stop that")
-    line = "   |   ".join(hints) or "walk into the ring to spar, stand at a stall to shop; your companion follows you"
+    line = "   |   ".join(hints) or ("walk into the ring to spar, stand at a stall to shop, haggle at a rug by the vault gate; "
+                                     "your companion follows you")
     blit_text(screen, art, line, (10, BOTTOM.y + 6), 18, (255, 226, 140) if hints else INK)
     blit_text(screen, art, "WASD/arrows move · Tab/click select NPC · M adaptation on/off · H help · P pause · "
               "Del twice erase profile · F12 screenshot", (10, BOTTOM.y + 28), 16, DIM)

@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duelists", type=int, default=5, help="sparring partners in the ring (0-12)")
     p.add_argument("--merchants", type=int, default=2, help="market stalls (0-3)")
     p.add_argument("--companions", type=int, default=1, help="companions following the player (0-2)")
+    p.add_argument("--hagglers", type=int, default=1, help="travelling traders haggling by the vault gate (0-2)")
     p.add_argument("--no-adapt", action="store_true", help="start with adaptation off (M toggles)")
     add_online_arguments(p)  # in-process play only; a bridge has its own
     p.set_defaults(episodes_per_update=2)  # a demo session lasts minutes: update often

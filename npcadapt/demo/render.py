@@ -15,9 +15,9 @@ from pathlib import Path
 import pygame
 
 from . import rules
-from .rules import COMPANION, DUELIST, MERCHANT
+from .rules import CLOSING, COMPANION, DUELIST, HAGGLER, MERCHANT
 from .village import DECOR, HEIGHT, STALL_TOP, TILE, WIDTH
-from .world import SPRITES, Npc, World
+from .world import SHEETS, SPRITES, Npc, World
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "demo"
 SIZE = (1280, 720)
@@ -28,8 +28,10 @@ BOTTOM = pygame.Rect(0, TOP + HEIGHT, SIZE[0], SIZE[1] - TOP - HEIGHT)
 INK = (236, 236, 240)
 DIM = (160, 164, 180)
 GOOD, BAD, NEUTRAL = (110, 220, 120), (240, 96, 90), (200, 200, 200)
-ACCENT = {DUELIST: (236, 120, 90), MERCHANT: (240, 200, 80), COMPANION: (110, 210, 150)}
-ROLE = {DUELIST: "sparring partner", MERCHANT: "merchant", COMPANION: "companion"}
+ACCENT = {DUELIST: (236, 120, 90), MERCHANT: (240, 200, 80), COMPANION: (110, 210, 150), HAGGLER: (200, 140, 255)}
+ROLE = {DUELIST: "sparring partner", MERCHANT: "merchant", COMPANION: "companion", HAGGLER: "travelling trader"}
+MOOD_COLOURS = ((214, 56, 44), (226, 134, 60), (224, 204, 120), (168, 214, 108), (90, 222, 112))  # furious .. delighted
+OFFER = (255, 220, 90)  # bubble colour of a line that waits for a key: a duelist's move, a haggler's offer
 TILE_FILES = {"g": "grass", "s": "sand", "c": "cobble", "d": "dirt", "v": "slab", "w": "wall", "~": "water"}
 
 
@@ -74,7 +76,8 @@ class Art:
         return surf
 
     def sprite(self, npc: Npc, moving: bool) -> pygame.Surface:
-        frames = self.people[f"{npc.archetype}{npc.variant}"]  # World keeps variants within SPRITES
+        sheet = SHEETS.get(npc.archetype, npc.archetype)
+        frames = self.people[f"{sheet}{npc.variant}"]  # World keeps variants within SPRITES
         return frames[int(npc.walk / 14) % 2 if moving else 0]
 
 
@@ -111,7 +114,11 @@ class WorldView:
                 bg.blit(tile, (x * TILE, y * TILE))
                 if code == "g" and (x * 31 + y * 17) % 11 == 0:
                     bg.blit(art.flowers, (x * TILE, y * TILE))
-        for kind, x, y in sorted(DECOR, key=lambda d: (d[0] != "rug", d[2])):
+        hagglers = [n for n in world.npcs if n.archetype == HAGGLER]
+        wares = [("rug", n.home[0], n.home[1] + 50) for n in hagglers]  # the haggler's rug, a crate and a barrel
+        wares += [(kind, n.home[0] + dx, n.home[1] + dy) for n in hagglers
+                  for kind, dx, dy in (("crate", 34, 4), ("barrel", -34, 2))]
+        for kind, x, y in sorted(DECOR + wares, key=lambda d: (d[0] != "rug", d[2])):
             img = art.props[kind]
             bg.blit(img, img.get_rect(midbottom=(int(x), int(y))))
         return bg
@@ -130,6 +137,9 @@ class WorldView:
                 self._person(view, art.sprite(n, False), n.x, n.y)
                 stall = art.stalls[n.variant]
                 view.blit(stall, stall.get_rect(midtop=(int(n.home[0]), int(STALL_TOP))))
+        for n in world.npcs:
+            if n.archetype == HAGGLER:
+                self._ware(view, n)
         for _, n in sorted(people, key=lambda p: p[0]):
             if n is None:
                 p = world.player
@@ -150,8 +160,11 @@ class WorldView:
         """Speech bubble and reward flash above `npc`, nudged up past bubbles already drawn."""
         art, now = self.art, self.world.time
         top = int(npc.y) - 50
+        if npc.archetype == HAGGLER and (npc.open or npc.engaged):
+            top = self._mood_tag(view, npc, top)
         if npc.bubble and now < npc.bubble_until:
-            colour = (255, 220, 90) if npc.bubble == "!" else (250, 248, 240)
+            offer = npc.bubble == "!" or (npc.archetype == HAGGLER and npc.pending is not None and npc.pending.action in CLOSING)
+            colour = OFFER if offer else (250, 248, 240)
             img = art.text(npc.bubble, 16, (30, 30, 40))
             box = img.get_rect(midbottom=(int(npc.x), top)).inflate(12, 8)
             for _ in range(4):
@@ -174,6 +187,34 @@ class WorldView:
                           anchor="midbottom", shadow=True)
         label = art.text(npc.name, 14, ACCENT[npc.archetype])
         view.blit(label, label.get_rect(midtop=(int(npc.x), int(npc.y) + 4)))
+
+    def _ware(self, view: pygame.Surface, npc: Npc) -> None:
+        """The item of the haggler's visit on its rug: a sword (weapon) or a gem (trinket)."""
+        x, y = int(npc.home[0]), int(npc.home[1]) + 26
+        if rules.ITEMS[npc.item] == "weapon":
+            pygame.draw.line(view, (40, 36, 50), (x - 19, y + 9), (x + 19, y - 7), 6)
+            pygame.draw.line(view, (214, 218, 236), (x - 18, y + 8), (x + 18, y - 6), 3)
+            pygame.draw.line(view, (150, 100, 50), (x - 14, y + 1), (x - 8, y + 13), 4)  # the guard
+        else:
+            gem = [(x, y - 9), (x + 9, y), (x, y + 9), (x - 9, y)]
+            pygame.draw.polygon(view, (120, 230, 200), gem)
+            pygame.draw.polygon(view, (40, 36, 50), gem, 2)
+
+    def _mood_tag(self, view: pygame.Surface, npc: Npc, top: int) -> int:
+        """The customer's mood as the haggler sees it: a face and a word above it; returns the new top."""
+        img = self.art.text(f"customer: {rules.MOODS[npc.mood]}", 15, (30, 30, 40))
+        box = img.get_rect(midbottom=(int(npc.x) + 11, top)).inflate(30, 6)
+        pygame.draw.rect(view, (236, 230, 250), box, border_radius=5)
+        pygame.draw.rect(view, ACCENT[HAGGLER], box, 1, border_radius=5)
+        cx, cy = box.left + 11, box.centery
+        pygame.draw.circle(view, MOOD_COLOURS[npc.mood], (cx, cy), 7)
+        pygame.draw.circle(view, (40, 36, 50), (cx, cy), 7, 1)
+        for dx in (-3, 3):
+            view.set_at((cx + dx, cy - 2), (30, 30, 30))
+        bend = (npc.mood - 2) * 2  # frown .. smile
+        pygame.draw.lines(view, (30, 30, 30), False, [(cx - 4, cy + 2), (cx, cy + 2 + bend), (cx + 4, cy + 2)], 1)
+        view.blit(img, img.get_rect(midleft=(cx + 10, cy)))
+        return box.top - 2
 
     def _player_move(self, view: pygame.Surface) -> None:
         p = self.world.player

@@ -8,7 +8,12 @@ the player does:
   payoff table ``sim.duel.PAYOFF``;
 - merchant: the player's reply to a pitch: buys (the pitch's margin, ``sim.merchant.MARGIN``),
   "no thanks" (browses, 0) or walks off (walks away annoyed, ``sim.merchant.WALK_AWAY``);
-- companion: the player's reaction key: thanks (+1), stop that (-1) or none (0).
+- companion: the player's reaction key: thanks (+1), stop that (-1) or none (0);
+- haggler: the player plays the customer of ``sim.haggle`` over one visit. Their mood (the
+  NPC's observation with the item) moves with how they take each line (likes it: up,
+  dislikes it: down, no key: unmoved); a closing line sells (its margin, ``sim.haggle.MARGIN``)
+  or is refused (the mood drops); a furious customer pressed again walks away
+  (``sim.haggle.WALK_AWAY``). A sale, a walk-out or the 12th line ends the visit, as in the env.
 
 No pygame here; :mod:`npcadapt.demo.world` applies these rules to the game state.
 """
@@ -21,19 +26,22 @@ import numpy as np
 
 from sim import companion as sim_companion
 from sim import duel as sim_duel
+from sim import haggle as sim_haggle
 from sim import merchant as sim_merchant
 
 from ..errors import ArchetypeError
 
 EPISODE_LENGTH = 12  # decisions per bout / visit / outing, as in the sim envs
 
-DUELIST, MERCHANT, COMPANION = "duelist", "merchant", "companion"
+DUELIST, MERCHANT, COMPANION, HAGGLER = "duelist", "merchant", "companion", "haggler"
 SIM_FEATURES = {
     DUELIST: sim_duel.OBSERVATION_FEATURES,
     MERCHANT: sim_merchant.OBSERVATION_FEATURES,
     COMPANION: sim_companion.OBSERVATION_FEATURES,
+    HAGGLER: sim_haggle.OBSERVATION_FEATURES,
 }
-SIM_ACTIONS = {DUELIST: sim_duel.ACTIONS, MERCHANT: sim_merchant.ACTIONS, COMPANION: sim_companion.ACTIONS}
+SIM_ACTIONS = {DUELIST: sim_duel.ACTIONS, MERCHANT: sim_merchant.ACTIONS, COMPANION: sim_companion.ACTIONS,
+               HAGGLER: sim_haggle.ACTIONS}
 # one-hot sizes of each archetype's situation features (the last feature is round progress)
 ONE_HOT_SIZES = {a: tuple(size for _, size in features[:-1]) for a, features in SIM_FEATURES.items()}
 
@@ -69,6 +77,18 @@ HEALTH = ("low", "high")
 ENEMIES = ("none", "few", "many")
 LOCATIONS = ("corridor", "treasure_room")
 LOW_HEALTH = 40.0
+
+# -- haggler ---------------------------------------------------------------------------------------
+MOODS, ITEMS = sim_haggle.MOODS, sim_haggle.ITEMS  # the levels (mood, item) of its observation
+HAGGLE_RESPONSES = sim_haggle.RESPONSES  # mood_up, unmoved, mood_down, refused, sale, walked_away
+CLOSING = (sim_haggle.DISCOUNT, sim_haggle.CLOSE)  # lines that try to sell; the others move the mood
+HAGGLE_MARGIN = sim_haggle.MARGIN  # line -> reward of a sale
+HAGGLE_WALK_AWAY = sim_haggle.WALK_AWAY
+FEELINGS = {"likes": "mood_up", "unmoved": "unmoved", "dislikes": "mood_down"}  # the player's take on a mood line
+LINE_TEXT = ("What a fine eye you have!", "Heard the one about the troll?", "This one has a story...",
+             "Rarest piece in the land.", "The price is the price.", "Last one. Decide now!",
+             "For you, a discount:", "Shall we shake on it?")
+ITEM_PRICE = (40, 20)  # gold at full price (weapon, trinket); a discount sells at the discount's margin
 
 
 def check_layout(archetype: str, described: dict) -> None:
@@ -110,6 +130,8 @@ def companion_levels(hp: float, engaged: int, rich_place: bool) -> tuple[int, in
 
 def describe_levels(archetype: str, levels: Sequence[int]) -> str:
     """Words for the HUD: 'close, aggressive, stamina high'."""
+    if archetype == HAGGLER:
+        return f"customer {MOODS[levels[0]]}, {ITEMS[levels[1]]}"
     a, b, c = levels
     if archetype == DUELIST:
         return f"{DISTANCES[a]}, {STANCES[b]}, stamina {STAMINA[c]}"
@@ -131,3 +153,48 @@ def merchant_reward(pitch: int, response: str) -> float:
 
 def companion_reward(reaction: str | None) -> float:
     return REACTIONS.get(reaction or "", 0.0)
+
+
+def haggle_start(rng: np.random.Generator) -> tuple[int, int]:
+    """(mood, item) at a visit's first line, drawn as ``HaggleEnv.reset`` draws them."""
+    item = int(rng.choice(len(ITEMS), p=sim_haggle.ITEM_PROBS))
+    return int(rng.choice(len(MOODS), p=sim_haggle.START_MOOD)), item
+
+
+def haggle_response(line: int, answer: str | None) -> str | None:
+    """The customer's response (a ``sim.haggle.RESPONSES`` name) to `line` given the player's answer.
+
+    A mood line takes a feeling ("likes", "dislikes", "unmoved"), a closing line "buy"
+    (sale) or "no" (refused); None (no answer in time) is unmoved / refused. Anything
+    else is not an answer: None.
+    """
+    if line in CLOSING:
+        return "sale" if answer == "buy" else "refused" if answer in ("no", None) else None
+    return FEELINGS.get(answer or "unmoved")
+
+
+def haggle_outcome(mood: int, line: int, response: str) -> tuple[str, float, int | None]:
+    """(response, reward, next mood; None once the visit ends) as ``HaggleEnv.step`` scores it.
+
+    The mood moves one level per line (delighted is the top); a refusal lowers it; a
+    furious customer whose mood would drop again walks away instead.
+    """
+    if response == "sale":
+        return response, float(HAGGLE_MARGIN[line]), None
+    if response == "mood_up":
+        return ("mood_up", 0.0, mood + 1) if mood < len(MOODS) - 1 else ("unmoved", 0.0, mood)
+    if response == "unmoved":
+        return response, 0.0, mood
+    if mood == 0:  # mood_down or refused
+        return "walked_away", HAGGLE_WALK_AWAY, None
+    return response, 0.0, mood - 1
+
+
+def haggle_price(line: int, item: int) -> int:
+    """Gold the player pays when they take a closing `line` on `item`."""
+    return round(ITEM_PRICE[item] * HAGGLE_MARGIN[line] / HAGGLE_MARGIN[sim_haggle.CLOSE])
+
+
+def line_text(line: int, item: int) -> str:
+    """What the haggler says: a closing line names its price."""
+    return f"{LINE_TEXT[line]} {haggle_price(line, item)}g" if line in CLOSING else LINE_TEXT[line]

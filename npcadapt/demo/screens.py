@@ -8,13 +8,15 @@ from ..errors import InvalidInputError
 from .hud import PANEL_BG
 from .profiles import Profiles, check_name
 from .render import ACCENT, BAD, DIM, INK, SIZE, Art, blit_text
-from .rules import COMPANION, DUELIST, MERCHANT
+from .rules import COMPANION, DUELIST, HAGGLER, MERCHANT
 
 HELP = [
     ("WASD / arrows", "walk"),
     ("1 - 8", "duel moves: high strike, low sweep, rush, block high, block low, backstep, jump, counter"),
     ("B / N", "at a stall: buy what is offered / no thanks (walking off mid-pitch = walking away)"),
     ("T / X", "to your companion: thanks / stop that"),
+    ("= or +, -, 0", "to a travelling trader's line: you like it (mood up) / dislike it (mood down) / unmoved"),
+    ("B / N", "to a trader's closing offer: take it / refuse it (the mood drops; no key = refused)"),
     ("Tab, click", "choose the NPC the panel shows (click empty ground: nearest again)"),
     ("M", "adaptation on/off: off = every NPC plays the shipped base policy"),
     ("Delete twice", "erase this profile's adapters: the NPCs forget you"),
@@ -27,6 +29,8 @@ LEARNS = [
                 " neutral, walking off mid-pitch costs them.")),
     (COMPANION, ("Your companion sees your health, the fight around you and where you are. Thanks and"
                  " 'stop that' are its only teachers.")),
+    (HAGGLER, ("Travelling traders see your mood (moved by how you take their lines) and the item. Only a sale"
+               " pays (less with a discount); pressing a furious customer again makes them walk away, which costs.")),
 ]
 
 
@@ -54,7 +58,7 @@ def _wrap(art: Art, text: str, width: int, size: int) -> list[str]:
 
 def draw_help(screen: pygame.Surface, art: Art) -> None:
     _dim(screen)
-    box = pygame.Rect(0, 0, 900, 500)
+    box = pygame.Rect(0, 0, 900, 600)
     box.center = (SIZE[0] // 2, SIZE[1] // 2)
     pygame.draw.rect(screen, PANEL_BG, box, border_radius=10)
     pygame.draw.rect(screen, ACCENT[DUELIST], box, 2, border_radius=10)

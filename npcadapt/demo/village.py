@@ -2,6 +2,7 @@
 
 30 x 20 tiles of 32 px: a sand sparring ring on the left, a cobbled market with stalls at
 the top right, a treasure vault at the bottom right, dirt paths between, a pond and trees.
+Travelling traders (hagglers) spread their rugs on either side of the vault gate.
 Plain data and geometry; no pygame.
 """
 
@@ -21,6 +22,8 @@ SPAWN = (17.0 * TILE, 10.5 * TILE)
 STALL_X = (600.0, 730.0, 860.0)  # stall centres; the customer stands below the counter
 STALL_TOP = 40.0
 STALL_REACH = 52.0
+HAGGLE_SPOTS = ((896.0, 298.0), (704.0, 298.0))  # where each haggler stands, behind its rug by the vault gate
+HAGGLE_FRONT = 74.0  # the customer stands this far below the trader, across the rug
 
 
 def terrain() -> list[str]:
@@ -52,9 +55,9 @@ def terrain() -> list[str]:
 DECOR = (
     [("tree", (tx + 0.5) * TILE, (ty + 1) * TILE) for tx, ty in
      ((6, 1), (9, 0), (12, 1), (15, 2), (0, 6), (0, 13), (1, 18), (4, 19), (8, 19), (12, 19),
-      (16, 17), (19, 19), (17, 14), (15, 5), (20, 9), (28, 10), (19, 12))]
+      (16, 17), (19, 19), (17, 14), (15, 5), (19, 8), (29, 9), (19, 12))]
     + [("bush", (tx + 0.5) * TILE, (ty + 1) * TILE) for tx, ty in
-       ((5, 3), (14, 14), (18, 16), (27, 9), (21, 9), (16, 8), (2, 16))]
+       ((5, 3), (14, 14), (18, 16), (16, 8), (2, 16))]
     + [("post", ARENA[0] + math.cos(a) * (ARENA[2] + 8), ARENA[1] + math.sin(a) * (ARENA[2] + 8) + 10)
        for a in np.linspace(0, 2 * math.pi, 12, endpoint=False)]
     + [("chest", x, y) for x, y in ((760.0, 470.0), (840.0, 470.0), (920.0, 520.0), (760.0, 600.0))]

@@ -8,7 +8,10 @@ one. :mod:`npcadapt.demo.session` carries these to and from the npcadapt backend
 
 Duelists in the sparring ring fight the player together (each answers the same move
 with its own); a merchant pitches while the player stands at its stall; companions follow
-the player and offer support every few seconds. The map itself is :mod:`village`.
+the player and offer support every few seconds; a haggler (a travelling trader by the vault
+gate) haggles over one item per visit while the player stands across its rug, and the
+player's mood, moved by how they take each line, is what it sees. The map itself is
+:mod:`village`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import rules
-from .rules import COMPANION, DUELIST, EPISODE_LENGTH, MERCHANT
+from .rules import COMPANION, DUELIST, EPISODE_LENGTH, HAGGLER, MERCHANT
 from .village import (
     ARENA,
+    HAGGLE_FRONT,
+    HAGGLE_SPOTS,
     HEIGHT,
     MARKET,
     SPAWN,
@@ -40,15 +45,22 @@ PLAYER_SPEED = 170.0
 NPC_SPEED = 140.0
 MOVE_COOLDOWN = 0.35  # seconds between the player's duel moves
 DUEL_REST, PITCH_GAP, VISIT_REST = 2.0, 0.8, 3.0
-PITCH_TIMEOUT = 4.0  # an unanswered pitch counts as browsing
+PITCH_TIMEOUT = 4.0  # an unanswered pitch counts as browsing, an unanswered haggler's line as unmoved / refused
 MOMENT = 3.0  # a companion's support offer is open this long
-LIMITS = {DUELIST: 12, MERCHANT: 3, COMPANION: 2}
+LINE_GAP = 0.8  # seconds between a haggler's lines
+LIMITS = {DUELIST: 12, MERCHANT: 3, COMPANION: 2, HAGGLER: len(HAGGLE_SPOTS)}
 SPRITES = {DUELIST: 8, MERCHANT: 3, COMPANION: 2}  # character sprite variants drawn by assets/demo/make_art.py
+SHEETS = {HAGGLER: MERCHANT}  # hagglers wear merchant sprites (their variant indexes the merchants')
+HAGGLER_VARIANTS = (2, 0)
 NAMES = {
     DUELIST: ("Brakka", "Oona", "Tamsin", "Ivo", "Sefa", "Ruda", "Kenji", "Mira", "Dov", "Lark", "Pell", "Zia"),
     MERCHANT: ("Hedda", "Old Pim", "Yusra"),
     COMPANION: ("Wren", "Ash"),
+    HAGGLER: ("Zarek", "Mags"),
 }
+HAGGLE_FLASH = {"mood_up": "warmer", "unmoved": "unmoved", "mood_down": "cooler", "refused": "refused",
+                "sale": "sold!", "walked_away": "walked away"}
+FAREWELL = {"sale": "A pleasure!", "walked_away": "Suit yourself!"}  # else, after the 12th line: "Another time."
 
 
 @dataclass
@@ -57,8 +69,9 @@ class PlayerInput:
 
     move: tuple[float, float] = (0.0, 0.0)  # direction; normalised by the world
     duel_move: int | None = None  # index into rules.PLAYER_MOVES
-    reply: str | None = None  # merchant: "buy" or "no"
+    reply: str | None = None  # merchant, haggler's closing offer: "buy" or "no"
     reaction: str | None = None  # companion: "thanks" or "stop"
+    feeling: str | None = None  # haggler's other lines: "likes", "dislikes" or "unmoved" (rules.FEELINGS)
 
 
 @dataclass
@@ -83,7 +96,7 @@ class Pending:
     """An NPC decision waiting for the player's reply."""
 
     action: int
-    levels: tuple[int, int, int]
+    levels: tuple[int, ...]
     since: float
 
 
@@ -109,6 +122,8 @@ class Npc:
     walk: float = 0.0
     side: float = -1.0  # companions: which side of the player they trail on
     moving: bool = False
+    mood: int = 2  # hagglers: the customer's mood (rules.MOODS) and the visit's item (rules.ITEMS)
+    item: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,18 +141,19 @@ class Request:
     """An NPC that needs a decision now, and what it observes."""
 
     npc: Npc
-    levels: tuple[int, int, int]
+    levels: tuple[int, ...]
     obs: np.ndarray  # (8,) float32
 
 
 class World:
     """The village, the player and the NPCs; advanced with :meth:`update`."""
 
-    def __init__(self, duelists: int = 5, merchants: int = 2, companions: int = 1, seed: int = 0):
-        for kind, n in ((DUELIST, duelists), (MERCHANT, merchants), (COMPANION, companions)):
+    def __init__(self, duelists: int = 5, merchants: int = 2, companions: int = 1, hagglers: int = 1, seed: int = 0):
+        for kind, n in ((DUELIST, duelists), (MERCHANT, merchants), (COMPANION, companions), (HAGGLER, hagglers)):
             if not 0 <= n <= LIMITS[kind]:
                 raise ValueError(f"the demo supports 0..{LIMITS[kind]} {kind}s, got {n}")
         self.rng = np.random.default_rng(seed)
+        self.visits = np.random.default_rng([seed, 1])  # hagglers' customers: their own stream
         self.time = 0.0
         self.player = Player()
         self.terrain = terrain()
@@ -154,6 +170,10 @@ class World:
             home = (SPAWN[0] - 40 - 30 * i, SPAWN[1] + 10)
             self.npcs.append(Npc(f"companion-{i + 1}", COMPANION, NAMES[COMPANION][i], i, home, *home,
                                  slot=-1.0 if i == 0 else 1.0))
+        for i in range(hagglers):
+            npc = Npc(f"haggler-{i + 1}", HAGGLER, NAMES[HAGGLER][i], HAGGLER_VARIANTS[i], HAGGLE_SPOTS[i], *HAGGLE_SPOTS[i])
+            self._new_visit(npc)
+            self.npcs.append(npc)
 
     # -- zones and situations -------------------------------------------------------------
     @property
@@ -169,6 +189,9 @@ class World:
 
     @staticmethod
     def stall_front(npc: Npc) -> tuple[float, float]:
+        """Where the customer stands: below a merchant's counter, across a haggler's rug."""
+        if npc.archetype == HAGGLER:
+            return npc.home[0], npc.home[1] + HAGGLE_FRONT
         return npc.home[0], STALL_TOP + 100
 
     def at_stall(self, npc: Npc) -> bool:
@@ -178,9 +201,11 @@ class World:
     def engaged_duelists(self) -> int:
         return sum(1 for n in self.npcs if n.archetype == DUELIST and n.engaged)
 
-    def situation(self, npc: Npc) -> tuple[int, int, int]:
+    def situation(self, npc: Npc) -> tuple[int, ...]:
         """The NPC's observation levels now (see :mod:`rules`)."""
         p = self.player
+        if npc.archetype == HAGGLER:
+            return npc.mood, npc.item
         if npc.archetype == DUELIST:
             dx, dy = npc.x - p.x, npc.y - p.y
             dist = math.hypot(dx, dy) or 1.0
@@ -189,7 +214,7 @@ class World:
             return rules.merchant_levels(self.evening, p.gold, p.gear)
         return rules.companion_levels(p.hp, self.engaged_duelists(), self.rich_place(p.x, p.y))
 
-    def observe(self, npc: Npc) -> tuple[tuple[int, int, int], np.ndarray]:
+    def observe(self, npc: Npc) -> tuple[tuple[int, ...], np.ndarray]:
         levels = self.situation(npc)
         return levels, rules.encode(levels, npc.archetype, npc.t)
 
@@ -203,7 +228,7 @@ class World:
                 out.append(Request(npc, levels, obs))
         return out
 
-    def decided(self, npc: Npc, action: int, levels: tuple[int, int, int]) -> None:
+    def decided(self, npc: Npc, action: int, levels: tuple[int, ...]) -> None:
         """Apply the backend's decision for `npc`."""
         npc.pending = Pending(action, levels, self.time)
         npc.open = True
@@ -213,6 +238,8 @@ class World:
         elif npc.archetype == MERCHANT:
             npc.bubble = f"{rules.PITCH_TEXT[action]} {rules.PRICES[action]}g"
             npc.bubble_until = math.inf
+        elif npc.archetype == HAGGLER:
+            npc.bubble, npc.bubble_until = rules.line_text(action, npc.item), math.inf
         else:
             npc.bubble, npc.bubble_until = rules.SUPPORT_TEXT[action], self.time + MOMENT
             self._support(action)
@@ -236,6 +263,8 @@ class World:
     def drop_episodes(self) -> None:
         """Forget open episodes without feedback (the adapters were erased)."""
         for n in self.npcs:
+            if n.archetype == HAGGLER and n.open:
+                self._new_visit(n)
             n.open, n.pending, n.t, n.bubble = False, None, 0, ""
 
     # -- the clock ------------------------------------------------------------------------------
@@ -250,6 +279,8 @@ class World:
                 self._duelist(npc, dt, out)
             elif npc.archetype == MERCHANT:
                 self._merchant(npc, inp, out)
+            elif npc.archetype == HAGGLER:
+                self._haggler(npc, inp, out)
             else:
                 self._companion(npc, dt, inp, out)
         if inp.duel_move is not None:
@@ -283,11 +314,11 @@ class World:
             npc.y += dy / dist * step
             npc.walk += step
 
-    def _end(self, npc: Npc, reward: float, note: str, out: list[Outcome], rest: float) -> None:
-        """Attach `reward` to the NPC's latest decision; the 12th closes the episode, then `rest`."""
+    def _end(self, npc: Npc, reward: float, note: str, out: list[Outcome], rest: float, ended: bool = False) -> None:
+        """Attach `reward` to the NPC's latest decision; the 12th (or an `ended` one) closes the episode, then `rest`."""
         npc.pending = None
         npc.t += 1
-        done = npc.t >= EPISODE_LENGTH
+        done = ended or npc.t >= EPISODE_LENGTH
         out.append(Outcome(npc, reward, done, note))
         if done:
             npc.t, npc.open, npc.cooldown = 0, False, rest
@@ -370,6 +401,48 @@ class World:
             p.gear = 100.0
         elif name == "offer_potion":
             p.hp = min(100.0, p.hp + 40)
+
+    def _new_visit(self, npc: Npc) -> None:
+        """The haggler's next customer: mood and item drawn as the sim env starts a haggle."""
+        npc.mood, npc.item = rules.haggle_start(self.visits)
+        npc.t, npc.open, npc.pending = 0, False, None
+
+    def _haggler(self, npc: Npc, inp: PlayerInput, out: list[Outcome]) -> None:
+        npc.engaged = self.at_stall(npc)
+        if not npc.engaged:
+            if npc.open:  # walked off mid-visit: the customer walked away
+                out.append(Outcome(npc, rules.HAGGLE_WALK_AWAY, True, "walked off"))
+                npc.flash = ("walked off", rules.HAGGLE_WALK_AWAY, self.time)
+                npc.bubble, npc.bubble_until = FAREWELL["walked_away"], self.time + 1.5
+                self._new_visit(npc)
+            return
+        pend = npc.pending
+        if pend is None:
+            return
+        answer = inp.reply if pend.action in rules.CLOSING else inp.feeling
+        if answer is None and self.time - pend.since < PITCH_TIMEOUT:
+            return
+        response = rules.haggle_response(pend.action, answer)  # no answer in time: unmoved / refused
+        if response is None:
+            return
+        response, reward, mood = rules.haggle_outcome(npc.mood, pend.action, response)
+        if response == "sale":
+            self._haggle_buy(pend.action, npc.item)
+        npc.flash = (HAGGLE_FLASH[response], reward or (mood - npc.mood), self.time)  # colour: reward, else mood move
+        last = mood is None or npc.t + 1 >= EPISODE_LENGTH
+        self._end(npc, reward, response, out, VISIT_REST, ended=mood is None)
+        if last:
+            npc.bubble, npc.bubble_until = FAREWELL.get(response, "Another time."), self.time + VISIT_REST
+            self._new_visit(npc)
+        else:
+            npc.mood, npc.cooldown, npc.bubble_until = mood, LINE_GAP, self.time + LINE_GAP
+
+    def _haggle_buy(self, line: int, item: int) -> None:
+        p = self.player
+        p.gold = max(0, p.gold - rules.haggle_price(line, item))
+        p.score += float(rules.HAGGLE_MARGIN[line])
+        if rules.ITEMS[item] == "weapon":
+            p.gear = 100.0
 
     def _companion(self, npc: Npc, dt: float, inp: PlayerInput, out: list[Outcome]) -> None:
         p = self.player
