@@ -95,3 +95,20 @@ def test_base_probabilities_are_the_base_policy(archetypes):
     np.testing.assert_allclose(host.action_probs("duelist", ["a"] * 4, obs, base=True), expected, atol=1e-6)
     greedy = host.action_probs("duelist", ["a"] * 4, obs)
     assert set(np.unique(greedy)) <= {0.0, 1.0} and (greedy.sum(1) == 1).all()
+
+
+def test_full_finetune_evaluation_per_player_equals_the_row_wise_delta(archetypes):
+    from npcadapt.training.full import FullFinetuneHost
+    from npcadapt.training.online import OnlineConfig
+
+    policy = archetypes["skirmisher"].policy
+    host = FullFinetuneHost(policy, "skirmisher", OnlineConfig())
+    gen = torch.Generator().manual_seed(0)
+    host.params = {p: 0.05 * torch.randn(host.family.size, generator=gen) for p in ("a", "b")}
+    players = ["a", "b", "new", "a", "b", "a"]  # interleaved, and one player without a delta
+    obs = np.random.default_rng(0).random((6, 8)).astype(np.float32)
+    with torch.inference_mode():
+        rows = torch.stack([host.params.get(p, torch.zeros(host.family.size)) for p in players])
+        expected = torch.softmax(policy.logits(torch.as_tensor(obs), host.family.delta_fn(rows)), -1).numpy()
+    np.testing.assert_allclose(host.action_probs("skirmisher", players, obs), expected, atol=1e-6)
+    assert not np.allclose(expected[0], host.action_probs("skirmisher", ["new"], obs[:1])[0], atol=1e-3)

@@ -59,6 +59,19 @@ class DenseFamily:
 
         return delta
 
+    def single_delta_fn(self, row: torch.Tensor) -> LayerDelta:
+        """The delta of one player's row (P,) applied to every input row (evaluation)."""
+        layers = {layer.name: layer for layer in self.layers}
+
+        def delta(name: str, x: torch.Tensor) -> torch.Tensor | None:
+            layer = layers.get(name)
+            if layer is None:
+                return None
+            w = row[layer.w_start : layer.b_start].view(layer.d_out, layer.d_in)  # (d_out, d_in)
+            return x @ w.T + row[layer.b_start : layer.b_start + layer.d_out]  # (N, d_out)
+
+        return delta
+
 
 class FullFinetuneHost:
     """The Service's act/feedback/train surface, with full per-player copies instead of LoRA."""
@@ -81,9 +94,16 @@ class FullFinetuneHost:
 
     def action_probs(self, archetype: str, players: Sequence[str], obs, *, base: bool = False) -> np.ndarray:
         obs_t = torch.as_tensor(np.asarray(obs, np.float32))
+        names, rows_of = np.unique(np.asarray(players, dtype=object), return_inverse=True)
         with torch.inference_mode():
-            logits = self.policy.logits(obs_t, None if base else self.family.delta_fn(self._rows(players)))
-            return masked_log_probs(logits).exp().numpy()
+            if base:
+                return masked_log_probs(self.policy.logits(obs_t)).exp().numpy()
+            out = torch.empty(len(players), self.policy.actor[-1].out_features)
+            for i, player in enumerate(names):  # evaluation asks for many rows of few players
+                rows = torch.from_numpy(np.flatnonzero(rows_of == i))
+                logits = self.policy.logits(obs_t[rows], self.family.single_delta_fn(self._rows([player])[0]))
+                out[rows] = masked_log_probs(logits).exp()
+            return out.numpy()
 
     def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]):
         obs_np = np.asarray(obs, np.float32)
