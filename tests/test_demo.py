@@ -14,24 +14,28 @@ import numpy as np
 import pytest
 from bridge_helpers import RunningBridge
 
+from npcadapt.archetypes import BUILTIN_DIR, load_archetype
 from npcadapt.client import Client
 from npcadapt.demo import rules
-from npcadapt.demo.app import run_headless
+from npcadapt.demo.app import format_summary, run_headless
 from npcadapt.demo.backend import LocalBackend, parse_address
-from npcadapt.demo.bots import PRESETS, parse_bot
+from npcadapt.demo.bots import HAGGLE_ANSWERS, PRESETS, parse_bot
 from npcadapt.demo.options import add_arguments
 from npcadapt.demo.profiles import Profiles, check_name, player_id
 from npcadapt.demo.session import CONTROL_SUFFIX, Session
 from npcadapt.demo.village import ARENA
-from npcadapt.demo.world import MOMENT, PITCH_TIMEOUT, PlayerInput, World
-from npcadapt.errors import InvalidInputError
+from npcadapt.demo.world import LINE_GAP, MOMENT, PITCH_TIMEOUT, VISIT_REST, PlayerInput, World
+from npcadapt.errors import ArchetypeError, InvalidInputError
 from npcadapt.log import read_records
 from npcadapt.training.online import OnlineConfig
+from sim import haggle as sim_haggle
 from sim.companion import CompanionEnv
 from sim.duel import PAYOFF, DuelEnv
+from sim.haggle import HaggleEnv
 from sim.merchant import MARGIN, WALK_AWAY, MerchantEnv
 
 BLOCK_HIGH = rules.SIM_ACTIONS["duelist"].index("block_high")
+LINE = {name: i for i, name in enumerate(sim_haggle.ACTIONS)}
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +130,103 @@ def test_observations_match_the_sim_envs_layout(archetype, env_cls):
             np.testing.assert_array_equal(rules.encode(levels, archetype, t), situations[t * env.n_contexts + c][0])
 
 
-def test_duel_stance_comes_from_how_the_player_moves():
+def test_haggler_observations_match_haggle_env_and_its_archetype():
+    env = HaggleEnv()
+    situations = env.situations()  # row t * 10 + item * 5 + mood
+    assert env.episode_length == rules.EPISODE_LENGTH
+    for t in range(rules.EPISODE_LENGTH):
+        for item in range(len(rules.ITEMS)):
+            for mood in range(len(rules.MOODS)):
+                np.testing.assert_array_equal(rules.encode((mood, item), "haggler", t),
+                                              situations[t * 10 + item * 5 + mood][0])
+    obs, info = env.reset(seed=3)  # and an env episode, state by state
+    for _ in range(4):
+        t, state = divmod(info["situation"], 10)
+        np.testing.assert_array_equal(rules.encode(tuple(reversed(divmod(state, 5))), "haggler", t), obs)
+        obs, _, done, _, info = env.step(LINE["joke"])
+        if done:
+            break
+    rules.check_layout("haggler", load_archetype(BUILTIN_DIR / "haggler").describe())
+    with pytest.raises(ArchetypeError, match="haggler"):
+        rules.check_layout("haggler", load_archetype(BUILTIN_DIR / "merchant").describe())
+    world = World(duelists=0, merchants=0, companions=0, hagglers=1)  # the world observes the same way
+    npc = world.npcs[0]
+    world.player.x, world.player.y = world.stall_front(npc)
+    world.update(0.01, PlayerInput())
+    (req,) = world.requests()
+    assert req.levels == (npc.mood, npc.item)
+    np.testing.assert_array_equal(req.obs, situations[npc.item * 5 + npc.mood][0])
+
+
+def _haggle(world: World, line: int, answer: dict | None = None, wait: float = 0.01, mood: int | None = None):
+    """The haggler (rested, customer present) says `line`; the player answers; returns the outcomes."""
+    npc = world.npcs[0]
+    world.update(VISIT_REST, PlayerInput())
+    if mood is not None:
+        npc.mood = mood
+    (req,) = world.requests()
+    world.decided(npc, line, req.levels)
+    return world.update(wait, PlayerInput(**(answer or {})))
+
+
+def test_haggle_rules_follow_the_env():
+    world = World(duelists=0, merchants=0, companions=0, hagglers=1)
+    npc, p = world.npcs[0], world.player
+    p.x, p.y = world.stall_front(npc)
+    p.gold = 100
+    (out,) = _haggle(world, LINE["close_deal"], {"reply": "buy"}, mood=3)  # accepting pays the line's margin
+    assert (out.reward, out.done, out.note) == (1.0, True, "sale") and not npc.open
+    item = npc.item
+    (out,) = _haggle(world, LINE["discount_offer"], {"reply": "buy"}, mood=3)
+    assert (out.reward, out.done) == (pytest.approx(0.55), True)
+    assert p.gold == 100 - rules.ITEM_PRICE[item] - rules.haggle_price(LINE["discount_offer"], npc.item)
+    (out,) = _haggle(world, LINE["close_deal"], {"reply": "no"}, mood=3)  # a refusal sours the mood
+    assert (out.reward, out.done, out.note, npc.mood) == (0.0, False, "refused", 2)
+    (out,) = _haggle(world, LINE["discount_offer"], wait=PITCH_TIMEOUT + 0.1)  # an offer left unanswered: refused
+    assert (out.note, npc.mood) == ("refused", 1)
+    for feeling, want in (("likes", 2), ("dislikes", 1), (None, 1)):  # mood lines: B / N are no answer to them
+        world.update(LINE_GAP, PlayerInput())
+        (req,) = world.requests()
+        world.decided(npc, LINE["joke"], req.levels)
+        assert world.update(0.01, PlayerInput(reply="buy")) == []
+        (out,) = world.update(PITCH_TIMEOUT if feeling is None else 0.01, PlayerInput(feeling=feeling))
+        assert (out.reward, out.done, npc.mood) == (0.0, False, want)
+    (out,) = _haggle(world, LINE["pressure"], {"feeling": "dislikes"}, mood=0)  # furious and pressed: walks away
+    assert (out.reward, out.done, out.note) == (-0.5, True, "walked_away")
+    (out,) = _haggle(world, LINE["close_deal"], {"reply": "no"}, mood=0)
+    assert (out.reward, out.done, out.note) == (-0.5, True, "walked_away")
+    outs = [_haggle(world, LINE["flatter"], {"feeling": "unmoved"})[0]]  # the 12th line ends the visit at 0
+    for _ in range(11):
+        world.update(LINE_GAP, PlayerInput())
+        (req,) = world.requests()
+        assert req.obs[-1] == pytest.approx(npc.t / 12)
+        world.decided(npc, LINE["flatter"], req.levels)
+        outs += world.update(0.01, PlayerInput(feeling="unmoved"))
+    assert [o.done for o in outs] == [False] * 11 + [True] and {o.reward for o in outs} == {0.0}
+    _haggle(world, LINE["joke"])
+    p.y += 200  # walking off mid-visit: the customer walked away
+    (out,) = world.update(0.01, PlayerInput())
+    assert (out.reward, out.done, out.note) == (-0.5, True, "walked off") and not npc.open
+
+
+def test_haggle_bot_answers_make_the_envs_transitions():
+    """Every response a persona can give, answered as the bot answers it, moves the world as the env moves."""
+    tables = HaggleEnv().tables
+    nxt, values = tables["next"], tables["values"]  # (N, O) next state (10 = ended), (A, O) reward
+    seen = set()
+    for persona in HaggleEnv.playable():
+        probs = tables["outcomes"][persona]  # (N, A, O)
+        for n, a, o in zip(*np.nonzero(probs)):
+            item, mood = divmod(int(n), 5)
+            to_mood_line, to_offer = HAGGLE_ANSWERS[rules.HAGGLE_RESPONSES[o]]
+            answer = to_offer if a in rules.CLOSING else to_mood_line
+            response, reward, after = rules.haggle_outcome(mood, int(a), rules.haggle_response(int(a), answer))
+            assert response == rules.HAGGLE_RESPONSES[o]
+            assert reward == pytest.approx(values[a, o])
+            assert (10 if after is None else item * 5 + after) == nxt[n, o]
+            seen.add(response)
+    assert seen == set(rules.HAGGLE_RESPONSES)
+
     world = World(duelists=1, merchants=0, companions=0)
     _in_ring(world)
     npc = world.npcs[0]
@@ -143,7 +243,10 @@ def test_bot_specs_and_bad_input():
     assert parse_bot("high_blocker") == PRESETS["high_blocker"]
     assert parse_bot("knight")["merchant"] == "knight"
     assert parse_bot("duelist=turtle,companion=chatty") == {**PRESETS["high_blocker"], "duelist": "turtle", "companion": "chatty"}
-    for bad in ("nobody", "duelist=knight", "wizard=turtle"):
+    assert parse_bot("brawler")["haggler"] == "joker" and parse_bot("haggler=skeptic")["haggler"] == "skeptic"
+    assert parse_bot("collector")["merchant"] == parse_bot("collector")["haggler"] == "collector"
+    assert parse_bot("joker") == {**PRESETS["high_blocker"], "haggler": "joker"}
+    for bad in ("nobody", "duelist=knight", "wizard=turtle", "haggler=knight"):
         with pytest.raises(InvalidInputError, match="bot"):
             parse_bot(bad)
     with pytest.raises(InvalidInputError, match="HOST:PORT"):
@@ -233,6 +336,46 @@ def test_headless_run_adapts_saves_and_profiles_are_separate(tmp_path):
     assert all(r["version_start"] == 0 for r in fresh["npcs"])
 
 
+def test_headless_bot_haggles_and_the_haggler_adapts(tmp_path):
+    data = tmp_path / "data"
+    summary = run_headless(demo_args("--data", str(data), "--duelists", "0", "--merchants", "0", "--companions", "0",
+                                     "--seconds", "40", "--bot", "turtle"))
+    assert summary["bot"]["haggler"] == "penny_pincher"
+    (row,) = summary["npcs"]
+    assert row["archetype"] == "haggler" and row["decisions"] >= 10 and row["answered"] >= 10
+    assert row["version_start"] == 0 and row["version"] > 0 and row["updates"] >= 1
+    assert row["kl"] is not None and len(row["probs_now"]) == 8
+    assert "Zarek" in format_summary(summary) and "haggler" in format_summary(summary)
+    feedback = [(r, d) for rec in read_records(data / "logs") if rec["t"] == "feedback"
+                for n, r, d in zip(rec["npcs"], rec["reward"], rec["done"]) if n == "haggler-1"]
+    ends = [round(r, 2) for r, d in feedback if d]
+    assert len(ends) >= 3 and set(ends) <= {1.0, 0.55, -0.5, 0.0}  # sales, walk-outs, or the 12th line
+    assert all(r == 0.0 for r, d in feedback if not d)  # only a visit's end pays
+
+
+def test_haggler_is_drawn_with_the_customers_mood(tmp_path):
+    from npcadapt.demo.app import init_pygame
+    from npcadapt.demo.render import Art, WorldView
+    from npcadapt.demo.screens import HELP
+
+    pygame, screen = init_pygame(headless=True)
+    art = Art()
+
+    def frame(hagglers: int, mood: int = 2) -> np.ndarray:
+        world = World(duelists=0, merchants=0, companions=0, hagglers=hagglers)
+        world.player.x, world.player.y = 896.0, 372.0  # across the first haggler's rug
+        world.update(0.01, PlayerInput())
+        for req in world.requests():
+            world.decided(req.npc, LINE["joke"], req.levels)
+            req.npc.mood = mood
+        WorldView(art, world).draw(screen, None)
+        return pygame.surfarray.array3d(screen)[830:960, 200:420].copy()  # around the rug by the gate
+
+    assert not np.array_equal(frame(0), frame(1))
+    assert not np.array_equal(frame(1, mood=0), frame(1, mood=4))  # the mood tag shows the mood
+    assert any("+" in key and "dislike" in what for key, what in HELP)
+
+
 def test_connect_plays_through_a_real_bridge(tmp_path):
     with RunningBridge(tmp_path / "server", online=OnlineConfig(episodes_per_update=2)) as bridge:
         summary = run_headless(demo_args("--connect", f"127.0.0.1:{bridge.port}", "--data", str(tmp_path / "client"),
@@ -255,7 +398,8 @@ def test_window_loop_handles_keys_and_quits(tmp_path):
 
     pygame, _ = init_pygame(headless=True)
     args = demo_args("--data", str(tmp_path), "--profile", "Keys")
-    for key in (pygame.K_m, pygame.K_h, pygame.K_h, pygame.K_TAB, pygame.K_1, pygame.K_DELETE, pygame.K_DELETE):
+    for key in (pygame.K_m, pygame.K_h, pygame.K_h, pygame.K_TAB, pygame.K_1, pygame.K_EQUALS, pygame.K_MINUS,
+                pygame.K_0, pygame.K_DELETE, pygame.K_DELETE):
         pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key, mod=0, unicode=""))
     pygame.time.set_timer(pygame.QUIT, 600, loops=1)
     assert run_window(args) == 0

@@ -39,7 +39,16 @@ from sim.merchant import MerchantEnv
 from sim.personas import RoundModel
 
 from ..errors import InvalidInputError
-from .rules import CLOSING, COMPANION, DUELIST, HAGGLE_RESPONSES, HAGGLER, MERCHANT, MOODS, RESPONSES
+from .rules import (
+    CLOSING,
+    COMPANION,
+    DUELIST,
+    HAGGLE_RESPONSES,
+    HAGGLER,
+    MERCHANT,
+    MOODS,
+    RESPONSES,
+)
 from .village import ARENA, STALL_REACH, TILE, VAULT
 from .world import Pending, PlayerInput, World
 
@@ -58,6 +67,10 @@ PRESETS: dict[str, dict[str, str]] = {
     "low_sweeper": {DUELIST: "low_sweeper", MERCHANT: "big_spender", COMPANION: "chatty", HAGGLER: "flattery_lover"},
 }
 THANKS_AT, STOP_AT = 0.3, -0.3
+# seconds at each stop; the rug's come from the stalls and the vault, so a tour with the default
+# village (ring 26 + 2 stalls x 8 + rug 5 + vault 2 = 49 s, plus any haggle that runs over) is as
+# long as it was before the haggler came
+ARENA_STOP, STALL_STOP, RUG_STOP, VAULT_STOP = 26.0, 8.0, 5.0, 2.0
 HAGGLE_STAY = 15.0  # the longest a bot waits past its stop for a haggle to end (then it walks off)
 
 
@@ -124,14 +137,14 @@ class Bot:
             return
         kinds = {n.archetype for n in world.npcs}
         if DUELIST in kinds:
-            self.tour.append(Stop("arena", 26.0))
+            self.tour.append(Stop("arena", ARENA_STOP))
         for n in world.npcs:
             if n.archetype == MERCHANT:
-                self.tour.append(Stop("stall", 9.0, n.id))
+                self.tour.append(Stop("stall", STALL_STOP, n.id))
         for n in world.npcs:
             if n.archetype == HAGGLER:
-                self.tour.append(Stop("rug", 7.0, n.id))  # then stays until the haggle in progress ends
-        self.tour.append(Stop("vault", 5.0))
+                self.tour.append(Stop("rug", RUG_STOP, n.id))  # then stays until the haggle in progress ends
+        self.tour.append(Stop("vault", VAULT_STOP))
         self.stop_until = world.time + self.tour[0].seconds
 
     # -- per frame ------------------------------------------------------------------------------

@@ -202,18 +202,19 @@ class WorldView:
 
     def _mood_tag(self, view: pygame.Surface, npc: Npc, top: int) -> int:
         """The customer's mood as the haggler sees it: a face and a word above it; returns the new top."""
-        img = self.art.text(f"customer: {rules.MOODS[npc.mood]}", 15, (30, 30, 40))
-        box = img.get_rect(midbottom=(int(npc.x) + 11, top)).inflate(30, 6)
+        img = self.art.text(f"customer: {rules.MOODS[npc.mood]}", 16, (30, 30, 40))
+        box = img.get_rect(midbottom=(int(npc.x) + 12, top)).inflate(34, 8)
+        box.clamp_ip(view.get_rect())
         pygame.draw.rect(view, (236, 230, 250), box, border_radius=5)
         pygame.draw.rect(view, ACCENT[HAGGLER], box, 1, border_radius=5)
-        cx, cy = box.left + 11, box.centery
-        pygame.draw.circle(view, MOOD_COLOURS[npc.mood], (cx, cy), 7)
-        pygame.draw.circle(view, (40, 36, 50), (cx, cy), 7, 1)
+        cx, cy = box.left + 13, box.centery
+        pygame.draw.circle(view, MOOD_COLOURS[npc.mood], (cx, cy), 8)
+        pygame.draw.circle(view, (40, 36, 50), (cx, cy), 8, 1)
         for dx in (-3, 3):
-            view.set_at((cx + dx, cy - 2), (30, 30, 30))
+            pygame.draw.rect(view, (30, 30, 30), (cx + dx - 1, cy - 3, 2, 2))
         bend = (npc.mood - 2) * 2  # frown .. smile
-        pygame.draw.lines(view, (30, 30, 30), False, [(cx - 4, cy + 2), (cx, cy + 2 + bend), (cx + 4, cy + 2)], 1)
-        view.blit(img, img.get_rect(midleft=(cx + 10, cy)))
+        pygame.draw.lines(view, (30, 30, 30), False, [(cx - 4, cy + 3), (cx, cy + 3 + bend), (cx + 4, cy + 3)], 2)
+        view.blit(img, img.get_rect(midleft=(cx + 12, cy)))
         return box.top - 2
 
     def _player_move(self, view: pygame.Surface) -> None:

@@ -15,8 +15,8 @@ HELP = [
     ("1 - 8", "duel moves: high strike, low sweep, rush, block high, block low, backstep, jump, counter"),
     ("B / N", "at a stall: buy what is offered / no thanks (walking off mid-pitch = walking away)"),
     ("T / X", "to your companion: thanks / stop that"),
-    ("= or +, -, 0", "to a travelling trader's line: you like it (mood up) / dislike it (mood down) / unmoved"),
-    ("B / N", "to a trader's closing offer: take it / refuse it (the mood drops; no key = refused)"),
+    ("= or + / - / 0", "to a travelling trader's line: you like it (mood up) / dislike it (mood down) / unmoved"),
+    ("B / N", "to a trader's closing offer: take it / refuse it (sours the mood; no key = refused; walking off costs)"),
     ("Tab, click", "choose the NPC the panel shows (click empty ground: nearest again)"),
     ("M", "adaptation on/off: off = every NPC plays the shipped base policy"),
     ("Delete twice", "erase this profile's adapters: the NPCs forget you"),
@@ -58,7 +58,7 @@ def _wrap(art: Art, text: str, width: int, size: int) -> list[str]:
 
 def draw_help(screen: pygame.Surface, art: Art) -> None:
     _dim(screen)
-    box = pygame.Rect(0, 0, 900, 600)
+    box = pygame.Rect(0, 0, 900, 560)
     box.center = (SIZE[0] // 2, SIZE[1] // 2)
     pygame.draw.rect(screen, PANEL_BG, box, border_radius=10)
     pygame.draw.rect(screen, ACCENT[DUELIST], box, 2, border_radius=10)

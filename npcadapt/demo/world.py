@@ -47,11 +47,11 @@ MOVE_COOLDOWN = 0.35  # seconds between the player's duel moves
 DUEL_REST, PITCH_GAP, VISIT_REST = 2.0, 0.8, 3.0
 PITCH_TIMEOUT = 4.0  # an unanswered pitch counts as browsing, an unanswered haggler's line as unmoved / refused
 MOMENT = 3.0  # a companion's support offer is open this long
-LINE_GAP = 0.8  # seconds between a haggler's lines
+LINE_GAP, NEXT_CUSTOMER = 0.6, 1.5  # seconds between a haggler's lines, and between its visits
 LIMITS = {DUELIST: 12, MERCHANT: 3, COMPANION: 2, HAGGLER: len(HAGGLE_SPOTS)}
 SPRITES = {DUELIST: 8, MERCHANT: 3, COMPANION: 2}  # character sprite variants drawn by assets/demo/make_art.py
 SHEETS = {HAGGLER: MERCHANT}  # hagglers wear merchant sprites (their variant indexes the merchants')
-HAGGLER_VARIANTS = (2, 0)
+HAGGLER_VARIANTS = (2, 0)  # the merchant sprites the hagglers wear (Yusra's is free with 2 merchants)
 NAMES = {
     DUELIST: ("Brakka", "Oona", "Tamsin", "Ivo", "Sefa", "Ruda", "Kenji", "Mira", "Dov", "Lark", "Pell", "Zia"),
     MERCHANT: ("Hedda", "Old Pim", "Yusra"),
@@ -118,12 +118,13 @@ class Npc:
     engaged: bool = False
     bubble: str = ""
     bubble_until: float = 0.0
-    flash: tuple[str, float, float] | None = None  # text, reward, time shown
+    flash: tuple[str, float, float] | None = None  # text, value (its sign colours it), time shown
     walk: float = 0.0
     side: float = -1.0  # companions: which side of the player they trail on
     moving: bool = False
     mood: int = 2  # hagglers: the customer's mood (rules.MOODS) and the visit's item (rules.ITEMS)
     item: int = 0
+    customer: bool = False  # hagglers: mood and item are drawn for the next (or current) visit
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,8 @@ class World:
             self.npcs.append(Npc(f"companion-{i + 1}", COMPANION, NAMES[COMPANION][i], i, home, *home,
                                  slot=-1.0 if i == 0 else 1.0))
         for i in range(hagglers):
-            npc = Npc(f"haggler-{i + 1}", HAGGLER, NAMES[HAGGLER][i], HAGGLER_VARIANTS[i], HAGGLE_SPOTS[i], *HAGGLE_SPOTS[i])
-            self._new_visit(npc)
-            self.npcs.append(npc)
+            spot = HAGGLE_SPOTS[i]
+            self.npcs.append(Npc(f"haggler-{i + 1}", HAGGLER, NAMES[HAGGLER][i], HAGGLER_VARIANTS[i], spot, *spot))
 
     # -- zones and situations -------------------------------------------------------------
     @property
@@ -263,9 +263,7 @@ class World:
     def drop_episodes(self) -> None:
         """Forget open episodes without feedback (the adapters were erased)."""
         for n in self.npcs:
-            if n.archetype == HAGGLER and n.open:
-                self._new_visit(n)
-            n.open, n.pending, n.t, n.bubble = False, None, 0, ""
+            n.open, n.pending, n.t, n.bubble, n.customer = False, None, 0, "", False
 
     # -- the clock ------------------------------------------------------------------------------
     def update(self, dt: float, inp: PlayerInput) -> list[Outcome]:
@@ -402,22 +400,20 @@ class World:
         elif name == "offer_potion":
             p.hp = min(100.0, p.hp + 40)
 
-    def _new_visit(self, npc: Npc) -> None:
-        """The haggler's next customer: mood and item drawn as the sim env starts a haggle."""
-        npc.mood, npc.item = rules.haggle_start(self.visits)
-        npc.t, npc.open, npc.pending = 0, False, None
-
     def _haggler(self, npc: Npc, inp: PlayerInput, out: list[Outcome]) -> None:
         npc.engaged = self.at_stall(npc)
         if not npc.engaged:
-            if npc.open:  # walked off mid-visit: the customer walked away
+            if npc.open:  # walked off mid-visit: the customer walked away (on the latest line's reward)
                 out.append(Outcome(npc, rules.HAGGLE_WALK_AWAY, True, "walked off"))
                 npc.flash = ("walked off", rules.HAGGLE_WALK_AWAY, self.time)
                 npc.bubble, npc.bubble_until = FAREWELL["walked_away"], self.time + 1.5
-                self._new_visit(npc)
+                npc.t, npc.open, npc.pending, npc.customer = 0, False, None, False
             return
         pend = npc.pending
         if pend is None:
+            if not npc.customer and npc.cooldown <= 0:  # a visit starts: mood and item as the sim env draws them
+                npc.mood, npc.item = rules.haggle_start(self.visits)
+                npc.customer = True
             return
         answer = inp.reply if pend.action in rules.CLOSING else inp.feeling
         if answer is None and self.time - pend.since < PITCH_TIMEOUT:
@@ -429,13 +425,14 @@ class World:
         if response == "sale":
             self._haggle_buy(pend.action, npc.item)
         npc.flash = (HAGGLE_FLASH[response], reward or (mood - npc.mood), self.time)  # colour: reward, else mood move
+        npc.mood = npc.mood if mood is None else mood
         last = mood is None or npc.t + 1 >= EPISODE_LENGTH
-        self._end(npc, reward, response, out, VISIT_REST, ended=mood is None)
-        if last:
-            npc.bubble, npc.bubble_until = FAREWELL.get(response, "Another time."), self.time + VISIT_REST
-            self._new_visit(npc)
+        self._end(npc, reward, response, out, NEXT_CUSTOMER, ended=mood is None)
+        if last:  # the customer leaves; the next one comes after NEXT_CUSTOMER
+            npc.bubble, npc.bubble_until = FAREWELL.get(response, "Another time."), self.time + NEXT_CUSTOMER
+            npc.customer = False
         else:
-            npc.mood, npc.cooldown, npc.bubble_until = mood, LINE_GAP, self.time + LINE_GAP
+            npc.cooldown, npc.bubble_until = LINE_GAP, self.time + LINE_GAP
 
     def _haggle_buy(self, line: int, item: int) -> None:
         p = self.player
