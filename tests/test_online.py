@@ -334,3 +334,18 @@ def test_a_non_finite_result_skips_that_player_only(svc):
     play(svc, ["ann", "bob"], episodes=svc.online.episodes_per_update)
     assert svc.adapter_info("tiny", "ann") is None and svc.adapter_info("tiny", "bob").version == 1
     assert (svc.counters["updates"], svc.counters["skipped_updates"]) == (1, 1)
+
+
+def test_a_player_whose_decisions_carry_action_masks_adapts(svc):
+    """A masked action has log-probability -inf; the entropy bonus and KL must not turn it into NaN gradients."""
+    mask = np.array([[True, True, True, False]])  # action 3 is never allowed
+    before = policy_probs(svc, "ann")[:, FAVOURITE["ann"]].mean()
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        for t in range(4):
+            out = svc.act_batch("tiny", ["ann"], OBS[rng.integers(0, 3, size=1)], npcs=["n"], masks=mask)
+            assert out.action[0] != 3
+            svc.feedback_batch(["ann"], ["n"], [float(out.action[0] == FAVOURITE["ann"])], [t == 3])
+        svc.train_pending()
+    assert svc.adapter_info("tiny", "ann").updates == 10  # no update was skipped as non-finite
+    assert policy_probs(svc, "ann")[:, FAVOURITE["ann"]].mean() > before + 0.5

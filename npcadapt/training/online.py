@@ -10,14 +10,16 @@ Guardrails:
 - after the update, an adapter whose mean KL(adapted || base) over that player's
   observations exceeds ``kl_bound`` is pulled back by scaling its B matrices (which
   scales the whole low-rank delta) with a bisection that only accepts feasible scales;
-- validation gate (on by default): training continues from each player's own trained
-  adapter (the *iterate*), but what is served is that iterate with its delta scaled by a
-  share in [0, 1] set by held-out evidence that it beats the base. Every update first
-  scores the current iterate on the new, not yet trained-on episodes (importance-sampled
-  advantage over the base, one estimate per episode); the share follows the t-statistic
-  of those estimates. Players whose feedback is consistent are served their adapter
-  within a few updates; players whose feedback is noise or who keep changing (the
-  population-average player) stay at the base instead of drifting away from it.
+- validation gate (on by default, see :mod:`.gate`): training continues from each
+  player's own trained adapter (the *iterate*), but what is served is that iterate with
+  its delta scaled by a share in [0, 1] set by held-out evidence that it beats the base.
+  Players whose feedback is consistent are served their adapter within a few updates;
+  players whose feedback is noise or who keep changing stay at the base.
+
+:meth:`OnlineTrainer.update` reads top to bottom: assemble the :class:`Batch`, the
+:class:`Start` (starting rows and optimizer state), the PPO :class:`Reference`, the
+held-out evidence; then ``epochs`` of :meth:`~OnlineTrainer._loss` and
+:meth:`~OnlineTrainer._step`; then the KL guard, the gated serve share and the outcomes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch
 
 from ..episodes import Episode
 from ..policy import ActorCritic, LayerDelta, masked_log_probs
+from .gate import Evidence, held_out_evidence
 
 log = logging.getLogger(__name__)
 
@@ -158,16 +161,6 @@ class UpdateOutcome:
     state: OptimizerState | None = None
 
 
-class Evidence(NamedTuple):
-    """Per-player held-out evidence after one update, each (K,)."""
-
-    n: torch.Tensor  # decayed count of held-out episodes
-    s1: torch.Tensor  # decayed sum of their estimates
-    s2: torch.Tensor  # decayed sum of squares
-    gate: torch.Tensor  # share of the trained adapter to serve
-    locked: torch.Tensor  # bool: served whole from now on
-
-
 def _fading(value: float, episodes: torch.Tensor, scale: float, power: float = 1.0) -> torch.Tensor:
     """Per player (K,): value / (1 + episodes / scale) ** power; value itself when scale <= 0."""
     out = torch.full_like(episodes, value)
@@ -186,6 +179,78 @@ def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np
     return adv
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Every step of every player's episodes in one update, flattened (T steps, K players)."""
+
+    obs: torch.Tensor  # (T, D) float32
+    masks: torch.Tensor  # (T, A) bool, all True where the episode had no mask
+    actions: torch.Tensor  # (T,) int64 taken actions
+    old_logp: torch.Tensor  # (T,) behaviour log-prob of the taken action (what actually played)
+    adv: torch.Tensor  # (T,) GAE advantages, normalised per player
+    owner: torch.Tensor  # (T,) int64 player index in 0..K-1
+    episode: torch.Tensor  # (T,) int64 index of the row's episode over all players
+    counts: torch.Tensor  # (K,) float32 steps per player
+
+
+def assemble_batch(items: Sequence[PlayerUpdate], cfg: OnlineConfig, n_actions: int, device: torch.device) -> Batch:
+    """Flatten the players' non-empty episodes into one :class:`Batch`.
+
+    Advantages are GAE per episode, normalised over each player's own steps (never across
+    players, so one player's rewards cannot rescale another's update).
+    """
+    obs, masks, actions, old_logp, adv, owner, episode = [], [], [], [], [], [], []
+    n_episodes = 0
+    for k, item in enumerate(items):
+        player_adv = []
+        for ep in item.episodes:
+            episode.extend([n_episodes] * len(ep))
+            n_episodes += 1
+            player_adv.append(gae(np.asarray(ep.reward, np.float32), np.asarray(ep.value, np.float32), cfg.gamma, cfg.gae_lambda))
+            obs.extend(ep.obs)
+            masks.extend(np.ones(n_actions, bool) if m is None else m for m in ep.mask)
+            actions.extend(ep.action)
+            old_logp.extend(ep.logp)
+            owner.extend([k] * len(ep))
+        a = np.concatenate(player_adv) if player_adv else np.zeros(0, np.float32)
+        if cfg.normalize_advantages and a.size > 1:
+            a = (a - a.mean()) / (a.std() + 1e-8)
+        adv.append(a)
+    as_t = lambda x, dt: torch.as_tensor(np.asarray(x), dtype=dt, device=device)
+    owner_t = as_t(owner, torch.int64)
+    return Batch(obs=as_t(np.stack(obs), torch.float32), masks=as_t(np.stack(masks), torch.bool),
+                 actions=as_t(actions, torch.int64), old_logp=as_t(old_logp, torch.float32),
+                 adv=as_t(np.concatenate(adv), torch.float32), owner=owner_t, episode=as_t(episode, torch.int64),
+                 counts=torch.bincount(owner_t, minlength=len(items)).to(torch.float32))
+
+
+class Adam(NamedTuple):
+    """Per-player Adam state during one update."""
+
+    exp_avg: torch.Tensor  # (K, P)
+    exp_avg_sq: torch.Tensor  # (K, P)
+    steps: torch.Tensor  # (K,) float32 steps taken
+
+
+@dataclass(frozen=True)
+class Start:
+    """What one update continues from, per player."""
+
+    states: list[OptimizerState]  # carried states (fresh for new players; moments zeroed unless persistent)
+    served: torch.Tensor  # (K, P) the adapters served now: what played the episodes
+    params: torch.Tensor  # (K, P) where training continues: the gated iterate, else the served adapter
+    adam: Adam
+    lr: torch.Tensor  # (K,) learning rate, fading with the player's episodes
+    ent_coef: torch.Tensor  # (K,) entropy bonus, fading likewise
+
+
+class Reference(NamedTuple):
+    """What the PPO ratios are taken against, each (T,)."""
+
+    logp: torch.Tensor  # log-prob of the taken action under the policy the ratio is relative to
+    weight: torch.Tensor  # importance weight of that policy over the behaviour one (1 without the gate)
+
+
 class OnlineTrainer:
     """Batched per-player updates on a frozen base policy."""
 
@@ -195,195 +260,106 @@ class OnlineTrainer:
         self.config = config
         self._scalable = family.scalable_mask()
 
-    def _flatten(self, items: Sequence[PlayerUpdate], n_actions: int, device: torch.device):
-        obs, masks, actions, old_logp, adv, owner, episode = [], [], [], [], [], [], []
-        cfg = self.config
-        n_episodes = 0
-        for k, item in enumerate(items):
-            player_adv = []
-            for ep in item.episodes:
-                episode.extend([n_episodes] * len(ep))
-                n_episodes += 1
-                player_adv.append(gae(np.asarray(ep.reward, np.float32), np.asarray(ep.value, np.float32), cfg.gamma, cfg.gae_lambda))
-                obs.extend(ep.obs)
-                masks.extend(np.ones(n_actions, bool) if m is None else m for m in ep.mask)
-                actions.extend(ep.action)
-                old_logp.extend(ep.logp)
-                owner.extend([k] * len(ep))
-            a = np.concatenate(player_adv) if player_adv else np.zeros(0, np.float32)
-            if cfg.normalize_advantages and a.size > 1:
-                a = (a - a.mean()) / (a.std() + 1e-8)
-            adv.append(a)
-        as_t = lambda x, dt: torch.as_tensor(np.asarray(x), dtype=dt, device=device)
-        return (
-            as_t(np.stack(obs), torch.float32),  # (T, D)
-            as_t(np.stack(masks), torch.bool),  # (T, A)
-            as_t(actions, torch.int64),  # (T,)
-            as_t(old_logp, torch.float32),  # (T,)
-            as_t(np.concatenate(adv), torch.float32),  # (T,)
-            as_t(owner, torch.int64),  # (T,)
-            as_t(episode, torch.int64),  # (T,) index of the row's episode over all players
-        )
-
-    def _log_probs(self, obs, masks, rows: torch.Tensor | None) -> torch.Tensor:
-        """Masked log-probabilities (T, A); rows (T, P) or None for the base."""
-        logits = self.policy.logits(obs, None if rows is None else self.family.delta_fn(rows))
-        return masked_log_probs(logits, masks)
-
-    @staticmethod
-    def _kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """KL(p || base) per row (T,), masked actions contribute 0."""
-        terms = torch.where(masks, logp.exp() * (logp - base_logp), torch.zeros_like(logp))
-        return terms.sum(-1)
-
-    def _per_player_mean(self, values: torch.Tensor, owner: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(len(counts), dtype=values.dtype, device=values.device).index_add(0, owner, values) / counts
-
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One PPO update for every player in `items`, computed together."""
         items = [replace(it, episodes=[ep for ep in it.episodes if len(ep)]) for it in items]  # empty episodes say nothing
         items = [it for it in items if it.episodes]
         if not items:
             return []
-        cfg = self.config
         device = next(self.policy.parameters()).device
-        n_actions = self.policy.actor[-1].out_features
-        served = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
-        size = served.shape[1]
-        states = [self._start_state(it.state, size) for it in items]
-        obs, masks, actions, old_logp, adv, owner, episode = self._flatten(items, n_actions, device)
-        counts = torch.bincount(owner, minlength=len(items)).to(torch.float32)  # (K,)
-        gated = cfg.validation_gate
-        start = torch.stack([st.iterate.to(device) if gated and st.iterate is not None else served[k]
-                             for k, st in enumerate(states)])  # (K, P) what training continues from
-        params = start.clone().requires_grad_(True)
-        exp_avg = torch.stack([st.exp_avg for st in states]).to(device)  # (K, P)
-        exp_avg_sq = torch.stack([st.exp_avg_sq for st in states]).to(device)  # (K, P)
-        steps = torch.tensor([st.steps for st in states], dtype=torch.float32, device=device)  # (K,)
-        seen = torch.tensor([st.episodes for st in states], dtype=torch.float32, device=device)  # (K,)
-        lr = _fading(cfg.learning_rate, seen, cfg.lr_decay_episodes, cfg.lr_decay_power)  # (K,)
-        ent_coef = _fading(cfg.ent_coef, seen, cfg.ent_decay_episodes)  # (K,)
-        healthy = torch.ones(len(items), dtype=torch.bool, device=device)
+        batch = assemble_batch(items, self.config, self.policy.actor[-1].out_features, device)
+        start = self._start(items, device)
+        gated = self.config.validation_gate
         with torch.no_grad():
-            base_logp = self._log_probs(obs, masks, None)  # (T, A)
-        weight = torch.ones_like(old_logp)  # (T,) importance weight trained / served policy
-        ref_logp = old_logp
-        if gated:  # PPO ratios against the trained adapter, importance weights for what actually played
-            with torch.no_grad():
-                start_logp = self._log_probs(obs, masks, start.index_select(0, owner)).gather(1, actions.unsqueeze(1)).squeeze(1)
-                weight = torch.exp(start_logp - old_logp).clamp(max=cfg.gate_is_clip)
-                ref_logp = start_logp
-                evidence = self._validate(states, start, served, start_logp, base_logp, old_logp, actions, adv, owner, episode)
-        for _ in range(cfg.epochs):
-            logp_all = self._log_probs(obs, masks, params.index_select(0, owner))
-            logp = logp_all.gather(1, actions.unsqueeze(1)).squeeze(1)  # (T,)
-            ratio = torch.exp(logp - ref_logp)
-            pg = -weight * torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv)
-            row_loss = pg
-            if cfg.ent_coef:
-                entropy = -torch.where(masks, logp_all.exp() * logp_all, torch.zeros_like(logp_all)).sum(-1)
-                row_loss = row_loss - ent_coef.index_select(0, owner) * entropy
-            if cfg.kl_coef:
-                row_loss = row_loss + cfg.kl_coef * self._kl_rows(logp_all, base_logp, masks)
-            per_player = self._per_player_mean(row_loss, owner, counts)  # (K,)
-            healthy &= torch.isfinite(per_player)
-            params.grad = None
-            per_player.where(healthy, torch.zeros_like(per_player)).sum().backward()
-            grad = params.grad
-            healthy &= torch.isfinite(grad).all(dim=1)
-            grad.masked_fill_(~healthy.unsqueeze(1), 0.0)
-            norms = grad.norm(dim=1, keepdim=True)
-            grad.mul_(torch.clamp(cfg.max_grad_norm / (norms + 1e-12), max=1.0))
-            with torch.no_grad():
-                exp_avg, exp_avg_sq, steps = self._adam_step(params, grad, exp_avg, exp_avg_sq, steps, lr, healthy)
+            base_logp = self._log_probs(batch.obs, batch.masks, None)  # (T, A)
+            ref = self._reference(batch, start.params)
+            # scored before training on these episodes, while they are still held out
+            evidence = held_out_evidence(self.config, self._scalable, start.states, start.params, start.served,
+                                         ref.logp, base_logp, batch) if gated else None
+        params, adam, healthy = self._train(batch, start, ref, base_logp)
         with torch.no_grad():
-            new = params.detach().where(healthy.unsqueeze(1), start)
-            healthy &= torch.isfinite(new).all(dim=1)
-            new = new.where(healthy.unsqueeze(1), start)
-            new, kl, scale = self._bound_kl(new, obs, masks, owner, counts, base_logp)
-            iterate = new
-            if gated:  # serve the gated share, bounded again (KL need not shrink with the scale through tanh)
-                healthy &= torch.isfinite(evidence.gate) & torch.isfinite(evidence.s1) & torch.isfinite(evidence.s2)
-                new, kl, _ = self._bound_kl(self._scaled(new, evidence.gate.nan_to_num(0.0)), obs, masks, owner, counts, base_logp)
-        returns = [float(np.mean([ep.total_reward for ep in it.episodes])) for it in items]
-        out = []
-        for k, item in enumerate(items):
-            ok = bool(healthy[k])
-            ev = {}
-            if gated:
-                ev = {"iterate": iterate[k].cpu().clone(), "gate_n": float(evidence.n[k]), "gate_s1": float(evidence.s1[k]),
-                          "gate_s2": float(evidence.s2[k]), "gate": float(evidence.gate[k]), "gate_locked": bool(evidence.locked[k])}
-            state = OptimizerState(exp_avg[k].cpu().clone(), exp_avg_sq[k].cpu().clone(), int(steps[k]),
-                                   states[k].episodes + len(item.episodes), **ev) if ok else item.state
-            out.append(
-                UpdateOutcome(
-                    player=item.player,
-                    params=new[k].cpu().clone() if ok else None,
-                    kl_to_base=float(kl[k]),
-                    kl_scaled=float(scale[k]),
-                    steps=int(counts[k]),
-                    mean_return=returns[k],
-                    skipped=None if ok else "non-finite loss or gradient",
-                    state=state,
-                )
-            )
-            if not ok:
-                log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
-        return out
+            iterate, healthy = self._finite_or_start(params, start.params, healthy)
+            iterate, kl, scale = self._bound_kl(iterate, batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
+            served, kl, healthy = self._serve(iterate, kl, evidence, healthy, batch, base_logp)
+        return self._outcomes(items, batch, start, adam, healthy, iterate, served, kl, scale, evidence)
 
-    def _validate(self, states, start, served, start_logp, base_logp, old_logp, actions, adv, owner, episode) -> Evidence:
-        """Held-out evidence that each player's trained adapter beats the base.
-
-        The episodes of this update were not trained on yet, so the importance-sampled
-        advantage of the trained policy over the base, (pi - base)(a_t) / behaviour(a_t) * A_t,
-        averaged over one episode, is an unbiased (up to weight clipping) estimate of the
-        adapter's first-order improvement. Episodes are the unit (a player's episodes are
-        independent; decisions within one are not), so each adds one estimate to the
-        player's decayed count, sum and sum of squares, and the served share of the adapter
-        rises with their t-statistic.
-        """
+    def _start(self, items: Sequence[PlayerUpdate], device: torch.device) -> Start:
+        """Each player's starting point and optimizer state (Adam moments, lr and entropy coefficients)."""
         cfg = self.config
-        dev = start_logp.device
-        k = len(states)
-        base_taken = base_logp.gather(1, actions.unsqueeze(1)).squeeze(1)  # (T,)
-        w = ((start_logp.exp() - base_taken.exp()) / old_logp.exp()).clamp(-cfg.gate_weight_clip, cfg.gate_weight_clip)
-        n_ep = int(episode.max()) + 1
-        ep_len = torch.bincount(episode, minlength=n_ep).to(torch.float32)  # (E,)
-        ep_value = torch.zeros(n_ep, device=dev).index_add(0, episode, w * adv) / ep_len  # (E,)
-        ep_owner = torch.zeros(n_ep, dtype=torch.int64, device=dev).index_copy(0, episode, owner)  # (E,)
-        as_t = lambda f: torch.tensor([f(st) for st in states], dtype=torch.float32, device=dev)
-        scalable = self._scalable.to(dev)
-        has = (start[:, scalable] != 0).any(dim=1)  # an untrained adapter (zero B, zero delta) is no evidence
-        per = lambda x: torch.zeros(k, device=dev).index_add(0, ep_owner, x)  # (E,) -> (K,) sums
-        d = cfg.gate_decay
-        old_n, old_s1, old_s2 = (as_t(lambda st, f=f: getattr(st, f)) for f in ("gate_n", "gate_s1", "gate_s2"))  # (K,) each
-        n = torch.where(has, d * old_n + per(torch.ones_like(ep_value)), old_n)  # (K,)
-        s1 = torch.where(has, d * old_s1 + per(ep_value), old_s1)
-        s2 = torch.where(has, d * old_s2 + per(ep_value**2), old_s2)
-        mean = s1 / n.clamp(min=1e-9)
-        var = (s2 / n.clamp(min=1e-9) - mean**2).clamp(min=0) * n / (n - 1).clamp(min=1e-9)
-        t = mean / (var / n.clamp(min=1e-9) + 1e-12).sqrt()
-        share = ((t - cfg.gate_t_open) / (cfg.gate_t_full - cfg.gate_t_open)).clamp(0.0, 1.0)
-        # until there is enough evidence: keep the served share (an adapter restored without its trainer state: whole)
-        restored = torch.tensor([st.iterate is None for st in states], device=dev) & (served[:, scalable] != 0).any(dim=1)
-        prev = torch.where(restored, torch.ones_like(n), as_t(lambda st: st.gate))
-        gate = torch.where(n >= cfg.gate_min_episodes, share, prev)
-        locked = as_t(lambda st: float(st.gate_locked)) > 0
-        locked = (locked | ((t >= cfg.gate_lock_t) & (n >= cfg.gate_lock_episodes))) & (t >= -cfg.gate_t_open)
-        gate = torch.where(locked, torch.ones_like(gate), gate)
-        return Evidence(n, s1, s2, gate, locked)
-
-    def _scaled(self, params: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Rows (K, P) with their B matrices, and so each whole low-rank delta, scaled by c (K,)."""
-        scalable = self._scalable.to(params.device)
-        return params * torch.where(scalable, c.unsqueeze(1), torch.ones_like(c).unsqueeze(1))
+        served = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
+        states = [self._start_state(it.state, served.shape[1]) for it in items]
+        params = torch.stack([st.iterate.to(device) if cfg.validation_gate and st.iterate is not None else served[k]
+                              for k, st in enumerate(states)])  # (K, P)
+        adam = Adam(torch.stack([st.exp_avg for st in states]).to(device),  # (K, P)
+                    torch.stack([st.exp_avg_sq for st in states]).to(device),  # (K, P)
+                    torch.tensor([st.steps for st in states], dtype=torch.float32, device=device))  # (K,)
+        seen = torch.tensor([st.episodes for st in states], dtype=torch.float32, device=device)  # (K,)
+        return Start(states, served, params, adam, lr=_fading(cfg.learning_rate, seen, cfg.lr_decay_episodes, cfg.lr_decay_power),
+                     ent_coef=_fading(cfg.ent_coef, seen, cfg.ent_decay_episodes))
 
     def _start_state(self, state: OptimizerState | None, size: int) -> OptimizerState:
+        """A player's carried state: fresh for a new player, Adam moments zeroed unless persistent."""
         if state is None:
             return OptimizerState.fresh(size)
         if self.config.persistent_optimizer:
             return state
         return replace(state, exp_avg=torch.zeros(size), exp_avg_sq=torch.zeros(size), steps=0)
+
+    def _reference(self, batch: Batch, start: torch.Tensor) -> Reference:
+        """PPO ratios against the behaviour policy; with the gate, against the trained iterate
+        start (K, P), with importance weights (truncated) for the served adapter that actually played."""
+        if not self.config.validation_gate:
+            return Reference(batch.old_logp, torch.ones_like(batch.old_logp))
+        logp = self._log_probs(batch.obs, batch.masks, start.index_select(0, batch.owner))
+        taken = logp.gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # (T,)
+        return Reference(taken, torch.exp(taken - batch.old_logp).clamp(max=self.config.gate_is_clip))
+
+    def _train(self, batch: Batch, start: Start, ref: Reference, base_logp: torch.Tensor):
+        """`epochs` full-batch steps from start.params: new params (K, P), Adam state, healthy (K,) bool."""
+        params = start.params.clone().requires_grad_(True)
+        adam = start.adam
+        healthy = torch.ones(len(batch.counts), dtype=torch.bool, device=params.device)
+        for _ in range(self.config.epochs):
+            loss = self._loss(params, batch, ref, base_logp, start.ent_coef)  # (K,)
+            adam, healthy = self._step(params, loss, adam, start.lr, healthy)
+        return params.detach(), adam, healthy
+
+    def _loss(self, params: torch.Tensor, batch: Batch, ref: Reference, base_logp: torch.Tensor,
+              ent_coef: torch.Tensor) -> torch.Tensor:
+        """Per-player loss (K,) of params (K, P): mean over the player's own steps of the
+        importance-weighted PPO-clip objective, minus the entropy bonus, plus the optional
+        KL-to-base penalty. Each step reads only its owner's row."""
+        cfg = self.config
+        logp_all = self._log_probs(batch.obs, batch.masks, params.index_select(0, batch.owner))  # (T, A)
+        logp = logp_all.gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # (T,)
+        ratio = torch.exp(logp - ref.logp)
+        adv = batch.adv
+        row_loss = -ref.weight * torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv)  # (T,)
+        if cfg.ent_coef:
+            finite = logp_all.masked_fill(~batch.masks, 0.0)  # -inf of a masked action would make the gradient NaN
+            entropy = -torch.where(batch.masks, finite.exp() * finite, torch.zeros_like(finite)).sum(-1)  # (T,)
+            row_loss = row_loss - ent_coef.index_select(0, batch.owner) * entropy
+        if cfg.kl_coef:
+            row_loss = row_loss + cfg.kl_coef * self._kl_rows(logp_all, base_logp, batch.masks)
+        return self._per_player_mean(row_loss, batch.owner, batch.counts)
+
+    def _step(self, params: torch.Tensor, loss: torch.Tensor, adam: Adam, lr: torch.Tensor,
+              healthy: torch.Tensor) -> tuple[Adam, torch.Tensor]:
+        """One optimizer step on params (K, P) in place from the per-player loss (K,).
+
+        A player whose loss or gradient is not finite turns unhealthy (K,) and their row and
+        moments stay as they are; the others' gradients are clipped to max_grad_norm per
+        player, then Adam steps."""
+        healthy = healthy & torch.isfinite(loss)
+        params.grad = None
+        loss.where(healthy, torch.zeros_like(loss)).sum().backward()
+        grad = params.grad  # (K, P)
+        healthy = healthy & torch.isfinite(grad).all(dim=1)
+        grad.masked_fill_(~healthy.unsqueeze(1), 0.0)
+        norms = grad.norm(dim=1, keepdim=True)  # (K, 1)
+        grad.mul_(torch.clamp(self.config.max_grad_norm / (norms + 1e-12), max=1.0))
+        with torch.no_grad():
+            return Adam(*self._adam_step(params, grad, *adam, lr, healthy)), healthy
 
     def _adam_step(self, params, grad, exp_avg, exp_avg_sq, steps, lr, healthy):
         """One Adam step per row with per-row step counts and learning rates; unhealthy rows untouched."""
@@ -398,12 +374,76 @@ class OnlineTrainer:
         params.sub_(step.where(live, torch.zeros_like(step)))
         return new_avg, new_sq, new_steps
 
+    @staticmethod
+    def _finite_or_start(params: torch.Tensor, start: torch.Tensor, healthy: torch.Tensor):
+        """Unhealthy players fall back to their start row; a non-finite result (K, P) makes a player unhealthy."""
+        new = params.where(healthy.unsqueeze(1), start)
+        healthy = healthy & torch.isfinite(new).all(dim=1)
+        return new.where(healthy.unsqueeze(1), start), healthy
+
+    def _serve(self, iterate, kl, evidence: Evidence | None, healthy, batch: Batch, base_logp):
+        """What to serve (K, P), its KL (K,) and health (K,): the iterate without the gate; with it,
+        the iterate's delta scaled by the gated share and bounded again (KL need not shrink
+        with the scale through tanh). Non-finite evidence makes a player unhealthy."""
+        if evidence is None:
+            return iterate, kl, healthy
+        healthy = healthy & torch.isfinite(evidence.gate) & torch.isfinite(evidence.s1) & torch.isfinite(evidence.s2)
+        served, kl, _ = self._bound_kl(self._scaled(iterate, evidence.gate.nan_to_num(0.0)),
+                                       batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
+        return served, kl, healthy
+
+    def _outcomes(self, items, batch: Batch, start: Start, adam: Adam, healthy, iterate, served, kl, scale,
+                  evidence: Evidence | None) -> list[UpdateOutcome]:
+        """One UpdateOutcome per player with the new state; an unhealthy player keeps their old state."""
+        out = []
+        for k, item in enumerate(items):
+            ok = bool(healthy[k])
+            ev = {}
+            if evidence is not None:
+                ev = {"iterate": iterate[k].cpu().clone(), "gate_n": float(evidence.n[k]), "gate_s1": float(evidence.s1[k]),
+                      "gate_s2": float(evidence.s2[k]), "gate": float(evidence.gate[k]), "gate_locked": bool(evidence.locked[k])}
+            state = OptimizerState(adam.exp_avg[k].cpu().clone(), adam.exp_avg_sq[k].cpu().clone(), int(adam.steps[k]),
+                                   start.states[k].episodes + len(item.episodes), **ev) if ok else item.state
+            out.append(UpdateOutcome(item.player, served[k].cpu().clone() if ok else None, kl_to_base=float(kl[k]),
+                                     kl_scaled=float(scale[k]), steps=int(batch.counts[k]),
+                                     mean_return=float(np.mean([ep.total_reward for ep in item.episodes])),
+                                     skipped=None if ok else "non-finite loss or gradient", state=state))
+            if not ok:
+                log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
+        return out
+
+    def _log_probs(self, obs, masks, rows: torch.Tensor | None) -> torch.Tensor:
+        """Masked log-probabilities (T, A); rows (T, P) or None for the base."""
+        logits = self.policy.logits(obs, None if rows is None else self.family.delta_fn(rows))
+        return masked_log_probs(logits, masks)
+
+    @staticmethod
+    def _kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """KL(p || base) per row (T,), masked actions contribute 0 (and no NaN gradient)."""
+        logp, base_logp = logp.masked_fill(~masks, 0.0), base_logp.masked_fill(~masks, 0.0)
+        terms = torch.where(masks, logp.exp() * (logp - base_logp), torch.zeros_like(logp))
+        return terms.sum(-1)
+
+    log_probs = _log_probs
+    kl_rows = _kl_rows
+
+    def _per_player_mean(self, values: torch.Tensor, owner: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Mean of row values (T,) per player (K,)."""
+        return torch.zeros(len(counts), dtype=values.dtype, device=values.device).index_add(0, owner, values) / counts
+
+    def _scaled(self, params: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Rows (K, P) with their B matrices, and so each whole low-rank delta, scaled by c (K,)."""
+        scalable = self._scalable.to(params.device)
+        return params * torch.where(scalable, c.unsqueeze(1), torch.ones_like(c).unsqueeze(1))
+
     def kl_to_base(self, params: torch.Tensor, obs, masks, owner, counts, base_logp) -> torch.Tensor:
         """Mean KL(adapted || base) per player (K,) over their observations."""
         logp = self._log_probs(obs, masks, params.index_select(0, owner))
         return self._per_player_mean(self._kl_rows(logp, base_logp, masks), owner, counts)
 
     def _bound_kl(self, params, obs, masks, owner, counts, base_logp, iters: int = 12):
+        """KL guard: rows (K, P) whose mean KL to the base exceeds kl_bound get their delta scaled
+        down by bisection (only feasible scales accepted). Returns params, KL (K,), scale (K,)."""
         kl = self.kl_to_base(params, obs, masks, owner, counts, base_logp)
         scale = torch.ones(len(counts), device=params.device)
         bound = self.config.kl_bound
