@@ -215,3 +215,21 @@ def test_recovery_counts_episodes_of_the_new_style_until_the_gain_is_back():
 
     assert recovery_episodes([0.9, 0.9, 0.1, 0.5, 0.85, 0.7], switch_at=2) == 3
     assert recovery_episodes([0.9, 0.9, 0.1, 0.5], switch_at=2) is None
+
+
+@pytest.mark.parametrize("env_id", ["npcadapt/Skirmish-v0", "npcadapt/Haggle-v0"])
+def test_bench_adapt_reports_every_key_on_the_continuous_and_sequential_envs(env_id, tmp_path):
+    from npcadapt.bench.adapt import run
+
+    result = run(env_id, players_per_persona=1, episodes=6, seed=0, control_players=1, heldout_players=1,
+                 switch_players=1, switch_at=3, full_finetune=False, out=tmp_path)
+    for key in ("checkpoints", "gain_at", "baselines", "heldout_gain_at", "switch_recovery_episodes",
+                "play_return_vs_base", "noise_kl", "lora_vs_full", "mean_gain", "seconds", "plot"):
+        assert key in result
+    assert result["checkpoints"] == [5, 6] and set(result["gain_at"]) == {"5", "6"}
+    # a table needs discrete situations: Skirmish's are continuous, so only NeuralLinear runs there
+    expected = {"neural_linear_thompson"} | ({"table_thompson"} if "Haggle" in env_id else set())
+    assert set(result["baselines"]) == expected
+    if "Haggle" in env_id:  # sequential: the baselines learn from the discounted reward still to come
+        assert all(b["settings"]["gamma"] == 0.9 for b in result["baselines"].values())
+    assert (tmp_path / f"adapt-{env_id.split('/')[1]}.png").is_file()
