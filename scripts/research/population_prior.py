@@ -10,6 +10,10 @@ NeuralLinear baseline. Usage: python scripts/research/population_prior.py ENV_ID
 3. A new player keeps one personal posterior per cohort (started at the cohort's,
    covariance inflated) and weighs cohorts by the marginal likelihood of their rewards;
    Thompson: sample a cohort, then values. Figures in docs/benchmarks.md.
+
+Options: `--beta B` evaluates the policy softmax(base logits + B * Q) instead of argmax Q,
+and `--no-bias` drops the constant feature, so that Q = h . M is exactly a delta of the
+last layer's weights (a rank <= A LoRA delta on actor.2): the form a served adapter takes.
 """
 import sys, time
 import numpy as np
@@ -19,7 +23,15 @@ from npcadapt.archetypes import find_archetypes, BUILTIN_DIR, archetype_for_env
 from npcadapt.bench.baselines import NeuralLinearHost, ThompsonSettings, _ThompsonHost
 from sim.loop import run_simulation
 
-env_id = sys.argv[1]; K = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+import argparse
+
+parser = argparse.ArgumentParser()
+parser.add_argument("env_id")
+parser.add_argument("k", type=int, nargs="?", default=10)
+parser.add_argument("--beta", type=float, default=0.0)
+parser.add_argument("--no-bias", action="store_true")
+args = parser.parse_args()
+env_id, K, BETA = args.env_id, args.k, args.beta
 archs = find_archetypes([BUILTIN_DIR]); arch = archetype_for_env(env_id, archs); policy = archs[arch].policy
 env = gym.make(env_id).unwrapped
 settings = ThompsonSettings(prior_scale=0.05, weight_precision=10.0, noise_std=0.5)
@@ -35,6 +47,18 @@ def rec(player, features, actions, targets):
     d[0].extend(features); d[1].extend(actions); d[2].extend(targets)
     orig(player, features, actions, targets)
 host._observe = rec
+def strip_bias(h):
+    """With --no-bias: a NeuralLinear host on the last hidden layer alone."""
+    if args.no_bias:
+        h.prior_mean, h.dim = h.prior_mean[:, :-1], h.dim - 1
+        h.mean, h.cov = np.empty((0, h.n_actions, h.dim)), np.empty((0, h.n_actions, h.dim, h.dim))
+    return h
+
+
+if args.no_bias:  # features = the last hidden layer only
+    _with_bias = NeuralLinearHost._features
+    NeuralLinearHost._features = lambda self, obs: _with_bias(self, obs)[:, :-1]
+    strip_bias(host)
 t = time.time()
 run_simulation(host, env_id, arch, players=0, episodes=30, seed=7, persona_counts={p: 4 for p in env.PERSONAS})
 print("population data", len(data), "players", round(time.time() - t, 1), "s")
@@ -75,6 +99,14 @@ for k in range(K):
 weights = np.bincount(lab, minlength=K) / len(lab)
 
 class MixturePriorHost(_ThompsonHost):
+    def action_probs(self, archetype, players, obs, *, base=False):
+        obs = np.asarray(obs, np.float32)
+        if base or BETA <= 0:
+            return super().action_probs(archetype, players, obs, base=base)
+        z = self._base_log_probs(obs) + BETA * self._mean_values(list(players), obs, self._features(obs))
+        z = np.exp(z - z.max(-1, keepdims=True))
+        return z / z.sum(-1, keepdims=True)
+
     """Per player: for every cohort k, a personal Bayesian linear posterior started at cohort k's
     posterior (covariance inflated by `inflate`), plus the log marginal likelihood of the player's
     data under it; the posterior over cohorts weighs them. Thompson: sample a cohort, then weights."""
@@ -124,7 +156,7 @@ class MixturePriorHost(_ThompsonHost):
             c[:, a] -= np.einsum("kd,ke->kde", gain, cf)
 
 from npcadapt.bench.adapt import gain_at
-for name, h in [("neural_linear", NeuralLinearHost(policy, ThompsonSettings(prior_scale=0.05, weight_precision=10.0, noise_std=0.5, gamma=gamma), seed=0)),
+for name, h in [("neural_linear", strip_bias(NeuralLinearHost(policy, ThompsonSettings(prior_scale=0.05, weight_precision=10.0, noise_std=0.5, gamma=gamma), seed=0))),
                 ("mixture_prior", MixturePriorHost(seed=0))]:
     t = time.time()
     r = run_simulation(h, env_id, arch, players=2 * (len(env.PERSONAS) + 2), episodes=80, seed=0, persona_counts={"average": 4, "noise": 4}, heldout_players=2, switch_players=0)
