@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from npcadapt.errors import InvalidInputError
-from sim.personas import AVERAGE, NOISE
+from sim.personas import AVERAGE, NOISE, PersonaCatalogue, persona_gap_table
 
 # fmt: off
 ACTIONS = (
@@ -162,7 +162,7 @@ def _backward(
     return policy
 
 
-class HaggleEnv(gym.Env):
+class HaggleEnv(PersonaCatalogue, gym.Env):
     """Travelling trader NPC that must learn what puts *this* customer in a buying mood.
 
     ## Description
@@ -284,19 +284,6 @@ class HaggleEnv(gym.Env):
         self._item, self._mood = 0, 2  # what the picture shows (kept once the episode ends)
         self._last: dict[str, Any] = {}
         self._population: np.ndarray | None = None  # (S, A), computed on first use
-
-    @classmethod
-    def playable(cls) -> tuple[str, ...]:
-        """Every persona with its own tables: the population, then the held-out ones."""
-        return (*cls.PERSONAS, *cls.HELDOUT_PERSONAS)
-
-    def _check_persona(self, persona: Any) -> str:
-        allowed = (*self.playable(), AVERAGE, NOISE)
-        if persona not in allowed:
-            raise InvalidInputError(
-                f"HaggleEnv: unknown persona {persona!r}; expected one of {allowed}"
-            )
-        return str(persona)
 
     def _build_obs_table(self) -> np.ndarray:
         T, n = self.episode_length, np.arange(N)
@@ -529,23 +516,5 @@ class HaggleEnv(gym.Env):
         return worst, best
 
     def persona_gaps(self, personas: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
-        """Per persona (default: the named ones): oracle, population-best, uniform-random
-        and worst returns and the gap share.
-
-        ``gap_share = (oracle - population_best) / (oracle - worst)``: the fraction of the
-        persona's achievable range that only per-player adaptation can recover.
-        """
-        pop = self.population_best_probs()
-        uniform = np.full(pop.shape, 1.0 / A)
-        gaps = {}
-        for p in PERSONAS if personas is None else personas:
-            oracle, worst = self.oracle_return(p), self.worst_return(p)
-            pop_ret = self.expected_return(p, pop)
-            gaps[p] = {
-                "oracle": oracle,
-                "population_best": pop_ret,
-                "random": self.expected_return(p, uniform),
-                "worst": worst,
-                "gap_share": (oracle - pop_ret) / (oracle - worst),
-            }
-        return gaps
+        """Gap table (see :func:`sim.personas.persona_gap_table`), by default for the named personas."""
+        return persona_gap_table(self, PERSONAS if personas is None else personas)

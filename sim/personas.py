@@ -77,7 +77,52 @@ def mood_outcomes(
     return probs, values
 
 
-class PersonaRoundEnv(gym.Env):
+def persona_gap_table(env: Any, personas: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Per persona: oracle, population-best, uniform-random and worst returns, and
+    ``gap_share = (oracle - population_best) / (oracle - worst)``: the fraction of the
+    persona's achievable range that only per-player adaptation can recover.
+
+    `env` is any sim env with ``population_best_probs``, ``expected_return``,
+    ``oracle_return`` and ``worst_return``.
+    """
+    pop = env.population_best_probs()
+    uniform = np.full(pop.shape, 1.0 / pop.shape[1])
+    gaps = {}
+    for p in personas:
+        oracle, worst = env.oracle_return(p), env.worst_return(p)
+        pop_ret = env.expected_return(p, pop)
+        gaps[p] = {
+            "oracle": oracle,
+            "population_best": pop_ret,
+            "random": env.expected_return(p, uniform),
+            "worst": worst,
+            "gap_share": (oracle - pop_ret) / (oracle - worst),
+        }
+    return gaps
+
+
+class PersonaCatalogue:
+    """The persona lists every sim env declares, and checking a persona name against them."""
+
+    PERSONAS: ClassVar[tuple[str, ...]] = ()  # the population: base training and "average"
+    HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = ()  # evaluation only: never in "average"
+    SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = ()  # (before, after) pairs for switching players
+
+    @classmethod
+    def playable(cls) -> tuple[str, ...]:
+        """Every persona with its own tables: the population, then the held-out ones."""
+        return (*cls.PERSONAS, *cls.HELDOUT_PERSONAS)
+
+    def _check_persona(self, persona: Any) -> str:
+        allowed = (*self.playable(), AVERAGE, NOISE)
+        if persona not in allowed:
+            raise InvalidInputError(
+                f"{type(self).__name__}: unknown persona {persona!r}; expected one of {allowed}"
+            )
+        return str(persona)
+
+
+class PersonaRoundEnv(PersonaCatalogue, gym.Env):
     """Base class of the persona envs; subclasses document their own game.
 
     Subclasses set ``ACTIONS``, ``OBSERVATION_FEATURES`` (context features followed by
@@ -97,9 +142,6 @@ class PersonaRoundEnv(gym.Env):
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
     ACTIONS: ClassVar[tuple[str, ...]] = ()
     OBSERVATION_FEATURES: ClassVar[tuple[tuple[str, int], ...]] = ()
-    PERSONAS: ClassVar[tuple[str, ...]] = ()  # the population: base training and "average"
-    HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = ()  # evaluation only: never in "average"
-    SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = ()  # (before, after) pairs for switching players
     DISCRETE_CONTEXT: ClassVar[bool] = True  # obs minus progress takes few values (a table can key on it)
     SEQUENTIAL: ClassVar[bool] = False  # True where the NPC's action changes the next observation
     _MODEL_CACHE: ClassVar[dict[type, RoundModel]] = {}
@@ -152,18 +194,6 @@ class PersonaRoundEnv(gym.Env):
             PersonaRoundEnv._MODEL_CACHE[cls] = cls.build_model()
         return PersonaRoundEnv._MODEL_CACHE[cls]
 
-    @classmethod
-    def playable(cls) -> tuple[str, ...]:
-        """Every persona with its own tables: the population, then the held-out ones."""
-        return (*cls.PERSONAS, *cls.HELDOUT_PERSONAS)
-
-    def _check_persona(self, persona: Any) -> str:
-        allowed = (*self.playable(), AVERAGE, NOISE)
-        if persona not in allowed:
-            raise InvalidInputError(
-                f"{type(self).__name__}: unknown persona {persona!r}; expected one of {allowed}"
-            )
-        return str(persona)
 
     def _build_obs_table(self) -> np.ndarray:
         m, T = self.model, self.episode_length
@@ -359,24 +389,7 @@ class PersonaRoundEnv(gym.Env):
             max(self.oracle_return(p) for p in self.PERSONAS),
         )
 
-    def persona_gaps(self) -> dict[str, dict[str, float]]:
-        """Per named persona: oracle, population-best and uniform-random returns, gap share.
-
-        ``gap_share = (oracle - population_best) / (oracle - worst)``: the fraction of the
-        persona's achievable range that only per-player adaptation can recover.
-        """
-        pop = self.population_best_probs()
-        S, A = pop.shape
-        uniform = np.full((S, A), 1.0 / A)
-        gaps = {}
-        for p in self.PERSONAS:
-            oracle, worst = self.oracle_return(p), self.worst_return(p)
-            pop_ret = self.expected_return(p, pop)
-            gaps[p] = {
-                "oracle": oracle,
-                "population_best": pop_ret,
-                "random": self.expected_return(p, uniform),
-                "worst": worst,
-                "gap_share": (oracle - pop_ret) / (oracle - worst),
-            }
-        return gaps
+    def persona_gaps(self, personas: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+        """Per persona (default: the named ones): oracle, population-best, uniform-random and
+        worst returns, and the gap share (see :func:`persona_gap_table`)."""
+        return persona_gap_table(self, self.PERSONAS if personas is None else personas)

@@ -453,22 +453,9 @@ class SkirmishEnv(PersonaRoundEnv):
             self._expected[persona] = table
         return self._expected[persona].copy()
 
-    def persona_gaps(self) -> dict[str, dict[str, float]]:
-        """As :meth:`PersonaRoundEnv.persona_gaps`, for the population and held-out personas."""
-        pop = self.population_best_probs()
-        uniform = np.full(pop.shape, 1.0 / pop.shape[1])
-        gaps = {}
-        for p in self.playable():
-            oracle, worst = self.oracle_return(p), self.worst_return(p)
-            pop_ret = self.expected_return(p, pop)
-            gaps[p] = {
-                "oracle": oracle,
-                "population_best": pop_ret,
-                "random": self.expected_return(p, uniform),
-                "worst": worst,
-                "gap_share": (oracle - pop_ret) / (oracle - worst),
-            }
-        return gaps
+    def persona_gaps(self, personas: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+        """As :meth:`PersonaRoundEnv.persona_gaps`, by default for the named and held-out personas."""
+        return super().persona_gaps(self.playable() if personas is None else personas)
 
 
 def _draw(cdf: np.ndarray, u: float) -> int:
