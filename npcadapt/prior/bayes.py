@@ -1,0 +1,90 @@
+"""Conjugate Bayesian linear reward models per action, and mixtures of them over cohorts.
+
+A player's reward for action a in observation x is modelled as y = h(x) . w_a + noise,
+with h the base actor's last hidden activations (H,), noise variance `noise_var`, and a
+Gaussian prior w_a ~ N(m0_a, S0_a). Everything a posterior needs from the player's data
+is per action: the Gram matrix G_a = sum h h^T (H, H), b_a = sum y h (H,), sum y^2 and
+the count n_a, so a player's state is a few small arrays however long they have played.
+
+A cohort prior is K such Gaussians with mixture weights; a player's posterior weight
+of cohort k is its prior weight times the marginal likelihood of the player's rewards
+under that cohort (Bayesian policy reuse with a per-cohort reward model). All functions
+are pure, batched over leading dimensions, float64.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+
+class Stats(NamedTuple):
+    """Sufficient statistics of one player's (h, a, y) data, per action."""
+
+    gram: torch.Tensor  # (..., A, H, H) sum of h h^T
+    hy: torch.Tensor  # (..., A, H) sum of y h
+    yy: torch.Tensor  # (..., A) sum of y^2
+    n: torch.Tensor  # (..., A) count
+
+    @classmethod
+    def empty(cls, n_actions: int, hidden: int) -> "Stats":
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        return cls(z(n_actions, hidden, hidden), z(n_actions, hidden), z(n_actions), z(n_actions))
+
+    def add(self, h: torch.Tensor, actions: torch.Tensor, y: torch.Tensor) -> "Stats":
+        """New statistics with rows h (T, H), actions (T,), targets y (T,) added."""
+        h, y = h.to(torch.float64), y.to(torch.float64)
+        onehot = torch.nn.functional.one_hot(actions, self.n.shape[-1]).to(torch.float64)  # (T, A)
+        return Stats(
+            self.gram + torch.einsum("ta,th,tg->ahg", onehot, h, h),
+            self.hy + torch.einsum("ta,t,th->ah", onehot, y, h),
+            self.yy + onehot.T @ (y * y),
+            self.n + onehot.sum(0),
+        )
+
+
+def posterior(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean (..., A, H) and covariance (..., A, H, H) of the weights.
+
+    prior_mean (..., A, H) and prior_cov (..., A, H, H) broadcast against the statistics.
+    """
+    prior_prec = torch.linalg.inv(prior_cov)  # (..., A, H, H)
+    prec = prior_prec + stats.gram / noise_var
+    cov = torch.linalg.inv(prec)
+    eta = (prior_prec @ prior_mean.unsqueeze(-1)).squeeze(-1) + stats.hy / noise_var  # (..., A, H)
+    return (cov @ eta.unsqueeze(-1)).squeeze(-1), cov
+
+
+def log_evidence(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> torch.Tensor:
+    """log p(y | h, a) under the prior, summed over actions: (...,).
+
+    Closed form of the Gaussian marginal likelihood through the statistics:
+    -n/2 log(2 pi s2) - 1/2 log|S0| + 1/2 log|S_N| - 1/2 (y.y/s2 + m0' S0^-1 m0 - m_N' S_N^-1 m_N).
+    """
+    mean, cov = posterior(prior_mean, prior_cov, stats, noise_var)
+    prior_prec = torch.linalg.inv(prior_cov)
+    quad0 = (prior_mean.unsqueeze(-2) @ prior_prec @ prior_mean.unsqueeze(-1)).squeeze(-1).squeeze(-1)  # (..., A)
+    quad_n = (mean.unsqueeze(-2) @ torch.linalg.solve(cov, mean.unsqueeze(-1))).squeeze(-1).squeeze(-1)
+    per_action = (-0.5 * stats.n * math.log(2 * math.pi * noise_var)
+                  - 0.5 * torch.logdet(prior_cov) + 0.5 * torch.logdet(cov)
+                  - 0.5 * (stats.yy / noise_var + quad0 - quad_n))
+    return per_action.sum(-1)
+
+
+def cohort_weights(log_prior_weights: torch.Tensor, prior_mean: torch.Tensor, prior_cov: torch.Tensor,
+                   stats: Stats, noise_var: float) -> torch.Tensor:
+    """(K,) posterior probability of each cohort given one player's statistics.
+
+    prior_mean (K, A, H), prior_cov (K, A, H, H); the statistics broadcast over K.
+    """
+    return torch.softmax(log_prior_weights + log_evidence(prior_mean, prior_cov, stats, noise_var), dim=-1)
+
+
+def mixture_mean(log_prior_weights: torch.Tensor, prior_mean: torch.Tensor, prior_cov: torch.Tensor,
+                 stats: Stats, noise_var: float) -> torch.Tensor:
+    """(A, H) the player's posterior mean weights: cohort posteriors weighed by cohort probability."""
+    weights = cohort_weights(log_prior_weights, prior_mean, prior_cov, stats, noise_var)  # (K,)
+    means, _ = posterior(prior_mean, prior_cov, stats, noise_var)  # (K, A, H)
+    return torch.einsum("k,kah->ah", weights, means)
