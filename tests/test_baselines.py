@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
-from npcadapt.bench.baselines import NeuralLinearHost, TableThompsonHost, ThompsonSettings, _targets
+from npcadapt.bench.baselines import NeuralLinearHost, TableThompsonHost, ThompsonSettings
+from npcadapt.prior.library import reward_to_go
 from npcadapt.errors import InvalidInputError
 from sim.loop import run_simulation
 
@@ -18,8 +19,8 @@ def archetypes():
 
 
 def test_reward_to_go_targets():
-    assert _targets([1.0, 0.0, 2.0], 0.0).tolist() == [1.0, 0.0, 2.0]
-    assert _targets([1.0, 0.0, 2.0], 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
+    assert reward_to_go([1.0, 0.0, 2.0], 0.0).tolist() == [1.0, 0.0, 2.0]
+    assert reward_to_go([1.0, 0.0, 2.0], 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
 
 
 def test_settings_are_validated():

@@ -93,3 +93,78 @@ def test_a_last_layer_delta_is_served_exactly_as_a_lora_row(tmp_path, arch_root,
     with pytest.raises(InvalidInputError, match="no LoRA"):
         weight_delta_row(layout, "critic.0", delta)
     eng.close()
+
+
+# -- the library, built from recorded sessions ------------------------------------------------
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    """Sessions of 3 players per named Duel persona, 16 episodes each, recorded by the Service."""
+    import npcadapt
+    from npcadapt.recordings import read_episodes
+    from sim.loop import run_simulation
+
+    data = tmp_path_factory.mktemp("recorded")
+    with npcadapt.open(data, seed=0) as svc:
+        env_personas = ("brawler", "high_blocker", "low_sweeper", "rusher", "counter_puncher", "turtle", "jumper",
+                        "zoner")
+        run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=0, episodes=16, seed=0,
+                       persona_counts={p: 3 for p in env_personas})
+        svc.flush()
+        arch = svc.archetypes["duelist"]
+    episodes, _ = read_episodes(data / "logs", archetypes=["duelist"])
+    return arch, {player: eps for (_, player), eps in episodes.items()}, data / "logs"
+
+
+def test_library_cohorts_group_players_of_the_same_persona(recorded):
+    from npcadapt.prior.library import LibraryConfig, build_library
+
+    arch, episodes, _ = recorded
+    library, cohort_of = build_library(arch, episodes, LibraryConfig(cohorts=8, seed=0))
+    assert library.mean.shape == (library.cohorts, 8, 64) and library.cov.shape[-2:] == (64, 64)
+    assert torch.allclose(library.log_weights.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    by_persona: dict[str, list[int]] = {}
+    for player, cohort in cohort_of.items():
+        by_persona.setdefault(player.rsplit("-", 1)[0], []).append(cohort)
+    # most personas keep all their players in one cohort, and distinct personas mostly get distinct cohorts
+    pure = sum(len(set(c)) == 1 for c in by_persona.values())
+    assert pure >= 5, by_persona
+    majority = {p: max(set(c), key=c.count) for p, c in by_persona.items()}
+    assert len(set(majority.values())) >= 6, majority
+
+
+def test_library_round_trip_and_refusals(recorded, tmp_path):
+    from dataclasses import replace
+
+    from npcadapt.errors import AdapterMismatchError, StoreError
+    from npcadapt.prior.library import LibraryConfig, build_library, load_library, save_library
+
+    arch, episodes, _ = recorded
+    library, _ = build_library(arch, episodes, LibraryConfig(cohorts=4, seed=1))
+    path = save_library(library, tmp_path / "prior.safetensors")
+    loaded = load_library(path, arch)
+    assert torch.allclose(loaded.mean, library.mean.float().double()) and loaded.noise_var == library.noise_var
+    assert loaded.meta["players"] == 24 and sum(loaded.meta["cohort_sizes"]) == 24
+    with pytest.raises(AdapterMismatchError, match="train library"):
+        load_library(path, replace(arch, base_hash="0" * 16))  # built on another base: stale
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(StoreError, match="cannot be read"):
+        load_library(damaged, arch)
+    with pytest.raises(StoreError, match="does not exist"):
+        load_library(tmp_path / "missing.safetensors", arch)
+    with pytest.raises(InvalidInputError, match="cohorts"):
+        build_library(arch, episodes, LibraryConfig(cohorts=100))
+
+
+def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsys):
+    from npcadapt.cli import main
+    from npcadapt.prior.library import load_library
+
+    arch, _, logs = recorded
+    out = tmp_path / "prior.safetensors"
+    assert main(["train", "library", "--archetype", "duelist", "--logs", str(logs), "--cohorts", "5",
+                 "--out", str(out)]) == 0
+    assert "5 cohorts from 24 recorded players" in capsys.readouterr().out
+    assert load_library(out, arch).cohorts == 5
+    assert main(["train", "library", "--archetype", "duelist", "--logs", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -30,6 +30,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..policy import ActorCritic, masked_log_probs
+from ..prior.library import reward_to_go
 
 
 @dataclass(frozen=True)
@@ -70,15 +71,6 @@ class _Pending:
     rewards: list = field(default_factory=list)
 
 
-def _targets(rewards: list[float], gamma: float) -> np.ndarray:
-    """(T,) discounted reward-to-go of each step (the rewards themselves when gamma is 0)."""
-    out, running = np.zeros(len(rewards)), 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = rewards[t] + gamma * running
-        out[t] = running
-    return out
-
-
 class _ThompsonHost:
     """Shared episode bookkeeping and base-policy helpers; subclasses own the posterior."""
 
@@ -115,7 +107,7 @@ class _ThompsonHost:
             episode = self.pending[(player, npc)]
             episode.rewards.append(float(reward))
             if done or self.settings.gamma == 0:
-                self._observe(player, episode.features, episode.actions, _targets(episode.rewards, self.settings.gamma))
+                self._observe(player, episode.features, episode.actions, reward_to_go(episode.rewards, self.settings.gamma))
                 del self.pending[(player, npc)]
 
     def train_pending(self) -> int:

@@ -80,6 +80,22 @@ def _cmd_train_adapters(args) -> int:
     return 0
 
 
+def _cmd_train_library(args) -> int:
+    from ..prior.library import LIBRARY_NAME, LibraryConfig, build_library, save_library
+    from ..recordings import read_episodes
+
+    arch = load_archetype(args, args.archetype)
+    episodes, summary = read_episodes(args.logs, archetypes=[arch.name])
+    players = {player: eps for (_, player), eps in episodes.items()}
+    config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, seed=args.seed)
+    library, _ = build_library(arch, players, config)
+    path = save_library(library, Path(args.out) if args.out else arch.directory / LIBRARY_NAME)
+    print(f"{arch.name}: {library.cohorts} cohorts from {library.meta['players']} recorded players "
+          f"({summary.episodes} episodes; sizes {library.meta['cohort_sizes']}), bound to version {arch.base_hash}; "
+          f"wrote {path}")
+    return 0
+
+
 def add_train(sub) -> None:
     p = sub.add_parser("train", help="train archetype bases and per-player adapters")
     tsub = p.add_subparsers(dest="train_cmd", required=True)
@@ -100,6 +116,15 @@ def add_train(sub) -> None:
     add_archetypes_argument(ad)
     ad.add_argument("--quiet", action="store_true")
     ad.set_defaults(func=_cmd_train_adapters)
+    lib = tsub.add_parser("library", help="build an archetype's population prior (player cohorts) from recorded sessions")
+    lib.add_argument("--archetype", required=True, help="archetype name")
+    lib.add_argument("--logs", required=True, help="interaction log directory (DATA/logs)")
+    lib.add_argument("--cohorts", type=int, default=10, help="cohorts (K) to cluster the players into")
+    lib.add_argument("--gamma", type=float, default=0.0, help="discount of the reward-to-go target (sequential games)")
+    lib.add_argument("--out", help="where to write it (default: the archetype's directory)")
+    lib.add_argument("--seed", type=int, default=0)
+    add_archetypes_argument(lib)
+    lib.set_defaults(func=_cmd_train_library)
     base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")
     base.add_argument("--archetype", required=True, help="archetype name")
     base.add_argument("--env", help="gymnasium id or module:Class (default: the archetype's env)")
