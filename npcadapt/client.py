@@ -1,8 +1,9 @@
 """Python clients for the bridge: blocking (:class:`Client`) and asyncio (:class:`AsyncClient`).
 
 Both speak plain MessagePack-RPC through :class:`npcadapt.protocol.RpcConnection`, send
-observations as float32 binary, and raise :class:`RemoteError` with the server's code and
-message when a call fails.
+observations as float32 binary, and raise :class:`~npcadapt.errors.RemoteError` with the
+server's code and message when a call fails; :class:`~npcadapt.errors.OverloadedError`
+(``retryable = True``) when the server shed it (code 6, OVERLOADED).
 """
 
 from __future__ import annotations
@@ -13,17 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import NpcAdaptError, ProtocolError
-from .protocol import Limits, Response, RpcConnection
+from .errors import OverloadedError, ProtocolError, RemoteError
+from .protocol import OVERLOADED, Limits, Response, RpcConnection
 
-
-class RemoteError(NpcAdaptError):
-    """The server answered a call with an error ``[code, message]``."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(f"[{code}] {message}")
-        self.code = code
-        self.message = message
+__all__ = ["AsyncClient", "Client", "OverloadedError", "RemoteError"]
 
 
 def _obs(obs: Any) -> bytes:
@@ -33,7 +27,7 @@ def _obs(obs: Any) -> bytes:
 def _result(resp: Response) -> Any:
     if resp.error is not None:
         code, message = (resp.error + [None, None])[:2] if isinstance(resp.error, list) else (0, str(resp.error))
-        raise RemoteError(code, str(message))
+        raise (OverloadedError if code == OVERLOADED else RemoteError)(code, str(message))
     return resp.result
 
 

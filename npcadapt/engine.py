@@ -4,6 +4,11 @@ One :class:`Engine` owns a data directory (adapter store, later the interaction 
 the loaded archetypes and one adapter bank per archetype. ``act_batch`` answers N rows
 from many players with one forward pass in which every row uses its own player's
 adapter; rows of players without an adapter get the base policy exactly.
+
+No disk I/O under a bank's lock (which every forward holds): adapters leaving the bank
+and those written by ``flush`` go to a :class:`~npcadapt.writeback.WriteBehind` queue
+written by its own thread, and cold loads read (the queue first, then the store) before
+the lock is taken.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import numpy as np
 import torch
 
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
-from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError
+from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError, StoreError
 from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
 from .lora.numpy_forward import NumpyForward
 from .policy import ActorCritic, masked_log_probs
@@ -30,8 +35,13 @@ from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
 from .sampling import ExpNoise, decide, log_probs
 from .store import AdapterStore
 from .types import AdapterInfo, BatchDecision, Decision
+from .writeback import WriteBehind
 
 log = logging.getLogger(__name__)
+
+CLOSE_FLUSH_TIMEOUT = 60.0  # seconds close() waits for the adapter writer (a stalled disk must not hang shutdown)
+
+_READ_TRIES = 3  # prefetches before a lookup may read under the lock (a read raced an eviction)
 
 
 @dataclass
@@ -76,6 +86,8 @@ class Engine:
         self.device = _resolve_device(device)
         self.adapter_dtype = adapter_dtype
         self.store = AdapterStore(self.data_dir)
+        self.writeback = WriteBehind(lambda key, flat, meta: self._save_adapter(key[0], key[1], flat, meta))
+        self._deleting: set[tuple[str, str]] = set()  # (archetype, player) being reset: load as absent
         self.compile = compile
         dirs = [BUILTIN_DIR] if archetype_dirs is None else list(archetype_dirs)
         self._runtimes: dict[str, ArchetypeRuntime] = {}
@@ -97,13 +109,20 @@ class Engine:
             layout,
             capacity,
             loader=lambda player, n=arch.name: self._load_adapter(n, player),
-            writeback=lambda player, flat, meta, n=arch.name: self._save_adapter(n, player, flat, meta),
+            writeback=lambda player, flat, meta, n=arch.name: self.writeback.submit((n, player), flat, meta),
             dtype=DTYPES[self.adapter_dtype],
             device=self.device,
         )
         return ArchetypeRuntime(arch, policy, layout, bank, spec, fast)
 
     def _load_adapter(self, archetype: str, player: str) -> tuple[torch.Tensor, AdapterMeta] | None:
+        """The newest version: a write still pending, else the file (None while being reset)."""
+        key = (archetype, player)
+        if key in self._deleting:
+            return None
+        pending = self.writeback.pending(key)
+        if pending is not None:
+            return pending
         rt = self._runtimes[archetype]
         try:
             loaded = self.store.load(rt.adapter_spec, player)
@@ -121,7 +140,9 @@ class Engine:
         return rt.layout.pack(tensors, torch.float32), meta
 
     def _save_adapter(self, archetype: str, player: str, flat: torch.Tensor, meta: AdapterMeta) -> None:
-        self.store.save(self._named(archetype, flat.to(DTYPES[meta.dtype])), meta)
+        """Write one adapter file (on the write-back thread)."""
+        layout = self._runtimes[archetype].layout
+        self.store.save({k: v.clone() for k, v in layout.unpack(flat.to(DTYPES[meta.dtype])).items()}, meta)
 
     # -- lookups ------------------------------------------------------------------
     @property
@@ -176,10 +197,12 @@ class Engine:
         obs_a = self._check_obs(obs, n, spec.obs_dim)  # (N, D)
         mask_a = self._check_masks(masks, n, spec.n_actions)  # (N, A) or None
         greedy_a = self._check_greedy(greedy, n)  # (N,) or None
-        with rt.bank.lock:  # no other thread may evict a slot between lookup and forward
-            slots = self._slots(rt.bank, players)
+        slots = self._lock_slots(rt.bank, players)  # no other thread may evict a slot between lookup and forward
+        try:
             logits, value = self._logits(rt, slots, obs_a)  # (N, A), (N,)
             versions = rt.bank.versions(slots)
+        finally:
+            rt.bank.lock.release()
         _check_logits(logits)
         with self._rng_lock:
             action, logp, entropy = decide(logits, mask_a, greedy_a, self._noise)
@@ -203,18 +226,39 @@ class Engine:
         spec = rt.archetype.spec
         obs_a = self._check_obs(obs, len(players), spec.obs_dim)
         mask_a = self._check_masks(masks, len(players), spec.n_actions)
-        with rt.bank.lock:
-            slots = np.zeros(len(players), np.int64) if base else self._slots(rt.bank, players)
+        if base:
+            rt.bank.lock.acquire()
+            slots = np.zeros(len(players), np.int64)
+        else:
+            slots = self._lock_slots(rt.bank, players)
+        try:
             logits, _ = self._logits(rt, slots, obs_a)
+        finally:
+            rt.bank.lock.release()
         _check_logits(logits)
         return np.ascontiguousarray(log_probs(logits, mask_a)[1].T)
 
-    def _slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
-        """Slots for a batch. Ids are validated where they are first seen: the store's loader."""
+    def _lock_slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
+        """Slots for a batch, returned with `bank.lock` held (the caller releases it). Stored
+        adapters of players the bank does not hold are read before the lock is taken. Ids are
+        validated where they are first seen: the store's loader."""
         if isinstance(players, (str, bytes)):
             raise InvalidInputError("players must be a sequence of player ids, not a single string")
         try:
-            return bank.lookup(players)
+            for attempt in range(_READ_TRIES):
+                pre = bank.prefetch(players)
+                bank.lock.acquire()
+                try:
+                    slots = bank.lookup(players, pre, may_load=attempt == _READ_TRIES - 1)
+                except BaseException:
+                    bank.lock.release()
+                    raise
+                finally:
+                    bank.release(pre)
+                if slots is not None:
+                    return slots
+                bank.lock.release()
+            raise AssertionError("unreachable: the last try may load")
         except TypeError:  # an unhashable id: name it
             for p in players:
                 validate_player_id(p)
@@ -341,9 +385,11 @@ class Engine:
         """The player's current packed adapter (P,) as an fp32 copy, or None if they have none."""
         rt = self.runtime(archetype)
         validate_player_id(player)
-        with rt.bank.lock:
-            rt.bank.lookup([player])
+        self._lock_slots(rt.bank, [player])
+        try:
             got = rt.bank.get(player)
+        finally:
+            rt.bank.lock.release()
         return None if got is None else got[0]
 
     def get_adapter(self, archetype: str, player: str) -> dict[str, torch.Tensor] | None:
@@ -384,23 +430,31 @@ class Engine:
         if not (finite.all() or skip_non_finite):
             raise InvalidInputError(f"adapter for player {players[int(np.argmin(finite))]!r} has non-finite values")
         metas: list[AdapterMeta | None] = [None] * len(players)
-        with rt.bank.lock:
-            now = time.time()
-            for i in np.flatnonzero(finite):
-                player, flat = players[i], flats[i]
-                rt.bank.lookup([player])  # one at a time: more players than the bank holds still fit
-                old = rt.bank.meta(player)
-                if old is None:
-                    meta = AdapterMeta(
-                        archetype=archetype, player=player, base_hash=rt.archetype.base_hash,
-                        rank=rt.layout.rank, alpha=float(rt.archetype.spec.lora.alpha),
-                        rslora=rt.archetype.spec.lora.rslora, version=1, updates=updates,
-                        created=now, updated=now, dtype=self.adapter_dtype,
-                    )
-                else:
-                    meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
-                rt.bank.put(player, flat, meta)
-                metas[i] = meta
+        chosen = np.flatnonzero(finite)
+        pre = rt.bank.prefetch([players[i] for i in chosen])  # the stored versions, read before the lock
+        try:
+            with rt.bank.lock:
+                now = time.time()
+                held = {players[i]: rt.bank.meta(players[i]) for i in chosen}  # before this loop evicts any
+                for i in chosen:
+                    player, flat = players[i], flats[i]
+                    old = rt.bank.meta(player) or held[player]
+                    if old is None:  # not resident: its stored version, one at a time (more players than the bank holds fit)
+                        rt.bank.lookup([player], pre)
+                        old = rt.bank.meta(player)
+                    if old is None:
+                        meta = AdapterMeta(
+                            archetype=archetype, player=player, base_hash=rt.archetype.base_hash,
+                            rank=rt.layout.rank, alpha=float(rt.archetype.spec.lora.alpha),
+                            rslora=rt.archetype.spec.lora.rslora, version=1, updates=updates,
+                            created=now, updated=now, dtype=self.adapter_dtype,
+                        )
+                    else:
+                        meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
+                    rt.bank.put(player, flat, meta)
+                    metas[i] = held[player] = meta
+        finally:
+            rt.bank.release(pre)
         return metas
 
     def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
@@ -410,6 +464,9 @@ class Engine:
         meta = rt.bank.meta(player)
         if meta is not None:
             return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
+        pending = self.writeback.pending((archetype, player))
+        if pending is not None:
+            return self._info(pending[1], resident=False, stored=self.store.path_for(archetype, player).exists())
         meta = self.store.read_meta(archetype, player)
         return None if meta is None else self._info(meta, resident=False, stored=True)
 
@@ -425,28 +482,46 @@ class Engine:
         """Erase a player's adapter (memory and file): they get the base policy again."""
         rt = self.runtime(archetype)
         validate_player_id(player)
-        with rt.bank.lock:
+        key = (archetype, player)
+        self._deleting.add(key)  # loads see no adapter until the file is gone
+        try:
             removed = rt.bank.remove(player)
-            deleted = self.store.delete(archetype, player)
-        return removed or deleted
+            pending = self.writeback.discard(key)  # and waits for a write of it in progress
+            deleted = self.store.delete(archetype, player)  # not under the bank lock
+        finally:
+            self._deleting.discard(key)
+        return removed or pending or deleted
 
-    def flush(self) -> int:
-        """Persist every changed resident adapter; returns how many were written."""
+    def flush(self, timeout: float | None = None) -> int:
+        """Persist every changed adapter (resident, or waiting for the write-back thread);
+        returns how many were written. Raises StoreError if a write failed, or is not done
+        within `timeout` seconds."""
         self._check_open()
-        written = 0
-        for name, rt in self._runtimes.items():
-            for player, flat, meta in rt.bank.dirty():
-                self._save_adapter(name, player, flat, meta)
-                rt.bank.mark_clean(player, meta)
-                written += 1
-        return written
+        for rt in self._runtimes.values():
+            rt.bank.write_back_dirty()
+        return self.writeback.flush(timeout)
 
-    def close(self) -> None:
-        """Flush and release; further calls raise. Idempotent."""
+    def stats(self) -> dict:
+        """Counters: decisions, batches, quarantined and stale adapters, cold loads under a
+        lock, and the write-back queue's."""
+        locked = sum(rt.bank.locked_loads for rt in self._runtimes.values())
+        return {**self.counters, "locked_loads": locked, **self.writeback.stats()}
+
+    def close(self, timeout: float = CLOSE_FLUSH_TIMEOUT) -> None:
+        """Flush (waiting at most `timeout` seconds for the writer) and release; further
+        calls raise. Idempotent. If the flush fails, the adapters that never reached the
+        disk are named in the error log and the StoreError is raised."""
         if self._closed:
             return
-        self.flush()
-        self._closed = True
+        try:
+            self.flush(timeout)
+        except StoreError:
+            lost = [f"{archetype}/{player}" for archetype, player in self.writeback.pending_keys()]
+            log.error("closing with %d adapter(s) not written to disk (lost): %s", len(lost), lost)
+            raise
+        finally:
+            self.writeback.close()
+            self._closed = True
 
     def __enter__(self) -> "Engine":
         return self

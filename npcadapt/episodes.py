@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,17 +92,29 @@ class _Steps:
 
 
 class EpisodeTracker:
-    """Open episodes per (player, npc); completed ones per (archetype, player)."""
+    """Open episodes per (player, npc); completed ones per (archetype, player).
 
-    def __init__(self, max_open_steps: int = 4096):
+    Completed episodes wait (for the trainer, or for their player to complete enough of
+    them) holding at most `max_done_steps` steps in all: an episode completing past that
+    bound discards the oldest completed episodes, of any player, until it fits (one longer
+    than the bound by itself is discarded at once), counted in ``dropped_episodes``. Oldest
+    first, so a player who never completes enough episodes for an update does not hold
+    the bound forever; feedback itself is never refused for it.
+    """
+
+    def __init__(self, max_open_steps: int = 4096, max_done_steps: int | None = None):
         # An NPC whose episode never ends keeps its newest steps only: each step refers to the
         # whole decision batch it came from, so this also bounds the batches it keeps alive
         # (copying out each episode's own rows instead cost 0.6 us per decided row).
         self.max_open_steps = max_open_steps
+        self.max_done_steps = max_done_steps  # None: unbounded
         self._open: dict[tuple[str, str], _Steps] = {}
         self._done: dict[tuple[str, str], list[tuple[str, _Steps]]] = defaultdict(list)  # -> [(npc, steps)]
+        self._order: OrderedDict[int, tuple[str, str]] = OrderedDict()  # id(steps) -> key, oldest first
         self._lock = threading.RLock()  # feedback_batch holds it across feedback calls
         self.dropped_steps = 0
+        self.dropped_episodes = 0  # completed episodes discarded past max_done_steps
+        self.done_steps = 0  # steps of completed episodes held (not yet taken by the trainer)
 
     def record(self, archetype: str, players, npcs, obs: np.ndarray, masks, actions, logps, values, decisions) -> None:
         """Append one step per row to that (player, npc)'s open episode."""
@@ -141,8 +153,28 @@ class EpisodeTracker:
                 ep.rewards[last] = ep.rewards.get(last, 0.0) + float(reward)
                 if done:
                     del self._open[(player, npc)]
-                    self._done[(ep.archetype, player)].append((npc, ep))
+                    self._complete((ep.archetype, player), npc, ep)
             return refused
+
+    def _complete(self, key: tuple[str, str], npc: str, ep: _Steps) -> None:
+        """File a completed episode, then discard the oldest ones past `max_done_steps`."""
+        self._done[key].append((npc, ep))
+        self._order[id(ep)] = key
+        self.done_steps += len(ep.rows)
+        bound = self.max_done_steps
+        while bound is not None and self.done_steps > bound:
+            _, old_key = self._order.popitem(last=False)
+            eps = self._done[old_key]  # a key's episodes complete in order: its oldest is first
+            _, old = eps.pop(0)
+            if not eps:
+                del self._done[old_key]
+            self.done_steps -= len(old.rows)
+            self.dropped_episodes += 1
+
+    def _forget(self, eps) -> None:
+        for _, steps in eps:
+            self._order.pop(id(steps), None)
+            self.done_steps -= len(steps.rows)
 
     def refused(self, players, npcs, dones) -> list[int]:
         """Indices of feedback rows with no decision to attach to, taken in order: a row
@@ -172,12 +204,14 @@ class EpisodeTracker:
         """Remove and return the completed episodes of `keys`."""
         with self._lock:
             taken = {k: self._done.pop(k) for k in keys if k in self._done}
+            for eps in taken.values():
+                self._forget(eps)
         return {k: [steps.episode(k[1], npc) for npc, steps in eps] for k, eps in taken.items()}
 
     def forget_player(self, archetype: str, player: str) -> None:
         """Drop everything tracked for one player of one archetype (used by reset)."""
         with self._lock:
-            self._done.pop((archetype, player), None)
+            self._forget(self._done.pop((archetype, player), ()))
             for key in [k for k, ep in self._open.items() if k[0] == player and ep.archetype == archetype]:
                 del self._open[key]
 

@@ -45,3 +45,21 @@ class LogCorruptionError(LogError):
 
 class ProtocolError(NpcAdaptError):
     """Bytes on a bridge connection that are not valid MessagePack-RPC."""
+
+
+class RemoteError(NpcAdaptError):
+    """A bridge server answered a call with an error ``[code, message]`` (see docs/protocol.md)."""
+
+    retryable = False  # whether the same call may succeed if sent again later, unchanged
+
+    def __init__(self, code: int, message: str):
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+class OverloadedError(RemoteError):
+    """OVERLOADED (code 6): the server refused the call at once to shed load and did nothing;
+    send it again later (back off)."""
+
+    retryable = True

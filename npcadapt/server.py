@@ -7,6 +7,15 @@ loop (or after ``batch_wait``; with one client connected, at the end of the read
 brought them), with one socket write per connection per forward; a run of feedback
 notifications from one read is applied as one batch, after the decisions of any act
 rows that came before it on the same connection.
+
+Memory: each connection's pending input is bounded by the protocol limits (and by
+``pre_auth_max_bytes`` before it authenticates, output included); the input pending across
+all connections by ``input_budget_bytes`` (:class:`InputBudget`). Load: past
+``max_queued_rows`` decision rows waiting for a forward, new act/act_batch requests get
+OVERLOADED. Feedback is never refused (it is O(1), and a lost ``done`` would merge two
+episodes): past ``max_pending_feedback`` steps of completed episodes held for the trainer,
+the oldest completed episodes are discarded (``dropped_episodes``).
+``flush`` runs in a worker thread, so its disk writes never stall the event loop.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import os
 import signal
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -23,11 +34,14 @@ from typing import Callable
 
 import numpy as np
 
+from .coalesce import Coalesced
 from .errors import InvalidInputError, NpcAdaptError, ProtocolError
+from .input_budget import InputBudget
 from .protocol import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
+    OVERLOADED,
     UNAUTHORIZED,
     InvalidMessage,
     Limits,
@@ -42,6 +56,17 @@ from .service import ROUND_PLAYERS, Service
 log = logging.getLogger(__name__)
 
 MAX_AUTH_FAILURES = 3  # wrong tokens before the connection is closed
+INPUT_BUDGET_CAP = 256 * 2**20  # the default input budget: this, or 1/8 of the RAM if less
+
+
+def default_input_budget() -> int:
+    """min(256 MiB, 1/8 of physical memory), and at least one message of the default limits
+    (counted twice: see :class:`~npcadapt.input_budget.InputBudget`)."""
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        ram = 8 * INPUT_BUDGET_CAP
+    return max(min(INPUT_BUDGET_CAP, ram // 8), 2 * Limits().max_buffer_size)
 
 
 @dataclass(frozen=True)
@@ -61,12 +86,57 @@ class ServerConfig:
     train_round_players: int = ROUND_PLAYERS  # players per background update round
     flush_interval: float = 1.0  # seconds between interaction-log flushes (what a kill -9 can lose)
     busy_poll: float = 0.0  # seconds the event loop keeps polling, not sleeping, after bytes arrive; 0 = off
+    pre_auth_max_bytes: int = 64 * 1024  # with a token: one message, and replies queued, before auth
+    input_budget_bytes: int = field(default_factory=default_input_budget)  # pending input, all connections
+    budget_max_pause: float = 10.0  # seconds a connection may stay paused by the budget before the largest is closed
+    max_queued_rows: int = 65_536  # act rows waiting for a forward; past it act/act_batch get OVERLOADED
+    max_pending_feedback: int = 1_000_000  # completed-episode steps held for the trainer; past it the oldest are discarded
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
             raise NpcAdaptError(f"refusing to bind {self.host!r} without --token: only loopback may be served unauthenticated")
         if not 0.0 <= self.busy_poll <= 1.0:
             raise InvalidInputError(f"busy_poll must be between 0 and 1 second, got {self.busy_poll!r}")
+        if type(self.port) is not int or not 0 <= self.port <= 65535:
+            raise InvalidInputError(f"port must be an int between 0 and 65535, got {self.port!r}")
+        for name in ("max_connections", "max_output_buffer", "max_batch", "train_round_players",
+                     "pre_auth_max_bytes", "input_budget_bytes", "max_queued_rows", "max_pending_feedback"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 1:
+                raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+        for name in ("idle_timeout", "train_interval", "flush_interval", "budget_max_pause"):
+            if not getattr(self, name) > 0:
+                raise InvalidInputError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
+        if not self.batch_wait >= 0:
+            raise InvalidInputError(f"batch_wait must be >= 0 seconds, got {self.batch_wait!r}")
+        if self.pre_auth_max_bytes > self.limits.max_buffer_size:
+            raise InvalidInputError(f"pre_auth_max_bytes ({self.pre_auth_max_bytes}) must not exceed "
+                                    f"limits.max_buffer_size ({self.limits.max_buffer_size})")
+        if self.input_budget_bytes < 2 * self.limits.max_buffer_size:
+            raise InvalidInputError(f"input_budget_bytes ({self.input_budget_bytes} bytes) must hold at least one "
+                                    f"message of limits.max_buffer_size ({self.limits.max_buffer_size} bytes), "
+                                    f"counted twice (the buffer and msgpack's scanner)")
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a busy port or a bad address is a one-line
+    NpcAdaptError before anything else (the trainer process) has started."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise NpcAdaptError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        if os.name == "posix":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio does
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NpcAdaptError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
 
 
 def is_loopback(host: str) -> bool:
@@ -83,15 +153,23 @@ class Stats:
 
     def __init__(self, window: int = 10_000):
         self.counters = {"connections": 0, "connections_total": 0, "connections_refused": 0, "requests": 0,
-                         "notifications": 0, "errors": 0, "protocol_errors": 0, "auth_failures": 0}
+                         "notifications": 0, "errors": 0, "protocol_errors": 0, "auth_failures": 0,
+                         "overloaded": 0, "budget_pauses": 0, "budget_shed": 0,
+                         "log_flush_errors": 0}
+        self.errors_by_code: dict[int, int] = {}  # error replies sent, by code
         self.latency = deque(maxlen=window)  # seconds, act/act_batch request -> response
         self.batch_sizes = deque(maxlen=window)
+
+    def error(self, code: int) -> None:
+        self.counters["errors"] += 1
+        self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
 
     def snapshot(self) -> dict:
         lat = np.asarray(self.latency) * 1e3
         sizes = np.asarray(self.batch_sizes)
         pct = {f"act_p{q}_ms": round(float(np.percentile(lat, q)), 4) if lat.size else None for q in (50, 90, 99)}
         return {**self.counters, **pct,
+                "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
                 "batch_size_mean": round(float(sizes.mean()), 2) if sizes.size else None,
                 "batch_size_max": int(sizes.max()) if sizes.size else None}
 
@@ -117,11 +195,13 @@ class MicroBatcher:
         self._queues: dict[str, list[Pending]] = {}
         self._sizes: dict[str, int] = {}
         self._scheduled: set[str] = set()  # archetypes with a flush on the loop
+        self.queued_rows = 0  # rows of every archetype waiting for a forward
 
     def submit(self, archetype: str, pending: Pending) -> None:
         """Queue a request's rows (answered by :meth:`end_read`'s choice, or at `max_batch` rows)."""
         self._queues.setdefault(archetype, []).append(pending)
         pending[0].queued += 1
+        self.queued_rows += len(pending[4])
         size = self._sizes[archetype] = self._sizes.get(archetype, 0) + len(pending[4])
         if size >= self.config.max_batch:
             self.flush(archetype)
@@ -146,7 +226,7 @@ class MicroBatcher:
     def flush(self, archetype: str) -> None:
         self._scheduled.discard(archetype)
         queue = self._queues.pop(archetype, None)
-        self._sizes.pop(archetype, None)
+        self.queued_rows -= self._sizes.pop(archetype, 0)
         if queue:
             self._run(archetype, queue)
 
@@ -194,13 +274,17 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, bridge: "Bridge"):
         self.bridge = bridge
-        self.rpc = RpcConnection(bridge.config.limits)
+        config = bridge.config
+        self.rpc = RpcConnection(config.limits)
         self.transport: asyncio.Transport | None = None
-        self.authenticated = bridge.config.token is None
+        self.authenticated = config.token is None
+        if not self.authenticated:  # small until auth: a stranger cannot hold much memory
+            self.rpc.cap_message_size(config.pre_auth_max_bytes, "pre_auth_max_bytes")
         self.last_activity = time.monotonic()
         self.open = False
         self.auth_failures = 0
         self.queued = 0  # act requests queued in the batcher, not yet answered
+        self.held = 0  # pending input bytes counted in the bridge's InputBudget
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -220,6 +304,7 @@ class Connection(asyncio.Protocol):
             self.open = False
             self.bridge.stats.counters["connections"] -= 1
             self.bridge.connections.discard(self)
+            self.bridge.budget.closed(self)
 
     def data_received(self, data: bytes) -> None:
         bridge = self.bridge
@@ -231,6 +316,8 @@ class Connection(asyncio.Protocol):
         finally:
             # with one client connected there is nobody to batch with: answer this read's rows now
             bridge.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
+            if self.open and (self.held or self.rpc.buffered):
+                bridge.budget.update(self)
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -285,7 +372,7 @@ class Connection(asyncio.Protocol):
             else:
                 stats["notifications"] += 1
         elif isinstance(event, InvalidMessage) and event.msgid is not None:
-            stats["errors"] += 1
+            self.bridge.stats.error(event.error[0])
             self.send(self.rpc.response(event.msgid, event.error, None))
 
     def _request(self, req: Request) -> None:
@@ -301,11 +388,20 @@ class Connection(asyncio.Protocol):
             if method == "act" or method == "act_batch":
                 single = method == "act"
                 archetype, block = (methods.parse_act if single else methods.parse_act_batch)(req.params)
-                self.bridge.batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block))
+                batcher, limit = self.bridge.batcher, self.bridge.config.max_queued_rows
+                if batcher.queued_rows and batcher.queued_rows + len(block) > limit:
+                    self.overloaded(req.msgid, f"{batcher.queued_rows} decision rows are waiting for a forward "
+                                               f"(max_queued_rows={limit}); retry later")
+                    return
+                batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block))
             elif req.method == "stats":
                 self.send(self.rpc.response(req.msgid, None, self.bridge.stats_snapshot()))
             elif req.method == "auth":
                 self.send(self.rpc.response(req.msgid, None, True))
+            elif method == "flush":
+                self._flush(req)
+            elif method == "reset_player":  # deletes a file: off the event loop too
+                self._in_worker(req, lambda: methods.direct["reset_player"](req.params))
             elif req.method in methods.direct:
                 self.send(self.rpc.response(req.msgid, None, methods.direct[req.method](req.params)))
             else:
@@ -316,10 +412,39 @@ class Connection(asyncio.Protocol):
             log.exception("internal error in %s", req.method)
             self.error(req.msgid, INTERNAL_ERROR, f"internal error in {req.method}: {type(exc).__name__}: {exc}")
 
+    def _flush(self, req: Request) -> None:
+        """flush() in a worker thread (disk writes and fsyncs); the reply comes when it is done.
+        Pipelined flushes share runs (:class:`~npcadapt.coalesce.Coalesced`)."""
+        if req.params:
+            raise InvalidInputError(f"flush takes 0 params, got {len(req.params)}")
+        self._in_worker(req, self.bridge.flusher)
+
+    def _in_worker(self, req: Request, call: Callable[[], object]) -> None:
+        """Answer `req` with `call()` run in a worker thread (`call` returns a future itself
+        when it is a :class:`Coalesced`). This connection's act rows still queued are
+        decided first, so the call covers them; its reply may follow replies to later requests."""
+        if self.queued:
+            self.bridge.batcher.flush_all()
+        done = call() if isinstance(call, Coalesced) else asyncio.get_running_loop().run_in_executor(None, call)
+        done.add_done_callback(lambda fut: self._flushed(req.msgid, fut, req.method))
+
+    def _flushed(self, msgid: int, fut: asyncio.Future, method: str) -> None:
+        if fut.cancelled():  # shutting down
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.send(self.rpc.response(msgid, None, fut.result()))
+        elif isinstance(exc, NpcAdaptError):
+            self.error(msgid, error_code(exc), str(exc))
+        else:
+            log.error("internal error in %s: %r", method, exc)
+            self.error(msgid, INTERNAL_ERROR, f"internal error in {method}: {type(exc).__name__}: {exc}")
+
     def _auth(self, req: Request) -> None:
         token = req.params[0] if len(req.params) == 1 else None
         if isinstance(token, str) and hmac.compare_digest(token.encode(), self.bridge.config.token.encode()):
             self.authenticated = True
+            self.rpc.cap_message_size(None)
             self.send(self.rpc.response(req.msgid, None, True))
             return
         self.auth_failures += 1
@@ -331,16 +456,22 @@ class Connection(asyncio.Protocol):
 
     # -- output -----------------------------------------------------------------------
     def error(self, msgid: int, code: int, message: str) -> None:
-        self.bridge.stats.counters["errors"] += 1
+        self.bridge.stats.error(code)
         self.send(self.rpc.error_response(msgid, code, message))
+
+    def overloaded(self, msgid: int, message: str) -> None:
+        """OVERLOADED: refused at once, nothing queued; the client may retry."""
+        self.bridge.stats.counters["overloaded"] += 1
+        self.error(msgid, OVERLOADED, message)
 
     def send(self, data: bytes) -> None:
         if not self.open:
             return
         self.transport.write(data)
-        if self.transport.get_write_buffer_size() > self.bridge.config.max_output_buffer:
-            log.info("closing a client that does not read its responses (output buffer over %d bytes)",
-                     self.bridge.config.max_output_buffer)
+        config = self.bridge.config
+        cap = config.max_output_buffer if self.authenticated else config.pre_auth_max_bytes
+        if self.transport.get_write_buffer_size() > cap:
+            log.info("closing a client that does not read its responses (output buffer over %d bytes)", cap)
             self.transport.abort()
             self.connection_lost(None)
 
@@ -358,8 +489,12 @@ class Bridge:
         self.config = config
         self.methods = Methods(service)
         self.method_names = sorted({*self.methods.direct, "act", "act_batch", "stats", "auth"})
+        service.limit_pending_feedback(config.max_pending_feedback)
+        self.flusher = Coalesced(lambda: service.flush())  # one flush running, at most one more waiting
         self.stats = Stats()
         self.connections: set[Connection] = set()
+        self.budget = InputBudget(config.input_budget_bytes, self.stats.counters, self.connections,
+                                  config.budget_max_pause)
         self.batcher: MicroBatcher | None = None
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
@@ -369,11 +504,15 @@ class Bridge:
         self._polling = False
         self.port: int | None = None
 
-    async def start(self) -> int:
-        """Listen; returns the bound port. Online training runs in a background thread."""
+    async def start(self, sock: socket.socket | None = None) -> int:
+        """Listen (on `sock` when given, bound by :func:`bind_listener`); returns the bound
+        port. Online training runs in a background thread."""
         loop = self._loop = asyncio.get_running_loop()
         self.batcher = MicroBatcher(loop, self.methods, self.config, self.stats)
-        self._server = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port)
+        if sock is not None:
+            self._server = await loop.create_server(lambda: Connection(self), sock=sock)
+        else:
+            self._server = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._reaper = loop.create_task(self._reap_idle())
         self._flusher = loop.create_task(self._flush_log())
@@ -399,13 +538,18 @@ class Bridge:
             self._polling = False
 
     async def _reap_idle(self) -> None:
-        period = max(min(self.config.idle_timeout / 4, 5.0), 0.01)
+        """Close idle connections, paused ones included (a paused transport never sees its
+        peer's EOF), and let the input budget resume or shed paused connections."""
+        config = self.config
+        period = max(min(config.idle_timeout / 4, config.budget_max_pause / 4, 5.0), 0.01)
         while True:
             await asyncio.sleep(period)
-            cutoff = time.monotonic() - self.config.idle_timeout
+            now = time.monotonic()
+            cutoff = now - config.idle_timeout
             for conn in [c for c in self.connections if c.last_activity < cutoff]:
                 log.info("closing an idle connection")
                 conn.close()
+            self.budget.tick(now)
 
     async def _flush_log(self) -> None:
         """Flush the interaction log every `flush_interval` in a worker thread: the write and
@@ -418,12 +562,14 @@ class Bridge:
                 try:
                     await loop.run_in_executor(None, self.service.log.flush)
                 except NpcAdaptError as exc:  # e.g. disk full: keep serving, keep the records buffered
+                    self.stats.counters["log_flush_errors"] += 1
                     log.error("interaction log flush failed: %s", exc)
                 except Exception:  # a bug must not stop every later flush
                     log.exception("interaction log flush failed")
 
     def stats_snapshot(self) -> dict:
-        return {**self.stats.snapshot(), **self.service.stats()}
+        return {**self.stats.snapshot(), **self.budget.snapshot(), "queued_rows": self.batcher.queued_rows,
+                **self.service.stats()}
 
     async def stop(self) -> None:
         """Stop accepting, close connections, flush the log and changed adapters."""
@@ -439,20 +585,24 @@ class Bridge:
         self.service.close()  # stops the background trainer
 
 
-def serve(service: Service, config: ServerConfig, *, ready: Callable[[int], None] | None = None) -> None:
-    """Run the bridge until SIGINT or SIGTERM; both flush everything before returning."""
+def serve(service: Service, config: ServerConfig, *, ready: Callable[[int], None] | None = None,
+          sock: socket.socket | None = None) -> None:
+    """Run the bridge until SIGINT or SIGTERM; both flush everything before returning. The
+    service is closed however this ends."""
 
     async def main() -> None:
         bridge = Bridge(service, config)
-        port = await bridge.start()
-        if ready:
-            ready(port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down: flushing the interaction log and changed adapters")
-        await bridge.stop()
+        try:
+            port = await bridge.start(sock)
+            if ready:
+                ready(port)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            log.info("shutting down: flushing the interaction log and changed adapters")
+        finally:
+            await bridge.stop()
 
     asyncio.run(main())

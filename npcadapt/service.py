@@ -295,10 +295,21 @@ class Service:
         """Players (per archetype) with enough completed episodes for an update, not yet taken."""
         return len(self.tracker.ready(self.online.episodes_per_update)) if self.online else 0
 
+    def pending_feedback(self) -> int:
+        """Steps of completed episodes waiting for the online trainer (0 without training)."""
+        return self.tracker.done_steps if self.online else 0
+
+    def limit_pending_feedback(self, steps: int | None) -> None:
+        """Hold at most `steps` steps of completed episodes: past it the oldest are discarded
+        (``dropped_episodes``); feedback itself is never refused. None: unbounded."""
+        self.tracker.max_done_steps = steps
+
     def stats(self) -> dict:
-        return {**self.engine.counters, **self.counters, "open_episodes": self.tracker.open_count(),
-                "ready_players": self.ready_players(),
-                "trainer_ready": None if self.trainer is None else self.trainer.ready}
+        return {**self.engine.stats(), **self.counters, "open_episodes": self.tracker.open_count(),
+                "ready_players": self.ready_players(), "pending_feedback": self.pending_feedback(),
+                "dropped_episodes": self.tracker.dropped_episodes,
+                "trainer_ready": None if self.trainer is None else self.trainer.ready,
+                "trainer_restarts": getattr(self.trainer, "restarts", 0)}
 
     def flush(self) -> int:
         """Persist changed adapters and the interaction log."""

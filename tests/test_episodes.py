@@ -112,3 +112,43 @@ def test_ready_lists_players_in_the_order_they_became_ready_up_to_a_limit():
     assert tracker.ready(2) == [("arch", "c"), ("arch", "a"), ("arch", "b")]
     assert tracker.ready(2, limit=2) == [("arch", "c"), ("arch", "a")]
     assert tracker.ready(1, limit=10)[-1] == ("arch", "d")
+
+
+def _play(tracker: EpisodeTracker, player: str, steps: int, reward: float = 1.0) -> None:
+    """One episode of `steps` decisions, each rewarded, the last one `done`."""
+    for k in range(steps):
+        tracker.record("arch", [player], ["n"], np.zeros((1, 2), np.float32), None, [0], [0.0], [0.0], [k])
+        tracker.feedback(player, "n", reward, k == steps - 1)
+
+
+def test_past_max_done_steps_the_oldest_completed_episodes_are_discarded_and_the_count_drains():
+    """Players who never complete enough episodes for an update cannot pin the bound:
+    the oldest completed episodes go first, the newest is kept whole, nothing is merged."""
+    tracker = EpisodeTracker(max_done_steps=10)
+    for player in ("stale1", "stale2", "stale3"):  # 3-step episodes that never become ready (say 4 needed)
+        _play(tracker, player, 3)
+    assert tracker.done_steps == 9 and tracker.dropped_episodes == 0
+    _play(tracker, "fresh", 3)  # 12 > 10: stale1's (the oldest) goes
+    assert tracker.done_steps == 9 and tracker.dropped_episodes == 1
+    assert tracker.completed_count("arch", "stale1") == 0 and tracker.completed_count("arch", "fresh") == 1
+    for _ in range(3):
+        _play(tracker, "fresh", 3)
+    assert tracker.done_steps <= 10 and tracker.completed_count("arch", "stale3") == 0
+    (key,) = tracker.ready(3)
+    episodes = tracker.take([key])[key]
+    assert key == ("arch", "fresh") and [ep.reward for ep in episodes] == [[1.0] * 3] * 3  # whole, not merged
+    assert tracker.done_steps == 0
+    _play(tracker, "huge", 11)  # longer than the bound by itself: discarded at once
+    assert tracker.done_steps == 0 and tracker.completed_count("arch", "huge") == 0
+    assert tracker.dropped_episodes == 5 and not tracker._order
+
+
+def test_forgetting_a_player_keeps_the_oldest_first_order_of_the_others():
+    tracker = EpisodeTracker(max_done_steps=4)
+    _play(tracker, "a", 2)
+    _play(tracker, "b", 2)
+    tracker.forget_player("arch", "a")
+    _play(tracker, "c", 2)
+    assert tracker.done_steps == 4 and tracker.dropped_episodes == 0
+    _play(tracker, "d", 2)  # b's goes, not c's
+    assert [k[1] for k in tracker.ready(1)] == ["c", "d"] and tracker.dropped_episodes == 1

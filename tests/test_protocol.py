@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import random
+import re
 import time
 import tracemalloc
 from pathlib import Path
@@ -242,11 +243,90 @@ def test_max_buffer_size_bounds_one_message_not_the_stream():
     assert feed([fits + too_big], limits)[0] == [Request(1, "m", ["x" * 56])]
 
 
-def test_huge_declared_bin_fails_after_max_buffer_size_bytes():
-    conn = RpcConnection(Limits(max_buffer_size=1024))
-    conn.receive_data(b"\x94\x00\x01\xa1m\x91\xc6\x40\x00\x00\x00" + b"z" * 1013)  # 1024 bytes
-    with pytest.raises(ProtocolError, match="max_buffer_size=1024"):
-        conn.receive_data(b"z")
+def test_a_bin_that_cannot_fit_in_one_message_fails_at_its_header():
+    conn = RpcConnection(Limits(max_buffer_size=1024, max_bin_len=4096))
+    with pytest.raises(ProtocolError, match="message larger than max_buffer_size=1024"):
+        conn.receive_data(b"\x94\x00\x01\xa1m\x91\xc5\x04\x00")  # bin16 of 1024 bytes
+    assert conn.buffered <= 9
+
+
+# ---------------------------------------------------------------------- header bombs
+
+_REQUEST_PREFIX = b"\x94\x00\x01\xa1m\x91"  # [0, 1, "m", [ ...
+_GIB2 = (2**31).to_bytes(4, "big")
+HEADER_BOMBS = [  # (header announcing 2 GiB, words of the error)
+    (b"\xdb" + _GIB2, "string of 2147483648 bytes exceeds max_str_len=65536"),
+    (b"\xc6" + _GIB2, "binary of 2147483648 bytes exceeds max_bin_len=4194304"),
+    (b"\xdd" + _GIB2, "array of 2147483648 elements exceeds max_array_len=1000000"),
+    (b"\xdf" + _GIB2, "map of 2147483648 entries exceeds max_map_len=4096"),
+    (b"\xc9" + _GIB2 + b"\x05", "ext type 5 not allowed"),
+]
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["top-level", "inside-a-request"])
+@pytest.mark.parametrize("header,words", HEADER_BOMBS, ids=["str", "bin", "array", "map", "ext"])
+def test_a_header_announcing_2_gib_fails_as_soon_as_the_header_is_complete(header, words, nested):
+    data = (_REQUEST_PREFIX if nested else b"") + header
+    # byte by byte: nothing until the header's last byte, which fails
+    conn = RpcConnection()
+    for byte in bytewise(data[:-1]):
+        assert conn.receive_data(byte) == []
+    with pytest.raises(ProtocolError, match=re.escape(words)) as info:
+        conn.receive_data(data[-1:])
+    assert "stream offset 0" in str(info.value) and conn.buffered <= len(data)
+    # in random splits, followed by body bytes in the same chunk or not: the same error
+    rng = random.Random(len(data))
+    for _ in range(20):
+        stream = data + b"\x00" * rng.randrange(0, 64)
+        events, error = feed(random_splits(stream, rng), Limits())
+        assert events == [] and words in error
+    # in one piece after a complete request: that request is decoded, then the error
+    ok = pack([0, 7, "ping", []])
+    with pytest.raises(ProtocolError) as info:
+        RpcConnection().receive_data(ok + data)
+    assert info.value.events == [Request(7, "ping", [])] and f"offset {len(ok)}" in str(info.value)
+
+
+def test_allowed_headers_pass_and_the_body_is_awaited():
+    conn = RpcConnection(Limits(max_bin_len=1000))
+    assert conn.receive_data(_REQUEST_PREFIX + b"\xc5\x03\xe8" + b"z" * 500) == []  # bin16 of 1000
+    assert conn.buffered == 509
+    assert conn.receive_data(b"z" * 500) == [Request(1, "m", [b"z" * 1000])]
+    assert conn.buffered == 0
+
+
+def test_a_header_problem_wins_over_a_decode_error_however_the_bytes_are_split():
+    bad_utf8, too_long = b"\xa2\xff\xfe", b"\xd9\x19" + b"x" * 25  # str of 25 > max_str_len 24
+    data = b"\x94\x00\x01\xa1m\x92" + bad_utf8 + too_long
+    whole = feed([data], SMALL)
+    assert "string of 25 bytes exceeds max_str_len=24" in whole[1]
+    assert feed(bytewise(data), SMALL) == whole
+    rng = random.Random(5)
+    for _ in range(20):
+        assert feed(random_splits(data, rng), SMALL) == whole
+
+
+def test_the_message_cap_can_be_lowered_before_auth_and_restored():
+    conn = RpcConnection()
+    conn.cap_message_size(64, "pre_auth_max_bytes")
+    assert conn.receive_data(pack([0, 1, "auth", ["t" * 40]])) == [Request(1, "auth", ["t" * 40])]
+    with pytest.raises(ProtocolError, match="message larger than pre_auth_max_bytes=64"):
+        conn.receive_data(b"\x94\x00\x02\xa1m\x91\xc5\x01\x00")  # declares a 256-byte bin
+    conn = RpcConnection()
+    conn.cap_message_size(64, "pre_auth_max_bytes")
+    with pytest.raises(ProtocolError, match="pre_auth_max_bytes=64"):
+        feed_all(conn, pack([0, 1, "m", ["x" * 30, "y" * 30]]))  # 70 bytes of small items
+    conn = RpcConnection()
+    conn.cap_message_size(64, "pre_auth_max_bytes")
+    conn.cap_message_size(None)
+    big = pack([0, 3, "m", [b"z" * 5000]])
+    assert conn.receive_data(big) == [Request(3, "m", [b"z" * 5000])]
+    with pytest.raises(InvalidInputError, match="message cap"):
+        conn.cap_message_size(0)
+
+
+def feed_all(conn: RpcConnection, data: bytes) -> list:
+    return [event for byte in bytewise(data) for event in conn.receive_data(byte)]
 
 
 def test_nesting_bomb_fails_fast():
@@ -405,7 +485,9 @@ def test_fuzz_only_events_or_protocol_errors_and_split_independent():
             except Exception as exc:  # any non-ProtocolError escaping is a bug
                 pytest.fail(f"{type(exc).__name__}: {exc} for input {data.hex()}")
             peak = tracemalloc.get_traced_memory()[1] - base
-            assert peak < 64 * 1024, f"peak {peak} bytes for input {data.hex()}"
+            # msgpack allocates a ~41 KB stack per Unpacker: the connection's scanner, plus
+            # briefly one more while the header check looks at a run of finished items
+            assert peak < 128 * 1024, f"peak {peak} bytes for input {data.hex()}"
             for event in whole[0]:
                 _check_event(event)
             stats["events"] += len(whole[0])
@@ -418,3 +500,51 @@ def test_fuzz_only_events_or_protocol_errors_and_split_independent():
     finally:
         tracemalloc.stop()
     assert min(stats.values()) > 300, stats  # both paths exercised
+
+
+def test_the_scanner_does_not_keep_the_size_of_the_largest_message():
+    """msgpack's Unpacker buffer never shrinks: 5 connections that each completed a 4 MB
+    message kept ~34 MB between them. The scanner is replaced once such a message is done
+    (and the next one's first bytes are pending), so they keep next to nothing."""
+    msg = msgpack.packb([0, 1, "x", [b"z" * (4 * 2**20 - 100)]])
+    next_start = msgpack.packb([0, 2, "y", []])[:3]
+    tracemalloc.start()
+    try:
+        conns = [RpcConnection() for _ in range(5)]
+        base = tracemalloc.get_traced_memory()[0]
+        for conn in conns:
+            events = [e for i in range(0, len(msg), 65536) for e in conn.receive_data(msg[i : i + 65536])]
+            assert len(events) == 1 and events[0].msgid == 1
+            del events
+            assert conn.receive_data(next_start) == []
+        kept = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert all(c.buffered == 3 and c.memory == 6 and c.scanner_peak < 2**16 for c in conns)
+    assert kept < 2**20, f"{kept} bytes kept by 5 connections"  # was ~34 MB
+    for conn in conns:  # and the stream goes on at the right offsets
+        events = conn.receive_data(msgpack.packb([0, 2, "y", []])[3:] + msgpack.packb([0, 3, "z", []]))
+        assert [e.msgid for e in events] == [2, 3]
+
+
+@pytest.mark.parametrize("bad, error", [
+    (b"\xa4\xff\xfe\xfd\xfc", "invalid UTF-8 in a str"),  # decode error
+    (b"\x91" * 1100 + b"\xc0" + b"\xc0" * 3, "nesting deeper than 1024"),  # StackError in the scanner
+    (b"\xc1\xc0\xc0\xc0\xc0", "not valid MessagePack"),  # FormatError in the scanner
+])
+def test_rejecting_a_large_bad_message_walks_few_headers_in_python(monkeypatch, bad, error):
+    """A ~7 MB act_batch whose last row is bad: rejected with a clear error, and the
+    header check behind the error checks runs of finished items in C, so Python looks at
+    a few thousand headers, not the ~600,000 the message holds (this cost > 1 s of loop)."""
+    rows = [[f"p{i}", "n", b"x" * 32] for i in range(150_000)]
+    rows[-1][1] = "QQQQ"
+    data = msgpack.packb([0, 1, "act_batch", ["duelist", rows]], use_bin_type=True)
+    assert 6 * 2**20 < len(data) < 8 * 2**20 and data.count(b"\xa4QQQQ") == 1
+    data = data.replace(b"\xa4QQQQ", bad)
+    seen = []
+    real = protocol._check_length
+    monkeypatch.setattr(protocol, "_check_length", lambda kind, n, limits: seen.append(kind) or real(kind, n, limits))
+    conn = RpcConnection()
+    with pytest.raises(ProtocolError, match=error):
+        conn.receive_data(data)
+    assert len(seen) < 20_000, f"{len(seen)} headers walked in Python"

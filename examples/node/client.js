@@ -5,7 +5,10 @@
 // bytes and nothing else: requests [0, msgid, method, params], responses
 // [1, msgid, error, result], notifications [2, method, params]. It plays a short
 // session with the `duelist` archetype, prints a summary and exits 0; any error
-// (connection refused, error response, timeout) exits 1.
+// (connection refused, error response, timeout) exits 1. A failed call rejects with an
+// Error carrying the server's `code`; `err.retryable` is true for OVERLOADED (code 6: the
+// server shed the call at once, retry later). `require("./client.js").RpcClient` reuses
+// the connection class.
 //
 //   node client.js [HOST] [PORT]          (or NPCADAPT_HOST / NPCADAPT_PORT)
 //   EPISODES=4 STEPS=5 PLAYER=node-player-1 node client.js 127.0.0.1 7777
@@ -18,6 +21,22 @@ const REQUEST = 0;
 const RESPONSE = 1;
 const NOTIFICATION = 2;
 const CALL_TIMEOUT_MS = 10_000;
+
+const OVERLOADED = 6; // the server shed the call at once and did nothing: retry later
+
+/**
+ * The server's error [code, message] as an Error with `code`, `remoteMessage` and
+ * `retryable` (true only for OVERLOADED, whose `name` is "OverloadedError").
+ */
+function remoteError(method, error) {
+  const [code, message] = Array.isArray(error) ? error : [0, String(error)];
+  const err = new Error(`${method} failed: [${code}] ${message}`);
+  err.name = code === OVERLOADED ? "OverloadedError" : "RemoteError";
+  err.code = code;
+  err.remoteMessage = message;
+  err.retryable = code === OVERLOADED;
+  return err;
+}
 
 /** One MessagePack-RPC connection: many calls in flight, answers matched by msgid. */
 class RpcClient {
@@ -50,8 +69,7 @@ class RpcClient {
         if (error === null || error === undefined) {
           call.resolve(result);
         } else {
-          const [code, message] = Array.isArray(error) ? error : [0, String(error)];
-          call.reject(new Error(`${call.method} failed: [${code}] ${message}`));
+          call.reject(remoteError(call.method, error));
         }
       }
     } catch (err) {
@@ -186,10 +204,14 @@ async function main() {
   }
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error(`npcadapt node example: ${err.message}`);
-    process.exit(1);
-  },
-);
+module.exports = { RpcClient, OVERLOADED };
+
+if (require.main === module) {
+  main().then(
+    () => process.exit(0),
+    (err) => {
+      console.error(`npcadapt node example: ${err.message}`);
+      process.exit(1);
+    },
+  );
+}

@@ -20,8 +20,15 @@ from .train import add_train
 __all__ = ["build_parser", "main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npcadapt", description="NPCs that adapt to each player with per-player LoRA adapters.")
+    parser = _Parser(prog="npcadapt", description="NPCs that adapt to each player with per-player LoRA adapters.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
@@ -38,10 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except NpcAdaptError as exc:
-        print(f"npcadapt: error: {exc}", file=sys.stderr)
+    except (NpcAdaptError, OSError) as exc:  # what a user can fix: one line, no traceback
+        print(f"npcadapt: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("npcadapt: interrupted", file=sys.stderr)
         return 130
 
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).splitlines()) or type(exc).__name__

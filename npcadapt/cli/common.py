@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import NpcAdaptError
+from ..errors import InvalidInputError, NpcAdaptError
 from ..training.online import OnlineConfig
 
 KL_BOUND = OnlineConfig.kl_bound  # the trainer's default, shown by every --kl-bound
@@ -67,5 +67,13 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def online_config(args):
-    return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr, kl_bound=args.kl_bound,
-                        validation_gate=not args.no_gate)
+    """The online trainer's settings from the flags; InvalidInputError naming a bad one."""
+    if args.episodes_per_update < 1:
+        raise InvalidInputError(f"--episodes-per-update must be >= 1, got {args.episodes_per_update}")
+    if not args.lr > 0:
+        raise InvalidInputError(f"--lr must be > 0, got {args.lr}")
+    try:
+        return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr,
+                            kl_bound=args.kl_bound, validation_gate=not args.no_gate)
+    except ValueError as exc:
+        raise InvalidInputError(f"invalid online training settings: {exc}") from None

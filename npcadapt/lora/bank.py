@@ -5,9 +5,15 @@ batch gathers every layer's A and B with a single ``index_select``. Slot 0 is th
 adapter: rows of unknown players point at it and get the base policy exactly.
 
 Residency is LRU at batch granularity: each lookup stamps the slots it used with a
-tick; eviction takes the stalest slot not used by the current batch, writing it back
-first when it changed. Writes and gathers share one lock, so a forward pass works on a
-snapshot and never sees half of an update.
+tick; eviction takes the stalest slot not used by the current batch, handing it to the
+write-back callback first when it changed (the engine's callback queues it for a writer
+thread, see npcadapt/writeback.py). Writes and gathers share one lock, so a forward pass
+works on a snapshot and never sees half of an update.
+
+No disk I/O under the lock: :meth:`AdapterBank.prefetch` runs the loader for players
+the bank does not know before the lock is taken, and :meth:`AdapterBank.lookup` installs
+what it read unless that player was evicted or removed meanwhile (a generation count per
+player being read tells), in which case the caller reads again.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import itertools
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -157,6 +163,21 @@ Loader = Callable[[str], "tuple[torch.Tensor, Any] | None"]
 Writeback = Callable[[str, torch.Tensor, Any], None]
 
 
+class Prefetch:
+    """What :meth:`AdapterBank.prefetch` read for the players the bank did not know, and the
+    generation of each player when the read began (a later eviction or removal bumps it)."""
+
+    __slots__ = ("loaded", "generations")
+
+    def __init__(self, generations: dict[str, int]):
+        self.loaded: dict[str, tuple[torch.Tensor, Any] | None] = {}
+        self.generations = generations
+
+
+class _NeedsLoad(Exception):
+    """Internal: a lookup that may not load met a player it has no valid read for."""
+
+
 class AdapterBank:
     """Resident adapters of one archetype in a (capacity + 1, P) tensor; slot 0 is zero."""
 
@@ -192,8 +213,10 @@ class AdapterBank:
         self._writes = itertools.count(1)
         self._free = list(range(capacity, 0, -1))
         self._absent = 0  # how many known-absent players _slot_of holds
+        self._reading: dict[str, list[int]] = {}  # player being prefetched -> [readers, generation]
         self._tick = 1
         self.evictions = 0
+        self.locked_loads = 0  # loads run under the lock (a lookup without a valid prefetch)
 
     # -- residency ------------------------------------------------------------
     def __len__(self) -> int:
@@ -206,31 +229,86 @@ class AdapterBank:
         with self.lock:
             return [p for p, s in self._slot_of.items() if s != ZERO_SLOT]
 
-    def lookup(self, players: Sequence[str]) -> np.ndarray:
+    def prefetch(self, players: Sequence[str]) -> Prefetch | None:
+        """Run the loader (disk I/O), without the lock, for the players the bank does not
+        know; None when it knows them all (the usual case: no lock is taken). Pass the
+        result to :meth:`lookup`, then to :meth:`release`."""
+        known = self._slot_of
+        if self._loader is None or all(map(known.__contains__, players)):
+            return None
+        with self.lock:
+            generations = {}
+            for player in dict.fromkeys(p for p in players if p not in self._slot_of):
+                reading = self._reading.setdefault(player, [0, 0])
+                reading[0] += 1
+                generations[player] = reading[1]
+        pre = Prefetch(generations)
+        try:
+            for player in generations:
+                pre.loaded[player] = self._loader(player)
+        except BaseException:
+            self.release(pre)
+            raise
+        return pre
+
+    def release(self, pre: Prefetch | None) -> None:
+        """Done with a prefetch (idempotent)."""
+        if pre is None or not pre.generations:
+            return
+        with self.lock:
+            for player in pre.generations:
+                reading = self._reading[player]
+                reading[0] -= 1
+                if not reading[0]:
+                    del self._reading[player]
+        pre.generations = {}
+
+    def _changed(self, player: str) -> None:
+        """`player`'s newest version moved (evicted, removed): reads begun before are stale."""
+        reading = self._reading.get(player)
+        if reading is not None:
+            reading[1] += 1
+
+    def lookup(self, players: Sequence[str], prefetched: Prefetch | None = None, *,
+               may_load: bool = True) -> np.ndarray | None:
         """Slots for a batch's players (int64, (N,)), loading stored adapters on a miss.
 
         Players without an adapter map to the zero slot. All slots used by this batch are
         stamped as most recently used and protected from eviction while it loads others.
+        A miss uses `prefetched` when it is still valid; otherwise it runs the loader under
+        the lock, or with ``may_load=False`` returns None (prefetch again and retry).
         """
         with self.lock:
             self._tick += 1
-            if len(players) == 1:  # a single request: no array passes
-                return np.array([self._resolve(players[0])])
-            get = self._slot_of.get
-            slots = np.fromiter((get(p, -1) for p in players), dtype=np.int64, count=len(players))
-            if (slots < 0).any():
-                self._last_used[slots[slots > 0]] = self._tick
-                for i in np.flatnonzero(slots < 0):
-                    slots[i] = self._resolve(players[i])
-            self._last_used[slots] = self._tick
-            return slots
+            try:
+                if len(players) == 1:  # a single request: no array passes
+                    return np.array([self._resolve(players[0], prefetched, may_load)])
+                get = self._slot_of.get
+                slots = np.fromiter((get(p, -1) for p in players), dtype=np.int64, count=len(players))
+                if (slots < 0).any():
+                    self._last_used[slots[slots > 0]] = self._tick
+                    for i in np.flatnonzero(slots < 0):
+                        slots[i] = self._resolve(players[i], prefetched, may_load)
+                self._last_used[slots] = self._tick
+                return slots
+            except _NeedsLoad:
+                return None
 
-    def _resolve(self, player: str) -> int:
+    def _resolve(self, player: str, prefetched: Prefetch | None = None, may_load: bool = True) -> int:
         slot = self._slot_of.get(player)
         if slot is not None:
             self._last_used[slot] = self._tick
             return slot
-        loaded = None if self._loader is None else self._loader(player)
+        if prefetched is not None and player in prefetched.loaded and \
+                self._reading[player][1] == prefetched.generations.get(player):
+            loaded = prefetched.loaded[player]
+        elif self._loader is None:
+            loaded = None
+        elif not may_load:
+            raise _NeedsLoad(player)
+        else:
+            self.locked_loads += 1
+            loaded = self._loader(player)
         if loaded is None:
             if self._absent >= 16 * self.capacity:
                 self._forget_all_absent()
@@ -256,6 +334,7 @@ class AdapterBank:
         player = self._player_of[slot]
         if self._dirty[slot] and self._writeback is not None:
             self._writeback(player, self.storage[slot].detach().cpu().clone(), self._meta[slot])
+        self._changed(player)
         del self._slot_of[player]
         self._clear(slot)
         self.evictions += 1
@@ -337,6 +416,7 @@ class AdapterBank:
     def remove(self, player: str) -> bool:
         """Drop a player's resident adapter without writing it back."""
         with self.lock:
+            self._changed(player)
             slot = self._slot_of.pop(player, None)
             if slot == ZERO_SLOT:
                 self._absent -= 1
@@ -347,18 +427,14 @@ class AdapterBank:
             self._free.append(slot)
             return True
 
-    def dirty(self) -> Iterator[tuple[str, torch.Tensor, Any]]:
-        """(player, adapter copy, meta) for every changed resident adapter."""
+    def write_back_dirty(self) -> int:
+        """Hand every changed resident adapter to the write-back callback and mark it clean;
+        returns how many (the engine's callback only queues them, see npcadapt/writeback.py)."""
+        if self._writeback is None:
+            return 0
         with self.lock:
-            items = [
-                (self._player_of[s], self.storage[s].detach().cpu().clone(), self._meta[s])
-                for s in np.flatnonzero(self._dirty)
-            ]
-        yield from items
-
-    def mark_clean(self, player: str, meta: Any) -> None:
-        """Record that `player`'s adapter with `meta` has been persisted."""
-        with self.lock:
-            slot = self._slot_of.get(player, ZERO_SLOT)
-            if slot != ZERO_SLOT and self._meta[slot] is meta:
-                self._dirty[slot] = False
+            slots = np.flatnonzero(self._dirty)
+            for s in slots:
+                self._writeback(self._player_of[s], self.storage[s].detach().cpu().clone(), self._meta[s])
+            self._dirty[slots] = False
+        return len(slots)

@@ -139,6 +139,7 @@ class TrainerProcess:
         self._proc: subprocess.Popen | None = None
         self._ready = False
         self._setup_error: TrainerRefusedError | None = None
+        self.restarts = 0  # children started after the first (one died or hung)
         self._start()
 
     def _start(self) -> None:
@@ -183,6 +184,7 @@ class TrainerProcess:
             if self._proc is not None:
                 self._stop_child()
             log.warning("starting a new online trainer process; players' optimizer state starts afresh")
+            self.restarts += 1
             self._start()
         if not self._ready:
             try:
@@ -313,12 +315,25 @@ def _serve(read_fd: int, out) -> None:
             except Exception as exc:
                 log.exception("online trainer process: %s failed", op)
                 reply = {"error": f"{op} failed: {type(exc).__name__}: {exc}"}
-            out.write(msgpack.packb(reply, use_bin_type=True))
-            out.flush()
+            try:
+                out.write(msgpack.packb(reply, use_bin_type=True))
+                out.flush()
+            except OSError:  # the parent is gone (e.g. it failed to start): nobody to answer
+                return
 
 
 def main(channel: int) -> None:
-    """The child: requests on stdin, replies on `channel` (the original stdout, see TrainerProcess._start)."""
+    """The child: requests on stdin, replies on `channel` (the original stdout, see TrainerProcess._start).
+    It exits quietly when the parent goes away, whenever that happens."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sys.stdout = sys.stderr
-    _serve(0, os.fdopen(channel, "wb"))
+    out = os.fdopen(channel, "wb")
+    try:
+        _serve(0, out)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        try:
+            out.close()
+        except OSError:  # unflushed bytes for a parent that is gone
+            pass

@@ -1,0 +1,172 @@
+"""Adapter writes off the serving path: a queue of pending writes and the one thread that does them.
+
+Every forward holds its archetype's bank lock, so a file written under that lock (the
+write-back of an evicted adapter) made a decision wait for the disk. Instead the bank
+hands a copy of the row to :meth:`WriteBehind.submit` (a dict insert) and a worker
+thread writes it. Until that write has succeeded the row stays readable here:
+:meth:`WriteBehind.pending` is what a cold load asks first, so it never reads a file
+older than the newest version. One thread writes, so the versions of a player reach
+the disk in order; a newer submit replaces a pending one (only the newest matters).
+
+A failed write (disk full) stays pending: it is served from memory, counted, retried
+every ``retry_interval`` seconds and at once by :meth:`flush`, which waits for every
+write pending when it was called and raises :class:`~npcadapt.errors.StoreError` naming
+the ones that failed. Pending writes are bounded by the players whose adapters changed
+and left the bank before they reached the disk (``stats()["writeback_pending"]``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from typing import Any, Callable, Hashable
+
+from .errors import StoreError
+
+log = logging.getLogger(__name__)
+
+# (key, packed adapter row, meta) -> None; raises on failure
+Write = Callable[[Hashable, Any, Any], None]
+
+
+class _Entry:
+    __slots__ = ("row", "meta", "seq", "failed_at", "error")
+
+    def __init__(self, row: Any, meta: Any, seq: int):
+        self.row, self.meta, self.seq = row, meta, seq
+        self.failed_at: float | None = None  # monotonic time of the last failed attempt
+        self.error: BaseException | None = None
+
+
+class WriteBehind:
+    """Pending writes by key, written in order of submission by one daemon thread."""
+
+    def __init__(self, write: Write, *, retry_interval: float = 1.0, name: str = "npcadapt-writeback"):
+        self._write = write
+        self.retry_interval = retry_interval
+        self._pending: dict[Hashable, _Entry] = {}  # insertion order = write order
+        self._cond = threading.Condition()
+        self._seq = itertools.count(1)
+        self._last_seq = 0
+        self._writing: Hashable | None = None  # the key being written now
+        self._retry_after = 0.0  # failures before this monotonic time are due again (set by flush)
+        self._closed = False
+        self.written = 0
+        self.failures = 0
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    # -- the serving side ------------------------------------------------------------------
+    def submit(self, key: Hashable, row: Any, meta: Any) -> None:
+        """Queue a write of `row` (not copied: the caller hands over its copy)."""
+        with self._cond:
+            if self._closed:
+                raise StoreError("adapter writer is closed")
+            old = self._pending.get(key)
+            seq = old.seq if old is not None else next(self._seq)  # flushes waiting for it still wait
+            self._last_seq = max(self._last_seq, seq)
+            self._pending[key] = _Entry(row, meta, seq)
+            self._cond.notify_all()
+
+    def pending(self, key: Hashable) -> tuple[Any, Any] | None:
+        """The newest row and meta waiting (or being written) for `key`, or None."""
+        with self._cond:
+            entry = self._pending.get(key)
+            return None if entry is None else (entry.row, entry.meta)
+
+    def discard(self, key: Hashable) -> bool:
+        """Drop `key`'s pending write and wait for one in progress; True if one was pending.
+        After it returns no write for `key` is queued or running (e.g. before deleting its file)."""
+        with self._cond:
+            had = self._pending.pop(key, None) is not None
+            while self._writing == key:
+                self._cond.wait()
+            return had
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until every write pending now has been made; returns how many there were.
+        Failed ones are retried at once; if one fails again, raises StoreError naming it
+        (it stays pending and is served from memory). With `timeout` (seconds), a writer
+        that has not finished by then (a stalled disk) raises StoreError naming the keys."""
+        with self._cond:
+            started, last = time.monotonic(), self._last_seq
+            deadline = None if timeout is None else started + timeout
+            self._retry_after = max(self._retry_after, started)
+            self._cond.notify_all()
+
+            def due() -> list[_Entry]:
+                return [e for e in self._pending.values()
+                        if e.seq <= last and (e.failed_at is None or e.failed_at < started)]
+
+            count = len(due())
+            while due():
+                if not self.thread.is_alive():
+                    raise StoreError("adapter writer thread is not running")
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise StoreError(f"adapter writes still pending after {timeout:g} s: {self.pending_keys()}")
+                self._cond.wait(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
+            failed = [e for e in self._pending.values() if e.seq <= last]
+            if failed:
+                raise StoreError(f"{len(failed)} adapter write(s) failed and stay pending in memory; "
+                                 f"first: {failed[0].error}")
+            return count
+
+    def pending_keys(self) -> list:
+        """The keys whose newest version has not reached the disk yet."""
+        with self._cond:
+            return list(self._pending)
+
+    def close(self) -> None:
+        """Stop the thread after the write in progress (pending writes are not made: flush first)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if threading.current_thread() is not self.thread:
+            self.thread.join()
+
+    def stats(self) -> dict:
+        with self._cond:
+            failing = sum(e.failed_at is not None for e in self._pending.values())
+            return {"writeback_pending": len(self._pending), "writeback_failing": failing,
+                    "writeback_written": self.written, "writeback_failures": self.failures}
+
+    # -- the writer thread ----------------------------------------------------------------
+    def _next(self) -> tuple[Hashable, _Entry] | None:
+        """The oldest write that is due (never tried, or failed before a retry was due); lock held."""
+        now = time.monotonic()
+        for key, entry in self._pending.items():
+            if (entry.failed_at is None or entry.failed_at < self._retry_after
+                    or entry.failed_at + self.retry_interval <= now):
+                return key, entry
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while (job := self._next()) is None:
+                    if self._closed:
+                        return
+                    self._cond.wait(self.retry_interval if self._pending else None)
+                if self._closed:
+                    return
+                key, entry = job
+                self._writing = key
+            error = None
+            try:
+                self._write(key, entry.row, entry.meta)
+            except Exception as exc:  # noqa: BLE001 - kept pending, reported by flush and stats
+                error = exc
+            with self._cond:
+                self._writing = None
+                if error is None:
+                    self.written += 1
+                    if self._pending.get(key) is entry:  # not replaced by a newer version meanwhile
+                        del self._pending[key]
+                else:
+                    self.failures += 1
+                    if entry.error is None:  # once per pending version, not at every retry
+                        log.error("adapter write failed (kept in memory, retried): %s", error)
+                    entry.failed_at, entry.error = time.monotonic(), error
+                self._cond.notify_all()
