@@ -153,6 +153,8 @@ class AsyncClient:
             self._waiting.clear()
 
     async def call(self, method: str, *params: Any) -> Any:
+        if self._reader_task.done():  # its cleanup has already failed every waiting call
+            raise ProtocolError("server closed the connection")
         msgid, data = self.rpc.request(method, list(params))
         fut = asyncio.get_running_loop().create_future()
         self._waiting[msgid] = fut

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 class _Conn(Protocol):  # what the budget needs of a connection
     held: int
     open: bool
-    transport: object
+
+    def pause_reading(self, reason: str) -> None: ...
+
+    def resume_reading(self, reason: str) -> None: ...
 
     @property
     def rpc(self): ...
@@ -88,7 +91,7 @@ class InputBudget:
         paused, self.paused = self.paused, {}
         for conn in paused:
             if conn.open:
-                conn.transport.resume_reading()
+                conn.resume_reading("budget")
 
     def _pause_largest(self) -> None:
         holders = [c for c in self.connections if c.held]
@@ -96,7 +99,7 @@ class InputBudget:
         now = time.monotonic()
         for conn in holders:
             if conn.held > fair and conn.open and conn not in self.paused:
-                conn.transport.pause_reading()
+                conn.pause_reading("budget")
                 self.paused[conn] = now
                 self.counters["budget_pauses"] += 1
 

@@ -269,6 +269,9 @@ def _fail(pending: Pending, err: Exception) -> None:
     conn.error(msgid, error_code(err), str(err) if isinstance(err, NpcAdaptError) else f"internal error: {err!r}")
 
 
+MAX_EVENTS_PER_TURN = 256  # requests of one read handled before other connections get a turn
+
+
 class Connection(asyncio.Protocol):
     """One client: bytes in -> events -> method calls -> responses out."""
 
@@ -285,6 +288,8 @@ class Connection(asyncio.Protocol):
         self.auth_failures = 0
         self.queued = 0  # act requests queued in the batcher, not yet answered
         self.held = 0  # pending input bytes counted in the bridge's InputBudget
+        self.backlog: list = []  # decoded events left for a later loop turn (one read held too many)
+        self._pause_reasons: set[str] = set()  # "budget", "backlog": read again once none is left
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -319,6 +324,17 @@ class Connection(asyncio.Protocol):
             if self.open and (self.held or self.rpc.buffered):
                 bridge.budget.update(self)
 
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading from the socket for `reason`; reading resumes when every reason is gone."""
+        if self.open and not self._pause_reasons:
+            self.transport.pause_reading()
+        self._pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        self._pause_reasons.discard(reason)
+        if self.open and not self._pause_reasons:
+            self.transport.resume_reading()
+
     def _receive(self, data: bytes) -> None:
         try:
             events = self.rpc.receive_data(data)
@@ -329,6 +345,32 @@ class Connection(asyncio.Protocol):
             log.info("closing connection after protocol error: %s", exc)
             self.close()
             return
+        if self.backlog:  # a read that raced the pause: keep the order
+            self.backlog.extend(events)
+            return
+        self._dispatch(events)
+
+    def _dispatch(self, events: list) -> None:
+        """Handle at most MAX_EVENTS_PER_TURN events now; the rest wait for the next loop turn,
+        with reading paused, so one pipelining client cannot hold up every other connection."""
+        if len(events) > MAX_EVENTS_PER_TURN:
+            events, self.backlog = events[:MAX_EVENTS_PER_TURN], events[MAX_EVENTS_PER_TURN:]
+            self.pause_reading("backlog")
+            asyncio.get_running_loop().call_soon(self._drain_backlog)
+        self._handle_events(events)
+
+    def _drain_backlog(self) -> None:
+        events, self.backlog = self.backlog, []
+        if not self.open:
+            return
+        try:
+            self._dispatch(events)
+        finally:
+            self.bridge.batcher.end_read(eager=False)
+        if not self.backlog:
+            self.resume_reading("backlog")
+
+    def _handle_events(self, events: list) -> None:
         feedback: list[list] = []  # a run of feedback notifications, applied as one batch
         for event in events:
             if not self.open:

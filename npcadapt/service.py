@@ -25,7 +25,7 @@ import torch
 from .adapter_meta import validate_id, validate_player_id
 from .engine import Engine, single_row
 from .episodes import EpisodeTracker
-from .errors import InvalidInputError
+from .errors import InvalidInputError, LogError
 from .log import InteractionLog
 from .training.online import OnlineConfig, PlayerUpdate
 from .training.trainer_host import InProcessTrainer
@@ -85,7 +85,8 @@ class Service:
         self._reset_while_updating: set[tuple[str, str]] | None = None  # during an update: players reset meanwhile
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
-        self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0}
+        self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0, "log_records_dropped": 0}
+        self._dropped_since_flush = 0  # log records lost since the last flush (a full disk): that flush fails
 
     # -- decisions ------------------------------------------------------------------
     @property
@@ -110,7 +111,7 @@ class Service:
             self.tracker.record(archetype, players, npcs, obs_arr, mask_arr, out.action, out.logp, out.value, out.decision)
         if self.log is not None:
             rt = self.engine.runtime(archetype)
-            self.log.append({
+            self._record({
                 "t": "decisions", "time": time.time(), "archetype": archetype, "base": rt.archetype.base_hash,
                 "players": list(players), "npcs": npcs, "obs_dim": int(obs_arr.shape[1]),
                 "obs": obs_arr.tobytes(), "mask": None if mask_arr is None else mask_arr.tobytes(),
@@ -150,7 +151,7 @@ class Service:
             players, npcs, rewards, dones = [players[i] for i in kept], [npcs[i] for i in kept], rewards[kept], dones[kept]
         self.counters["feedback"] += len(players)
         if self.log is not None and len(players):
-            self.log.append({
+            self._record({
                 "t": "feedback", "time": time.time(), "players": list(players), "npcs": list(npcs),
                 "reward": rewards.tolist(), "done": dones.tolist(),
             })
@@ -311,11 +312,28 @@ class Service:
                 "trainer_ready": None if self.trainer is None else self.trainer.ready,
                 "trainer_restarts": getattr(self.trainer, "restarts", 0)}
 
+    def _record(self, record: dict) -> None:
+        """Append to the interaction log; if the disk refuses (full), the decision or feedback
+        has taken effect all the same, so it is served and the record is counted as dropped
+        (and the next flush says so) instead of failing the call."""
+        try:
+            self.log.append(record)
+        except LogError as exc:
+            self.counters["log_records_dropped"] += 1
+            self._dropped_since_flush += 1
+            if self._dropped_since_flush == 1:
+                log.error("interaction log: dropping records until the disk takes writes again: %s", exc)
+
     def flush(self) -> int:
-        """Persist changed adapters and the interaction log."""
+        """Persist changed adapters and the interaction log. Raises LogError if log records
+        were dropped since the last flush (they are lost: the flush cannot promise them)."""
         written = self.engine.flush()
         if self.log is not None:
             self.log.flush()
+            dropped, self._dropped_since_flush = self._dropped_since_flush, 0
+            if dropped:
+                raise LogError(f"{dropped} interaction log record(s) since the last flush were dropped because "
+                               "the disk refused writes; what is in the log now is on disk")
         return written
 
     def close(self) -> None:

@@ -209,6 +209,12 @@ class _FakeConn:
         self.rpc.memory = memory
         self.budget.update(self)
 
+    def pause_reading(self, reason: str):
+        self.transport.pause_reading()
+
+    def resume_reading(self, reason: str):
+        self.transport.resume_reading()
+
     def close(self):
         self.open = False
         self.budget.closed(self)
@@ -357,3 +363,22 @@ def test_pipelined_flushes_share_runs_and_reset_player_runs_off_the_event_loop(t
         replies = [read_reply(sock) for _ in range(50)]
         assert all(r[2] is None for r in replies) and sorted(r[1] for r in replies) == list(range(50))
         assert calls.count("flush") == 2 and running.bridge.flusher.runs == 2  # one running, one for the other 49
+
+
+def test_one_pipelining_connection_does_not_hold_up_the_others(tmp_path):
+    """20,000 requests in one write from a client that never reads: the server handles them
+    256 per loop turn, so another client's act is answered long before the flood is done."""
+    from npcadapt.client import Client
+
+    flood = 20_000
+    with RunningBridge(tmp_path / "d") as running, Client(port=running.port) as other:
+        packer = msgpack.Packer()
+        payload = b"".join(packer.pack([0, i, "adapter_info", ["duelist", "nobody"]]) for i in range(flood))
+        hog = socket.create_connection(("127.0.0.1", running.port))
+        try:
+            hog.sendall(payload)  # about 0.7 MB: several reads of thousands of requests each
+            other.act("duelist", "p", "npc", [0.0] * 8)
+            handled = other.stats()["requests"]
+        finally:
+            hog.close()
+    assert handled < flood / 4, handled  # one read's events used to be handled in one go (~7,000)
