@@ -86,7 +86,6 @@ class Service:
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0, "log_records_dropped": 0}
-        self._dropped_since_flush = 0  # log records lost since the last flush (a full disk): that flush fails
 
     # -- decisions ------------------------------------------------------------------
     @property
@@ -313,27 +312,26 @@ class Service:
                 "trainer_restarts": getattr(self.trainer, "restarts", 0)}
 
     def _record(self, record: dict) -> None:
-        """Append to the interaction log; if the disk refuses (full), the decision or feedback
-        has taken effect all the same, so it is served and the record is counted as dropped
-        (and the next flush says so) instead of failing the call."""
+        """Append to the interaction log. While the disk refuses writes the log holds records
+        in memory (64 MiB); past that a record is lost: the decision or feedback has taken
+        effect all the same, so it is served, counted in ``log_records_dropped``, and every
+        later flush of this process fails (it can no longer promise what it acknowledged)."""
         try:
             self.log.append(record)
         except LogError as exc:
             self.counters["log_records_dropped"] += 1
-            self._dropped_since_flush += 1
-            if self._dropped_since_flush == 1:
-                log.error("interaction log: dropping records until the disk takes writes again: %s", exc)
+            if self.counters["log_records_dropped"] == 1:
+                log.error("interaction log: records lost; every flush of this process will fail: %s", exc)
 
     def flush(self) -> int:
-        """Persist changed adapters and the interaction log. Raises LogError if log records
-        were dropped since the last flush (they are lost: the flush cannot promise them)."""
+        """Persist changed adapters and the interaction log. Raises LogError if the disk
+        refuses writes, or if log records were ever lost in this process."""
         written = self.engine.flush()
         if self.log is not None:
             self.log.flush()
-            dropped, self._dropped_since_flush = self._dropped_since_flush, 0
-            if dropped:
-                raise LogError(f"{dropped} interaction log record(s) since the last flush were dropped because "
-                               "the disk refused writes; what is in the log now is on disk")
+            if self.counters["log_records_dropped"]:
+                raise LogError(f"{self.counters['log_records_dropped']} interaction log record(s) were lost while the "
+                               "disk refused writes (past the 64 MiB held in memory); the log holds everything else")
         return written
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ from .segments import (
 logger = logging.getLogger(__name__)
 
 _BUFFER_BYTES = 1 << 20  # buffered bytes that trigger a write to the OS
+_HELD_BYTES = 64 << 20  # records held in memory while the disk refuses writes (full); past it appends fail
+_RETRY_SECONDS = 1.0  # while the disk refuses writes, appends try to write out at most this often
 _MAX_U32 = 2**32 - 1
 
 
@@ -92,6 +95,7 @@ class InteractionLog:
         self._lock = threading.Lock()
         self._chunks: list[bytes] = []  # framed records not yet written to the OS
         self._pending = 0  # bytes in _chunks
+        self._retry_at = 0.0  # monotonic time before which appends do not try a failed disk again
         self._drained = 0  # bytes this instance wrote to the OS
         self._packer = msgpack.Packer(use_bin_type=True)  # used under the lock only
         self._closed = False
@@ -210,8 +214,19 @@ class InteractionLog:
         """Before buffering ``size`` bytes: check open, write out, rotate (lock held)."""
         if self._closed:
             raise LogError(f"interaction log {self.directory} is closed")
-        if self._pending >= _BUFFER_BYTES:
-            self._drain()
+        failing = time.monotonic() < self._retry_at
+        if self._pending >= _BUFFER_BYTES and not failing:
+            try:
+                self._drain()
+            except LogError as exc:  # the disk refuses (full): hold records in memory, up to a bound
+                self._retry_at = time.monotonic() + _RETRY_SECONDS
+                failing = True
+                logger.warning("holding log records in memory while the disk refuses writes: %s", exc)
+        if failing:
+            if self._pending + size > _HELD_BYTES:
+                raise LogError(f"interaction log {self.directory}: {self._pending} bytes of records held in memory "
+                               "while the disk refuses writes; this record is refused")
+            return  # no rotation while the disk refuses writes: the segment grows past its size
         seg_size = self._disk_size + self._pending
         if seg_size + size > self._segment_bytes and seg_size > len(FILE_HEADER):
             self._rotate()
@@ -282,8 +297,12 @@ class InteractionLog:
         self._pending = 0
 
     def _rollback(self) -> None:
+        """Cut the segment back to its last whole record after a failed write. A new segment
+        is not opened for appending, so the write position goes back too (else the next write
+        would leave a hole of zeros where the partial write was)."""
         try:
             os.ftruncate(self._file.fileno(), self._disk_size)
+            self._file.seek(self._disk_size)
         except OSError as e:  # reopening recovers the torn tail instead
             logger.warning(
                 "cannot cut log segment %s back to %d bytes: %s", self._path, self._disk_size, e
@@ -313,6 +332,7 @@ class InteractionLog:
             if self._closed:
                 return
             self._drain()
+            self._retry_at = 0.0  # the disk takes writes again
             if not self._fsync:
                 return
             path = self._path
