@@ -240,11 +240,20 @@ class Engine:
 
     def _lock_slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
         """Slots for a batch, returned with `bank.lock` held (the caller releases it). Stored
-        adapters of players the bank does not hold are read before the lock is taken. Ids are
+        adapters of players the bank does not hold are read without the lock, then looked up again. Ids are
         validated where they are first seen: the store's loader."""
         if isinstance(players, (str, bytes)):
             raise InvalidInputError("players must be a sequence of player ids, not a single string")
         try:
+            bank.lock.acquire()  # the usual case: the bank knows every player, one walk of them
+            try:
+                slots = bank.lookup(players, None, may_load=False)
+            except BaseException:
+                bank.lock.release()
+                raise
+            if slots is not None:
+                return slots
+            bank.lock.release()
             for attempt in range(_READ_TRIES):
                 pre = bank.prefetch(players)
                 bank.lock.acquire()

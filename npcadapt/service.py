@@ -27,6 +27,7 @@ from .engine import Engine, single_row
 from .episodes import EpisodeTracker
 from .errors import InvalidInputError, LogError
 from .log import InteractionLog
+from .log.writer import HELD_BYTES
 from .training.online import OnlineConfig, PlayerUpdate
 from .training.trainer_host import InProcessTrainer
 from .training.trainer_process import TrainerProcess, TrainerProcessError
@@ -313,7 +314,7 @@ class Service:
 
     def _record(self, record: dict) -> None:
         """Append to the interaction log. While the disk refuses writes the log holds records
-        in memory (64 MiB); past that a record is lost: the decision or feedback has taken
+        in memory (``HELD_BYTES``); past that a record is lost: the decision or feedback has taken
         effect all the same, so it is served, counted in ``log_records_dropped``, and every
         later flush of this process fails (it can no longer promise what it acknowledged)."""
         try:
@@ -331,7 +332,8 @@ class Service:
             self.log.flush()
             if self.counters["log_records_dropped"]:
                 raise LogError(f"{self.counters['log_records_dropped']} interaction log record(s) were lost while the "
-                               "disk refused writes (past the 64 MiB held in memory); the log holds everything else")
+                               f"disk refused writes (past the {HELD_BYTES >> 20} MiB held in memory); the log holds "
+                               "everything else")
         return written
 
     def close(self) -> None:

@@ -262,15 +262,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     def __init__(
         self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12
     ) -> None:
-        modes = self.metadata["render_modes"]
-        if render_mode is not None and render_mode not in modes:
-            raise InvalidInputError(f"HaggleEnv: render_mode {render_mode!r} is not one of {modes}")
-        if not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
-            raise InvalidInputError(f"HaggleEnv: episode_length must be a positive int, "
-                                    f"got {episode_length!r}")
-        self.render_mode = render_mode
-        self.episode_length = int(episode_length)
-        self.persona = self._check_persona(AVERAGE if persona is None else persona)
+        self._configure(persona, render_mode, episode_length)
         self.tables = _tables()
         self.n_states = N
         self.action_space = spaces.Discrete(A)
@@ -299,8 +291,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a haggle; ``options={"persona": name}`` switches (and keeps) the persona."""
         super().reset(seed=seed)
-        if options and "persona" in options:
-            self.persona = self._check_persona(options["persona"])
+        self._switch_persona(options)
         u = self.np_random.random(2)  # fixed draw count: the first state ignores the persona
         self._state = min(int(np.searchsorted(np.cumsum(_start()), u[0], side="right")), N - 1)
         if self.persona == AVERAGE:

@@ -128,9 +128,8 @@ class Evaluator:
 
     def kl_to_base(self, host, archetype: str, tracks: list[PlayerTrack]) -> np.ndarray:
         """Situation-weighted mean KL(policy || base) per player, nats."""
-        players = [t.player for t in tracks]
-        p = self._probs(host, archetype, players, False)
-        q = self._probs(host, archetype, players, True)
+        p = self._probs(host, archetype, [t.player for t in tracks], False)  # (n, S, A)
+        q = self._probs(host, archetype, ["base"], True)  # (1, S, A): the base is the same for everyone
         return (kl_rows(p, q) * self.weights).sum(-1) / self.weights.sum()
 
 
@@ -197,19 +196,20 @@ def run_simulation(
     for t, kl in zip(tracks, kls):
         t.kl_to_base = float(kl)
     seconds = time.perf_counter() - start
-    report = build_report(probe.unwrapped, tracks, base_returns)
+    oracles = {persona: float(probe.unwrapped.oracle_return(persona)) for persona in every_persona}
+    report = build_report(tracks, base_returns, oracles)
     report.update(env=env_id, archetype=archetype, players=len(tracks), episodes_per_player=episodes, seed=seed,
                   seconds=round(seconds, 2), decisions_per_s=round(decisions / seconds))
     return report
 
 
-def _gain_curve(track: PlayerTrack, env, base_returns: dict[str, float]) -> np.ndarray | None:
+def _gain_curve(track: PlayerTrack, base_returns: dict[str, float], oracles: dict[str, float]) -> np.ndarray | None:
     """(episodes,) share of the gap from base to oracle closed after each episode, against
     the persona acting then; None where the persona has no gap (noise)."""
     gains = []
     for e, value in enumerate(track.expected):
         persona = track.persona_at(e)
-        gap = env.oracle_return(persona) - base_returns[persona]
+        gap = oracles[persona] - base_returns[persona]
         if abs(gap) <= 1e-6:
             return None
         gains.append((value - base_returns[persona]) / gap)
@@ -224,16 +224,16 @@ def recovery_episodes(gain_curve: list[float], switch_at: int, threshold: float 
     return None
 
 
-def build_report(env, tracks: list[PlayerTrack], base_returns: dict[str, float]) -> dict[str, Any]:
+def build_report(tracks: list[PlayerTrack], base_returns: dict[str, float], oracles: dict[str, float]) -> dict[str, Any]:
     """Per-persona figures (curves, gains, KL, experienced return), then summaries per kind."""
     personas: dict[str, dict] = {}
     for group in dict.fromkeys(t.group for t in tracks):
         members = [t for t in tracks if t.group == group]
         first = members[0]
         final = first.persona_at(len(first.expected) - 1)
-        base, oracle = base_returns[final], float(env.oracle_return(final))
+        base, oracle = base_returns[final], oracles[final]
         adapted = float(np.mean([t.expected[-1] for t in members]))
-        curves = [_gain_curve(t, env, base_returns) for t in members]
+        curves = [_gain_curve(t, base_returns, oracles) for t in members]
         gain_curve = None if curves[0] is None else np.mean(curves, axis=0)
         entry = {
             "kind": first.kind,

@@ -113,6 +113,22 @@ class PersonaCatalogue:
         """Every persona with its own tables: the population, then the held-out ones."""
         return (*cls.PERSONAS, *cls.HELDOUT_PERSONAS)
 
+    def _configure(self, persona: str | None, render_mode: str | None, episode_length: int) -> None:
+        """Check and set the constructor's common arguments (every env takes these three)."""
+        name, modes = type(self).__name__, self.metadata["render_modes"]  # type: ignore[attr-defined]
+        if render_mode is not None and render_mode not in modes:
+            raise InvalidInputError(f"{name}: render_mode {render_mode!r} is not one of {modes}")
+        if not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
+            raise InvalidInputError(f"{name}: episode_length must be a positive int, got {episode_length!r}")
+        self.render_mode = render_mode
+        self.episode_length = int(episode_length)
+        self.persona = self._check_persona(AVERAGE if persona is None else persona)
+
+    def _switch_persona(self, options: dict[str, Any] | None) -> None:
+        """``reset(options={"persona": name})`` switches the persona, and it stays switched."""
+        if options and "persona" in options:
+            self.persona = self._check_persona(options["persona"])
+
     def _check_persona(self, persona: Any) -> str:
         allowed = (*self.playable(), AVERAGE, NOISE)
         if persona not in allowed:
@@ -149,18 +165,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
     def __init__(
         self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12
     ) -> None:
-        name = type(self).__name__
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise InvalidInputError(
-                f"{name}: render_mode {render_mode!r} is not one of {self.metadata['render_modes']}"
-            )
-        if not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
-            raise InvalidInputError(
-                f"{name}: episode_length must be a positive int, got {episode_length!r}"
-            )
-        self.render_mode = render_mode
-        self.episode_length = int(episode_length)
-        self.persona = self._check_persona(AVERAGE if persona is None else persona)
+        self._configure(persona, render_mode, episode_length)
         self.model = self.shared_model()
         m = self.model
         self.n_contexts = len(m.context_probs)
@@ -223,8 +228,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start an episode; ``options={"persona": name}`` switches (and keeps) the persona."""
         super().reset(seed=seed)
-        if options and "persona" in options:
-            self.persona = self._check_persona(options["persona"])
+        self._switch_persona(options)
         T = self.episode_length
         u = self.np_random.random(2 * T + 1)  # fixed draw count: obs never depend on persona
         idx = np.searchsorted(self._context_cdf, u[:T], side="right")

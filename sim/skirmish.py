@@ -307,18 +307,8 @@ class SkirmishEnv(PersonaRoundEnv):
     def __init__(
         self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12
     ) -> None:
-        modes = self.metadata["render_modes"]
-        if render_mode is not None and render_mode not in modes:
-            raise InvalidInputError(
-                f"SkirmishEnv: render_mode {render_mode!r} is not one of {modes}"
-            )
-        if not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
-            raise InvalidInputError(
-                f"SkirmishEnv: episode_length must be a positive int, got {episode_length!r}"
-            )
-        self.render_mode = render_mode
-        self.episode_length = T = int(episode_length)
-        self.persona = self._check_persona(AVERAGE if persona is None else persona)
+        self._configure(persona, render_mode, episode_length)
+        T = self.episode_length
         self.action_space = spaces.Discrete(len(ACTIONS))
         self.observation_space = spaces.Box(OBS_LOW, np.ones(OBS_DIM, np.float32), dtype=np.float32)
         self.n_contexts = EVAL_PER_ROUND  # evaluation contexts per round: S = T * M situations
@@ -347,8 +337,7 @@ class SkirmishEnv(PersonaRoundEnv):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a skirmish; ``options={"persona": name}`` switches (and keeps) the persona."""
         super(PersonaRoundEnv, self).reset(seed=seed)  # gym.Env.reset: seeds np_random
-        if options and "persona" in options:
-            self.persona = self._check_persona(options["persona"])
+        self._switch_persona(options)
         T = self.episode_length
         u = self.np_random.random(T * (CONTEXT_UNIFORMS + PLAYER_UNIFORMS) + 1)  # fixed count
         u_ctx = u[: T * CONTEXT_UNIFORMS].reshape(T, CONTEXT_UNIFORMS)

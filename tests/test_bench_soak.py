@@ -33,9 +33,10 @@ def test_short_soak_loses_nothing_acknowledged_and_survives_every_fault(capsys, 
     assert result["acknowledged_flushes"] > 0 and result["acknowledged_flushes_lost"] == 0
     assert len(result["ack_checks"]) == 2 and all(not c["lost"] for c in result["ack_checks"])
     assert result["ack_checks"][-1]["decisions_acknowledged"] > 0
+    assert all(c["corrupt_log_records"] == 0 for c in result["ack_checks"])
 
     # faults were injected and recovered from
-    assert result["server_kills"] == 1 and result["server_restarts"] >= 1
+    assert result["server_kills"] == 1
     assert result["trainer_kills"] >= 1 and result["trainer_restarts"] >= 1
     if result["disk_full_mode"] == "tmpfs":  # root can mount one (CI runs as root)
         assert result["disk_full_filler_mb"] > 0
@@ -50,13 +51,18 @@ def test_short_soak_loses_nothing_acknowledged_and_survives_every_fault(capsys, 
         assert hostile[kind].get("closed_by_server", 0) > 0 and not hostile[kind].get("not_closed"), kind
     assert result["hostile"].get("reply_code_5", 0) > 0  # unauthenticated floods got UNAUTHORIZED
     assert result["good_client_calls_without_attack"] > 0 and result["good_client_calls_under_attack"] > 0
-    assert result["good_client_p99_ms"] > 0 and result["good_client_p99_ms_under_attack"] > 0
     assert result["errors_by_code"].get("5", 0) > 0 and result["requests"] > 0
 
     # memory figures and targets are reported (their values are the long run's business)
-    assert 0 < result["model_footprint_mb"] <= result["rss_max_mb"]
-    assert len(result["rss_by_server_run"]) == 2
+    assert len(result["rss_by_server_run"]) == 2  # the server really ran again after its SIGKILL
     assert {"nothing_acknowledged_lost", "rss_growth_last_half_under_5pct", "good_client_p99_under_attack_within_3x",
             "rss_within_budget_plus_footprint_plus_output_allowance"} <= set(result["targets"])
-    assert all(isinstance(v, bool) for v in result["targets"].values())
-    assert result["targets"]["nothing_acknowledged_lost"] is True
+
+
+def test_the_acknowledgement_check_finds_what_is_missing(tmp_path):
+    """The soak's loss check is not vacuous: acknowledged data absent from disk is reported."""
+    from npcadapt.bench.soak_faults import verify_acknowledged
+
+    (tmp_path / "logs").mkdir()
+    check = verify_acknowledged(tmp_path, "duelist", {"p": 1}, {("p", "n"): 1}, {("p", "n"): 1})
+    assert len(check["lost"]) == 3  # the adapter version, the decisions and the feedback

@@ -6,7 +6,9 @@ Thompson-sampling baselines (:mod:`npcadapt.bench.baselines`: a (situation, acti
 table where the env's situations are discrete, and NeuralLinear on the base's features);
 and with the same online algorithm updating a full per-player copy of the actor. Every
 figure is an exact expected return from the env's oracle (no sampling noise), turned
-into a gain: (policy - base) / (oracle - base), averaged over personas of one kind.
+into a gain: (policy - base) / (oracle - base), averaged over personas of one kind
+(exact on Skirmish's fixed evaluation sample; Haggle's "average" oracle is a lower bound).
+``play_return_vs_base`` alone is realised play: what the players actually got.
 """
 
 from __future__ import annotations
@@ -78,14 +80,14 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
     """
     import gymnasium as gym
 
-    from sim.loop import persona_names, run_simulation  # sim is a sibling package
+    from sim.loop import run_simulation  # sim is a sibling package
     from sim.personas import AVERAGE, NOISE
 
     archetypes = find_archetypes(archetype_dirs or [BUILTIN_DIR])
     archetype = archetype_for_env(env_id, archetypes)
     policy = archetypes[archetype].policy
     env = gym.make(env_id).unwrapped
-    named = len(persona_names(gym.make(env_id))) - 2
+    named = len(env.PERSONAS)
     sim_args = dict(players=players_per_persona * named, episodes=episodes, seed=seed,
                     persona_counts={AVERAGE: control_players, NOISE: control_players},
                     heldout_players=heldout_players, switch_players=switch_players, switch_at=switch_at)

@@ -65,7 +65,7 @@ RESTART_SETTLE = 2.0  # s after a restarted server listens that the attack p99 l
 MAX_OUTPUT_BUFFER_MB = 8.0  # ServerConfig.max_output_buffer
 PRE_AUTH_MB = 64 / 1024  # ServerConfig.pre_auth_max_bytes
 SERVER_SUMS = ("requests", "notifications", "errors", "protocol_errors", "auth_failures", "overloaded",
-               "shed_notifications", "budget_pauses", "budget_shed", "connections_total", "connections_refused",
+               "budget_pauses", "budget_shed", "connections_total", "connections_refused",
                "decisions", "feedback", "updates", "trainer_restarts", "log_flush_errors", "writeback_failures",
                "writeback_written")
 

@@ -33,7 +33,7 @@ from .segments import (
 logger = logging.getLogger(__name__)
 
 _BUFFER_BYTES = 1 << 20  # buffered bytes that trigger a write to the OS
-_HELD_BYTES = 64 << 20  # records held in memory while the disk refuses writes (full); past it appends fail
+HELD_BYTES = 64 << 20  # records held in memory while the disk refuses writes (full); past it appends fail
 _RETRY_SECONDS = 1.0  # while the disk refuses writes, appends try to write out at most this often
 _MAX_U32 = 2**32 - 1
 
@@ -223,7 +223,7 @@ class InteractionLog:
                 failing = True
                 logger.warning("holding log records in memory while the disk refuses writes: %s", exc)
         if failing:
-            if self._pending + size > _HELD_BYTES:
+            if self._pending + size > HELD_BYTES:
                 raise LogError(f"interaction log {self.directory}: {self._pending} bytes of records held in memory "
                                "while the disk refuses writes; this record is refused")
             return  # no rotation while the disk refuses writes: the segment grows past its size

@@ -424,8 +424,6 @@ class OnlineTrainer:
         terms = torch.where(masks, logp.exp() * (logp - base_logp), torch.zeros_like(logp))
         return terms.sum(-1)
 
-    log_probs = _log_probs
-    kl_rows = _kl_rows
 
     def _per_player_mean(self, values: torch.Tensor, owner: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Mean of row values (T,) per player (K,)."""
