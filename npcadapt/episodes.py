@@ -13,6 +13,8 @@ when the trainer takes the episode.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import itertools
 import threading
 from collections import OrderedDict, defaultdict
@@ -193,11 +195,14 @@ class EpisodeTracker:
         with self._lock:
             return len(self._done.get((archetype, player), ()))
 
-    def ready(self, min_episodes: int, limit: int | None = None) -> list[tuple[str, str]]:
-        """(archetype, player) keys with at least `min_episodes` completed episodes, in the
-        order they completed their first pending one; the first `limit` of them."""
+    def ready(self, min_episodes: int, limit: int | None = None,
+              per_archetype: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
+        """(archetype, player) keys with at least `min_episodes` completed episodes (or the
+        archetype's own count in `per_archetype`), in the order they completed their first
+        pending one; the first `limit` of them."""
+        need = per_archetype or {}
         with self._lock:
-            keys = (k for k, eps in self._done.items() if len(eps) >= min_episodes)
+            keys = (k for k, eps in self._done.items() if len(eps) >= need.get(k[0], min_episodes))
             return list(itertools.islice(keys, limit))
 
     def take(self, keys) -> dict[tuple[str, str], list[Episode]]:

@@ -29,7 +29,8 @@ from .errors import InvalidInputError, LogError
 from .log import InteractionLog
 from .log.writer import HELD_BYTES
 from .training.online import OnlineConfig, PlayerUpdate
-from .training.trainer_host import InProcessTrainer
+from .prior.library import find_library
+from .training.trainer_host import InProcessTrainer, episodes_per_update
 from .training.trainer_process import TrainerProcess, TrainerProcessError
 from .types import AdapterInfo, BatchDecision, Decision
 
@@ -74,11 +75,17 @@ class Service:
         capacity = sum(rt.bank.capacity for rt in runtimes.values())
         self.trainer_nice = trainer_nice
         self.trainer: InProcessTrainer | TrainerProcess | None = None
+        # population priors stored beside the archetypes (stale or damaged ones are refused with a warning)
+        self.libraries = {name: lib for name, rt in runtimes.items()
+                          if online and online.prior and (lib := find_library(rt.archetype)) is not None}
+        self._episodes_per_update = episodes_per_update(online, self.libraries) if online else {}
         if online and trainer_process:
             archetypes = {name: rt.archetype for name, rt in runtimes.items()}
-            self.trainer = TrainerProcess(archetypes, online, capacity, device=str(self.engine.device), nice=trainer_nice)
+            self.trainer = TrainerProcess(archetypes, online, capacity, device=str(self.engine.device), nice=trainer_nice,
+                                          priors=sorted(self.libraries))
         elif online:
-            self.trainer = InProcessTrainer({name: (rt.policy, rt.layout) for name, rt in runtimes.items()}, online, capacity)
+            self.trainer = InProcessTrainer({name: (rt.policy, rt.layout) for name, rt in runtimes.items()}, online,
+                                            capacity, self.libraries)
         # _train_lock guards taking episodes and installing outcomes (short); _update_lock
         # serialises the trainer's work (long), so a reset never waits for an update in flight
         self._train_lock = threading.Lock()
@@ -183,7 +190,7 @@ class Service:
     def _take_round(self, max_players: int | None) -> dict[str, list[PlayerUpdate]]:
         """Take the ready players' episodes with their current adapters, per archetype."""
         with self._train_lock:
-            ready = self.tracker.ready(self.online.episodes_per_update, max_players)
+            ready = self.tracker.ready(self.online.episodes_per_update, max_players, self._episodes_per_update)
             taken = self.tracker.take(ready)
             self._reset_while_updating = set()
             by_arch: dict[str, list[PlayerUpdate]] = {}
@@ -265,7 +272,7 @@ class Service:
         """A backlog: at least a whole round of players is waiting."""
         if players_per_round is None:
             return False
-        return len(self.tracker.ready(self.online.episodes_per_update, players_per_round)) >= players_per_round
+        return len(self.tracker.ready(self.online.episodes_per_update, players_per_round, self._episodes_per_update)) >= players_per_round
 
     def stop_background_training(self) -> None:
         if self._background is not None:
@@ -276,6 +283,20 @@ class Service:
     # -- adapters and lifecycle -----------------------------------------------------------
     def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
         return self.engine.adapter_info(archetype, player)
+
+    def prior_info(self, archetype: str, player: str) -> dict | None:
+        """Where the player's NPC stands on the archetype's population prior: None without a
+        prior; {"episodes": 0, ...} before their first completed episode; else the most
+        likely cohort and its posterior weight (``confidence``), the cohort served, and
+        the decayed count of decisions behind it (held by an in-process trainer only)."""
+        if archetype not in self.libraries:
+            return None
+        state = self.trainer.prior_state(archetype, player) if isinstance(self.trainer, InProcessTrainer) else None
+        if state is None:
+            weights = self.libraries[archetype].log_weights.exp()
+            state = {"episodes": 0, "cohort": int(weights.argmax()), "confidence": round(float(weights.max()), 4),
+                     "served_cohort": -1, "evidence": 0.0}
+        return state
 
     def reset_player(self, archetype: str, player: str) -> bool:
         """Erase the player's adapter and pending episodes: they get the base policy again.
@@ -294,7 +315,7 @@ class Service:
 
     def ready_players(self) -> int:
         """Players (per archetype) with enough completed episodes for an update, not yet taken."""
-        return len(self.tracker.ready(self.online.episodes_per_update)) if self.online else 0
+        return len(self.tracker.ready(self.online.episodes_per_update, None, self._episodes_per_update)) if self.online else 0
 
     def pending_feedback(self) -> int:
         """Steps of completed episodes waiting for the online trainer (0 without training)."""

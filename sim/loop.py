@@ -126,9 +126,9 @@ class Evaluator:
         probs = self._probs(host, archetype, ["base"], True)[0]  # (S, A)
         return {persona: self.env.expected_return(persona, probs) for persona in personas}
 
-    def kl_to_base(self, host, archetype: str, tracks: list[PlayerTrack]) -> np.ndarray:
+    def kl_to_base(self, host, archetype: str, players: list[str]) -> np.ndarray:
         """Situation-weighted mean KL(policy || base) per player, nats."""
-        p = self._probs(host, archetype, [t.player for t in tracks], False)  # (n, S, A)
+        p = self._probs(host, archetype, players, False)  # (n, S, A)
         q = self._probs(host, archetype, ["base"], True)  # (1, S, A): the base is the same for everyone
         return (kl_rows(p, q) * self.weights).sum(-1) / self.weights.sum()
 
@@ -147,12 +147,15 @@ def run_simulation(
     heldout_players: int = 0,
     switch_players: int = 0,
     switch_at: int | None = None,
+    player_ids: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Play `episodes` episodes for each simulated player; return the report.
 
     Players: `players` cycling through the named personas, average and noise
     (`persona_counts` overrides a persona's count), plus `heldout_players` per held-out
-    persona and `switch_players` per switch pair (see :func:`make_tracks`).
+    persona and `switch_players` per switch pair (see :func:`make_tracks`). The host sees
+    each player as their track name ("brawler-0"), or as ``player_ids[name]`` where given
+    (so the same person can play several envs, see :mod:`sim.traits`).
     """
     start = time.perf_counter()
     probe = gym.make(env_id)
@@ -162,7 +165,7 @@ def run_simulation(
     evaluator = Evaluator(probe)
     every_persona = list(dict.fromkeys(p for t in tracks for p in (t.persona, t.switch_to) if p))
     base_returns = evaluator.base_returns(host, archetype, every_persona)
-    ids = [t.player for t in tracks]
+    ids = [(player_ids or {}).get(t.player, t.player) for t in tracks]
     decisions = 0
     for episode in range(episodes):
         obs = []
@@ -192,7 +195,7 @@ def run_simulation(
             t.expected.append(float(exp))
         if on_episode:
             on_episode(episode)
-    kls = evaluator.kl_to_base(host, archetype, tracks)
+    kls = evaluator.kl_to_base(host, archetype, ids)
     for t, kl in zip(tracks, kls):
         t.kl_to_base = float(kl)
     seconds = time.perf_counter() - start

@@ -120,7 +120,8 @@ def test_library_cohorts_group_players_of_the_same_persona(recorded):
 
     arch, episodes, _ = recorded
     library, cohort_of = build_library(arch, episodes, LibraryConfig(cohorts=8, seed=0))
-    assert library.mean.shape == (library.cohorts, 8, 64) and library.cov.shape[-2:] == (64, 64)
+    assert library.mean.shape == (library.cohorts, 8, 16) and library.cov.shape[-2:] == (16, 16)
+    assert library.basis.shape == (16, 64) and library.beta > 0 and library.gamma == 0.0
     assert torch.allclose(library.log_weights.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
     by_persona: dict[str, list[int]] = {}
     for player, cohort in cohort_of.items():
@@ -142,7 +143,8 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     library, _ = build_library(arch, episodes, LibraryConfig(cohorts=4, seed=1))
     path = save_library(library, tmp_path / "prior.safetensors")
     loaded = load_library(path, arch)
-    assert torch.allclose(loaded.mean, library.mean.float().double()) and loaded.noise_var == library.noise_var
+    assert torch.equal(loaded.mean, library.mean) and torch.equal(loaded.basis, library.basis)
+    assert (loaded.noise_var, loaded.beta, loaded.gamma) == (library.noise_var, library.beta, library.gamma)
     assert loaded.meta["players"] == 24 and sum(loaded.meta["cohort_sizes"]) == 24
     with pytest.raises(AdapterMismatchError, match="train library"):
         load_library(path, replace(arch, base_hash="0" * 16))  # built on another base: stale

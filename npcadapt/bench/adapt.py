@@ -28,6 +28,11 @@ from ..training.online import OnlineConfig
 from .baselines import NEURAL_LINEAR_SETTINGS, TABLE_SETTINGS, NeuralLinearHost, TableThompsonHost
 
 CHECKPOINTS = (5, 10, 20, 40, 80, 200)
+# where a player met NPCs before reaching each env, for the cross-archetype warm start
+WARM_SOURCE = {"npcadapt/Duel-v0": "npcadapt/Skirmish-v0", "npcadapt/Skirmish-v0": "npcadapt/Duel-v0",
+               "npcadapt/Merchant-v0": "npcadapt/Haggle-v0", "npcadapt/Haggle-v0": "npcadapt/Merchant-v0",
+               "npcadapt/Companion-v0": "npcadapt/Duel-v0"}
+WARM_EPISODES = 20  # episodes played with the source archetype first
 SEQUENTIAL_GAMMA = 0.9  # the baselines' reward-to-go discount on envs whose actions change the next state
 
 
@@ -69,14 +74,15 @@ def baseline_hosts(env, policy, seed: int) -> dict[str, Any]:
 def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episodes: int = 200, seed: int = 0,
         config: OnlineConfig = OnlineConfig(), archetype_dirs=None, control_players: int = 8,
         heldout_players: int = 2, switch_players: int = 2, switch_at: int | None = None, full_finetune: bool = True,
-        baselines: bool = True, out: str | Path | None = "runs/bench") -> dict:
+        baselines: bool = True, cross_archetype: bool = True, out: str | Path | None = "runs/bench") -> dict:
     """Benchmark one env; returns the report (one JSON line on the CLI) and writes the plot.
 
     Named and held-out personas get `players_per_persona` / `heldout_players` players
     each; 'average' and 'noise' get `control_players` each (their figures are differences
     near zero, so they need more players); each switch pair of the env gets
     `switch_players`, switching at `switch_at` (default half way). Without `full_finetune` the full fine-tune run
-    is skipped (lora_vs_full None); without `baselines` the baselines are.
+    is skipped (lora_vs_full None); without `baselines` the baselines are; without
+    `cross_archetype` the warm start across archetypes is not measured.
     """
     import gymnasium as gym
 
@@ -97,6 +103,9 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         rt = svc.engine.runtime(archetype)
         adapter_params = rt.layout.size
         svc.close()
+        cross = None
+        if cross_archetype and env_id in WARM_SOURCE and WARM_SOURCE[env_id] in gym.registry:
+            cross = warm_start_gain(env_id, archetypes, Path(tmp) / "cross", config, seed, archetype_dirs)
     network_params = sum(p.numel() for p in policy.parameters())
     marks = checkpoints(episodes)
     others, reports = {}, {"npcadapt (LoRA)": lora}
@@ -135,6 +144,8 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         "average_tolerance": round(0.02 * abs(avg["oracle_return"] - avg["base_return"]), 4) if avg else None,
         "noise_kl": lora["personas"].get(NOISE, {}).get("kl_to_base"),
         "kl_bound": config.kl_bound,
+        "cross_archetype_gain_at_5": cross["gain_at_5"] if cross else None,
+        "cross_archetype": cross,
         "seconds": round(lora["seconds"] + sum(b["seconds"] for b in others.values())
                          + (full["seconds"] if full else 0.0), 1),
         "config": config.to_dict(),
@@ -143,6 +154,35 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
     if out is not None:
         result["plot"] = str(write_plot(env_id, reports, full, Path(out)))
     return result
+
+
+def warm_start_gain(env_id: str, archetypes: dict, data: Path, config: OnlineConfig, seed: int,
+                    archetype_dirs=None, per_trait: int = 2) -> dict:
+    """Named gain of players who met another archetype first (warm) against fresh players.
+
+    In one Service, `per_trait` players per latent trait (sim/traits.py) play
+    WARM_EPISODES episodes of the source env, then 5 of `env_id` under the same ids; as
+    many fresh players of the same personas play 5 episodes of `env_id`. Returns the mean
+    gain curves' first 5 points and ``gain_at_5`` = warm minus fresh after 5 episodes."""
+    from sim.loop import run_simulation
+    from sim.traits import trait_counts, trait_players
+
+    source = WARM_SOURCE[env_id]
+    svc = Service(data, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)
+    try:
+        source_arch, arch = archetype_for_env(source, archetypes), archetype_for_env(env_id, archetypes)
+        run_simulation(svc, source, source_arch, players=0, episodes=WARM_EPISODES, seed=seed + 1,
+                       persona_counts=trait_counts(source, per_trait), player_ids=trait_players(source, per_trait, "warm"))
+        curves = {}
+        for kind in ("warm", "fresh"):
+            report = run_simulation(svc, env_id, arch, players=0, episodes=5, seed=seed + 2,
+                                    persona_counts=trait_counts(env_id, per_trait),
+                                    player_ids=trait_players(env_id, per_trait, kind))
+            curves[kind] = gain_at(report, "named", [1, 2, 3, 4, 5])
+    finally:
+        svc.close()
+    return {"source": source, "source_episodes": WARM_EPISODES, "warm_gain_at": curves["warm"],
+            "fresh_gain_at": curves["fresh"], "gain_at_5": round(curves["warm"]["5"] - curves["fresh"]["5"], 4)}
 
 
 def _best(others: dict, marks: list[int]) -> dict[str, float] | None:

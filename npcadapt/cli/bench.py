@@ -38,6 +38,7 @@ def _cmd_bench(args) -> int:
             raise InvalidInputError(str(exc)) from None
         result = run(args.env, players_per_persona=args.players_per_persona, episodes=args.episodes, seed=args.seed,
                      config=config, full_finetune=not args.lora_only, baselines=not args.no_baselines,
+                     cross_archetype=not args.no_cross,
                      heldout_players=args.heldout_players, switch_players=args.switch_players, out=args.out)
     elif args.which == "soak":
         from ..bench.soak import run
@@ -104,6 +105,7 @@ def add_bench(sub) -> None:
     ad.add_argument("--switch-players", type=int, default=2, help="players per switch pair (switching half way)")
     ad.add_argument("--lora-only", action="store_true", help="skip the full fine-tune comparison")
     ad.add_argument("--no-baselines", action="store_true", help="skip the Thompson-sampling baselines")
+    ad.add_argument("--no-cross", action="store_true", help="skip the cross-archetype warm-start measurement")
     ad.add_argument("--out", default="runs/bench", help="where the gain-vs-episodes PNG goes")
     sk = bsub.add_parser("soak", help="the bridge under good load, hostile connections and injected faults "
                                       "(trainer and server SIGKILL, disk full)")

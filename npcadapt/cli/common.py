@@ -64,6 +64,8 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
     p.add_argument("--no-gate", action="store_true",
                    help="serve each update at once, not only as far as held-out episodes show it beats the base")
+    p.add_argument("--no-prior", action="store_true",
+                   help="ignore the population priors beside the archetypes (adapt every player from the base with PPO)")
 
 
 def online_config(args):
@@ -74,6 +76,7 @@ def online_config(args):
         raise InvalidInputError(f"--lr must be > 0, got {args.lr}")
     try:
         return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr,
-                            kl_bound=args.kl_bound, validation_gate=not args.no_gate)
+                            kl_bound=args.kl_bound, validation_gate=not args.no_gate,
+                            prior=not args.no_prior)
     except ValueError as exc:
         raise InvalidInputError(f"invalid online training settings: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import NpcAdaptError
+from ..archetypes import find_archetypes
 from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
@@ -81,18 +82,34 @@ def _cmd_train_adapters(args) -> int:
 
 
 def _cmd_train_library(args) -> int:
-    from ..prior.library import LIBRARY_NAME, LibraryConfig, build_library, save_library
+    from ..prior.library import LIBRARY_NAME, LibraryConfig, build_library, find_library, save_library, with_transfers
     from ..recordings import read_episodes
 
     arch = load_archetype(args, args.archetype)
-    episodes, summary = read_episodes(args.logs, archetypes=[arch.name])
-    players = {player: eps for (_, player), eps in episodes.items()}
+    episodes, summary = read_episodes(args.logs)  # every archetype: players shared with others give transfers
+    by_arch: dict[str, dict] = {}
+    for (archetype, player), eps in episodes.items():
+        by_arch.setdefault(archetype, {})[player] = eps
+    players = by_arch.get(arch.name, {})
     config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, seed=args.seed)
-    library, _ = build_library(arch, players, config)
+    rows_of = None
+    if args.engine == "ray":
+        from ..training.ray_backend import RayDecisions
+
+        rows_of = RayDecisions(arch.directory, address=args.address, workers=args.workers)
+    try:
+        library, cohort_of = build_library(arch, players, config, rows_of)
+    finally:
+        if rows_of is not None:
+            rows_of.shutdown()
+    found = find_archetypes(archetype_dirs(args))
+    sources = {name: (lib, other) for name, other in found.items()
+               if name != arch.name and name in by_arch and (lib := find_library(other)) is not None}
+    library = with_transfers(library, cohort_of, sources, by_arch)
     path = save_library(library, Path(args.out) if args.out else arch.directory / LIBRARY_NAME)
     print(f"{arch.name}: {library.cohorts} cohorts from {library.meta['players']} recorded players "
-          f"({summary.episodes} episodes; sizes {library.meta['cohort_sizes']}), bound to version {arch.base_hash}; "
-          f"wrote {path}")
+          f"({len(players)} players' episodes read; sizes {library.meta['cohort_sizes']}), bound to version "
+          f"{arch.base_hash}; warm starts from {sorted(library.transfer) or 'no other archetype'}; wrote {path}")
     return 0
 
 
@@ -123,6 +140,9 @@ def add_train(sub) -> None:
     lib.add_argument("--gamma", type=float, default=0.0, help="discount of the reward-to-go target (sequential games)")
     lib.add_argument("--out", help="where to write it (default: the archetype's directory)")
     lib.add_argument("--seed", type=int, default=0)
+    lib.add_argument("--engine", choices=("local", "ray"), default="local", help="where the players' statistics are computed")
+    lib.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)")
+    lib.add_argument("--workers", type=int, help="CPUs of the local Ray (default: all)")
     add_archetypes_argument(lib)
     lib.set_defaults(func=_cmd_train_library)
     base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")

@@ -8,6 +8,16 @@ players who reward the same actions land together whatever their data); each coh
 model is the posterior of its pooled statistics, with its covariance inflated so that a
 new player can still differ from the cohort. The mixture weights are the cohort sizes.
 
+The models work on a projection of the hidden features to `features` dimensions (the top
+right singular vectors of the recorded activations, uncentred so that their mean
+direction, which acts as a bias, is kept): Q(x, a) = (basis h(x)) . m_a, still linear in
+h, so a served delta is m @ basis on the last layer. A player's statistics are then
+A * (d * d + d + 2) numbers (2,304 for 8 actions and d = 16) instead of 33,000 at d = 64.
+
+Serving turns a model into the policy softmax(base logits + beta Q); beta is stored with
+the library as `sharpness` over the spread (std) of the recorded targets, so one
+setting fits every reward scale.
+
 Stored (:func:`save_library` / :func:`load_library`) as safetensors beside the archetype,
 bound to the base hash: a library built on other base weights is refused like a stale
 adapter, and a damaged file is refused with the reason.
@@ -15,11 +25,12 @@ adapter, and a damaged file is refused with the reason.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +42,7 @@ from ..archetypes import Archetype
 from ..episodes import Episode
 from ..errors import AdapterMismatchError, InvalidInputError, StoreError
 from ..fileio import write_atomic
-from .bayes import Stats, posterior
+from .bayes import Stats, cohort_weights, posterior
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +57,19 @@ class LibraryConfig:
     noise_var: float = 0.25  # reward noise variance of every model
     weight_precision: float = 100.0  # precision of the broad prior each player's model starts from (strong
     # shrinkage: recorded play rarely tries most actions, and unshrunk models cluster by noise)
-    inflate: float = 2.0  # cohort covariance multiplier: room for a player to differ from the cohort
+    inflate: float = 50.0  # cohort covariance multiplier: room for a player to differ from the cohort
     gamma: float = 0.0  # discount of the reward-to-go target (0: immediate reward; > 0 for sequential games)
     probe: int = 512  # recorded observations the players' models are compared on
+    features: int = 16  # d: dimensions of the hidden-feature projection the models work on (<= hidden size)
+    sharpness: float = 128.0  # served policy: softmax(base logits + beta Q), beta = sharpness / std(recorded targets)
     min_decisions: int = 12  # players with fewer recorded decisions are left out
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.cohorts < 1 or self.probe < 1 or self.min_decisions < 1:
-            raise InvalidInputError(f"LibraryConfig: cohorts, probe and min_decisions must be >= 1: {self}")
+        if self.cohorts < 1 or self.probe < 1 or self.min_decisions < 1 or self.features < 1:
+            raise InvalidInputError(f"LibraryConfig: cohorts, probe, features and min_decisions must be >= 1: {self}")
+        if not self.sharpness > 0:
+            raise InvalidInputError(f"LibraryConfig: sharpness must be > 0: {self}")
         if not (self.noise_var > 0 and self.weight_precision > 0 and self.inflate >= 1 and 0 <= self.gamma <= 1):
             raise InvalidInputError(f"LibraryConfig: noise_var and weight_precision must be > 0, inflate >= 1, "
                                     f"gamma in [0, 1]: {self}")
@@ -66,15 +81,34 @@ class Library:
 
     archetype: str
     base_hash: str
-    mean: torch.Tensor  # (K, A, H) float64
-    cov: torch.Tensor  # (K, A, H, H) float64
+    basis: torch.Tensor  # (d, H) float64 projection of the base's last hidden features
+    mean: torch.Tensor  # (K, A, d) float64
+    cov: torch.Tensor  # (K, A, d, d) float64
     log_weights: torch.Tensor  # (K,) log mixture weights
     noise_var: float
+    beta: float  # served policy: softmax(base logits + beta Q)
+    gamma: float  # discount of the reward-to-go target the models predict
     meta: dict
+    transfer: dict[str, torch.Tensor] = field(default_factory=dict)  # source archetype -> (K_src, K) P(cohort | src cohort)
+    transfer_from: dict[str, str] = field(default_factory=dict)  # source archetype -> fingerprint of its library
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies these cohorts (a transfer matrix built against other cohorts does not apply)."""
+        return hashlib.sha256(self.mean.contiguous().numpy().tobytes()).hexdigest()[:16]
 
     @property
     def cohorts(self) -> int:
         return int(self.mean.shape[0])
+
+    @property
+    def population_mean(self) -> torch.Tensor:
+        """(A, d) the population's model: the cohort means weighed by cohort size."""
+        return torch.einsum("k,kad->ad", self.log_weights.exp(), self.mean)
+
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Projected features (T, d) float64 of hidden activations (T, H)."""
+        return hidden.to(torch.float64) @ self.basis.T
 
 
 def reward_to_go(rewards: Sequence[float], gamma: float) -> np.ndarray:
@@ -86,15 +120,30 @@ def reward_to_go(rewards: Sequence[float], gamma: float) -> np.ndarray:
     return out
 
 
-def player_stats(archetype: Archetype, episodes: Sequence[Episode], gamma: float) -> tuple[Stats, torch.Tensor]:
-    """One player's statistics and their observations (T, D)."""
-    policy = archetype.policy
+class Decisions(NamedTuple):
+    """One player's recorded decisions, flattened over episodes."""
+
+    obs: torch.Tensor  # (T, D) float32
+    hidden: torch.Tensor  # (T, H) the base actor's last hidden activations
+    actions: torch.Tensor  # (T,) int64
+    targets: torch.Tensor  # (T,) float64 reward-to-go
+
+
+def decisions(policy, episodes: Sequence[Episode], gamma: float) -> Decisions:
+    """The decisions of `episodes` with their hidden features and reward-to-go targets."""
     obs = torch.as_tensor(np.stack([o for ep in episodes for o in ep.obs]), dtype=torch.float32)  # (T, D)
     actions = torch.as_tensor([a for ep in episodes for a in ep.action], dtype=torch.int64)  # (T,)
     y = torch.as_tensor(np.concatenate([reward_to_go(ep.reward, gamma) for ep in episodes]))  # (T,)
+    device = next(policy.parameters()).device
     with torch.inference_mode():
-        hidden = policy.actor_features(obs)  # (T, H)
-    return Stats.empty(policy.actor[-1].out_features, hidden.shape[1]).add(hidden, actions, y), obs
+        hidden = policy.actor_features(obs.to(device)).cpu()  # (T, H)
+    return Decisions(obs, hidden, actions, y)
+
+
+def feature_basis(hidden: torch.Tensor, d: int) -> torch.Tensor:
+    """(d, H) top right singular vectors of uncentred activations (N, H)."""
+    _, _, vh = torch.linalg.svd(hidden.to(torch.float64), full_matrices=False)
+    return vh[: min(d, vh.shape[0])]
 
 
 def _kmeans(points: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
@@ -115,23 +164,32 @@ def _kmeans(points: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarra
 
 
 def build_library(archetype: Archetype, episodes: Mapping[str, Sequence[Episode]],
-                  config: LibraryConfig = LibraryConfig()) -> tuple[Library, dict[str, int]]:
-    """Cohort models from recorded players' episodes; also returns each player's cohort."""
+                  config: LibraryConfig = LibraryConfig(),
+                  rows_of: Callable[[list[Sequence[Episode]], float], list[Decisions]] | None = None,
+                  ) -> tuple[Library, dict[str, int]]:
+    """Cohort models from recorded players' episodes; also returns each player's cohort.
+
+    `rows_of(players' episodes, gamma)` computes every player's :class:`Decisions` (the
+    costly part: the base's forward over all recorded decisions); default: here, in this
+    process (:class:`~npcadapt.training.ray_backend.RayDecisions` spreads it over Ray)."""
     eligible = {p: eps for p, eps in episodes.items() if sum(len(ep) for ep in eps) >= config.min_decisions}
     if len(eligible) < config.cohorts:
         raise InvalidInputError(f"train library: {len(eligible)} players with >= {config.min_decisions} recorded "
                                 f"decisions, fewer than the {config.cohorts} cohorts asked for")
     players = sorted(eligible)
-    stats, observations = zip(*(player_stats(archetype, eligible[p], config.gamma) for p in players))
-    n_actions, hidden = stats[0].hy.shape
-    broad_mean = torch.zeros(n_actions, hidden, dtype=torch.float64)
-    broad_cov = torch.eye(hidden, dtype=torch.float64).expand(n_actions, hidden, hidden) / config.weight_precision
-    means = torch.stack([posterior(broad_mean, broad_cov, s, config.noise_var)[0] for s in stats])  # (N, A, H)
-    pool = torch.cat(observations)
-    pick = np.random.default_rng(config.seed).choice(len(pool), min(config.probe, len(pool)), replace=False)
-    with torch.inference_mode():
-        probe_h = archetype.policy.actor_features(pool[torch.as_tensor(pick)]).double()  # (S, H)
-    predicted = torch.einsum("sh,nah->nsa", probe_h, means).reshape(len(players), -1).numpy()  # (N, S * A)
+    policy = archetype.policy
+    rows = (rows_of or (lambda eps, gamma: [decisions(policy, e, gamma) for e in eps]))(
+        [eligible[p] for p in players], config.gamma)
+    pool_h = torch.cat([r.hidden for r in rows])  # (N_all, H)
+    basis = feature_basis(pool_h, config.features)  # (d, H)
+    n_actions, d = policy.actor[-1].out_features, basis.shape[0]
+    stats = [Stats.empty(n_actions, d).add(r.hidden.double() @ basis.T, r.actions, r.targets) for r in rows]
+    broad_mean = torch.zeros(n_actions, d, dtype=torch.float64)
+    broad_cov = torch.eye(d, dtype=torch.float64).expand(n_actions, d, d) / config.weight_precision
+    means = torch.stack([posterior(broad_mean, broad_cov, s, config.noise_var)[0] for s in stats])  # (N, A, d)
+    pick = np.random.default_rng(config.seed).choice(len(pool_h), min(config.probe, len(pool_h)), replace=False)
+    probe_f = pool_h[torch.as_tensor(pick)].double() @ basis.T  # (S, d)
+    predicted = torch.einsum("sd,nad->nsa", probe_f, means).reshape(len(players), -1).numpy()  # (N, S * A)
     labels = _kmeans(predicted, config.cohorts, config.seed)
     cohort_mean, cohort_cov, sizes = [], [], []
     for k in range(config.cohorts):
@@ -144,19 +202,60 @@ def build_library(archetype: Archetype, episodes: Mapping[str, Sequence[Episode]
         cohort_cov.append(cov * config.inflate)
         sizes.append(len(members))
     sizes_t = torch.tensor(sizes, dtype=torch.float64)
-    meta = {"config": config.__dict__, "players": len(players), "cohort_sizes": sizes}
-    library = Library(archetype.name, archetype.base_hash, torch.stack(cohort_mean), torch.stack(cohort_cov),
-                      torch.log(sizes_t / sizes_t.sum()), config.noise_var, meta)
+    spread = float(torch.cat([r.targets for r in rows]).std())
+    beta = config.sharpness / max(spread, 1e-6)
+    meta = {"config": config.__dict__, "players": len(players), "cohort_sizes": sizes, "target_std": spread}
+    library = Library(archetype.name, archetype.base_hash, basis, torch.stack(cohort_mean), torch.stack(cohort_cov),
+                      torch.log(sizes_t / sizes_t.sum()), config.noise_var, beta, config.gamma, meta)
     return library, dict(zip(players, (int(x) for x in labels)))
+
+
+def player_cohort_weights(library: Library, archetype: Archetype, episodes: Sequence[Episode]) -> torch.Tensor:
+    """(K,) posterior weight of each cohort of `library` given one player's recorded episodes."""
+    rows = decisions(archetype.policy, episodes, library.gamma)
+    n_actions, d = library.mean.shape[1:]
+    stats = Stats.empty(n_actions, d).add(library.features(rows.hidden), rows.actions, rows.targets)
+    return cohort_weights(library.log_weights, library.mean, library.cov, stats, library.noise_var)
+
+
+def build_transfer(library: Library, cohort_of: Mapping[str, int], source: Library, source_archetype: Archetype,
+                   source_episodes: Mapping[str, Sequence[Episode]], smoothing: float = 1.0) -> torch.Tensor | None:
+    """(K_src, K) P(cohort here | cohort in the source archetype), from the players recorded in both.
+
+    Each shared player adds their source cohort posterior to the row of counts of their cohort
+    here; rows are smoothed toward this library's cohort sizes by `smoothing` pseudo-players.
+    None when no recorded player played both.
+    """
+    shared = [p for p in cohort_of if p in source_episodes and len(source_episodes[p])]
+    if not shared:
+        return None
+    counts = torch.zeros(source.cohorts, library.cohorts, dtype=torch.float64)
+    for player in shared:
+        counts[:, cohort_of[player]] += player_cohort_weights(source, source_archetype, source_episodes[player])
+    counts += smoothing * library.log_weights.exp()[None]
+    return counts / counts.sum(1, keepdim=True)
+
+
+def with_transfers(library: Library, cohort_of: Mapping[str, int], sources: Mapping[str, tuple[Library, Archetype]],
+                   episodes_by_archetype: Mapping[str, Mapping[str, Sequence[Episode]]]) -> Library:
+    """`library` with a transfer matrix from every source archetype whose players it shares."""
+    transfer, origin = dict(library.transfer), dict(library.transfer_from)
+    for name, (source, source_archetype) in sources.items():
+        matrix = build_transfer(library, cohort_of, source, source_archetype, episodes_by_archetype.get(name, {}))
+        if matrix is not None:
+            transfer[name], origin[name] = matrix, source.fingerprint
+    return replace(library, transfer=transfer, transfer_from=origin)
 
 
 def save_library(library: Library, path: str | Path) -> Path:
     """Write the library (float32 tensors, metadata: archetype, base hash, settings) atomically."""
     path = Path(path)
-    tensors = {"mean": library.mean.float().contiguous(), "cov": library.cov.float().contiguous(),
-               "log_weights": library.log_weights.float().contiguous()}
-    metadata = {"archetype": library.archetype, "base_hash": library.base_hash,
-                "noise_var": repr(library.noise_var), "meta": json.dumps(library.meta)}
+    tensors = {"basis": library.basis.contiguous(), "mean": library.mean.contiguous(), "cov": library.cov.contiguous(),
+               "log_weights": library.log_weights.contiguous()}  # float64: the posteriors invert these
+    tensors.update({f"transfer.{name}": matrix.contiguous() for name, matrix in library.transfer.items()})
+    metadata = {"archetype": library.archetype, "base_hash": library.base_hash, "noise_var": repr(library.noise_var),
+                "beta": repr(library.beta), "gamma": repr(library.gamma), "meta": json.dumps(library.meta),
+                "transfer_from": json.dumps(library.transfer_from)}
     write_atomic(path, save(tensors, metadata=metadata))
     return path
 
@@ -178,12 +277,44 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
             f"{metadata.get('base_hash')!r}, not {archetype.name!r} version {archetype.base_hash!r}: rebuild it "
             "with `npcadapt train library`")
     n_actions, hidden = archetype.policy.actor[-1].out_features, archetype.policy.actor[-1].in_features
-    mean, cov, log_w = tensors.get("mean"), tensors.get("cov"), tensors.get("log_weights")
-    if (mean is None or cov is None or log_w is None or mean.ndim != 3 or tuple(mean.shape[1:]) != (n_actions, hidden)
-            or tuple(cov.shape) != (mean.shape[0], n_actions, hidden, hidden) or tuple(log_w.shape) != (mean.shape[0],)):
-        raise StoreError(f"population prior {path} has tensors {({k: tuple(v.shape) for k, v in tensors.items()})} "
-                         f"that do not fit {archetype.name} ({n_actions} actions, {hidden} hidden)")
-    if not all(torch.isfinite(t).all() for t in (mean, cov, log_w)):
-        raise StoreError(f"population prior {path} holds non-finite numbers")
-    return Library(archetype.name, archetype.base_hash, mean.double(), cov.double(), log_w.double(),
-                   float(metadata.get("noise_var", "0.25")), json.loads(metadata.get("meta", "{}")))
+    basis, mean, cov, log_w = (tensors.get(k) for k in ("basis", "mean", "cov", "log_weights"))
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    if basis is None or mean is None or cov is None or log_w is None or basis.ndim != 2 or mean.ndim != 3:
+        raise StoreError(f"population prior {path} has tensors {shapes}; expected basis, mean, cov and log_weights")
+    k, d = mean.shape[0], basis.shape[0]
+    if (tuple(basis.shape) != (d, hidden) or tuple(mean.shape) != (k, n_actions, d)
+            or tuple(cov.shape) != (k, n_actions, d, d) or tuple(log_w.shape) != (k,)):
+        raise StoreError(f"population prior {path} has tensors {shapes} that do not fit {archetype.name} "
+                         f"({n_actions} actions, {hidden} hidden)")
+    try:
+        numbers = {key: float(metadata[key]) for key in ("noise_var", "beta", "gamma")}
+        meta = json.loads(metadata.get("meta", "{}"))
+        transfer_from = {str(k): str(v) for k, v in json.loads(metadata.get("transfer_from", "{}")).items()}
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise StoreError(f"population prior {path} has damaged metadata: {exc}") from None
+    transfer = {name: tensors.get(f"transfer.{name}") for name in transfer_from}
+    for name, matrix in transfer.items():
+        if matrix is None or matrix.ndim != 2 or matrix.shape[1] != k or not torch.isfinite(matrix).all():
+            raise StoreError(f"population prior {path}: transfer matrix from {name!r} is missing or does not fit {k} cohorts")
+    if not all(torch.isfinite(t).all() for t in (basis, mean, cov, log_w)) or not all(
+            np.isfinite(v) and v >= 0 for v in numbers.values()) or numbers["noise_var"] <= 0:
+        raise StoreError(f"population prior {path} holds non-finite or negative numbers")
+    return Library(archetype.name, archetype.base_hash, basis.double(), mean.double(), cov.double(), log_w.double(),
+                   numbers["noise_var"], numbers["beta"], numbers["gamma"], meta,
+                   {name: m.double() for name, m in transfer.items()}, transfer_from)
+
+
+def find_library(archetype: Archetype) -> Library | None:
+    """The population prior stored beside `archetype`, if there is a usable one.
+
+    A missing file is None; a stale or damaged one is refused (logged with the reason and
+    the command that rebuilds it) and the archetype adapts without a prior.
+    """
+    path = archetype.directory / LIBRARY_NAME
+    if not path.exists():
+        return None
+    try:
+        return load_library(path, archetype)
+    except (StoreError, AdapterMismatchError) as exc:
+        log.warning("not using the population prior: %s", exc)
+        return None

@@ -68,6 +68,16 @@ class OnlineConfig:
     gate_lock_t: float = 4.0  # t-statistic that settles the question: the adapter is served whole from then on
     gate_lock_episodes: int = 16  # ... counted only after this many held-out episodes
     gate_is_clip: float = 2.0  # truncation of trained / served importance weights in the loss
+    # archetypes with a population prior (npcadapt.prior) adapt by its posterior instead of PPO:
+    prior: bool = True  # use the prior stored beside an archetype when there is one
+    prior_decay: float = 0.95  # weight of a player's past evidence per new episode (drift: old play fades)
+    prior_explore: bool = True  # serve a cohort drawn from the posterior (Thompson), not the weighted mean
+    prior_trust_open: float = 3.0  # log Bayes factor (player's history vs population) above which the tilt is served ...
+    prior_trust_nats: float = 8.0  # ... and at which it is served whole
+    prior_evidence_cap: float = 10.0  # bound on that decayed evidence either way, so no verdict is permanent
+    prior_new_cohort: float = 0.2  # prior weight of "unlike every cohort": a broad personal model
+    prior_transfer_trust: float = 0.5  # share of the trust earned with another archetype a warm start carries
+    prior_change_nats: float = 6.0  # an episode the history predicts this much worse than the population: new style
 
     def __post_init__(self) -> None:
         if self.episodes_per_update < 1 or self.epochs < 1:
@@ -76,6 +86,10 @@ class OnlineConfig:
             raise ValueError(f"invalid online training settings: {self}")
         if self.ent_coef < 0 or self.ent_decay_episodes < 0 or not 0 < self.gate_decay <= 1:
             raise ValueError("ent_coef and ent_decay_episodes must be >= 0 and gate_decay in (0, 1]")
+        if not (0 < self.prior_decay <= 1 and self.prior_trust_nats > self.prior_trust_open and self.prior_evidence_cap > 0
+                and self.prior_change_nats > 0 and 0 < self.prior_new_cohort < 1):
+            raise ValueError(f"prior_decay and prior_new_cohort must be in (0, 1], prior_trust_nats > prior_trust_open, "
+                             f"prior_evidence_cap and prior_change_nats > 0: {self}")
         if self.gate_t_full <= self.gate_t_open:
             raise ValueError(f"gate_t_full ({self.gate_t_full}) must exceed gate_t_open ({self.gate_t_open})")
 

@@ -1,4 +1,4 @@
-"""Ray executor for offline adapter fitting: batches of players spread over a Ray cluster.
+"""Ray executors: offline adapter fitting and population-prior statistics, batches of players spread over a Ray cluster.
 
 Each batch runs :func:`npcadapt.training.offline.fit_batch` in a Ray task that loads the
 archetype's base from its directory; the driver writes adapters and progress as results
@@ -65,6 +65,47 @@ class RayExecutor:
             done, refs = self.ray.wait(refs, num_returns=1)
             results = self.ray.get(done[0])
             yield {p: (torch.from_numpy(np.array(flat)), row) for p, (flat, row) in results.items()}
+
+    def shutdown(self) -> None:
+        self.ray.shutdown()
+
+
+def _decisions_remote(archetype_dir: str, episodes: list[list[Episode]], gamma: float) -> list[tuple[np.ndarray, ...]]:
+    """Body of a population-prior Ray task: each player's decisions as numpy arrays."""
+    from ..archetypes import load_archetype
+    from ..prior.library import decisions
+
+    torch.set_num_threads(1)
+    policy = load_archetype(archetype_dir).policy
+    return [tuple(t.numpy() for t in decisions(policy, eps, gamma)) for eps in episodes]
+
+
+class RayDecisions:
+    """`rows_of` for :func:`npcadapt.prior.library.build_library`: players' decisions computed
+    in Ray tasks of `players_per_task` players (same numbers as computing them here)."""
+
+    def __init__(self, archetype_dir: str | Path, *, address: str | None = None, workers: int | None = None,
+                 players_per_task: int = 16):
+        try:
+            import ray
+        except ImportError:
+            raise NpcAdaptError("--engine ray needs Ray: pip install 'npcadapt[ray]'") from None
+        self.ray = ray
+        self.archetype_dir = str(archetype_dir)
+        self.players_per_task = players_per_task
+        if not ray.is_initialized():
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        self._task = ray.remote(num_cpus=1)(_decisions_remote)
+
+    def __call__(self, episodes: list, gamma: float) -> list:
+        from ..prior.library import Decisions
+
+        n = self.players_per_task
+        refs = [self._task.remote(self.archetype_dir, episodes[i:i + n], gamma) for i in range(0, len(episodes), n)]
+        return [Decisions(*(torch.from_numpy(np.array(a)) for a in row)) for ref in refs for row in self.ray.get(ref)]
 
     def shutdown(self) -> None:
         self.ray.shutdown()

@@ -17,16 +17,31 @@ from dataclasses import replace
 from ..engine import fresh_row
 from ..lora.bank import AdapterLayout
 from ..policy import ActorCritic
+from ..prior.library import Library
+from ..prior.trainer import PosteriorState, PriorTrainer
 from .online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate, UpdateOutcome
 
 
-class InProcessTrainer:
-    """Online trainers by archetype and each player's OptimizerState, kept in a bounded LRU
-    (in memory: a restart starts every player's optimizer and validation evidence afresh)."""
+def episodes_per_update(config: OnlineConfig, libraries: Mapping[str, Library]) -> dict[str, int]:
+    """Completed episodes that trigger an update, per archetype with a prior (every one);
+    archetypes missing from the map use ``config.episodes_per_update``."""
+    return {name: 1 for name in libraries} if config.prior else {}
 
-    def __init__(self, models: Mapping[str, tuple[ActorCritic, AdapterLayout]], config: OnlineConfig, capacity: int):
-        self.trainers = {name: OnlineTrainer(policy, layout, config) for name, (policy, layout) in models.items()}
-        self.states: OrderedDict[tuple[str, str], OptimizerState] = OrderedDict()
+
+class InProcessTrainer:
+    """Online trainers by archetype and each player's state (optimizer or posterior), kept
+    in a bounded LRU (in memory: a restart starts every player's trainer state afresh).
+
+    An archetype with a population prior in `libraries` adapts with
+    :class:`~npcadapt.prior.trainer.PriorTrainer` (unless ``config.prior`` is off), the
+    others with PPO (:class:`~npcadapt.training.online.OnlineTrainer`)."""
+
+    def __init__(self, models: Mapping[str, tuple[ActorCritic, AdapterLayout]], config: OnlineConfig, capacity: int,
+                 libraries: Mapping[str, Library] | None = None):
+        libraries = libraries if config.prior else None
+        self.trainers = {name: PriorTrainer(policy, layout, libraries[name], config) if libraries and name in libraries
+                         else OnlineTrainer(policy, layout, config) for name, (policy, layout) in models.items()}
+        self.states: OrderedDict[tuple[str, str], OptimizerState | PosteriorState] = OrderedDict()
         self.capacity = capacity
         self._lock = threading.Lock()  # guards states: forget may come from another thread
 
@@ -38,9 +53,10 @@ class InProcessTrainer:
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One batched update of `items` (their `state`, and for new players their fresh
         adapter, are filled in here); remembers the new states."""
-        layout = self.trainers[archetype].family
+        trainer = self.trainers[archetype]
+        layout = trainer.family
         with self._lock:
-            items = [replace(it, state=self.states.get((archetype, it.player)),
+            items = [replace(it, state=self.states.get((archetype, it.player)) or self._warm_start(archetype, it.player),
                              params=fresh_row(layout, archetype, it.player) if it.params is None else it.params)
                      for it in items]
         outcomes = self.trainers[archetype].update(items)
@@ -50,7 +66,27 @@ class InProcessTrainer:
                     self._remember(archetype, outcome.player, outcome.state)
         return outcomes
 
-    def _remember(self, archetype: str, player: str, state: OptimizerState) -> None:
+    def _warm_start(self, archetype: str, player: str) -> PosteriorState | None:
+        """A new player's start from their posteriors with other archetypes (cross-archetype
+        transfer), where this archetype's prior has a transfer matrix built on those cohorts."""
+        trainer = self.trainers[archetype]
+        if not isinstance(trainer, PriorTrainer):
+            return None
+        sources = {}
+        for name, fingerprint in trainer.library.transfer_from.items():
+            state = self.states.get((name, player))
+            source = self.trainers.get(name)
+            if isinstance(state, PosteriorState) and isinstance(source, PriorTrainer) and source.library.fingerprint == fingerprint:
+                sources[name] = state
+        return trainer.warm_state(sources) if sources else None
+
+    def prior_state(self, archetype: str, player: str) -> dict | None:
+        """Where a player stands on the archetype's population prior (None: no prior or no data)."""
+        with self._lock:
+            state = self.states.get((archetype, player))
+        return state.describe() if isinstance(state, PosteriorState) else None
+
+    def _remember(self, archetype: str, player: str, state: OptimizerState | PosteriorState) -> None:
         key = (archetype, player)
         self.states[key] = state
         self.states.move_to_end(key)

@@ -124,10 +124,12 @@ class TrainerProcess:
     """
 
     def __init__(self, archetypes: Mapping[str, Archetype], config: OnlineConfig, capacity: int, *,
-                 device: str = "cpu", threads: int = 1, nice: int = 10, reply_timeout: float = 600.0):
+                 device: str = "cpu", threads: int = 1, nice: int = 10, reply_timeout: float = 600.0,
+                 priors: Sequence[str] = ()):
+        """`priors`: archetypes whose population prior (beside the archetype) the child loads too."""
         self._init = {
             "op": "init", "config": config.to_dict(), "capacity": capacity, "device": str(device),
-            "threads": threads, "nice": nice,
+            "threads": threads, "nice": nice, "priors": list(priors),
             "archetypes": [{"name": a.name, "directory": str(a.directory), "base_hash": a.base_hash}
                            for a in archetypes.values()],
         }
@@ -275,6 +277,13 @@ class TrainerProcess:
 
 
 # -- child side -------------------------------------------------------------------------------
+def _prior_of(archetype: Archetype):
+    """The population prior the parent uses for `archetype`; it must still be there and fresh."""
+    from ..prior.library import LIBRARY_NAME, load_library
+
+    return load_library(archetype.directory / LIBRARY_NAME, archetype)
+
+
 def _serve(read_fd: int, out) -> None:
     import signal
 
@@ -307,7 +316,8 @@ def _serve(read_fd: int, out) -> None:
                                                 f"(base {arch.base_hash}, the server serves {entry['base_hash']})")
                         archetypes[arch.name] = arch
                         models[arch.name] = (arch.policy.to(device), AdapterLayout.from_spec(arch.spec))
-                    trainer = InProcessTrainer(models, _config_from_map(message["config"]), message["capacity"])
+                    libraries = {name: _prior_of(archetypes[name]) for name in message.get("priors", ())}
+                    trainer = InProcessTrainer(models, _config_from_map(message["config"]), message["capacity"], libraries)
                     reply: dict = {"ok": True}
                 else:  # update
                     items = decode_items(archetypes[message["archetype"]], message["items"])

@@ -1,0 +1,224 @@
+"""Per-player adaptation from the population prior: a Bayesian posterior served as a LoRA row.
+
+Each player keeps the sufficient statistics of their own decisions (:class:`~.bayes.Stats`
+on the library's projected features), decayed by ``prior_decay`` per episode so that old
+play fades and a player who changes style is re-adapted. After every completed episode:
+
+1. the statistics take the episode's (features, action, reward-to-go) rows;
+2. each cohort's weight is its prior weight times the marginal likelihood of the player's
+   rewards under it (Bayesian policy reuse), and each cohort's model is updated to a
+   personal posterior started from that cohort (so a player unlike every cohort still
+   converges to their own model);
+3. exploration from uncertainty: the next episodes are served one cohort's personal model,
+   drawn with its posterior weight (Thompson sampling over cohorts); with
+   ``prior_explore`` off, the weighted mean of the models;
+4. the model Q = f . m becomes the policy softmax(base logits + beta Q), a delta of the
+   last layer written exactly as a LoRA row (:func:`~.head.weight_delta_row`), scaled down
+   by bisection if its mean KL to the base on the episode's observations exceeds the bound.
+
+Validation gate: the tilt is served in proportion to evidence that this player's history
+predicts their play: after each episode, the log Bayes factor of "the player's past
+episodes (through the cohort posterior) predicted this one" against "the population
+alone predicted it" is added to a decayed sum (clipped to +-``prior_evidence_cap``), and
+the tilt's share is that sum over ``prior_trust_nats``, within [0, 1]. A player who keeps
+one style earns trust within a couple of episodes, because a cohort validated on many
+recorded players predicts them well; a player whose style changes every episode (or
+who plays at random) stays at the base; after a change of style the trust falls and
+comes back as the new style is learnt. Change-point test: an episode that the history
+predicts worse than the population by more than ``prior_change_nats`` drops the past
+statistics (the player starts again from that episode) and any trust earned.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..episodes import Episode
+from ..lora.bank import AdapterLayout
+from ..policy import ActorCritic, masked_log_probs
+from ..training.online import OnlineConfig, PlayerUpdate, UpdateOutcome
+from .bayes import Stats, log_evidence, posterior
+from .head import weight_delta_row
+from .library import Library, decisions
+
+
+@dataclass(frozen=True)
+class PosteriorState:
+    """One player's carried state: decayed statistics, episodes seen and the last belief."""
+
+    stats: Stats  # (A, d, d), (A, d), (A,), (A,)
+    episodes: int
+    weights: torch.Tensor  # (K,) posterior weight of each cohort after the last update
+    served_cohort: int  # the cohort whose model is served (-1: the weighted mean)
+    evidence: float = 0.0  # decayed log Bayes factor: the player's history against the population, nats
+    share: float = 0.0  # share of the personal tilt served (0: the base)
+    changes: int = 0  # changes of style detected
+    log_prior: torch.Tensor | None = None  # (K + 1,) this player's prior over cohorts (None: the library's)
+    warm_from: tuple[str, ...] = ()  # archetypes whose posterior warm-started this one
+
+    @property
+    def confidence(self) -> float:
+        """Posterior weight of the most likely cohort, in [0, 1]."""
+        return float(self.weights.max())
+
+    def describe(self) -> dict:
+        """Plain data for stats and HUDs: where the player's NPC stands on the prior."""
+        return {"episodes": self.episodes, "cohort": int(self.weights.argmax()), "confidence": round(self.confidence, 4),
+                "served_cohort": self.served_cohort, "decisions": round(float(self.stats.n.sum()), 2),
+                "evidence": round(self.evidence, 3), "share": round(self.share, 4), "changes": self.changes,
+                "warm_from": list(self.warm_from)}
+
+
+class PriorTrainer:
+    """The OnlineTrainer interface (``update(items) -> outcomes``) for archetypes with a library."""
+
+    def __init__(self, policy: ActorCritic, layout: AdapterLayout, library: Library, config: OnlineConfig = OnlineConfig()):
+        self.policy = policy
+        self.family = layout
+        self.library = library
+        self.config = config
+        self.last_layer = f"actor.{len(policy.actor) - 1}"
+        n_actions, d = library.mean.shape[1:]
+        self._empty = Stats.empty(n_actions, d)
+        self.mean, self.cov, self.log_weights = _with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
+
+    def fresh_state(self) -> PosteriorState:
+        """The state of a player with no data: the prior's weights, nothing served yet."""
+        return PosteriorState(self._empty, 0, self.log_weights.exp(), -1)
+
+    def warm_state(self, sources: dict[str, PosteriorState]) -> PosteriorState | None:
+        """The starting state of a player new here whose posteriors in other archetypes are
+        known: prior cohort weights sum_src w_src @ P(cohort | src cohort) (averaged over the
+        sources this library has a current transfer matrix for; the broad cohort keeps its
+        weight), and a share of the trust they earned there. None: nothing applies."""
+        lib, cfg = self.library, self.config
+        rows, trust, used = [], [], []
+        for name, state in sources.items():
+            matrix = lib.transfer.get(name)
+            if matrix is None or state.weights.shape[0] != matrix.shape[0] + 1:
+                continue
+            src = state.weights[:-1] / state.weights[:-1].sum()  # (K_src,) without the source's broad cohort
+            rows.append(src @ matrix)  # (K,)
+            trust.append(state.evidence)
+            used.append(name)
+        if not rows:
+            return None
+        cohorts = torch.stack(rows).mean(0) * (1 - cfg.prior_new_cohort)
+        log_prior = torch.log(torch.cat([cohorts, torch.tensor([cfg.prior_new_cohort], dtype=torch.float64)]))
+        fresh = self.fresh_state()
+        return PosteriorState(fresh.stats, 0, log_prior.exp(), -1, cfg.prior_transfer_trust * max(trust), 0.0, 0,
+                              log_prior, tuple(used))
+
+    def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
+        """One posterior step per player in `items` (their episodes completed since the last)."""
+        return [self._update_one(item) for item in items if any(len(ep) for ep in item.episodes)]
+
+    def _update_one(self, item: PlayerUpdate) -> UpdateOutcome:
+        lib, cfg = self.library, self.config
+        episodes = [ep for ep in item.episodes if len(ep)]
+        state = item.state if isinstance(item.state, PosteriorState) else self.fresh_state()
+        log_prior = self.log_weights if state.log_prior is None else state.log_prior  # (K + 1,)
+        rows = decisions(self.policy, episodes, lib.gamma)
+        features = lib.features(rows.hidden)  # (T, d)
+        decay = cfg.prior_decay ** len(episodes)
+        past = _decayed(state.stats, decay)
+        stats = past.add(features, rows.actions, rows.targets)
+        fit = log_evidence(self.mean, self.cov, stats, lib.noise_var)  # (K,)
+        gain = self._history_gain(log_prior, past, fit, features, rows)
+        changes = state.changes + (gain < -cfg.prior_change_nats)
+        if gain < -cfg.prior_change_nats:  # a change of style: the past misleads, start again from these episodes
+            stats = self._empty.add(features, rows.actions, rows.targets)
+            fit = log_evidence(self.mean, self.cov, stats, lib.noise_var)
+            evidence = min(decay * state.evidence, 0.0)
+        else:
+            evidence = float(np.clip(decay * state.evidence + gain, -cfg.prior_evidence_cap, cfg.prior_evidence_cap))
+        weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
+        share = float(np.clip((evidence - cfg.prior_trust_open) / (cfg.prior_trust_nats - cfg.prior_trust_open), 0.0, 1.0))
+        means, _ = posterior(self.mean, self.cov, stats, lib.noise_var)  # (K + 1, A, d)
+        episodes_seen = state.episodes + len(episodes)
+        if cfg.prior_explore:
+            cohort = _draw(weights, item.player, episodes_seen)
+            model = means[cohort]  # (A, d)
+        else:
+            cohort, model = -1, torch.einsum("k,kad->ad", weights, means)
+        delta = share * lib.beta * model @ lib.basis  # (A, H)
+        masks = _masks(episodes, delta.shape[0])
+        delta, kl, scale = self._bound_kl(rows.obs, rows.hidden, masks, delta)
+        params = weight_delta_row(self.family, self.last_layer, delta.float())
+        new_state = PosteriorState(stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior,
+                                   state.warm_from)
+        return UpdateOutcome(item.player, params, kl_to_base=kl, kl_scaled=scale, steps=len(rows.actions),
+                             mean_return=float(np.mean([ep.total_reward for ep in episodes])), state=new_state)
+
+    def _history_gain(self, log_w: torch.Tensor, past: Stats, fit: torch.Tensor, features: torch.Tensor, rows) -> float:
+        """How much better the player's own history predicted the new rewards than the population
+        did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts). Positive
+        for a player who keeps one style, negative for one whose play the past misleads about."""
+        lib = self.library
+        before = torch.logsumexp(log_w + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
+        personal = torch.logsumexp(log_w + fit, 0) - before
+        alone = self._empty.add(features, rows.actions, rows.targets)
+        population = torch.logsumexp(log_w + log_evidence(self.mean, self.cov, alone, lib.noise_var), 0)
+        return float(personal - population)
+
+    def _bound_kl(self, obs: torch.Tensor, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor,
+                  iters: int = 12) -> tuple[torch.Tensor, float, float]:
+        """delta (A, H) scaled so that the mean KL(adapted || base) over obs (T, D) stays within the bound."""
+        device = next(self.policy.parameters()).device
+        with torch.inference_mode():
+            base = masked_log_probs(self.policy.logits(obs.to(device)), masks if masks is None else masks.to(device))
+        base = base.double().cpu()  # (T, A)
+        shift = hidden.double() @ delta.T  # (T, A)
+
+        def kl(scale: float) -> float:
+            adapted = torch.log_softmax(base + scale * shift, dim=-1)
+            terms = torch.where(torch.isfinite(base), adapted.exp() * (adapted - base), torch.zeros_like(base))
+            return float(terms.nan_to_num(0.0).sum(-1).mean())
+
+        bound, value = self.config.kl_bound, kl(1.0)
+        if bound <= 0 or value <= bound:
+            return delta, value, 1.0
+        lo, hi = 0.0, 1.0
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if kl(mid) <= bound else (lo, mid)
+        return delta * lo, kl(lo), lo
+
+
+def _with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The library's K cohorts plus a broad one for players unlike any of them (weight `weight`):
+    centred on the population's model, with the spread of the cohort models around it plus
+    their own covariance, so its posterior is close to a purely personal model.
+    Returns mean (K + 1, A, d), cov (K + 1, A, d, d), log weights (K + 1,)."""
+    w = library.log_weights.exp()  # (K,)
+    centre = library.population_mean  # (A, d)
+    spread = library.mean - centre  # (K, A, d)
+    between = torch.einsum("k,kai,kaj->aij", w, spread, spread)  # (A, d, d)
+    within = torch.einsum("k,kaij->aij", w, library.cov)
+    cov = 4.0 * (between + within)
+    log_w = torch.cat([torch.log(w * (1 - weight)), torch.tensor([np.log(weight)], dtype=torch.float64)])
+    return torch.cat([library.mean, centre[None]]), torch.cat([library.cov, cov[None]]), log_w
+
+
+def _decayed(stats: Stats, factor: float) -> Stats:
+    """Statistics with every past row's weight multiplied by `factor` (evidence fades)."""
+    return Stats(*(part * factor for part in stats))
+
+
+def _draw(weights: torch.Tensor, player: str, episodes: int) -> int:
+    """A cohort drawn with probability `weights` (K,), reproducible per player and episode count."""
+    seed = zlib.crc32(f"{player}\0{episodes}".encode())
+    return int(torch.multinomial(weights.float(), 1, generator=torch.Generator().manual_seed(seed)))
+
+
+def _masks(episodes: Sequence[Episode], n_actions: int) -> torch.Tensor | None:
+    """(T, A) bool action masks of the episodes' decisions, or None where no decision had one."""
+    flat = [m for ep in episodes for m in ep.mask]
+    if all(m is None for m in flat):
+        return None
+    return torch.as_tensor(np.stack([np.ones(n_actions, bool) if m is None else m for m in flat]))

@@ -1,0 +1,43 @@
+"""Rebuild the population prior shipped beside every built-in archetype from recorded sim play.
+
+1. Record: in one data directory, the same simulated people meet every archetype. Per
+   env, 4 players per latent trait (sim/traits.py: one named persona per trait, the same
+   player id in every env), 4 players of each untraited named persona, and 4 'average'
+   and 4 'noise' players play 30 episodes through the real Service (PPO adaptation, no
+   prior, interaction log on). Held-out personas never play.
+2. Build: `npcadapt train library` for every archetype, twice: the second pass adds the
+   transfer matrices between archetypes (each needs the others' cohorts).
+
+Usage: .venv/bin/python scripts/build_priors.py [WORK_DIR]   (about a minute per env)
+"""
+
+import shutil
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+
+import npcadapt
+from npcadapt.cli import main
+from npcadapt.training.online import OnlineConfig
+from sim.loop import run_simulation
+from sim.personas import AVERAGE, NOISE
+from sim.traits import trait_counts, trait_players
+
+ENVS = {"npcadapt/Duel-v0": ("duelist", 0.0), "npcadapt/Merchant-v0": ("merchant", 0.0),
+        "npcadapt/Companion-v0": ("companion", 0.0), "npcadapt/Skirmish-v0": ("skirmisher", 0.0),
+        "npcadapt/Haggle-v0": ("haggler", 0.9)}
+PER_PERSONA, EPISODES, SEED = 4, 30, 11
+
+work = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/priors")
+shutil.rmtree(work, ignore_errors=True)
+with npcadapt.open(work, online=OnlineConfig(prior=False), seed=SEED) as svc:
+    for env_id, (archetype, _) in ENVS.items():
+        counts = {p: PER_PERSONA for p in gym.make(env_id).unwrapped.PERSONAS}  # untraited personas too
+        counts.update({**trait_counts(env_id, PER_PERSONA), AVERAGE: PER_PERSONA, NOISE: PER_PERSONA})
+        run_simulation(svc, env_id, archetype, players=0, episodes=EPISODES, seed=SEED, persona_counts=counts,
+                       player_ids=trait_players(env_id, PER_PERSONA))
+        print(f"recorded {env_id}", flush=True)
+for _ in range(2):
+    for env_id, (archetype, gamma) in ENVS.items():
+        assert main(["train", "library", "--archetype", archetype, "--logs", str(work / "logs"), "--gamma", str(gamma)]) == 0

@@ -1,0 +1,120 @@
+"""The population prior in serving: loaded beside the archetype, a per-player posterior
+served as a LoRA row after every episode, trust earned by evidence, drift, isolation."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import npcadapt
+from npcadapt.archetypes import BUILTIN_DIR
+from npcadapt.prior.library import LIBRARY_NAME, find_library, load_library, save_library
+from npcadapt.training.online import OnlineConfig
+from sim.loop import run_simulation
+
+DUEL = "npcadapt/Duel-v0"
+
+
+def _play(svc, personas: dict[str, int], episodes: int, on_episode=None, **kw) -> dict:
+    return run_simulation(svc, DUEL, "duelist", players=0, episodes=episodes, seed=3, persona_counts=personas,
+                          on_episode=on_episode, **kw)
+
+
+def test_shipped_archetypes_carry_a_fresh_prior_that_the_service_loads(tmp_path):
+    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+        assert sorted(svc.libraries) == sorted(svc.archetypes)  # every built-in archetype ships one
+        info = svc.prior_info("duelist", "new-player")
+        assert info["episodes"] == 0 and 0 < info["confidence"] < 1  # a new player: the prior's weights
+    with npcadapt.open(tmp_path, record=False, online=OnlineConfig(prior=False)) as svc:
+        assert svc.libraries == {} and svc.prior_info("duelist", "p") is None
+
+
+def test_a_consistent_player_is_served_their_cohort_within_a_few_episodes_and_a_mixed_one_stays_at_base(tmp_path):
+    """brawler keeps one style: trust and a large gain by episode 5. 'average' is a different
+    persona every bout: no history predicts it, so it keeps the base (no loss)."""
+    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+        report = _play(svc, {"brawler": 2, "average": 2}, episodes=6)
+        brawler, average = svc.prior_info("duelist", "brawler-0"), svc.prior_info("duelist", "average-0")
+    assert brawler["share"] == 1.0 and brawler["confidence"] > 0.9 and brawler["episodes"] == 6
+    assert report["personas"]["brawler"]["gain_curve"][4] > 0.6
+    assert average["share"] == 0.0 and average["evidence"] < 3.0
+    assert report["personas"]["average"]["adapted_return"] == pytest.approx(report["personas"]["average"]["base_return"])
+
+
+def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path):
+    seen = []
+    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+        report = _play(svc, {"brawler": 0}, episodes=40, switch_players=1, switch_at=12,
+                       on_episode=lambda e: seen.append(svc.prior_info("duelist", "brawler>turtle-0")))
+    before, after = seen[11], seen[12]
+    assert before["share"] == 1.0 and after["evidence"] < before["evidence"]  # the switch costs trust at once
+    curve = report["personas"]["brawler>turtle"]["gain_curve"]
+    assert curve[11] > 0.8 and max(curve[12:]) > 0.8  # adapted to the first style, then to the second
+    assert seen[-1]["cohort"] != seen[11]["cohort"]
+
+
+def test_the_kl_bound_holds_for_the_prior(tmp_path):
+    with npcadapt.open(tmp_path, record=False, seed=0, online=OnlineConfig(kl_bound=0.05)) as svc:
+        report = _play(svc, {"brawler": 2, "turtle": 2}, episodes=6)
+    for persona in ("brawler", "turtle"):
+        # the bound holds on the player's own observations; the loop's situation-weighted KL is close to it
+        assert report["personas"][persona]["kl_to_base"] < 0.1
+
+
+def test_one_players_update_never_changes_anothers_outputs(tmp_path):
+    obs = np.random.default_rng(0).random((16, 8), dtype=np.float32)
+    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+        _play(svc, {"brawler": 1, "turtle": 1}, episodes=3)
+        row = svc.engine.adapter_row("duelist", "turtle-0").clone()
+        before = svc.action_probs("duelist", ["turtle-0"] * 16, obs)
+        brawler = svc.engine.adapter_row("duelist", "brawler-0").clone()
+        for _ in range(3):  # only brawler-0 plays and trains
+            decision = svc.act("duelist", "brawler-0", obs[0])
+            svc.feedback("brawler-0", "npc", 1.0, done=True)
+            assert svc.train_pending() == 1, decision
+        assert not torch.equal(svc.engine.adapter_row("duelist", "brawler-0"), brawler)  # brawler's adapter moved
+        assert torch.equal(svc.engine.adapter_row("duelist", "turtle-0"), row)  # turtle's did not, to the bit
+        np.testing.assert_allclose(svc.action_probs("duelist", ["turtle-0"] * 16, obs), before, rtol=1e-5, atol=1e-7)
+
+
+def test_the_trainer_process_serves_the_same_prior_rows_as_in_process(tmp_path):
+    rows = {}
+    for child in (False, True):
+        with npcadapt.open(tmp_path / str(child), record=False, seed=0, trainer_process=child) as svc:
+            _play(svc, {"brawler": 1, "low_sweeper": 1}, episodes=3)
+            rows[child] = torch.stack([svc.engine.adapter_row("duelist", p) for p in ("brawler-0", "low_sweeper-0")])
+    assert torch.equal(rows[False], rows[True])
+
+
+def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_instead(tmp_path, caplog):
+    root = tmp_path / "archetypes"
+    shutil.copytree(BUILTIN_DIR / "duelist", root / "duelist")
+    svc = npcadapt.open(tmp_path / "fresh", record=False, archetype_dirs=[root])
+    library = svc.libraries["duelist"]
+    arch = svc.archetypes["duelist"]
+    svc.close()
+    from dataclasses import replace
+
+    save_library(replace(library, base_hash="0" * 16), root / "duelist" / LIBRARY_NAME)  # built on another base
+    with caplog.at_level(logging.WARNING):
+        assert find_library(arch) is None
+    assert "train library" in caplog.text
+    with npcadapt.open(tmp_path / "stale", record=False, archetype_dirs=[root]) as svc:
+        assert "duelist" not in svc.libraries and svc.prior_info("duelist", "p") is None
+    (root / "duelist" / LIBRARY_NAME).write_bytes(b"\x00" * 40)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert find_library(arch) is None
+    assert "cannot be read" in caplog.text
+    with pytest.raises(Exception, match="cannot be read"):
+        load_library(root / "duelist" / LIBRARY_NAME, arch)
+
+
+@pytest.mark.parametrize("setting", ["prior_decay=0", "prior_decay=1.5", "prior_trust_nats=1", "prior_evidence_cap=0"])
+def test_invalid_prior_settings_are_refused(setting):
+    with pytest.raises(ValueError, match="prior"):
+        OnlineConfig().with_settings([setting])
