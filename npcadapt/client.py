@@ -104,6 +104,10 @@ class Client:
     def adapter_info(self, archetype: str, player: str) -> dict | None:
         return self.call("adapter_info", archetype, player)
 
+    def prior_info(self, archetype: str, player: str) -> dict | None:
+        """Where the player stands on the archetype's population prior (see Service.prior_info)."""
+        return self.call("prior_info", archetype, player)
+
     def reset_player(self, archetype: str, player: str) -> bool:
         return self.call("reset_player", archetype, player)
 

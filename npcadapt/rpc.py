@@ -203,6 +203,7 @@ class Methods:
             "archetypes": self.archetypes,
             "feedback": self.feedback,
             "adapter_info": self.adapter_info,
+            "prior_info": self.prior_info,
             "reset_player": self.reset_player,
             "flush": self.flush,
             "action_probs": self.action_probs,
@@ -341,6 +342,11 @@ class Methods:
         self._spec(params[0])
         info = self.service.adapter_info(params[0], validate_player_id(params[1]))
         return None if info is None else info.to_dict()
+
+    def prior_info(self, params: list) -> dict | None:
+        _arity("prior_info", params, 2)
+        self._spec(params[0])
+        return self.service.prior_info(params[0], validate_player_id(params[1]))
 
     def reset_player(self, params: list) -> bool:
         _arity("reset_player", params, 2)

@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -79,6 +80,8 @@ class Service:
         self.libraries = {name: lib for name, rt in runtimes.items()
                           if online and online.prior and (lib := find_library(rt.archetype)) is not None}
         self._episodes_per_update = episodes_per_update(online, self.libraries) if online else {}
+        self._prior_info: OrderedDict[tuple[str, str], dict] = OrderedDict()  # latest PosteriorState.describe()
+        self._prior_capacity = capacity
         if online and trainer_process:
             archetypes = {name: rt.archetype for name, rt in runtimes.items()}
             self.trainer = TrainerProcess(archetypes, online, capacity, device=str(self.engine.device), nice=trainer_nice,
@@ -211,6 +214,9 @@ class Service:
                                                  torch.stack([o.params for o in results]), updates=1,
                                                  skip_non_finite=True) if results else []
             updated = [o for o, meta in zip(results, metas) if meta is not None]
+            for o in updated:
+                if o.prior is not None:
+                    self._remember_prior((archetype, o.player), o.prior)
             if len(updated) < len(results):
                 log.warning("online update for archetype %r gave non-finite adapters; those players keep theirs", archetype)
             self.counters["skipped_updates"] += len(kept) - len(updated)
@@ -285,18 +291,32 @@ class Service:
         return self.engine.adapter_info(archetype, player)
 
     def prior_info(self, archetype: str, player: str) -> dict | None:
-        """Where the player's NPC stands on the archetype's population prior: None without a
-        prior; {"episodes": 0, ...} before their first completed episode; else the most
-        likely cohort and its posterior weight (``confidence``), the cohort served, and
-        the decayed count of decisions behind it (held by an in-process trainer only)."""
-        if archetype not in self.libraries:
+        """Where the player's NPC stands on the archetype's population prior, as of their last
+        update: None without a prior. Keys: ``cohorts`` (in the library), ``episodes``
+        (0 before the first completed one), ``cohort`` (most likely; ``cohorts`` means "unlike
+        every cohort": a personal model) and its posterior weight ``confidence``, the
+        ``served_cohort`` (-1: none yet), the decayed ``decisions`` behind it, ``evidence``
+        (log Bayes factor, nats) and the ``share`` of the adapted tilt served, ``changes`` of
+        style detected, and ``warm_from`` (archetypes whose posterior warm-started it)."""
+        self.engine.runtime(archetype)
+        validate_player_id(player)
+        library = self.libraries.get(archetype)
+        if library is None:
             return None
-        state = self.trainer.prior_state(archetype, player) if isinstance(self.trainer, InProcessTrainer) else None
-        if state is None:
-            weights = self.libraries[archetype].log_weights.exp()
-            state = {"episodes": 0, "cohort": int(weights.argmax()), "confidence": round(float(weights.max()), 4),
-                     "served_cohort": -1, "evidence": 0.0}
-        return state
+        with self._train_lock:
+            info = self._prior_info.get((archetype, player))
+        if info is None:
+            weights = library.log_weights.exp()
+            info = {"episodes": 0, "cohort": int(weights.argmax()), "confidence": round(float(weights.max()), 4),
+                    "served_cohort": -1, "decisions": 0.0, "evidence": 0.0, "share": 0.0, "changes": 0, "warm_from": []}
+        return {"cohorts": library.cohorts, **info}
+
+    def _remember_prior(self, key: tuple[str, str], info: dict) -> None:
+        """Keep the latest prior info of a player (bounded like the trainer's states; under _train_lock)."""
+        self._prior_info[key] = info
+        self._prior_info.move_to_end(key)
+        while len(self._prior_info) > self._prior_capacity:
+            self._prior_info.popitem(last=False)
 
     def reset_player(self, archetype: str, player: str) -> bool:
         """Erase the player's adapter and pending episodes: they get the base policy again.
@@ -311,6 +331,7 @@ class Service:
                 self._reset_while_updating.add((archetype, player))
             if self.trainer is not None:
                 self.trainer.forget(archetype, player)
+            self._prior_info.pop((archetype, player), None)
             return self.engine.reset_player(archetype, player)
 
     def ready_players(self) -> int:

@@ -243,7 +243,9 @@ def test_bot_specs_and_bad_input():
     assert parse_bot("high_blocker") == PRESETS["high_blocker"]
     assert parse_bot("knight")["merchant"] == "knight"
     assert parse_bot("duelist=turtle,companion=chatty") == {**PRESETS["high_blocker"], "duelist": "turtle", "companion": "chatty"}
-    assert parse_bot("brawler")["haggler"] == "joker" and parse_bot("haggler=skeptic")["haggler"] == "skeptic"
+    assert parse_bot("brawler") == {"duelist": "brawler", "merchant": "sellsword", "companion": "lone_wolf",
+                                    "haggler": "no_nonsense"}  # one trait (brute) at every NPC
+    assert parse_bot("haggler=skeptic")["haggler"] == "skeptic"
     assert parse_bot("collector")["merchant"] == parse_bot("collector")["haggler"] == "collector"
     assert parse_bot("joker") == {**PRESETS["high_blocker"], "haggler": "joker"}
     for bad in ("nobody", "duelist=knight", "wizard=turtle", "haggler=knight"):
@@ -340,7 +342,7 @@ def test_headless_bot_haggles_and_the_haggler_adapts(tmp_path):
     data = tmp_path / "data"
     summary = run_headless(demo_args("--data", str(data), "--duelists", "0", "--merchants", "0", "--companions", "0",
                                      "--seconds", "40", "--bot", "turtle"))
-    assert summary["bot"]["haggler"] == "penny_pincher"
+    assert summary["bot"]["haggler"] == "skeptic"
     (row,) = summary["npcs"]
     assert row["archetype"] == "haggler" and row["decisions"] >= 10 and row["answered"] >= 10
     assert row["version_start"] == 0 and row["version"] > 0 and row["updates"] >= 1

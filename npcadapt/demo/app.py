@@ -30,8 +30,9 @@ import numpy as np
 
 from ..cli.common import online_config
 from ..errors import InvalidInputError
-from .backend import DEFAULT_ONLINE, Backend, LocalBackend, SocketBackend, parse_address
-from .bots import Bot, parse_bot
+from .session import describe_prior
+from .backend import DEFAULT_ONLINE, DEMO_SETTINGS, Backend, LocalBackend, SocketBackend, parse_address
+from .bots import gain_against, Bot, parse_bot
 from .profiles import Profiles
 from .session import KL_OBSERVATIONS, Session
 from .world import PlayerInput, World
@@ -96,7 +97,7 @@ def open_backend(args, *, train: str) -> Backend:
     import torch
 
     torch.set_num_threads(1)  # tiny batches: one thread is fastest and never stalls on a busy core
-    online = replace(online_config(args), ent_coef=DEFAULT_ONLINE.ent_coef)  # minutes-long sessions: no exploration bonus
+    online = replace(online_config(args), **{k: getattr(DEFAULT_ONLINE, k) for k in DEMO_SETTINGS})  # minutes-long sessions
     return LocalBackend(args.data, seed=args.seed, online=online, train=train)
 
 
@@ -151,7 +152,8 @@ def run_headless(args) -> dict:
             pygame.image.save(busy if busy is not None else screen, args.screenshot)
         session.backend.flush()
         summary = session.summary()
-        summary.update(profile=name, bot=personas, frame_time=stats.summary(), screenshot=args.screenshot,
+        gains = {a: gain_against(session.backend, a, session.player, personas[a]) for a in session.archetypes}
+        summary.update(profile=name, bot=personas, gain_vs_bot=gains, frame_time=stats.summary(), screenshot=args.screenshot,
                        adapting_npcs=len(session.world.npcs), realtime=bool(args.realtime),
                        training="background thread" if args.realtime or args.connect else "synchronous, in frame")
     finally:
@@ -169,14 +171,18 @@ def format_summary(s: dict) -> str:
     bot = ", ".join(f"{a}={p}" for a, p in s["bot"].items())
     lines = [(f"npcadapt demo (headless): profile {s['profile']!r} (player id {s['player']!r}), bot {bot}, "
               f"{s['game_seconds']:.0f} s of game time, {s['backend']}"),
-             f"{'NPC':<12} {'archetype':<10} {'answers':>7}  {'reward early -> late':>20}  {'adapter':>10}  {'updates':>7}  {'KL':>6}"]
+             f"{'NPC':<12} {'archetype':<10} {'answers':>7}  {'reward early -> late':>20}  {'adapter':>10}  {'updates':>7}  "
+             f"{'KL':>6}  {'gain':>5}  prior: cohort, sure, served share"]
     for r in s["npcs"]:
+        r = {**r, "gain": s.get("gain_vs_bot", {}).get(r["archetype"])}
         versions = f"v{r['version_start']} -> v{r['version']}"
         early = "-" if r["reward_early"] is None else f"{r['reward_early']:+.2f} -> {r['reward_late']:+.2f}"
         kl = "-" if r["kl"] is None else f"{max(r['kl'], 0.0):.2f}"
+        gain = "-" if r["gain"] is None else f"{r['gain']:+.2f}"
         lines.append(f"{r['name']:<12} {r['archetype']:<10} {r['answered']:>7}  {early:>20}  "
-                     f"{versions:>10}  {r['updates']:>7}  {kl:>6}")
-    lines.append(f"(KL: mean KL(adapted || base) over the NPC's last {KL_OBSERVATIONS} observations)")
+                     f"{versions:>10}  {r['updates']:>7}  {kl:>6}  {gain:>5}  {describe_prior(r.get('prior'))}")
+    lines.append(f"(KL: mean KL(adapted || base) over the NPC's last {KL_OBSERVATIONS} observations; gain: exact share of "
+                 "the gap from the base to the bot persona's best responses closed by the NPC's policy now, from the sim env)")
     lines.append(f"frame time ({s['training']} updates, world + inference + HUD + drawing): p50 {ft['p50_ms']:.2f} ms, "
                  f"p95 {ft['p95_ms']:.2f} ms, p99 {ft['p99_ms']:.2f} ms, max {ft['max_ms']:.1f} ms over {ft['frames']} frames "
                  f"with {s['adapting_npcs']} adapting NPCs; {ft['over_budget']} frames over {ft['target_ms']} ms")

@@ -25,10 +25,13 @@ from ..service import Service
 from ..training.online import OnlineConfig
 
 log = logging.getLogger(__name__)
-# A demo session lasts minutes, not hundreds of episodes: the trainer's early exploration
-# bonus (which pays off over a long relationship with a player) would still be making the
-# NPCs try alternatives when the session ends, so the demo adapts without it.
-DEFAULT_ONLINE = OnlineConfig(ent_coef=0.0)
+# A demo session lasts minutes, not hundreds of episodes, and its bot keeps one style: the
+# PPO trainer's exploration bonus (which pays off over a long relationship) is off, and the
+# population prior's tilt is trusted from the first episode (a merchant meets the player a
+# handful of times a minute) instead of after the couple of consistent episodes a server's
+# default waits for (see docs/adaptation.md).
+DEFAULT_ONLINE = OnlineConfig(ent_coef=0.0, prior_trust_open=-3.0, prior_trust_nats=2.0)
+DEMO_SETTINGS = ("ent_coef", "prior_trust_open", "prior_trust_nats")  # what the demo changes from the defaults
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,10 @@ class Backend(ABC):
 
     @abstractmethod
     def adapter_info(self, archetype: str, player: str) -> dict | None: ...
+
+    @abstractmethod
+    def prior_info(self, archetype: str, player: str) -> dict | None:
+        """Where the player stands on the archetype's population prior (None: no prior)."""
 
     @abstractmethod
     def reset_player(self, archetype: str, player: str) -> bool: ...
@@ -115,6 +122,9 @@ class LocalBackend(Backend):
         info = self.service.adapter_info(archetype, player)
         return None if info is None else info.to_dict()
 
+    def prior_info(self, archetype, player) -> dict | None:
+        return self.service.prior_info(archetype, player)
+
     def reset_player(self, archetype, player) -> bool:
         return self.service.reset_player(archetype, player)
 
@@ -155,6 +165,9 @@ class SocketBackend(Backend):
 
     def adapter_info(self, archetype, player) -> dict | None:
         return self.client.adapter_info(archetype, player)
+
+    def prior_info(self, archetype, player) -> dict | None:
+        return self.client.prior_info(archetype, player)
 
     def reset_player(self, archetype, player) -> bool:
         return bool(self.client.reset_player(archetype, player))

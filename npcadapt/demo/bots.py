@@ -19,10 +19,11 @@ the NPC observed:
 
 A bot is named by a preset (``high_blocker``), by any sim persona name (every archetype
 whose env has it plays it; the others use the preset defaults), or explicitly:
-``duelist=turtle,merchant=knight,haggler=joker``. Each preset's haggle customer fits its
-merchant customer (``PRESETS``): high_blocker (knight) -> no_nonsense, brawler (sellsword)
--> joker, turtle (bargain_hunter) -> penny_pincher, jumper (collector) -> collector,
-low_sweeper (big_spender) -> flattery_lover.
+``duelist=turtle,merchant=knight,haggler=joker``. A preset is one latent player trait of
+``sim.traits`` (``PRESET_TRAITS``), so it plays that trait's persona at every NPC: brawler
+is a brute (sellsword customer, lone-wolf companion, no-nonsense haggler), turtle is
+cautious (window shopper, tank, skeptic), high_blocker proud, jumper showy, low_sweeper a
+collector.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sim.duel import DuelEnv
 from sim.haggle import HaggleEnv
 from sim.merchant import MerchantEnv
 from sim.personas import RoundModel
+from sim.traits import persona_of
 
 from ..errors import InvalidInputError
 from .rules import (
@@ -53,18 +55,21 @@ from .village import ARENA, STALL_REACH, TILE, VAULT
 from .world import Pending, PlayerInput, World
 
 ROUND_ENVS = {DUELIST: DuelEnv, MERCHANT: MerchantEnv, COMPANION: CompanionEnv}  # sim.personas round envs
+ARCHETYPE_ENVS = {DUELIST: "npcadapt/Duel-v0", MERCHANT: "npcadapt/Merchant-v0", COMPANION: "npcadapt/Companion-v0",
+                  HAGGLER: "npcadapt/Haggle-v0"}
 ENVS = {**ROUND_ENVS, HAGGLER: HaggleEnv}
 MERCHANT_REPLIES = {"walks_away": "walk", "browses": "no", "buys": "buy"}  # the customer's response -> what the bot does
 # the haggle customer's response -> (answer to a mood line, answer to a closing line); a walk-out
 # only happens to a furious customer, whom the demo's rules send off on the next drop
 HAGGLE_ANSWERS = {"mood_up": ("likes", None), "unmoved": ("unmoved", None), "mood_down": ("dislikes", None),
                   "refused": (None, "no"), "sale": (None, "buy"), "walked_away": ("dislikes", "no")}
+# a preset is a latent player trait (sim/traits.py) named by its duellist: the same person at
+# every NPC, as in the recordings the population priors were built from
+PRESET_TRAITS = {"high_blocker": "proud", "brawler": "brute", "turtle": "cautious", "jumper": "showy",
+                 "low_sweeper": "collector"}
 PRESETS: dict[str, dict[str, str]] = {
-    "high_blocker": {DUELIST: "high_blocker", MERCHANT: "knight", COMPANION: "tank", HAGGLER: "no_nonsense"},
-    "brawler": {DUELIST: "brawler", MERCHANT: "sellsword", COMPANION: "tank", HAGGLER: "joker"},
-    "turtle": {DUELIST: "turtle", MERCHANT: "bargain_hunter", COMPANION: "potion_lover", HAGGLER: "penny_pincher"},
-    "jumper": {DUELIST: "jumper", MERCHANT: "collector", COMPANION: "explorer", HAGGLER: "collector"},
-    "low_sweeper": {DUELIST: "low_sweeper", MERCHANT: "big_spender", COMPANION: "chatty", HAGGLER: "flattery_lover"},
+    name: {arch: persona_of(trait, ARCHETYPE_ENVS[arch]) for arch in (DUELIST, MERCHANT, COMPANION, HAGGLER)}
+    for name, trait in PRESET_TRAITS.items()
 }
 THANKS_AT, STOP_AT = 0.3, -0.3
 # seconds at each stop; the rug's come from the stalls and the vault, so a tour with the default
@@ -72,6 +77,20 @@ THANKS_AT, STOP_AT = 0.3, -0.3
 # long as it was before the haggler came
 ARENA_STOP, STALL_STOP, RUG_STOP, VAULT_STOP = 26.0, 8.0, 5.0, 2.0
 HAGGLE_STAY = 15.0  # the longest a bot waits past its stop for a haggle to end (then it walks off)
+
+
+def gain_against(backend, archetype: str, player: str, persona: str) -> float | None:
+    """Exact gain of `player`'s policy now against `persona` in the archetype's sim env:
+    (policy - base) / (best response - base) in expected return, over every situation.
+    None where the backend cannot give probabilities."""
+    env = ENVS[archetype](persona=persona)
+    obs = np.stack([o for o, _ in env.situations()]).astype(np.float32)  # (S, D)
+    now, base = backend.probs(archetype, player, obs, base=False), backend.probs(archetype, player, obs, base=True)
+    if now is None or base is None:
+        return None
+    base_return = env.expected_return(persona, base)
+    gap = env.oracle_return(persona) - base_return
+    return round(float((env.expected_return(persona, now) - base_return) / gap), 4) if abs(gap) > 1e-9 else None
 
 
 def model(archetype: str) -> RoundModel:

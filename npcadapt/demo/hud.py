@@ -31,7 +31,7 @@ from .render import (
     reward_colour,
 )
 from .rules import CLOSING, COMPANION, DUELIST, HAGGLER, MERCHANT
-from .session import CURVE_WINDOW, Session
+from .session import CURVE_WINDOW, Session, describe_prior
 from .world import Npc
 
 PANEL_BG = (26, 28, 40)
@@ -126,7 +126,8 @@ def draw_panel(screen: pygame.Surface, art: Art, session: Session, ui: Ui) -> No
         blit_text(screen, art, "adaptation OFF: acting as the base", (x0, y + 38), 16, BAD)
     else:
         blit_text(screen, art, f"shared by all {npc.archetype}s of {ui.profile}", (x0, y + 38), 16, DIM)
-    y += 62
+    blit_text(screen, art, "started from " + describe_prior(session.prior(npc.archetype)), (x0, y + 56), 16, accent)
+    y += 80
     blit_text(screen, art, f"sees: {rules.describe_levels(npc.archetype, tr.levels)} · {npc.t}/{rules.EPISODE_LENGTH}",
               (x0, y), 16, INK)
     y += 22

@@ -62,6 +62,7 @@ class Session:
         self.adapting = adapting
         self.tracks = {n.id: NpcTrack() for n in world.npcs}
         self._info: dict[str, dict | None] = {}
+        self._prior: dict[str, dict | None] = {}
         self._info_at = -1e9
         self._probs_at = -1e9
         self.start_info = {a: self.adapter(a) for a in self.archetypes}
@@ -130,10 +131,19 @@ class Session:
     # -- what the HUD shows -------------------------------------------------------------------
     def adapter(self, archetype: str) -> dict | None:
         """The profile's adapter info for `archetype` (refreshed every half second of game time)."""
+        self._refresh_info()
+        return self._info.get(archetype)
+
+    def prior(self, archetype: str) -> dict | None:
+        """Where the profile stands on `archetype`'s population prior (refreshed with the adapter info)."""
+        self._refresh_info()
+        return self._prior.get(archetype)
+
+    def _refresh_info(self) -> None:
         if self.world.time - self._info_at >= INFO_EVERY:
             self._info = {a: self.backend.adapter_info(a, self.player) for a in self.archetypes}
+            self._prior = {a: self.backend.prior_info(a, self.player) for a in self.archetypes}
             self._info_at = self.world.time
-        return self._info.get(archetype)
 
     def refresh_probs(self) -> None:
         """Probabilities now and under the base on every NPC's current observation (batched)."""
@@ -156,6 +166,7 @@ class Session:
     def summary(self) -> dict:
         """Per NPC: decisions, reward early vs late, KL, mean probabilities now vs base on what it saw."""
         infos = {a: self.backend.adapter_info(a, self.player) for a in self.archetypes}
+        priors = {a: self.backend.prior_info(a, self.player) for a in self.archetypes}
         npcs = []
         for npc in self.world.npcs:
             tr = self.tracks[npc.id]
@@ -171,6 +182,7 @@ class Session:
                 "updates": (infos[npc.archetype] or {}).get("updates", 0),
                 "kl": None,
                 "probs_now": None, "probs_base": None,
+                "prior": priors[npc.archetype],
             }
             if tr.recent_obs:
                 obs = np.stack(tr.recent_obs)
@@ -184,3 +196,14 @@ class Session:
         return {"player": self.player, "backend": self.backend.label, "npcs": npcs,
                 "adapters": infos, "decisions": self.decisions, "feedback": self.feedbacks,
                 "score": self.world.player.score, "game_seconds": self.world.time}
+
+
+def describe_prior(info: dict | None) -> str:
+    """One line on a player's place on the population prior, for the HUD and the summary."""
+    if info is None:
+        return "no population prior"
+    if info["episodes"] == 0:
+        return f"population prior ({info['cohorts']} cohorts), no evidence yet"
+    cohort = "personal" if info["cohort"] == info["cohorts"] else f"#{info['cohort']}"
+    warm = f", warm from {'+'.join(info['warm_from'])}" if info.get("warm_from") else ""
+    return f"{cohort}, {info['confidence']:.0%} sure, share {info['share']:.0%}{warm}"

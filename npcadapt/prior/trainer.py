@@ -153,7 +153,8 @@ class PriorTrainer:
         new_state = PosteriorState(stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior,
                                    state.warm_from)
         return UpdateOutcome(item.player, params, kl_to_base=kl, kl_scaled=scale, steps=len(rows.actions),
-                             mean_return=float(np.mean([ep.total_reward for ep in episodes])), state=new_state)
+                             mean_return=float(np.mean([ep.total_reward for ep in episodes])), state=new_state,
+                             prior=new_state.describe())
 
     def _history_gain(self, log_w: torch.Tensor, past: Stats, fit: torch.Tensor, features: torch.Tensor, rows) -> float:
         """How much better the player's own history predicted the new rewards than the population

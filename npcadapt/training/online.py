@@ -173,6 +173,7 @@ class UpdateOutcome:
     mean_return: float
     skipped: str | None = None
     state: OptimizerState | None = None
+    prior: dict | None = None  # with a population prior: where the player stands on it (PosteriorState.describe)
 
 
 def _fading(value: float, episodes: torch.Tensor, scale: float, power: float = 1.0) -> torch.Tensor:

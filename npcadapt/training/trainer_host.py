@@ -80,12 +80,6 @@ class InProcessTrainer:
                 sources[name] = state
         return trainer.warm_state(sources) if sources else None
 
-    def prior_state(self, archetype: str, player: str) -> dict | None:
-        """Where a player stands on the archetype's population prior (None: no prior or no data)."""
-        with self._lock:
-            state = self.states.get((archetype, player))
-        return state.describe() if isinstance(state, PosteriorState) else None
-
     def _remember(self, archetype: str, player: str, state: OptimizerState | PosteriorState) -> None:
         key = (archetype, player)
         self.states[key] = state

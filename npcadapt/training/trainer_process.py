@@ -94,7 +94,7 @@ def encode_outcomes(outcomes: Sequence[UpdateOutcome]) -> list[dict]:
     return [
         {"player": o.player, "params": None if o.params is None else o.params.detach().cpu().float().numpy().tobytes(),
          "kl_to_base": o.kl_to_base, "kl_scaled": o.kl_scaled, "steps": o.steps, "mean_return": o.mean_return,
-         "skipped": o.skipped}
+         "skipped": o.skipped, "prior": o.prior}
         for o in outcomes
     ]
 
@@ -102,7 +102,7 @@ def encode_outcomes(outcomes: Sequence[UpdateOutcome]) -> list[dict]:
 def decode_outcomes(maps: Sequence[dict]) -> list[UpdateOutcome]:
     return [
         UpdateOutcome(m["player"], None if m["params"] is None else torch.from_numpy(np.frombuffer(m["params"], np.float32).copy()),
-                      m["kl_to_base"], m["kl_scaled"], m["steps"], m["mean_return"], m["skipped"])
+                      m["kl_to_base"], m["kl_scaled"], m["steps"], m["mean_return"], m["skipped"], prior=m.get("prior"))
         for m in maps
     ]
 
