@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -55,6 +56,19 @@ def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path):
     curve = report["personas"]["brawler>turtle"]["gain_curve"]
     assert curve[11] > 0.8 and max(curve[12:]) > 0.8  # adapted to the first style, then to the second
     assert seen[-1]["cohort"] != seen[11]["cohort"]
+
+
+def test_a_returning_player_keeps_an_adapted_npc_after_a_restart(tmp_path):
+    """The posterior's statistics live in memory; a restart must not send a trusted player back to the base."""
+    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+        _play(svc, {"brawler": 1}, episodes=6)
+        assert svc.prior_info("duelist", "brawler-0")["share"] == 1.0
+    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+        assert svc.prior_info("duelist", "brawler-0")["episodes"] == 0  # nothing known after the restart ...
+        report = _play(svc, {"brawler": 1}, episodes=1)
+        info = svc.prior_info("duelist", "brawler-0")
+    assert info["episodes"] == 1 and info["share"] > 0.5  # ... but the trust the served adapter stands for is kept
+    assert report["personas"]["brawler"]["gain_curve"][0] > 0.2  # the base would be 0
 
 
 def test_the_kl_bound_holds_for_the_prior(tmp_path):
@@ -118,3 +132,30 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
 def test_invalid_prior_settings_are_refused(setting):
     with pytest.raises(ValueError, match="prior"):
         OnlineConfig().with_settings([setting])
+
+
+def test_prior_info_over_the_bridge_with_the_trainer_child(tmp_path):
+    """A game client sees the same prior info the Service keeps, with training in the child process."""
+    from bridge_helpers import RunningBridge
+
+    from npcadapt.client import Client
+    from npcadapt.errors import RemoteError
+
+    with RunningBridge(tmp_path / "data", record=False, trainer_process=True) as server:
+        with Client(port=server.port) as c:
+            assert c.prior_info("duelist", "ann") == {**server.service.prior_info("duelist", "ann")}
+            assert c.prior_info("duelist", "ann")["episodes"] == 0
+            obs = np.zeros(8, np.float32)
+            for episode in range(1, 4):
+                for step in range(5):
+                    c.act("duelist", "ann", "n", obs)
+                    c.feedback("ann", "n", 1.0, step == 4)
+                deadline = time.monotonic() + 60  # the bridge trains in the background, in the child
+                while (c.adapter_info("duelist", "ann") or {}).get("version", 0) < episode:
+                    assert time.monotonic() < deadline, "no update within 60 s"
+                    time.sleep(0.05)
+            info = c.prior_info("duelist", "ann")
+            assert info["episodes"] == 3 and info["cohorts"] == 10 and 0 <= info["confidence"] <= 1
+            assert c.adapter_info("duelist", "ann")["version"] == 3
+            with pytest.raises(RemoteError, match="unknown archetype"):
+                c.prior_info("wizard", "ann")

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -86,10 +86,20 @@ class PriorTrainer:
         n_actions, d = library.mean.shape[1:]
         self._empty = Stats.empty(n_actions, d)
         self.mean, self.cov, self.log_weights = _with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
+        self._scalable = layout.scalable_mask()  # (P,) the B entries: non-zero only in an adapted row
 
     def fresh_state(self) -> PosteriorState:
         """The state of a player with no data: the prior's weights, nothing served yet."""
         return PosteriorState(self._empty, 0, self.log_weights.exp(), -1)
+
+    def _restored_or_fresh(self, params: torch.Tensor | None) -> PosteriorState:
+        """A player without trainer state: fresh, or, if they are served an adapted row (a
+        restart lost their statistics), fresh statistics that keep full trust, so their NPC
+        does not fall back to the base while the posterior is rebuilt."""
+        fresh = self.fresh_state()
+        if params is not None and bool((params[self._scalable] != 0).any()):
+            return replace(fresh, evidence=self.config.prior_trust_nats)
+        return fresh
 
     def warm_state(self, sources: dict[str, PosteriorState]) -> PosteriorState | None:
         """The starting state of a player new here whose posteriors in other archetypes are
@@ -121,7 +131,7 @@ class PriorTrainer:
     def _update_one(self, item: PlayerUpdate) -> UpdateOutcome:
         lib, cfg = self.library, self.config
         episodes = [ep for ep in item.episodes if len(ep)]
-        state = item.state if isinstance(item.state, PosteriorState) else self.fresh_state()
+        state = item.state if isinstance(item.state, PosteriorState) else self._restored_or_fresh(item.params)
         log_prior = self.log_weights if state.log_prior is None else state.log_prior  # (K + 1,)
         rows = decisions(self.policy, episodes, lib.gamma)
         features = lib.features(rows.hidden)  # (T, d)
