@@ -170,3 +170,52 @@ def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsy
     assert load_library(out, arch).cohorts == 5
     assert main(["train", "library", "--archetype", "duelist", "--logs", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_ray_engine_builds_the_same_library_as_local(recorded):
+    pytest.importorskip("ray")
+    from npcadapt.prior.library import LibraryConfig, build_library
+    from npcadapt.training.ray_backend import RayDecisions
+
+    arch, episodes, _ = recorded
+    config = LibraryConfig(cohorts=6, seed=2)
+    local, local_cohorts = build_library(arch, episodes, config)
+    rows_of = RayDecisions(arch.directory, workers=2, players_per_task=5)
+    try:
+        remote, remote_cohorts = build_library(arch, episodes, config, rows_of)
+    finally:
+        rows_of.shutdown()
+    assert remote_cohorts == local_cohorts
+    assert torch.allclose(remote.mean, local.mean, atol=1e-9) and torch.allclose(remote.basis, local.basis, atol=1e-9)
+
+
+def test_transfer_matrices_link_the_cohorts_of_players_shared_between_archetypes(tmp_path):
+    """One population plays Duel and Merchant under the same ids (sim/traits.py); the
+    merchant prior's transfer from the duelist's cohorts sends each trait to its own cohort."""
+    import npcadapt
+    from npcadapt.prior.library import LibraryConfig, build_library, with_transfers
+    from npcadapt.recordings import read_episodes
+    from npcadapt.training.online import OnlineConfig
+    from sim.loop import run_simulation
+    from sim.traits import TRAITS, trait_counts, trait_players
+
+    envs = {"npcadapt/Duel-v0": "duelist", "npcadapt/Merchant-v0": "merchant"}
+    with npcadapt.open(tmp_path, seed=0, online=OnlineConfig(prior=False)) as svc:
+        for env_id, arch_name in envs.items():
+            run_simulation(svc, env_id, arch_name, players=0, episodes=12, seed=1, persona_counts=trait_counts(env_id, 2),
+                           player_ids=trait_players(env_id, 2))
+        archs = {name: svc.archetypes[name] for name in envs.values()}
+    episodes, _ = read_episodes(tmp_path / "logs")
+    by_arch = {name: {p: e for (a, p), e in episodes.items() if a == name} for name in envs.values()}
+    duel, duel_cohorts = build_library(archs["duelist"], by_arch["duelist"], LibraryConfig(cohorts=8))
+    merchant, merchant_cohorts = build_library(archs["merchant"], by_arch["merchant"], LibraryConfig(cohorts=8))
+    linked = with_transfers(merchant, merchant_cohorts, {"duelist": (duel, archs["duelist"])}, by_arch)
+    matrix = linked.transfer["duelist"]  # (8, 8) P(merchant cohort | duelist cohort)
+    assert linked.transfer_from == {"duelist": duel.fingerprint}
+    assert torch.allclose(matrix.sum(1), torch.ones(8, dtype=torch.float64))
+    hits = 0
+    for trait in TRAITS:  # a player's duel cohort predicts their merchant cohort
+        for j in range(2):
+            player = f"player-{trait}-{j}"
+            hits += int(matrix[duel_cohorts[player]].argmax()) == merchant_cohorts[player]
+    assert hits >= 10, hits  # of 16 (chance: about 2)

@@ -159,3 +159,22 @@ def test_prior_info_over_the_bridge_with_the_trainer_child(tmp_path):
             assert c.adapter_info("duelist", "ann")["version"] == 3
             with pytest.raises(RemoteError, match="unknown archetype"):
                 c.prior_info("wizard", "ann")
+
+
+def test_a_player_known_from_another_archetype_starts_warm(tmp_path):
+    """Players who duelled first start the merchant from their duel posterior (shipped transfer
+    matrices) and are served better after one episode than fresh players of the same traits."""
+    from sim.traits import trait_counts, trait_players
+
+    merchant = "npcadapt/Merchant-v0"
+    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+        run_simulation(svc, DUEL, "duelist", players=0, episodes=12, seed=5, persona_counts=trait_counts(DUEL, 1),
+                       player_ids=trait_players(DUEL, 1, "warm"))
+        gains = {}
+        for kind in ("warm", "fresh"):
+            report = run_simulation(svc, merchant, "merchant", players=0, episodes=2, seed=6,
+                                    persona_counts=trait_counts(merchant, 1), player_ids=trait_players(merchant, 1, kind))
+            gains[kind] = np.mean([p["gain_curve"][0] for p in report["personas"].values()])
+        assert svc.prior_info("merchant", "warm-brute-0")["warm_from"] == ["duelist"]
+        assert svc.prior_info("merchant", "fresh-brute-0")["warm_from"] == []
+    assert gains["warm"] > gains["fresh"] + 0.2, gains

@@ -22,6 +22,21 @@ from .offline import OfflineConfig
 log = logging.getLogger(__name__)
 
 
+def joined_ray(address: str | None, workers: int | None):
+    """The ray module, initialised: joining the cluster at `address` ('auto': a running one),
+    or a local Ray with `workers` CPUs (None: all)."""
+    try:
+        import ray
+    except ImportError:
+        raise NpcAdaptError("--engine ray needs Ray: pip install 'npcadapt[ray]'") from None
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
 def _fit_remote(archetype_dir: str, start: dict[str, np.ndarray], episodes: dict[str, list[Episode]],
                 config: OfflineConfig) -> dict[str, tuple[np.ndarray, dict]]:
     """Body of the Ray task (module-level so the worker imports it from npcadapt)."""
@@ -42,19 +57,10 @@ class RayExecutor:
 
     def __init__(self, archetype_dir: str | Path, config: OfflineConfig, *, address: str | None = None,
                  workers: int | None = None):
-        try:
-            import ray
-        except ImportError:
-            raise NpcAdaptError("--engine ray needs Ray: pip install 'npcadapt[ray]'") from None
-        self.ray = ray
+        self.ray = joined_ray(address, workers)
         self.archetype_dir = str(archetype_dir)
         self.config = config
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self._task = ray.remote(num_cpus=1)(_fit_remote)
+        self._task = self.ray.remote(num_cpus=1)(_fit_remote)
 
     def __call__(self, jobs) -> Iterator[dict]:
         refs = [
@@ -86,19 +92,10 @@ class RayDecisions:
 
     def __init__(self, archetype_dir: str | Path, *, address: str | None = None, workers: int | None = None,
                  players_per_task: int = 16):
-        try:
-            import ray
-        except ImportError:
-            raise NpcAdaptError("--engine ray needs Ray: pip install 'npcadapt[ray]'") from None
-        self.ray = ray
+        self.ray = joined_ray(address, workers)
         self.archetype_dir = str(archetype_dir)
         self.players_per_task = players_per_task
-        if not ray.is_initialized():
-            if address:
-                ray.init(address=address, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-        self._task = ray.remote(num_cpus=1)(_decisions_remote)
+        self._task = self.ray.remote(num_cpus=1)(_decisions_remote)
 
     def __call__(self, episodes: list, gamma: float) -> list:
         from ..prior.library import Decisions
