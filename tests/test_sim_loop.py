@@ -133,9 +133,10 @@ def test_cli_errors_are_clear(capsys):
 
 
 def test_sim_gate_holds_the_base_until_there_is_evidence_and_no_gate_serves_at_once(tmp_path, capsys):
+    """The PPO trainer's gate (archetypes without a population prior; --no-prior forces it)."""
     def returns(*flags):
         out = tmp_path / "-".join(flags or ("gated",))
-        rc = main(["sim", "--players", "10", "--episodes", "8", "--no-record", "--data", str(out / "d"),
+        rc = main(["sim", "--players", "10", "--episodes", "8", "--no-record", "--data", str(out / "d"), "--no-prior",
                    "--out", str(out), "--quiet", "--heldout-players", "0", "--switch-players", "0", *flags])
         assert rc == 0
         return json.loads((out / "report.json").read_text())["personas"]

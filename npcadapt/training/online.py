@@ -77,7 +77,7 @@ class OnlineConfig:
     prior_evidence_cap: float = 10.0  # bound on that decayed evidence either way, so no verdict is permanent
     prior_new_cohort: float = 0.2  # prior weight of "unlike every cohort": a broad personal model
     prior_transfer_trust: float = 0.5  # share of the trust earned with another archetype a warm start carries
-    prior_change_nats: float = 6.0  # an episode the history predicts this much worse than the population: new style
+    prior_change_nats: float = 9.0  # an episode the history predicts this much worse than the population: new style
 
     def __post_init__(self) -> None:
         if self.episodes_per_update < 1 or self.epochs < 1:
