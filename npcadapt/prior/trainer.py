@@ -138,7 +138,7 @@ class PriorTrainer:
         decay = cfg.prior_decay ** len(episodes)
         past = _decayed(state.stats, decay)
         stats = past.add(features, rows.actions, rows.targets)
-        fit = log_evidence(self.mean, self.cov, stats, lib.noise_var)  # (K,)
+        fit = log_evidence(self.mean, self.cov, stats, lib.noise_var)  # (K + 1,)
         gain = self._history_gain(log_prior, past, fit, features, rows)
         changes = state.changes + (gain < -cfg.prior_change_nats)
         if gain < -cfg.prior_change_nats:  # a change of style: the past misleads, start again from these episodes
