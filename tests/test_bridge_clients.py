@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -90,14 +91,14 @@ def test_node_example_plays_a_session_that_adapts_and_is_recorded(server, node):
     out = proc.stdout
     assert "archetypes: companion, duelist, " in out and "; duelist obs 8, 8 actions" in out
     assert out.count("episode ") == 4 and "decisions: 20;" in out
-    assert (
-        "adapter: version 1, updates 1" in out
-    )  # 4 episodes = one online update (episodes_per_update=4)
+    # the duelist has a population prior: one update per completed episode, so 1 to 4 by the time it looks
+    seen = re.search(r"adapter: version (\d+), updates (\d+)", out)
+    assert seen and 1 <= int(seen[1]) == int(seen[2]) <= 4, out
     assert out.rstrip().endswith("ok")
 
     with Client(port=server.port) as client:
         info = client.adapter_info("duelist", "node-test")
-        assert info["version"] == 1 and info["player"] == "node-test"
+        assert int(seen[1]) <= info["version"] <= 4 and info["player"] == "node-test"
         client.flush()
     records = list(read_records(server.service.data_dir / "logs"))
     decided = sum(r["players"].count("node-test") for r in records if r["t"] == "decisions")
