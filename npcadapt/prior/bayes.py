@@ -45,30 +45,52 @@ class Stats(NamedTuple):
         )
 
 
+class _Posterior(NamedTuple):
+    """What one posterior computation gives: mean, precision factor and the natural mean."""
+
+    mean: torch.Tensor  # (..., A, H)
+    prec_chol: torch.Tensor  # (..., A, H, H) Cholesky factor of the posterior precision
+    eta: torch.Tensor  # (..., A, H) precision @ mean
+    prior_prec: torch.Tensor  # (..., A, H, H)
+    prior_chol: torch.Tensor  # (..., A, H, H) Cholesky factor of the prior covariance
+
+
+def _solve(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> _Posterior:
+    """The posterior through Cholesky factors (no explicit inverse of the posterior precision)."""
+    prior_chol = torch.linalg.cholesky(prior_cov)
+    prior_prec = torch.cholesky_inverse(prior_chol)  # (..., A, H, H)
+    prec_chol = torch.linalg.cholesky(prior_prec + stats.gram / noise_var)
+    eta = (prior_prec @ prior_mean.unsqueeze(-1)).squeeze(-1) + stats.hy / noise_var  # (..., A, H)
+    mean = torch.cholesky_solve(eta.unsqueeze(-1), prec_chol).squeeze(-1)
+    return _Posterior(mean, prec_chol, eta, prior_prec, prior_chol)
+
+
 def posterior(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean (..., A, H) and covariance (..., A, H, H) of the weights.
 
     prior_mean (..., A, H) and prior_cov (..., A, H, H) broadcast against the statistics.
     """
-    prior_prec = torch.linalg.inv(prior_cov)  # (..., A, H, H)
-    prec = prior_prec + stats.gram / noise_var
-    cov = torch.linalg.inv(prec)
-    eta = (prior_prec @ prior_mean.unsqueeze(-1)).squeeze(-1) + stats.hy / noise_var  # (..., A, H)
-    return (cov @ eta.unsqueeze(-1)).squeeze(-1), cov
+    post = _solve(prior_mean, prior_cov, stats, noise_var)
+    return post.mean, torch.cholesky_inverse(post.prec_chol)
+
+
+def _logdet(chol: torch.Tensor) -> torch.Tensor:
+    """log |M| from the Cholesky factor of M."""
+    return 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
 def log_evidence(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> torch.Tensor:
     """log p(y | h, a) under the prior, summed over actions: (...,).
 
     Closed form of the Gaussian marginal likelihood through the statistics:
-    -n/2 log(2 pi s2) - 1/2 log|S0| + 1/2 log|S_N| - 1/2 (y.y/s2 + m0' S0^-1 m0 - m_N' S_N^-1 m_N).
+    -n/2 log(2 pi s2) - 1/2 log|S0| + 1/2 log|S_N| - 1/2 (y.y/s2 + m0' S0^-1 m0 - m_N' S_N^-1 m_N),
+    with S_N^-1 m_N = eta and log|S_N| = -log|S_N^-1|, both from one Cholesky factor.
     """
-    mean, cov = posterior(prior_mean, prior_cov, stats, noise_var)
-    prior_prec = torch.linalg.inv(prior_cov)
-    quad0 = (prior_mean.unsqueeze(-2) @ prior_prec @ prior_mean.unsqueeze(-1)).squeeze(-1).squeeze(-1)  # (..., A)
-    quad_n = (mean.unsqueeze(-2) @ torch.linalg.solve(cov, mean.unsqueeze(-1))).squeeze(-1).squeeze(-1)
+    post = _solve(prior_mean, prior_cov, stats, noise_var)
+    quad0 = (prior_mean.unsqueeze(-2) @ post.prior_prec @ prior_mean.unsqueeze(-1)).squeeze(-1).squeeze(-1)  # (..., A)
+    quad_n = (post.mean * post.eta).sum(-1)
     per_action = (-0.5 * stats.n * math.log(2 * math.pi * noise_var)
-                  - 0.5 * torch.logdet(prior_cov) + 0.5 * torch.logdet(cov)
+                  - 0.5 * _logdet(post.prior_chol) - 0.5 * _logdet(post.prec_chol)
                   - 0.5 * (stats.yy / noise_var + quad0 - quad_n))
     return per_action.sum(-1)
 
