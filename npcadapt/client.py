@@ -17,7 +17,19 @@ import numpy as np
 from .errors import OverloadedError, ProtocolError, RemoteError
 from .protocol import OVERLOADED, Limits, Response, RpcConnection
 
-__all__ = ["AsyncClient", "Client", "OverloadedError", "RemoteError"]
+__all__ = ["AsyncClient", "Client", "OverloadedError", "RemoteError", "read_message"]
+
+
+def read_message(sock: socket.socket, unpacker) -> Any:
+    """The next whole msgpack message from `sock` through `unpacker` (a msgpack.Unpacker that
+    keeps whatever follows the message for the next call), for raw-protocol tools and tests;
+    ConnectionError if the peer closes first."""
+    while (msg := next(unpacker, None)) is None:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("connection closed before a whole message arrived")
+        unpacker.feed(data)
+    return msg
 
 
 def _obs(obs: Any) -> bytes:

@@ -11,6 +11,7 @@ from typing import Self
 import msgpack
 
 import npcadapt
+from npcadapt.client import read_message
 from npcadapt.server import Bridge, ServerConfig
 
 
@@ -63,13 +64,7 @@ _unpackers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # socket ->
 def read_reply(sock: socket.socket):
     """The next whole msgpack message from `sock` (a reply may come in several TCP reads,
     or several replies in one: what follows the message is kept for the next call)."""
-    unpacker = _unpackers.setdefault(sock, msgpack.Unpacker(raw=False))
-    while (msg := next(unpacker, None)) is None:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError("connection closed before a whole reply arrived")
-        unpacker.feed(data)
-    return msg
+    return read_message(sock, _unpackers.setdefault(sock, msgpack.Unpacker(raw=False)))
 
 
 def raw_call(sock: socket.socket, msg):

@@ -93,31 +93,18 @@ def _feedback_notifications(players: list[str], rewards: np.ndarray, done: bool)
 
 # -- processes ------------------------------------------------------------------------------
 def start_server(
-    data_dir: Path, *args: str, env: dict | None = None, timeout: float = 120.0
+    data_dir: Path, *args: str, env: dict | None = None, timeout: float = 120.0, port: int = 0,
+    stderr_path: Path | None = None,
 ) -> tuple[subprocess.Popen, int]:
-    """`npcadapt serve --port 0 [args]` in a subprocess; returns it and the port it printed."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "npcadapt.cli",
-        "serve",
-        "--port",
-        "0",
-        "--data",
-        str(data_dir),
-        "--seed",
-        "0",
-        *args,
-    ]
-    errors = data_dir.parent / "server-stderr.txt"  # the server's log, for the error below
-    with open(errors, "wb") as stderr:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-            env=None if env is None else {**os.environ, **env},
-        )
+    """`npcadapt serve --port PORT [args]` in a subprocess (port 0: any free one); returns it
+    and the port it printed. Its stderr is appended to `stderr_path` (default: a file beside
+    the data directory), whose tail the error names if it does not start."""
+    cmd = [sys.executable, "-m", "npcadapt.cli", "serve", "--port", str(port), "--data", str(data_dir),
+           "--seed", "0", *args]
+    errors = stderr_path or data_dir.parent / "server-stderr.txt"
+    with open(errors, "ab") as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                env=None if env is None else {**os.environ, **env})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -127,9 +114,9 @@ def start_server(
         if match:
             return proc, int(match.group(1))
     stop_process(proc)
-    tail = errors.read_text(errors="replace")[-500:]
+    tail = errors.read_text(errors="replace")[-600:]
     raise RuntimeError(
-        f"npcadapt serve did not report a port within {timeout:.0f}s (exit code {proc.poll()}): {tail}"
+        f"npcadapt serve did not report a port within {timeout:.0f}s (port {port}, exit code {proc.poll()}): {tail}"
     )
 
 

@@ -32,7 +32,7 @@ from typing import Callable
 import msgpack
 import numpy as np
 
-from ..client import AsyncClient
+from ..client import AsyncClient, read_message
 from ..errors import OverloadedError, ProtocolError, RemoteError
 from .soak_faults import DISK_FULL_TEXT
 
@@ -244,7 +244,7 @@ def good_client_main(port, token: str | None, begin, stop, out_path: str, interv
                     if token is not None:
                         msgid += 1
                         sock.sendall(msgpack.packb([0, msgid, "auth", [token]]))
-                        reply = _read(sock, unpacker)
+                        reply = read_message(sock, unpacker)
                         if reply[2] is not None:
                             raise OSError(f"auth refused: {reply[2]}")
                 except OSError:
@@ -257,7 +257,7 @@ def good_client_main(port, token: str | None, begin, stop, out_path: str, interv
             sent, start = time.time(), time.perf_counter()
             try:
                 sock.sendall(request)
-                reply = _read(sock, unpacker)
+                reply = read_message(sock, unpacker)
                 rtt = time.perf_counter() - start
                 code = 0 if reply[2] is None else int(reply[2][0])
                 rows.append((sent, rtt, code))
@@ -272,15 +272,6 @@ def good_client_main(port, token: str | None, begin, stop, out_path: str, interv
     finally:
         _drop(sock)
         np.save(Path(out_path), np.asarray(rows, dtype=np.float64).reshape(-1, 3))
-
-
-def _read(sock: socket.socket, unpacker: msgpack.Unpacker):
-    while (msg := next(unpacker, None)) is None:
-        data = sock.recv(65536)
-        if not data:
-            raise OSError("server closed the connection")
-        unpacker.feed(data)
-    return msg
 
 
 def _drop(sock: socket.socket | None) -> None:

@@ -22,14 +22,14 @@ import re
 import resource
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_READY = re.compile(r"bridge on [\d.]+:(\d+)")
+from .bridge import start_server
+
 DISK_FULL_TEXT = re.compile(r"ENOSPC|EFBIG|disk full|no space|file too large", re.IGNORECASE)
 
 
@@ -102,27 +102,10 @@ class ServerProcess:
         raise RuntimeError(last)
 
     def _start(self, port: int, timeout: float) -> int:
-        cmd = [sys.executable, "-m", "npcadapt.cli", "serve", "--port", str(port), "--data", str(self.data_dir),
-               *self.args]
-        stderr_path = self.log_dir / f"server-{self.incarnation}.stderr"
-        with open(stderr_path, "ab") as stderr:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                    env=None if self.env is None else {**os.environ, **self.env})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            match = _READY.search(line)
-            if match:
-                self.proc, self.port = proc, int(match.group(1))
-                self.started_at.append(time.time())
-                return self.port
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        tail = stderr_path.read_text(errors="replace")[-600:]
-        raise RuntimeError(f"npcadapt serve did not start on port {port} (exit code {proc.returncode}): {tail}")
+        self.proc, self.port = start_server(self.data_dir, *self.args, env=self.env, timeout=timeout, port=port,
+                                           stderr_path=self.log_dir / f"server-{self.incarnation}.stderr")
+        self.started_at.append(time.time())
+        return self.port
 
     def kill(self) -> int | None:
         """SIGKILL the server and wait for it; its trainer child exits on its own (its input
