@@ -13,11 +13,10 @@ when the trainer takes the episode.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import itertools
 import threading
 from collections import OrderedDict, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -223,3 +222,12 @@ class EpisodeTracker:
     def open_count(self) -> int:
         with self._lock:
             return len(self._open)
+
+
+def reward_to_go(rewards: Sequence[float], gamma: float) -> np.ndarray:
+    """(T,) discounted reward still to come at each step (the rewards themselves when gamma is 0)."""
+    out, running = np.zeros(len(rewards)), 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = rewards[t] + gamma * running
+        out[t] = running
+    return out

@@ -31,7 +31,8 @@ from .log import InteractionLog
 from .log.writer import HELD_BYTES
 from .training.online import OnlineConfig, PlayerUpdate
 from .prior.library import find_library
-from .training.trainer_host import InProcessTrainer, episodes_per_update
+from .prior.trainer import new_player_state
+from .training.trainer_host import InProcessTrainer
 from .training.trainer_process import TrainerProcess, TrainerProcessError
 from .types import AdapterInfo, BatchDecision, Decision
 
@@ -79,7 +80,7 @@ class Service:
         # population priors stored beside the archetypes (stale or damaged ones are refused with a warning)
         self.libraries = {name: lib for name, rt in runtimes.items()
                           if online and online.prior and (lib := find_library(rt.archetype)) is not None}
-        self._episodes_per_update = episodes_per_update(online, self.libraries) if online else {}
+        self._episodes_per_update = {name: 1 for name in self.libraries}  # the prior learns from every episode
         self._prior_info: OrderedDict[tuple[str, str], dict] = OrderedDict()  # latest PosteriorState.describe()
         self._prior_capacity = capacity
         if online and trainer_process:
@@ -190,10 +191,14 @@ class Service:
                 raise failure
             return done
 
+    def _ready(self, limit: int | None) -> list[tuple[str, str]]:
+        """Players with enough completed episodes for an update (one where the archetype has a prior)."""
+        return self.tracker.ready(self.online.episodes_per_update, limit, self._episodes_per_update)
+
     def _take_round(self, max_players: int | None) -> dict[str, list[PlayerUpdate]]:
         """Take the ready players' episodes with their current adapters, per archetype."""
         with self._train_lock:
-            ready = self.tracker.ready(self.online.episodes_per_update, max_players, self._episodes_per_update)
+            ready = self._ready(max_players)
             taken = self.tracker.take(ready)
             self._reset_while_updating = set()
             by_arch: dict[str, list[PlayerUpdate]] = {}
@@ -278,7 +283,7 @@ class Service:
         """A backlog: at least a whole round of players is waiting."""
         if players_per_round is None:
             return False
-        return len(self.tracker.ready(self.online.episodes_per_update, players_per_round, self._episodes_per_update)) >= players_per_round
+        return len(self._ready(players_per_round)) >= players_per_round
 
     def stop_background_training(self) -> None:
         if self._background is not None:
@@ -306,9 +311,7 @@ class Service:
         with self._train_lock:
             info = self._prior_info.get((archetype, player))
         if info is None:
-            weights = library.log_weights.exp()
-            info = {"episodes": 0, "cohort": int(weights.argmax()), "confidence": round(float(weights.max()), 4),
-                    "served_cohort": -1, "decisions": 0.0, "evidence": 0.0, "share": 0.0, "changes": 0, "warm_from": []}
+            info = new_player_state(library, self.online.prior_new_cohort).describe()
         return {"cohorts": library.cohorts, **info}
 
     def _remember_prior(self, key: tuple[str, str], info: dict) -> None:
@@ -336,7 +339,7 @@ class Service:
 
     def ready_players(self) -> int:
         """Players (per archetype) with enough completed episodes for an update, not yet taken."""
-        return len(self.tracker.ready(self.online.episodes_per_update, None, self._episodes_per_update)) if self.online else 0
+        return len(self._ready(None)) if self.online else 0
 
     def pending_feedback(self) -> int:
         """Steps of completed episodes waiting for the online trainer (0 without training)."""

@@ -8,7 +8,7 @@ import torch
 
 from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
 from npcadapt.bench.baselines import NeuralLinearHost, TableThompsonHost, ThompsonSettings
-from npcadapt.prior.library import reward_to_go
+from npcadapt.episodes import reward_to_go
 from npcadapt.errors import InvalidInputError
 from sim.loop import run_simulation
 

@@ -10,7 +10,7 @@ import torch
 from npcadapt.bench.baselines import NeuralLinearHost, ThompsonSettings
 from npcadapt.engine import Engine
 from npcadapt.errors import InvalidInputError
-from npcadapt.prior.bayes import Stats, cohort_weights, log_evidence, mixture_mean, posterior
+from npcadapt.prior.bayes import Stats, cohort_weights, log_evidence, posterior
 from npcadapt.prior.head import weight_delta_row
 
 A, H = 3, 4
@@ -65,7 +65,8 @@ def test_cohort_weights_find_the_cohort_that_generated_the_rewards():
     log_w = torch.log(torch.full((4,), 0.25, dtype=torch.float64))
     weights = cohort_weights(log_w, cohorts, cov, stats, 0.01)
     assert int(weights.argmax()) == 2 and float(weights[2]) > 0.99
-    assert torch.allclose(mixture_mean(log_w, cohorts, cov, stats, 0.01), cohorts[2], atol=0.1)
+    means, _ = posterior(cohorts, cov, stats, 0.01)
+    assert torch.allclose(torch.einsum("k,kah->ah", weights, means), cohorts[2], atol=0.1)  # the mixture's mean
     # with no data the weights are the prior's
     assert torch.allclose(cohort_weights(log_w, cohorts, cov, Stats.empty(A, H), 0.01), log_w.exp())
 

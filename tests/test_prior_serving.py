@@ -13,6 +13,7 @@ import torch
 
 import npcadapt
 from npcadapt.archetypes import BUILTIN_DIR
+from npcadapt.errors import StoreError
 from npcadapt.prior.library import LIBRARY_NAME, find_library, load_library, save_library
 from npcadapt.training.online import OnlineConfig
 from sim.loop import run_simulation
@@ -124,13 +125,14 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
     with caplog.at_level(logging.WARNING):
         assert find_library(arch) is None
     assert "cannot be read" in caplog.text
-    with pytest.raises(Exception, match="cannot be read"):
+    with pytest.raises(StoreError, match="cannot be read"):
         load_library(root / "duelist" / LIBRARY_NAME, arch)
 
 
-@pytest.mark.parametrize("setting", ["prior_decay=0", "prior_decay=1.5", "prior_trust_nats=1", "prior_evidence_cap=0"])
+@pytest.mark.parametrize("setting", ["prior_decay=0", "prior_decay=1.5", "prior_trust_nats=1", "prior_evidence_cap=0",
+                                     "prior_new_cohort=1", "prior_change_nats=0"])
 def test_invalid_prior_settings_are_refused(setting):
-    with pytest.raises(ValueError, match="prior"):
+    with pytest.raises(ValueError, match=r"prior_decay must be in \(0, 1\], prior_new_cohort in \(0, 1\)"):
         OnlineConfig().with_settings([setting])
 
 
@@ -155,7 +157,8 @@ def test_prior_info_over_the_bridge_with_the_trainer_child(tmp_path):
                     assert time.monotonic() < deadline, "no update within 60 s"
                     time.sleep(0.05)
             info = c.prior_info("duelist", "ann")
-            assert info["episodes"] == 3 and info["cohorts"] == 10 and 0 <= info["confidence"] <= 1
+            assert info["episodes"] == 3 and info["cohorts"] == 10
+            assert info["decisions"] == pytest.approx(5 * (1 + 0.95 + 0.95**2), abs=0.01)  # 3 episodes, decayed
             assert c.adapter_info("duelist", "ann")["version"] == 3
             with pytest.raises(RemoteError, match="unknown archetype"):
                 c.prior_info("wizard", "ann")

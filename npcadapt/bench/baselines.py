@@ -30,7 +30,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..policy import ActorCritic, masked_log_probs
-from ..prior.library import reward_to_go
+from ..episodes import reward_to_go
 
 
 @dataclass(frozen=True)

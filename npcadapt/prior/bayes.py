@@ -79,8 +79,9 @@ def _logdet(chol: torch.Tensor) -> torch.Tensor:
     return 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
-def log_evidence(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> torch.Tensor:
-    """log p(y | h, a) under the prior, summed over actions: (...,).
+def evidence_and_mean(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats,
+                      noise_var: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(y | h, a) under the prior, summed over actions (...,), and the posterior mean (..., A, H).
 
     Closed form of the Gaussian marginal likelihood through the statistics:
     -n/2 log(2 pi s2) - 1/2 log|S0| + 1/2 log|S_N| - 1/2 (y.y/s2 + m0' S0^-1 m0 - m_N' S_N^-1 m_N),
@@ -92,7 +93,12 @@ def log_evidence(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats
     per_action = (-0.5 * stats.n * math.log(2 * math.pi * noise_var)
                   - 0.5 * _logdet(post.prior_chol) - 0.5 * _logdet(post.prec_chol)
                   - 0.5 * (stats.yy / noise_var + quad0 - quad_n))
-    return per_action.sum(-1)
+    return per_action.sum(-1), post.mean
+
+
+def log_evidence(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> torch.Tensor:
+    """log p(y | h, a) under the prior, summed over actions: (...,) (see :func:`evidence_and_mean`)."""
+    return evidence_and_mean(prior_mean, prior_cov, stats, noise_var)[0]
 
 
 def cohort_weights(log_prior_weights: torch.Tensor, prior_mean: torch.Tensor, prior_cov: torch.Tensor,
@@ -102,11 +108,3 @@ def cohort_weights(log_prior_weights: torch.Tensor, prior_mean: torch.Tensor, pr
     prior_mean (K, A, H), prior_cov (K, A, H, H); the statistics broadcast over K.
     """
     return torch.softmax(log_prior_weights + log_evidence(prior_mean, prior_cov, stats, noise_var), dim=-1)
-
-
-def mixture_mean(log_prior_weights: torch.Tensor, prior_mean: torch.Tensor, prior_cov: torch.Tensor,
-                 stats: Stats, noise_var: float) -> torch.Tensor:
-    """(A, H) the player's posterior mean weights: cohort posteriors weighed by cohort probability."""
-    weights = cohort_weights(log_prior_weights, prior_mean, prior_cov, stats, noise_var)  # (K,)
-    means, _ = posterior(prior_mean, prior_cov, stats, noise_var)  # (K, A, H)
-    return torch.einsum("k,kah->ah", weights, means)

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ..archetypes import Archetype
-from ..episodes import Episode
+from ..episodes import Episode, reward_to_go
 from ..errors import AdapterMismatchError, InvalidInputError, StoreError
 from ..fileio import write_atomic
 from .bayes import Stats, cohort_weights, posterior
@@ -109,15 +109,6 @@ class Library:
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projected features (T, d) float64 of hidden activations (T, H)."""
         return hidden.to(torch.float64) @ self.basis.T
-
-
-def reward_to_go(rewards: Sequence[float], gamma: float) -> np.ndarray:
-    """(T,) discounted reward still to come at each step (the rewards themselves when gamma is 0)."""
-    out, running = np.zeros(len(rewards)), 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = rewards[t] + gamma * running
-        out[t] = running
-    return out
 
 
 class Decisions(NamedTuple):

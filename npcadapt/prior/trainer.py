@@ -42,7 +42,7 @@ from ..episodes import Episode
 from ..lora.bank import AdapterLayout
 from ..policy import ActorCritic, masked_log_probs
 from ..training.online import OnlineConfig, PlayerUpdate, UpdateOutcome
-from .bayes import Stats, log_evidence, posterior
+from .bayes import Stats, evidence_and_mean, log_evidence
 from .head import weight_delta_row
 from .library import Library, decisions
 
@@ -53,7 +53,7 @@ class PosteriorState:
 
     stats: Stats  # (A, d, d), (A, d), (A,), (A,)
     episodes: int
-    weights: torch.Tensor  # (K,) posterior weight of each cohort after the last update
+    weights: torch.Tensor  # (K + 1,) posterior weight of each cohort (the last: the broad one) after the last update
     served_cohort: int  # the cohort whose model is served (-1: the weighted mean)
     evidence: float = 0.0  # decayed log Bayes factor: the player's history against the population, nats
     share: float = 0.0  # share of the personal tilt served (0: the base)
@@ -83,14 +83,13 @@ class PriorTrainer:
         self.library = library
         self.config = config
         self.last_layer = f"actor.{len(policy.actor) - 1}"
-        n_actions, d = library.mean.shape[1:]
-        self._empty = Stats.empty(n_actions, d)
-        self.mean, self.cov, self.log_weights = _with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
+        self.mean, self.cov, self.log_weights = with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
+        self._empty = Stats.empty(*library.mean.shape[1:])
         self._scalable = layout.scalable_mask()  # (P,) the B entries: non-zero only in an adapted row
 
     def fresh_state(self) -> PosteriorState:
         """The state of a player with no data: the prior's weights, nothing served yet."""
-        return PosteriorState(self._empty, 0, self.log_weights.exp(), -1)
+        return new_player_state(self.library, self.config.prior_new_cohort)
 
     def _restored_or_fresh(self, params: torch.Tensor | None) -> PosteriorState:
         """A player without trainer state: fresh, or, if they are served an adapted row (a
@@ -118,11 +117,10 @@ class PriorTrainer:
             used.append(name)
         if not rows:
             return None
-        cohorts = torch.stack(rows).mean(0) * (1 - cfg.prior_new_cohort)
-        log_prior = torch.log(torch.cat([cohorts, torch.tensor([cfg.prior_new_cohort], dtype=torch.float64)]))
-        fresh = self.fresh_state()
-        return PosteriorState(fresh.stats, 0, log_prior.exp(), -1, cfg.prior_transfer_trust * max(trust), 0.0, 0,
-                              log_prior, tuple(used))
+        weights = torch.cat([torch.stack(rows).mean(0) * (1 - cfg.prior_new_cohort),
+                             torch.tensor([cfg.prior_new_cohort], dtype=torch.float64)])  # (K + 1,)
+        return PosteriorState(self._empty, 0, weights, -1, cfg.prior_transfer_trust * max(trust), 0.0, 0,
+                              torch.log(weights), tuple(used))
 
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One posterior step per player in `items` (their episodes completed since the last)."""
@@ -138,18 +136,21 @@ class PriorTrainer:
         decay = cfg.prior_decay ** len(episodes)
         past = _decayed(state.stats, decay)
         stats = past.add(features, rows.actions, rows.targets)
-        fit = log_evidence(self.mean, self.cov, stats, lib.noise_var)  # (K + 1,)
-        gain = self._history_gain(log_prior, past, fit, features, rows)
+        fit, means = evidence_and_mean(self.mean, self.cov, stats, lib.noise_var)  # (K + 1,), (K + 1, A, d)
+        alone = self._empty.add(features, rows.actions, rows.targets)  # these episodes without the past
+        alone_fit, alone_means = evidence_and_mean(self.mean, self.cov, alone, lib.noise_var)
+        # how much better the player's own history predicted these rewards than the population
+        # did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts)
+        before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
+        gain = float(torch.logsumexp(log_prior + fit, 0) - before - torch.logsumexp(log_prior + alone_fit, 0))
         changes = state.changes + (gain < -cfg.prior_change_nats)
         if gain < -cfg.prior_change_nats:  # a change of style: the past misleads, start again from these episodes
-            stats = self._empty.add(features, rows.actions, rows.targets)
-            fit = log_evidence(self.mean, self.cov, stats, lib.noise_var)
+            stats, fit, means = alone, alone_fit, alone_means
             evidence = min(decay * state.evidence, 0.0)
         else:
             evidence = float(np.clip(decay * state.evidence + gain, -cfg.prior_evidence_cap, cfg.prior_evidence_cap))
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
         share = float(np.clip((evidence - cfg.prior_trust_open) / (cfg.prior_trust_nats - cfg.prior_trust_open), 0.0, 1.0))
-        means, _ = posterior(self.mean, self.cov, stats, lib.noise_var)  # (K + 1, A, d)
         episodes_seen = state.episodes + len(episodes)
         if cfg.prior_explore:
             cohort = _draw(weights, item.player, episodes_seen)
@@ -158,7 +159,7 @@ class PriorTrainer:
             cohort, model = -1, torch.einsum("k,kad->ad", weights, means)
         delta = share * lib.beta * model @ lib.basis  # (A, H)
         masks = _masks(episodes, delta.shape[0])
-        delta, kl, scale = self._bound_kl(rows.obs, rows.hidden, masks, delta)
+        delta, kl, scale = self._bound_kl(rows.hidden, masks, delta)
         params = weight_delta_row(self.family, self.last_layer, delta.float())
         new_state = PosteriorState(stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior,
                                    state.warm_from)
@@ -166,30 +167,20 @@ class PriorTrainer:
                              mean_return=float(np.mean([ep.total_reward for ep in episodes])), state=new_state,
                              prior=new_state.describe())
 
-    def _history_gain(self, log_w: torch.Tensor, past: Stats, fit: torch.Tensor, features: torch.Tensor, rows) -> float:
-        """How much better the player's own history predicted the new rewards than the population
-        did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts). Positive
-        for a player who keeps one style, negative for one whose play the past misleads about."""
-        lib = self.library
-        before = torch.logsumexp(log_w + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
-        personal = torch.logsumexp(log_w + fit, 0) - before
-        alone = self._empty.add(features, rows.actions, rows.targets)
-        population = torch.logsumexp(log_w + log_evidence(self.mean, self.cov, alone, lib.noise_var), 0)
-        return float(personal - population)
-
-    def _bound_kl(self, obs: torch.Tensor, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor,
+    def _bound_kl(self, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor,
                   iters: int = 12) -> tuple[torch.Tensor, float, float]:
-        """delta (A, H) scaled so that the mean KL(adapted || base) over obs (T, D) stays within the bound."""
-        device = next(self.policy.parameters()).device
-        with torch.inference_mode():
-            base = masked_log_probs(self.policy.logits(obs.to(device)), masks if masks is None else masks.to(device))
-        base = base.double().cpu()  # (T, A)
+        """delta (A, H) scaled so that the mean KL(adapted || base) over the decisions' hidden
+        features (T, H) stays within the bound."""
+        last = self.policy.actor[-1]
+        with torch.inference_mode():  # the base's logits from the last layer alone: hidden is its input
+            logits = last(hidden.to(last.weight.device)).double().cpu()  # (T, A)
+        base = masked_log_probs(logits, masks)  # (T, A), -inf where masked
         shift = hidden.double() @ delta.T  # (T, A)
 
         def kl(scale: float) -> float:
             adapted = torch.log_softmax(base + scale * shift, dim=-1)
             terms = torch.where(torch.isfinite(base), adapted.exp() * (adapted - base), torch.zeros_like(base))
-            return float(terms.nan_to_num(0.0).sum(-1).mean())
+            return float(terms.sum(-1).mean())
 
         bound, value = self.config.kl_bound, kl(1.0)
         if bound <= 0 or value <= bound:
@@ -201,7 +192,13 @@ class PriorTrainer:
         return delta * lo, kl(lo), lo
 
 
-def _with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def new_player_state(library: Library, new_cohort: float) -> PosteriorState:
+    """A player with no data: the prior's cohort weights (and the broad cohort's), nothing served."""
+    n_actions, d = library.mean.shape[1:]
+    return PosteriorState(Stats.empty(n_actions, d), 0, with_new_cohort(library, new_cohort)[2].exp(), -1)
+
+
+def with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The library's K cohorts plus a broad one for players unlike any of them (weight `weight`):
     centred on the population's model, with the spread of the cohort models around it plus
     their own covariance, so its posterior is close to a purely personal model.

@@ -20,7 +20,7 @@ import tomli_w
 import torch
 
 from ..archetypes import Archetype, fresh_policy, load_archetype, save_base
-from ..episodes import Episode
+from ..episodes import Episode, reward_to_go
 from ..errors import InvalidInputError
 from ..fileio import write_atomic
 from .base import CONFIG_NAME, RESULT_NAME
@@ -44,15 +44,6 @@ class CloneConfig:
             raise InvalidInputError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
 
 
-def _returns_to_go(rewards: list[float], gamma: float) -> np.ndarray:
-    out = np.zeros(len(rewards), np.float32)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = rewards[t] + gamma * running
-        out[t] = running
-    return out
-
-
 def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConfig = CloneConfig()) -> tuple[Archetype, dict]:
     """Train the archetype in `directory` on the best recorded episodes; returns it and a summary."""
     directory = Path(directory)
@@ -67,7 +58,7 @@ def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConf
     if obs.shape[1] != spec.obs_dim:
         raise InvalidInputError(f"recorded observations have {obs.shape[1]} features, archetype {spec.name} expects {spec.obs_dim}")
     actions = torch.tensor([a for ep in kept for a in ep.action])  # (T,)
-    targets = torch.from_numpy(np.concatenate([_returns_to_go(ep.reward, config.gamma) for ep in kept]))  # (T,)
+    targets = torch.from_numpy(np.concatenate([reward_to_go(ep.reward, config.gamma).astype(np.float32) for ep in kept]))  # (T,)
     gen = torch.Generator().manual_seed(config.seed)
     policy = fresh_policy(spec, config.seed)
     if config.init_from_current:

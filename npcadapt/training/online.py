@@ -88,8 +88,8 @@ class OnlineConfig:
             raise ValueError("ent_coef and ent_decay_episodes must be >= 0 and gate_decay in (0, 1]")
         if not (0 < self.prior_decay <= 1 and self.prior_trust_nats > self.prior_trust_open and self.prior_evidence_cap > 0
                 and self.prior_change_nats > 0 and 0 < self.prior_new_cohort < 1):
-            raise ValueError(f"prior_decay and prior_new_cohort must be in (0, 1], prior_trust_nats > prior_trust_open, "
-                             f"prior_evidence_cap and prior_change_nats > 0: {self}")
+            raise ValueError(f"prior_decay must be in (0, 1], prior_new_cohort in (0, 1), prior_trust_nats > "
+                             f"prior_trust_open, prior_evidence_cap and prior_change_nats > 0: {self}")
         if self.gate_t_full <= self.gate_t_open:
             raise ValueError(f"gate_t_full ({self.gate_t_full}) must exceed gate_t_open ({self.gate_t_open})")
 

@@ -22,24 +22,18 @@ from ..prior.trainer import PosteriorState, PriorTrainer
 from .online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate, UpdateOutcome
 
 
-def episodes_per_update(config: OnlineConfig, libraries: Mapping[str, Library]) -> dict[str, int]:
-    """Completed episodes that trigger an update, per archetype with a prior (every one);
-    archetypes missing from the map use ``config.episodes_per_update``."""
-    return {name: 1 for name in libraries} if config.prior else {}
-
-
 class InProcessTrainer:
     """Online trainers by archetype and each player's state (optimizer or posterior), kept
     in a bounded LRU (in memory: a restart starts every player's trainer state afresh).
 
-    An archetype with a population prior in `libraries` adapts with
-    :class:`~npcadapt.prior.trainer.PriorTrainer` (unless ``config.prior`` is off), the
+    An archetype with a population prior in `libraries` (the caller leaves them out when
+    ``config.prior`` is off) adapts with :class:`~npcadapt.prior.trainer.PriorTrainer`, the
     others with PPO (:class:`~npcadapt.training.online.OnlineTrainer`)."""
 
     def __init__(self, models: Mapping[str, tuple[ActorCritic, AdapterLayout]], config: OnlineConfig, capacity: int,
                  libraries: Mapping[str, Library] | None = None):
-        libraries = libraries if config.prior else None
-        self.trainers = {name: PriorTrainer(policy, layout, libraries[name], config) if libraries and name in libraries
+        libraries = libraries or {}
+        self.trainers = {name: PriorTrainer(policy, layout, libraries[name], config) if name in libraries
                          else OnlineTrainer(policy, layout, config) for name, (policy, layout) in models.items()}
         self.states: OrderedDict[tuple[str, str], OptimizerState | PosteriorState] = OrderedDict()
         self.capacity = capacity
