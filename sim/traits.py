@@ -9,33 +9,18 @@ several NPC archetypes, and so to measure warm starts across archetypes.
 
 from __future__ import annotations
 
-TRAITS: dict[str, dict[str, str]] = {
-    #            Duel-v0            Merchant-v0         Companion-v0          Skirmish-v0     Haggle-v0
-    "reckless": {"npcadapt/Duel-v0": "rusher", "npcadapt/Merchant-v0": "impatient",
-                 "npcadapt/Companion-v0": "glass_cannon", "npcadapt/Skirmish-v0": "berserker",
-                 "npcadapt/Haggle-v0": "pushover"},
-    "cautious": {"npcadapt/Duel-v0": "turtle", "npcadapt/Merchant-v0": "window_shopper",
-                 "npcadapt/Companion-v0": "tank", "npcadapt/Skirmish-v0": "turtle",
-                 "npcadapt/Haggle-v0": "skeptic"},
-    "brute": {"npcadapt/Duel-v0": "brawler", "npcadapt/Merchant-v0": "sellsword",
-              "npcadapt/Companion-v0": "lone_wolf", "npcadapt/Skirmish-v0": "brute",
-              "npcadapt/Haggle-v0": "no_nonsense"},
-    "shrewd": {"npcadapt/Duel-v0": "counter_puncher", "npcadapt/Merchant-v0": "bargain_hunter",
-               "npcadapt/Companion-v0": "looter", "npcadapt/Skirmish-v0": "parrier",
-               "npcadapt/Haggle-v0": "penny_pincher"},
-    "showy": {"npcadapt/Duel-v0": "jumper", "npcadapt/Merchant-v0": "big_spender",
-              "npcadapt/Companion-v0": "explorer", "npcadapt/Skirmish-v0": "trickster",
-              "npcadapt/Haggle-v0": "storyteller"},
-    "sociable": {"npcadapt/Duel-v0": "zoner", "npcadapt/Merchant-v0": "chatterbox",
-                 "npcadapt/Companion-v0": "chatty", "npcadapt/Skirmish-v0": "opportunist",
-                 "npcadapt/Haggle-v0": "joker"},
-    "collector": {"npcadapt/Duel-v0": "low_sweeper", "npcadapt/Merchant-v0": "collector",
-                  "npcadapt/Companion-v0": "potion_lover", "npcadapt/Skirmish-v0": "marksman",
-                  "npcadapt/Haggle-v0": "collector"},
-    "proud": {"npcadapt/Duel-v0": "high_blocker", "npcadapt/Merchant-v0": "knight",
-              "npcadapt/Companion-v0": "hates_small_talk", "npcadapt/Skirmish-v0": "flanker",
-              "npcadapt/Haggle-v0": "flattery_lover"},
-}
+ENVS = ("npcadapt/Duel-v0", "npcadapt/Merchant-v0", "npcadapt/Companion-v0", "npcadapt/Skirmish-v0", "npcadapt/Haggle-v0")
+TRAITS: dict[str, dict[str, str]] = {trait: dict(zip(ENVS, personas)) for trait, personas in {
+    #             Duel-v0            Merchant-v0       Companion-v0        Skirmish-v0    Haggle-v0
+    "reckless": ("rusher", "impatient", "glass_cannon", "berserker", "pushover"),
+    "cautious": ("turtle", "window_shopper", "tank", "turtle", "skeptic"),
+    "brute": ("brawler", "sellsword", "lone_wolf", "brute", "no_nonsense"),
+    "shrewd": ("counter_puncher", "bargain_hunter", "looter", "parrier", "penny_pincher"),
+    "showy": ("jumper", "big_spender", "explorer", "trickster", "storyteller"),
+    "sociable": ("zoner", "chatterbox", "chatty", "opportunist", "joker"),
+    "collector": ("low_sweeper", "collector", "potion_lover", "marksman", "collector"),
+    "proud": ("high_blocker", "knight", "hates_small_talk", "flanker", "flattery_lover"),
+}.items()}
 
 
 def persona_of(trait: str, env_id: str) -> str:

@@ -98,6 +98,10 @@ def test_bench_adapt_reports_lora_and_full_finetune(tmp_path):
     for baseline in result["baselines"].values():
         assert set(baseline["gain_at"]) == {"5", "8"} and baseline["gain_at"]["8"] > 0.2  # they learn this fast
     assert result["best_baseline_gain_at"]["8"] == max(b["gain_at"]["8"] for b in result["baselines"].values())
+    cross = result["cross_archetype"]  # players who met the skirmisher first, against fresh ones
+    assert cross["source"] == "npcadapt/Skirmish-v0" and result["cross_archetype_gain_at_5"] == cross["gain_at_5"]
+    assert cross["gain_at_5"] == pytest.approx(cross["warm_gain_at"]["5"] - cross["fresh_gain_at"]["5"], abs=1e-4)
+    assert cross["fresh_gain_at"]["1"] == 0.0 < cross["warm_gain_at"]["1"]  # a fresh player's first update serves the base
     assert 0 < result["adapter_param_fraction"] < 0.5
     p = result["personas"]["turtle"]
     assert set(p) >= {"base_return", "adapted_return", "oracle_return", "full_ft_return", "gain", "kl_to_base"}
@@ -223,7 +227,7 @@ def test_bench_adapt_reports_every_key_on_the_continuous_and_sequential_envs(env
     from npcadapt.bench.adapt import run
 
     result = run(env_id, players_per_persona=1, episodes=6, seed=0, control_players=1, heldout_players=1,
-                 switch_players=1, switch_at=3, full_finetune=False, out=tmp_path)
+                 switch_players=1, switch_at=3, full_finetune=False, cross_archetype=False, out=tmp_path)
     for key in ("checkpoints", "gain_at", "baselines", "heldout_gain_at", "switch_recovery_episodes",
                 "play_return_vs_base", "noise_kl", "lora_vs_full", "mean_gain", "seconds", "plot"):
         assert key in result

@@ -235,7 +235,7 @@ async def _attack(port, token, start, stop, rate: float, max_concurrent: int, se
             intervals.append((kind, round(began, 3), round(time.time(), 3)))
         outcomes[kind][outcome] += 1
 
-    kinds, weights = zip(*kinds.items())
+    kinds, weights = tuple(kinds), tuple(kinds.values())  # both empty for the control run (no hostile kind)
     while not stop.is_set():
         await asyncio.sleep(rng.expovariate(rate))
         if not kinds:

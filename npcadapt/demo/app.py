@@ -30,11 +30,10 @@ import numpy as np
 
 from ..cli.common import online_config
 from ..errors import InvalidInputError
-from .session import describe_prior
 from .backend import DEFAULT_ONLINE, DEMO_SETTINGS, Backend, LocalBackend, SocketBackend, parse_address
 from .bots import gain_against, Bot, parse_bot
 from .profiles import Profiles
-from .session import KL_OBSERVATIONS, Session
+from .session import KL_OBSERVATIONS, Session, describe_prior
 from .world import PlayerInput, World
 
 log = logging.getLogger(__name__)

@@ -214,7 +214,7 @@ class InteractionLog:
         """Before buffering ``size`` bytes: check open, write out, rotate (lock held)."""
         if self._closed:
             raise LogError(f"interaction log {self.directory} is closed")
-        failing = time.monotonic() < self._retry_at
+        failing = self._retry_at > 0 and time.monotonic() < self._retry_at  # no clock read while the disk is fine
         if self._pending >= _BUFFER_BYTES and not failing:
             try:
                 self._drain()
