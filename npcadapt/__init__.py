@@ -8,11 +8,33 @@
     svc.close()
 """
 
-from .engine import Engine
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import NpcAdaptError
-from .service import Service, open
-from .training.online import OnlineConfig
-from .types import AdapterInfo, BatchDecision, Decision
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .service import Service, open
+    from .training.online import OnlineConfig
+    from .types import AdapterInfo, BatchDecision, Decision
+
+# Loaded on first use (PEP 562), so a game-side process that imports only npcadapt.client
+# (a bridge client) never loads torch.
+_LAZY = {
+    "Engine": ".engine", "Service": ".service", "open": ".service", "OnlineConfig": ".training.online",
+    "AdapterInfo": ".types", "BatchDecision": ".types", "Decision": ".types",
+}
 
 __all__ = ["Engine", "Service", "open", "OnlineConfig", "NpcAdaptError", "AdapterInfo", "BatchDecision", "Decision"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'npcadapt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value

@@ -14,10 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import OverloadedError, ProtocolError, RemoteError
+from .errors import ConnectionLostError, OverloadedError, RemoteError
 from .protocol import OVERLOADED, Limits, Response, RpcConnection
 
-__all__ = ["AsyncClient", "Client", "OverloadedError", "RemoteError", "read_message"]
+__all__ = ["AsyncClient", "Client", "ConnectionLostError", "OverloadedError", "RemoteError", "read_message"]
 
 
 def read_message(sock: socket.socket, unpacker) -> Any:
@@ -59,42 +59,95 @@ def _rows(rows: Sequence[Sequence[Any]]) -> list:
 
 
 class Client:
-    """Blocking client: one call at a time, or pipelined with :meth:`call_many`."""
+    """Blocking client: one call at a time, or pipelined with :meth:`call_many`.
+
+    When the connection drops, the call in flight raises :class:`ConnectionLostError` and
+    the next call connects again (and authenticates with the same token), so a restarted
+    server is picked up without a new client."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 7777, *, token: str | None = None, timeout: float = 30.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.address = (host, port)
+        self.token = token
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        self.sock = socket.create_connection(self.address, timeout=self.timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.rpc = RpcConnection(Limits(), role="client")
         self._pending: dict[int, Response] = {}
-        if token is not None:
-            self.call("auth", token)
+        if self.token is not None:
+            self.call("auth", self.token)
+
+    def _socket(self) -> socket.socket:
+        """The open socket, reconnecting first if the last one dropped."""
+        if self.sock is None:
+            try:
+                self._connect()
+            except OSError as exc:
+                self.sock = None
+                raise ConnectionLostError(f"cannot reconnect to {self.address[0]}:{self.address[1]}: {exc}") from exc
+        assert self.sock is not None
+        return self.sock
+
+    def _lost(self, why: str) -> ConnectionLostError:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        return ConnectionLostError(f"connection to {self.address[0]}:{self.address[1]} lost: {why}")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._socket().sendall(data)
+        except ConnectionLostError:
+            raise
+        except OSError as exc:
+            raise self._lost(str(exc)) from exc
 
     def _receive(self, msgid: int) -> Response:
         while msgid not in self._pending:
-            data = self.sock.recv(1 << 16)
+            try:
+                data = self._socket().recv(1 << 16)
+            except OSError as exc:
+                raise self._lost(str(exc)) from exc
             if not data:
-                raise ProtocolError("server closed the connection")
+                raise self._lost("the server closed it")
             for event in self.rpc.receive_data(data):
                 if isinstance(event, Response):
                     self._pending[event.msgid] = event
         return self._pending.pop(msgid)
 
     def call(self, method: str, *params: Any) -> Any:
+        self._socket()
         msgid, data = self.rpc.request(method, list(params))
-        self.sock.sendall(data)
+        self._send(data)
         return _result(self._receive(msgid))
 
-    def call_many(self, calls: Sequence[tuple[str, list]]) -> list[Any]:
-        """Send every call, then collect results in order (responses may arrive in any order)."""
+    def call_many(self, calls: Sequence[tuple[str, list]], *, return_exceptions: bool = False) -> list[Any]:
+        """Send every call, then collect results in order (responses may arrive in any order).
+        With `return_exceptions`, a call the server refused gives its RemoteError in the list
+        instead of raising (as asyncio.gather does)."""
+        self._socket()
         ids = []
         for method, params in calls:
             msgid, data = self.rpc.request(method, list(params))
-            self.sock.sendall(data)
+            self._send(data)
             ids.append(msgid)
-        return [_result(self._receive(i)) for i in ids]
+        responses = [self._receive(i) for i in ids]  # read every reply before raising any
+        if not return_exceptions:
+            return [_result(r) for r in responses]
+        results: list[Any] = []
+        for response in responses:
+            try:
+                results.append(_result(response))
+            except RemoteError as exc:
+                results.append(exc)
+        return results
 
     def notify(self, method: str, *params: Any) -> None:
-        self.sock.sendall(self.rpc.notification(method, list(params)))
+        self._socket()
+        self._send(self.rpc.notification(method, list(params)))
 
     # -- the bridge's methods ----------------------------------------------------------
     def archetypes(self) -> list[dict]:
@@ -116,6 +169,12 @@ class Client:
     def adapter_info(self, archetype: str, player: str) -> dict | None:
         return self.call("adapter_info", archetype, player)
 
+    def action_probs(self, archetype: str, rows: Sequence[Sequence[Any]], *, base: bool = False) -> list[list[float]]:
+        """Per [player, obs] row, every action's probability under that player's policy (the
+        base's with `base=True`); nothing is sampled or logged."""
+        params: list = [archetype, [[r[0], _obs(r[1])] for r in rows]]
+        return self.call("action_probs", *params, {"base": True}) if base else self.call("action_probs", *params)
+
     def prior_info(self, archetype: str, player: str) -> dict | None:
         """Where the player stands on the archetype's population prior (see Service.prior_info)."""
         return self.call("prior_info", archetype, player)
@@ -130,7 +189,9 @@ class Client:
         return self.call("stats")
 
     def close(self) -> None:
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
 
     def __enter__(self) -> "Client":
         return self
@@ -165,12 +226,12 @@ class AsyncClient:
         finally:
             for fut in self._waiting.values():
                 if not fut.done():
-                    fut.set_exception(ProtocolError("server closed the connection"))
+                    fut.set_exception(ConnectionLostError("server closed the connection"))
             self._waiting.clear()
 
     async def call(self, method: str, *params: Any) -> Any:
         if self._reader_task.done():  # its cleanup has already failed every waiting call
-            raise ProtocolError("server closed the connection")
+            raise ConnectionLostError("server closed the connection")
         msgid, data = self.rpc.request(method, list(params))
         fut = asyncio.get_running_loop().create_future()
         self._waiting[msgid] = fut

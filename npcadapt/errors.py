@@ -47,6 +47,11 @@ class ProtocolError(NpcAdaptError):
     """Bytes on a bridge connection that are not valid MessagePack-RPC."""
 
 
+class ConnectionLostError(NpcAdaptError, ConnectionError):
+    """The connection to a bridge server dropped (or could not be re-opened). Calls in flight
+    may or may not have run; the client reconnects on its next call."""
+
+
 class RemoteError(NpcAdaptError):
     """A bridge server answered a call with an error ``[code, message]`` (see docs/protocol.md)."""
 

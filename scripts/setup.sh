@@ -3,6 +3,22 @@
 # Idempotent: does nothing when the venv is up to date with pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Debian packages the engine-client tests need (clients/): Godot 3 headless, mono's C#
+# compiler, msgpack-c for the C++ client. Installed only when running as root with apt and
+# one is missing; elsewhere those tests skip naming the package.
+system_packages=(godot3-server:godot3-server mono-mcs:mcs libmsgpack-cxx-dev:/usr/include/msgpack.hpp g++:g++)
+missing=()
+for entry in "${system_packages[@]}"; do
+  package=${entry%%:*} probe=${entry#*:}
+  if [[ $probe == /* ]]; then [ -e "$probe" ] || missing+=("$package"); else command -v "$probe" >/dev/null 2>&1 || missing+=("$package"); fi
+done
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian packages ${missing[*]}" >&2
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/tmp/npcadapt-apt.log 2>&1; then
+    echo "setup: apt-get could not install ${missing[*]} (see /tmp/npcadapt-apt.log); their tests will skip" >&2
+  fi
+fi
 python=${PYTHON:-}
 if [ -z "$python" ]; then
   for candidate in python3.11 python3.12 python3.13 python3; do

@@ -517,14 +517,14 @@ def test_async_client_calls_fail_at_once_after_the_server_went_away(tmp_path):
     import asyncio
 
     from npcadapt.client import AsyncClient
-    from npcadapt.errors import ProtocolError
+    from npcadapt.errors import ConnectionLostError
 
     async def scenario() -> None:
         with RunningBridge(tmp_path / "d") as running:
             client = await AsyncClient.connect(port=running.port)
             assert (await client.call("stats"))["connections"] >= 1
         await asyncio.wait_for(client._reader_task, 10)  # the server closed the connection
-        with pytest.raises(ProtocolError, match="closed the connection"):
+        with pytest.raises(ConnectionLostError, match="closed the connection"):
             await asyncio.wait_for(client.call("stats"), 5)  # an error, not a call that waits forever
         await client.close()
 

@@ -61,6 +61,13 @@ def _cmd_bench(args) -> int:
                      tmpfs_mb=args.tmpfs_mb, input_budget_mb=args.input_budget_mb, hostile_rate=args.hostile_rate,
                      good_client_hz=args.good_client_hz, out=args.out,
                      hostile_kinds=kinds)
+    elif args.which == "clients":
+        from ..bench.clients import BUILDERS, run
+
+        names = args.clients.split(",") if args.clients else None
+        if names is not None and not set(names) <= set(BUILDERS):
+            raise InvalidInputError(f"--clients: unknown {sorted(set(names) - set(BUILDERS))}; known: {list(BUILDERS)}")
+        result = run(names, quick=args.quick)
     else:
         from ..bench.log import run
 
@@ -129,5 +136,9 @@ def add_bench(sub) -> None:
                          "slow_reader, slow_reader_unauth, budget_hog; 'none' for a control run without)")
     sk.add_argument("--good-client-hz", type=float, default=100.0, help="the good client's acts per second")
     sk.add_argument("--out", default=None, help="also write the result (indented JSON) to this file")
+    cl = bsub.add_parser("clients", help="engine clients (C++, C#, GDScript, Python): decisions/s, round trip, "
+                                          "encode+decode cost per act")
+    cl.add_argument("--clients", default=None, metavar="A,B", help="only these (default: python,cpp,csharp,godot)")
+    cl.add_argument("--quick", action="store_true", help="1/20 of the calls (a smoke run)")
     for q in bsub.choices.values():
         q.set_defaults(func=_cmd_bench)
