@@ -154,7 +154,7 @@ class Stats:
     def __init__(self, window: int = 10_000):
         self.counters = {"connections": 0, "connections_total": 0, "connections_refused": 0, "requests": 0,
                          "notifications": 0, "errors": 0, "protocol_errors": 0, "auth_failures": 0,
-                         "overloaded": 0, "budget_pauses": 0, "budget_shed": 0,
+                         "overloaded": 0, "budget_pauses": 0, "budget_shed": 0, "output_pauses": 0,
                          "log_flush_errors": 0}
         self.errors_by_code: dict[int, int] = {}  # error replies sent, by code
         self.latency = deque(maxlen=window)  # seconds, act/act_batch request -> response
@@ -289,7 +289,7 @@ class Connection(asyncio.Protocol):
         self.queued = 0  # act requests queued in the batcher, not yet answered
         self.held = 0  # pending input bytes counted in the bridge's InputBudget
         self.backlog: list = []  # decoded events left for a later loop turn (one read held too many)
-        self._pause_reasons: set[str] = set()  # "budget", "backlog": read again once none is left
+        self._pause_reasons: set[str] = set()  # "budget", "backlog", "output": read again once none is left
 
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -323,6 +323,18 @@ class Connection(asyncio.Protocol):
             bridge.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
             if self.open and (self.held or self.rpc.buffered):
                 bridge.budget.update(self)
+
+    def pause_writing(self) -> None:
+        """The client reads its replies slower than we write them (the transport's buffer passed
+        its high-water mark): read none of its requests until it catches up, so a slow reader
+        costs no CPU and holds no more than the kernel's buffers (TCP pushes back on it)."""
+        self.bridge.stats.counters["output_pauses"] += 1
+        self.pause_reading("output")
+
+    def resume_writing(self) -> None:
+        self.resume_reading("output")
+        if self.backlog and self.open:  # events read before the pause wait for this
+            asyncio.get_running_loop().call_soon(self._drain_backlog)
 
     def pause_reading(self, reason: str) -> None:
         """Stop reading from the socket for `reason`; reading resumes when every reason is gone."""
@@ -360,6 +372,8 @@ class Connection(asyncio.Protocol):
         self._handle_events(events)
 
     def _drain_backlog(self) -> None:
+        if "output" in self._pause_reasons or not self.backlog:  # resume_writing calls again
+            return
         events, self.backlog = self.backlog, []
         if not self.open:
             return

@@ -8,7 +8,11 @@ failed in CI: tests/system_packages.py).
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ from conformance import BIN, SCENARIOS, TOKEN, Bench, SplittingProxy
 from system_packages import require_package
 
 from npcadapt.bench.bridge import start_server, stop_process
-from npcadapt.bench.clients import BUILDERS, Driver, MissingPackageError, build_python
+from npcadapt.bench.clients import BUILDERS, Driver, MissingPackageError, build_cpp, build_csharp, build_python
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,3 +114,63 @@ def test_client_conformance(scenario, client, servers, reference, tmp_path):
     finally:
         for driver in drivers:
             driver.close()
+
+
+# -- the example programs, against the same plain server ---------------------------------
+def _adapted(port: int, player: str) -> dict:
+    """The player's adapter once the server's online trainer has updated it (60 s at most)."""
+    from npcadapt.client import Client
+
+    deadline = time.monotonic() + 60
+    with Client(port=port) as check:
+        while (info := check.adapter_info("duelist", player)) is None or info["version"] < 1:
+            assert time.monotonic() < deadline, f"{player} never got an adapter: {info}"
+            time.sleep(0.2)
+    return info
+
+
+def _run_example(command: list[str], env: dict | None = None) -> str:
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_cpp_example_plays_a_session_that_adapts(servers, tmp_path):
+    try:
+        build_cpp(tmp_path)  # the toolchain check and the header compile
+    except MissingPackageError as exc:
+        require_package(exc.package, False, f"{exc.what} is missing")
+    exe = tmp_path / "example"
+    subprocess.run(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT / "clients/cpp/include"),
+                    str(ROOT / "clients/cpp/example/main.cpp"), "-o", str(exe)], check=True, timeout=300)
+    port = servers[0]["plain"][1]
+    out = _run_example([str(exe), "127.0.0.1", str(port)])
+    assert out.count("episode ") == 4 and "adapter version" in out, out
+    assert _adapted(port, "cpp-example-player")["updates"] >= 1
+    refused = subprocess.run([str(exe), "127.0.0.1", str(_free_port())], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def test_csharp_example_plays_a_session_that_adapts(servers, tmp_path):
+    try:
+        build_csharp(tmp_path)
+    except MissingPackageError as exc:
+        require_package(exc.package, False, f"{exc.what} is missing")
+    exe = tmp_path / "example.exe"
+    subprocess.run(["mcs", "-optimize+", "-warnaserror+", f"-out:{exe}", str(ROOT / "clients/csharp/NpcAdaptClient.cs"),
+                    str(ROOT / "clients/csharp/Example.cs"), str(ROOT / "clients/csharp/NpcAdaptBehaviour.cs")],
+                   check=True, timeout=300)
+    port = servers[0]["plain"][1]
+    out = _run_example(["mono", str(exe), "127.0.0.1", str(port)], {"PLAYER": "csharp-example-player"})
+    assert out.count("episode ") == 4 and out.rstrip().endswith("ok"), out
+    assert _adapted(port, "csharp-example-player")["updates"] >= 1
+    refused = subprocess.run(["mono", str(exe), "127.0.0.1", str(_free_port())], capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def _free_port() -> int:
+    """A port that was free a moment ago: nothing listens there."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 from bridge_helpers import RunningBridge, raw_call, read_reply
 from npcadapt.bench.bridge import start_server
-from npcadapt.client import Client, RemoteError
+from npcadapt.client import Client, RemoteError, read_message
 from npcadapt.log import read_records
 from npcadapt.protocol import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, UNAUTHORIZED
 from npcadapt.server import ServerConfig
@@ -529,3 +530,30 @@ def test_async_client_calls_fail_at_once_after_the_server_went_away(tmp_path):
         await client.close()
 
     asyncio.run(scenario())
+
+
+def test_a_client_that_stops_reading_gets_nothing_computed_until_it_reads(tmp_path):
+    """Backpressure: once a connection's unread replies pass the high-water mark, its requests
+    stay in the kernel (no CPU, no memory spent on it); when it reads again, every request it
+    sent is answered, in order."""
+    with RunningBridge(tmp_path / "d") as running:
+        slow = running.connect(timeout=30)
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        total = 20000
+        payload = b"".join(msgpack.packb([0, i, "archetypes", []]) for i in range(total))  # ~1.5 KB reply each
+        sender = threading.Thread(target=slow.sendall, args=(payload,), daemon=True)
+        sender.start()
+        counters = running.bridge.stats.counters
+        deadline = time.monotonic() + 10
+        while counters["output_pauses"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert counters["output_pauses"] >= 1
+        time.sleep(0.5)
+        handled = counters["requests"]
+        time.sleep(0.5)
+        assert counters["requests"] == handled < total // 2  # nothing more is computed for it meanwhile
+        still_serves(running)  # other connections are served
+        unpacker = msgpack.Unpacker(raw=False)
+        ids = [read_message(slow, unpacker)[1] for _ in range(total)]  # now it reads: every reply comes
+        assert ids == list(range(total))
+        sender.join(10)

@@ -64,7 +64,8 @@ def build_csharp(out: Path) -> list[str]:
     if not (shutil.which("mcs") and shutil.which("mono")):
         raise MissingPackageError("mono-mcs", "mcs/mono")
     exe = out / "cs-driver.exe"
-    _compile(["mcs", "-optimize+", "-warnaserror+", f"-out:{exe}", str(CLIENTS / "csharp" / "NpcAdaptClient.cs"),
+    _compile(["mcs", "-optimize+", "-warnaserror+", "-r:System.Numerics", f"-out:{exe}",
+              str(CLIENTS / "csharp" / "NpcAdaptClient.cs"),
               str(CLIENTS / "csharp" / "conformance" / "Driver.cs")])
     return ["mono", str(exe)]
 
