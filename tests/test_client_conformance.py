@@ -20,7 +20,7 @@ from conformance import BIN, SCENARIOS, TOKEN, Bench, SplittingProxy
 from system_packages import require_package
 
 from npcadapt.bench.bridge import start_server, stop_process
-from npcadapt.bench.clients import BUILDERS, Driver, MissingPackageError, build_cpp, build_csharp, build_python
+from npcadapt.bench.clients import BUILDERS, Driver, MissingPackageError, build_cpp, build_csharp, build_godot, build_python
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -167,6 +167,18 @@ def test_csharp_example_plays_a_session_that_adapts(servers, tmp_path):
     refused = subprocess.run(["mono", str(exe), "127.0.0.1", str(_free_port())], capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+
+def test_godot_example_scene_plays_rounds_that_adapt(servers):
+    try:
+        command = build_godot(ROOT)
+    except MissingPackageError as exc:
+        require_package(exc.package, False, f"{exc.what} is missing")
+    port = servers[0]["plain"][1]
+    scene = [*command[:4], "--run-seconds=8", f"--port={port}", "--player=godot-example-player"]
+    out = _run_example(scene)
+    assert "npc_duel: asking npcadapt at 127.0.0.1:" in out and out.count("round ") >= 3, out
+    assert _adapted(port, "godot-example-player")["updates"] >= 1
 
 
 def _free_port() -> int:
