@@ -21,6 +21,8 @@ the oldest completed episodes are discarded (``dropped_episodes``).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import hmac
 import ipaddress
 import logging
@@ -268,6 +270,25 @@ def _fail(pending: Pending, err: Exception) -> None:
         log.error("internal error while deciding: %r", err)
     conn.error(msgid, error_code(err), str(err) if isinstance(err, NpcAdaptError) else f"internal error: {err!r}")
 
+
+TRIM_INTERVAL = 10.0  # seconds between hand-backs of freed heap memory to the OS
+
+
+def release_free_memory() -> None:
+    """glibc's malloc_trim(0): return free heap pages to the OS (a no-op elsewhere). ctypes
+    releases the GIL for the call, so it runs beside the event loop."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 MAX_EVENTS_PER_TURN = 256  # requests of one read handled before other connections get a turn
 
@@ -610,10 +631,16 @@ class Bridge:
     async def _flush_log(self) -> None:
         """Flush the interaction log every `flush_interval` in a worker thread: the write and
         the fsync never stall the event loop (appends wait only while the buffer is handed
-        to the OS, not for the disk)."""
+        to the OS, not for the disk). Every TRIM_INTERVAL the same thread hands freed heap
+        pages back to the OS (glibc keeps them otherwise: the records held through a full
+        disk, a burst of episodes), so RSS follows what is in use."""
         loop = asyncio.get_running_loop()
+        next_trim = time.monotonic() + TRIM_INTERVAL
         while True:
             await asyncio.sleep(self.config.flush_interval)
+            if time.monotonic() >= next_trim:
+                next_trim = time.monotonic() + TRIM_INTERVAL
+                await loop.run_in_executor(None, release_free_memory)
             if self.service.log is not None:
                 try:
                     await loop.run_in_executor(None, self.service.log.flush)
