@@ -14,23 +14,25 @@ the lock is taken.
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 import logging
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
+from .batch_checks import check_greedy, check_logits, check_masks, check_obs, single_row
 from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError, StoreError
-from .lora.bank import ZERO_SLOT, AdapterBank, AdapterLayout
+from .lora.bank import AdapterBank
+from .lora.forward import CompiledForward, Forward, TorchForward
+from .lora.layout import AdapterLayout, fresh_row
 from .lora.numpy_forward import NumpyForward
-from .policy import ActorCritic, masked_log_probs
+from .policy import ActorCritic
 from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
 from .sampling import ExpNoise, decide, log_probs
 from .store import AdapterStore
@@ -46,15 +48,15 @@ _READ_TRIES = 3  # prefetches before a lookup may read under the lock (a read ra
 
 @dataclass
 class ArchetypeRuntime:
-    """Per-archetype serving state: frozen policy on the device, layout, bank."""
+    """Per-archetype serving state: frozen policy on the device, layout, bank, and the
+    forward chosen for it when the engine built it (see npcadapt/lora/forward.py)."""
 
     archetype: Archetype
     policy: ActorCritic
     layout: AdapterLayout
     bank: AdapterBank
     adapter_spec: AdapterSpec
-    fast: NumpyForward | None  # the CPU forward; None on other devices (torch forward)
-    compiled: Callable | None = None  # torch.compile'd gather+forward, when asked for
+    forward: Forward
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -104,7 +106,6 @@ class Engine:
         layout = AdapterLayout.from_spec(arch.spec)
         spec = AdapterSpec(arch.name, arch.base_hash, layout.rank, layout.tensor_shapes())
         policy = copy.deepcopy(arch.policy).to(self.device)
-        fast = NumpyForward(policy, layout) if self.device.type == "cpu" else None
         bank = AdapterBank(
             layout,
             capacity,
@@ -113,7 +114,15 @@ class Engine:
             dtype=DTYPES[self.adapter_dtype],
             device=self.device,
         )
-        return ArchetypeRuntime(arch, policy, layout, bank, spec, fast)
+        return ArchetypeRuntime(arch, policy, layout, bank, spec, self._choose_forward(policy, layout, bank))
+
+    def _choose_forward(self, policy: ActorCritic, layout: AdapterLayout, bank: AdapterBank) -> Forward:
+        """On CPU the numpy forward (faster at every batch size, see lora/numpy_forward.py),
+        with compile=True only for batches small enough for numpy's matmul; elsewhere torch."""
+        small = NumpyForward(policy, layout, bank) if self.device.type == "cpu" else None
+        if self.compile:
+            return CompiledForward(policy, layout, bank, small=small, small_rows=small.numpy_rows if small else 0)
+        return small if small is not None else TorchForward(policy, layout, bank)
 
     def _load_adapter(self, archetype: str, player: str) -> tuple[torch.Tensor, AdapterMeta] | None:
         """The newest version: a write still pending, else the file (None while being reset)."""
@@ -194,16 +203,16 @@ class Engine:
         rt = self.runtime(archetype)
         spec = rt.archetype.spec
         n = len(players)
-        obs_a = self._check_obs(obs, n, spec.obs_dim)  # (N, D)
-        mask_a = self._check_masks(masks, n, spec.n_actions)  # (N, A) or None
-        greedy_a = self._check_greedy(greedy, n)  # (N,) or None
+        obs_a = check_obs(obs, n, spec.obs_dim)  # (N, D)
+        mask_a = check_masks(masks, n, spec.n_actions)  # (N, A) or None
+        greedy_a = check_greedy(greedy, n)  # (N,) or None
         slots = self._lock_slots(rt.bank, players)  # no other thread may evict a slot between lookup and forward
         try:
-            logits, value = self._logits(rt, slots, obs_a)  # (N, A), (N,)
+            logits, value = rt.forward.logits(obs_a, slots)  # (N, A), (N,)
             versions = rt.bank.versions(slots)
         finally:
             rt.bank.lock.release()
-        _check_logits(logits)
+        check_logits(logits)
         with self._rng_lock:
             action, logp, entropy = decide(logits, mask_a, greedy_a, self._noise)
         ids = np.fromiter(itertools.islice(self._decision_ids, n), dtype=np.int64, count=n)
@@ -224,18 +233,18 @@ class Engine:
         """Action probabilities (N, A) of each row's current policy (or of the base); no sampling."""
         rt = self.runtime(archetype)
         spec = rt.archetype.spec
-        obs_a = self._check_obs(obs, len(players), spec.obs_dim)
-        mask_a = self._check_masks(masks, len(players), spec.n_actions)
+        obs_a = check_obs(obs, len(players), spec.obs_dim)
+        mask_a = check_masks(masks, len(players), spec.n_actions)
         if base:
             rt.bank.lock.acquire()
             slots = np.zeros(len(players), np.int64)
         else:
             slots = self._lock_slots(rt.bank, players)
         try:
-            logits, _ = self._logits(rt, slots, obs_a)
+            logits, _ = rt.forward.logits(obs_a, slots)
         finally:
             rt.bank.lock.release()
-        _check_logits(logits)
+        check_logits(logits)
         return np.ascontiguousarray(log_probs(logits, mask_a)[1].T)
 
     def _lock_slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
@@ -272,108 +281,6 @@ class Engine:
             for p in players:
                 validate_player_id(p)
             raise
-
-    def _logits(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Logits (N, A) and values (N,) as float32 numpy. On CPU the numpy forward (faster at
-        every batch size, see lora/numpy_forward.py) unless torch.compile was asked for and
-        the batch is large; elsewhere the torch forward."""
-        fast = rt.fast
-        if fast is not None and not (self.compile and len(slots) > fast.numpy_rows):
-            rows, key = self._rows_for_numpy(rt, slots)
-            return fast(obs, rows, key)
-        with torch.inference_mode():
-            obs_t = torch.from_numpy(obs if obs.flags.writeable else obs.copy()).to(self.device)
-            logits, value = self._forward(rt, slots, obs_t)
-            return logits.float().cpu().numpy(), value.float().cpu().numpy()
-
-    @staticmethod
-    def _rows_for_numpy(rt: ArchetypeRuntime, slots: np.ndarray) -> tuple[np.ndarray | None, int | None]:
-        """The numpy forward's adapters, float32: None when every row is base, (1, P) when all
-        rows share one adapter (with the key of its content), else (N, P). Read under the bank
-        lock, held by the caller."""
-        shared = _shared_slot(slots)
-        if shared is None:
-            return rt.bank.float32_rows(slots), None
-        if shared == ZERO_SLOT:
-            return None, None
-        return rt.bank.float32_rows(slots[:1]), rt.bank.content_id(shared)
-
-    @staticmethod
-    def _adapter_rows(rt: ArchetypeRuntime, slots: np.ndarray) -> torch.Tensor | None:
-        """A snapshot of the batch's adapters: None when every row is base, (1, P) when all
-        rows share one adapter (the low-rank product needs no gather), else (N, P)."""
-        shared = _shared_slot(slots)
-        if shared is None:
-            return rt.bank.gather(slots)
-        return None if shared == ZERO_SLOT else rt.bank.gather(slots[:1])
-
-    def _forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The torch forward for the rows' adapters (fused gather under torch.compile)."""
-        if self.compile and _shared_slot(slots) is None:
-            return self._compiled_forward(rt, slots, obs)
-        rows = self._adapter_rows(rt, slots)
-        if rows is None:
-            return rt.policy(obs)
-        if len(rows) == 1:
-            return rt.policy(obs, rt.layout.single_delta_fn(rows[0].to(obs.dtype)))
-        return rt.policy(obs, rt.layout.delta_fn(rows.to(obs.dtype)))
-
-    def _compiled_forward(self, rt: ArchetypeRuntime, slots: np.ndarray, obs: torch.Tensor):
-        """Gather + convert + forward fused by torch.compile; the bank lock is held throughout."""
-        if rt.compiled is None:
-
-            def gathered_forward(storage: torch.Tensor, index: torch.Tensor, x: torch.Tensor):
-                rows = storage.index_select(0, index).to(x.dtype)  # (N, P)
-                return rt.policy(x, rt.layout.delta_fn(rows))
-
-            rt.compiled = torch.compile(gathered_forward, dynamic=True)
-        index = torch.as_tensor(slots, dtype=torch.int64, device=self.device)
-        with rt.bank.lock:
-            return rt.compiled(rt.bank.storage, index, obs)
-
-    # -- validation -----------------------------------------------------------------
-    def _check_obs(self, obs, n: int, obs_dim: int) -> np.ndarray:
-        """(n, obs_dim) finite numbers -> C-contiguous float32 (N, D)."""
-        if n == 0:
-            raise InvalidInputError("a batch needs at least one row")
-        try:
-            arr = obs.detach().cpu().numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"obs must be numbers: {exc}") from None
-        if arr.dtype.kind not in "fiub":
-            raise InvalidInputError(f"obs must be numbers, got dtype {arr.dtype}")
-        if arr.shape != (n, obs_dim):
-            raise InvalidInputError(f"obs must have shape ({n}, {obs_dim}) (rows, observation length), got {arr.shape}")
-        arr = arr.astype(np.float32, copy=False)
-        if not np.isfinite(arr).all():
-            bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))[:5].tolist()
-            raise InvalidInputError(f"obs rows {bad} contain NaN or infinite values")
-        return np.ascontiguousarray(arr)
-
-    def _check_masks(self, masks, n: int, n_actions: int) -> np.ndarray | None:
-        """None, or (n, n_actions) booleans with at least one allowed action per row."""
-        if masks is None:
-            return None
-        arr = masks.detach().cpu().numpy() if isinstance(masks, torch.Tensor) else np.asarray(masks)
-        if arr.shape != (n, n_actions):
-            raise InvalidInputError(f"mask must have shape ({n}, {n_actions}) (rows, actions), got {arr.shape}")
-        if arr.dtype != np.bool_:
-            if arr.dtype.kind not in "iub" or not np.isin(arr, (0, 1)).all():
-                raise InvalidInputError(f"mask must hold booleans, got dtype {arr.dtype}")
-            arr = arr.astype(bool)
-        empty = ~arr.any(axis=1)
-        if empty.any():
-            raise InvalidInputError(f"mask rows {np.flatnonzero(empty)[:5].tolist()} allow no action")
-        return arr
-
-    def _check_greedy(self, greedy, n: int) -> np.ndarray | None:
-        """A bool for every row or (n,) bools -> (N,) bool, or None when no row is greedy."""
-        if isinstance(greedy, (bool, np.bool_)):
-            return np.ones(n, dtype=bool) if greedy else None
-        arr = np.asarray(greedy)
-        if arr.shape != (n,) or arr.dtype != np.bool_:
-            raise InvalidInputError(f"greedy must be a bool or {n} bools, got {arr.dtype} {arr.shape}")
-        return arr if arr.any() else None
 
     # -- adapters -----------------------------------------------------------------
     def fresh_adapter_row(self, archetype: str, player: str, *, seed: int | None = None) -> torch.Tensor:
@@ -537,58 +444,3 @@ class Engine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def single_row(obs, mask=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """One observation (and optional mask) as a batch of one row: (1, D) and (1, A)."""
-    try:
-        arr = obs.detach().cpu().numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs, dtype=np.float32)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"obs must be a flat list of numbers: {exc}") from None
-    if arr.ndim != 1:
-        raise InvalidInputError(f"obs must be a flat list of numbers, got shape {arr.shape}")
-    return arr[None], None if mask is None else np.asarray(mask)[None]
-
-
-def fresh_row(layout: AdapterLayout, archetype: str, player: str, *, seed: int | None = None) -> torch.Tensor:
-    """:meth:`Engine.fresh_adapter_row` for a layout: (P,), seeded by (archetype, player) by default."""
-    return layout.fresh(torch.Generator().manual_seed(derived_seed(archetype, player) if seed is None else seed))
-
-
-def derived_seed(*parts: str) -> int:
-    """A reproducible 56-bit seed from strings (SHA-256 of their NUL-joined UTF-8 bytes)."""
-    key = "\0".join(parts).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.sha256(key).digest()[:7], "little")
-
-
-def _shared_slot(slots: np.ndarray) -> int | None:
-    """The slot every row of a batch uses (ZERO_SLOT for no rows), or None when they differ."""
-    if len(slots) == 0:
-        return ZERO_SLOT
-    first = int(slots[0])
-    return first if len(slots) == 1 or (slots == first).all() else None
-
-
-def _check_logits(logits: np.ndarray) -> None:
-    """Finite observations can still overflow the network (e.g. 3e38): refuse, never sample from NaN."""
-    if not np.isfinite(logits).all():
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))[:5].tolist()
-        raise InvalidInputError(f"obs rows {bad} drive the policy to non-finite logits (values far out of range?)")
-
-
-def sample_actions(
-    logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masked categorical draw: logits (N, A) -> action, logp, entropy, each (N,).
-
-    Masked actions get probability exactly 0 and are never drawn; rows with greedy True
-    take the argmax instead.
-    """
-    logp_all = masked_log_probs(logits, mask)  # (N, A)
-    probs = logp_all.exp()
-    entropy = -torch.where(probs > 0, probs * logp_all, torch.zeros_like(probs)).sum(-1)
-    action = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
-    if greedy is not None:
-        action = torch.where(greedy, logp_all.argmax(-1), action)
-    logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
-    return action, logp, entropy

@@ -68,3 +68,23 @@ class OverloadedError(RemoteError):
     send it again later (back off)."""
 
     retryable = True
+
+
+class TrainerProcessError(NpcAdaptError):
+    """The online trainer's child process failed, refused its set-up or died."""
+
+
+class TrainerRefusedError(TrainerProcessError):
+    """The trainer process answered a request with an error (the channel is still in step)."""
+
+
+class MissingPackageError(NpcAdaptError):
+    """A client's toolchain is not installed; `package` is the Debian package that brings it."""
+
+    def __init__(self, package: str, what: str):
+        super().__init__(f"needs Debian package {package} ({what} is missing)")
+        self.package, self.what = package, what
+
+
+class DriverError(NpcAdaptError):
+    """A client conformance driver died, printed something that is not an answer, or took too long."""

@@ -35,6 +35,16 @@ def masked_log_probs(logits: torch.Tensor, mask: torch.Tensor | None = None) -> 
     return torch.log_softmax(logits, dim=-1)
 
 
+def masked_kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Row-wise KL(p || base) in nats (T,) from log-probabilities (T, A) as
+    :func:`masked_log_probs` gives them; masked actions (masks False) add 0, and no NaN gradient.
+
+    The torch, log-probability counterpart of :func:`kl_rows` (which takes probabilities in numpy)."""
+    logp, base_logp = logp.masked_fill(~masks, 0.0), base_logp.masked_fill(~masks, 0.0)
+    terms = torch.where(masks, logp.exp() * (logp - base_logp), torch.zeros_like(logp))
+    return terms.sum(-1)
+
+
 class ActorCritic(nn.Module):
     """Separate actor (action logits) and critic (state value) MLPs over one observation."""
 

@@ -12,6 +12,7 @@ is how a server that sleeps between requests meets each one).
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -118,3 +119,9 @@ def decide_one(
     # entropy = log Z - E_p[v - top], over the actions with p > 0
     mean = sum(w * (v - top) for w, v in zip(weights, values) if w > 0.0) / total
     return action, values[action] - top - log_total, log_total - mean
+
+
+def derived_seed(*parts: str) -> int:
+    """A reproducible 56-bit seed from strings (SHA-256 of their NUL-joined UTF-8 bytes)."""
+    key = "\0".join(parts).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(key).digest()[:7], "little")

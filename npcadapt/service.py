@@ -17,8 +17,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,14 +26,14 @@ import torch
 from .adapter_meta import validate_id, validate_player_id
 from .engine import Engine, single_row
 from .episodes import EpisodeTracker
-from .errors import InvalidInputError, LogError
+from .errors import InvalidInputError, LogError, TrainerProcessError
 from .log import InteractionLog
 from .log.writer import HELD_BYTES
 from .training.online import OnlineConfig, PlayerUpdate
 from .prior.library import find_library
 from .prior.trainer import new_player_state
 from .training.trainer_host import InProcessTrainer
-from .training.trainer_process import TrainerProcess, TrainerProcessError
+from .training.trainer_process import TrainerProcess
 from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
@@ -57,17 +57,23 @@ class Service:
         trainer_nice: int = 10,
         record: bool = True,
         log_segment_bytes: int = 64 * 2**20,
-        **engine_options,
+        archetype_dirs: Iterable[str | Path] | None = None,
+        capacity: int = 10_000,
+        adapter_dtype: str = "float32",
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+        compile: bool = False,
     ):
         """`online` None disables training; `record` False disables the interaction log.
         `trainer_process` runs online updates in a child process (at `trainer_nice`) instead
         of the calling thread: what a server wants, so training never holds the GIL that
         decisions need (see training/trainer_process.py).
 
-        Other options go to :class:`~npcadapt.engine.Engine`: archetype_dirs, capacity,
-        adapter_dtype, device, seed, compile.
+        `archetype_dirs`, `capacity`, `adapter_dtype`, `device`, `seed` and `compile` go to
+        :class:`~npcadapt.engine.Engine` (see there).
         """
-        self.engine = Engine(data_dir, **engine_options)
+        self.engine = Engine(data_dir, archetype_dirs=archetype_dirs, capacity=capacity, adapter_dtype=adapter_dtype,
+                             device=device, seed=seed, compile=compile)
         self.data_dir = self.engine.data_dir
         self.log = InteractionLog(self.data_dir / "logs", segment_bytes=log_segment_bytes, fsync_on_flush=True) if record else None
         self.online = online

@@ -1,7 +1,7 @@
 """Rebuild the population prior shipped beside every built-in archetype from recorded sim play.
 
 1. Record: in one data directory, the same simulated people meet every archetype. Per
-   env, 4 players per latent trait (sim/traits.py: one named persona per trait, the same
+   env, 4 players per latent trait (the env's TRAITS: one named persona per trait, the same
    player id in every env), 4 players of each untraited named persona, and 4 'average'
    and 4 'noise' players play 30 episodes through the real Service (PPO adaptation, no
    prior, interaction log on). Held-out personas never play.
@@ -15,14 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import gymnasium as gym
-
 import npcadapt
 from npcadapt.cli import main
+from npcadapt.envs import make as make_env
+from npcadapt.simulation import run_simulation, trait_counts, trait_players
 from npcadapt.training.online import OnlineConfig
-from sim.loop import run_simulation
-from sim.personas import AVERAGE, NOISE
-from sim.traits import trait_counts, trait_players
 
 ENVS = {"npcadapt/Duel-v0": ("duelist", 0.0), "npcadapt/Merchant-v0": ("merchant", 0.0),
         "npcadapt/Companion-v0": ("companion", 0.0), "npcadapt/Skirmish-v0": ("skirmisher", 0.0),
@@ -33,8 +30,9 @@ work = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/priors")
 shutil.rmtree(work, ignore_errors=True)
 with npcadapt.open(work, online=OnlineConfig(prior=False), seed=SEED) as svc:
     for env_id, (archetype, _) in ENVS.items():
-        counts = {p: PER_PERSONA for p in gym.make(env_id).unwrapped.PERSONAS}  # untraited personas too
-        counts.update({**trait_counts(env_id, PER_PERSONA), AVERAGE: PER_PERSONA, NOISE: PER_PERSONA})
+        env = make_env(env_id).unwrapped
+        counts = {p: PER_PERSONA for p in env.PERSONAS}  # untraited personas too
+        counts.update({**trait_counts(env_id, PER_PERSONA), env.AVERAGE: PER_PERSONA, env.NOISE: PER_PERSONA})
         run_simulation(svc, env_id, archetype, players=0, episodes=EPISODES, seed=SEED, persona_counts=counts,
                        player_ids=trait_players(env_id, PER_PERSONA))
         print(f"recorded {env_id}", flush=True)

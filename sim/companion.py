@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sim.personas import PersonaRoundEnv, RoundModel, mood_outcomes, product_contexts
+from sim.traits import traits_in
 
 # fmt: off
 ACTIONS = (
@@ -150,6 +151,7 @@ class CompanionEnv(PersonaRoundEnv):
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
     HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (("potion_lover", "tank"), ("chatty", "hates_small_talk"))
+    TRAITS: ClassVar[dict[str, str]] = traits_in("npcadapt/Companion-v0")
 
     @classmethod
     def build_model(cls) -> RoundModel:

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sim.personas import PersonaRoundEnv, RoundModel, product_contexts
+from sim.traits import traits_in
 
 # fmt: off
 ACTIONS = (
@@ -158,6 +159,10 @@ class DuelEnv(PersonaRoundEnv):
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
     HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (("brawler", "turtle"), ("high_blocker", "low_sweeper"))
+    TRAITS: ClassVar[dict[str, str]] = traits_in("npcadapt/Duel-v0")
+    # the game's tables, for anyone playing by these rules (the demo)
+    PLAYER_MOVES: ClassVar[tuple[str, ...]] = PLAYER_MOVES
+    PAYOFF: ClassVar[np.ndarray] = PAYOFF
 
     @classmethod
     def build_model(cls) -> RoundModel:

@@ -13,8 +13,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from npcadapt.errors import InvalidInputError
+from sim.errors import SimError
 from sim.personas import AVERAGE, NOISE, PersonaCatalogue, persona_gap_table
+from sim.traits import traits_in
 
 # fmt: off
 ACTIONS = (
@@ -256,6 +257,17 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (
         ("flattery_lover", "no_nonsense"), ("pushover", "collector"),
     )
+    TRAITS: ClassVar[dict[str, str]] = traits_in("npcadapt/Haggle-v0")
+    # the game's tables, for anyone playing by these rules (the demo)
+    MOODS: ClassVar[tuple[str, ...]] = MOODS
+    ITEMS: ClassVar[tuple[str, ...]] = ITEMS
+    RESPONSES: ClassVar[tuple[str, ...]] = RESPONSES
+    DISCOUNT: ClassVar[int] = DISCOUNT
+    CLOSE: ClassVar[int] = CLOSE
+    MARGIN: ClassVar[dict[int, float]] = MARGIN
+    WALK_AWAY: ClassVar[float] = WALK_AWAY
+    START_MOOD: ClassVar[np.ndarray] = START_MOOD
+    ITEM_PROBS: ClassVar[np.ndarray] = ITEM_PROBS
     DISCRETE_CONTEXT: ClassVar[bool] = True  # obs minus progress: 10 (item, mood) values
     SEQUENTIAL: ClassVar[bool] = True  # the NPC's lines change the next state: greedy per step is not optimal
 
@@ -307,11 +319,11 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Say one line: the customer responds; a sale or a walk-out ends the haggle."""
         if self._done:
-            raise InvalidInputError(
+            raise SimError(
                 "HaggleEnv: step() called after the episode ended; call reset()"
             )
         if not self.action_space.contains(action):
-            raise InvalidInputError(f"HaggleEnv: action {action!r} is not in Discrete({A})")
+            raise SimError(f"HaggleEnv: action {action!r} is not in Discrete({A})")
         a, n = int(action), self._state
         cdf = self._cdfs[self._player][n, a]  # (O,), or (A * O,) pooled for noise
         u = self.np_random.random() * cdf[-1]  # one draw per line, whatever the action
@@ -422,12 +434,12 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
         probs = np.asarray(probs, dtype=np.float64)
         S = self.episode_length * N
         if probs.shape != (S, A):
-            raise InvalidInputError(
+            raise SimError(
                 f"HaggleEnv.expected_return: probs must have shape ({S}, {A}) "
                 f"(situations x actions), got {probs.shape}"
             )
         if not np.isfinite(probs).all() or probs.min() < 0 or np.abs(probs.sum(1) - 1).max() > 1e-4:
-            raise InvalidInputError(
+            raise SimError(
                 "HaggleEnv.expected_return: each row of probs must be a probability "
                 "distribution (finite, >= 0, summing to 1)"
             )

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sim.personas import PersonaRoundEnv, RoundModel, product_contexts
+from sim.traits import traits_in
 
 # fmt: off
 ACTIONS = (
@@ -165,6 +166,11 @@ class MerchantEnv(PersonaRoundEnv):
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
     HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (("bargain_hunter", "big_spender"), ("sellsword", "chatterbox"))
+    TRAITS: ClassVar[dict[str, str]] = traits_in("npcadapt/Merchant-v0")
+    # the game's tables, for anyone playing by these rules (the demo)
+    RESPONSES: ClassVar[tuple[str, ...]] = RESPONSES
+    MARGIN: ClassVar[np.ndarray] = MARGIN
+    WALK_AWAY: ClassVar[float] = WALK_AWAY
 
     @classmethod
     def build_model(cls) -> RoundModel:

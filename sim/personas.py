@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from npcadapt.errors import InvalidInputError
+from sim.errors import SimError
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ class PersonaCatalogue:
     PERSONAS: ClassVar[tuple[str, ...]] = ()  # the population: base training and "average"
     HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = ()  # evaluation only: never in "average"
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = ()  # (before, after) pairs for switching players
+    AVERAGE: ClassVar[str] = AVERAGE  # control: a random named persona per episode
+    NOISE: ClassVar[str] = NOISE  # control: rewards that ignore the NPC
+    TRAITS: ClassVar[dict[str, str]] = {}  # latent player trait -> the named persona it plays here (sim.traits)
 
     @classmethod
     def playable(cls) -> tuple[str, ...]:
@@ -117,9 +120,9 @@ class PersonaCatalogue:
         """Check and set the constructor's common arguments (every env takes these three)."""
         name, modes = type(self).__name__, self.metadata["render_modes"]  # type: ignore[attr-defined]
         if render_mode is not None and render_mode not in modes:
-            raise InvalidInputError(f"{name}: render_mode {render_mode!r} is not one of {modes}")
+            raise SimError(f"{name}: render_mode {render_mode!r} is not one of {modes}")
         if not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
-            raise InvalidInputError(f"{name}: episode_length must be a positive int, got {episode_length!r}")
+            raise SimError(f"{name}: episode_length must be a positive int, got {episode_length!r}")
         self.render_mode = render_mode
         self.episode_length = int(episode_length)
         self.persona = self._check_persona(AVERAGE if persona is None else persona)
@@ -132,7 +135,7 @@ class PersonaCatalogue:
     def _check_persona(self, persona: Any) -> str:
         allowed = (*self.playable(), AVERAGE, NOISE)
         if persona not in allowed:
-            raise InvalidInputError(
+            raise SimError(
                 f"{type(self).__name__}: unknown persona {persona!r}; expected one of {allowed}"
             )
         return str(persona)
@@ -249,11 +252,11 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Play one round: the player responds to ``action``; the reward is its value."""
         if self._t >= self.episode_length:
-            raise InvalidInputError(
+            raise SimError(
                 f"{type(self).__name__}: step() called after the episode ended; call reset()"
             )
         if not self.action_space.contains(action):
-            raise InvalidInputError(
+            raise SimError(
                 f"{type(self).__name__}: action {action!r} is not in "
                 f"Discrete({self.action_space.n})"
             )
@@ -357,7 +360,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
         probs = np.asarray(probs, dtype=np.float64)
         S, A = self.n_contexts * self.episode_length, len(self.ACTIONS)
         if probs.shape != (S, A):
-            raise InvalidInputError(
+            raise SimError(
                 f"{type(self).__name__}.expected_return: probs must have shape ({S}, {A}) "
                 f"(situations x actions), got {probs.shape}"
             )
@@ -366,7 +369,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
             or probs.min() < 0
             or np.abs(probs.sum(1) - 1).max() > 1e-4
         ):
-            raise InvalidInputError(
+            raise SimError(
                 f"{type(self).__name__}.expected_return: each row of probs must be a "
                 "probability distribution (finite, >= 0, summing to 1)"
             )

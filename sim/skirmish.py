@@ -7,8 +7,9 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import numpy as np
 from gymnasium import spaces
 
-from npcadapt.errors import InvalidInputError
+from sim.errors import SimError
 from sim.personas import AVERAGE, NOISE, PersonaRoundEnv
+from sim.traits import traits_in
 
 # fmt: off
 ACTIONS = (
@@ -302,6 +303,7 @@ class SkirmishEnv(PersonaRoundEnv):
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
     HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (("kiter", "parrier"), ("turtle", "flanker"))
+    TRAITS: ClassVar[dict[str, str]] = traits_in("npcadapt/Skirmish-v0")
     DISCRETE_CONTEXT: ClassVar[bool] = False
 
     def __init__(
@@ -356,11 +358,11 @@ class SkirmishEnv(PersonaRoundEnv):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Play one round: the player picks its move; the reward is the payoff."""
         if self._t >= self.episode_length:
-            raise InvalidInputError(
+            raise SimError(
                 "SkirmishEnv: step() called after the episode ended; call reset()"
             )
         if not self.action_space.contains(action):
-            raise InvalidInputError(
+            raise SimError(
                 f"SkirmishEnv: action {action!r} is not in Discrete({len(ACTIONS)})"
             )
         a, obs, u = int(action), self._obs[self._t], self._uniforms[self._t]

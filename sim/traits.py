@@ -4,7 +4,9 @@ A reckless player rushes in as a duellist, buys on impulse, ignores the companio
 advice and charges in a skirmish; the table below says which named persona a trait
 plays in each env. Envs with nine named personas leave one persona without a trait.
 Held-out personas have none (they stay unseen). Used to simulate players who meet
-several NPC archetypes, and so to measure warm starts across archetypes.
+several NPC archetypes, and so to measure warm starts across archetypes. Each env class
+holds its own column as ``TRAITS`` (trait -> persona), so users of the env need not know
+this module.
 """
 
 from __future__ import annotations
@@ -31,12 +33,6 @@ def persona_of(trait: str, env_id: str) -> str:
         raise ValueError(f"no persona for trait {trait!r} in {env_id!r}; traits: {sorted(TRAITS)}") from None
 
 
-def trait_players(env_id: str, per_trait: int, prefix: str = "player") -> dict[str, str]:
-    """{track name in the sim loop: player id} for `per_trait` players per trait: the same
-    ids in every env, so one person meets every archetype as the same player."""
-    return {f"{persona_of(trait, env_id)}-{j}": f"{prefix}-{trait}-{j}" for trait in TRAITS for j in range(per_trait)}
-
-
-def trait_counts(env_id: str, per_trait: int) -> dict[str, int]:
-    """persona_counts for the sim loop: `per_trait` players of each trait's persona."""
-    return {persona_of(trait, env_id): per_trait for trait in TRAITS}
+def traits_in(env_id: str) -> dict[str, str]:
+    """{trait: the named persona it plays in `env_id`}, in the order of :data:`TRAITS`."""
+    return {trait: persona_of(trait, env_id) for trait in TRAITS}

@@ -46,6 +46,15 @@ def engine(tmp_path, arch_root):
     eng.close()
 
 
+def torch_forward(engine, archetype: str):
+    """An eager torch forward over the archetype's bank: the reference for the engine's own
+    (``.forward(obs tensor, slots)`` gives torch tensors)."""
+    from npcadapt.lora.forward import TorchForward
+
+    rt = engine.runtime(archetype)
+    return TorchForward(rt.policy, rt.layout, rt.bank)
+
+
 def random_adapter(engine, archetype: str, player: str, scale: float = 0.3, seed: int = 0) -> dict:
     """An adapter with non-zero B so it really changes the policy."""
     gen = torch.Generator().manual_seed(seed)

@@ -10,7 +10,7 @@ from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
 from npcadapt.bench.baselines import NeuralLinearHost, TableThompsonHost, ThompsonSettings
 from npcadapt.episodes import reward_to_go
 from npcadapt.errors import InvalidInputError
-from sim.loop import run_simulation
+from npcadapt.simulation import run_simulation
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_base_probabilities_are_the_base_policy(archetypes):
 
 
 def test_full_finetune_evaluation_per_player_equals_the_row_wise_delta(archetypes):
-    from npcadapt.training.full import FullFinetuneHost
+    from npcadapt.bench.full_finetune import FullFinetuneHost
     from npcadapt.training.online import OnlineConfig
 
     policy = archetypes["skirmisher"].policy

@@ -53,6 +53,19 @@ def test_invalid_sim_setting(tmp_path):
     assert_one_line_error(proc, "--episodes-per-update", "0")
 
 
+@pytest.mark.parametrize("command, flag, value", [
+    ("sim", "--lr", "-1"),
+    ("serve", "--lr", "0"),
+    ("demo", "--episodes-per-update", "0"),
+    ("demo", "--lr", "nan"),
+])
+def test_invalid_online_setting_names_the_flag(tmp_path, command, flag, value):
+    extra = ["--port", "0"] if command == "serve" else ["--headless", "--seconds", "1"] if command == "demo" else []
+    proc = run_cli(command, *extra, flag, value, "--data", str(tmp_path / "d"), cwd=tmp_path)
+    assert_one_line_error(proc, flag, value)
+    assert not (tmp_path / "d").exists()  # refused before anything started
+
+
 @pytest.mark.parametrize("flag, value", [
     ("--max-queued-rows", "-1"),
     ("--input-budget-mb", "nan"),

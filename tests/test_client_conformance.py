@@ -20,7 +20,8 @@ from conformance import BIN, SCENARIOS, TOKEN, Bench, SplittingProxy
 from system_packages import require_package
 
 from npcadapt.bench.bridge import start_server, stop_process
-from npcadapt.bench.clients import BUILDERS, Driver, MissingPackageError, build_cpp, build_csharp, build_godot, build_python
+from npcadapt.bench.clients import BUILDERS, Driver, build_cpp, build_csharp, build_godot, build_python
+from npcadapt.errors import MissingPackageError
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -3,7 +3,6 @@ the socket bridge and from the command line (dummy video driver, see conftest)."
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from npcadapt.demo import rules
 from npcadapt.demo.app import format_summary, run_headless
 from npcadapt.demo.backend import LocalBackend, parse_address
 from npcadapt.demo.bots import HAGGLE_ANSWERS, PRESETS, parse_bot
-from npcadapt.demo.options import add_arguments
+from npcadapt.demo.options import DemoOptions
 from npcadapt.demo.profiles import Profiles, check_name, player_id
 from npcadapt.demo.session import CONTROL_SUFFIX, Session
 from npcadapt.demo.village import ARENA
@@ -49,10 +48,31 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def demo_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
+def test_the_demo_package_does_not_import_the_cli():
+    code = ("import sys, npcadapt.demo, npcadapt.demo.app, npcadapt.demo.backend; "
+            "sys.exit(' '.join(m for m in sys.modules if m == 'npcadapt.cli' or m.startswith('npcadapt.cli.')) or None)")
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_demo_flags_parse_into_plain_options_with_the_same_defaults():
+    from npcadapt.cli import build_parser
+    from npcadapt.cli.demo import demo_options
+
+    def parse(*argv: str) -> DemoOptions:
+        return demo_options(build_parser().parse_args(["demo", *argv]))
+
+    assert parse() == DemoOptions()
+    assert DemoOptions().online == OnlineConfig(episodes_per_update=2)  # the demo updates often
+    options = parse("--profile", "Ana", "--data", "d", "--connect", "h:1", "--token", "t", "--headless", "--bot", "turtle",
+                    "--seconds", "5", "--screenshot", "s.png", "--json", "o.json", "--realtime", "--duelists", "0",
+                    "--merchants", "1", "--companions", "2", "--hagglers", "0", "--no-adapt", "--episodes-per-update", "3",
+                    "--lr", "0.5", "--kl-bound", "2", "--no-gate", "--no-prior", "--seed", "7")
+    assert options == DemoOptions(profile="Ana", data="d", connect="h:1", token="t", headless=True, bot="turtle",
+                                  seconds=5.0, screenshot="s.png", json_out="o.json", realtime=True, duelists=0,
+                                  merchants=1, companions=2, hagglers=0, adapt=False, seed=7,
+                                  online=OnlineConfig(episodes_per_update=3, learning_rate=0.5, kl_bound=2.0,
+                                                      validation_gate=False, prior=False))
 
 
 # -- world rules (no pygame, no engine) ----------------------------------------------------------
@@ -302,8 +322,7 @@ def test_headless_run_adapts_saves_and_profiles_are_separate(tmp_path):
     data = tmp_path / "data"
     shot = tmp_path / "shot.png"
     # 45 s of game time: the population prior serves the brawler's cohort within a few bouts
-    first = run_headless(demo_args("--data", str(data), "--profile", "Ana", "--seconds", "45",
-                                   "--screenshot", str(shot), "--bot", "brawler"))
+    first = run_headless(DemoOptions(data=str(data), profile="Ana", seconds=45, screenshot=str(shot), bot="brawler"))
     duel = [r for r in first["npcs"] if r["archetype"] == "duelist"]
     assert all(r["version_start"] == 0 and r["version"] > 0 for r in duel)
     moved = np.mean([r["probs_now"][BLOCK_HIGH] - r["probs_base"][BLOCK_HIGH] for r in duel])
@@ -320,9 +339,9 @@ def test_headless_run_adapts_saves_and_profiles_are_separate(tmp_path):
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200 and pixels.std() > 30
 
     version = duel[0]["version"]
-    second = run_headless(demo_args("--data", str(data), "--profile", "ana", "--seconds", "2"))
+    second = run_headless(DemoOptions(data=str(data), profile="ana", seconds=2))
     assert second["npcs"][0]["version_start"] == version  # remembered across runs
-    other = run_headless(demo_args("--data", str(data), "--profile", "Bo", "--seconds", "2"))
+    other = run_headless(DemoOptions(data=str(data), profile="Bo", seconds=2))
     assert all(r["version_start"] == 0 for r in other["npcs"])  # a second profile starts fresh
     players = {p for rec in read_records(data / "logs") if rec["t"] == "decisions" for p in rec["players"]}
     assert {"demo:ana", "demo:bo"} <= players  # every session recorded
@@ -335,14 +354,13 @@ def test_headless_run_adapts_saves_and_profiles_are_separate(tmp_path):
         assert all(backend.adapter_info(a, "demo:ana") is None for a in session.archetypes)
     finally:
         backend.close()
-    fresh = run_headless(demo_args("--data", str(data), "--profile", "Ana", "--seconds", "1"))
+    fresh = run_headless(DemoOptions(data=str(data), profile="Ana", seconds=1))
     assert all(r["version_start"] == 0 for r in fresh["npcs"])
 
 
 def test_headless_bot_haggles_and_the_haggler_adapts(tmp_path):
     data = tmp_path / "data"
-    summary = run_headless(demo_args("--data", str(data), "--duelists", "0", "--merchants", "0", "--companions", "0",
-                                     "--seconds", "40", "--bot", "turtle"))
+    summary = run_headless(DemoOptions(data=str(data), duelists=0, merchants=0, companions=0, seconds=40, bot="turtle"))
     assert summary["bot"]["haggler"] == "skeptic"
     (row,) = summary["npcs"]
     assert row["archetype"] == "haggler" and row["decisions"] >= 10 and row["answered"] >= 10
@@ -381,8 +399,8 @@ def test_haggler_is_drawn_with_the_customers_mood(tmp_path):
 
 def test_connect_plays_through_a_real_bridge(tmp_path):
     with RunningBridge(tmp_path / "server", online=OnlineConfig(episodes_per_update=2)) as bridge:
-        summary = run_headless(demo_args("--connect", f"127.0.0.1:{bridge.port}", "--data", str(tmp_path / "client"),
-                                         "--profile", "Remote", "--seconds", "30", "--bot", "brawler"))
+        summary = run_headless(DemoOptions(connect=f"127.0.0.1:{bridge.port}", data=str(tmp_path / "client"),
+                                           profile="Remote", seconds=30, bot="brawler"))
         assert summary["backend"].startswith("socket bridge")
         assert summary["decisions"] > 100
         assert any(r["kl"] is not None for r in summary["npcs"])
@@ -400,12 +418,12 @@ def test_window_loop_handles_keys_and_quits(tmp_path):
     from npcadapt.demo.app import init_pygame, run_window
 
     pygame, _ = init_pygame(headless=True)
-    args = demo_args("--data", str(tmp_path), "--profile", "Keys")
+    options = DemoOptions(data=str(tmp_path), profile="Keys")
     for key in (pygame.K_m, pygame.K_h, pygame.K_h, pygame.K_TAB, pygame.K_1, pygame.K_EQUALS, pygame.K_MINUS,
                 pygame.K_0, pygame.K_DELETE, pygame.K_DELETE):
         pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key, mod=0, unicode=""))
     pygame.time.set_timer(pygame.QUIT, 600, loops=1)
-    assert run_window(args) == 0
+    assert run_window(options) == 0
     assert Profiles(tmp_path).get("keys").sessions == 1
     players = {p for r in read_records(tmp_path / "logs") if r["t"] == "decisions" for p in r["players"]}
     assert players == {"demo:keys" + CONTROL_SUFFIX}  # M turned adaptation off before the first decision
@@ -415,7 +433,7 @@ def test_cli_headless_exits_zero_and_writes_summary(tmp_path):
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
     out = tmp_path / "summary.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "npcadapt.demo", "--headless", "--bot", "turtle", "--seconds", "5",
+        [sys.executable, "-m", "npcadapt.cli", "demo", "--headless", "--bot", "turtle", "--seconds", "5",
          "--data", str(tmp_path / "d"), "--screenshot", str(tmp_path / "s.png"), "--json", str(out)],
         check=False, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import random_adapter
+from conftest import random_adapter, torch_forward
 from npcadapt.engine import Engine
 from npcadapt.errors import InvalidInputError, NpcAdaptError, PlayerIdError
 from npcadapt.lora.functional import lora_delta
@@ -38,7 +38,7 @@ def test_mixed_batch_matches_per_player_loop(engine):
     out = engine.act_batch("tiny", rows, obs)
     rt = engine.runtime("tiny")
     slots = rt.bank.lookup(rows)
-    logits, value = engine._forward(rt, slots, torch.from_numpy(obs))
+    logits, value = torch_forward(engine, "tiny").forward(torch.from_numpy(obs), slots)
     for p in players:
         idx = [i for i, q in enumerate(rows) if q == p]
         want_logits, want_value = reference_logits(engine, "tiny", p, obs[idx])
@@ -67,7 +67,7 @@ def test_fresh_adapter_and_unknown_player_get_base_exactly(engine):
     rt = engine.runtime("tiny")
     base_logits, base_value = rt.policy(torch.from_numpy(obs))
     for rows in (["fresh"] * 6, ["nobody"] * 6, ["fresh", "other", "nobody"] * 2):
-        logits, value = engine._forward(rt, rt.bank.lookup(rows), torch.from_numpy(obs))
+        logits, value = torch_forward(engine, "tiny").forward(torch.from_numpy(obs), rt.bank.lookup(rows))
         keep = [i for i, p in enumerate(rows) if p != "other"]
         assert torch.equal(logits[keep], base_logits[keep])
         assert torch.equal(value[keep], base_value[keep])
@@ -202,11 +202,11 @@ def test_lru_eviction_writes_back_and_reloads(tmp_path, arch_root):
 def test_swap_is_atomic_under_concurrent_forwards(engine):
     obs = torch.from_numpy(np.random.default_rng(6).standard_normal((16, 6)).astype(np.float32))
     versions = [random_adapter(engine, "tiny", "ann", scale=1.0, seed=s) for s in (1, 2)]
-    rt = engine.runtime("tiny")
+    rt, forward = engine.runtime("tiny"), torch_forward(engine, "tiny")
     expected = []
     for v in versions:
         engine.set_adapter("tiny", "ann", v)
-        expected.append(engine._forward(rt, rt.bank.lookup(["ann", "bob"] * 8), obs)[0][::2])
+        expected.append(forward.forward(obs, rt.bank.lookup(["ann", "bob"] * 8))[0][::2])
     stop = threading.Event()
 
     def writer():
@@ -219,7 +219,7 @@ def test_swap_is_atomic_under_concurrent_forwards(engine):
     thread.start()
     try:
         for _ in range(300):
-            got = engine._forward(rt, rt.bank.lookup(["ann", "bob"] * 8), obs)[0][::2]
+            got = forward.forward(obs, rt.bank.lookup(["ann", "bob"] * 8))[0][::2]
             assert any(torch.equal(got, e) for e in expected)
     finally:
         stop.set()
@@ -263,7 +263,7 @@ def test_bf16_bank_matches_fp32_closely(tmp_path, arch_root):
         for i in range(4):
             eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", seed=i))
         rt = eng.runtime("tiny")
-        outs.append(eng._forward(rt, rt.bank.lookup([f"p{i % 4}" for i in range(32)]), torch.from_numpy(obs))[0])
+        outs.append(torch_forward(eng, "tiny").forward(torch.from_numpy(obs), rt.bank.lookup([f"p{i % 4}" for i in range(32)]))[0])
         eng.close()
     assert (outs[0] - outs[1]).abs().max() < 2e-2
 
@@ -273,14 +273,16 @@ def test_numpy_forward_reads_the_banks_rows_in_every_dtype(tmp_path, arch_root, 
     eng = Engine(tmp_path / dtype, archetype_dirs=[arch_root], adapter_dtype=dtype)
     for i in range(3):
         eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", seed=i))
-    bank = eng.runtime("tiny").bank
+    rt = eng.runtime("tiny")
+    bank, forward = rt.bank, rt.forward
+    assert forward.name == "numpy"
     slots = bank.lookup(["p2", "p0", "nobody", "p2"])
-    rows = bank.float32_rows(slots)
+    rows = forward.read_rows(slots)
     assert rows.dtype == np.float32 and np.array_equal(rows, bank.gather(slots).float().numpy())
-    one = bank.float32_rows(slots[:1])
+    one = forward.read_rows(slots[:1])
     eng.set_adapter("tiny", "p2", random_adapter(eng, "tiny", "p2", seed=9))  # the bank's memory changes
-    assert np.array_equal(bank.float32_rows(slots[:1]), bank.gather(slots[:1]).float().numpy())
-    assert not np.array_equal(one, bank.float32_rows(slots[:1]))  # what was read before is not rewritten
+    assert np.array_equal(forward.read_rows(slots[:1]), bank.gather(slots[:1]).float().numpy())
+    assert not np.array_equal(one, forward.read_rows(slots[:1]))  # what was read before is not rewritten
     eng.close()
 
 
@@ -292,7 +294,7 @@ def test_cuda_matches_cpu(tmp_path, arch_root):
         eng = Engine(tmp_path / device, archetype_dirs=[arch_root], device=device)
         eng.set_adapter("tiny", "ann", random_adapter(eng, "tiny", "ann"))
         rt = eng.runtime("tiny")
-        res.append(eng._forward(rt, rt.bank.lookup(["ann", "bob"] * 4), torch.from_numpy(obs).to(device))[0].cpu())
+        res.append(torch_forward(eng, "tiny").forward(torch.from_numpy(obs).to(device), rt.bank.lookup(["ann", "bob"] * 4))[0].cpu())
     assert (res[0] - res[1]).abs().max() < 1e-4
 
 
@@ -311,8 +313,10 @@ def test_compiled_forward_matches_eager(tmp_path, arch_root):
         for i in range(3):
             eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", seed=i))
         rt = eng.runtime("tiny")
+        assert rt.forward.name == ("compiled" if compiled else "numpy")
+        forward = rt.forward if compiled else torch_forward(eng, "tiny")  # the fused gather against eager torch
         with torch.inference_mode():
-            outs.append(eng._forward(rt, rt.bank.lookup([f"p{i % 4}" for i in range(12)]), obs))
+            outs.append(forward.forward(obs, rt.bank.lookup([f"p{i % 4}" for i in range(12)])))
         eng.close()
     assert (outs[0][0] - outs[1][0]).abs().max() <= 1e-5
     assert (outs[0][1] - outs[1][1]).abs().max() <= 1e-5

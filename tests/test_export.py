@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import npcadapt
-from conftest import random_adapter
+from conftest import random_adapter, torch_forward
 from npcadapt.cli import main
 from npcadapt.export import export_onnx, export_peft
 
@@ -29,7 +29,7 @@ def _torch_outputs(engine, player, obs):
     rt = engine.runtime("duelist")
     slots = rt.bank.lookup([player] * len(obs)) if player else np.zeros(len(obs), np.int64)
     with torch.no_grad():
-        logits, value = engine._forward(rt, slots, torch.from_numpy(obs))
+        logits, value = torch_forward(engine, "duelist").forward(torch.from_numpy(obs), slots)
     return logits.numpy(), value.numpy()
 
 

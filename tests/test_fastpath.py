@@ -4,10 +4,6 @@ column-wise episode recording, coalesced replies and the low-priority trainer th
 
 from __future__ import annotations
 
-import os
-import sys
-import threading
-import time
 from types import SimpleNamespace
 
 import msgpack
@@ -16,11 +12,12 @@ import pytest
 import torch
 
 from bridge_helpers import RunningBridge, read_reply
-from conftest import random_adapter
+from conftest import random_adapter, torch_forward
 from npcadapt.archetypes import init_archetype
 from npcadapt.engine import Engine
 from npcadapt.episodes import EpisodeTracker
 from npcadapt.errors import InvalidInputError
+from npcadapt.lora.numpy_forward import NumpyForward
 from npcadapt.sampling import ExpNoise, decide, decide_one
 from npcadapt.protocol import packed_response
 from npcadapt.rpc import DecisionEncoder, Methods
@@ -46,20 +43,23 @@ def test_numpy_forward_matches_torch(tmp_path, arch_root, odd_root, archetype, p
     for i, p in enumerate(["ann", "bob", "cid"]):
         eng.set_adapter(archetype, p, random_adapter(eng, archetype, p, scale=1.0, seed=i))
     rt = eng.runtime(archetype)
-    if products == "torch":
-        rt.fast.numpy_rows = 0  # what batches too large for numpy's matmul take
+    assert rt.forward.name == "numpy"  # the default on CPU
+    forward = rt.forward
+    if products == "torch":  # what batches too large for numpy's matmul take
+        forward = NumpyForward(rt.policy, rt.layout, rt.bank, numpy_rows=0)
+    reference = torch_forward(eng, archetype)
     mixed = ["ann", "dee", "bob", "cid", "ann", "nobody", "cid"]  # interleaved, some without adapters
     obs = np.random.default_rng(0).standard_normal((len(mixed), rt.archetype.spec.obs_dim)).astype(np.float32)
     for players in (mixed, mixed[:1], ["dee", "nobody"], ["bob"] * 5):
         x = obs[: len(players)]
         slots = rt.bank.lookup(players)
         with torch.inference_mode():
-            want_logits, want_value = eng._forward(rt, slots, torch.from_numpy(x))
-        logits, value = eng._logits(rt, slots, x)  # one adapter for all rows goes in as one row
+            want_logits, want_value = reference.forward(torch.from_numpy(x), slots)
+        logits, value = forward.logits(x, slots)  # one adapter for all rows goes in as one row
         assert np.abs(logits - want_logits.numpy()).max() <= 1e-5
         assert np.abs(value - want_value.numpy()).max() <= 1e-5
         if slots.any():
-            logits, _ = rt.fast(x, rt.bank.gather(slots).numpy())  # every row gathered
+            logits, _ = forward.compute(x, rt.bank.gather(slots).numpy())  # every row gathered
             assert np.abs(logits - want_logits.numpy()).max() <= 1e-5
     eng.close()
 
@@ -68,42 +68,46 @@ def test_numpy_forward_matches_torch(tmp_path, arch_root, odd_root, archetype, p
 def test_merged_weights_for_a_repeat_caller_match_the_low_rank_path(tmp_path, arch_root, odd_root, archetype):
     eng = Engine(tmp_path / "d", archetype_dirs=[arch_root, odd_root], capacity=8)
     rt = eng.runtime(archetype)
-    rt.fast.merged_capacity = 2
+    forward = NumpyForward(rt.policy, rt.layout, rt.bank, merged_capacity=2)
     obs = np.random.default_rng(0).standard_normal((3, rt.archetype.spec.obs_dim)).astype(np.float32)
 
     def reference(player):  # the torch forward of the player's adapter
         with torch.inference_mode():
-            return eng._forward(rt, rt.bank.lookup([player] * 3), torch.from_numpy(obs))[0].numpy()
+            return torch_forward(eng, archetype).forward(torch.from_numpy(obs), rt.bank.lookup([player] * 3))[0].numpy()
 
     for round_ in range(2):
         for i, p in enumerate(["ann", "bob", "cid"]):  # three adapters through a cache of two
             if round_ == 0:
                 eng.set_adapter(archetype, p, random_adapter(eng, archetype, p, scale=1.0, seed=i))
             for call in range(3):  # the first call takes the low-rank path, later ones the merged weights
-                got = eng._logits(rt, rt.bank.lookup([p] * 3), obs)[0]
+                got = forward.logits(obs, rt.bank.lookup([p] * 3))[0]
                 assert np.abs(got - reference(p)).max() <= 1e-5, (p, call)
-            assert len(rt.fast._merged) <= 2
-    assert len(rt.fast._merged) == 2  # bob's and cid's merged weights served the later calls
+            assert len(forward.merged_keys) <= 2
+    assert len(forward.merged_keys) == 2  # bob's and cid's merged weights served the later calls
     key = rt.bank.content_id(rt.bank.lookup(["cid"])[0])
-    assert key in rt.fast._merged
+    assert forward.merged_keys[-1] == key  # cid's, the most recently used
     eng.set_adapter(archetype, "cid", random_adapter(eng, archetype, "cid", scale=1.0, seed=7))  # a new version
     assert rt.bank.content_id(rt.bank.lookup(["cid"])[0]) != key  # so the cached copy is never used again
     for _ in range(3):
-        assert np.abs(eng._logits(rt, rt.bank.lookup(["cid"] * 3), obs)[0] - reference("cid")).max() <= 1e-5
+        assert np.abs(forward.logits(obs, rt.bank.lookup(["cid"] * 3))[0] - reference("cid")).max() <= 1e-5
     with torch.no_grad():
-        rt.policy.actor[0].bias.add_(0.5)  # the base changed in place: merged copies are dropped
-    assert np.abs(eng._logits(rt, rt.bank.lookup(["cid"] * 3), obs)[0] - reference("cid")).max() <= 1e-5
-    assert not rt.fast._merged
+        rt.policy.actor[0].bias.add_(0.5)  # the base changed in place: a refresh drops merged copies
+    forward.refresh()
+    assert np.abs(forward.logits(obs, rt.bank.lookup(["cid"] * 3))[0] - reference("cid")).max() <= 1e-5
+    assert not forward.merged_keys
     eng.close()
 
 
-def test_small_batch_copies_follow_in_place_weight_changes(engine):
+def test_numpy_forward_copies_the_frozen_base_once_and_refresh_rereads_it(engine):
     rt = engine.runtime("tiny")
-    obs = np.ones((2, 6), np.float32)
-    before, _ = rt.fast(obs, None)
+    assert not any(p.requires_grad for p in rt.policy.parameters())  # a loaded base is frozen
+    obs, base = np.ones((2, 6), np.float32), np.zeros(2, np.int64)
+    before, _ = rt.forward.logits(obs, base)
     with torch.no_grad():
         rt.policy.actor[0].bias.add_(0.5)
-    after, _ = rt.fast(obs, None)
+    assert np.array_equal(rt.forward.logits(obs, base)[0], before)  # no per-call check of the weights
+    rt.forward.refresh()
+    after, _ = rt.forward.logits(obs, base)
     with torch.inference_mode():
         want, _ = rt.policy(torch.from_numpy(obs))
     assert not np.allclose(before, after) and np.abs(after - want.numpy()).max() <= 1e-5
@@ -197,9 +201,9 @@ def test_act_batch_numpy_and_torch_paths_agree_with_masks_and_greedy(tmp_path, a
         for i in range(4):
             eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", scale=1.0, seed=i))
         rt = eng.runtime("tiny")
-        assert rt.fast is not None  # the default on CPU: the numpy forward
+        assert rt.forward.name == "numpy"  # the default on CPU
         if not numpy_forward:
-            rt.fast = None  # force the torch forward
+            rt.forward = torch_forward(eng, "tiny")  # force the torch forward
         outs.append([eng.act_batch("tiny", players, obs, masks=masks, greedy=greedy) for _ in range(3)])
         outs[-1].append(eng.act("tiny", "p1", obs[0], mask=[False, True, False, False]))
         eng.close()

@@ -13,8 +13,8 @@ import npcadapt
 from npcadapt.cli import main
 from npcadapt.log import list_segments
 from npcadapt.recordings import read_episodes
+from npcadapt.simulation import run_simulation
 from npcadapt.training.offline import OfflineConfig, fit_adapters, pdwis
-from sim.loop import run_simulation
 
 PLAYERS = 10  # one per persona of the duel (8 named + average + noise)
 EPISODES = 12
@@ -41,7 +41,7 @@ def _fit(tmp_path, recorded, config=OfflineConfig(epochs=8), state=None, stop_af
             raise KeyboardInterrupt
 
     try:
-        rows = fit_adapters(svc, "duelist", {p: e for (_, p), e in episodes.items()}, config,
+        rows = fit_adapters(svc.engine, "duelist", {p: e for (_, p), e in episodes.items()}, config,
                             state_file=state, on_players=progress)
         adapters = {r["player"]: svc.engine.adapter_row("duelist", r["player"]) for r in rows}
         return rows, adapters
@@ -136,7 +136,7 @@ def test_ray_engine_gives_the_same_adapters_as_local(tmp_path, recorded):
     svc = npcadapt.open(tmp_path / "ray", seed=0, online=None, record=False)
     executor = RayExecutor(svc.archetypes["duelist"].directory, config, workers=2)
     try:
-        rows = fit_adapters(svc, "duelist", {p: e for (_, p), e in episodes.items()}, config, executor=executor)
+        rows = fit_adapters(svc.engine, "duelist", {p: e for (_, p), e in episodes.items()}, config, executor=executor)
         assert len(rows) == PLAYERS
         for p, flat in local.items():
             assert torch.allclose(svc.engine.adapter_row("duelist", p), flat, atol=1e-6)

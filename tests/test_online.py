@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import npcadapt
+from conftest import torch_forward
 from npcadapt.episodes import Episode
 from npcadapt.log import read_records
 from npcadapt.training.online import OnlineConfig, PlayerUpdate
@@ -22,7 +23,7 @@ FAVOURITE = {"ann": 2, "bob": 0}  # each simulated player rewards one action (ot
 def policy_probs(svc, player, obs=OBS):
     rt = svc.engine.runtime("tiny")
     with torch.no_grad():
-        logits, _ = svc.engine._forward(rt, rt.bank.lookup([player] * len(obs)), torch.from_numpy(obs))
+        logits, _ = torch_forward(svc.engine, "tiny").forward(torch.from_numpy(obs), rt.bank.lookup([player] * len(obs)))
     return torch.softmax(logits, -1)
 
 

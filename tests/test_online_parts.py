@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
-from npcadapt.engine import fresh_row
+from npcadapt.lora.layout import fresh_row
 from npcadapt.episodes import Episode
 from npcadapt.lora.bank import AdapterLayout
 from npcadapt.training.gate import held_out_evidence
@@ -87,7 +87,7 @@ def test_a_players_loss_is_unaffected_by_another_players_data(duelist):
         start = trainer._start(items, torch.device("cpu"))
         params = start.params.clone().requires_grad_(True)
         with torch.no_grad():
-            base_logp = trainer._log_probs(batch.obs, batch.masks, None)
+            base_logp = trainer.log_probs(batch.obs, batch.masks, None)
             ref = trainer._reference(batch, params.detach())
         loss = trainer._loss(params, batch, ref, base_logp, start.ent_coef)
         assert loss.shape == (2,) and torch.isfinite(loss).all()
@@ -107,7 +107,7 @@ def test_optimizer_step_leaves_an_unhealthy_players_row_and_moments_untouched(du
     start = trainer._start(items, torch.device("cpu"))
     params = start.params.clone().requires_grad_(True)
     with torch.no_grad():
-        base_logp = trainer._log_probs(batch.obs, batch.masks, None)
+        base_logp = trainer.log_probs(batch.obs, batch.masks, None)
     ref = trainer._reference(batch, start.params)
     assert torch.equal(ref.logp, batch.old_logp) and torch.equal(ref.weight, torch.ones(7))  # no gate: on-policy PPO
     loss = trainer._loss(params, batch, ref, base_logp, start.ent_coef)
@@ -126,7 +126,7 @@ def test_kl_guard_scales_an_adapter_back_within_the_bound(duelist):
     batch = assemble_batch(items, trainer.config, 8, torch.device("cpu"))
     params = torch.stack([it.params for it in items])
     params[0, layout.scalable_mask()] = 0.5 * torch.randn(int(layout.scalable_mask().sum()), generator=torch.Generator().manual_seed(1))
-    base_logp = trainer._log_probs(batch.obs, batch.masks, None)
+    base_logp = trainer.log_probs(batch.obs, batch.masks, None)
     bounded, kl, scale = trainer._bound_kl(params, batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
     assert 0 < scale[0] < 1 and scale[1] == 1  # bob's adapter has no delta (zero B): nothing to pull back
     assert kl[0] <= 0.02 and torch.equal(bounded[1], params[1])
@@ -141,7 +141,7 @@ def test_gate_serves_the_base_without_evidence_and_a_restored_adapter_whole(duel
     batch = assemble_batch(items, trainer.config, 8, torch.device("cpu"))
     start = trainer._start(items, torch.device("cpu"))
     with torch.no_grad():
-        base_logp = trainer._log_probs(batch.obs, batch.masks, None)
+        base_logp = trainer.log_probs(batch.obs, batch.masks, None)
         ref = trainer._reference(batch, start.params)
         ev = held_out_evidence(trainer.config, scalable, start.states, start.params, start.served, ref.logp, base_logp, batch)
     assert ev.n.tolist() == [0.0, 2.0]  # a fresh adapter (zero delta) is no evidence; each episode is one estimate
@@ -150,3 +150,17 @@ def test_gate_serves_the_base_without_evidence_and_a_restored_adapter_whole(duel
     assert new.state.gate == 0.0 and not new.params[scalable].any()  # the base is served ...
     assert new.state.iterate[scalable].any()  # ... while training moved the iterate
     assert restored.state.gate == 1.0 and torch.equal(restored.params, restored.state.iterate)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"learning_rate": -1}, "OnlineConfig.learning_rate must be > 0, got -1"),
+    ({"episodes_per_update": 0}, "OnlineConfig.episodes_per_update must be >= 1, got 0"),
+    ({"gamma": 1.5}, "OnlineConfig.gamma must be in [0, 1], got 1.5"),
+    ({"gate_t_open": 3.0}, "OnlineConfig.gate_t_full must be > gate_t_open (3.0), got 3.0"),
+])
+def test_an_invalid_online_setting_is_an_input_error_naming_the_field(settings, message):
+    from npcadapt.errors import InvalidInputError
+
+    with pytest.raises(InvalidInputError) as info:
+        OnlineConfig(**settings)
+    assert str(info.value) == message

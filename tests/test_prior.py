@@ -102,7 +102,7 @@ def recorded(tmp_path_factory):
     """Sessions of 3 players per named Duel persona, 16 episodes each, recorded by the Service."""
     import npcadapt
     from npcadapt.recordings import read_episodes
-    from sim.loop import run_simulation
+    from npcadapt.simulation import run_simulation
 
     data = tmp_path_factory.mktemp("recorded")
     with npcadapt.open(data, seed=0) as svc:
@@ -196,9 +196,9 @@ def test_transfer_matrices_link_the_cohorts_of_players_shared_between_archetypes
     import npcadapt
     from npcadapt.prior.library import LibraryConfig, build_library, with_transfers
     from npcadapt.recordings import read_episodes
+    from npcadapt.simulation import run_simulation, trait_counts, trait_players
     from npcadapt.training.online import OnlineConfig
-    from sim.loop import run_simulation
-    from sim.traits import TRAITS, trait_counts, trait_players
+    from sim.traits import TRAITS
 
     envs = {"npcadapt/Duel-v0": "duelist", "npcadapt/Merchant-v0": "merchant"}
     with npcadapt.open(tmp_path, seed=0, online=OnlineConfig(prior=False)) as svc:

@@ -15,8 +15,8 @@ import npcadapt
 from npcadapt.archetypes import BUILTIN_DIR
 from npcadapt.errors import StoreError
 from npcadapt.prior.library import LIBRARY_NAME, find_library, load_library, save_library
+from npcadapt.simulation import run_simulation
 from npcadapt.training.online import OnlineConfig
-from sim.loop import run_simulation
 
 DUEL = "npcadapt/Duel-v0"
 
@@ -132,7 +132,10 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
 @pytest.mark.parametrize("setting", ["prior_decay=0", "prior_decay=1.5", "prior_trust_nats=1", "prior_evidence_cap=0",
                                      "prior_new_cohort=1", "prior_change_nats=0"])
 def test_invalid_prior_settings_are_refused(setting):
-    with pytest.raises(ValueError, match=r"prior_decay must be in \(0, 1\], prior_new_cohort in \(0, 1\)"):
+    from npcadapt.errors import InvalidInputError
+
+    field = setting.partition("=")[0]
+    with pytest.raises(InvalidInputError, match=rf"^OnlineConfig\.{field} must be .*, got "):
         OnlineConfig().with_settings([setting])
 
 
@@ -167,7 +170,7 @@ def test_prior_info_over_the_bridge_with_the_trainer_child(tmp_path):
 def test_a_player_known_from_another_archetype_starts_warm(tmp_path):
     """Players who duelled first start the merchant from their duel posterior (shipped transfer
     matrices) and are served better after one episode than fresh players of the same traits."""
-    from sim.traits import trait_counts, trait_players
+    from npcadapt.simulation import trait_counts, trait_players
 
     merchant = "npcadapt/Merchant-v0"
     with npcadapt.open(tmp_path, record=False, seed=0) as svc:

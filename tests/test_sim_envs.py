@@ -12,8 +12,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import sim
-from npcadapt.errors import InvalidInputError
 from sim import companion, duel, merchant
+from sim.errors import SimError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVS = {
@@ -88,7 +88,7 @@ def test_episode_ends_after_episode_length(env_id: str) -> None:
         assert obs in env.observation_space and -1.0 <= reward <= 1.0
         assert terminated == (t == 8) and not truncated
     assert obs[-1] == 1.0 and obs[:-1].sum() == 0.0
-    with pytest.raises(InvalidInputError, match="after the episode ended"):
+    with pytest.raises(SimError, match="after the episode ended"):
         env.step(0)
 
 
@@ -106,10 +106,10 @@ def test_persona_catalogue_and_distinct_best_responses(env_id: str) -> None:
 
 @pytest.mark.parametrize("env_id", IDS)
 def test_unknown_persona_is_rejected(env_id: str) -> None:
-    with pytest.raises(InvalidInputError, match="unknown persona 'nobody'"):
+    with pytest.raises(SimError, match="unknown persona 'nobody'"):
         gym.make(env_id, persona="nobody")
     env = gym.make(env_id).unwrapped
-    with pytest.raises(InvalidInputError, match="unknown persona"):
+    with pytest.raises(SimError, match="unknown persona"):
         env.reset(options={"persona": "nobody"})
 
 
@@ -185,9 +185,9 @@ def test_exact_returns_are_consistent(env_id: str) -> None:
     low, high = env.return_range()
     for p in module.PERSONAS:
         assert low <= env.expected_return(p, uniform) < env.oracle_return(p) <= high
-    with pytest.raises(InvalidInputError, match=r"shape \(\d+, 8\)"):
+    with pytest.raises(SimError, match=r"shape \(\d+, 8\)"):
         env.expected_return(module.PERSONAS[0], uniform[:-1])
-    with pytest.raises(InvalidInputError, match="probability distribution"):
+    with pytest.raises(SimError, match="probability distribution"):
         env.expected_return(module.PERSONAS[0], uniform * 2)
 
 

@@ -15,8 +15,8 @@ import pytest  # noqa: E402
 from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 import sim  # noqa: E402, F401  (registers the envs)
-from npcadapt.errors import InvalidInputError  # noqa: E402
 from sim import haggle  # noqa: E402
+from sim.errors import SimError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_ID = "npcadapt/Haggle-v0"
@@ -95,7 +95,7 @@ def test_episodes_end_by_the_length_limit_at_the_latest() -> None:
         assert terminated and "situation" not in info
         assert obs[-1] == 1.0 and obs[:-1].sum() == 0.0
         lengths.append(t + 1)
-        with pytest.raises(InvalidInputError, match="after the episode ended"):
+        with pytest.raises(SimError, match="after the episode ended"):
             env.step(0)
         obs, _ = env.reset()
     assert 1 in lengths and 5 in lengths  # early sales / walk-outs and haggles that run out
@@ -107,17 +107,17 @@ def test_episodes_end_by_the_length_limit_at_the_latest() -> None:
 
 
 def test_invalid_configuration_and_actions_are_rejected() -> None:
-    with pytest.raises(InvalidInputError, match="unknown persona 'nobody'"):
+    with pytest.raises(SimError, match="unknown persona 'nobody'"):
         gym.make(ENV_ID, persona="nobody")
-    with pytest.raises(InvalidInputError, match="render_mode"):
+    with pytest.raises(SimError, match="render_mode"):
         haggle.HaggleEnv(render_mode="ascii")
-    with pytest.raises(InvalidInputError, match="episode_length"):
+    with pytest.raises(SimError, match="episode_length"):
         haggle.HaggleEnv(episode_length=0)
     env = gym.make(ENV_ID).unwrapped
-    with pytest.raises(InvalidInputError, match="unknown persona"):
+    with pytest.raises(SimError, match="unknown persona"):
         env.reset(options={"persona": "nobody"})
     env.reset(seed=0)
-    with pytest.raises(InvalidInputError, match="not in Discrete"):
+    with pytest.raises(SimError, match="not in Discrete"):
         env.step(8)
 
 
@@ -203,11 +203,11 @@ def test_expected_returns_are_consistent_and_validated(env) -> None:
     for p in haggle.PERSONAS:
         assert low <= env.worst_return(p) < env.oracle_return(p) <= high
     uniform = _uniform(env)
-    with pytest.raises(InvalidInputError, match=r"shape \(120, 8\)"):
+    with pytest.raises(SimError, match=r"shape \(120, 8\)"):
         env.expected_return("joker", uniform[:-1])
-    with pytest.raises(InvalidInputError, match="probability distribution"):
+    with pytest.raises(SimError, match="probability distribution"):
         env.expected_return("joker", uniform * 2)
-    with pytest.raises(InvalidInputError, match="unknown persona"):
+    with pytest.raises(SimError, match="unknown persona"):
         env.expected_return("nobody", uniform)
 
 

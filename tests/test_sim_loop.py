@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-import gymnasium as gym
 import numpy as np
 import pytest
 
 import npcadapt
 from npcadapt.cli import main
+from npcadapt.envs import make as make_env
 from npcadapt.log import read_records
-from sim.loop import run_simulation
+from npcadapt.simulation import run_simulation
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +192,7 @@ def test_heldout_and_switching_players_are_reported_separately(tmp_path):
     assert kinds["average"] == kinds["noise"] == "control" and kinds["brawler"] == "named"
     assert personas["brawler>turtle"]["players"] == 2 and report["players"] == 10 + 2 + 4
     # base only: the switching player's curve is the base against brawler, then against turtle from episode 3 on
-    before = gym.make("npcadapt/Duel-v0").unwrapped
+    before = make_env("npcadapt/Duel-v0").unwrapped
     probs = svc_free_base_probs(before)
     curve = personas["brawler>turtle"]["curve"]
     assert curve[:3] == pytest.approx([before.expected_return("brawler", probs)] * 3, abs=1e-3)
@@ -216,7 +216,7 @@ def svc_free_base_probs(env) -> np.ndarray:
 
 
 def test_recovery_counts_episodes_of_the_new_style_until_the_gain_is_back():
-    from sim.loop import recovery_episodes
+    from npcadapt.simulation import recovery_episodes
 
     assert recovery_episodes([0.9, 0.9, 0.1, 0.5, 0.85, 0.7], switch_at=2) == 3
     assert recovery_episodes([0.9, 0.9, 0.1, 0.5], switch_at=2) is None

@@ -19,9 +19,9 @@ from gymnasium.utils.env_checker import check_env  # noqa: E402
 
 import sim  # noqa: E402, F401  (registers the envs)
 from npcadapt.archetypes import load_archetype  # noqa: E402
-from npcadapt.errors import InvalidInputError  # noqa: E402
+from npcadapt.simulation import Evaluator  # noqa: E402
 from sim import skirmish  # noqa: E402
-from sim.loop import Evaluator  # noqa: E402
+from sim.errors import SimError  # noqa: E402
 
 ENV_ID = "npcadapt/Skirmish-v0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,23 +139,23 @@ def test_episode_ends_after_episode_length() -> None:
         assert -1.0 <= reward <= 1.0 and info["response"] in skirmish.PLAYER_MOVES
         assert terminated == (t == 8) and not truncated
     assert obs[-1] == 1.0 and not obs[:-1].any() and obs in env.observation_space
-    with pytest.raises(InvalidInputError, match="after the episode ended"):
+    with pytest.raises(SimError, match="after the episode ended"):
         env.step(0)
     env.reset()
     for bad in (8, -1, "shoot"):
-        with pytest.raises(InvalidInputError, match="not in Discrete"):
+        with pytest.raises(SimError, match="not in Discrete"):
             env.step(bad)
 
 
 def test_bad_constructor_arguments_are_rejected() -> None:
-    with pytest.raises(InvalidInputError, match="unknown persona 'nobody'"):
+    with pytest.raises(SimError, match="unknown persona 'nobody'"):
         gym.make(ENV_ID, persona="nobody")
-    with pytest.raises(InvalidInputError, match="unknown persona"):
+    with pytest.raises(SimError, match="unknown persona"):
         gym.make(ENV_ID).unwrapped.reset(options={"persona": "nobody"})
-    with pytest.raises(InvalidInputError, match="render_mode"):
+    with pytest.raises(SimError, match="render_mode"):
         skirmish.SkirmishEnv(render_mode="ascii")
     for length in (0, 2.5):
-        with pytest.raises(InvalidInputError, match="episode_length"):
+        with pytest.raises(SimError, match="episode_length"):
             skirmish.SkirmishEnv(episode_length=length)
 
 
@@ -223,9 +223,9 @@ def test_exact_returns_are_consistent(env) -> None:
     low, high = env.return_range()
     for p in skirmish.PERSONAS:
         assert low <= env.expected_return(p, uniform) < env.oracle_return(p) <= high
-    with pytest.raises(InvalidInputError, match=rf"shape \({S}, 8\)"):
+    with pytest.raises(SimError, match=rf"shape \({S}, 8\)"):
         env.expected_return(NAMED[0], uniform[:-1])
-    with pytest.raises(InvalidInputError, match="probability distribution"):
+    with pytest.raises(SimError, match="probability distribution"):
         env.expected_return(NAMED[0], uniform * 2)
 
 

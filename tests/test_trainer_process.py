@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -14,8 +15,9 @@ import torch
 from test_online import FAVOURITE, play
 
 import npcadapt
+from npcadapt.errors import TrainerProcessError
 from npcadapt.training.online import OnlineConfig
-from npcadapt.training.trainer_process import TrainerProcess, TrainerProcessError
+from npcadapt.training.trainer_process import TrainerProcess
 
 CONFIG = OnlineConfig(kl_bound=3.0)
 
@@ -26,6 +28,22 @@ def open_service(tmp_path, arch_root, name, **options):
 
 def rows(svc, players=("ann", "bob")):
     return {p: svc.engine.adapter_row("tiny", p) for p in players}
+
+
+def kill_child(trainer: TrainerProcess) -> None:
+    """Kill the trainer's child and wait until the trainer sees it dead."""
+    os.kill(trainer.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+    deadline = time.monotonic() + 10
+    while trainer.alive:
+        assert time.monotonic() < deadline, "the killed trainer child is still running"
+        time.sleep(0.01)
+
+
+def kill_later(pid: int, delay: float = 1.0) -> threading.Timer:
+    """SIGKILL `pid` after `delay` s (the trainer is then waiting on a child that was alive when asked)."""
+    timer = threading.Timer(delay, os.kill, (pid, signal.SIGKILL))
+    timer.start()
+    return timer
 
 
 def test_process_trainer_gives_the_in_process_adapters_bit_for_bit(tmp_path, arch_root):
@@ -60,29 +78,28 @@ def test_learning_through_the_child_changes_behaviour(tmp_path, arch_root):
 def test_a_trainer_process_found_dead_is_replaced_with_a_warning(tmp_path, arch_root, caplog):
     with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
         play(svc, ["ann"], episodes=4)
-        svc.trainer._proc.kill()
-        svc.trainer._proc.wait()
+        first = svc.trainer.pid
+        kill_child(svc.trainer)
         play(svc, ["ann"], episodes=4)  # the episodes go to a new child
+        assert svc.trainer.pid not in (None, first) and svc.trainer.restarts == 1
         assert svc.counters["updates"] == 2 and svc.adapter_info("tiny", "ann").version == 2
         assert "starting a new online trainer process" in caplog.text
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="stops the child with SIGSTOP")
 def test_a_trainer_process_dying_mid_update_is_an_error_and_the_next_update_works(tmp_path, arch_root):
     with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
         play(svc, ["ann"], episodes=4)
-        trainer, alive = svc.trainer, svc.trainer._alive
-
-        def alive_then_killed():
-            alive()
-            trainer._proc.kill()
-            trainer._proc.wait()
-
-        trainer._alive = alive_then_killed
+        trainer = svc.trainer
+        pid = trainer.pid
+        os.kill(pid, signal.SIGSTOP)  # alive when the update starts, but it will never answer ...
         play(svc, ["ann"], episodes=4, train=False)
+        timer = kill_later(pid)  # ... and dies while the update waits for its reply
         with pytest.raises(TrainerProcessError, match="exited"):
             svc.train_pending()
+        timer.join()
+        assert trainer.exit_code == -signal.SIGKILL and trainer.pid is None
         assert svc.adapter_info("tiny", "ann").version == 1  # the served adapter is untouched
-        trainer._alive = alive
         play(svc, ["ann"], episodes=4)  # a new child takes over
         assert svc.counters["updates"] == 2 and svc.adapter_info("tiny", "ann").version == 2
 
@@ -96,10 +113,10 @@ def test_the_child_refuses_an_archetype_that_changed_on_disk(tmp_path, arch_root
     try:
         with pytest.raises(TrainerProcessError, match="changed on disk"):
             trainer.update("tiny", items)
-        assert trainer._proc is None  # the child was stopped ...
+        assert trainer.pid is None and trainer.setup_error is not None  # the child was stopped ...
         with pytest.raises(TrainerProcessError, match="changed on disk"):
             trainer.update("tiny", items)  # ... and later updates fail at once, no new child
-        assert trainer._proc is None
+        assert trainer.pid is None and trainer.restarts == 0
     finally:
         trainer.close()
 
@@ -127,9 +144,12 @@ def test_waiting_for_the_child_can_be_stopped_and_a_dead_child_is_not_ready(arch
         stop.set()
         assert trainer.wait_ready(stop) is False and trainer.ready is False  # shutdown need not wait for start-up
         assert trainer.wait_ready() is True and trainer.ready is True
-        trainer._proc.kill()
-        trainer._proc.wait()
-        assert trainer.ready is False  # stats() must not report a dead trainer as ready
+        os.kill(trainer.pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+        deadline = time.monotonic() + 10
+        while trainer.ready:  # stats() must not report a dead trainer as ready
+            assert time.monotonic() < deadline, "a dead trainer child still counts as ready"
+            time.sleep(0.01)
+        assert trainer.alive is False
     finally:
         trainer.close()
 
@@ -137,9 +157,10 @@ def test_waiting_for_the_child_can_be_stopped_and_a_dead_child_is_not_ready(arch
 def test_close_ends_the_child(tmp_path, arch_root):
     svc = open_service(tmp_path, arch_root, "d", trainer_process=True)
     play(svc, ["ann"], episodes=4)
-    proc = svc.trainer._proc
+    trainer = svc.trainer
+    assert trainer.alive
     svc.close()
-    assert proc.returncode == 0
+    assert trainer.exit_code == 0 and not trainer.alive and trainer.pid is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice values per thread are Linux behaviour")
@@ -154,7 +175,7 @@ def test_the_trainer_runs_at_lower_priority_and_serving_does_not(tmp_path, arch_
             play(svc, ["ann"], episodes=4, train=False)
             while svc.counters["updates"] < 1 and time.monotonic() < deadline:  # the child is up
                 time.sleep(0.01)
-            assert os.getpriority(os.PRIO_PROCESS, svc.trainer._proc.pid) == min(base + 7, 19)
+            assert os.getpriority(os.PRIO_PROCESS, svc.trainer.pid) == min(base + 7, 19)
             # the thread that hands the child its work holds the GIL briefly: it stays at normal priority
             assert os.getpriority(os.PRIO_PROCESS, thread.native_id) == base
         else:
@@ -168,22 +189,24 @@ def test_the_trainer_runs_at_lower_priority_and_serving_does_not(tmp_path, arch_
 def test_reset_with_a_dead_child_still_resets(tmp_path, arch_root):
     with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
         play(svc, ["ann"], episodes=4)
-        svc.trainer._proc.kill()
-        svc.trainer._proc.wait()
+        kill_child(svc.trainer)
         assert svc.reset_player("tiny", "ann")  # forget finds no child to tell: no error
         assert svc.adapter_info("tiny", "ann") is None
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="stops the child with SIGSTOP")
 def test_a_child_dying_during_set_up_is_not_taken_for_a_refusal(tmp_path, arch_root):
     with open_service(tmp_path, arch_root, "d", trainer_process=True) as svc:
         trainer = svc.trainer
-        trainer._proc.kill()
-        trainer._proc.wait()
-        trainer._proc.poll = lambda: None  # looks alive, so the update waits for its set-up reply
+        pid = trainer.pid
+        os.kill(pid, signal.SIGSTOP)  # still importing torch: alive, so the update waits for its set-up reply ...
+        assert not trainer.ready
         play(svc, ["ann"], episodes=4, train=False)
+        timer = kill_later(pid)  # ... and it dies meanwhile
         with pytest.raises(TrainerProcessError, match="closed its output"):
             svc.train_pending()
-        assert trainer._setup_error is None
+        timer.join()
+        assert trainer.setup_error is None and trainer.exit_code == -signal.SIGKILL
         play(svc, ["ann"], episodes=4)  # the next update starts a new child
         assert svc.counters["updates"] == 1
 
@@ -196,14 +219,14 @@ def test_a_hung_child_is_stopped_after_the_reply_timeout(tmp_path, arch_root):
         play(svc, ["ann"], episodes=4)
         trainer = svc.trainer
         trainer.reply_timeout = 0.5
-        hung = trainer._proc
-        os.kill(hung.pid, signal.SIGSTOP)
+        hung = trainer.pid
+        os.kill(hung, signal.SIGSTOP)
         play(svc, ["ann"], episodes=4, train=False)
         started = time.monotonic()
         with pytest.raises(TrainerProcessError, match="no reply within"):
             svc.train_pending()
         assert time.monotonic() - started < 10
-        assert hung.poll() is not None  # killed
+        assert trainer.pid is None and trainer.exit_code == -signal.SIGKILL  # killed
         trainer.reply_timeout = 600.0  # a new child needs seconds to import torch
         play(svc, ["ann"], episodes=4)
         assert svc.counters["updates"] == 2

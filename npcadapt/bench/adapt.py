@@ -23,9 +23,9 @@ import numpy as np
 
 from ..archetypes import BUILTIN_DIR, archetype_for_env, find_archetypes
 from ..service import Service
-from ..training.full import FullFinetuneHost
 from ..training.online import OnlineConfig
 from .baselines import NEURAL_LINEAR_SETTINGS, TABLE_SETTINGS, NeuralLinearHost, TableThompsonHost
+from .full_finetune import FullFinetuneHost
 
 CHECKPOINTS = (5, 10, 20, 40, 80, 200)
 # where a player met NPCs before reaching each env, for the cross-archetype warm start
@@ -86,16 +86,17 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
     """
     import gymnasium as gym
 
-    from sim.loop import run_simulation  # sim is a sibling package
-    from sim.personas import AVERAGE, NOISE
+    from ..envs import make as make_env
+    from ..simulation import run_simulation
 
     archetypes = find_archetypes(archetype_dirs or [BUILTIN_DIR])
     archetype = archetype_for_env(env_id, archetypes)
     policy = archetypes[archetype].policy
-    env = gym.make(env_id).unwrapped
+    env = make_env(env_id).unwrapped
     named = len(env.PERSONAS)
+    average, noise = env.AVERAGE, env.NOISE  # the env's control personas
     sim_args = dict(players=players_per_persona * named, episodes=episodes, seed=seed,
-                    persona_counts={AVERAGE: control_players, NOISE: control_players},
+                    persona_counts={average: control_players, noise: control_players},
                     heldout_players=heldout_players, switch_players=switch_players, switch_at=switch_at)
     with tempfile.TemporaryDirectory(prefix="npcadapt-adapt-") as tmp:
         svc = Service(tmp, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)
@@ -124,7 +125,7 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         if full:
             personas[name]["full_ft_return"] = full["personas"][name]["adapted_return"]
             personas[name]["full_ft_gain"] = full["personas"][name]["gain"]
-    avg = lora["personas"].get(AVERAGE)
+    avg = lora["personas"].get(average)
     result = {
         "benchmark": "adapt",
         "env": env_id,
@@ -142,7 +143,7 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         "adapter_param_fraction": round(adapter_params / network_params, 4),
         "average_vs_base": round(avg["adapted_return"] - avg["base_return"], 4) if avg else None,
         "average_tolerance": round(0.02 * abs(avg["oracle_return"] - avg["base_return"]), 4) if avg else None,
-        "noise_kl": lora["personas"].get(NOISE, {}).get("kl_to_base"),
+        "noise_kl": lora["personas"].get(noise, {}).get("kl_to_base"),
         "kl_bound": config.kl_bound,
         "cross_archetype_gain_at_5": cross["gain_at_5"] if cross else None,
         "cross_archetype": cross,
@@ -160,12 +161,11 @@ def warm_start_gain(env_id: str, archetypes: dict, data: Path, config: OnlineCon
                     archetype_dirs=None, per_trait: int = 2) -> dict:
     """Named gain of players who met another archetype first (warm) against fresh players.
 
-    In one Service, `per_trait` players per latent trait (sim/traits.py) play
+    In one Service, `per_trait` players per latent trait (the env's ``TRAITS``) play
     WARM_EPISODES episodes of the source env, then 5 of `env_id` under the same ids; as
     many fresh players of the same personas play 5 episodes of `env_id`. Returns the mean
     gain curves' first 5 points and ``gain_at_5`` = warm minus fresh after 5 episodes."""
-    from sim.loop import run_simulation
-    from sim.traits import trait_counts, trait_players
+    from ..simulation import run_simulation, trait_counts, trait_players
 
     source = WARM_SOURCE[env_id]
     svc = Service(data, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)

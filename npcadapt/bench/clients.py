@@ -25,16 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import DriverError, MissingPackageError
+
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
-
-
-class MissingPackageError(RuntimeError):
-    """A client's toolchain is not installed; `package` is the Debian package that brings it."""
-
-    def __init__(self, package: str, what: str):
-        super().__init__(f"needs Debian package {package} ({what} is missing)")
-        self.package, self.what = package, what
 
 
 def _compile(command: list[str]) -> None:
@@ -84,10 +78,6 @@ BUILDERS: dict[str, Callable[[Path], list[str]]] = {
 SIZES = {"python": (2000, 20000, 50000), "cpp": (2000, 20000, 500000), "csharp": (2000, 20000, 200000),
          "godot": (1000, 5000, 5000)}
 TARGET_CODEC_US = {"cpp": 5.0, "csharp": 20.0, "godot": 200.0}
-
-
-class DriverError(RuntimeError):
-    """A driver died, printed something that is not an answer, or took too long."""
 
 
 class Driver:

@@ -20,7 +20,7 @@ from ..training.offline import OfflineConfig, fit_adapters
 
 
 def _record(data: Path, players: int, episodes: int) -> dict:
-    from sim.loop import run_simulation
+    from ..simulation import run_simulation
 
     svc = npcadapt.open(data, seed=0, online=None)
     run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=players, episodes=episodes, seed=0, train=False)
@@ -32,7 +32,7 @@ def _record(data: Path, players: int, episodes: int) -> dict:
 def _fit(tmp: Path, name: str, episodes: dict, config: OfflineConfig, executor=None) -> float:
     svc = npcadapt.open(tmp / name, seed=0, online=None, record=False)
     start = time.perf_counter()
-    fit_adapters(svc, "duelist", episodes, config, executor=executor)
+    fit_adapters(svc.engine, "duelist", episodes, config, executor=executor)
     seconds = time.perf_counter() - start
     svc.close()
     return seconds

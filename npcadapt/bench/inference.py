@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine import Engine
+from ..engine import ArchetypeRuntime, Engine
 from ..adapter_meta import AdapterMeta
+from ..lora.forward import TorchForward
 from .common import median_seconds, read_bandwidth, reference_archetype, rss_bytes
 
 
@@ -42,12 +43,17 @@ def _fill(engine: Engine, n: int, seed: int) -> list[str]:
     return players
 
 
-def _per_player_loop(engine: Engine, slots: np.ndarray, obs: torch.Tensor) -> None:
+def _kernel(rt: ArchetypeRuntime) -> TorchForward:
+    """The torch forward: the runtime's own where it runs torch (compile=True, CUDA), else
+    an eager one over the same bank (on CPU act_batch runs the numpy forward instead)."""
+    return rt.forward if isinstance(rt.forward, TorchForward) else TorchForward(rt.policy, rt.layout, rt.bank)
+
+
+def _per_player_loop(kernel: TorchForward, slots: np.ndarray, obs: torch.Tensor) -> None:
     """Naive reference: one single-adapter forward per player (how PEFT's mixed batch loops)."""
-    rt = engine.runtime("reference")
     with torch.inference_mode():
         for i in range(len(slots)):
-            engine._forward(rt, slots[i : i + 1], obs[i : i + 1])
+            kernel.forward(obs[i : i + 1], slots[i : i + 1])
 
 
 VARIANTS = {("float32", False): "", ("bfloat16", False): "bf16_", ("float32", True): "compiled_", ("bfloat16", True): "compiled_bf16_"}
@@ -72,9 +78,10 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
         rt = engine.runtime("reference")
         t_batched = median_seconds(lambda: engine.act_batch("reference", batch, obs_np), repeats)
         slots = rt.bank.lookup(batch)
+        kernel = _kernel(rt)
         with torch.inference_mode():
-            t_kernel = median_seconds(lambda: engine._forward(rt, slots, obs), repeats)
-            logits_by_dtype[prefix] = engine._forward(rt, slots, obs)[0]
+            t_kernel = median_seconds(lambda: kernel.forward(obs, slots), repeats)
+            logits_by_dtype[prefix] = kernel.forward(obs, slots)[0]
         nobody = [f"new-{i}" for i in range(rows)]
         t_base = median_seconds(lambda: engine.act_batch("reference", nobody, obs_np), repeats)
         one = [players[0]] * rows
@@ -95,10 +102,10 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
         })
         if prefix == "":
             loop_slots = slots[: min(rows, 256)]
-            t_loop = median_seconds(lambda: _per_player_loop(engine, loop_slots, obs), max(3, repeats // 10), 1)
+            t_loop = median_seconds(lambda: _per_player_loop(kernel, loop_slots, obs), max(3, repeats // 10), 1)
             result["speedup_vs_loop"] = round((t_loop / len(loop_slots) * rows) / t_batched, 1)
         engine.close()
-        del engine, rt
+        del engine, rt, kernel
         gc.collect()
     reference = logits_by_dtype[""]
     for prefix, logits in logits_by_dtype.items():

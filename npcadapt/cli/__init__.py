@@ -13,8 +13,9 @@ import sys
 from ..errors import NpcAdaptError
 from .archetype import add_archetype
 from .bench import add_bench
+from .demo import add_demo
 from .inspect import add_export, add_inspect
-from .run import add_demo, add_serve, add_sim
+from .run import add_serve, add_sim
 from .train import add_train
 
 __all__ = ["build_parser", "main"]

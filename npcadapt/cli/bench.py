@@ -32,10 +32,7 @@ def _cmd_bench(args) -> int:
         from ..bench.adapt import run
         from ..training.online import OnlineConfig
 
-        try:
-            config = OnlineConfig(kl_bound=args.kl_bound).with_settings(args.set or [])
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
+        config = OnlineConfig(kl_bound=args.kl_bound).with_settings(args.set or [])  # InvalidInputError naming a bad one
         result = run(args.env, players_per_persona=args.players_per_persona, episodes=args.episodes, seed=args.seed,
                      config=config, full_finetune=not args.lora_only, baselines=not args.no_baselines,
                      cross_archetype=not args.no_cross,

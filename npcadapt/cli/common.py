@@ -68,7 +68,7 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
                    help="ignore the population priors beside the archetypes (adapt every player from the base with PPO)")
 
 
-def online_config(args):
+def online_config(args) -> OnlineConfig:
     """The online trainer's settings from the flags; InvalidInputError naming a bad one."""
     if args.episodes_per_update < 1:
         raise InvalidInputError(f"--episodes-per-update must be >= 1, got {args.episodes_per_update}")
@@ -78,5 +78,5 @@ def online_config(args):
         return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr,
                             kl_bound=args.kl_bound, validation_gate=not args.no_gate,
                             prior=not args.no_prior)
-    except ValueError as exc:
+    except InvalidInputError as exc:
         raise InvalidInputError(f"invalid online training settings: {exc}") from None

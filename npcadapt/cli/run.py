@@ -1,4 +1,4 @@
-"""`npcadapt sim`, `npcadapt serve` and `npcadapt demo`: run the engine."""
+"""`npcadapt sim` and `npcadapt serve`: run the engine (`npcadapt demo` is in :mod:`.demo`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from ..service import ROUND_PLAYERS
 def _cmd_sim(args) -> int:
     from tqdm import tqdm
 
-    from sim.loop import format_table, run_simulation, write_report
-
     from ..archetypes import archetype_for_env
     from ..service import Service
+    from ..simulation import format_table, run_simulation, write_report
 
     for name in ("players", "episodes", "heldout_players", "switch_players"):
         if getattr(args, name) < 0:
@@ -155,11 +154,3 @@ def add_serve(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     add_archetypes_argument(p)
     p.set_defaults(func=_cmd_serve)
-
-
-def add_demo(sub) -> None:
-    from ..demo import add_arguments, main
-
-    p = sub.add_parser("demo", help="play the pygame demo: a village whose NPCs adapt to you (--headless: a bot plays)")
-    add_arguments(p)
-    p.set_defaults(func=main)

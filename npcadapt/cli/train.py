@@ -72,7 +72,7 @@ def _cmd_train_adapters(args) -> int:
 
                 executor = RayExecutor(svc.archetypes[archetype].directory, config, address=args.address, workers=args.workers)
             with tqdm(total=len(players), desc=f"fit {archetype}", unit="player", disable=args.quiet) as bar:
-                rows = fit_adapters(svc, archetype, players, config, state_file=state, on_players=bar.update,
+                rows = fit_adapters(svc.engine, archetype, players, config, state_file=state, on_players=bar.update,
                                     executor=executor)
             json_path, png_path = write_fit_report(archetype, rows, summary.to_dict(), asdict(config), out)
             improved = sum(r["estimate_fitted"] > r["estimate_base"] for r in rows)

@@ -1,4 +1,4 @@
-"""``npcadapt demo``: the game window, the headless bot runner, and their command-line options.
+"""``npcadapt demo``: the game window and the headless bot runner, driven by a :class:`DemoOptions`.
 
 Window mode: pick a profile, play; adapters are saved on quit (and when pausing) and
 loaded next time. Headless mode (``--headless``, or automatically when there is no display)
@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli.common import online_config
 from ..errors import InvalidInputError
 from .backend import DEFAULT_ONLINE, DEMO_SETTINGS, Backend, LocalBackend, SocketBackend, parse_address
 from .bots import gain_against, Bot, parse_bot
+from .options import DemoOptions
 from .profiles import Profiles
 from .session import KL_OBSERVATIONS, Session, describe_prior
 from .world import PlayerInput, World
@@ -89,24 +89,24 @@ def init_pygame(headless: bool):
     return pygame, screen
 
 
-def open_backend(args, *, train: str) -> Backend:
-    if args.connect:
-        host, port = parse_address(args.connect)
-        return SocketBackend(host, port, token=args.token)
+def open_backend(options: DemoOptions, *, train: str) -> Backend:
+    if options.connect:
+        host, port = parse_address(options.connect)
+        return SocketBackend(host, port, token=options.token)
     import torch
 
     torch.set_num_threads(1)  # tiny batches: one thread is fastest and never stalls on a busy core
-    online = replace(online_config(args), **{k: getattr(DEFAULT_ONLINE, k) for k in DEMO_SETTINGS})  # minutes-long sessions
-    return LocalBackend(args.data, seed=args.seed, online=online, train=train)
+    online = replace(options.online, **{k: getattr(DEFAULT_ONLINE, k) for k in DEMO_SETTINGS})  # minutes-long sessions
+    return LocalBackend(options.data, seed=options.seed, online=online, train=train)
 
 
-def start_session(args, name: str, *, train: str) -> tuple[Session, str]:
+def start_session(options: DemoOptions, name: str, *, train: str) -> tuple[Session, str]:
     """Open the profile, the backend and a fresh world; returns the session and the profile name."""
-    profile = Profiles(args.data).open(name)
-    world = World(args.duelists, args.merchants, args.companions, args.hagglers, seed=args.seed)
-    backend = open_backend(args, train=train)
+    profile = Profiles(options.data).open(name)
+    world = World(options.duelists, options.merchants, options.companions, options.hagglers, seed=options.seed)
+    backend = open_backend(options, train=train)
     try:
-        session = Session(world, backend, profile.player, adapting=not args.no_adapt)
+        session = Session(world, backend, profile.player, adapting=options.adapt)
     except BaseException:
         backend.close()
         raise
@@ -114,10 +114,11 @@ def start_session(args, name: str, *, train: str) -> tuple[Session, str]:
 
 
 # -- headless ------------------------------------------------------------------------------------
-def run_headless(args) -> dict:
-    """Play `args.seconds` of game time with a bot; returns the summary (also printed by main)."""
-    personas = parse_bot(args.bot)
-    session, name = start_session(args, args.profile or f"bot {args.bot}"[:24], train="background" if args.realtime else "sync")
+def run_headless(options: DemoOptions) -> dict:
+    """Play `options.seconds` of game time with a bot; returns the summary (also printed by main)."""
+    personas = parse_bot(options.bot)
+    session, name = start_session(options, options.profile or f"bot {options.bot}"[:24],
+                                  train="background" if options.realtime else "sync")
     pygame = None
     try:
         pygame, screen = init_pygame(headless=True)
@@ -127,12 +128,12 @@ def run_headless(args) -> dict:
         art = Art()
         view = WorldView(art, session.world)
         ui = Ui(profile=name)
-        bot = Bot(personas, seed=args.seed)
+        bot = Bot(personas, seed=options.seed)
         stats = FrameStats()
         busy = None
         dt = 1.0 / FPS
         next_frame = time.perf_counter()
-        for i in range(round(args.seconds * FPS)):
+        for i in range(round(options.seconds * FPS)):
             t0 = time.perf_counter()
             session.step(dt, bot.control(session.world))
             draw(screen, art, view, session, ui)
@@ -143,25 +144,25 @@ def run_headless(args) -> dict:
                 shown = pick_npc(session, ui)
                 if session.world.engaged_duelists() >= 3 and shown is not None and shown.archetype == "duelist":
                     busy = screen.copy()
-            if args.realtime:
+            if options.realtime:
                 next_frame += dt
                 time.sleep(max(0.0, next_frame - time.perf_counter()))
-        if args.screenshot:
-            Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
-            pygame.image.save(busy if busy is not None else screen, args.screenshot)
+        if options.screenshot:
+            Path(options.screenshot).parent.mkdir(parents=True, exist_ok=True)
+            pygame.image.save(busy if busy is not None else screen, options.screenshot)
         session.backend.flush()
         summary = session.summary()
         gains = {a: gain_against(session.backend, a, session.player, personas[a]) for a in session.archetypes}
-        summary.update(profile=name, bot=personas, gain_vs_bot=gains, frame_time=stats.summary(), screenshot=args.screenshot,
-                       adapting_npcs=len(session.world.npcs), realtime=bool(args.realtime),
-                       training="background thread" if args.realtime or args.connect else "synchronous, in frame")
+        summary.update(profile=name, bot=personas, gain_vs_bot=gains, frame_time=stats.summary(),
+                       screenshot=options.screenshot, adapting_npcs=len(session.world.npcs), realtime=bool(options.realtime),
+                       training="background thread" if options.realtime or options.connect else "synchronous, in frame")
     finally:
         session.backend.close()
         if pygame is not None:
             pygame.quit()
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(summary, indent=1))
+    if options.json_out:
+        Path(options.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(options.json_out).write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -200,20 +201,20 @@ def draw(screen, art, view, session: Session, ui) -> None:
     draw_bottom(screen, art, session, ui)
 
 
-def run_window(args) -> int:
+def run_window(options: DemoOptions) -> int:
     pygame, screen = init_pygame(headless=False)
     from .hud import Ui
     from .render import Art, WorldView
     from .screens import draw_help, draw_pause, profile_prompt
 
     art = Art()
-    preview = World(args.duelists, args.merchants, args.companions, args.hagglers, seed=args.seed)
+    preview = World(options.duelists, options.merchants, options.companions, options.hagglers, seed=options.seed)
     backdrop = WorldView(art, preview).backgrounds[0]
-    name = args.profile or profile_prompt(screen, art, Profiles(args.data), backdrop)
+    name = options.profile or profile_prompt(screen, art, Profiles(options.data), backdrop)
     if name is None:
         pygame.quit()
         return 0
-    session, name = start_session(args, name, train="background")
+    session, name = start_session(options, name, train="background")
     view = WorldView(art, session.world)
     ui = Ui(profile=name)
     ui.say(f"Welcome, {name}! H shows the keys.", 0.0, 4.0)
@@ -323,19 +324,18 @@ def _click(pos: tuple[int, int], session: Session, ui) -> None:
         ui.selected = None
 
 
-def main(args) -> int:
+def main(options: DemoOptions) -> int:
     """Entry point of ``npcadapt demo``; returns the exit status."""
-    if args.connect:
-        parse_address(args.connect)
-    parse_bot(args.bot)
-    if not args.headless and not has_display():
+    if options.connect:
+        parse_address(options.connect)
+    parse_bot(options.bot)
+    if not options.headless and not has_display():
         print("npcadapt demo: no display found, running headless with a bot "
-              f"({args.bot}, {args.seconds:.0f} s); pass --headless to silence this", file=sys.stderr)
-        args.headless = True
-        args.screenshot = args.screenshot or "runs/demo/screenshot.png"
-    if args.headless:
-        if args.seconds <= 0:
-            raise InvalidInputError(f"--seconds must be positive, got {args.seconds}")
-        print(format_summary(run_headless(args)))
+              f"({options.bot}, {options.seconds:.0f} s); pass --headless to silence this", file=sys.stderr)
+        options = replace(options, headless=True, screenshot=options.screenshot or "runs/demo/screenshot.png")
+    if options.headless:
+        if options.seconds <= 0:
+            raise InvalidInputError(f"--seconds must be positive, got {options.seconds}")
+        print(format_summary(run_headless(options)))
         return 0
-    return run_window(args)
+    return run_window(options)

@@ -5,25 +5,28 @@ keyboard produces. It walks a tour (the sparring ring, each stall, each haggler'
 the vault gate, the vault) and answers NPCs the way a sim persona would in the situation
 the NPC observed:
 
-- duel: its move is drawn from the duel persona's habit table (``sim.duel``);
+- duel: its move is drawn from the duel persona's habit table (the Duel env's ``model``);
 - merchant: buys / says no / walks off as drawn from the merchant persona's response
-  probabilities for that pitch (``sim.merchant``);
+  probabilities for that pitch (the Merchant env's ``model``);
 - companion: draws the companion persona's satisfaction for that support and presses
   "thanks" when it is >= 0.3, "stop that" when it is <= -0.3, nothing otherwise;
 - haggler: draws the haggle persona's response to that line in that (mood, item) from the
-  env's own table (``HaggleEnv().tables["outcomes"]``) and answers with the key that makes
+  env's own table (the Haggle env's ``tables["outcomes"]``) and answers with the key that makes
   the demo's rules give that response (``HAGGLE_ANSWERS``): likes / unmoved / dislikes a
   mood line, takes or refuses a closing offer. The world then moves the mood exactly as
-  the env would, so the haggler meets a faithful ``sim.haggle`` customer; the bot stays at
+  the env would, so the haggler meets a faithful Haggle-env customer; the bot stays at
   the rug until the visit ends (a sale, a walk-out or the 12th line).
 
 A bot is named by a preset (``high_blocker``), by any sim persona name (every archetype
 whose env has it plays it; the others use the preset defaults), or explicitly:
-``duelist=turtle,merchant=knight,haggler=joker``. A preset is one latent player trait of
-``sim.traits`` (``PRESET_TRAITS``), so it plays that trait's persona at every NPC: brawler
+``duelist=turtle,merchant=knight,haggler=joker``. A preset is one latent player trait of the
+envs (their ``TRAITS``; ``PRESET_TRAITS``), so it plays that trait's persona at every NPC: brawler
 is a brute (sellsword customer, lone-wolf companion, no-nonsense haggler), turtle is
 cautious (window shopper, tank, skeptic), high_blocker proud, jumper showy, low_sweeper a
 collector.
+
+The envs are made with :func:`npcadapt.envs.game` (``gymnasium.make``): the personas, their
+tables, traits and oracles are the envs' public attributes and methods.
 """
 
 from __future__ import annotations
@@ -33,13 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.companion import CompanionEnv
-from sim.duel import DuelEnv
-from sim.haggle import HaggleEnv
-from sim.merchant import MerchantEnv
-from sim.personas import RoundModel
-from sim.traits import persona_of
-
+from ..envs import game
+from ..envs import make as make_env
 from ..errors import InvalidInputError
 from .rules import (
     CLOSING,
@@ -50,25 +48,25 @@ from .rules import (
     MERCHANT,
     MOODS,
     RESPONSES,
+    SIM_ENVS,
 )
 from .village import ARENA, STALL_REACH, TILE, VAULT
 from .world import Pending, PlayerInput, World
 
-ROUND_ENVS = {DUELIST: DuelEnv, MERCHANT: MerchantEnv, COMPANION: CompanionEnv}  # sim.personas round envs
-ARCHETYPE_ENVS = {DUELIST: "npcadapt/Duel-v0", MERCHANT: "npcadapt/Merchant-v0", COMPANION: "npcadapt/Companion-v0",
-                  HAGGLER: "npcadapt/Haggle-v0"}
-ENVS = {**ROUND_ENVS, HAGGLER: HaggleEnv}
+ROUND_ARCHETYPES = (DUELIST, MERCHANT, COMPANION)  # their envs play rounds of a RoundModel (env.model)
+ARCHETYPE_ENVS = SIM_ENVS  # archetype -> gymnasium env id
+ENVS = {a: game(env_id) for a, env_id in ARCHETYPE_ENVS.items()}  # archetype -> the env (its tables and personas)
 MERCHANT_REPLIES = {"walks_away": "walk", "browses": "no", "buys": "buy"}  # the customer's response -> what the bot does
 # the haggle customer's response -> (answer to a mood line, answer to a closing line); a walk-out
 # only happens to a furious customer, whom the demo's rules send off on the next drop
 HAGGLE_ANSWERS = {"mood_up": ("likes", None), "unmoved": ("unmoved", None), "mood_down": ("dislikes", None),
                   "refused": (None, "no"), "sale": (None, "buy"), "walked_away": ("dislikes", "no")}
-# a preset is a latent player trait (sim/traits.py) named by its duellist: the same person at
+# a preset is a latent player trait (the envs' TRAITS) named by its duellist: the same person at
 # every NPC, as in the recordings the population priors were built from
 PRESET_TRAITS = {"high_blocker": "proud", "brawler": "brute", "turtle": "cautious", "jumper": "showy",
                  "low_sweeper": "collector"}
 PRESETS: dict[str, dict[str, str]] = {
-    name: {arch: persona_of(trait, ARCHETYPE_ENVS[arch]) for arch in (DUELIST, MERCHANT, COMPANION, HAGGLER)}
+    name: {arch: ENVS[arch].TRAITS[trait] for arch in (DUELIST, MERCHANT, COMPANION, HAGGLER)}
     for name, trait in PRESET_TRAITS.items()
 }
 THANKS_AT, STOP_AT = 0.3, -0.3
@@ -83,7 +81,7 @@ def gain_against(backend, archetype: str, player: str, persona: str) -> float | 
     """Exact gain of `player`'s policy now against `persona` in the archetype's sim env:
     (policy - base) / (best response - base) in expected return, over every situation.
     None where the backend cannot give probabilities."""
-    env = ENVS[archetype](persona=persona)
+    env = make_env(ARCHETYPE_ENVS[archetype], persona=persona).unwrapped
     obs = np.stack([o for o, _ in env.situations()]).astype(np.float32)  # (S, D)
     now, base = backend.probs(archetype, player, obs, base=False), backend.probs(archetype, player, obs, base=True)
     if now is None or base is None:
@@ -93,8 +91,9 @@ def gain_against(backend, archetype: str, player: str, persona: str) -> float | 
     return round(float((env.expected_return(persona, now) - base_return) / gap), 4) if abs(gap) > 1e-9 else None
 
 
-def model(archetype: str) -> RoundModel:
-    return ROUND_ENVS[archetype].shared_model()
+def model(archetype: str):
+    """The round env's RoundModel: contexts and each persona's outcome tables."""
+    return ENVS[archetype].model
 
 
 def parse_bot(spec: str) -> dict[str, str]:
@@ -116,7 +115,7 @@ def parse_bot(spec: str) -> dict[str, str]:
         if key not in ENVS or value not in ENVS[key].PERSONAS:
             raise InvalidInputError(
                 f"bad bot part {part!r}: expected archetype=persona with archetype in {sorted(ENVS)} "
-                f"and persona one of that env's {list(ENVS.get(key, DuelEnv).PERSONAS)}")
+                f"and persona one of that env's {list(ENVS.get(key, ENVS[DUELIST]).PERSONAS)}")
         personas[key] = value
     return personas
 
@@ -147,8 +146,8 @@ class Bot:
         self.rng = np.random.default_rng(self.seed)
         self.haggle_rng = np.random.default_rng([self.seed, 1])  # its own stream: the other answers stay as they were
         self._index = {a: {tuple(int(v) for v in row): i for i, row in enumerate(model(a).contexts)}
-                       for a in ROUND_ENVS}
-        self._haggle = HaggleEnv().tables["outcomes"]  # persona -> (item * 5 + mood, line, response) probabilities
+                       for a in ROUND_ARCHETYPES}
+        self._haggle = ENVS[HAGGLER].tables["outcomes"]  # persona -> (item * 5 + mood, line, response) probabilities
 
     def plan(self, world: World) -> None:
         """The default tour: long in the ring, a visit to each stall and each haggler, a look into the vault."""

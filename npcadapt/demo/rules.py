@@ -4,17 +4,19 @@ Observations use exactly the archetypes' (and the sim envs') feature layout: one
 features in declared order, then ``round_progress = t / 12``. Rewards come only from what
 the player does:
 
-- duelist: the player's move (keys 1-8) against the NPC's move, scored with the sim's
-  payoff table ``sim.duel.PAYOFF``;
-- merchant: the player's reply to a pitch: buys (the pitch's margin, ``sim.merchant.MARGIN``),
-  "no thanks" (browses, 0) or walks off (walks away annoyed, ``sim.merchant.WALK_AWAY``);
+- duelist: the player's move (keys 1-8) against the NPC's move, scored with the Duel env's
+  payoff table (``PAYOFF``);
+- merchant: the player's reply to a pitch: buys (the pitch's margin, the Merchant env's
+  ``MARGIN``), "no thanks" (browses, 0) or walks off (walks away annoyed, ``WALK_AWAY``);
 - companion: the player's reaction key: thanks (+1), stop that (-1) or none (0);
-- haggler: the player plays the customer of ``sim.haggle`` over one visit. Their mood (the
+- haggler: the player plays the customer of the Haggle env over one visit. Their mood (the
   NPC's observation with the item) moves with how they take each line (likes it: up,
-  dislikes it: down, no key: unmoved); a closing line sells (its margin, ``sim.haggle.MARGIN``)
+  dislikes it: down, no key: unmoved); a closing line sells (its margin, the env's ``MARGIN``)
   or is refused (the mood drops); a furious customer pressed again walks away
-  (``sim.haggle.WALK_AWAY``). A sale, a walk-out or the 12th line ends the visit, as in the env.
+  (``WALK_AWAY``). A sale, a walk-out or the 12th line ends the visit, as in the env.
 
+The tables (features, actions, payoffs, margins, moods) are the sim envs' own, read from
+the envs made by :func:`npcadapt.envs.game`, so the demo plays by the sims' rules.
 No pygame here; :mod:`npcadapt.demo.world` applies these rules to the game state.
 """
 
@@ -24,30 +26,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sim import companion as sim_companion
-from sim import duel as sim_duel
-from sim import haggle as sim_haggle
-from sim import merchant as sim_merchant
-
+from ..envs import game
 from ..errors import ArchetypeError
 
 EPISODE_LENGTH = 12  # decisions per bout / visit / outing, as in the sim envs
 
 DUELIST, MERCHANT, COMPANION, HAGGLER = "duelist", "merchant", "companion", "haggler"
-SIM_FEATURES = {
-    DUELIST: sim_duel.OBSERVATION_FEATURES,
-    MERCHANT: sim_merchant.OBSERVATION_FEATURES,
-    COMPANION: sim_companion.OBSERVATION_FEATURES,
-    HAGGLER: sim_haggle.OBSERVATION_FEATURES,
-}
-SIM_ACTIONS = {DUELIST: sim_duel.ACTIONS, MERCHANT: sim_merchant.ACTIONS, COMPANION: sim_companion.ACTIONS,
-               HAGGLER: sim_haggle.ACTIONS}
+SIM_ENVS = {DUELIST: "npcadapt/Duel-v0", MERCHANT: "npcadapt/Merchant-v0", COMPANION: "npcadapt/Companion-v0",
+            HAGGLER: "npcadapt/Haggle-v0"}  # the gymnasium env whose game each archetype plays
+_duel, _merchant, _haggle = game(SIM_ENVS[DUELIST]), game(SIM_ENVS[MERCHANT]), game(SIM_ENVS[HAGGLER])
+SIM_FEATURES = {a: game(env_id).OBSERVATION_FEATURES for a, env_id in SIM_ENVS.items()}
+SIM_ACTIONS = {a: game(env_id).ACTIONS for a, env_id in SIM_ENVS.items()}
 # one-hot sizes of each archetype's situation features (the last feature is round progress)
 ONE_HOT_SIZES = {a: tuple(size for _, size in features[:-1]) for a, features in SIM_FEATURES.items()}
 
 # -- duel ---------------------------------------------------------------------------------------
-PLAYER_MOVES = sim_duel.PLAYER_MOVES  # keys 1..8 in this order
-PAYOFF = sim_duel.PAYOFF  # (npc action, player move) -> reward to the NPC
+PLAYER_MOVES = _duel.PLAYER_MOVES  # keys 1..8 in this order
+PAYOFF = _duel.PAYOFF  # (npc action, player move) -> reward to the NPC
 CLOSE_PX = 80.0  # an NPC nearer than this is "close"
 STANCE_SPEED = 30.0  # px/s of approach (aggressive) or retreat (defensive) to count
 LOW_STAMINA = 40.0
@@ -57,9 +52,9 @@ STANCES = ("aggressive", "defensive", "neutral")
 STAMINA = ("low", "high")
 
 # -- merchant --------------------------------------------------------------------------------------
-RESPONSES = sim_merchant.RESPONSES  # walks_away, browses, buys
-MARGIN = sim_merchant.MARGIN
-WALK_AWAY = sim_merchant.WALK_AWAY
+RESPONSES = _merchant.RESPONSES  # walks_away, browses, buys
+MARGIN = _merchant.MARGIN
+WALK_AWAY = _merchant.WALK_AWAY
 PRICES = np.array([30, 30, 12, 15, 10, 45, 8, 25], dtype=np.int64)  # gold per pitch if bought
 PITCH_TEXT = ("Fine blade?", "Sturdy armour?", "Healing potion?", "Lucky charm?",
               "Special price!", "Masterwork piece?", "Lovely weather...", "Fixed price, friend.")
@@ -79,11 +74,11 @@ LOCATIONS = ("corridor", "treasure_room")
 LOW_HEALTH = 40.0
 
 # -- haggler ---------------------------------------------------------------------------------------
-MOODS, ITEMS = sim_haggle.MOODS, sim_haggle.ITEMS  # the levels (mood, item) of its observation
-HAGGLE_RESPONSES = sim_haggle.RESPONSES  # mood_up, unmoved, mood_down, refused, sale, walked_away
-CLOSING = (sim_haggle.DISCOUNT, sim_haggle.CLOSE)  # lines that try to sell; the others move the mood
-HAGGLE_MARGIN = sim_haggle.MARGIN  # line -> reward of a sale
-HAGGLE_WALK_AWAY = sim_haggle.WALK_AWAY
+MOODS, ITEMS = _haggle.MOODS, _haggle.ITEMS  # the levels (mood, item) of its observation
+HAGGLE_RESPONSES = _haggle.RESPONSES  # mood_up, unmoved, mood_down, refused, sale, walked_away
+CLOSING = (_haggle.DISCOUNT, _haggle.CLOSE)  # lines that try to sell; the others move the mood
+HAGGLE_MARGIN = _haggle.MARGIN  # line -> reward of a sale
+HAGGLE_WALK_AWAY = _haggle.WALK_AWAY
 FEELINGS = {"likes": "mood_up", "unmoved": "unmoved", "dislikes": "mood_down"}  # the player's take on a mood line
 LINE_TEXT = ("What a fine eye you have!", "Heard the one about the troll?", "This one has a story...",
              "Rarest piece in the land.", "The price is the price.", "Last one. Decide now!",
@@ -157,12 +152,12 @@ def companion_reward(reaction: str | None) -> float:
 
 def haggle_start(rng: np.random.Generator) -> tuple[int, int]:
     """(mood, item) at a visit's first line, drawn as ``HaggleEnv.reset`` draws them."""
-    item = int(rng.choice(len(ITEMS), p=sim_haggle.ITEM_PROBS))
-    return int(rng.choice(len(MOODS), p=sim_haggle.START_MOOD)), item
+    item = int(rng.choice(len(ITEMS), p=_haggle.ITEM_PROBS))
+    return int(rng.choice(len(MOODS), p=_haggle.START_MOOD)), item
 
 
 def haggle_response(line: int, answer: str | None) -> str | None:
-    """The customer's response (a ``sim.haggle.RESPONSES`` name) to `line` given the player's answer.
+    """The customer's response (a ``HAGGLE_RESPONSES`` name) to `line` given the player's answer.
 
     A mood line takes a feeling ("likes", "dislikes", "unmoved"), a closing line "buy"
     (sale) or "no" (refused); None (no answer in time) is unmoved / refused. Anything
@@ -192,7 +187,7 @@ def haggle_outcome(mood: int, line: int, response: str) -> tuple[str, float, int
 
 def haggle_price(line: int, item: int) -> int:
     """Gold the player pays when they take a closing `line` on `item`."""
-    return round(ITEM_PRICE[item] * HAGGLE_MARGIN[line] / HAGGLE_MARGIN[sim_haggle.CLOSE])
+    return round(ITEM_PRICE[item] * HAGGLE_MARGIN[line] / HAGGLE_MARGIN[_haggle.CLOSE])
 
 
 def line_text(line: int, item: int) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InvalidInputError
 from . import rules
 from .rules import COMPANION, DUELIST, EPISODE_LENGTH, HAGGLER, MERCHANT
 from .village import (
@@ -152,7 +153,7 @@ class World:
     def __init__(self, duelists: int = 5, merchants: int = 2, companions: int = 1, hagglers: int = 1, seed: int = 0):
         for kind, n in ((DUELIST, duelists), (MERCHANT, merchants), (COMPANION, companions), (HAGGLER, hagglers)):
             if not 0 <= n <= LIMITS[kind]:
-                raise ValueError(f"the demo supports 0..{LIMITS[kind]} {kind}s, got {n}")
+                raise InvalidInputError(f"the demo supports 0..{LIMITS[kind]} {kind}s, got {n}")
         self.rng = np.random.default_rng(seed)
         self.visits = np.random.default_rng([seed, 1])  # hagglers' customers: their own stream
         self.time = 0.0

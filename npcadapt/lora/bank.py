@@ -1,8 +1,9 @@
 """Stacked per-player adapters for one archetype: resident slots, LRU eviction, atomic swaps.
 
-All of a player's LoRA tensors are packed into one flat row of ``storage`` (S, P), so a
-batch gathers every layer's A and B with a single ``index_select``. Slot 0 is the zero
-adapter: rows of unknown players point at it and get the base policy exactly.
+All of a player's LoRA tensors are packed into one flat row of ``storage`` (S, P) (which
+slice is which layer's A and B: :mod:`npcadapt.lora.layout`), so a batch gathers every
+layer's A and B with a single ``index_select``. Slot 0 is the zero adapter: rows of
+unknown players point at it and get the base policy exactly.
 
 Residency is LRU at batch granularity: each lookup stamps the slots it used with a
 tick; eviction takes the stalest slot not used by the current batch, handing it to the
@@ -21,140 +22,17 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..config import ArchetypeSpec
 from ..errors import AdapterMismatchError, InvalidInputError
-from .functional import gathered_delta, init_lora, lora_delta
+from .layout import AdapterLayout
 
 log = logging.getLogger(__name__)
 
 ZERO_SLOT = 0
-
-
-@dataclass(frozen=True)
-class LayerSlice:
-    """Where one adapted layer's A (r, d_in) and B^T (r, d_out) sit inside a packed adapter row."""
-
-    name: str
-    d_in: int
-    d_out: int
-    rank: int
-    a_start: int
-    b_start: int
-
-    @property
-    def a_end(self) -> int:
-        return self.a_start + self.rank * self.d_in
-
-    @property
-    def b_end(self) -> int:
-        return self.b_start + self.d_out * self.rank
-
-
-@dataclass(frozen=True)
-class AdapterLayout:
-    """Packing of one archetype's adapter tensors into a flat vector of `size` numbers."""
-
-    layers: tuple[LayerSlice, ...]
-    size: int
-    rank: int
-    scale: float
-
-    @classmethod
-    def from_spec(cls, spec: ArchetypeSpec) -> "AdapterLayout":
-        shapes = spec.layer_shapes()
-        r, offset, layers = spec.lora.rank, 0, []
-        for name in spec.lora.targets:
-            d_in, d_out = shapes[name]
-            layers.append(LayerSlice(name, d_in, d_out, r, offset, offset + r * d_in))
-            offset += r * d_in + d_out * r
-        return cls(tuple(layers), offset, r, spec.lora.scale)
-
-    def tensor_shapes(self) -> dict[str, tuple[int, int]]:
-        """Tensor name -> shape, e.g. 'actor.0.lora_A' -> (r, d_in)."""
-        out = {}
-        for layer in self.layers:
-            out[f"{layer.name}.lora_A"] = (layer.rank, layer.d_in)
-            out[f"{layer.name}.lora_B"] = (layer.d_out, layer.rank)
-        return out
-
-    def unpack(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Flat (P,) -> named views {'<layer>.lora_A': (r, d_in), '<layer>.lora_B': (d_out, r)}.
-
-        B is kept transposed inside the row (r, d_out), so its view here is strided.
-        """
-        out = {}
-        for layer in self.layers:
-            out[f"{layer.name}.lora_A"] = flat[layer.a_start : layer.a_end].view(layer.rank, layer.d_in)
-            out[f"{layer.name}.lora_B"] = flat[layer.b_start : layer.b_end].view(layer.rank, layer.d_out).t()
-        return out
-
-    def pack(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Named tensors -> flat (P,); names and shapes must match exactly."""
-        expected = self.tensor_shapes()
-        if set(tensors) != set(expected):
-            raise AdapterMismatchError(
-                f"adapter tensors {sorted(tensors)} do not match the layout {sorted(expected)}"
-            )
-        flat = torch.empty(self.size, dtype=dtype)
-        for name, view in self.unpack(flat).items():
-            src = tensors[name]
-            if tuple(src.shape) != expected[name]:
-                raise AdapterMismatchError(f"adapter tensor {name} has shape {tuple(src.shape)}, expected {expected[name]}")
-            view.copy_(src)
-        return flat
-
-    def fresh(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """A new adapter (A random, B zero) packed as (P,)."""
-        parts = {}
-        for layer in self.layers:
-            a, b = init_lora(layer.d_in, layer.d_out, layer.rank, generator=generator)
-            parts[f"{layer.name}.lora_A"], parts[f"{layer.name}.lora_B"] = a, b
-        return self.pack(parts, dtype)
-
-    def scalable_mask(self) -> torch.Tensor:
-        """(P,) bool: the B entries. Scaling them by c scales every layer's delta by c."""
-        mask = torch.zeros(self.size, dtype=torch.bool)
-        for layer in self.layers:
-            mask[layer.b_start : layer.b_end] = True
-        return mask
-
-    def single_delta_fn(self, flat: torch.Tensor) -> "Callable[[str, torch.Tensor], torch.Tensor | None]":
-        """A policy `layer_delta` hook applying one adapter flat (P,) to every row (no gather)."""
-        views = self.unpack(flat)
-        names = {layer.name for layer in self.layers}
-
-        def delta(name: str, x: torch.Tensor) -> torch.Tensor | None:
-            if name not in names:
-                return None
-            return lora_delta(x, views[f"{name}.lora_A"], views[f"{name}.lora_B"], self.scale)
-
-        return delta
-
-    def delta_fn(self, rows: torch.Tensor) -> "Callable[[str, torch.Tensor], torch.Tensor | None]":
-        """A policy `layer_delta` hook where row i of the batch uses adapter rows[i] (N, P)."""
-        layers = {layer.name: layer for layer in self.layers}
-
-        def delta(name: str, x: torch.Tensor) -> torch.Tensor | None:
-            layer = layers.get(name)
-            if layer is None:
-                return None
-            a, bt = self.row_views(rows, layer)  # (N, r, d_in), (N, r, d_out)
-            return gathered_delta(x, a, bt, self.scale)
-
-        return delta
-
-    def row_views(self, rows: torch.Tensor, layer: LayerSlice) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gathered rows (N, P) -> strided views A (N, r, d_in) and B^T (N, r, d_out) of one layer."""
-        n = rows.shape[0]
-        a = rows[:, layer.a_start : layer.a_end].view(n, layer.rank, layer.d_in)
-        bt = rows[:, layer.b_start : layer.b_end].view(n, layer.rank, layer.d_out)
-        return a, bt
 
 
 # player -> (flat adapter (P,), meta) or None when the player has no stored adapter
@@ -196,10 +74,7 @@ class AdapterBank:
         self.layout = layout
         self.capacity = capacity
         self.dtype = dtype
-        self.storage = torch.zeros(capacity + 1, layout.size, dtype=dtype, device=device)  # (S, P)
-        # the same memory seen by numpy (CPU float32/float16), so the numpy forward reads rows without torch
-        numpy_readable = self.storage.device.type == "cpu" and dtype in (torch.float32, torch.float16)
-        self._storage_np = self.storage.numpy() if numpy_readable else None
+        self.storage = torch.zeros(capacity + 1, layout.size, dtype=dtype, device=device)  # (S, P), never replaced
         self.lock = threading.RLock()
         self._loader = loader
         self._writeback = writeback
@@ -374,13 +249,6 @@ class AdapterBank:
         index = torch.as_tensor(slots, dtype=torch.int64, device=self.storage.device)
         with self.lock:
             return self.storage.index_select(0, index)
-
-    def float32_rows(self, slots: np.ndarray) -> np.ndarray:
-        """A copy of the slots' adapter rows as float32 numpy (N, P), read without torch where
-        the bank is float32 or float16 on the CPU."""
-        if self._storage_np is None:
-            return self.gather(slots).float().cpu().numpy()
-        return self._storage_np[slots].astype(np.float32, copy=False)
 
     def content_id(self, slot: int) -> int:
         """A number unique to what the slot's row holds now: every write through the bank

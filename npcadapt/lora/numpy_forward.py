@@ -1,8 +1,8 @@
 """The engine's CPU forward pass: numpy arithmetic, torch's BLAS for big products.
 
-:class:`NumpyForward` computes what ``ActorCritic.forward`` with ``AdapterLayout.delta_fn``
-computes (float32, equal up to rounding) on cached float32 copies of the frozen base
-weights, for two measured reasons:
+:class:`NumpyForward` (a :class:`~npcadapt.lora.forward.Forward`) computes what
+:class:`~npcadapt.lora.forward.TorchForward` computes (float32, equal up to rounding) on
+float32 copies of the frozen base weights, for two measured reasons:
 
 * a handful of rows: torch's eager forward is dominated by per-op dispatch (tens of ops
   at several microseconds each); numpy needs a few calls at about one microsecond;
@@ -11,8 +11,8 @@ weights, for two measured reasons:
   go through torch (its thread setting), because numpy's BLAS starts threads of its own
   at that size, which fight the server's on a small machine.
 
-Turning logits into decisions is :mod:`npcadapt.sampling`'s job. This module knows
-nothing of players or banks; the engine decides when it runs.
+Adapter rows are read from the bank's memory as numpy (float32 and float16 banks on the
+CPU: no torch call). Turning logits into decisions is :mod:`npcadapt.sampling`'s job.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from ..policy import ActorCritic
-from .bank import AdapterLayout, LayerSlice
+from .bank import AdapterBank
+from .forward import batch_rows
 from .functional import delta_weight
+from .layout import AdapterLayout, LayerSlice
 
 NUMPY_MACS = 2**18  # multiply-adds of the widest product up to which numpy's matmul is used
 MERGED_BYTES = 16 * 2**20  # per archetype: base weights with one adapter merged in, for repeat callers
@@ -43,38 +45,57 @@ def torch_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class NumpyForward:
-    """numpy copy of one frozen :class:`ActorCritic`; rebuilt when its parameters change.
+    """numpy copy of one frozen :class:`ActorCritic` over its adapter bank.
 
     Actor and critic run side by side: layer 0 as one product with both heads' weights
     concatenated, deeper layers as one stacked product over the two heads (the last
     layer's outputs padded to the wider head), so a forward is a handful of calls.
+
+    The base weights are copied once: a loaded base is frozen (``requires_grad`` off, and
+    nothing in the engine writes it). Whoever changes it in place calls :meth:`refresh`.
     """
 
-    def __init__(self, policy: ActorCritic, layout: AdapterLayout):
+    name = "numpy"
+
+    def __init__(self, policy: ActorCritic, layout: AdapterLayout, bank: AdapterBank, *,
+                 numpy_rows: int | None = None, merged_capacity: int | None = None):
+        """`numpy_rows`: batches up to this size use numpy's matmul, larger ones torch's
+        (default: up to ``NUMPY_MACS`` multiply-adds in the widest product);
+        `merged_capacity`: merged copies kept (default: ``MERGED_BYTES`` worth)."""
         self.policy = policy
         self.layout = layout
+        self.bank = bank
         self.n_actions = policy.actor[-1].out_features
         self._scale = np.float32(layout.scale)
         self._half = policy.actor[0].out_features  # where the critic's columns start in layer 0
         self._act = _ACTIVATIONS[policy.activation]
-        self._params = list(policy.parameters())
         widest = max(lin.in_features * lin.out_features for lin in policy.named_linears().values())
-        self.numpy_rows = NUMPY_MACS // widest  # batches up to this size use numpy's matmul
+        self.numpy_rows = NUMPY_MACS // widest if numpy_rows is None else numpy_rows
+        # the bank's memory seen by numpy (CPU float32/float16): rows are read without torch
+        storage = bank.storage
+        numpy_readable = storage.device.type == "cpu" and storage.dtype in (torch.float32, torch.float16)
+        self._storage = storage.numpy() if numpy_readable else None
         # layer index -> [(head index, slice)] of the adapted layers
         self._targets: dict[int, list[tuple[int, LayerSlice]]] = {}
         for layer in layout.layers:
             head, index = layer.name.split(".")
             self._targets.setdefault(int(index), []).append((("actor", "critic").index(head), layer))
         self._weights: list[tuple[np.ndarray, np.ndarray]] = []
-        self._stamp: list[int] = []
         self._merged: OrderedDict[int, list[tuple[np.ndarray, np.ndarray]]] = OrderedDict()  # adapter key -> weights
         self._seen: OrderedDict[int, None] = OrderedDict()  # adapter keys asked for once
         self.refresh()
         size = sum(self._weights[k][0].nbytes for k in self._targets)  # what a merged copy adds
-        self.merged_capacity = max(1, MERGED_BYTES // max(size, 1))
+        self.merged_capacity = max(1, MERGED_BYTES // max(size, 1)) if merged_capacity is None else merged_capacity
+
+    @property
+    def merged_keys(self) -> tuple[int, ...]:
+        """The content ids (``AdapterBank.content_id``) of the adapters held merged, least
+        recently used first."""
+        return tuple(self._merged)
 
     def refresh(self) -> None:
-        """Copy the weights as float32 numpy: layer 0 W^T (D, 2 h0), deeper (2, d_in, d_out)."""
+        """Copy the weights as float32 numpy: layer 0 W^T (D, 2 h0), deeper (2, d_in, d_out);
+        merged copies are dropped."""
         def arrays(linear: torch.nn.Linear) -> tuple[np.ndarray, np.ndarray]:
             w_t = linear.weight.detach().float().cpu().numpy().T  # (d_in, d_out)
             return w_t, linear.bias.detach().float().cpu().numpy()  # (d_out,)
@@ -92,11 +113,20 @@ class NumpyForward:
             b[0, 0, : ba.shape[0]], b[1, 0, : bc.shape[0]] = ba, bc
             weights.append((w, b))
         self._weights = weights
-        self._stamp = [p._version for p in self._params]
         self._merged.clear()
         self._seen.clear()
 
-    def __call__(self, obs: np.ndarray, rows: np.ndarray | None, key: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read_rows(self, slots: np.ndarray) -> np.ndarray:
+        """A copy of the slots' packed adapter rows as float32 numpy (N, P)."""
+        if self._storage is None:
+            return self.bank.gather(slots).float().cpu().numpy()
+        return self._storage[slots].astype(np.float32, copy=False)
+
+    def logits(self, obs: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows, shared = batch_rows(slots, self.read_rows)
+        return self.compute(obs, rows, self.bank.content_id(shared) if shared else None)
+
+    def compute(self, obs: np.ndarray, rows: np.ndarray | None, key: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """obs (N, D) float32; rows None (base), (N, P) packed adapters, or (1, P) one adapter
         for every row -> logits (N, A), value (N,).
 
@@ -105,8 +135,6 @@ class NumpyForward:
         base weights (kept for later calls, least recently used dropped past `merged_capacity`),
         so the forward costs what the base's does.
         """
-        if [p._version for p in self._params] != self._stamp:  # in-place changes bump versions
-            self.refresh()
         weights = self._weights
         if key is not None:
             merged = self._merged_weights(key, rows)
@@ -153,8 +181,7 @@ class NumpyForward:
         for k, targets in self._targets.items():
             w = merged[k][0].copy()
             for head, layer in targets:
-                a = rows[0, layer.a_start : layer.a_end].reshape(layer.rank, layer.d_in)  # (r, d_in)
-                bt = rows[0, layer.b_start : layer.b_end].reshape(layer.rank, layer.d_out)  # (r, d_out)
+                a, bt = self.layout.layer_views(rows[0], layer)  # (r, d_in), (r, d_out)
                 delta = delta_weight(a, bt.T, self._scale).T  # (d_in, d_out): our weights are stored W^T
                 if k == 0:
                     w[:, head * half : head * half + layer.d_out] += delta
@@ -170,11 +197,11 @@ class NumpyForward:
         """scale * (x_i A_i^T) B_i^T for every row i: x (N, d_in) -> (N, d_out)."""
         m = rows.shape[0]
         if m == 1:  # one adapter for every row: two plain products (BLAS reads A^T as it lies)
-            xa = mm(x, rows[0, layer.a_start : layer.a_end].reshape(layer.rank, layer.d_in).T)  # (N, r)
+            a, bt = self.layout.layer_views(rows[0], layer)  # (r, d_in), (r, d_out)
+            xa = mm(x, a.T)  # (N, r)
             xa *= self._scale
-            return mm(xa, rows[0, layer.b_start : layer.b_end].reshape(layer.rank, layer.d_out))  # (N, d_out)
-        a = rows[:, layer.a_start : layer.a_end].reshape(m, layer.rank, layer.d_in)  # (M, r, d_in)
-        bt = rows[:, layer.b_start : layer.b_end].reshape(m, layer.rank, layer.d_out)  # (M, r, d_out)
+            return mm(xa, bt)  # (N, d_out)
+        a, bt = self.layout.layer_views(rows, layer)  # (M, r, d_in), (M, r, d_out)
         xa = mm(a, np.ascontiguousarray(x)[:, :, None])  # (N, r, 1)
         xa *= self._scale
         return mm(xa.transpose(0, 2, 1), bt)[:, 0, :]  # (N, d_out)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..archetypes import Archetype, fresh_policy, load_archetype, save_base
 from ..config import ArchetypeSpec
+from ..envs import make as make_gym_env
 from ..errors import ArchetypeError, InvalidInputError
 from ..fileio import write_atomic
 from ..policy import ActorCritic
@@ -122,7 +123,7 @@ class BaseTrainResult:
 
 
 def make_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
-    """One env from a gymnasium id or "module:Class"; "npcadapt/..." ids import `sim` first."""
+    """One env from a gymnasium id (:func:`npcadapt.envs.make`) or "module:Class"."""
     env_kwargs = dict(env_kwargs or {})
     if ":" in env_id:
         module_name, _, class_name = env_id.partition(":")
@@ -134,13 +135,12 @@ def make_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
             return env_cls(**env_kwargs)
         except TypeError as exc:
             raise InvalidInputError(f"env '{env_id}' rejected env_kwargs {env_kwargs}: {exc}") from None
-    if env_id.startswith("npcadapt/"):
-        try:
-            import sim  # noqa: F401  (registers the npcadapt/* envs)
-        except ImportError as exc:
-            log.warning("cannot import sim to register %s: %s", env_id, exc)
+        except ValueError as exc:  # a value the env cannot take (a sim env: an unknown persona, ...)
+            if isinstance(exc, InvalidInputError):
+                raise
+            raise InvalidInputError(str(exc)) from exc
     try:
-        return gym.make(env_id, **env_kwargs)
+        return make_gym_env(env_id, **env_kwargs)
     except gym.error.Error as exc:
         raise ArchetypeError(f"env '{env_id}': {exc}") from None
     except TypeError as exc:

@@ -22,10 +22,11 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..engine import derived_seed
+from ..engine import Engine
 from ..episodes import Episode
 from ..fileio import write_atomic
-from ..service import Service
+from ..policy import masked_kl_rows
+from ..sampling import derived_seed
 from .online import OnlineConfig, OnlineTrainer, PlayerUpdate
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def _policy_logp(trainer: OnlineTrainer, params: torch.Tensor | None, obs, masks
     """Masked log-probabilities (T, A) under `params` (None = the base)."""
     rows = None if params is None else params.unsqueeze(0).expand(len(obs), -1)
     with torch.no_grad():
-        return trainer._log_probs(obs, masks, rows)
+        return trainer.log_probs(obs, masks, rows)
 
 
 def evaluate(trainer: OnlineTrainer, params: torch.Tensor, episodes: Sequence[Episode], gamma: float) -> dict:
@@ -97,7 +98,7 @@ def evaluate(trainer: OnlineTrainer, params: torch.Tensor, episodes: Sequence[Ep
     return {
         "estimate_base": round(pdwis(episodes, taken(base), gamma), 4),
         "estimate_fitted": round(pdwis(episodes, taken(fitted), gamma), 4),
-        "kl_to_base": round(float(trainer._kl_rows(fitted, base, masks).mean()), 4),
+        "kl_to_base": round(float(masked_kl_rows(fitted, base, masks).mean()), 4),
     }
 
 
@@ -131,7 +132,7 @@ Executor = Callable[[list[tuple[dict[str, torch.Tensor], dict[str, list[Episode]
 
 
 def fit_adapters(
-    service: Service,
+    engine: Engine,
     archetype: str,
     episodes: dict[str, list[Episode]],
     config: OfflineConfig,
@@ -140,14 +141,14 @@ def fit_adapters(
     on_players: Callable[[int], None] | None = None,
     executor: Executor | None = None,
 ) -> list[dict]:
-    """Fit each player's adapter from their episodes; returns one report row per player.
+    """Fit each player's adapter in `engine` (e.g. ``service.engine``) from their episodes;
+    returns one report row per player.
 
     Batches run through `executor` (default: in this process, one after another; see
     :mod:`npcadapt.training.ray_backend` for Ray). With `state_file`, finished players are
     recorded after each batch (adapters flushed first), and a rerun with the same config
     skips them: the fit resumes after an interruption with the same adapters.
     """
-    engine = service.engine
     rt = engine.runtime(archetype)
     trainer = OnlineTrainer(rt.policy, rt.layout, config.online())
     state = _load_state(state_file, config)
@@ -171,7 +172,7 @@ def fit_adapters(
     return [done_rows[p] for p in sorted(done_rows) if p in episodes]
 
 
-def _start_params(engine, archetype: str, player: str, seed: int) -> torch.Tensor:
+def _start_params(engine: Engine, archetype: str, player: str, seed: int) -> torch.Tensor:
     """The player's current adapter (to refine), else a fresh one seeded by (seed, player)."""
     current = engine.adapter_row(archetype, player)
     if current is not None:

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..episodes import Episode
-from ..policy import ActorCritic, LayerDelta, masked_log_probs
+from ..errors import InvalidInputError
+from ..policy import ActorCritic, LayerDelta, masked_kl_rows, masked_log_probs
 from .gate import Evidence, held_out_evidence
 
 log = logging.getLogger(__name__)
@@ -80,18 +81,28 @@ class OnlineConfig:
     prior_change_nats: float = 9.0  # an episode the history predicts this much worse than the population: new style
 
     def __post_init__(self) -> None:
-        if self.episodes_per_update < 1 or self.epochs < 1:
-            raise ValueError("episodes_per_update and epochs must be >= 1")
-        if not (self.learning_rate > 0 and self.clip_coef > 0 and 0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
-            raise ValueError(f"invalid online training settings: {self}")
-        if self.ent_coef < 0 or self.ent_decay_episodes < 0 or not 0 < self.gate_decay <= 1:
-            raise ValueError("ent_coef and ent_decay_episodes must be >= 0 and gate_decay in (0, 1]")
-        if not (0 < self.prior_decay <= 1 and self.prior_trust_nats > self.prior_trust_open and self.prior_evidence_cap > 0
-                and self.prior_change_nats > 0 and 0 < self.prior_new_cohort < 1):
-            raise ValueError(f"prior_decay must be in (0, 1], prior_new_cohort in (0, 1), prior_trust_nats > "
-                             f"prior_trust_open, prior_evidence_cap and prior_change_nats > 0: {self}")
-        if self.gate_t_full <= self.gate_t_open:
-            raise ValueError(f"gate_t_full ({self.gate_t_full}) must exceed gate_t_open ({self.gate_t_open})")
+        """InvalidInputError naming the first invalid field, e.g. "OnlineConfig.learning_rate must be > 0, got -1"."""
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise InvalidInputError(f"OnlineConfig.{name} must be {what}, got {getattr(self, name)!r}")
+
+        need(self.episodes_per_update >= 1, "episodes_per_update", ">= 1")
+        need(self.epochs >= 1, "epochs", ">= 1")
+        need(self.learning_rate > 0, "learning_rate", "> 0")
+        need(self.clip_coef > 0, "clip_coef", "> 0")
+        need(0 <= self.gamma <= 1, "gamma", "in [0, 1]")
+        need(0 <= self.gae_lambda <= 1, "gae_lambda", "in [0, 1]")
+        need(self.ent_coef >= 0, "ent_coef", ">= 0")
+        need(self.ent_decay_episodes >= 0, "ent_decay_episodes", ">= 0")
+        need(0 < self.gate_decay <= 1, "gate_decay", "in (0, 1]")
+        need(0 < self.prior_decay <= 1, "prior_decay", "in (0, 1]")
+        need(self.prior_trust_nats > self.prior_trust_open, "prior_trust_nats",
+             f"> prior_trust_open ({self.prior_trust_open!r})")
+        need(self.prior_evidence_cap > 0, "prior_evidence_cap", "> 0")
+        need(self.prior_change_nats > 0, "prior_change_nats", "> 0")
+        need(0 < self.prior_new_cohort < 1, "prior_new_cohort", "in (0, 1)")
+        need(self.gate_t_full > self.gate_t_open, "gate_t_full", f"> gate_t_open ({self.gate_t_open!r})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -105,7 +116,7 @@ class OnlineConfig:
             key, sep, text = item.partition("=")
             key = key.strip().replace("-", "_")
             if not sep or key not in known:
-                raise ValueError(f"online setting {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
+                raise InvalidInputError(f"online setting {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
             kind = known[key]
             try:
                 if kind is bool:
@@ -117,7 +128,7 @@ class OnlineConfig:
                 else:
                     changes[key] = kind(text.strip())
             except ValueError as exc:
-                raise ValueError(f"online setting {item!r}: {exc}") from None
+                raise InvalidInputError(f"online setting {item!r}: {exc}") from None
         return replace(self, **changes)
 
 
@@ -286,7 +297,7 @@ class OnlineTrainer:
         start = self._start(items, device)
         gated = self.config.validation_gate
         with torch.no_grad():
-            base_logp = self._log_probs(batch.obs, batch.masks, None)  # (T, A)
+            base_logp = self.log_probs(batch.obs, batch.masks, None)  # (T, A)
             ref = self._reference(batch, start.params)
             # scored before training on these episodes, while they are still held out
             evidence = held_out_evidence(self.config, self._scalable, start.states, start.params, start.served,
@@ -325,7 +336,7 @@ class OnlineTrainer:
         start (K, P), with importance weights (truncated) for the served adapter that actually played."""
         if not self.config.validation_gate:
             return Reference(batch.old_logp, torch.ones_like(batch.old_logp))
-        logp = self._log_probs(batch.obs, batch.masks, start.index_select(0, batch.owner))
+        logp = self.log_probs(batch.obs, batch.masks, start.index_select(0, batch.owner))
         taken = logp.gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # (T,)
         return Reference(taken, torch.exp(taken - batch.old_logp).clamp(max=self.config.gate_is_clip))
 
@@ -345,7 +356,7 @@ class OnlineTrainer:
         importance-weighted PPO-clip objective, minus the entropy bonus, plus the optional
         KL-to-base penalty. Each step reads only its owner's row."""
         cfg = self.config
-        logp_all = self._log_probs(batch.obs, batch.masks, params.index_select(0, batch.owner))  # (T, A)
+        logp_all = self.log_probs(batch.obs, batch.masks, params.index_select(0, batch.owner))  # (T, A)
         logp = logp_all.gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # (T,)
         ratio = torch.exp(logp - ref.logp)
         adv = batch.adv
@@ -355,7 +366,7 @@ class OnlineTrainer:
             entropy = -torch.where(batch.masks, finite.exp() * finite, torch.zeros_like(finite)).sum(-1)  # (T,)
             row_loss = row_loss - ent_coef.index_select(0, batch.owner) * entropy
         if cfg.kl_coef:
-            row_loss = row_loss + cfg.kl_coef * self._kl_rows(logp_all, base_logp, batch.masks)
+            row_loss = row_loss + cfg.kl_coef * masked_kl_rows(logp_all, base_logp, batch.masks)
         return self._per_player_mean(row_loss, batch.owner, batch.counts)
 
     def _step(self, params: torch.Tensor, loss: torch.Tensor, adam: Adam, lr: torch.Tensor,
@@ -427,18 +438,12 @@ class OnlineTrainer:
                 log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
         return out
 
-    def _log_probs(self, obs, masks, rows: torch.Tensor | None) -> torch.Tensor:
-        """Masked log-probabilities (T, A); rows (T, P) or None for the base."""
+    def log_probs(self, obs: torch.Tensor, masks: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """Masked log-probabilities (T, A) of the policy on obs (T, D) under masks (T, A) bool:
+        each row adapted by its own parameter row of rows (T, P), or the base where rows is None.
+        Differentiable in rows; masked actions get -inf."""
         logits = self.policy.logits(obs, None if rows is None else self.family.delta_fn(rows))
         return masked_log_probs(logits, masks)
-
-    @staticmethod
-    def _kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """KL(p || base) per row (T,), masked actions contribute 0 (and no NaN gradient)."""
-        logp, base_logp = logp.masked_fill(~masks, 0.0), base_logp.masked_fill(~masks, 0.0)
-        terms = torch.where(masks, logp.exp() * (logp - base_logp), torch.zeros_like(logp))
-        return terms.sum(-1)
-
 
     def _per_player_mean(self, values: torch.Tensor, owner: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """Mean of row values (T,) per player (K,)."""
@@ -451,8 +456,8 @@ class OnlineTrainer:
 
     def kl_to_base(self, params: torch.Tensor, obs, masks, owner, counts, base_logp) -> torch.Tensor:
         """Mean KL(adapted || base) per player (K,) over their observations."""
-        logp = self._log_probs(obs, masks, params.index_select(0, owner))
-        return self._per_player_mean(self._kl_rows(logp, base_logp, masks), owner, counts)
+        logp = self.log_probs(obs, masks, params.index_select(0, owner))
+        return self._per_player_mean(masked_kl_rows(logp, base_logp, masks), owner, counts)
 
     def _bound_kl(self, params, obs, masks, owner, counts, base_logp, iters: int = 12):
         """KL guard: rows (K, P) whose mean KL to the base exceeds kl_bound get their delta scaled

@@ -14,8 +14,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
-from ..engine import fresh_row
 from ..lora.bank import AdapterLayout
+from ..lora.layout import fresh_row
 from ..policy import ActorCritic
 from ..prior.library import Library
 from ..prior.trainer import PosteriorState, PriorTrainer

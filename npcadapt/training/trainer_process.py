@@ -35,7 +35,7 @@ import torch
 
 from ..archetypes import Archetype
 from ..episodes import Episode
-from ..errors import NpcAdaptError
+from ..errors import NpcAdaptError, TrainerProcessError, TrainerRefusedError
 from .online import OnlineConfig, PlayerUpdate, UpdateOutcome
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,6 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE = 1 << 30  # bytes of one message on the channel
 MAX_QUEUED_FORGETS = 10_000  # then forget waits for the child rather than queue more
 _CAN_SELECT = sys.platform != "win32"  # select() on pipes (for the reply timeout) is POSIX only
-
-
-class TrainerProcessError(NpcAdaptError):
-    """The trainer process failed, refused its set-up or died."""
-
-
-class TrainerRefusedError(TrainerProcessError):
-    """The trainer process answered a request with an error (the channel is still in step)."""
 
 
 # -- message codec --------------------------------------------------------------------------
@@ -141,6 +133,7 @@ class TrainerProcess:
         self._proc: subprocess.Popen | None = None
         self._ready = False
         self._setup_error: TrainerRefusedError | None = None
+        self._exit_code: int | None = None
         self.restarts = 0  # children started after the first (one died or hung)
         self._start()
 
@@ -179,7 +172,8 @@ class TrainerProcess:
         code = self._stop_child(timeout=1.0)
         return TrainerProcessError(f"online trainer process exited (code {code}): {how}; see its messages above")
 
-    def _alive(self) -> None:
+    def _ensure_ready(self) -> None:
+        """A live, set-up child (starting a new one if it died); raises its set-up refusal."""
         if self._setup_error is not None:
             raise self._setup_error
         if self._proc is None or self._proc.poll() is not None:
@@ -198,6 +192,29 @@ class TrainerProcess:
             self._ready = True
 
     @property
+    def pid(self) -> int | None:
+        """The process id of the current child; None while none is held (stopped, or refused its set-up)."""
+        proc = self._proc
+        return None if proc is None else proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """Whether a child is held and still running (set up or not)."""
+        proc = self._proc
+        return proc is not None and proc.poll() is None
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status of the last child stopped (negative: killed by that signal); None before any stopped."""
+        return self._exit_code
+
+    @property
+    def setup_error(self) -> TrainerRefusedError | None:
+        """The child's refusal of its set-up (an archetype changed on disk), which every later update
+        raises; None unless it refused."""
+        return self._setup_error
+
+    @property
     def ready(self) -> bool:
         """Whether a live child has answered its set-up (it imports torch and loads every archetype)."""
         proc = self._proc
@@ -214,12 +231,12 @@ class TrainerProcess:
                 proc = self._proc
                 if (self._ready or proc is None or not _CAN_SELECT
                         or select.select([proc.stdout.fileno()], [], [], 0.1)[0]):
-                    self._alive()
+                    self._ensure_ready()
         return True
 
     def update(self, archetype: str, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         with self._lock:
-            self._alive()
+            self._ensure_ready()
             try:
                 self._send_forgets()
                 self._send({"op": "update", "archetype": archetype, "items": encode_items(items)})
@@ -270,10 +287,11 @@ class TrainerProcess:
             except OSError:
                 pass
         try:
-            return proc.wait(timeout)
+            self._exit_code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            return proc.wait()
+            self._exit_code = proc.wait()
+        return self._exit_code
 
 
 # -- child side -------------------------------------------------------------------------------

@@ -17,11 +17,10 @@ last layer's weights (a rank <= A LoRA delta on actor.2): the form a served adap
 """
 import sys, time
 import numpy as np
-import gymnasium as gym
-import sim  # noqa: F401  (registers the envs)
 from npcadapt.archetypes import find_archetypes, BUILTIN_DIR, archetype_for_env
 from npcadapt.bench.baselines import NeuralLinearHost, ThompsonSettings, _ThompsonHost
-from sim.loop import run_simulation
+from npcadapt.envs import make as make_env
+from npcadapt.simulation import run_simulation
 
 import argparse
 
@@ -33,7 +32,7 @@ parser.add_argument("--no-bias", action="store_true")
 args = parser.parse_args()
 env_id, K, BETA = args.env_id, args.k, args.beta
 archs = find_archetypes([BUILTIN_DIR]); arch = archetype_for_env(env_id, archs); policy = archs[arch].policy
-env = gym.make(env_id).unwrapped
+env = make_env(env_id).unwrapped
 settings = ThompsonSettings(prior_scale=0.05, weight_precision=10.0, noise_std=0.5)
 seq = getattr(env, "SEQUENTIAL", False)
 gamma = 0.9 if seq else 0.0

@@ -2,7 +2,7 @@
 
 Each player gets a dense delta on every actor weight and bias (a full copy of the actor,
 stored as base + delta), trained by the very same :class:`OnlineTrainer`. Only the
-adaptation benchmark uses it; serving stays LoRA.
+adaptation benchmark (bench/adapt.py) uses it; serving stays LoRA.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..engine import sample_actions
 from ..episodes import EpisodeTracker
 from ..policy import ActorCritic, LayerDelta, masked_log_probs
-from .online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
+from ..training.online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
 
 
 @dataclass(frozen=True)
@@ -136,3 +135,21 @@ class FullFinetuneHost:
 @dataclass(frozen=True)
 class _Actions:
     action: np.ndarray
+
+
+def sample_actions(
+    logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Masked categorical draw in torch: logits (N, A) -> action, logp, entropy, each (N,).
+
+    Masked actions get probability exactly 0 and are never drawn; rows with greedy True
+    take the argmax instead. (The engine draws with :mod:`npcadapt.sampling` instead.)
+    """
+    logp_all = masked_log_probs(logits, mask)  # (N, A)
+    probs = logp_all.exp()
+    entropy = -torch.where(probs > 0, probs * logp_all, torch.zeros_like(probs)).sum(-1)
+    action = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
+    if greedy is not None:
+        action = torch.where(greedy, logp_all.argmax(-1), action)
+    logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
+    return action, logp, entropy

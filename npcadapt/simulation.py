@@ -1,5 +1,10 @@
 """The simulation loop: many simulated players at once through the npcadapt API.
 
+The envs come from :mod:`npcadapt.envs` (``gymnasium.make``); everything the loop knows
+about players (the named, held-out and switching personas, the controls "average" and
+"noise", the traits shared across envs) and the exact oracles it measures with are the
+env's public attributes and methods on ``env.unwrapped``.
+
 Each player is a persona in its own env instance. Every step, all active players' NPC
 observations go to the host in one ``act_batch``; envs step; rewards and episode ends go
 back as ``feedback_batch``; the host's online trainer updates adapters of players with
@@ -23,9 +28,9 @@ from typing import Any, Callable
 import gymnasium as gym
 import numpy as np
 
-import sim  # noqa: F401  (registers the envs)
-from npcadapt.policy import kl_rows
-from sim.personas import AVERAGE, NOISE
+from .envs import game
+from .envs import make as make_env
+from .policy import kl_rows
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,8 @@ SWITCH_MARK = ">"
 
 def persona_names(env: gym.Env) -> tuple[str, ...]:
     """The env's named personas, then 'average' and 'noise'."""
-    return (*env.unwrapped.PERSONAS, AVERAGE, NOISE)
+    base = env.unwrapped
+    return (*base.PERSONAS, base.AVERAGE, base.NOISE)
 
 
 def assign_personas(env: gym.Env, players: int, counts: dict[str, int] | None = None) -> list[tuple[str, str]]:
@@ -91,7 +97,7 @@ def make_tracks(env: gym.Env, players: int, episodes: int, *, counts: dict[str, 
     `heldout_players` per held-out persona and `switch_players` per switch pair of the env
     (switching at `switch_at`, default half way)."""
     base = env.unwrapped
-    tracks = [PlayerTrack(p, persona, "control" if persona in (AVERAGE, NOISE) else "named")
+    tracks = [PlayerTrack(p, persona, "control" if persona in (base.AVERAGE, base.NOISE) else "named")
               for p, persona in assign_personas(env, players, counts)]
     tracks += [PlayerTrack(f"{name}-{j}", name, "heldout")
                for name in base.HELDOUT_PERSONAS for j in range(heldout_players)]
@@ -99,6 +105,19 @@ def make_tracks(env: gym.Env, players: int, episodes: int, *, counts: dict[str, 
     tracks += [PlayerTrack(f"{a}{SWITCH_MARK}{b}-{j}", a, "switch", b, at)
                for a, b in base.SWITCHES for j in range(switch_players)]
     return tracks
+
+
+def trait_players(env_id: str, per_trait: int, prefix: str = "player") -> dict[str, str]:
+    """{track name: player id} for `per_trait` players per latent trait of the env
+    (``env.unwrapped.TRAITS``: trait -> the named persona it plays there): the same ids in
+    every env, so one person meets every archetype as the same player (``player_ids``)."""
+    traits = game(env_id).TRAITS
+    return {f"{persona}-{j}": f"{prefix}-{trait}-{j}" for trait, persona in traits.items() for j in range(per_trait)}
+
+
+def trait_counts(env_id: str, per_trait: int) -> dict[str, int]:
+    """``persona_counts`` for :func:`run_simulation`: `per_trait` players of each trait's persona."""
+    return {persona: per_trait for persona in game(env_id).TRAITS.values()}
 
 
 class Evaluator:
@@ -155,13 +174,13 @@ def run_simulation(
     (`persona_counts` overrides a persona's count), plus `heldout_players` per held-out
     persona and `switch_players` per switch pair (see :func:`make_tracks`). The host sees
     each player as their track name ("brawler-0"), or as ``player_ids[name]`` where given
-    (so the same person can play several envs, see :mod:`sim.traits`).
+    (so the same person can play several envs, see :func:`trait_players`).
     """
     start = time.perf_counter()
-    probe = gym.make(env_id)
+    probe = make_env(env_id)
     tracks = make_tracks(probe, players, episodes, counts=persona_counts, heldout_players=heldout_players,
                          switch_players=switch_players, switch_at=switch_at)
-    envs = [gym.make(env_id, persona=t.persona) for t in tracks]
+    envs = [make_env(env_id, persona=t.persona) for t in tracks]
     evaluator = Evaluator(probe)
     every_persona = list(dict.fromkeys(p for t in tracks for p in (t.persona, t.switch_to) if p))
     base_returns = evaluator.base_returns(host, archetype, every_persona)
