@@ -1,3 +1,4 @@
-"""Population priors for new players (issue 14, in progress): conjugate Bayesian reward
-models on the base's last hidden features, mixed over cohorts, and their exact
-expression as a LoRA delta of the last layer. Not yet wired into serving."""
+"""Population priors for new players: conjugate Bayesian reward models on the base's last
+hidden features (`bayes`), cohorts learned from recordings (`library`), their exact
+expression as a last-layer LoRA delta (`head`), and the online trainer that serves each
+player's posterior (`trainer`). docs/adaptation.md explains the method."""
