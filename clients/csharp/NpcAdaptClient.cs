@@ -103,6 +103,15 @@ namespace NpcAdapt
             Length += count;
         }
 
+        /// <summary>
+        /// Empty and grown past max(4 x capacity, 1 MiB) (one huge message): back to `capacity`
+        /// bytes, so that the memory goes back.
+        /// </summary>
+        public void ShrinkIfEmpty(int capacity)
+        {
+            if (Length == 0 && Data.Length > Math.Max(4 * capacity, 1 << 20)) Data = new byte[capacity];
+        }
+
         /// <summary>Removes the first `count` bytes.</summary>
         public void Consume(int count)
         {
@@ -1010,6 +1019,7 @@ namespace NpcAdapt
             public Action<Reply> Callback;
             public long Deadline; // Stopwatch ticks; 0 = none
             public bool Internal; // the automatic auth of a new connection
+            public string AuthToken; // an explicit Auth(): kept for reconnects once accepted
         }
 
         private struct Completion
@@ -1201,13 +1211,15 @@ namespace NpcAdapt
         }
 
         /// <summary>
-        /// Authenticates this connection (value: true). The token is kept and sent first on
-        /// every later connection; requests made after this one wait until it is answered.
+        /// Authenticates this connection (value: true). Once the server accepts it, the token is
+        /// kept and sent first on every later connection; requests made after this one wait
+        /// until it is answered.
         /// </summary>
         public int Auth(string token, Action<Reply> onReply = null)
         {
             int id = Submit("auth", new object[] { token }, onReply, true, null, null, null, null, null, false);
-            _token = token; // after: this connection gets this auth, not an automatic one too
+            Pending p;
+            if (_pending.TryGetValue(id, out p)) p.AuthToken = token;
             return id;
         }
 
@@ -1486,6 +1498,7 @@ namespace NpcAdapt
             p.Method = method;
             p.Callback = callback;
             p.Internal = isInternal;
+            p.AuthToken = null;
             p.Deadline = RequestTimeoutSeconds > 0 ? Now() + Ticks(RequestTimeoutSeconds) : 0;
             return p;
         }
@@ -1495,6 +1508,8 @@ namespace NpcAdapt
             reply.Id = p.Id;
             reply.Method = p.Method;
             if (_holding && p.Id == _holdId) _holding = false;
+            if (p.AuthToken != null && reply.Ok) _token = p.AuthToken;
+            p.AuthToken = null;
             if (!p.Internal)
             {
                 if (p.Callback != null) _callbacks.Enqueue(new Completion { Callback = p.Callback, Reply = reply });
@@ -1599,6 +1614,8 @@ namespace NpcAdapt
                 _tmp.Append(_out.Data, 0, _out.Length);
                 _out.Clear();
                 _out.Append(_tmp.Data, 0, _tmp.Length);
+                _tmp.Clear();
+                _tmp.ShrinkIfEmpty(256);
                 _pending[id] = NewPending(id, "auth", null, true);
                 if (_holding)
                 {
@@ -1707,8 +1724,8 @@ namespace NpcAdapt
                 ConnectFailed(e.Message);
                 return;
             }
-            _state = ConnectionState.Connected;
-            _backoff = MinReconnectDelaySeconds;
+            _state = ConnectionState.Connected; // the backoff is reset by the first reply, not here:
+            // a server that accepts and closes at once (at its connection limit) is not hammered
         }
 
         private void ConnectFailed(string why)
@@ -1737,6 +1754,7 @@ namespace NpcAdapt
             {
                 _out.Consume(sent);
                 if (_holding) _holdLimit -= sent;
+                _out.ShrinkIfEmpty(4096);
             }
         }
 
@@ -1789,6 +1807,7 @@ namespace NpcAdapt
                 HandleMessage(message);
             }
             _in.Consume(offset);
+            _in.ShrinkIfEmpty(65536);
         }
 
         private void HandleMessage(object message)
@@ -1796,6 +1815,7 @@ namespace NpcAdapt
             uint msgid;
             Reply reply;
             if (!TryParseResponse(message, out msgid, out reply)) return; // the bridge sends nothing else
+            _backoff = MinReconnectDelaySeconds; // the connection works
             if (msgid > int.MaxValue) return;
             Pending p;
             if (!_pending.TryGetValue((int)msgid, out p)) return; // timed out earlier
@@ -1817,6 +1837,8 @@ namespace NpcAdapt
             _state = ConnectionState.Disconnected;
             _out.Clear();
             _in.Clear();
+            _out.ShrinkIfEmpty(4096);
+            _in.ShrinkIfEmpty(65536);
             _holding = false;
             LastConnectionError = reason;
             _nextAttempt = Now() + Ticks(_backoff);

@@ -13,7 +13,8 @@
 //
 // A dropped connection completes every pending request with Error{-1, "connection lost: ..."};
 // the next call or poll() reconnects (at once after a working link drops, then backing off from
-// 50 ms doubling up to 500 ms while connecting fails) and sends the token again first.
+// 50 ms doubling up to 500 ms while connecting or the name lookup fails) and sends the token
+// again first, holding what was queued behind it until the server has answered the auth.
 // Linux/POSIX sockets; a small untested Winsock branch is under _WIN32. Not thread-safe: use one
 // Client from one thread.
 #pragma once
@@ -506,7 +507,7 @@ public:
         int connect_timeout_ms = 3000;            // connect()'s default wait; also the async connect's limit
         int backoff_min_ms = 50;                  // first reconnect waits this long after a failure
         int backoff_max_ms = 500;                 // doubling up to this
-        std::size_t max_send_buffer = 64u << 20;  // bytes not yet taken by the kernel; past it calls fail
+        std::size_t max_send_buffer = 64u << 20;  // bytes queued to send (sent ones dropped first); past it calls fail
         std::size_t read_chunk = 64u << 10;       // bytes asked of recv() at a time
         int max_reads_per_poll = 64;              // bound on recv() calls in one poll()
     };
@@ -517,11 +518,12 @@ public:
     Client(const Client&) = delete;
     Client& operator=(const Client&) = delete;
 
-    // Resolves host (blocking: do it at load time), then connects, waiting up to timeout_ms
-    // (-1: config's connect_timeout_ms; 0: do not wait, poll() completes it). With a token,
-    // auth(token) is sent first on this and every later connection. Returns whether the
-    // socket is connected (with timeout 0: connected or connecting). On false, last_error()
-    // says why; the client keeps trying in the background on later calls and poll().
+    // Resolves host (blocking: do it at load time; an IP literal never blocks), then connects,
+    // waiting up to timeout_ms (-1: config's connect_timeout_ms; 0: do not wait, poll()
+    // completes it). With a token, auth(token) is sent first on this and every later
+    // connection. Returns whether the socket is connected (with timeout 0: connected or
+    // connecting). On false, last_error() says why; the client keeps trying in the background
+    // on later calls and poll() (a name that did not resolve is looked up again each time).
     bool connect(const std::string& host, uint16_t port, const std::string& token = std::string(),
                  int timeout_ms = -1) {
         close();
@@ -532,11 +534,8 @@ public:
         addrs_.clear();
         addr_index_ = 0;
         backoff_ms_ = cfg_.backoff_min_ms;
-        if (!resolve()) {
-            state_ = State::Closed;
-            return false;
-        }
         start_connect();
+        if (state_ == State::Disconnected) return false;  // no address (yet) or refused at once
         if (timeout_ms < 0) timeout_ms = cfg_.connect_timeout_ms;
         if (timeout_ms == 0) return state_ == State::Connecting || state_ == State::Connected;
         const auto deadline = detail::Clock::now() + std::chrono::milliseconds(timeout_ms);
@@ -602,7 +601,9 @@ public:
     }
 
     // Feedback as a notification (fire and forget, the usual way). False when it could not be
-    // queued (not connected: it is dropped, as the server would drop a failing notification).
+    // queued (no connection open or opening, or the send buffer is full): it is dropped, as the
+    // server would drop a failing notification. True means queued, not delivered: it is still
+    // lost if the connection being opened fails or the link drops before it is written.
     bool feedback(std::string_view player, std::string_view npc, double reward, bool done = false) {
         return notify_with("feedback", 4, [&](codec::Packer& pk) { pack_feedback(pk, player, npc, reward, done); });
     }
@@ -748,7 +749,7 @@ public:
             return;
         }
         short events = POLLIN;
-        if (state_ == State::Connecting || sent_ < out_.size()) events |= POLLOUT;
+        if (state_ == State::Connecting || sent_ < send_limit()) events |= POLLOUT;
         short rev = 0;
         detail::poll_one(fd_, events, timeout_ms, rev);
     }
@@ -810,7 +811,7 @@ private:
             complete(slot, Result::failure(CLIENT_ERROR, attempted_ ? last_error_ : not_connected_message()));
             return id;
         }
-        if (out_.size() - sent_ > cfg_.max_send_buffer) {
+        if (send_buffer_full()) {
             complete(slot, Result::failure(CLIENT_ERROR, "send buffer full (" + std::to_string(out_.size() - sent_) +
                                                              " bytes not taken by the server)"));
             return id;
@@ -824,7 +825,7 @@ private:
 
     template <class F> bool notify_with(std::string_view method, uint32_t nparams, F&& pack) {
         if (!link_up()) return false;
-        if (out_.size() - sent_ > cfg_.max_send_buffer) return false;
+        if (send_buffer_full()) return false;
         codec::Packer pk(out_);
         codec::pack_notification_head(pk, method, nparams);
         pack(pk);
@@ -888,7 +889,14 @@ private:
     }
 
     // Opens a socket and starts a non-blocking connect, trying each address that fails at once.
+    // Looks the name up first while no address is known (after a failed lookup: again on the
+    // backoff schedule).
     void start_connect() {
+        if (addrs_.empty() && !resolve()) {
+            state_ = State::Disconnected;
+            schedule_retry();
+            return;
+        }
         std::string why;
         for (std::size_t tries = 0; tries < addrs_.size(); ++tries) {
             const detail::Address& a = addrs_[addr_index_ % addrs_.size()];
@@ -930,8 +938,7 @@ private:
         state_ = State::Connecting;
         connect_started_ = detail::Clock::now();
         authed_ = false;
-        out_.clear();
-        sent_ = 0;
+        empty_out();
         reset_reader();
         if (!token_.empty()) {  // first message of every connection
             const uint32_t id = next_id();
@@ -940,6 +947,10 @@ private:
             codec::Packer pk(out_);
             codec::pack_request_head(pk, id, "auth", 1);
             codec::pack_str(pk, token_);
+            // the rest waits for its answer: before auth the server allows 64 KiB per message
+            // and closes the connection on a larger one (a big act_batch queued meanwhile)
+            holding_ = true;
+            hold_end_ = out_.size();
         }
     }
 
@@ -984,8 +995,8 @@ private:
             detail::close_socket(fd_);
             fd_ = detail::kNoSocket;
         }
-        out_.clear();
-        sent_ = 0;
+        empty_out();
+        holding_ = false;
         authed_ = false;
         reset_reader();
         for (auto it = slots_.begin(); it != slots_.end();) {
@@ -1017,12 +1028,51 @@ private:
         }
     }
 
-    void reset_reader() { reader_ = std::make_unique<msgpack::unpacker>(&codec::copy_small, nullptr, 64u << 10); }
+    void reset_reader() { reader_ = std::make_unique<msgpack::unpacker>(&codec::copy_small, nullptr, kBufferSize); }
+
+    // Where sending stops: the end of the queue, or of the automatic auth while it is unanswered.
+    std::size_t send_limit() const noexcept { return holding_ ? hold_end_ : out_.size(); }
+
+    // Past max_send_buffer bytes queued (sent bytes dropped first), calls fail at once.
+    bool send_buffer_full() {
+        out_peak_ = std::max(out_peak_, out_.size());
+        if (out_.size() <= cfg_.max_send_buffer) return false;
+        compact_out();
+        return out_.size() > cfg_.max_send_buffer;
+    }
+
+    // Drops the bytes already sent: the unsent tail moves to the front of out_.
+    void compact_out() {
+        if (sent_ == 0) return;
+        const std::size_t left = out_.size() - sent_;
+        if (left <= sent_) {  // no overlap: copy within the buffer, which keeps its capacity
+            const char* tail = out_.data() + sent_;
+            out_.clear();
+            out_.write(tail, left);
+        } else {
+            codec::Buffer rest(std::max<std::size_t>(left, kBufferSize));
+            rest.write(out_.data() + sent_, left);
+            out_ = std::move(rest);
+        }
+        if (holding_) hold_end_ -= sent_;
+        sent_ = 0;
+    }
+
+    // Empties out_; after a huge backlog it gets a small buffer again (the memory goes back).
+    void empty_out() {
+        if (out_peak_ > kShrinkAbove) out_ = codec::Buffer(kBufferSize);
+        else out_.clear();  // keeps its capacity
+        out_peak_ = 0;
+        sent_ = 0;
+        hold_end_ = 0;
+    }
 
     // Writes queued bytes until done or the kernel's buffer is full; false when the link broke.
     bool send_some() {
-        while (sent_ < out_.size()) {
-            const std::size_t left = out_.size() - sent_;
+        out_peak_ = std::max(out_peak_, out_.size());
+        const std::size_t limit = send_limit();
+        while (sent_ < limit) {
+            const std::size_t left = limit - sent_;
             const detail::ssize_type n = ::send(fd_, out_.data() + sent_, static_cast<detail::len_type>(std::min<std::size_t>(left, 1u << 30)),
                                                 detail::kSendFlags);
             if (n > 0) {
@@ -1031,12 +1081,18 @@ private:
             }
             const int e = detail::net_errno();
             if (n < 0 && detail::interrupted(e)) continue;
-            if (n < 0 && detail::would_block(e)) return true;
+            if (n < 0 && detail::would_block(e)) {
+                if (sent_ > out_.size() / 2) compact_out();  // a backlog: drop what was sent
+                return true;
+            }
             lose_connection("connection lost: " + detail::error_text(e));
             return false;
         }
-        out_.clear();  // keeps its capacity
-        sent_ = 0;
+        if (sent_ < out_.size()) {  // held behind the auth
+            if (sent_ > out_.size() / 2) compact_out();
+            return true;
+        }
+        empty_out();
         return true;
     }
 
@@ -1056,12 +1112,14 @@ private:
             if (state_ != State::Connected) return;
         }
         if (!send_some()) return;
+        const bool held = holding_;
         read_some();
+        if (held && !holding_ && state_ == State::Connected) send_some();  // the auth was answered
     }
 
     void read_some() {
         for (int i = 0; i < cfg_.max_reads_per_poll && state_ == State::Connected; ++i) {
-            reader_->reserve_buffer(cfg_.read_chunk);
+            reader_->reserve_buffer(cfg_.read_chunk);  // msgpack-c drops a huge message's buffer by itself
             const std::size_t room = reader_->buffer_capacity();
             const detail::ssize_type n = ::recv(fd_, reader_->buffer(), static_cast<detail::len_type>(std::min<std::size_t>(room, 1u << 30)), 0);
             if (n > 0) {
@@ -1095,6 +1153,7 @@ private:
             if (s.internal) {  // the client's own auth
                 if (r.ok()) authed_ = true;
                 else last_error_ = "auth failed: " + r.error().message;
+                holding_ = false;  // pump() sends what waited behind it
                 slots_.erase(it);
                 continue;
             }
@@ -1129,8 +1188,14 @@ private:
     std::size_t waiting_ = 0;
     int completed_ = 0;
 
-    codec::Buffer out_{64u << 10};  // requests not yet taken by the kernel, from sent_ on
+    static constexpr std::size_t kBufferSize = 64u << 10;  // initial send / read buffer
+    static constexpr std::size_t kShrinkAbove = 1u << 20;  // out_ grown past this shrinks when idle
+
+    codec::Buffer out_{kBufferSize};  // requests not yet taken by the kernel, from sent_ on
     std::size_t sent_ = 0;
+    std::size_t out_peak_ = 0;        // out_'s largest size since it was last empty
+    bool holding_ = false;            // the automatic auth is unanswered: send nothing past hold_end_
+    std::size_t hold_end_ = 0;
     std::unique_ptr<msgpack::unpacker> reader_;
 };
 

@@ -9,6 +9,8 @@ const T_BYTES = TYPE_RAW_ARRAY
 const T_LISTS = [TYPE_STRING_ARRAY, TYPE_INT_ARRAY, TYPE_REAL_ARRAY]
 const T_STRING_NAME = -1  # no StringName values in Godot 3 scripts
 
+var _abandoned = []  # name lookups given up on whose thread has not ended yet
+
 
 func bytes():
 	return PoolByteArray()
@@ -43,6 +45,69 @@ func ticks_usec():
 
 func tcp_status(tcp):
 	return tcp.get_status()  # Godot 3 polls the socket inside get_status
+
+
+# Name lookups that never block the main thread. Godot 3's IP resolver holds its lock
+# while it resolves, so even asking about a queued lookup (IP.get_resolve_item_status)
+# waits for a slow DNS answer: a thread of our own calls IP.resolve_hostname instead.
+# resolve_begin(host) gives a handle (null if no thread could start); resolve_poll(handle)
+# the address once known, "" if the name does not resolve, null while still looking.
+func resolve_begin(host):
+	_reap()
+	var lookup = Lookup.new()
+	if lookup.start(host) != OK:
+		return null
+	return lookup
+
+
+func resolve_poll(lookup):
+	return lookup.poll()
+
+
+# an unfinished lookup is left to end by itself (its thread is joined by a later call)
+func resolve_cancel(lookup):
+	if lookup.poll() == null:
+		_abandoned.append(lookup)
+
+
+func _reap():
+	var still = []
+	for lookup in _abandoned:
+		if lookup.poll() == null:
+			still.append(lookup)
+	_abandoned = still
+
+
+class Lookup:
+	var address = null  # set by the thread: the address, or "" when the name does not resolve
+	var _thread = Thread.new()
+	var _mutex = Mutex.new()
+	var _self = null  # this object, while its thread runs: it must outlive the thread
+
+	func start(host):
+		_self = self
+		var err = _thread.start(self, "_run", host)
+		if err != OK:
+			_self = null
+		return err
+
+	func _run(host):
+		var ip = IP.resolve_hostname(host)
+		_mutex.lock()
+		address = ip if typeof(ip) == TYPE_STRING and ip.is_valid_ip_address() else ""
+		_mutex.unlock()
+
+	func poll():
+		if _self == null:
+			return address
+		if _mutex.try_lock() != OK:
+			return null
+		var a = address
+		_mutex.unlock()
+		if a != null:
+			_thread.wait_to_finish()  # _run is returning
+			_self = null
+		return a
 
 
 # One line of stdin without its newline, or null at the end of input. Godot 3.2 binds no

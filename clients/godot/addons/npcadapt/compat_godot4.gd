@@ -39,6 +39,28 @@ func tcp_status(tcp):
 	return tcp.get_status()
 
 
+# Name lookups that never block: the engine's resolver thread (Godot 4 reads a queued
+# lookup's status without taking the resolver's lock). resolve_begin(host) gives a handle
+# (null if the resolver's queue is full); resolve_poll(handle) the address once known, ""
+# if the name does not resolve, null while still looking.
+func resolve_begin(host):
+	var id = IP.resolve_hostname_queue_item(host, IP.TYPE_ANY)
+	return null if id == IP.RESOLVER_INVALID_ID else id
+
+
+func resolve_poll(id):
+	var st = IP.get_resolve_item_status(id)
+	if st == IP.RESOLVER_STATUS_WAITING:
+		return null
+	var ip = IP.get_resolve_item_address(id) if st == IP.RESOLVER_STATUS_DONE else ""
+	IP.erase_resolve_item(id)
+	return ip
+
+
+func resolve_cancel(id):
+	IP.erase_resolve_item(id)
+
+
 func read_stdin_line():
 	var s = OS.read_string_from_stdin()
 	if s == "":

@@ -16,7 +16,7 @@ const STR_CACHE_MAX = 1024  # cached encodings of short strings (method, archety
 const STR_CACHE_LEN = 64
 
 var use_single_float = false
-var error = ""  # why the last encode/decode failed, "" when it did not
+var error = ""  # why the last encode (or decode, since decode_begin) failed, "" when it did not
 
 # stream decoding: true when decode_next() stopped at the end of the buffered bytes
 var need_more = false
@@ -241,12 +241,14 @@ func decode(bytes):
 
 
 # Stream decoding: decode_begin(bytes), then decode_next() until need_more or error;
-# decode_offset() is where the unread (incomplete) part starts.
+# decode_offset() is where the unread (incomplete) part starts. decode_begin clears
+# `error`: an encoding failure before it does not taint the decoding.
 func decode_begin(bytes):
 	_r.data_array = bytes
 	_p = 0
 	_n = bytes.size()
 	need_more = false
+	error = ""
 
 
 func decode_next():
@@ -422,3 +424,74 @@ func _map(n, depth):
 			return null
 		m[k] = v
 	return m
+
+
+# ---------------------------------------------------------------- framing
+
+# How far the value that starts at state[0] reaches, without decoding it: a reply that
+# arrives over many reads is then decoded once, when it is complete, instead of from its
+# start at every read. Resumable: state is [position, values still to skip], [start, 1] at
+# first; scan looks at bytes[state[0]:n], updates state and returns true once the value is
+# complete (its end is state[0]) or false when it needs more bytes (call it again with
+# them: only the new bytes are looked at). Reads type bytes and lengths only. A byte that
+# starts no value (0xc1, extension types) also gives true: decoding reports it.
+func scan(bytes, n, state):
+	var p = state[0]
+	var pending = state[1]
+	while pending > 0 and p < n:
+		var t = bytes[p]
+		var size = 1  # header and body of this value; its elements are counted in pending
+		var kids = 0
+		if t < 0x80 or t >= 0xe0:
+			pass
+		elif t >= 0xa0 and t < 0xc0:
+			size = 1 + (t & 0x1f)
+		elif t < 0x90:
+			kids = 2 * (t & 0x0f)
+		elif t < 0xa0:
+			kids = t & 0x0f
+		elif t == 0xca or t == 0xce or t == 0xd2:
+			size = 5
+		elif t == 0xcb or t == 0xcf or t == 0xd3:
+			size = 9
+		elif t == 0xcc or t == 0xd0:
+			size = 2
+		elif t == 0xcd or t == 0xd1:
+			size = 3
+		elif t == 0xc0 or t == 0xc2 or t == 0xc3:
+			pass
+		elif t == 0xd9 or t == 0xc4:
+			if p + 2 > n:
+				break
+			size = 2 + bytes[p + 1]
+		elif t == 0xda or t == 0xc5:
+			if p + 3 > n:
+				break
+			size = 3 + ((bytes[p + 1] << 8) | bytes[p + 2])
+		elif t == 0xdb or t == 0xc6:
+			if p + 5 > n:
+				break
+			size = 5 + ((bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4])
+		elif t == 0xdc or t == 0xde:
+			if p + 3 > n:
+				break
+			size = 3
+			kids = (bytes[p + 1] << 8) | bytes[p + 2]
+			if t == 0xde:
+				kids *= 2
+		elif t == 0xdd or t == 0xdf:
+			if p + 5 > n:
+				break
+			size = 5
+			kids = (bytes[p + 1] << 24) | (bytes[p + 2] << 16) | (bytes[p + 3] << 8) | bytes[p + 4]
+			if t == 0xdf:
+				kids *= 2
+		else:
+			state[0] = p
+			state[1] = 0
+			return true
+		p += size
+		pending += kids - 1
+	state[0] = p
+	state[1] = pending
+	return pending == 0 and p <= n

@@ -100,10 +100,11 @@ func feedback(player, npc, reward, done = false, wait = false):
 		return call_method("feedback", params)
 	_sync()
 	var id = _conn.next_id()
-	if _conn.notify("feedback", params):
+	var err = _conn.notify("feedback", params)
+	if err == "":
 		_conn.completed.append([id, true, null, NOTIFIED])
 	else:
-		_conn.completed.append([id, false, CLIENT_ERROR, _conn.last_error])
+		_conn.completed.append([id, false, CLIENT_ERROR, err])
 	return id
 
 
