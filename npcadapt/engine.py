@@ -34,7 +34,8 @@ from .lora.layout import AdapterLayout, fresh_row
 from .lora.numpy_forward import NumpyForward
 from .policy import ActorCritic
 from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
-from .sampling import ExpNoise, decide, log_probs
+from .numerics import masked_log_probs_np
+from .sampling import ExpNoise, decide
 from .store import AdapterStore
 from .types import AdapterInfo, BatchDecision, Decision
 from .writeback import WriteBehind
@@ -245,7 +246,7 @@ class Engine:
         finally:
             rt.bank.lock.release()
         check_logits(logits)
-        return np.ascontiguousarray(log_probs(logits, mask_a)[1].T)
+        return np.ascontiguousarray(masked_log_probs_np(logits, mask_a)[1].T)
 
     def _lock_slots(self, bank: AdapterBank, players: Sequence[str]) -> np.ndarray:
         """Slots for a batch, returned with `bank.lock` held (the caller releases it). Stored

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,29 +19,6 @@ from .config import ArchetypeSpec
 LayerDelta = Callable[[str, torch.Tensor], torch.Tensor | None]
 
 _ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
-
-
-def kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Row-wise KL(p || q) in nats for (..., A) probabilities; actions p never takes add 0."""
-    logs = np.log(np.clip(p, 1e-30, None)) - np.log(np.clip(q, 1e-30, None))
-    return np.where(p > 0, p * logs, 0.0).sum(-1)
-
-
-def masked_log_probs(logits: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Log-softmax (N, A) where masked actions (mask False) get -inf: probability exactly 0."""
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    return torch.log_softmax(logits, dim=-1)
-
-
-def masked_kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Row-wise KL(p || base) in nats (T,) from log-probabilities (T, A) as
-    :func:`masked_log_probs` gives them; masked actions (masks False) add 0, and no NaN gradient.
-
-    The torch, log-probability counterpart of :func:`kl_rows` (which takes probabilities in numpy)."""
-    logp, base_logp = logp.masked_fill(~masks, 0.0), base_logp.masked_fill(~masks, 0.0)
-    terms = torch.where(masks, logp.exp() * (logp - base_logp), torch.zeros_like(logp))
-    return terms.sum(-1)
 
 
 class ActorCritic(nn.Module):

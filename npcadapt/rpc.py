@@ -1,30 +1,94 @@
-"""The bridge's methods: parameter checking and results, with no I/O.
+"""The bridge's methods: one table of what each is, its parameter checks and results; no I/O.
 
-Each method takes the decoded MessagePack-RPC params list and either returns a result
-(plain msgpack-able data) or raises an :class:`~npcadapt.errors.NpcAdaptError` whose
-message names the problem. ``act`` rows are parsed here (column-wise when they allow it)
-into :class:`ActBlock` s, which the server's micro-batcher merges into one Service call;
-:class:`DecisionEncoder` packs that call's results straight to MessagePack bytes.
-Everything else runs directly against the Service.
+:attr:`Methods.table` declares every method the bridge serves with its :class:`Kind`,
+which alone tells the server how to run it (the server knows no method by name). Each
+method takes the decoded MessagePack-RPC params list and either returns a result (plain
+msgpack-able data) or raises an :class:`~npcadapt.errors.NpcAdaptError` whose message
+names the problem; :func:`error_reply` is what any failure becomes on the wire.
+
+``act`` rows are parsed here (column-wise when they allow it) into :class:`ActBlock` s,
+which the server's micro-batcher merges into one Service call (:meth:`Methods.run_blocks`);
+:class:`~npcadapt.protocol_codec.DecisionEncoder` packs that call's results straight to
+MessagePack bytes. Everything else runs directly against the Service.
 """
 
 from __future__ import annotations
 
+import enum
+import hmac
 import itertools
 import math
-import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
-import msgpack
 import numpy as np
 
-from .errors import InvalidInputError
-from .service import Service, validate_npc_id
 from .adapter_meta import all_valid_ids, validate_player_id
-from .types import BatchDecision
+from .errors import InvalidInputError, NpcAdaptError
+from .protocol import INTERNAL_ERROR, INVALID_PARAMS
+from .protocol_codec import DecisionEncoder, EncodedRows
+from .service import Service, validate_npc_id
+
+__all__ = ["ActBlock", "BridgeMethod", "DecisionEncoder", "EncodedRows", "Kind", "Methods", "error_reply"]
 
 ACT_OPTIONS = ("mask", "greedy")
+NOT_AUTHENTICATED = "authenticate first: call auth(token) before {method!r}"  # UNAUTHORIZED before auth
+WRONG_TOKEN = "auth(token): wrong token"  # UNAUTHORIZED: auth's params are not the token
+
+
+class Kind(enum.Enum):
+    """How the server runs a bridge method; what `call` (and `many`) of a
+    :class:`BridgeMethod` of that kind take and return."""
+
+    DECISION = "decision"
+    """``call(params) -> (archetype, ActBlock)``, parsed on the event loop; the rows wait
+    in the micro-batcher and one engine forward per archetype answers every queued
+    request. The reply is the decision map (``one_row``) or the array of them."""
+
+    DIRECT = "direct"
+    """``call(params) -> result``, answered at once on the event loop."""
+
+    FEEDBACK = "feedback"
+    """``call(params) -> result`` as a request, ``many([params, ...]) -> [refusal, ...]``
+    for the run of notifications of one read (applied as one batch). Either way it
+    follows the decisions this connection sent before it (they are made first)."""
+
+    WORKER = "worker"
+    """``call(params) -> result`` in a worker thread (disk writes never stall the event
+    loop), after this connection's queued decisions are made; the reply comes when it is
+    done. ``shared``: ``check(params)`` runs on the loop, then ``call()`` takes none, one
+    run at a time, and the calls made while one runs share the next run."""
+
+    CONNECTION = "connection"
+    """The connection's own state: ``call(params, token) -> bool``, whether the params
+    authenticate the connection. The only kind a connection may call before it has
+    authenticated; once it has, the answer is ``true``."""
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeMethod:
+    """One row of the method table: its kind and the callables the kind runs."""
+
+    kind: Kind
+    call: Callable
+    one_row: bool = False  # DECISION: the reply is one decision map, not an array of them
+    many: Callable[[Sequence[list]], list] | None = None  # FEEDBACK: a run of notifications at once
+    check: Callable[[list], None] | None = None  # WORKER (shared): the params, checked on the loop
+    shared: bool = False  # WORKER: calls made while one runs share the next run
+
+
+def error_reply(exc: BaseException, method: str | None = None) -> tuple[int, str]:
+    """The error ``(code, message)`` a failed call answers: a caller's mistake
+    (InvalidInputError) is INVALID_PARAMS, any other NpcAdaptError (disk full, ...) is
+    INTERNAL_ERROR with its message, and anything else, a bug, INTERNAL_ERROR naming the
+    method; `method` None (an engine forward of merged requests) keeps the repr wording
+    decisions have always had."""
+    if isinstance(exc, NpcAdaptError):
+        return (INVALID_PARAMS if isinstance(exc, InvalidInputError) else INTERNAL_ERROR), str(exc)
+    if method is None:
+        return INTERNAL_ERROR, f"internal error: {exc!r}"
+    return INTERNAL_ERROR, f"internal error in {method}: {type(exc).__name__}: {exc}"
 
 
 @dataclass(slots=True)
@@ -39,98 +103,6 @@ class ActBlock:
 
     def __len__(self) -> int:
         return len(self.players)
-
-
-@dataclass(frozen=True)
-class EncodedRows:
-    """Every row's result as one MessagePack map; row i is data[offsets[i]:offsets[i + 1]]."""
-
-    data: bytes
-    offsets: list[int]  # n + 1 byte offsets
-
-
-_MARKERS = {">u4": (b"\xce", "I"), ">u8": (b"\xcf", "Q"), ">f4": (b"\xca", "f")}  # msgpack type byte, struct code
-
-
-class _FixedPart:
-    """The fixed-width part of a decision map: map header, then key, type byte, value per field."""
-
-    def __init__(self, fields: Sequence[tuple[str, str]], n_entries: int):
-        dtype, fmt = [("map", "u1")], ">B"
-        self.constants: dict[str, Any] = {"map": 0x80 | n_entries}
-        for name, kind in fields:
-            marker = msgpack.packb(name) + _MARKERS[kind][0]
-            dtype += [(f"k_{name}", f"S{len(marker)}"), (name, kind)]
-            self.constants[f"k_{name}"] = marker
-            fmt += f"{len(marker)}s{_MARKERS[kind][1]}"
-        self.fields = [name for name, _ in fields]
-        self.record = np.dtype(dtype)  # packed: no alignment padding
-        self.struct = struct.Struct(fmt)
-        self.markers = [self.constants[f"k_{name}"] for name in self.fields]
-        assert self.record.itemsize == self.struct.size
-
-
-class DecisionEncoder:
-    """MessagePack maps of a batch's decisions, built column-wise with no per-row dicts.
-
-    Each map holds decision, logp, value, entropy, adapter_version, action, action_name
-    (in that order). Floats go out as float32 (what the engine computes), the two ids as
-    uint32, or uint64 for a batch where one needs it, so every row but its action part has
-    one fixed layout: a few rows are packed with a ``struct``, a large batch as one numpy
-    record array. The action part (action and action_name) is packed once per action.
-    """
-
-    # from this many rows on, one numpy record array beats struct.pack per row (measured
-    # 64 rows: 14.6 vs 16.3 us; 96 rows: 20.8 vs 19.1 us)
-    VECTOR_ROWS = 80
-
-    def __init__(self, action_names: Sequence[str]):
-        self._tails = [
-            msgpack.packb("action") + msgpack.packb(i) + msgpack.packb("action_name") + msgpack.packb(name)
-            for i, name in enumerate(action_names)
-        ]
-        self._tail_len = np.array([len(t) for t in self._tails], np.int64)  # (A,)
-        self._tail_bytes = np.zeros((len(self._tails), int(self._tail_len.max())), np.uint8)  # (A, W), zero-padded
-        for i, tail in enumerate(self._tails):
-            self._tail_bytes[i, : len(tail)] = np.frombuffer(tail, np.uint8)
-        self._layouts = {
-            (wide_ids, wide_versions): _FixedPart(
-                [("decision", ">u8" if wide_ids else ">u4"), ("logp", ">f4"), ("value", ">f4"), ("entropy", ">f4"),
-                 ("adapter_version", ">u8" if wide_versions else ">u4")], 7)
-            for wide_ids in (False, True) for wide_versions in (False, True)
-        }
-
-    def encode(self, out: BatchDecision) -> EncodedRows:
-        """The rows of `out` as MessagePack maps, back to back."""
-        n = len(out)
-        wide = (n > 0 and int(out.decision.max()) >= 2**32, n > 0 and int(out.adapter_version.max()) >= 2**32)
-        if n < self.VECTOR_ROWS:
-            return self._encode_rows(out, self._layouts[wide])
-        return self._encode_columns(out, self._layouts[wide])
-
-    def _encode_rows(self, out: BatchDecision, part: _FixedPart) -> EncodedRows:
-        pack, (kd, kl, kv, ke, ka), header = part.struct.pack, part.markers, part.constants["map"]
-        rows = [
-            pack(header, kd, d, kl, lp, kv, v, ke, e, ka, av) + self._tails[a]
-            for d, lp, v, e, av, a in zip(out.decision.tolist(), out.logp.tolist(), out.value.tolist(),
-                                          out.entropy.tolist(), out.adapter_version.tolist(), out.action.tolist())
-        ]
-        return EncodedRows(b"".join(rows), list(itertools.accumulate(map(len, rows), initial=0)))
-
-    def _encode_columns(self, out: BatchDecision, part: _FixedPart) -> EncodedRows:
-        n = len(out)
-        fixed = np.empty(n, part.record)
-        for name, value in part.constants.items():
-            fixed[name] = value
-        for name in part.fields:
-            fixed[name] = getattr(out, name)
-        width = part.record.itemsize
-        padded = np.concatenate([fixed.view(np.uint8).reshape(n, width), self._tail_bytes[out.action]], axis=1)
-        row_len = width + self._tail_len[out.action]  # (N,)
-        keep = np.arange(padded.shape[1]) < row_len[:, None]  # (N, width + tail width)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(row_len, out=offsets[1:])
-        return EncodedRows(padded[keep].tobytes(), offsets.tolist())
 
 
 def _arity(method: str, params: list, *counts: int) -> None:
@@ -193,20 +165,31 @@ def _feedback_args(params: list) -> tuple[str, str, float, bool]:
 
 
 class Methods:
-    """The bridge's method table over one Service."""
+    """The bridge's methods over one Service; `stats` gives the server's own figures
+    (the Service's alone without it)."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: Service, stats: Callable[[], dict] | None = None):
         self.service = service
+        self._stats = stats or service.stats
         self._specs = {name: arch.spec for name, arch in service.archetypes.items()}
         self._encoders = {name: DecisionEncoder(spec.actions) for name, spec in self._specs.items()}
-        self.direct: dict[str, Callable[[list], Any]] = {
-            "archetypes": self.archetypes,
-            "feedback": self.feedback,
-            "adapter_info": self.adapter_info,
-            "prior_info": self.prior_info,
-            "reset_player": self.reset_player,
-            "flush": self.flush,
-            "action_probs": self.action_probs,
+        self.table = self._table()
+
+    def _table(self) -> dict[str, BridgeMethod]:
+        """Every method the bridge serves, by name: the one place that says what each is."""
+        D, K = BridgeMethod, Kind
+        return {
+            "act":          D(K.DECISION, self.parse_act, one_row=True),
+            "act_batch":    D(K.DECISION, self.parse_act_batch),
+            "feedback":     D(K.FEEDBACK, self.feedback, many=self.feedback_many),
+            "archetypes":   D(K.DIRECT, self.archetypes),
+            "adapter_info": D(K.DIRECT, self.adapter_info),
+            "prior_info":   D(K.DIRECT, self.prior_info),
+            "action_probs": D(K.DIRECT, self.action_probs),
+            "stats":        D(K.DIRECT, self.stats),
+            "flush":        D(K.WORKER, self.flush, check=self.check_flush, shared=True),
+            "reset_player": D(K.WORKER, self.reset_player),
+            "auth":         D(K.CONNECTION, self.auth),
         }
 
     def _spec(self, archetype: Any):
@@ -292,7 +275,7 @@ class Methods:
                                      greedy=False if greedy is None else greedy)
         return self._encoders[archetype].encode(out)
 
-    # -- direct methods --------------------------------------------------------------
+    # -- the other methods -------------------------------------------------------------
     def archetypes(self, params: list) -> list[dict]:
         _arity("archetypes", params, 0)
         return [
@@ -353,6 +336,23 @@ class Methods:
         self._spec(params[0])
         return self.service.reset_player(params[0], validate_player_id(params[1]))
 
-    def flush(self, params: list) -> int:
+    @staticmethod
+    def check_flush(params: list) -> None:
         _arity("flush", params, 0)
+
+    def flush(self) -> int:
+        """flush() once :meth:`check_flush` passed: every changed adapter and the log to disk."""
         return self.service.flush()
+
+    def stats(self, params: list) -> dict:
+        """Counters and recent figures; any params are ignored."""
+        return self._stats()
+
+    @staticmethod
+    def auth(params: list, token: str | None) -> bool:
+        """auth(token): whether `params` are exactly the server's token (compared in
+        constant time); with no token every connection is authenticated."""
+        if token is None:
+            return True
+        given = params[0] if len(params) == 1 else None
+        return isinstance(given, str) and hmac.compare_digest(given.encode(), token.encode())

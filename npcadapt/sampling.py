@@ -17,6 +17,8 @@ import math
 
 import numpy as np
 
+from .numerics import masked_log_probs_np
+
 NOISE_BLOCK = 16_384  # numbers drawn from the generator at a time (~50 us, once per 2,048 rows of 8 actions)
 
 
@@ -53,24 +55,6 @@ class ExpNoise:
         return np.concatenate([rest, self._buf[:more]])
 
 
-def log_probs(logits: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """numpy ``masked_log_probs``, actions first: logits (N, A) -> log-probabilities and
-    probabilities (A, N); masked actions get -inf and exactly 0.
-
-    Working on (A, N) keeps every reduction an element-wise pass over rows of N numbers
-    (reducing a short last axis is several times slower in numpy).
-    """
-    lt = np.ascontiguousarray(logits.T)  # (A, N)
-    if mask is not None:
-        lt = np.where(mask.T, lt, np.float32(-np.inf))
-    lt -= lt.max(axis=0)
-    exp = np.exp(lt)
-    total = exp.sum(axis=0)  # (N,)
-    lt -= np.log(total)
-    exp /= total
-    return lt, exp
-
-
 def decide(
     logits: np.ndarray, mask: np.ndarray | None, greedy: np.ndarray | None, noise: ExpNoise
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -85,7 +69,7 @@ def decide(
         action, logp, entropy = decide_one(logits[0], None if mask is None else mask[0],
                                            greedy is not None and bool(greedy[0]), noise)
         return np.array([action]), np.array([logp], np.float32), np.array([entropy], np.float32)
-    logp_all, probs = log_probs(logits, mask)  # (A, N) each
+    logp_all, probs = masked_log_probs_np(logits, mask)  # (A, N) each
     q = noise.take(n * a).reshape(n, a)  # (N, A)
     action = (probs / q.T).argmax(axis=0)  # (N,)
     if greedy is not None:

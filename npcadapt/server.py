@@ -1,10 +1,21 @@
 """The socket bridge: an asyncio TCP server speaking MessagePack-RPC over the Service.
 
-This module owns sockets, limits, authentication and micro-batching; framing lives in :mod:`npcadapt.protocol` and method semantics in
-:mod:`npcadapt.rpc`. ``act`` and ``act_batch`` rows from every connection are queued per
-archetype and answered by one engine forward per archetype on the next turn of the event
-loop (or after ``batch_wait``; with one client connected, at the end of the read that
-brought them), with one socket write per connection per forward; a run of feedback
+This module owns the listening socket, the settings, the counters and the server's
+lifetime; the rest of the bridge is split by what it does:
+
+* :mod:`npcadapt.bridge_connection`: one client, bytes in -> events -> method calls by
+  kind -> replies out, with authentication and flow control;
+* :mod:`npcadapt.micro_batcher`: decision rows of every connection, one engine forward
+  per archetype;
+* :mod:`npcadapt.rpc`: the method table (each method's :class:`~npcadapt.rpc.Kind`),
+  parameter checks and results;
+* :mod:`npcadapt.protocol` (parsing), :mod:`npcadapt.protocol_headers` (limits checked
+  as headers arrive), :mod:`npcadapt.protocol_codec` (every byte written).
+
+``act`` and ``act_batch`` rows from every connection are queued per archetype and
+answered by one engine forward per archetype on the next turn of the event loop (or
+after ``batch_wait``; with one client connected, at the end of the read that brought
+them), with one socket write per connection per forward; a run of feedback
 notifications from one read is applied as one batch, after the decisions of any act
 rows that came before it on the same connection.
 
@@ -15,7 +26,8 @@ all connections by ``input_budget_bytes`` (:class:`InputBudget`). Load: past
 OVERLOADED. Feedback is never refused (it is O(1), and a lost ``done`` would merge two
 episodes): past ``max_pending_feedback`` steps of completed episodes held for the trainer,
 the oldest completed episodes are discarded (``dropped_episodes``).
-``flush`` runs in a worker thread, so its disk writes never stall the event loop.
+``flush`` and ``reset_player`` run in worker threads, so their disk writes never stall
+the event loop.
 """
 
 from __future__ import annotations
@@ -23,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import hmac
 import ipaddress
 import logging
 import os
@@ -31,33 +42,24 @@ import signal
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
+from .bridge_connection import Connection
 from .coalesce import Coalesced
-from .errors import InvalidInputError, NpcAdaptError, ProtocolError
+from .errors import InvalidInputError, NpcAdaptError
 from .input_budget import InputBudget
-from .protocol import (
-    INTERNAL_ERROR,
-    INVALID_PARAMS,
-    METHOD_NOT_FOUND,
-    OVERLOADED,
-    UNAUTHORIZED,
-    InvalidMessage,
-    Limits,
-    Notification,
-    Request,
-    RpcConnection,
-    packed_response,
-)
-from .rpc import ActBlock, EncodedRows, Methods
+from .micro_batcher import MicroBatcher
+from .protocol import OVERLOADED, Limits
+from .rpc import Kind, Methods
 from .service import ROUND_PLAYERS, Service
+
+__all__ = ["Bridge", "Connection", "ServerConfig", "Stats", "bind_listener", "default_input_budget", "serve"]
 
 log = logging.getLogger(__name__)
 
-MAX_AUTH_FAILURES = 3  # wrong tokens before the connection is closed
 INPUT_BUDGET_CAP = 256 * 2**20  # the default input budget: this, or 1/8 of the RAM if less
 
 
@@ -156,8 +158,7 @@ class Stats:
     def __init__(self, window: int = 10_000):
         self.counters = {"connections": 0, "connections_total": 0, "connections_refused": 0, "requests": 0,
                          "notifications": 0, "errors": 0, "protocol_errors": 0, "auth_failures": 0,
-                         "overloaded": 0, "budget_pauses": 0, "budget_shed": 0, "output_pauses": 0,
-                         "log_flush_errors": 0}
+                         "budget_pauses": 0, "budget_shed": 0, "output_pauses": 0, "log_flush_errors": 0}
         self.errors_by_code: dict[int, int] = {}  # error replies sent, by code
         self.latency = deque(maxlen=window)  # seconds, act/act_batch request -> response
         self.batch_sizes = deque(maxlen=window)
@@ -166,109 +167,24 @@ class Stats:
         self.counters["errors"] += 1
         self.errors_by_code[code] = self.errors_by_code.get(code, 0) + 1
 
+    @property
+    def overloaded(self) -> int:
+        """Calls refused with OVERLOADED: the error replies of that code (counted once, there)."""
+        return self.errors_by_code.get(OVERLOADED, 0)
+
     def snapshot(self) -> dict:
         lat = np.asarray(self.latency) * 1e3
         sizes = np.asarray(self.batch_sizes)
         pct = {f"act_p{q}_ms": round(float(np.percentile(lat, q)), 4) if lat.size else None for q in (50, 90, 99)}
-        return {**self.counters, **pct,
+        counters = {}
+        for name, value in self.counters.items():
+            counters[name] = value
+            if name == "auth_failures":  # where the key has always been in the reply
+                counters["overloaded"] = self.overloaded
+        return {**counters, **pct,
                 "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
                 "batch_size_mean": round(float(sizes.mean()), 2) if sizes.size else None,
                 "batch_size_max": int(sizes.max()) if sizes.size else None}
-
-
-def error_code(exc: Exception) -> int:
-    """Caller mistakes are INVALID_PARAMS; anything else (disk full, a bug) is INTERNAL_ERROR."""
-    return INVALID_PARAMS if isinstance(exc, InvalidInputError) else INTERNAL_ERROR
-
-
-# A queued act / act_batch request: (connection, msgid, single-row act?, arrival time, its rows).
-Pending = tuple["Connection", int, bool, float, ActBlock]
-
-
-class MicroBatcher:
-    """Per-archetype queues of act rows, answered by one engine forward each.
-
-    The answers of one forward go out as one write per connection, however many of its
-    requests the forward answered.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, methods: Methods, config: ServerConfig, stats: Stats):
-        self.loop, self.methods, self.config, self.stats = loop, methods, config, stats
-        self._queues: dict[str, list[Pending]] = {}
-        self._sizes: dict[str, int] = {}
-        self._scheduled: set[str] = set()  # archetypes with a flush on the loop
-        self.queued_rows = 0  # rows of every archetype waiting for a forward
-
-    def submit(self, archetype: str, pending: Pending) -> None:
-        """Queue a request's rows (answered by :meth:`end_read`'s choice, or at `max_batch` rows)."""
-        self._queues.setdefault(archetype, []).append(pending)
-        pending[0].queued += 1
-        self.queued_rows += len(pending[4])
-        size = self._sizes[archetype] = self._sizes.get(archetype, 0) + len(pending[4])
-        if size >= self.config.max_batch:
-            self.flush(archetype)
-
-    def end_read(self, eager: bool) -> None:
-        """After a read was handled: `eager` answers every queue now; otherwise each queue is
-        flushed on the next loop turn, or after `batch_wait`, so other connections' rows join."""
-        if eager:
-            self.flush_all()
-            return
-        for archetype in self._queues.keys() - self._scheduled:
-            self._scheduled.add(archetype)
-            if self.config.batch_wait > 0:
-                self.loop.call_later(self.config.batch_wait, self.flush, archetype)
-            else:
-                self.loop.call_soon(self.flush, archetype)
-
-    def flush_all(self) -> None:
-        for archetype in list(self._queues):
-            self.flush(archetype)
-
-    def flush(self, archetype: str) -> None:
-        self._scheduled.discard(archetype)
-        queue = self._queues.pop(archetype, None)
-        self.queued_rows -= self._sizes.pop(archetype, 0)
-        if queue:
-            self._run(archetype, queue)
-
-    def _run(self, archetype: str, queue: list[Pending]) -> None:
-        try:
-            encoded = self.methods.run_blocks(archetype, [p[4] for p in queue])
-        except Exception as exc:  # noqa: BLE001 - every request must get an answer
-            if len(queue) == 1:
-                _fail(queue[0], exc)
-                return
-            log.info("a merged batch failed (%s); answering its requests one by one", exc)
-            for pending in queue:  # so one request's problem never fails another's
-                self._run(archetype, [pending])
-            return
-        self._answer(queue, encoded)
-
-    def _answer(self, queue: list[Pending], encoded: EncodedRows) -> None:
-        """One response per request, one write per connection."""
-        data, offsets = encoded.data, encoded.offsets
-        replies: dict[Connection, list[bytes]] = {}
-        row = 0
-        for conn, msgid, single, _, block in queue:
-            conn.queued -= 1
-            end = row + len(block)
-            body = data[offsets[row] : offsets[end]]
-            replies.setdefault(conn, []).append(packed_response(msgid, body, None if single else end - row))
-            row = end
-        for conn, parts in replies.items():
-            conn.send(b"".join(parts))
-        now = time.perf_counter()
-        self.stats.latency.extend(now - p[3] for p in queue)
-        self.stats.batch_sizes.append(row)
-
-
-def _fail(pending: Pending, err: Exception) -> None:
-    conn, msgid = pending[0], pending[1]
-    conn.queued -= 1
-    if not isinstance(err, NpcAdaptError):
-        log.error("internal error while deciding: %r", err)
-    conn.error(msgid, error_code(err), str(err) if isinstance(err, NpcAdaptError) else f"internal error: {err!r}")
 
 
 TRIM_INTERVAL = 10.0  # seconds between hand-backs of freed heap memory to the OS
@@ -290,273 +206,6 @@ def _find_malloc_trim():
 
 _malloc_trim = _find_malloc_trim()
 
-MAX_EVENTS_PER_TURN = 256  # requests of one read handled before other connections get a turn
-
-
-class Connection(asyncio.Protocol):
-    """One client: bytes in -> events -> method calls -> responses out."""
-
-    def __init__(self, bridge: "Bridge"):
-        self.bridge = bridge
-        config = bridge.config
-        self.rpc = RpcConnection(config.limits)
-        self.transport: asyncio.Transport | None = None
-        self.authenticated = config.token is None
-        if not self.authenticated:  # small until auth: a stranger cannot hold much memory
-            self.rpc.cap_message_size(config.pre_auth_max_bytes, "pre_auth_max_bytes")
-        self.last_activity = time.monotonic()
-        self.open = False
-        self.auth_failures = 0
-        self.queued = 0  # act requests queued in the batcher, not yet answered
-        self.held = 0  # pending input bytes counted in the bridge's InputBudget
-        self.backlog: list = []  # decoded events left for a later loop turn (one read held too many)
-        self._pause_reasons: set[str] = set()  # "budget", "backlog", "output": read again once none is left
-
-    # -- asyncio callbacks ---------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        stats = self.bridge.stats.counters
-        if stats["connections"] >= self.bridge.config.max_connections:
-            stats["connections_refused"] += 1
-            transport.abort()
-            return
-        self.open = True
-        stats["connections"] += 1
-        stats["connections_total"] += 1
-        self.bridge.connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.open:
-            self.open = False
-            self.bridge.stats.counters["connections"] -= 1
-            self.bridge.connections.discard(self)
-            self.bridge.budget.closed(self)
-
-    def data_received(self, data: bytes) -> None:
-        bridge = self.bridge
-        self.last_activity = time.monotonic()
-        if bridge.config.busy_poll:
-            bridge.keep_polling()
-        try:
-            self._receive(data)
-        finally:
-            # with one client connected there is nobody to batch with: answer this read's rows now
-            bridge.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
-            if self.open and (self.held or self.rpc.buffered):
-                bridge.budget.update(self)
-
-    def pause_writing(self) -> None:
-        """The client reads its replies slower than we write them (the transport's buffer passed
-        its high-water mark): read none of its requests until it catches up, so a slow reader
-        costs no CPU and holds no more than the kernel's buffers (TCP pushes back on it)."""
-        self.bridge.stats.counters["output_pauses"] += 1
-        self.pause_reading("output")
-
-    def resume_writing(self) -> None:
-        self.resume_reading("output")
-        if self.backlog and self.open:  # events read before the pause wait for this
-            asyncio.get_running_loop().call_soon(self._drain_backlog)
-
-    def pause_reading(self, reason: str) -> None:
-        """Stop reading from the socket for `reason`; reading resumes when every reason is gone."""
-        if self.open and not self._pause_reasons:
-            self.transport.pause_reading()
-        self._pause_reasons.add(reason)
-
-    def resume_reading(self, reason: str) -> None:
-        self._pause_reasons.discard(reason)
-        if self.open and not self._pause_reasons:
-            self.transport.resume_reading()
-
-    def _receive(self, data: bytes) -> None:
-        try:
-            events = self.rpc.receive_data(data)
-        except ProtocolError as exc:
-            for event in exc.events:
-                self._handle(event)
-            self.bridge.stats.counters["protocol_errors"] += 1
-            log.info("closing connection after protocol error: %s", exc)
-            self.close()
-            return
-        if self.backlog:  # a read that raced the pause: keep the order
-            self.backlog.extend(events)
-            return
-        self._dispatch(events)
-
-    def _dispatch(self, events: list) -> None:
-        """Handle at most MAX_EVENTS_PER_TURN events now; the rest wait for the next loop turn,
-        with reading paused, so one pipelining client cannot hold up every other connection."""
-        if len(events) > MAX_EVENTS_PER_TURN:
-            events, self.backlog = events[:MAX_EVENTS_PER_TURN], events[MAX_EVENTS_PER_TURN:]
-            self.pause_reading("backlog")
-            asyncio.get_running_loop().call_soon(self._drain_backlog)
-        self._handle_events(events)
-
-    def _drain_backlog(self) -> None:
-        if "output" in self._pause_reasons or not self.backlog:  # resume_writing calls again
-            return
-        events, self.backlog = self.backlog, []
-        if not self.open:
-            return
-        try:
-            self._dispatch(events)
-        finally:
-            self.bridge.batcher.end_read(eager=False)
-        if not self.backlog:
-            self.resume_reading("backlog")
-
-    def _handle_events(self, events: list) -> None:
-        feedback: list[list] = []  # a run of feedback notifications, applied as one batch
-        for event in events:
-            if not self.open:
-                return
-            is_feedback = type(event) in (Notification, Request) and event.method == "feedback"
-            if is_feedback and self.queued:  # feedback attaches to the decisions sent before it
-                self.bridge.batcher.flush_all()
-            if is_feedback and type(event) is Notification:
-                feedback.append(event.params)
-                continue
-            if feedback:
-                self._feedback(feedback)
-                feedback = []
-            self._handle(event)
-        if feedback:
-            self._feedback(feedback)
-
-    # -- dispatch -------------------------------------------------------------------
-    def _feedback(self, params_list: list[list]) -> None:
-        """Feedback notifications: applied together, never answered; refusals are counted."""
-        stats = self.bridge.stats.counters
-        stats["notifications"] += len(params_list)
-        if not self.authenticated:
-            return
-        try:
-            refused = self.bridge.methods.feedback_many(params_list)
-        except NpcAdaptError as exc:  # e.g. the log could not be written
-            refused = [exc]
-        stats["errors"] += len(refused)
-        for exc in refused:
-            log.debug("feedback notification refused: %s", exc)
-
-    def _handle(self, event) -> None:
-        stats = self.bridge.stats.counters
-        if isinstance(event, Request):
-            stats["requests"] += 1
-            self._request(event)
-        elif isinstance(event, Notification):
-            if event.method == "feedback":
-                self._feedback([event.params])
-            else:
-                stats["notifications"] += 1
-        elif isinstance(event, InvalidMessage) and event.msgid is not None:
-            self.bridge.stats.error(event.error[0])
-            self.send(self.rpc.response(event.msgid, event.error, None))
-
-    def _request(self, req: Request) -> None:
-        methods = self.bridge.methods
-        if not self.authenticated:
-            if req.method == "auth":
-                self._auth(req)
-            else:
-                self.error(req.msgid, UNAUTHORIZED, f"authenticate first: call auth(token) before {req.method!r}")
-            return
-        try:
-            method = req.method
-            if method == "act" or method == "act_batch":
-                single = method == "act"
-                archetype, block = (methods.parse_act if single else methods.parse_act_batch)(req.params)
-                batcher, limit = self.bridge.batcher, self.bridge.config.max_queued_rows
-                if batcher.queued_rows and batcher.queued_rows + len(block) > limit:
-                    self.overloaded(req.msgid, f"{batcher.queued_rows} decision rows are waiting for a forward "
-                                               f"(max_queued_rows={limit}); retry later")
-                    return
-                batcher.submit(archetype, (self, req.msgid, single, time.perf_counter(), block))
-            elif req.method == "stats":
-                self.send(self.rpc.response(req.msgid, None, self.bridge.stats_snapshot()))
-            elif req.method == "auth":
-                self.send(self.rpc.response(req.msgid, None, True))
-            elif method == "flush":
-                self._flush(req)
-            elif method == "reset_player":  # deletes a file: off the event loop too
-                self._in_worker(req, lambda: methods.direct["reset_player"](req.params))
-            elif req.method in methods.direct:
-                self.send(self.rpc.response(req.msgid, None, methods.direct[req.method](req.params)))
-            else:
-                self.error(req.msgid, METHOD_NOT_FOUND, f"unknown method {req.method!r}; known: {self.bridge.method_names}")
-        except NpcAdaptError as exc:
-            self.error(req.msgid, error_code(exc), str(exc))
-        except Exception as exc:  # a bug must not take the server down
-            log.exception("internal error in %s", req.method)
-            self.error(req.msgid, INTERNAL_ERROR, f"internal error in {req.method}: {type(exc).__name__}: {exc}")
-
-    def _flush(self, req: Request) -> None:
-        """flush() in a worker thread (disk writes and fsyncs); the reply comes when it is done.
-        Pipelined flushes share runs (:class:`~npcadapt.coalesce.Coalesced`)."""
-        if req.params:
-            raise InvalidInputError(f"flush takes 0 params, got {len(req.params)}")
-        self._in_worker(req, self.bridge.flusher)
-
-    def _in_worker(self, req: Request, call: Callable[[], object]) -> None:
-        """Answer `req` with `call()` run in a worker thread (`call` returns a future itself
-        when it is a :class:`Coalesced`). This connection's act rows still queued are
-        decided first, so the call covers them; its reply may follow replies to later requests."""
-        if self.queued:
-            self.bridge.batcher.flush_all()
-        done = call() if isinstance(call, Coalesced) else asyncio.get_running_loop().run_in_executor(None, call)
-        done.add_done_callback(lambda fut: self._flushed(req.msgid, fut, req.method))
-
-    def _flushed(self, msgid: int, fut: asyncio.Future, method: str) -> None:
-        if fut.cancelled():  # shutting down
-            return
-        exc = fut.exception()
-        if exc is None:
-            self.send(self.rpc.response(msgid, None, fut.result()))
-        elif isinstance(exc, NpcAdaptError):
-            self.error(msgid, error_code(exc), str(exc))
-        else:
-            log.error("internal error in %s: %r", method, exc)
-            self.error(msgid, INTERNAL_ERROR, f"internal error in {method}: {type(exc).__name__}: {exc}")
-
-    def _auth(self, req: Request) -> None:
-        token = req.params[0] if len(req.params) == 1 else None
-        if isinstance(token, str) and hmac.compare_digest(token.encode(), self.bridge.config.token.encode()):
-            self.authenticated = True
-            self.rpc.cap_message_size(None)
-            self.send(self.rpc.response(req.msgid, None, True))
-            return
-        self.auth_failures += 1
-        self.bridge.stats.counters["auth_failures"] += 1
-        self.error(req.msgid, UNAUTHORIZED, "auth(token): wrong token")
-        if self.auth_failures >= MAX_AUTH_FAILURES:
-            log.info("closing a connection after %d wrong tokens", self.auth_failures)
-            self.close()
-
-    # -- output -----------------------------------------------------------------------
-    def error(self, msgid: int, code: int, message: str) -> None:
-        self.bridge.stats.error(code)
-        self.send(self.rpc.error_response(msgid, code, message))
-
-    def overloaded(self, msgid: int, message: str) -> None:
-        """OVERLOADED: refused at once, nothing queued; the client may retry."""
-        self.bridge.stats.counters["overloaded"] += 1
-        self.error(msgid, OVERLOADED, message)
-
-    def send(self, data: bytes) -> None:
-        if not self.open:
-            return
-        self.transport.write(data)
-        config = self.bridge.config
-        cap = config.max_output_buffer if self.authenticated else config.pre_auth_max_bytes
-        if self.transport.get_write_buffer_size() > cap:
-            log.info("closing a client that does not read its responses (output buffer over %d bytes)", cap)
-            self.transport.abort()
-            self.connection_lost(None)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-        self.connection_lost(None)
-
 
 class Bridge:
     """The server object: owns the listening socket, connections, batcher and stats."""
@@ -564,10 +213,12 @@ class Bridge:
     def __init__(self, service: Service, config: ServerConfig = ServerConfig()):
         self.service = service
         self.config = config
-        self.methods = Methods(service)
-        self.method_names = sorted({*self.methods.direct, "act", "act_batch", "stats", "auth"})
+        self.methods = Methods(service, stats=self.stats_snapshot)
+        self.method_names = sorted(self.methods.table)
+        # the WORKER methods whose calls share runs: one running, at most one more waiting
+        self.shared_runs = {name: Coalesced(method.call) for name, method in self.methods.table.items()
+                            if method.kind is Kind.WORKER and method.shared}
         service.limit_pending_feedback(config.max_pending_feedback)
-        self.flusher = Coalesced(lambda: service.flush())  # one flush running, at most one more waiting
         self.stats = Stats()
         self.connections: set[Connection] = set()
         self.budget = InputBudget(config.input_budget_bytes, self.stats.counters, self.connections,
@@ -575,7 +226,7 @@ class Bridge:
         self.batcher: MicroBatcher | None = None
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
-        self._flusher: asyncio.Task | None = None
+        self._log_flusher: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poll_until = 0.0
         self._polling = False
@@ -592,7 +243,7 @@ class Bridge:
             self._server = await loop.create_server(lambda: Connection(self), self.config.host, self.config.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._reaper = loop.create_task(self._reap_idle())
-        self._flusher = loop.create_task(self._flush_log())
+        self._log_flusher = loop.create_task(self._flush_log())
         if self.service.online:
             self.service.start_background_training(self.config.train_interval, self.config.train_round_players)
         log.info("npcadapt bridge listening on %s:%d", self.config.host, self.port)
@@ -658,7 +309,7 @@ class Bridge:
         """Stop accepting, close connections, flush the log and changed adapters."""
         if self._server is not None:
             self._server.close()
-        for task in (self._reaper, self._flusher):
+        for task in (self._reaper, self._log_flusher):
             if task is not None:
                 task.cancel()
         for conn in list(self.connections):

@@ -249,16 +249,14 @@ class Service:
         those that became ready first; while a full round's worth is still ready the next
         round starts at once, otherwise the thread looks again after `interval` seconds (so
         players trickling in are still gathered into batches). Bounded rounds keep a backlog
-        (many players finishing episodes at once) from becoming one long update whose
-        hand-over work, done in this process, would stall decisions, and every adapter in
-        it would arrive only at its end.
+        from becoming one long update that stalls decisions (its hand-over work runs in this
+        process) and delivers every adapter only at its end.
 
-        With the in-process trainer the thread does the training, so its nice value is
-        raised by `trainer_nice` (per thread on Linux) and on a busy machine the scheduler
-        runs decisions first. With a trainer process the child has that priority instead;
-        this thread only moves episodes and adapters, holding the GIL briefly, and stays at
-        normal priority: lowered, it could be descheduled while holding the GIL that
-        decisions wait for.
+        With the in-process trainer this thread trains, so its nice value is raised by
+        `trainer_nice` (per thread on Linux) and a busy machine runs decisions first. With a
+        trainer process the child has that priority; this thread only moves episodes and
+        adapters and stays at normal priority, because lowered it could be descheduled while
+        holding the GIL that decisions wait for.
         """
         if players_per_round is not None and players_per_round < 1:
             raise InvalidInputError(f"players_per_round must be >= 1 or None, got {players_per_round!r}")

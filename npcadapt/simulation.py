@@ -12,8 +12,8 @@ enough completed episodes. After every episode the exact expected return of each
 player's current policy is computed from the env's situation table, so curves are
 noise-free measurements, not sampled returns.
 
-A host is anything with the Service's surface: ``act_batch``, ``feedback_batch``,
-``train_pending`` and ``action_probs`` (``npcadapt.Service`` or the full fine-tune host).
+The host is any :class:`~npcadapt.host.Host`: ``npcadapt.Service``, or a benchmark's
+full fine-tune host or Thompson-sampling baseline.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import numpy as np
 
 from .envs import game
 from .envs import make as make_env
-from .policy import kl_rows
+from .host import Host
+from .numerics import kl_rows
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +130,23 @@ class Evaluator:
         self.obs = np.stack([o for o, _ in situations]).astype(np.float32)  # (S, D)
         self.weights = np.array([w for _, w in situations], dtype=np.float64)  # (S,)
 
-    def _probs(self, host, archetype: str, players: list[str], base: bool) -> np.ndarray:
+    def _probs(self, host: Host, archetype: str, players: list[str], base: bool) -> np.ndarray:
         n, s = len(players), len(self.obs)
         rows = [p for p in players for _ in range(s)]
         probs = host.action_probs(archetype, rows, np.tile(self.obs, (n, 1)), base=base)
         return probs.reshape(n, s, -1)  # (n, S, A)
 
-    def expected_returns(self, host, archetype: str, players: list[str], personas: list[str]) -> np.ndarray:
+    def expected_returns(self, host: Host, archetype: str, players: list[str], personas: list[str]) -> np.ndarray:
         """(n,) exact expected return of each player's current policy against their persona."""
         probs = self._probs(host, archetype, players, False)
         return np.array([self.env.expected_return(persona, p) for persona, p in zip(personas, probs)])
 
-    def base_returns(self, host, archetype: str, personas: list[str]) -> dict[str, float]:
+    def base_returns(self, host: Host, archetype: str, personas: list[str]) -> dict[str, float]:
         """Exact expected return of the base policy against each persona."""
         probs = self._probs(host, archetype, ["base"], True)[0]  # (S, A)
         return {persona: self.env.expected_return(persona, probs) for persona in personas}
 
-    def kl_to_base(self, host, archetype: str, players: list[str]) -> np.ndarray:
+    def kl_to_base(self, host: Host, archetype: str, players: list[str]) -> np.ndarray:
         """Situation-weighted mean KL(policy || base) per player, nats."""
         p = self._probs(host, archetype, players, False)  # (n, S, A)
         q = self._probs(host, archetype, ["base"], True)  # (1, S, A): the base is the same for everyone
@@ -153,7 +154,7 @@ class Evaluator:
 
 
 def run_simulation(
-    host,
+    host: Host,
     env_id: str,
     archetype: str,
     *,

@@ -14,7 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sim.errors import SimError
-from sim.personas import AVERAGE, NOISE, PersonaCatalogue, persona_gap_table
+from sim.personas import AVERAGE, NOISE, PersonaCatalogue, draw_index, persona_gap_table
 from sim.traits import traits_in
 
 # fmt: off
@@ -305,7 +305,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
         super().reset(seed=seed)
         self._switch_persona(options)
         u = self.np_random.random(2)  # fixed draw count: the first state ignores the persona
-        self._state = min(int(np.searchsorted(np.cumsum(_start()), u[0], side="right")), N - 1)
+        self._state = draw_index(np.cumsum(_start()), u[0])
         if self.persona == AVERAGE:
             self._player = PERSONAS[min(int(u[1] * len(PERSONAS)), len(PERSONAS) - 1)]
         else:
@@ -326,8 +326,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
             raise SimError(f"HaggleEnv: action {action!r} is not in Discrete({A})")
         a, n = int(action), self._state
         cdf = self._cdfs[self._player][n, a]  # (O,), or (A * O,) pooled for noise
-        u = self.np_random.random() * cdf[-1]  # one draw per line, whatever the action
-        j = min(int(np.searchsorted(cdf, u, side="right")), len(cdf) - 1)
+        j = draw_index(cdf, self.np_random.random())  # one draw per line, whatever the action
         said, o = divmod(j, O) if self._player == NOISE else (a, j)
         reward = float(self.tables["values"][said, o])
         self._state = int(self.tables["next"][n, o])

@@ -77,6 +77,12 @@ def mood_outcomes(
     return probs, values
 
 
+def draw_index(cdf: np.ndarray, u: float) -> int:
+    """Index drawn from an (M,) cumulative distribution (unnormalised) with a uniform ``u``
+    in [0, 1): every env's one way of turning its uniforms into outcomes."""
+    return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)
+
+
 def persona_gap_table(env: Any, personas: tuple[str, ...]) -> dict[str, dict[str, float]]:
     """Per persona: oracle, population-best, uniform-random and worst returns, and
     ``gap_share = (oracle - population_best) / (oracle - worst)``: the fraction of the
@@ -262,14 +268,11 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
             )
         a, c, u = int(action), int(self._contexts[self._t]), self._uniforms[self._t]
         if self._player == NOISE:
-            i = min(
-                int(np.searchsorted(self._noise_cdf, u * self._noise_cdf[-1], side="right")),
-                len(self._noise_values) - 1,
-            )
+            i = draw_index(self._noise_cdf, u)
             o, reward = int(self._noise_outcomes[i]), float(self._noise_values[i])
         else:
             cdf = self._cdfs[self._player][c, a]
-            o = min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)
+            o = draw_index(cdf, u)
             reward = float(self._values[self._player][c, a, o])
         self._last = {"context": c, "action": a, "outcome": o, "reward": reward}
         self._t += 1

@@ -8,7 +8,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sim.errors import SimError
-from sim.personas import AVERAGE, NOISE, PersonaRoundEnv
+from sim.personas import AVERAGE, NOISE, PersonaRoundEnv, draw_index
 from sim.traits import traits_in
 
 # fmt: off
@@ -369,7 +369,7 @@ class SkirmishEnv(PersonaRoundEnv):
         if self._player == NOISE:
             move, reward = self._noise_round(u)
         else:
-            move = _draw(np.cumsum(move_probs(self._player, obs)[0]), u[0])
+            move = draw_index(np.cumsum(move_probs(self._player, obs)[0]), u[0])
             reward = float(PAYOFF[a, move])
         self._last = {"obs": obs, "action": a, "move": move, "reward": reward}
         self._t += 1
@@ -383,7 +383,7 @@ class SkirmishEnv(PersonaRoundEnv):
         """A pooled draw that ignores the NPC: random situation, persona, action, move."""
         S, K, A = len(self._eval_obs), len(PERSONAS), len(ACTIONS)
         s, k, a = (min(int(v * n), n - 1) for v, n in zip(u[1:], (S, K, A)))
-        move = _draw(self._noise_cdf[s, k], u[0])
+        move = draw_index(self._noise_cdf[s, k], u[0])
         return move, float(PAYOFF[a, move])
 
     def _info(self) -> dict[str, Any]:
@@ -448,7 +448,3 @@ class SkirmishEnv(PersonaRoundEnv):
         """As :meth:`PersonaRoundEnv.persona_gaps`, by default for the named and held-out personas."""
         return super().persona_gaps(self.playable() if personas is None else personas)
 
-
-def _draw(cdf: np.ndarray, u: float) -> int:
-    """Index drawn from an (M,) cumulative distribution with a uniform ``u``."""
-    return min(int(np.searchsorted(cdf, u * cdf[-1], side="right")), len(cdf) - 1)

@@ -8,8 +8,8 @@ import torch
 
 from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
 from npcadapt.bench.baselines import NeuralLinearHost, TableThompsonHost, ThompsonSettings
-from npcadapt.episodes import reward_to_go
 from npcadapt.errors import InvalidInputError
+from npcadapt.numerics import gae
 from npcadapt.simulation import run_simulation
 
 
@@ -18,9 +18,9 @@ def archetypes():
     return find_archetypes([BUILTIN_DIR])
 
 
-def test_reward_to_go_targets():
-    assert reward_to_go([1.0, 0.0, 2.0], 0.0).tolist() == [1.0, 0.0, 2.0]
-    assert reward_to_go([1.0, 0.0, 2.0], 0.5).tolist() == pytest.approx([1.5, 1.0, 2.0])
+def test_reward_to_go_targets():  # gae without values and lambda 1: the baselines' regression targets
+    assert gae([1.0, 0.0, 2.0], None, 0.0, 1.0).tolist() == [1.0, 0.0, 2.0]
+    assert gae([1.0, 0.0, 2.0], None, 0.5, 1.0).tolist() == pytest.approx([1.5, 1.0, 2.0])
 
 
 def test_settings_are_validated():

@@ -141,7 +141,7 @@ def test_node_client_sees_overloaded_as_a_distinct_retryable_error(tmp_path, nod
         assert proc.returncode == 0, proc.stdout + proc.stderr
         result = json.loads(proc.stdout)
         assert result == {"decided": 4, "overloaded": 6, "other": [], "retryable_other": 0}
-        assert running.bridge.stats.counters["overloaded"] == 6
+        assert running.bridge.stats.overloaded == 6
 
 
 def test_node_example_exits_nonzero_when_it_cannot_connect(node):

@@ -14,6 +14,8 @@ import msgpack
 import pytest
 
 import npcadapt.protocol as protocol
+import npcadapt.protocol_codec as protocol_codec
+import npcadapt.protocol_headers as protocol_headers
 from npcadapt.errors import InvalidInputError, ProtocolError
 from npcadapt.protocol import (
     INTERNAL_ERROR,
@@ -376,8 +378,9 @@ def test_encoding_errors_are_clear():
         conn.receive_data("text")
 
 
-def test_protocol_module_does_no_io():
-    tree = ast.parse(Path(protocol.__file__).read_text())
+@pytest.mark.parametrize("module", [protocol, protocol_headers, protocol_codec])
+def test_protocol_modules_do_no_io(module):
+    tree = ast.parse(Path(module.__file__).read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree)
                 if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -502,6 +505,36 @@ def test_fuzz_only_events_or_protocol_errors_and_split_independent():
     assert min(stats.values()) > 300, stats  # both paths exercised
 
 
+def test_limits_and_ext_values_never_reach_the_decode_error_explainer(monkeypatch):
+    """Why RpcConnection._explain knows only map keys: a complete message that fails to
+    decode is walked first, against the same limits and rejecting every ext header, so a
+    limit or an ext value (a timestamp, a malformed one included) is always reported in the
+    walk's words, whole or split; only what needs a decode (a map key) is left to explain."""
+    explained = []
+    real = RpcConnection._explain
+    monkeypatch.setattr(RpcConnection, "_explain", staticmethod(lambda exc: explained.append(str(exc)) or real(exc)))
+    request = b"\x94\x00\x01\xa1m\x91"  # [0, 1, "m", [ ... ]] around one param
+    cases = [
+        (pack([0, 1, "m", ["x" * 30]]), "string of 30 bytes exceeds max_str_len=24"),
+        (pack([0, 1, "m", [b"x" * 30]]), "binary of 30 bytes exceeds max_bin_len=24"),
+        (pack([0, 1, "m", [list(range(13))]]), "array of 13 elements exceeds max_array_len=12"),
+        (pack([0, 1, "m", [{f"k{i}": i for i in range(7)}]]), "map of 7 entries exceeds max_map_len=6"),
+        (pack([0, 1, "m", [{"k": [msgpack.ExtType(5, b"ab")]}]]), "ext type 5 not allowed"),
+        (request + b"\xd4\xff\x00", "ext type -1 (timestamp) not allowed"),  # 1 byte: msgpack says "invalid timestamp"
+        (request + b"\xc7\x05\xff" + b"\x00" * 5, "ext type -1 (timestamp) not allowed"),
+        (pack([0, 1, "m", [{1: 2}, "x" * 30]]), "string of 30 bytes"),  # a limit comes before a map key
+    ]
+    rng = random.Random(3)
+    for data, words in cases:
+        for chunks in ([data], random_splits(data, rng), bytewise(data)):
+            assert words in feed(chunks, SMALL)[1], data.hex()
+    for data in _fuzz_inputs(2000, seed=7):
+        feed([data], SMALL)
+    assert all("is not allowed for map key" in text for text in explained), explained
+    assert "map key of type int" in feed([pack([0, 1, "m", [{1: 2}]])], SMALL)[1]
+    assert explained[-1] == "int is not allowed for map key when strict_map_key=True"
+
+
 def test_the_scanner_does_not_keep_the_size_of_the_largest_message():
     """msgpack's Unpacker buffer never shrinks: 5 connections that each completed a 4 MB
     message kept ~34 MB between them. The scanner is replaced once such a message is done
@@ -542,8 +575,9 @@ def test_rejecting_a_large_bad_message_walks_few_headers_in_python(monkeypatch, 
     assert 6 * 2**20 < len(data) < 8 * 2**20 and data.count(b"\xa4QQQQ") == 1
     data = data.replace(b"\xa4QQQQ", bad)
     seen = []
-    real = protocol._check_length
-    monkeypatch.setattr(protocol, "_check_length", lambda kind, n, limits: seen.append(kind) or real(kind, n, limits))
+    real = protocol_headers.check_length
+    monkeypatch.setattr(protocol_headers, "check_length",
+                        lambda kind, n, limits: seen.append(kind) or real(kind, n, limits))
     conn = RpcConnection()
     with pytest.raises(ProtocolError, match=error):
         conn.receive_data(data)

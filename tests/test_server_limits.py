@@ -362,7 +362,7 @@ def test_pipelined_flushes_share_runs_and_reset_player_runs_off_the_event_loop(t
         assert read_reply(other)[1:] == [900, None, False]  # (ann had no adapter yet: nothing erased)
         replies = [read_reply(sock) for _ in range(50)]
         assert all(r[2] is None for r in replies) and sorted(r[1] for r in replies) == list(range(50))
-        assert calls.count("flush") == 2 and running.bridge.flusher.runs == 2  # one running, one for the other 49
+        assert calls.count("flush") == 2 and running.bridge.shared_runs["flush"].runs == 2  # one running, one for the other 49
 
 
 def test_one_pipelining_connection_does_not_hold_up_the_others(tmp_path):

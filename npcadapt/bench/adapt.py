@@ -62,10 +62,11 @@ def summarise(report: dict, marks: list[int]) -> dict[str, Any]:
     }
 
 
-def baseline_hosts(env, policy, seed: int) -> dict[str, Any]:
+def baseline_hosts(env, policy, seed: int) -> dict[str, TableThompsonHost | NeuralLinearHost]:
     """The baselines that apply to `env`, keyed by the name the report uses."""
     gamma = SEQUENTIAL_GAMMA if env.SEQUENTIAL else 0.0
-    hosts = {"neural_linear_thompson": NeuralLinearHost(policy, replace(NEURAL_LINEAR_SETTINGS, gamma=gamma), seed)}
+    hosts: dict[str, TableThompsonHost | NeuralLinearHost] = {
+        "neural_linear_thompson": NeuralLinearHost(policy, replace(NEURAL_LINEAR_SETTINGS, gamma=gamma), seed)}
     if env.DISCRETE_CONTEXT:
         hosts = {"table_thompson": TableThompsonHost(policy, replace(TABLE_SETTINGS, gamma=gamma), seed), **hosts}
     return hosts

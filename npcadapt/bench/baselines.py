@@ -1,8 +1,8 @@
 """Per-player Thompson-sampling baselines: what a developer would write instead of npcadapt.
 
-Both are hosts with the Service's simulation surface (``act_batch``, ``feedback_batch``,
-``train_pending``, ``action_probs``), so the adaptation benchmark runs them through the
-very same simulation loop, seeds and episode budgets as npcadapt.
+Both are :class:`~npcadapt.host.Host` implementations like the Service, so the
+adaptation benchmark runs them through the very same simulation loop, seeds and episode
+budgets as npcadapt.
 
 - :class:`TableThompsonHost`: an independent Gaussian posterior over the mean reward of
   every (situation, action) of every player, where a situation is the observation minus
@@ -22,15 +22,16 @@ the reward, or with ``gamma > 0`` the discounted reward still to come in the epi
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from ..policy import ActorCritic, masked_log_probs
-from ..episodes import reward_to_go
+from ..host import Actions, Host
+from ..numerics import gae, masked_log_probs
+from ..policy import ActorCritic
 
 
 @dataclass(frozen=True)
@@ -57,11 +58,6 @@ TABLE_SETTINGS = ThompsonSettings(prior_scale=0.05, prior_std=0.5, noise_std=0.3
 NEURAL_LINEAR_SETTINGS = ThompsonSettings(prior_scale=0.05, weight_precision=10.0, noise_std=0.5)
 
 
-@dataclass(frozen=True)
-class _Actions:
-    action: np.ndarray
-
-
 @dataclass
 class _Pending:
     """One (player, NPC) episode in progress: its decisions and rewards so far."""
@@ -71,7 +67,7 @@ class _Pending:
     rewards: list = field(default_factory=list)
 
 
-class _ThompsonHost:
+class _ThompsonHost(Host):
     """Shared episode bookkeeping and base-policy helpers; subclasses own the posterior."""
 
     def __init__(self, policy: ActorCritic, settings: ThompsonSettings = ThompsonSettings(), seed: int = 0):
@@ -91,7 +87,7 @@ class _ThompsonHost:
         return self.settings.prior_scale * (logp - logp.mean(-1, keepdims=True))
 
     # ---- the host surface ----------------------------------------------------------------
-    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]) -> _Actions:
+    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]) -> Actions:
         obs = np.asarray(obs, np.float32)
         features = self._features(obs)
         values = self._sample_values(list(players), obs, features)  # (N, A)
@@ -100,14 +96,15 @@ class _ThompsonHost:
             episode = self.pending[(player, npc)]
             episode.features.append(f)
             episode.actions.append(int(a))
-        return _Actions(actions)
+        return Actions(actions)
 
-    def feedback_batch(self, players, npcs, rewards, dones) -> None:
+    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones) -> None:
         for player, npc, reward, done in zip(players, npcs, rewards, dones):
             episode = self.pending[(player, npc)]
             episode.rewards.append(float(reward))
             if done or self.settings.gamma == 0:
-                self._observe(player, episode.features, episode.actions, reward_to_go(episode.rewards, self.settings.gamma))
+                targets = gae(episode.rewards, None, self.settings.gamma, 1.0)  # the discounted reward-to-go
+                self._observe(player, episode.features, episode.actions, targets)
                 del self.pending[(player, npc)]
 
     def train_pending(self) -> int:

@@ -7,14 +7,16 @@ adaptation benchmark (bench/adapt.py) uses it; serving stays LoRA.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..episodes import EpisodeTracker
-from ..policy import ActorCritic, LayerDelta, masked_log_probs
+from ..host import Actions, Host
+from ..numerics import draw_categorical_torch, masked_log_probs
+from ..policy import ActorCritic, LayerDelta
 from ..training.online import OnlineConfig, OnlineTrainer, OptimizerState, PlayerUpdate
 
 
@@ -72,8 +74,8 @@ class DenseFamily:
         return delta
 
 
-class FullFinetuneHost:
-    """The Service's act/feedback/train surface, with full per-player copies instead of LoRA."""
+class FullFinetuneHost(Host):
+    """A :class:`~npcadapt.host.Host` like the Service, with full per-player copies instead of LoRA."""
 
     def __init__(self, policy: ActorCritic, archetype: str, config: OnlineConfig, seed: int = 0):
         self.policy = policy
@@ -104,18 +106,21 @@ class FullFinetuneHost:
                 out[rows] = masked_log_probs(logits).exp()
             return out.numpy()
 
-    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]):
+    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]) -> Actions:
+        """Draws in torch from this host's generator (the engine draws with :mod:`npcadapt.sampling`)."""
         obs_np = np.asarray(obs, np.float32)
         obs_t = torch.from_numpy(obs_np)
         with torch.inference_mode():
             logits, value = self.policy(obs_t, self.family.delta_fn(self._rows(players)))
-            action, logp, _ = sample_actions(logits, None, None, self.generator)
+            logp_all = masked_log_probs(logits)  # (N, A)
+            action = draw_categorical_torch(logp_all.exp(), self.generator)  # (N,)
+            logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
         ids = np.arange(self._ids, self._ids + len(players))
         self._ids += len(players)
         self.tracker.record(archetype, players, npcs, obs_np, None, action.numpy(), logp.numpy(), value.numpy(), ids)
-        return _Actions(action.numpy())
+        return Actions(action.numpy())
 
-    def feedback_batch(self, players, npcs, rewards, dones) -> None:
+    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones) -> None:
         self.tracker.feedback_batch(players, npcs, rewards, dones)
 
     def train_pending(self) -> int:
@@ -130,26 +135,3 @@ class FullFinetuneHost:
                 self.states[outcome.player] = outcome.state
                 done += 1
         return done
-
-
-@dataclass(frozen=True)
-class _Actions:
-    action: np.ndarray
-
-
-def sample_actions(
-    logits: torch.Tensor, mask: torch.Tensor | None, greedy: torch.Tensor | None, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Masked categorical draw in torch: logits (N, A) -> action, logp, entropy, each (N,).
-
-    Masked actions get probability exactly 0 and are never drawn; rows with greedy True
-    take the argmax instead. (The engine draws with :mod:`npcadapt.sampling` instead.)
-    """
-    logp_all = masked_log_probs(logits, mask)  # (N, A)
-    probs = logp_all.exp()
-    entropy = -torch.where(probs > 0, probs * logp_all, torch.zeros_like(probs)).sum(-1)
-    action = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (N,)
-    if greedy is not None:
-        action = torch.where(greedy, logp_all.argmax(-1), action)
-    logp = logp_all.gather(1, action.unsqueeze(1)).squeeze(1)
-    return action, logp, entropy

@@ -32,7 +32,7 @@ def _cmd_inspect_log(args) -> int:
 def _cmd_inspect_adapter(args) -> int:
     import numpy as np
 
-    from ..policy import kl_rows
+    from ..numerics import kl_rows
     from ..service import Service
 
     with Service(args.data, archetype_dirs=archetype_dirs(args), online=None, record=False) as svc:

@@ -1,8 +1,9 @@
 """Where the demo's NPC decisions come from: the engine in-process, or a bridge over a socket.
 
-Both implementations expose the same small surface (:class:`Backend`): batched decisions,
-feedback, action probabilities (adapted and base) for the HUD, adapter info, reset,
-flush. In-process (:class:`LocalBackend`) wraps :class:`npcadapt.Service` with recording
+Both implementations are a :class:`Backend`: a :class:`~npcadapt.host.Host` (batched
+decisions, feedback, training, action probabilities, adapted and base, for the HUD) with
+what the demo shows and manages besides (archetype description, adapter and prior info,
+reset, flush, close). In-process (:class:`LocalBackend`) wraps :class:`npcadapt.Service` with recording
 on and online training in a background thread. Over the socket (:class:`SocketBackend`)
 every call goes through :class:`npcadapt.client.Client` exactly as a game engine's would;
 the server records the session and trains, and the HUD's probabilities come from the
@@ -12,17 +13,18 @@ bridge's ``action_probs`` method.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from ..client import Client
 from ..errors import InvalidInputError, NpcAdaptError
+from ..host import Host
 from ..service import Service
 from ..training.online import OnlineConfig
+from ..types import BatchDecision
 
 log = logging.getLogger(__name__)
 # A demo session lasts minutes, not hundreds of episodes, and its bot keeps one style: the
@@ -34,52 +36,29 @@ DEFAULT_ONLINE = OnlineConfig(ent_coef=0.0, prior_trust_open=-3.0, prior_trust_n
 DEMO_SETTINGS = ("ent_coef", "prior_trust_open", "prior_trust_nats", "prior_decay", "prior_explore")  # what the demo changes from the defaults
 
 
-@dataclass(frozen=True)
-class Act:
-    """One decision as the demo needs it."""
+class Backend(Host, Protocol):
+    """The npcadapt surface the demo uses: a Host, and what the demo shows and manages."""
 
-    action: int
-    logp: float
-    version: int  # adapter version that decided (0 = base)
+    label: str  # where decisions come from, for the HUD
 
+    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]) -> BatchDecision:
+        """As :meth:`npcadapt.Service.act_batch`."""
+        ...
 
-class Backend(ABC):
-    """The npcadapt surface the demo uses."""
+    def describe(self, archetype: str) -> dict:
+        """The archetype's plain-data summary (``Archetype.describe``: observation layout, actions)."""
+        ...
 
-    label = ""
-
-    @abstractmethod
-    def describe(self, archetype: str) -> dict: ...
-
-    @abstractmethod
-    def act_batch(self, archetype: str, players: Sequence[str], npcs: Sequence[str], obs: np.ndarray) -> list[Act]: ...
-
-    @abstractmethod
-    def feedback(self, players: Sequence[str], npcs: Sequence[str], rewards: Sequence[float],
-                 dones: Sequence[bool]) -> None: ...
-
-    @abstractmethod
-    def probs(self, archetype: str, player: str, obs: np.ndarray, *, base: bool) -> np.ndarray | None:
-        """(N, A) action probabilities on obs (N, D); None where this backend cannot tell."""
-
-    @abstractmethod
     def adapter_info(self, archetype: str, player: str) -> dict | None: ...
 
-    @abstractmethod
     def prior_info(self, archetype: str, player: str) -> dict | None:
         """Where the player stands on the archetype's population prior (None: no prior)."""
+        ...
 
-    @abstractmethod
     def reset_player(self, archetype: str, player: str) -> bool: ...
 
-    @abstractmethod
     def flush(self) -> None: ...
 
-    def train_step(self) -> int:
-        """Run pending adapter updates now (synchronous training only); returns how many."""
-        return 0
-
-    @abstractmethod
     def close(self) -> None: ...
 
 
@@ -87,7 +66,7 @@ class LocalBackend(Backend):
     """The engine in this process, recorded to DATA/logs.
 
     `train`: "background" runs online updates in a thread while frames keep coming (the
-    window game); "sync" runs them only when :meth:`train_step` is called (headless runs at
+    window game); "sync" runs them only when :meth:`train_pending` is called (headless runs at
     full speed, so that updates keep pace with simulated time and runs are reproducible).
     """
 
@@ -101,22 +80,21 @@ class LocalBackend(Backend):
         if online is not None and not self.sync:
             self.service.start_background_training()
 
-    def train_step(self) -> int:
+    def train_pending(self) -> int:
+        """One player's update now with synchronous training; nothing with background training."""
         return self.service.train_pending(max_players=1) if self.sync else 0
 
     def describe(self, archetype: str) -> dict:
         return self.service.archetypes[archetype].describe()
 
-    def act_batch(self, archetype, players, npcs, obs) -> list[Act]:
-        out = self.service.act_batch(archetype, list(players), obs, npcs=list(npcs))
-        return [Act(int(a), float(lp), int(v)) for a, lp, v in zip(out.action, out.logp, out.adapter_version)]
+    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]) -> BatchDecision:
+        return self.service.act_batch(archetype, list(players), obs, npcs=list(npcs))
 
-    def feedback(self, players, npcs, rewards, dones) -> None:
+    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones) -> None:
         self.service.feedback_batch(list(players), list(npcs), rewards, dones)
 
-    def probs(self, archetype, player, obs, *, base) -> np.ndarray:
-        obs = np.asarray(obs, np.float32)
-        return self.service.action_probs(archetype, [player] * len(obs), obs, base=base)
+    def action_probs(self, archetype: str, players: Sequence[str], obs, *, base: bool = False) -> np.ndarray:
+        return self.service.action_probs(archetype, list(players), np.asarray(obs, np.float32), base=base)
 
     def adapter_info(self, archetype, player) -> dict | None:
         info = self.service.adapter_info(archetype, player)
@@ -150,17 +128,28 @@ class SocketBackend(Backend):
     def describe(self, archetype: str) -> dict:
         return self._described[archetype]
 
-    def act_batch(self, archetype, players, npcs, obs) -> list[Act]:
+    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]) -> BatchDecision:
         rows = [[p, n, np.asarray(o, np.float32)] for p, n, o in zip(players, npcs, obs)]
-        return [Act(int(r["action"]), float(r["logp"]), int(r["adapter_version"]))
-                for r in self.client.act_batch(archetype, rows)]
+        replies = self.client.act_batch(archetype, rows)
 
-    def feedback(self, players, npcs, rewards, dones) -> None:
+        def column(key: str, dtype: type) -> np.ndarray:
+            return np.array([r[key] for r in replies], dtype)
+
+        return BatchDecision(decision=column("decision", np.int64), action=column("action", np.int64),
+                             logp=column("logp", np.float32), value=column("value", np.float32),
+                             entropy=column("entropy", np.float32), adapter_version=column("adapter_version", np.int64),
+                             action_names=tuple(self._described[archetype]["actions"]))
+
+    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones) -> None:
         for p, n, r, d in zip(players, npcs, rewards, dones):
             self.client.feedback(p, n, float(r), bool(d))  # notifications: no round trip
 
-    def probs(self, archetype, player, obs, *, base) -> np.ndarray | None:
-        rows = [[player, np.ascontiguousarray(o, "<f4").tobytes()] for o in np.asarray(obs, np.float32)]
+    def train_pending(self) -> int:
+        """The bridge trains on its own: nothing to run here."""
+        return 0
+
+    def action_probs(self, archetype: str, players: Sequence[str], obs, *, base: bool = False) -> np.ndarray:
+        rows = [[p, np.ascontiguousarray(o, "<f4").tobytes()] for p, o in zip(players, np.asarray(obs, np.float32))]
         return np.asarray(self.client.call("action_probs", archetype, rows, {"base": bool(base)}), np.float64)
 
     def adapter_info(self, archetype, player) -> dict | None:

@@ -39,6 +39,8 @@ import numpy as np
 from ..envs import game
 from ..envs import make as make_env
 from ..errors import InvalidInputError
+from ..host import Host
+from ..numerics import draw_categorical
 from .rules import (
     CLOSING,
     COMPANION,
@@ -77,15 +79,14 @@ ARENA_STOP, STALL_STOP, RUG_STOP, VAULT_STOP = 26.0, 8.0, 5.0, 2.0
 HAGGLE_STAY = 15.0  # the longest a bot waits past its stop for a haggle to end (then it walks off)
 
 
-def gain_against(backend, archetype: str, player: str, persona: str) -> float | None:
+def gain_against(host: Host, archetype: str, player: str, persona: str) -> float | None:
     """Exact gain of `player`'s policy now against `persona` in the archetype's sim env:
     (policy - base) / (best response - base) in expected return, over every situation.
-    None where the backend cannot give probabilities."""
+    None where the persona leaves no gap to close."""
     env = make_env(ARCHETYPE_ENVS[archetype], persona=persona).unwrapped
     obs = np.stack([o for o, _ in env.situations()]).astype(np.float32)  # (S, D)
-    now, base = backend.probs(archetype, player, obs, base=False), backend.probs(archetype, player, obs, base=True)
-    if now is None or base is None:
-        return None
+    players = [player] * len(obs)
+    now, base = host.action_probs(archetype, players, obs, base=False), host.action_probs(archetype, players, obs, base=True)
     base_return = env.expected_return(persona, base)
     gap = env.oracle_return(persona) - base_return
     return round(float((env.expected_return(persona, now) - base_return) / gap), 4) if abs(gap) > 1e-9 else None
@@ -243,14 +244,14 @@ class Bot:
     def _duel_move(self, levels: tuple[int, int, int]) -> int:
         m = model(DUELIST)
         probs = m.outcome_probs[self.personas[DUELIST]][self._context(DUELIST, levels), 0]  # (M,)
-        return int(self.rng.choice(len(probs), p=probs / probs.sum()))
+        return draw_categorical(self.rng, probs)
 
     def _answer(self, archetype: str, pend) -> tuple[float, str | None]:
         """(delay in seconds, reply) for a merchant pitch or a companion's support."""
         m = model(archetype)
         c = self._context(archetype, pend.levels)
         probs = m.outcome_probs[self.personas[archetype]][c, pend.action]  # (O,)
-        o = int(self.rng.choice(len(probs), p=probs / probs.sum()))
+        o = draw_categorical(self.rng, probs)
         if archetype == MERCHANT:
             return self.rng.uniform(0.3, 0.8), MERCHANT_REPLIES[RESPONSES[o]]
         value = float(m.outcome_values[self.personas[archetype]][c, pend.action, o])
@@ -261,6 +262,6 @@ class Bot:
         """(delay in seconds, answer) to a haggler's line: the env persona's response in that state."""
         mood, item = pend.levels
         probs = self._haggle[self.personas[HAGGLER]][item * len(MOODS) + mood, pend.action]  # (6,) HAGGLE_RESPONSES
-        o = int(self.haggle_rng.choice(len(probs), p=probs / probs.sum()))
+        o = draw_categorical(self.haggle_rng, probs)
         to_mood_line, to_offer = HAGGLE_ANSWERS[HAGGLE_RESPONSES[o]]
         return self.haggle_rng.uniform(0.3, 0.7), to_offer if pend.action in CLOSING else to_mood_line

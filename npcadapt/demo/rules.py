@@ -28,6 +28,7 @@ import numpy as np
 
 from ..envs import game
 from ..errors import ArchetypeError
+from ..numerics import draw_categorical
 
 EPISODE_LENGTH = 12  # decisions per bout / visit / outing, as in the sim envs
 
@@ -152,8 +153,8 @@ def companion_reward(reaction: str | None) -> float:
 
 def haggle_start(rng: np.random.Generator) -> tuple[int, int]:
     """(mood, item) at a visit's first line, drawn as ``HaggleEnv.reset`` draws them."""
-    item = int(rng.choice(len(ITEMS), p=_haggle.ITEM_PROBS))
-    return int(rng.choice(len(MOODS), p=_haggle.START_MOOD)), item
+    item = draw_categorical(rng, _haggle.ITEM_PROBS)
+    return draw_categorical(rng, _haggle.START_MOOD), item
 
 
 def haggle_response(line: int, answer: str | None) -> str | None:

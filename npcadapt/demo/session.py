@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..policy import kl_rows
+from ..numerics import kl_rows
 from . import rules
 from .backend import Backend
 from .world import Npc, Outcome, PlayerInput, World
@@ -81,15 +81,15 @@ class Session:
             by_arch[req.npc.archetype].append(req)
         for arch, reqs in by_arch.items():
             obs = np.stack([r.obs for r in reqs])  # (N, D)
-            acts = self.backend.act_batch(arch, [self.acting_player] * len(reqs), [r.npc.id for r in reqs], obs)
-            for req, act in zip(reqs, acts):
-                self.world.decided(req.npc, act.action, req.levels)
+            out = self.backend.act_batch(arch, [self.acting_player] * len(reqs), obs, npcs=[r.npc.id for r in reqs])
+            for req, action in zip(reqs, out.action.tolist()):
+                self.world.decided(req.npc, action, req.levels)
                 tr = self.tracks[req.npc.id]
                 tr.decisions += 1
-                tr.last_action = act.action
+                tr.last_action = action
                 tr.recent_obs.append(req.obs)
             self.decisions += len(reqs)
-        self.backend.train_step()
+        self.backend.train_pending()
         if self.world.time - self._probs_at >= PROBS_EVERY:
             self.refresh_probs()
 
@@ -97,8 +97,8 @@ class Session:
         if not outcomes:
             return
         pid = self.acting_player
-        self.backend.feedback([pid] * len(outcomes), [o.npc.id for o in outcomes], [o.reward for o in outcomes],
-                              [o.done and self.adapting for o in outcomes])
+        self.backend.feedback_batch([pid] * len(outcomes), [o.npc.id for o in outcomes], [o.reward for o in outcomes],
+                                    [o.done and self.adapting for o in outcomes])
         self.feedbacks += len(outcomes)
         for o in outcomes:
             tr = self.tracks[o.npc.id]
@@ -145,6 +145,10 @@ class Session:
             self._prior = {a: self.backend.prior_info(a, self.player) for a in self.archetypes}
             self._info_at = self.world.time
 
+    def _probs(self, archetype: str, obs: np.ndarray, *, base: bool) -> np.ndarray:
+        """(N, A) the player's action probabilities (or the base's) on obs (N, D)."""
+        return self.backend.action_probs(archetype, [self.player] * len(obs), obs, base=base)
+
     def refresh_probs(self) -> None:
         """Probabilities now and under the base on every NPC's current observation (batched)."""
         self._probs_at = self.world.time
@@ -154,14 +158,12 @@ class Session:
         for arch, npcs in groups.items():
             seen = [self.world.observe(n) for n in npcs]
             obs = np.stack([o for _, o in seen])
-            base = self.backend.probs(arch, self.player, obs, base=True)
-            now = self.backend.probs(arch, self.player, obs, base=False)
+            base = self._probs(arch, obs, base=True)
+            now = self._probs(arch, obs, base=False)
             for i, npc in enumerate(npcs):
                 tr = self.tracks[npc.id]
                 tr.levels = seen[i][0]
-                tr.base = None if base is None else base[i]
-                tr.now = None if now is None else now[i]
-                tr.kl = None if now is None or base is None else float(kl_rows(now[i], base[i]))
+                tr.base, tr.now, tr.kl = base[i], now[i], float(kl_rows(now[i], base[i]))
 
     def summary(self) -> dict:
         """Per NPC: decisions, reward early vs late, KL, mean probabilities now vs base on what it saw."""
@@ -186,12 +188,10 @@ class Session:
             }
             if tr.recent_obs:
                 obs = np.stack(tr.recent_obs)
-                now = self.backend.probs(npc.archetype, self.player, obs, base=False)
-                base = self.backend.probs(npc.archetype, self.player, obs, base=True)
-                if base is not None:
-                    row["probs_base"] = base.mean(0).round(4).tolist()
-                if now is not None and base is not None:
-                    row.update(kl=float(kl_rows(now, base).mean()), probs_now=now.mean(0).round(4).tolist())
+                now = self._probs(npc.archetype, obs, base=False)
+                base = self._probs(npc.archetype, obs, base=True)
+                row.update(kl=float(kl_rows(now, base).mean()), probs_now=now.mean(0).round(4).tolist(),
+                           probs_base=base.mean(0).round(4).tolist())
             npcs.append(row)
         return {"player": self.player, "backend": self.backend.label, "npcs": npcs,
                 "adapters": infos, "decisions": self.decisions, "feedback": self.feedbacks,

@@ -39,9 +39,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from ..archetypes import Archetype
-from ..episodes import Episode, reward_to_go
+from ..episodes import Episode
 from ..errors import AdapterMismatchError, InvalidInputError, StoreError
 from ..fileio import write_atomic
+from ..numerics import draw_categorical, gae
 from .bayes import Stats, cohort_weights, posterior
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def decisions(policy, episodes: Sequence[Episode], gamma: float) -> Decisions:
     """The decisions of `episodes` with their hidden features and reward-to-go targets."""
     obs = torch.as_tensor(np.stack([o for ep in episodes for o in ep.obs]), dtype=torch.float32)  # (T, D)
     actions = torch.as_tensor([a for ep in episodes for a in ep.action], dtype=torch.int64)  # (T,)
-    y = torch.as_tensor(np.concatenate([reward_to_go(ep.reward, gamma) for ep in episodes]))  # (T,)
+    y = torch.as_tensor(np.concatenate([gae(ep.reward, None, gamma, 1.0) for ep in episodes]))  # (T,) reward-to-go
     device = next(policy.parameters()).device
     with torch.inference_mode():
         hidden = policy.actor_features(obs.to(device)).cpu()  # (T, H)
@@ -143,7 +144,7 @@ def _kmeans(points: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarra
     centres = [points[rng.integers(len(points))]]
     for _ in range(1, k):
         d = np.min([((points - c) ** 2).sum(-1) for c in centres], axis=0)
-        centres.append(points[rng.choice(len(points), p=d / d.sum())] if d.sum() > 0 else points[rng.integers(len(points))])
+        centres.append(points[draw_categorical(rng, d)] if d.sum() > 0 else points[rng.integers(len(points))])
     centres = np.stack(centres)
     for _ in range(iters):
         labels = ((points[:, None] - centres[None]) ** 2).sum(-1).argmin(1)

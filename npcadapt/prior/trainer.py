@@ -40,7 +40,8 @@ import torch
 
 from ..episodes import Episode
 from ..lora.bank import AdapterLayout
-from ..policy import ActorCritic, masked_log_probs
+from ..numerics import draw_categorical_torch, masked_kl_rows, masked_log_probs
+from ..policy import ActorCritic
 from ..training.online import OnlineConfig, PlayerUpdate, UpdateOutcome
 from .bayes import Stats, evidence_and_mean, log_evidence
 from .head import weight_delta_row
@@ -175,12 +176,11 @@ class PriorTrainer:
         with torch.inference_mode():  # the base's logits from the last layer alone: hidden is its input
             logits = last(hidden.to(last.weight.device)).double().cpu()  # (T, A)
         base = masked_log_probs(logits, masks)  # (T, A), -inf where masked
+        allowed = torch.isfinite(base)  # (T, A)
         shift = hidden.double() @ delta.T  # (T, A)
 
         def kl(scale: float) -> float:
-            adapted = torch.log_softmax(base + scale * shift, dim=-1)
-            terms = torch.where(torch.isfinite(base), adapted.exp() * (adapted - base), torch.zeros_like(base))
-            return float(terms.sum(-1).mean())
+            return float(masked_kl_rows(masked_log_probs(base + scale * shift), base, allowed).mean())
 
         bound, value = self.config.kl_bound, kl(1.0)
         if bound <= 0 or value <= bound:
@@ -221,7 +221,7 @@ def _decayed(stats: Stats, factor: float) -> Stats:
 def _draw(weights: torch.Tensor, player: str, episodes: int) -> int:
     """A cohort drawn with probability `weights` (K,), reproducible per player and episode count."""
     seed = zlib.crc32(f"{player}\0{episodes}".encode())
-    return int(torch.multinomial(weights.float(), 1, generator=torch.Generator().manual_seed(seed)))
+    return int(draw_categorical_torch(weights.float(), torch.Generator().manual_seed(seed)))
 
 
 def _masks(episodes: Sequence[Episode], n_actions: int) -> torch.Tensor | None:

@@ -40,6 +40,7 @@ from ..config import ArchetypeSpec
 from ..envs import make as make_gym_env
 from ..errors import ArchetypeError, InvalidInputError
 from ..fileio import write_atomic
+from ..numerics import draw_categorical_torch, gae_torch, masked_logits, ppo_clip_loss
 from ..policy import ActorCritic
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,7 @@ def _action_mask(info: dict, n_envs: int, n_actions: int) -> torch.Tensor | None
 
 
 def _dist(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.distributions.Categorical:
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    return torch.distributions.Categorical(logits=logits)
+    return torch.distributions.Categorical(logits=masked_logits(logits, mask))
 
 
 @contextmanager
@@ -229,7 +228,7 @@ def evaluate_policy(
                 while not done:
                     mask = _action_mask({"action_mask": [info["action_mask"]]}, 1, n_actions) if "action_mask" in info else None
                     dist = _dist(policy.logits(_obs(obs)[None]), mask)
-                    action = dist.probs.argmax(-1) if greedy else torch.multinomial(dist.probs, 1, generator=gen)[:, 0]
+                    action = dist.probs.argmax(-1) if greedy else draw_categorical_torch(dist.probs, gen)
                     obs, reward, terminated, truncated, info = env.step(int(action))
                     total += float(reward)
                     done = terminated or truncated
@@ -259,19 +258,6 @@ class _Rollout:
                    torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N))
 
 
-def _gae(ro: _Rollout, last_value: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimates and returns, both (T, N)."""
-    advantages = torch.zeros_like(ro.rewards)
-    running = torch.zeros_like(last_value)  # (N,)
-    for t in reversed(range(ro.rewards.shape[0])):
-        next_value = last_value if t == ro.rewards.shape[0] - 1 else ro.values[t + 1]
-        alive = 1.0 - ro.ends[t]
-        delta = ro.rewards[t] + gamma * next_value * alive - ro.values[t]
-        running = delta + gamma * lam * alive * running
-        advantages[t] = running
-    return advantages, advantages + ro.values
-
-
 def _ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: _Rollout, advantages: torch.Tensor,
                 returns: torch.Tensor, cfg: BaseTrainConfig, gen: torch.Generator) -> dict[str, float]:
     """Clipped-surrogate epochs over one rollout; returns the `losses/*` metrics."""
@@ -294,7 +280,7 @@ def _ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: _Roll
                 clipfracs.append(((ratio - 1.0).abs() > cfg.clip_coef).float().mean().item())
             adv = b_adv[idx]
             adv = (adv - adv.mean()) / (adv.std() + 1e-8) if len(idx) > 1 else adv
-            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)).mean()
+            pg_loss = ppo_clip_loss(ratio, adv, cfg.clip_coef).mean()
             v_loss = 0.5 * ((value - b_returns[idx]) ** 2).mean()
             entropy = dist.entropy().mean()
             loss = pg_loss - cfg.ent_coef * entropy + cfg.vf_coef * v_loss
@@ -367,7 +353,8 @@ def _train(directory: Path, cfg: BaseTrainConfig, progress: bool,
                 state, finished = _collect(policy, envs, ro, state, cfg.gamma, gen)
                 with torch.no_grad():
                     last_value = policy(state[0])[1]  # (N,)
-                advantages, returns = _gae(ro, last_value, cfg.gamma, cfg.gae_lambda)
+                advantages = gae_torch(ro.rewards, ro.values, ro.ends, last_value, cfg.gamma, cfg.gae_lambda)  # (T, N)
+                returns = advantages + ro.values
                 metrics = _ppo_update(policy, optimizer, ro, advantages, returns, cfg, gen)
 
                 episode_returns.extend(finished)
@@ -410,7 +397,7 @@ def _collect(policy: ActorCritic, envs: gym.vector.VectorEnv, ro: _Rollout,
         with torch.no_grad():
             logits, value = policy(next_obs)  # (N, A), (N,)
             dist = _dist(logits, next_mask)
-            action = torch.multinomial(dist.probs, 1, generator=gen)[:, 0]  # (N,)
+            action = draw_categorical_torch(dist.probs, gen)  # (N,)
             ro.logprobs[t], ro.actions[t], ro.values[t] = dist.log_prob(action), action, value
         obs_np, reward, terminated, truncated, info = envs.step(action.numpy())
         reward = torch.as_tensor(reward, dtype=torch.float32)

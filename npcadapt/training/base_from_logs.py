@@ -20,9 +20,10 @@ import tomli_w
 import torch
 
 from ..archetypes import Archetype, fresh_policy, load_archetype, save_base
-from ..episodes import Episode, reward_to_go
+from ..episodes import Episode
 from ..errors import InvalidInputError
 from ..fileio import write_atomic
+from ..numerics import gae
 from .base import CONFIG_NAME, RESULT_NAME
 
 
@@ -58,7 +59,7 @@ def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConf
     if obs.shape[1] != spec.obs_dim:
         raise InvalidInputError(f"recorded observations have {obs.shape[1]} features, archetype {spec.name} expects {spec.obs_dim}")
     actions = torch.tensor([a for ep in kept for a in ep.action])  # (T,)
-    targets = torch.from_numpy(np.concatenate([reward_to_go(ep.reward, config.gamma).astype(np.float32) for ep in kept]))  # (T,)
+    targets = torch.from_numpy(np.concatenate([gae(ep.reward, None, config.gamma, 1.0).astype(np.float32) for ep in kept]))  # (T,) reward-to-go
     gen = torch.Generator().manual_seed(config.seed)
     policy = fresh_policy(spec, config.seed)
     if config.init_from_current:

@@ -25,7 +25,7 @@ import torch
 from ..engine import Engine
 from ..episodes import Episode
 from ..fileio import write_atomic
-from ..policy import masked_kl_rows
+from ..numerics import masked_kl_rows
 from ..sampling import derived_seed
 from .online import OnlineConfig, OnlineTrainer, PlayerUpdate
 

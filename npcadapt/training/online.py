@@ -34,7 +34,8 @@ import torch
 
 from ..episodes import Episode
 from ..errors import InvalidInputError
-from ..policy import ActorCritic, LayerDelta, masked_kl_rows, masked_log_probs
+from ..numerics import gae, masked_entropy_rows, masked_kl_rows, masked_log_probs, ppo_clip_loss
+from ..policy import ActorCritic, LayerDelta
 from .gate import Evidence, held_out_evidence
 
 log = logging.getLogger(__name__)
@@ -193,18 +194,6 @@ def _fading(value: float, episodes: torch.Tensor, scale: float, power: float = 1
     return out / (1 + episodes / scale) ** power if scale > 0 else out
 
 
-def gae(rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float) -> np.ndarray:
-    """Advantages of one finished episode (value after the last step is 0)."""
-    adv = np.zeros_like(rewards, dtype=np.float32)
-    last = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        next_value = values[t + 1] if t + 1 < len(rewards) else 0.0
-        delta = rewards[t] + gamma * next_value - values[t]
-        last = delta + gamma * lam * last
-        adv[t] = last
-    return adv
-
-
 @dataclass(frozen=True)
 class Batch:
     """Every step of every player's episodes in one update, flattened (T steps, K players)."""
@@ -359,11 +348,9 @@ class OnlineTrainer:
         logp_all = self.log_probs(batch.obs, batch.masks, params.index_select(0, batch.owner))  # (T, A)
         logp = logp_all.gather(1, batch.actions.unsqueeze(1)).squeeze(1)  # (T,)
         ratio = torch.exp(logp - ref.logp)
-        adv = batch.adv
-        row_loss = -ref.weight * torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef) * adv)  # (T,)
+        row_loss = ref.weight * ppo_clip_loss(ratio, batch.adv, cfg.clip_coef)  # (T,)
         if cfg.ent_coef:
-            finite = logp_all.masked_fill(~batch.masks, 0.0)  # -inf of a masked action would make the gradient NaN
-            entropy = -torch.where(batch.masks, finite.exp() * finite, torch.zeros_like(finite)).sum(-1)  # (T,)
+            entropy = masked_entropy_rows(logp_all, batch.masks)  # (T,)
             row_loss = row_loss - ent_coef.index_select(0, batch.owner) * entropy
         if cfg.kl_coef:
             row_loss = row_loss + cfg.kl_coef * masked_kl_rows(logp_all, base_logp, batch.masks)

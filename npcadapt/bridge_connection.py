@@ -1,0 +1,315 @@
+"""One client of the socket bridge: bytes in -> events -> method calls by kind -> replies out.
+
+:class:`Connection` is the asyncio protocol of one TCP connection. It feeds the bytes it
+reads to its :class:`~npcadapt.protocol.RpcConnection`, looks each request's method up
+in :attr:`Methods.table <npcadapt.rpc.Methods.table>` and runs it as its
+:class:`~npcadapt.rpc.Kind` says: it knows no method by name. Every reply's bytes come
+from :mod:`npcadapt.protocol_codec`.
+
+Flow control lives here too: at most ``MAX_EVENTS_PER_TURN`` requests of one read are
+handled per loop turn, and reading pauses while the input budget, that backlog or the
+client's unread replies (the transport's high-water mark) say so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from .errors import NpcAdaptError, ProtocolError
+from .protocol import (
+    METHOD_NOT_FOUND,
+    OVERLOADED,
+    UNAUTHORIZED,
+    InvalidMessage,
+    Notification,
+    Request,
+    RpcConnection,
+)
+from .protocol_codec import encode_error, encode_response
+from .rpc import NOT_AUTHENTICATED, WRONG_TOKEN, BridgeMethod, Kind, error_reply
+
+if TYPE_CHECKING:
+    from .server import Bridge
+
+log = logging.getLogger(__name__)
+
+MAX_AUTH_FAILURES = 3  # wrong tokens before the connection is closed
+MAX_EVENTS_PER_TURN = 256  # requests of one read handled before other connections get a turn
+
+_DECISION, _DIRECT, _FEEDBACK, _WORKER = Kind.DECISION, Kind.DIRECT, Kind.FEEDBACK, Kind.WORKER
+
+
+class Connection(asyncio.Protocol):
+    """One client: bytes in -> events -> method calls -> responses out."""
+
+    def __init__(self, bridge: Bridge):
+        self.bridge = bridge
+        config = bridge.config
+        self.table = bridge.methods.table
+        self.rpc = RpcConnection(config.limits)
+        self.transport: asyncio.Transport | None = None
+        self.authenticated = config.token is None
+        if not self.authenticated:  # small until auth: a stranger cannot hold much memory
+            self.rpc.cap_message_size(config.pre_auth_max_bytes, "pre_auth_max_bytes")
+        self.last_activity = time.monotonic()
+        self.open = False
+        self.auth_failures = 0
+        self.queued = 0  # decision requests queued in the batcher, not yet answered
+        self.held = 0  # pending input bytes counted in the bridge's InputBudget
+        self.backlog: list = []  # decoded events left for a later loop turn (one read held too many)
+        self._pause_reasons: set[str] = set()  # "budget", "backlog", "output": read again once none is left
+
+    # -- asyncio callbacks ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        stats = self.bridge.stats.counters
+        if stats["connections"] >= self.bridge.config.max_connections:
+            stats["connections_refused"] += 1
+            transport.abort()
+            return
+        self.open = True
+        stats["connections"] += 1
+        stats["connections_total"] += 1
+        self.bridge.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.open:
+            self.open = False
+            self.bridge.stats.counters["connections"] -= 1
+            self.bridge.connections.discard(self)
+            self.bridge.budget.closed(self)
+
+    def data_received(self, data: bytes) -> None:
+        bridge = self.bridge
+        self.last_activity = time.monotonic()
+        if bridge.config.busy_poll:
+            bridge.keep_polling()
+        try:
+            self._receive(data)
+        finally:
+            # with one client connected there is nobody to batch with: answer this read's rows now
+            bridge.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
+            if self.open and (self.held or self.rpc.buffered):
+                bridge.budget.update(self)
+
+    def pause_writing(self) -> None:
+        """The client reads its replies slower than we write them (the transport's buffer passed
+        its high-water mark): read none of its requests until it catches up, so a slow reader
+        costs no CPU and holds no more than the kernel's buffers (TCP pushes back on it)."""
+        self.bridge.stats.counters["output_pauses"] += 1
+        self.pause_reading("output")
+
+    def resume_writing(self) -> None:
+        self.resume_reading("output")
+        if self.backlog and self.open:  # events read before the pause wait for this
+            asyncio.get_running_loop().call_soon(self._drain_backlog)
+
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading from the socket for `reason`; reading resumes when every reason is gone."""
+        if self.open and not self._pause_reasons:
+            self.transport.pause_reading()
+        self._pause_reasons.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        self._pause_reasons.discard(reason)
+        if self.open and not self._pause_reasons:
+            self.transport.resume_reading()
+
+    # -- events ------------------------------------------------------------------------
+    def _receive(self, data: bytes) -> None:
+        try:
+            events = self.rpc.receive_data(data)
+        except ProtocolError as exc:
+            for event in exc.events:
+                self._handle(event)
+            self.bridge.stats.counters["protocol_errors"] += 1
+            log.info("closing connection after protocol error: %s", exc)
+            self.close()
+            return
+        if self.backlog:  # a read that raced the pause: keep the order
+            self.backlog.extend(events)
+            return
+        self._dispatch(events)
+
+    def _dispatch(self, events: list) -> None:
+        """Handle at most MAX_EVENTS_PER_TURN events now; the rest wait for the next loop turn,
+        with reading paused, so one pipelining client cannot hold up every other connection."""
+        if len(events) > MAX_EVENTS_PER_TURN:
+            events, self.backlog = events[:MAX_EVENTS_PER_TURN], events[MAX_EVENTS_PER_TURN:]
+            self.pause_reading("backlog")
+            asyncio.get_running_loop().call_soon(self._drain_backlog)
+        self._handle_events(events)
+
+    def _drain_backlog(self) -> None:
+        if "output" in self._pause_reasons or not self.backlog:  # resume_writing calls again
+            return
+        events, self.backlog = self.backlog, []
+        if not self.open:
+            return
+        try:
+            self._dispatch(events)
+        finally:
+            self.bridge.batcher.end_read(eager=False)
+        if not self.backlog:
+            self.resume_reading("backlog")
+
+    def _handle_events(self, events: list) -> None:
+        """Each event in order; a run of notifications of one FEEDBACK method is applied as
+        one batch, and a FEEDBACK call first has this connection's queued decisions made."""
+        table = self.table
+        run_method: BridgeMethod | None = None
+        run: list[list] = []  # params of the notifications in the run
+        for event in events:
+            if not self.open:
+                return
+            kind = type(event)
+            method = table.get(event.method) if kind is Request or kind is Notification else None
+            if method is not None and method.kind is _FEEDBACK:
+                if self.queued:  # feedback attaches to the decisions sent before it
+                    self.bridge.batcher.flush_all()
+                if kind is Notification:
+                    if run and method is not run_method:
+                        self._notified(run_method, run)
+                        run = []
+                    run_method = method
+                    run.append(event.params)
+                    continue
+            if run:
+                self._notified(run_method, run)
+                run = []
+            self._handle(event)
+        if run:
+            self._notified(run_method, run)
+
+    def _handle(self, event) -> None:
+        stats = self.bridge.stats.counters
+        if isinstance(event, Request):
+            stats["requests"] += 1
+            self._request(event)
+        elif isinstance(event, Notification):
+            method = self.table.get(event.method)
+            if method is not None and method.kind is _FEEDBACK:
+                self._notified(method, [event.params])
+            else:  # no other kind may be sent as a notification: ignored
+                stats["notifications"] += 1
+        elif isinstance(event, InvalidMessage) and event.msgid is not None:
+            self.bridge.stats.error(event.error[0])
+            self.send(encode_response(event.msgid, event.error, None))
+
+    # -- dispatch by kind ------------------------------------------------------------------
+    def _notified(self, method: BridgeMethod, params_list: list[list]) -> None:
+        """Notifications of a FEEDBACK method: applied together, never answered; refusals are
+        counted."""
+        stats = self.bridge.stats.counters
+        stats["notifications"] += len(params_list)
+        if not self.authenticated:
+            return
+        try:
+            refused = method.many(params_list)
+        except NpcAdaptError as exc:  # e.g. the log could not be written
+            refused = [exc]
+        stats["errors"] += len(refused)
+        for exc in refused:
+            log.debug("notification refused: %s", exc)
+
+    def _request(self, req: Request) -> None:
+        method = self.table.get(req.method)
+        if not self.authenticated:
+            if method is not None and method.kind is Kind.CONNECTION:
+                self._authenticate(req, method)
+            else:
+                self.error(req.msgid, UNAUTHORIZED, NOT_AUTHENTICATED.format(method=req.method))
+            return
+        if method is None:
+            self.error(req.msgid, METHOD_NOT_FOUND, f"unknown method {req.method!r}; known: {self.bridge.method_names}")
+            return
+        try:
+            kind = method.kind
+            if kind is _DECISION:
+                self._decide(req, method)
+            elif kind is _DIRECT or kind is _FEEDBACK:
+                self.send(encode_response(req.msgid, None, method.call(req.params)))
+            elif kind is _WORKER:
+                self._in_worker(req, method)
+            else:  # CONNECTION, already authenticated: nothing to change
+                self.send(encode_response(req.msgid, None, True))
+        except Exception as exc:  # noqa: BLE001 - a refusal (NpcAdaptError), or a bug, which must not take the server down
+            self.fail(req.msgid, exc, req.method)
+
+    def _decide(self, req: Request, method: BridgeMethod) -> None:
+        """Queue the request's rows for the next forward, or refuse it (OVERLOADED) when too
+        many rows wait already."""
+        archetype, block = method.call(req.params)
+        batcher, limit = self.bridge.batcher, self.bridge.config.max_queued_rows
+        if batcher.queued_rows and batcher.queued_rows + len(block) > limit:  # refused at once, nothing queued
+            self.error(req.msgid, OVERLOADED, f"{batcher.queued_rows} decision rows are waiting for a forward "
+                                              f"(max_queued_rows={limit}); retry later")
+            return
+        batcher.submit(archetype, (self, req.msgid, method.one_row, time.perf_counter(), block))
+
+    def _in_worker(self, req: Request, method: BridgeMethod) -> None:
+        """Answer `req` with the method run in a worker thread, once this connection's
+        decisions still queued are made (so the call covers them); its reply may follow
+        replies to later requests. A shared method's calls share runs (one runs, at most
+        one more waits: :class:`~npcadapt.coalesce.Coalesced`)."""
+        if method.shared:
+            method.check(req.params)
+        if self.queued:
+            self.bridge.batcher.flush_all()
+        if method.shared:
+            done = self.bridge.shared_runs[req.method]()
+        else:
+            done = asyncio.get_running_loop().run_in_executor(None, method.call, req.params)
+        done.add_done_callback(lambda fut: self._worker_done(req.msgid, fut, req.method))
+
+    def _worker_done(self, msgid: int, fut: asyncio.Future, method: str) -> None:
+        if fut.cancelled():  # shutting down
+            return
+        exc = fut.exception()
+        if exc is None:
+            self.send(encode_response(msgid, None, fut.result()))
+        else:
+            self.fail(msgid, exc, method)
+
+    def _authenticate(self, req: Request, method: BridgeMethod) -> None:
+        if method.call(req.params, self.bridge.config.token):
+            self.authenticated = True
+            self.rpc.cap_message_size(None)
+            self.send(encode_response(req.msgid, None, True))
+            return
+        self.auth_failures += 1
+        self.bridge.stats.counters["auth_failures"] += 1
+        self.error(req.msgid, UNAUTHORIZED, WRONG_TOKEN)
+        if self.auth_failures >= MAX_AUTH_FAILURES:
+            log.info("closing a connection after %d wrong tokens", self.auth_failures)
+            self.close()
+
+    # -- output -----------------------------------------------------------------------
+    def fail(self, msgid: int, exc: BaseException, method: str | None = None) -> None:
+        """Answer a call that raised `exc` (`method` None: an engine forward of decisions)."""
+        if not isinstance(exc, NpcAdaptError):
+            log.error("internal error in %s", method or "a decision forward", exc_info=exc)
+        self.error(msgid, *error_reply(exc, method))
+
+    def error(self, msgid: int, code: int, message: str) -> None:
+        self.bridge.stats.error(code)
+        self.send(encode_error(msgid, code, message))
+
+    def send(self, data: bytes) -> None:
+        if not self.open:
+            return
+        self.transport.write(data)
+        config = self.bridge.config
+        cap = config.max_output_buffer if self.authenticated else config.pre_auth_max_bytes
+        if self.transport.get_write_buffer_size() > cap:
+            log.info("closing a client that does not read its responses (output buffer over %d bytes)", cap)
+            self.transport.abort()
+            self.connection_lost(None)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.connection_lost(None)
