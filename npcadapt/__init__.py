@@ -1,11 +1,11 @@
 """npcadapt: NPCs that adapt to each player with per-player LoRA adapters.
 
-    import npcadapt
-    svc = npcadapt.open("data")                       # built-in archetypes
-    d = svc.act("duelist", "player-42", obs, npc="sparring-1")
-    svc.feedback("player-42", "sparring-1", reward=1.0, done=True)
-    svc.train_pending()                               # or svc.start_background_training()
-    svc.close()
+import npcadapt
+svc = npcadapt.open("data")                       # built-in archetypes
+d = svc.act("duelist", "player-42", obs, npc="sparring-1")
+svc.feedback("player-42", "sparring-1", reward=1.0, done=True)
+svc.train_pending()                               # or svc.start_background_training()
+svc.close()
 """
 
 from __future__ import annotations
@@ -24,11 +24,16 @@ if TYPE_CHECKING:
 # Loaded on first use (PEP 562), so a game-side process that imports only npcadapt.client
 # (a bridge client) never loads torch.
 _LAZY = {
-    "Engine": ".engine", "Service": ".service", "open": ".service", "OnlineConfig": ".training.online",
-    "AdapterInfo": ".types", "BatchDecision": ".types", "Decision": ".types",
+    "Engine": ".engine",
+    "Service": ".service",
+    "open": ".service",
+    "OnlineConfig": ".training.online",
+    "AdapterInfo": ".types",
+    "BatchDecision": ".types",
+    "Decision": ".types",
 }
 
-__all__ = ["Engine", "Service", "open", "OnlineConfig", "NpcAdaptError", "AdapterInfo", "BatchDecision", "Decision"]
+__all__ = ["AdapterInfo", "BatchDecision", "Decision", "Engine", "NpcAdaptError", "OnlineConfig", "Service", "open"]
 __version__ = "0.1.0"
 
 

@@ -25,6 +25,7 @@ DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
     {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 )
 
+
 def validate_id(value: object, what: str, error: type[Exception] = PlayerIdError) -> str:
     """Return ``value`` if it is a non-empty str of at most 256 UTF-8 bytes, else raise
     ``error`` naming ``what`` ("player id", "npc id")."""
@@ -114,11 +115,11 @@ class AdapterMeta:
     def __post_init__(self) -> None:
         validate_archetype_name(self.archetype)
         validate_player_id(self.player)
-        _require(isinstance(self.base_hash, str) and bool(self.base_hash), "base_hash",
-                 "a non-empty str", self.base_hash)
+        _require(
+            isinstance(self.base_hash, str) and bool(self.base_hash), "base_hash", "a non-empty str", self.base_hash
+        )
         _require(_is_int(self.rank) and self.rank >= 1, "rank", "an int >= 1", self.rank)
-        _require(_is_real(self.alpha) and self.alpha > 0, "alpha", "a finite number > 0",
-                 self.alpha)
+        _require(_is_real(self.alpha) and self.alpha > 0, "alpha", "a finite number > 0", self.alpha)
         _require(isinstance(self.rslora, bool), "rslora", "a bool", self.rslora)
         for name in ("version", "updates"):
             value = getattr(self, name)
@@ -150,8 +151,7 @@ class AdapterMeta:
     def from_metadata(cls, md: Mapping[str, str]) -> AdapterMeta:
         """Parse :meth:`to_metadata` output; ValueError naming the field on anything bad."""
         if md.get("format") != FORMAT:
-            raise ValueError(
-                f"metadata field 'format' is {md.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(f"metadata field 'format' is {md.get('format')!r}, expected {FORMAT!r}")
         missing = [f for f in _FIELDS if f not in md]
         if missing:
             raise ValueError(f"metadata is missing field(s) {missing}")
@@ -213,8 +213,7 @@ class AdapterSpec:
         if not _is_int(self.rank) or self.rank < 1:
             raise InvalidInputError(f"AdapterSpec.rank must be an int >= 1, got {self.rank!r}")
         if not isinstance(self.base_hash, str) or not self.base_hash:
-            raise InvalidInputError(
-                f"AdapterSpec.base_hash must be a non-empty str, got {self.base_hash!r}")
+            raise InvalidInputError(f"AdapterSpec.base_hash must be a non-empty str, got {self.base_hash!r}")
         shapes = {str(k): tuple(int(d) for d in v) for k, v in dict(self.shapes).items()}
         if not shapes:
             raise InvalidInputError(f"AdapterSpec for {self.archetype!r} has no tensors")

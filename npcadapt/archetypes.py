@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -87,7 +87,9 @@ def load_archetype(directory: str | Path) -> Archetype:
         )
     bad = [k for k, v in state.items() if not (v.is_floating_point() and torch.isfinite(v).all())]
     if bad:
-        raise ArchetypeError(f"archetype '{spec.name}': weights {weights_path} have non-finite or non-float tensors {bad}")
+        raise ArchetypeError(
+            f"archetype '{spec.name}': weights {weights_path} have non-finite or non-float tensors {bad}"
+        )
     policy.load_state_dict({k: v.float() for k, v in state.items()})
     policy.eval().requires_grad_(False)
     return Archetype(spec=spec, directory=directory, policy=policy, base_hash=weights_hash(policy.state_dict()))
@@ -117,7 +119,9 @@ def archetype_for_env(env_id: str, archetypes: Mapping[str, Archetype]) -> str:
     """Name of the archetype whose definition says it is trained in `env_id`."""
     names = [name for name, arch in archetypes.items() if arch.spec.env == env_id]
     if not names:
-        raise ArchetypeError(f"no archetype declares env = {env_id!r}; known: {[(n, a.spec.env) for n, a in archetypes.items()]}")
+        raise ArchetypeError(
+            f"no archetype declares env = {env_id!r}; known: {[(n, a.spec.env) for n, a in archetypes.items()]}"
+        )
     return names[0]
 
 
@@ -126,7 +130,9 @@ def save_base(directory: str | Path, spec: ArchetypeSpec, policy: ActorCritic) -
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in policy.state_dict().items()}
-    write_atomic(directory / spec.weights, save(state, metadata={"archetype": spec.name, "trained": str(spec.trained).lower()}))
+    write_atomic(
+        directory / spec.weights, save(state, metadata={"archetype": spec.name, "trained": str(spec.trained).lower()})
+    )
     write_atomic(directory / TOML_NAME, spec.to_toml())
     return load_archetype(directory)
 

@@ -236,7 +236,7 @@ class Connection(asyncio.Protocol):
                 self._in_worker(req, method)
             else:  # CONNECTION, already authenticated: nothing to change
                 self.send(encode_response(req.msgid, None, True))
-        except Exception as exc:  # noqa: BLE001 - a refusal (NpcAdaptError), or a bug, which must not take the server down
+        except Exception as exc:
             self.fail(req.msgid, exc, req.method)
 
     def _decide(self, req: Request, method: BridgeMethod) -> None:
@@ -245,8 +245,11 @@ class Connection(asyncio.Protocol):
         archetype, block = method.call(req.params)
         batcher, limit = self.bridge.batcher, self.bridge.config.max_queued_rows
         if batcher.queued_rows and batcher.queued_rows + len(block) > limit:  # refused at once, nothing queued
-            self.error(req.msgid, OVERLOADED, f"{batcher.queued_rows} decision rows are waiting for a forward "
-                                              f"(max_queued_rows={limit}); retry later")
+            self.error(
+                req.msgid,
+                OVERLOADED,
+                f"{batcher.queued_rows} decision rows are waiting for a forward (max_queued_rows={limit}); retry later",
+            )
             return
         batcher.submit(archetype, (self, req.msgid, method.one_row, time.perf_counter(), block))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -193,7 +194,7 @@ class Client:
             self.sock.close()
             self.sock = None
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -210,7 +211,7 @@ class AsyncClient:
         self._reader_task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
-    async def connect(cls, host: str = "127.0.0.1", port: int = 7777, *, token: str | None = None) -> "AsyncClient":
+    async def connect(cls, host: str = "127.0.0.1", port: int = 7777, *, token: str | None = None) -> AsyncClient:
         reader, writer = await asyncio.open_connection(host, port)
         client = cls(reader, writer)
         if token is not None:

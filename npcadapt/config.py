@@ -37,7 +37,11 @@ class ObservationFeature:
 
     def __post_init__(self) -> None:
         _require(isinstance(self.name, str) and bool(self.name), "observation", "feature needs a non-empty name")
-        _require(isinstance(self.size, int) and self.size > 0, f"observation '{self.name}'", f"size must be a positive int, got {self.size!r}")
+        _require(
+            isinstance(self.size, int) and self.size > 0,
+            f"observation '{self.name}'",
+            f"size must be a positive int, got {self.size!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -49,8 +53,16 @@ class NetworkConfig:
 
     def __post_init__(self) -> None:
         _require(len(self.hidden) >= 1, "network.hidden", "needs at least one hidden layer")
-        _require(all(isinstance(h, int) and 0 < h <= 4096 for h in self.hidden), "network.hidden", f"sizes must be ints in 1..4096, got {list(self.hidden)}")
-        _require(self.activation in ACTIVATIONS, "network.activation", f"must be one of {ACTIVATIONS}, got {self.activation!r}")
+        _require(
+            all(isinstance(h, int) and 0 < h <= 4096 for h in self.hidden),
+            "network.hidden",
+            f"sizes must be ints in 1..4096, got {list(self.hidden)}",
+        )
+        _require(
+            self.activation in ACTIVATIONS,
+            "network.activation",
+            f"must be one of {ACTIVATIONS}, got {self.activation!r}",
+        )
 
 
 @dataclass(frozen=True)
@@ -63,8 +75,16 @@ class LoraConfig:
     targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.rank, int) and 1 <= self.rank <= 256, "lora.rank", f"must be an int in 1..256, got {self.rank!r}")
-        _require(isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0, "lora.alpha", f"must be a positive number, got {self.alpha!r}")
+        _require(
+            isinstance(self.rank, int) and 1 <= self.rank <= 256,
+            "lora.rank",
+            f"must be an int in 1..256, got {self.rank!r}",
+        )
+        _require(
+            isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0,
+            "lora.alpha",
+            f"must be a positive number, got {self.alpha!r}",
+        )
         _require(len(self.targets) >= 1, "lora.targets", "name at least one layer to adapt")
 
     @property
@@ -88,14 +108,26 @@ class ArchetypeSpec:
     env: str | None = None
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.name, str) and bool(NAME_RE.fullmatch(self.name)), "name", f"must match {NAME_RE.pattern}, got {self.name!r}")
+        _require(
+            isinstance(self.name, str) and bool(NAME_RE.fullmatch(self.name)),
+            "name",
+            f"must match {NAME_RE.pattern}, got {self.name!r}",
+        )
         _require(len(self.observation) >= 1, "observation", "declare at least one feature")
         names = [f.name for f in self.observation]
         _require(len(set(names)) == len(names), "observation", f"feature names must be unique, got {names}")
         _require(len(self.actions) >= 2, "actions", "declare at least two actions")
         _require(all(isinstance(a, str) and a for a in self.actions), "actions", "each action needs a non-empty name")
-        _require(len(set(self.actions)) == len(self.actions), "actions", f"action names must be unique, got {list(self.actions)}")
-        _require(Path(self.weights).name == self.weights, "weights", f"must be a file name inside the archetype directory, got {self.weights!r}")
+        _require(
+            len(set(self.actions)) == len(self.actions),
+            "actions",
+            f"action names must be unique, got {list(self.actions)}",
+        )
+        _require(
+            Path(self.weights).name == self.weights,
+            "weights",
+            f"must be a file name inside the archetype directory, got {self.weights!r}",
+        )
         known = set(self.layer_names())
         unknown = [t for t in self.lora.targets if t not in known]
         _require(not unknown, "lora.targets", f"unknown layers {unknown}; the network has {sorted(known)}")
@@ -125,7 +157,7 @@ class ArchetypeSpec:
 
     # -- TOML ---------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "archetype.toml") -> "ArchetypeSpec":
+    def from_dict(cls, data: dict[str, Any], where: str = "archetype.toml") -> ArchetypeSpec:
         try:
             obs = tuple(ObservationFeature(str(o["name"]), int(o["size"])) for o in data["observation"])
             net = data.get("network", {})
@@ -152,7 +184,7 @@ class ArchetypeSpec:
             raise ArchetypeError(f"{where}: missing or malformed field: {exc!r}") from None
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "ArchetypeSpec":
+    def from_toml(cls, path: str | Path) -> ArchetypeSpec:
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -18,13 +18,14 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
 from .batch_checks import check_greedy, check_logits, check_masks, check_obs, single_row
 from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError, StoreError
@@ -32,9 +33,8 @@ from .lora.bank import AdapterBank
 from .lora.forward import CompiledForward, Forward, TorchForward
 from .lora.layout import AdapterLayout, fresh_row
 from .lora.numpy_forward import NumpyForward
-from .policy import ActorCritic
-from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
 from .numerics import masked_log_probs_np
+from .policy import ActorCritic
 from .sampling import ExpNoise, decide
 from .store import AdapterStore
 from .types import AdapterInfo, BatchDecision, Decision
@@ -230,7 +230,9 @@ class Engine:
         )
         return out, obs_a, mask_a
 
-    def action_probs(self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False) -> np.ndarray:
+    def action_probs(
+        self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False
+    ) -> np.ndarray:
         """Action probabilities (N, A) of each row's current policy (or of the base); no sampling."""
         rt = self.runtime(archetype)
         spec = rt.archetype.spec
@@ -331,7 +333,12 @@ class Engine:
         return self.put_adapter_rows(archetype, [player], flat.reshape(1, -1), updates=updates)[0]
 
     def put_adapter_rows(
-        self, archetype: str, players: Sequence[str], flats: torch.Tensor, *, updates: int = 0,
+        self,
+        archetype: str,
+        players: Sequence[str],
+        flats: torch.Tensor,
+        *,
+        updates: int = 0,
         skip_non_finite: bool = False,
     ) -> list[AdapterMeta | None]:
         """Install new adapter versions for several players at once, flats (N, P): for the
@@ -356,15 +363,24 @@ class Engine:
                 for i in chosen:
                     player, flat = players[i], flats[i]
                     old = rt.bank.meta(player) or held[player]
-                    if old is None:  # not resident: its stored version, one at a time (more players than the bank holds fit)
+                    if (
+                        old is None
+                    ):  # not resident: its stored version, one at a time (more players than the bank holds fit)
                         rt.bank.lookup([player], pre)
                         old = rt.bank.meta(player)
                     if old is None:
                         meta = AdapterMeta(
-                            archetype=archetype, player=player, base_hash=rt.archetype.base_hash,
-                            rank=rt.layout.rank, alpha=float(rt.archetype.spec.lora.alpha),
-                            rslora=rt.archetype.spec.lora.rslora, version=1, updates=updates,
-                            created=now, updated=now, dtype=self.adapter_dtype,
+                            archetype=archetype,
+                            player=player,
+                            base_hash=rt.archetype.base_hash,
+                            rank=rt.layout.rank,
+                            alpha=float(rt.archetype.spec.lora.alpha),
+                            rslora=rt.archetype.spec.lora.rslora,
+                            version=1,
+                            updates=updates,
+                            created=now,
+                            updated=now,
+                            dtype=self.adapter_dtype,
                         )
                     else:
                         meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
@@ -390,9 +406,16 @@ class Engine:
     @staticmethod
     def _info(meta: AdapterMeta, *, resident: bool, stored: bool) -> AdapterInfo:
         return AdapterInfo(
-            archetype=meta.archetype, player=meta.player, version=meta.version, updates=meta.updates,
-            base_hash=meta.base_hash, rank=meta.rank, resident=resident, stored=stored,
-            created=meta.created, updated=meta.updated,
+            archetype=meta.archetype,
+            player=meta.player,
+            version=meta.version,
+            updates=meta.updates,
+            base_hash=meta.base_hash,
+            rank=meta.rank,
+            resident=resident,
+            stored=stored,
+            created=meta.created,
+            updated=meta.updated,
         )
 
     def reset_player(self, archetype: str, player: str) -> bool:
@@ -440,7 +463,7 @@ class Engine:
             self.writeback.close()
             self._closed = True
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Engine:
         return self
 
     def __exit__(self, *exc) -> None:

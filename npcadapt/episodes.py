@@ -50,7 +50,7 @@ class Episode:
 class _Batch:
     """The arrays of one `record` call, shared by every step that came from it."""
 
-    __slots__ = ("obs", "masks", "action", "logp", "value", "decision")
+    __slots__ = ("action", "decision", "logp", "masks", "obs", "value")
 
     def __init__(self, obs, masks, action, logp, value, decision):
         self.obs = np.array(obs, dtype=np.float32)  # (N, D), a copy: callers may reuse theirs
@@ -62,7 +62,7 @@ class _Batch:
 class _Steps:
     """An episode in progress: step k is row rows[k] of batches[k]; rewards by step index."""
 
-    __slots__ = ("archetype", "batches", "rows", "rewards")
+    __slots__ = ("archetype", "batches", "rewards", "rows")
 
     def __init__(self, archetype: str):
         self.archetype = archetype
@@ -194,8 +194,9 @@ class EpisodeTracker:
         with self._lock:
             return len(self._done.get((archetype, player), ()))
 
-    def ready(self, min_episodes: int, limit: int | None = None,
-              per_archetype: Mapping[str, int] | None = None) -> list[tuple[str, str]]:
+    def ready(
+        self, min_episodes: int, limit: int | None = None, per_archetype: Mapping[str, int] | None = None
+    ) -> list[tuple[str, str]]:
         """(archetype, player) keys with at least `min_episodes` completed episodes (or the
         archetype's own count in `per_archetype`), in the order they completed their first
         pending one; the first `limit` of them."""
@@ -222,4 +223,3 @@ class EpisodeTracker:
     def open_count(self) -> int:
         with self._lock:
             return len(self._open)
-

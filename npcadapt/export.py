@@ -51,7 +51,9 @@ def merged_policy(engine: Engine, archetype: str, player: str | None) -> ActorCr
     with torch.no_grad():
         for layer in rt.layout.layers:
             lin = layers[layer.name]
-            lin.weight.copy_(merge(lin.weight, adapter[f"{layer.name}.lora_A"], adapter[f"{layer.name}.lora_B"], rt.layout.scale))
+            lin.weight.copy_(
+                merge(lin.weight, adapter[f"{layer.name}.lora_A"], adapter[f"{layer.name}.lora_B"], rt.layout.scale)
+            )
     return policy
 
 
@@ -64,9 +66,14 @@ def export_onnx(engine: Engine, archetype: str, player: str | None, path: str | 
     example = (torch.zeros(1, spec.obs_dim), torch.ones(1, spec.n_actions, dtype=torch.bool))
     try:
         torch.onnx.export(
-            model, example, str(path), input_names=["obs", "mask"], output_names=["logits", "value"],
+            model,
+            example,
+            str(path),
+            input_names=["obs", "mask"],
+            output_names=["logits", "value"],
             dynamic_axes={"obs": {0: "batch"}, "mask": {0: "batch"}, "logits": {0: "batch"}, "value": {0: "batch"}},
-            opset_version=opset, dynamo=False,
+            opset_version=opset,
+            dynamo=False,
         )
     except ImportError as exc:
         raise NpcAdaptError(f"ONNX export needs the 'onnx' package (pip install 'npcadapt[export]'): {exc}") from None
@@ -83,9 +90,17 @@ def export_peft(engine: Engine, archetype: str, player: str, directory: str | Pa
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {
-        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
-        "r": lora.rank, "lora_alpha": lora.alpha, "use_rslora": lora.rslora, "lora_dropout": 0.0,
-        "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True,
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": None,
+        "inference_mode": True,
+        "r": lora.rank,
+        "lora_alpha": lora.alpha,
+        "use_rslora": lora.rslora,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
         "target_modules": list(lora.targets),
     }
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
@@ -93,6 +108,9 @@ def export_peft(engine: Engine, archetype: str, player: str, directory: str | Pa
     for layer in rt.layout.layers:
         for part in ("lora_A", "lora_B"):
             tensors[f"base_model.model.{layer.name}.{part}.weight"] = adapter[f"{layer.name}.{part}"].contiguous()
-    save_file(tensors, directory / "adapter_model.safetensors",
-              metadata={"archetype": archetype, "player": player, "base_hash": rt.archetype.base_hash})
+    save_file(
+        tensors,
+        directory / "adapter_model.safetensors",
+        metadata={"archetype": archetype, "player": player, "base_hash": rt.archetype.base_hash},
+    )
     return directory

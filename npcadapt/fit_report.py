@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
-def write_fit_report(archetype: str, rows: list[dict], summary: dict, config: dict, out_dir: str | Path) -> tuple[Path, Path]:
+def write_fit_report(
+    archetype: str, rows: list[dict], summary: dict, config: dict, out_dir: str | Path
+) -> tuple[Path, Path]:
     """Per player: off-policy estimate of return (base vs fitted), KL to base, episodes used."""
     import matplotlib
 
@@ -19,10 +21,19 @@ def write_fit_report(archetype: str, rows: list[dict], summary: dict, config: di
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"fit-{archetype}.json"
     improved = [r for r in rows if r["estimate_fitted"] > r["estimate_base"]]
-    json_path.write_text(json.dumps({
-        "archetype": archetype, "players": len(rows), "players_improved": len(improved),
-        "config": config, "recordings": summary, "per_player": rows,
-    }, indent=1))
+    json_path.write_text(
+        json.dumps(
+            {
+                "archetype": archetype,
+                "players": len(rows),
+                "players_improved": len(improved),
+                "config": config,
+                "recordings": summary,
+                "per_player": rows,
+            },
+            indent=1,
+        )
+    )
     fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.35 * len(rows) + 2), 8), sharex=True)
     x = np.arange(len(rows))
     names = [r["player"] for r in rows]

@@ -115,5 +115,9 @@ class InputBudget:
         victim.close()  # its closed() lowers the total
 
     def snapshot(self) -> dict:
-        return {"input_buffered": self.total, "input_buffered_peak": self.peak, "input_budget": self.budget,
-                "connections_paused": len(self.paused)}
+        return {
+            "input_buffered": self.total,
+            "input_buffered_peak": self.peak,
+            "input_budget": self.budget,
+            "connections_paused": len(self.paused),
+        }

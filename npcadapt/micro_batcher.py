@@ -72,7 +72,7 @@ class MicroBatcher:
     def _run(self, archetype: str, queue: list[Pending]) -> None:
         try:
             encoded = self.methods.run_blocks(archetype, [p[4] for p in queue])
-        except Exception as exc:  # noqa: BLE001 - every request must get an answer
+        except Exception as exc:
             if len(queue) == 1:
                 conn, msgid = queue[0][0], queue[0][1]
                 conn.queued -= 1

@@ -99,8 +99,9 @@ def draw_categorical_torch(probs: torch.Tensor, generator: torch.Generator | Non
 # -- advantages and returns -----------------------------------------------------------------
 
 
-def gae(rewards: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray | None, gamma: float,
-        lam: float) -> np.ndarray:
+def gae(
+    rewards: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray | None, gamma: float, lam: float
+) -> np.ndarray:
     """Generalised advantage estimates (T,) of one finished episode (the value after its
     last step is 0), in the precision of the inputs (float32 rows give float32).
 
@@ -122,8 +123,9 @@ def gae(rewards: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndar
     return out
 
 
-def gae_torch(rewards: torch.Tensor, values: torch.Tensor, ends: torch.Tensor, last_value: torch.Tensor,
-              gamma: float, lam: float) -> torch.Tensor:
+def gae_torch(
+    rewards: torch.Tensor, values: torch.Tensor, ends: torch.Tensor, last_value: torch.Tensor, gamma: float, lam: float
+) -> torch.Tensor:
     """Generalised advantage estimates (T, N) of a vectorised rollout: rewards, values and
     ends (1.0 where an episode ended at that step) (T, N); last_value (N,) bootstraps the
     step after the rollout."""

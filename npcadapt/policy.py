@@ -8,7 +8,7 @@ per-row adapters) can add to any layer's output without this module knowing how.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -33,7 +33,7 @@ class ActorCritic(nn.Module):
         self._act = _ACTIVATIONS[activation]
 
     @classmethod
-    def from_spec(cls, spec: ArchetypeSpec) -> "ActorCritic":
+    def from_spec(cls, spec: ArchetypeSpec) -> ActorCritic:
         return cls(spec.obs_dim, spec.n_actions, spec.network.hidden, spec.network.activation)
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:

@@ -66,9 +66,22 @@ from .protocol_codec import (
 from .protocol_headers import MAX_NESTING, TIMESTAMP_MARKERS, HeaderCheck, HeaderError, reject_ext
 
 __all__ = [
-    "INTERNAL_ERROR", "INVALID_PARAMS", "INVALID_REQUEST", "METHOD_NOT_FOUND", "MSGID_LIMIT", "OVERLOADED",
-    "UNAUTHORIZED", "Event", "InvalidMessage", "Limits", "Notification", "Request", "Response", "RpcConnection",
-    "pack", "packed_response",
+    "INTERNAL_ERROR",
+    "INVALID_PARAMS",
+    "INVALID_REQUEST",
+    "METHOD_NOT_FOUND",
+    "MSGID_LIMIT",
+    "OVERLOADED",
+    "UNAUTHORIZED",
+    "Event",
+    "InvalidMessage",
+    "Limits",
+    "Notification",
+    "Request",
+    "Response",
+    "RpcConnection",
+    "pack",
+    "packed_response",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,8 +111,7 @@ class Limits:
     max_map_len: int = 4096  # entries of one map
 
     def __post_init__(self) -> None:
-        for name in ("max_buffer_size", "max_str_len", "max_bin_len", "max_array_len",
-                     "max_map_len"):
+        for name in ("max_buffer_size", "max_str_len", "max_bin_len", "max_array_len", "max_map_len"):
             value = getattr(self, name)
             if type(value) is not int or value <= 0:
                 raise InvalidInputError(f"Limits.{name} must be a positive int, got {value!r}")
@@ -205,9 +217,14 @@ class RpcConnection:
         self._scan_base = 0  # stream offset of the scanner's first byte (tell() counts from it)
         self._scan_peak = 0  # most bytes the scanner held at once: its buffer's size, about
         self._unpack_options = {
-            "raw": False, "use_list": True, "strict_map_key": True, "ext_hook": reject_ext,
-            "max_str_len": limits.max_str_len, "max_bin_len": limits.max_bin_len,
-            "max_array_len": limits.max_array_len, "max_map_len": limits.max_map_len,
+            "raw": False,
+            "use_list": True,
+            "strict_map_key": True,
+            "ext_hook": reject_ext,
+            "max_str_len": limits.max_str_len,
+            "max_bin_len": limits.max_bin_len,
+            "max_array_len": limits.max_array_len,
+            "max_map_len": limits.max_map_len,
         }
         self._buf = bytearray()  # bytes of the pending message, from its first byte
         self._offset = 0  # stream offset of self._buf[0]
@@ -218,8 +235,9 @@ class RpcConnection:
         self._error: str | None = None
 
     def _new_scanner(self) -> msgpack.Unpacker:
-        return msgpack.Unpacker(max_buffer_size=self.limits.max_buffer_size,
-                                read_size=min(_SCANNER_READ_SIZE, self.limits.max_buffer_size))
+        return msgpack.Unpacker(
+            max_buffer_size=self.limits.max_buffer_size, read_size=min(_SCANNER_READ_SIZE, self.limits.max_buffer_size)
+        )
 
     def _shrink_scanner(self) -> None:
         """msgpack's buffer grows to the largest message and never shrinks: once what was
@@ -259,8 +277,7 @@ class RpcConnection:
         if limit is None:
             limit, name = self.limits.max_buffer_size, "max_buffer_size"
         if type(limit) is not int or not 0 < limit <= self.limits.max_buffer_size:
-            raise InvalidInputError(f"message cap must be an int in 1..{self.limits.max_buffer_size}, "
-                                    f"got {limit!r}")
+            raise InvalidInputError(f"message cap must be an int in 1..{self.limits.max_buffer_size}, got {limit!r}")
         self._cap, self._cap_name = limit, name
 
     # ------------------------------------------------------------------ receiving
@@ -276,9 +293,7 @@ class RpcConnection:
         try:
             view = memoryview(data).cast("B")
         except TypeError as exc:
-            raise InvalidInputError(
-                f"receive_data needs bytes, got {type(data).__name__}"
-            ) from exc
+            raise InvalidInputError(f"receive_data needs bytes, got {type(data).__name__}") from exc
         events: list[Event] = []
         try:
             pos = 0
@@ -287,9 +302,8 @@ class RpcConnection:
                 # at the same stream position however the bytes were split.
                 room = self._cap - len(self._buf)
                 if room <= 0:
-                    raise _at(f"message larger than {self._cap_name}={self._cap} bytes",
-                              self._offset)
-                chunk = view[pos:pos + room]
+                    raise _at(f"message larger than {self._cap_name}={self._cap} bytes", self._offset)
+                chunk = view[pos : pos + room]
                 pos += len(chunk)
                 self._buf += chunk
                 self._scanner.feed(chunk)
@@ -320,8 +334,7 @@ class RpcConnection:
                     raise _at(f"nesting deeper than {MAX_NESTING} levels", at) from None
                 except msgpack.FormatError:
                     self._walk(self._check, start, at, fast=True)
-                    raise _at("bytes are not valid MessagePack (a reserved type byte "
-                              "such as 0xc1)", at) from None
+                    raise _at("bytes are not valid MessagePack (a reserved type byte such as 0xc1)", at) from None
                 except (msgpack.BufferFull, ValueError) as exc:  # defensive: not expected
                     raise _at(f"undecodable bytes: {type(exc).__name__} {exc}", at) from None
                 end = self._scan_base + self._scanner.tell() - self._offset
@@ -337,8 +350,7 @@ class RpcConnection:
     def _walk(self, check: HeaderCheck, start: int, at: int, fast: bool = False) -> None:
         """Walk the headers of the message at ``self._buf[start:]``; ProtocolError if bad."""
         try:
-            check.walk(self._buf, start, self.limits, self._cap, self._cap_name,
-                       self._unpack_options if fast else None)
+            check.walk(self._buf, start, self.limits, self._cap, self._cap_name, self._unpack_options if fast else None)
         except HeaderError as exc:
             raise _at(str(exc), at) from None
 
@@ -390,12 +402,13 @@ class RpcConnection:
             return self._request(msg)
         if kind == RESPONSE:
             if self.role == "server":
-                return _invalid(None, INVALID_REQUEST,
-                                "a server does not accept responses (message type 1)")
+                return _invalid(None, INVALID_REQUEST, "a server does not accept responses (message type 1)")
             return self._response(msg)
-        return _invalid(None, INVALID_REQUEST,
-                        f"message type must be 0 (request), 1 (response) or "
-                        f"2 (notification), got {_describe(msg[0])}")
+        return _invalid(
+            None,
+            INVALID_REQUEST,
+            f"message type must be 0 (request), 1 (response) or 2 (notification), got {_describe(msg[0])}",
+        )
 
     @staticmethod
     def _method(value: object) -> str:
@@ -412,17 +425,16 @@ class RpcConnection:
     def _request(self, msg: list) -> Event:
         msgid = msg[1] if len(msg) > 1 and is_msgid(msg[1]) else None
         if len(msg) != 4:
-            return _invalid(msgid, INVALID_REQUEST,
-                            f"request must be [0, msgid, method, params], got {len(msg)} elements")
+            return _invalid(
+                msgid, INVALID_REQUEST, f"request must be [0, msgid, method, params], got {len(msg)} elements"
+            )
         if msgid is None:
-            return _invalid(None, INVALID_REQUEST,
-                            f"msgid must be an unsigned 32-bit int, got {_describe(msg[1])}")
+            return _invalid(None, INVALID_REQUEST, f"msgid must be an unsigned 32-bit int, got {_describe(msg[1])}")
         return self._call(msgid, msg[2], msg[3], lambda method, params: Request(msgid, method, params))
 
     def _notification(self, msg: list) -> Event:
         if len(msg) != 3:
-            return _invalid(None, INVALID_REQUEST,
-                            f"notification must be [2, method, params], got {len(msg)} elements")
+            return _invalid(None, INVALID_REQUEST, f"notification must be [2, method, params], got {len(msg)} elements")
         return self._call(None, msg[1], msg[2], Notification)
 
     def _call(self, msgid: int | None, method: object, params: object, make: Callable[[str, list], Event]) -> Event:
@@ -437,11 +449,11 @@ class RpcConnection:
 
     def _response(self, msg: list) -> Event:
         if len(msg) != 4:
-            return _invalid(None, INVALID_REQUEST,
-                            f"response must be [1, msgid, error, result], got {len(msg)} elements")
+            return _invalid(
+                None, INVALID_REQUEST, f"response must be [1, msgid, error, result], got {len(msg)} elements"
+            )
         if not is_msgid(msg[1]):
-            return _invalid(None, INVALID_REQUEST,
-                            f"msgid must be an unsigned 32-bit int, got {_describe(msg[1])}")
+            return _invalid(None, INVALID_REQUEST, f"msgid must be an unsigned 32-bit int, got {_describe(msg[1])}")
         return Response(msg[1], msg[2], msg[3])
 
     # ------------------------------------------------------------------ sending

@@ -42,9 +42,7 @@ def pack(obj: object) -> bytes:
     try:
         return msgpack.packb(obj, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(
-            f"cannot encode {type(obj).__name__} as MessagePack: {exc}"
-        ) from exc
+        raise ProtocolError(f"cannot encode {type(obj).__name__} as MessagePack: {exc}") from exc
 
 
 # ---------------------------------------------------------------- whole messages
@@ -160,9 +158,17 @@ class DecisionEncoder:
             self._tail_bytes[i, : len(tail)] = np.frombuffer(tail, np.uint8)
         self._layouts = {
             (wide_ids, wide_versions): _FixedPart(
-                [("decision", ">u8" if wide_ids else ">u4"), ("logp", ">f4"), ("value", ">f4"), ("entropy", ">f4"),
-                 ("adapter_version", ">u8" if wide_versions else ">u4")], 7)
-            for wide_ids in (False, True) for wide_versions in (False, True)
+                [
+                    ("decision", ">u8" if wide_ids else ">u4"),
+                    ("logp", ">f4"),
+                    ("value", ">f4"),
+                    ("entropy", ">f4"),
+                    ("adapter_version", ">u8" if wide_versions else ">u4"),
+                ],
+                7,
+            )
+            for wide_ids in (False, True)
+            for wide_versions in (False, True)
         }
 
     def encode(self, out: BatchDecision) -> EncodedRows:
@@ -177,8 +183,14 @@ class DecisionEncoder:
         pack_row, (kd, kl, kv, ke, ka), header = part.struct.pack, part.markers, part.constants["map"]
         rows = [
             pack_row(header, kd, d, kl, lp, kv, v, ke, e, ka, av) + self._tails[a]
-            for d, lp, v, e, av, a in zip(out.decision.tolist(), out.logp.tolist(), out.value.tolist(),
-                                          out.entropy.tolist(), out.adapter_version.tolist(), out.action.tolist())
+            for d, lp, v, e, av, a in zip(
+                out.decision.tolist(),
+                out.logp.tolist(),
+                out.value.tolist(),
+                out.entropy.tolist(),
+                out.adapter_version.tolist(),
+                out.action.tolist(),
+            )
         ]
         return EncodedRows(b"".join(rows), list(itertools.accumulate(map(len, rows), initial=0)))
 

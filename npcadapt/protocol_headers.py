@@ -63,13 +63,33 @@ def _type_table() -> list[tuple[int, int]]:
         table[b] = (_ARRAY, 1)
     for b in range(0xA0, 0xC0):
         table[b] = (_STR, 1)
-    sized = {0xC1: (_INVALID, 1), 0xC4: (_BIN, 2), 0xC5: (_BIN, 3), 0xC6: (_BIN, 5),
-             0xC7: (_EXT, 3), 0xC8: (_EXT, 4), 0xC9: (_EXT, 6), 0xCA: (_SCALAR, 5),
-             0xCB: (_SCALAR, 9), 0xCC: (_SCALAR, 2), 0xCD: (_SCALAR, 3), 0xCE: (_SCALAR, 5),
-             0xCF: (_SCALAR, 9), 0xD0: (_SCALAR, 2), 0xD1: (_SCALAR, 3), 0xD2: (_SCALAR, 5),
-             0xD3: (_SCALAR, 9), 0xD9: (_STR, 2), 0xDA: (_STR, 3), 0xDB: (_STR, 5),
-             0xDC: (_ARRAY, 3), 0xDD: (_ARRAY, 5), 0xDE: (_MAP, 3), 0xDF: (_MAP, 5)}
-    sized.update({b: (_EXT, 2) for b in range(0xD4, 0xD9)})  # fixext: type byte only
+    sized = {
+        0xC1: (_INVALID, 1),
+        0xC4: (_BIN, 2),
+        0xC5: (_BIN, 3),
+        0xC6: (_BIN, 5),
+        0xC7: (_EXT, 3),
+        0xC8: (_EXT, 4),
+        0xC9: (_EXT, 6),
+        0xCA: (_SCALAR, 5),
+        0xCB: (_SCALAR, 9),
+        0xCC: (_SCALAR, 2),
+        0xCD: (_SCALAR, 3),
+        0xCE: (_SCALAR, 5),
+        0xCF: (_SCALAR, 9),
+        0xD0: (_SCALAR, 2),
+        0xD1: (_SCALAR, 3),
+        0xD2: (_SCALAR, 5),
+        0xD3: (_SCALAR, 9),
+        0xD9: (_STR, 2),
+        0xDA: (_STR, 3),
+        0xDB: (_STR, 5),
+        0xDC: (_ARRAY, 3),
+        0xDD: (_ARRAY, 5),
+        0xDE: (_MAP, 3),
+        0xDF: (_MAP, 5),
+    }
+    sized.update(dict.fromkeys(range(212, 217), (_EXT, 2)))  # fixext: type byte only
     for b, entry in sized.items():
         table[b] = entry
     return table
@@ -105,8 +125,16 @@ class HeaderCheck:
         self.done = False  # the message's last item has been seen
         self.window = _MIN_WINDOW
 
-    def walk(self, buf, base: int, limits: Limits, cap: int, cap_name: str,
-             decode_options: dict | None = None, stop: int | None = None) -> None:
+    def walk(
+        self,
+        buf,
+        base: int,
+        limits: Limits,
+        cap: int,
+        cap_name: str,
+        decode_options: dict | None = None,
+        stop: int | None = None,
+    ) -> None:
         """Check ``buf[base + pos : base + stop]`` (default: to the end). With
         `decode_options` complete runs are checked in C; without, every header in Python."""
         pos, stack = self.pos, self.stack
@@ -139,12 +167,12 @@ class HeaderCheck:
                         n = b & (0x1F if kind == _STR else 0x0F)
                     else:
                         n = int.from_bytes(buf[base + pos + 1 : base + pos + size], "big")
-                    if kind == _STR or kind == _BIN:
+                    if kind in (_STR, _BIN):
                         check_length(kind, n, limits)
                         if pos + size + n > cap:
                             raise HeaderError(f"message larger than {cap_name}={cap} bytes")
                         size += n
-                    elif kind == _ARRAY or kind == _MAP:
+                    elif kind in (_ARRAY, _MAP):
                         check_length(kind, n, limits)
                         if len(stack) >= MAX_NESTING:
                             raise HeaderError(f"nesting deeper than {MAX_NESTING} levels")
@@ -159,11 +187,11 @@ class HeaderCheck:
                     elif kind == _EXT:
                         code = buf[base + pos + size - 1]
                         code = code - 256 if code > 127 else code
-                        raise HeaderError("ext type -1 (timestamp) not allowed" if code == -1
-                                           else f"ext type {code} not allowed")
+                        raise HeaderError(
+                            "ext type -1 (timestamp) not allowed" if code == -1 else f"ext type {code} not allowed"
+                        )
                     else:
-                        raise HeaderError("bytes are not valid MessagePack (a reserved type "
-                                           "byte such as 0xc1)")
+                        raise HeaderError("bytes are not valid MessagePack (a reserved type byte such as 0xc1)")
                 pos += size
                 finished = True
                 self._close_item()
@@ -204,7 +232,7 @@ def _complete_run(buf, start: int, end: int, most: int, window: int) -> tuple[in
             scanner.skip()
             size = scanner.tell()
             n += 1
-    except Exception:  # noqa: BLE001, S110 - OutOfData (the next item is not all here), or a bad byte the walk reports
+    except Exception:
         pass
     return n, first + size
 

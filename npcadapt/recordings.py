@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -53,11 +53,19 @@ def _decision_rows(record: dict, wanted) -> tuple | None:
     n, dim = len(players), int(record["obs_dim"])
     obs = np.frombuffer(record["obs"], np.float32).reshape(n, dim)
     mask = None if record["mask"] is None else np.frombuffer(record["mask"], bool).reshape(n, -1)
-    cols = [np.frombuffer(record[k], dt) for k, dt in (("action", np.int64), ("logp", np.float32),
-                                                        ("value", np.float32), ("decision", np.int64))]
-    pick = lambda a: None if a is None else a[keep]  # noqa: E731
-    return (archetype, [players[i] for i in keep], [record["npcs"][i] for i in keep], pick(obs), pick(mask),
-            *(c[keep] for c in cols))
+    cols = [
+        np.frombuffer(record[k], dt)
+        for k, dt in (("action", np.int64), ("logp", np.float32), ("value", np.float32), ("decision", np.int64))
+    ]
+    pick = lambda a: None if a is None else a[keep]
+    return (
+        archetype,
+        [players[i] for i in keep],
+        [record["npcs"][i] for i in keep],
+        pick(obs),
+        pick(mask),
+        *(c[keep] for c in cols),
+    )
 
 
 def read_episodes(

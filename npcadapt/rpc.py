@@ -126,7 +126,9 @@ def parse_obs(value: Any, obs_dim: int) -> np.ndarray:
     else:
         raise InvalidInputError(f"obs must be an array of numbers or float32 binary, got {type(value).__name__}")
     if not np.isfinite(arr).all():
-        raise InvalidInputError(f"obs contains NaN or infinite values at {np.flatnonzero(~np.isfinite(arr))[:5].tolist()}")
+        raise InvalidInputError(
+            f"obs contains NaN or infinite values at {np.flatnonzero(~np.isfinite(arr))[:5].tolist()}"
+        )
     return arr
 
 
@@ -179,17 +181,17 @@ class Methods:
         """Every method the bridge serves, by name: the one place that says what each is."""
         D, K = BridgeMethod, Kind
         return {
-            "act":          D(K.DECISION, self.parse_act, one_row=True),
-            "act_batch":    D(K.DECISION, self.parse_act_batch),
-            "feedback":     D(K.FEEDBACK, self.feedback, many=self.feedback_many),
-            "archetypes":   D(K.DIRECT, self.archetypes),
+            "act": D(K.DECISION, self.parse_act, one_row=True),
+            "act_batch": D(K.DECISION, self.parse_act_batch),
+            "feedback": D(K.FEEDBACK, self.feedback, many=self.feedback_many),
+            "archetypes": D(K.DIRECT, self.archetypes),
             "adapter_info": D(K.DIRECT, self.adapter_info),
-            "prior_info":   D(K.DIRECT, self.prior_info),
+            "prior_info": D(K.DIRECT, self.prior_info),
             "action_probs": D(K.DIRECT, self.action_probs),
-            "stats":        D(K.DIRECT, self.stats),
-            "flush":        D(K.WORKER, self.flush, check=self.check_flush, shared=True),
+            "stats": D(K.DIRECT, self.stats),
+            "flush": D(K.WORKER, self.flush, check=self.check_flush, shared=True),
             "reset_player": D(K.WORKER, self.reset_player),
-            "auth":         D(K.CONNECTION, self.auth),
+            "auth": D(K.CONNECTION, self.auth),
         }
 
     def _spec(self, archetype: Any):
@@ -204,8 +206,9 @@ class Methods:
         _arity("act", params, 4, 5)
         spec = self._spec(params[0])
         player, npc, obs, mask, greedy = self._row(spec, params[1:])
-        return params[0], ActBlock([player], [npc], obs[None], None if mask is None else mask[None],
-                                   np.ones(1, bool) if greedy else None)
+        return params[0], ActBlock(
+            [player], [npc], obs[None], None if mask is None else mask[None], np.ones(1, bool) if greedy else None
+        )
 
     def parse_act_batch(self, params: list) -> tuple[str, ActBlock]:
         """act_batch(archetype, rows): rows checked column-wise, or one by one to name a bad row."""
@@ -236,7 +239,9 @@ class Methods:
         players, npcs, obs, masks, greedy = zip(*parsed)
         any_mask = any(m is not None for m in masks)
         return ActBlock(
-            list(players), list(npcs), np.stack(obs),
+            list(players),
+            list(npcs),
+            np.stack(obs),
             np.stack([np.ones(spec.n_actions, bool) if m is None else m for m in masks]) if any_mask else None,
             np.asarray(greedy) if any(greedy) else None,
         )
@@ -268,11 +273,14 @@ class Methods:
             obs = np.concatenate([b.obs for b in blocks])
             masks = greedy = None
             if any(b.masks is not None for b in blocks):
-                masks = np.concatenate([np.ones((len(b), n_actions), bool) if b.masks is None else b.masks for b in blocks])
+                masks = np.concatenate(
+                    [np.ones((len(b), n_actions), bool) if b.masks is None else b.masks for b in blocks]
+                )
             if any(b.greedy is not None for b in blocks):
                 greedy = np.concatenate([np.zeros(len(b), bool) if b.greedy is None else b.greedy for b in blocks])
-        out = self.service.act_batch(archetype, players, obs, npcs=npcs, masks=masks,
-                                     greedy=False if greedy is None else greedy)
+        out = self.service.act_batch(
+            archetype, players, obs, npcs=npcs, masks=masks, greedy=False if greedy is None else greedy
+        )
         return self._encoders[archetype].encode(out)
 
     # -- the other methods -------------------------------------------------------------
@@ -301,7 +309,8 @@ class Methods:
             positions, players, npcs, rewards, dones = map(list, zip(*items))
             for i in self.service.feedback_batch(players, npcs, rewards, dones, skip_refused=True):
                 errors[positions[i]] = InvalidInputError(
-                    f"no decision to attach feedback to for player {players[i]!r}, npc {npcs[i]!r}")
+                    f"no decision to attach feedback to for player {players[i]!r}, npc {npcs[i]!r}"
+                )
         return [errors[k] for k in sorted(errors)]
 
     def action_probs(self, params: list) -> list[list[float]]:

@@ -66,8 +66,9 @@ def decide(
     """
     n, a = logits.shape
     if n == 1:
-        action, logp, entropy = decide_one(logits[0], None if mask is None else mask[0],
-                                           greedy is not None and bool(greedy[0]), noise)
+        action, logp, entropy = decide_one(
+            logits[0], None if mask is None else mask[0], greedy is not None and bool(greedy[0]), noise
+        )
         return np.array([action]), np.array([logp], np.float32), np.array([entropy], np.float32)
     logp_all, probs = masked_log_probs_np(logits, mask)  # (A, N) each
     q = noise.take(n * a).reshape(n, a)  # (N, A)
@@ -79,9 +80,7 @@ def decide(
     return action.astype(np.int64, copy=False), logp, -terms.sum(axis=0)
 
 
-def decide_one(
-    logits: np.ndarray, mask: np.ndarray | None, greedy: bool, noise: ExpNoise
-) -> tuple[int, float, float]:
+def decide_one(logits: np.ndarray, mask: np.ndarray | None, greedy: bool, noise: ExpNoise) -> tuple[int, float, float]:
     """:func:`decide` for one row: logits (A,) finite -> action, logp, entropy as Python numbers.
 
     The same draw from the same noise: the same action unless two of the row's ratios

@@ -94,17 +94,29 @@ class ServerConfig:
     input_budget_bytes: int = field(default_factory=default_input_budget)  # pending input, all connections
     budget_max_pause: float = 10.0  # seconds a connection may stay paused by the budget before the largest is closed
     max_queued_rows: int = 65_536  # act rows waiting for a forward; past it act/act_batch get OVERLOADED
-    max_pending_feedback: int = 1_000_000  # completed-episode steps held for the trainer; past it the oldest are discarded
+    max_pending_feedback: int = (
+        1_000_000  # completed-episode steps held for the trainer; past it the oldest are discarded
+    )
 
     def __post_init__(self) -> None:
         if not is_loopback(self.host) and not self.token:
-            raise NpcAdaptError(f"refusing to bind {self.host!r} without --token: only loopback may be served unauthenticated")
+            raise NpcAdaptError(
+                f"refusing to bind {self.host!r} without --token: only loopback may be served unauthenticated"
+            )
         if not 0.0 <= self.busy_poll <= 1.0:
             raise InvalidInputError(f"busy_poll must be between 0 and 1 second, got {self.busy_poll!r}")
         if type(self.port) is not int or not 0 <= self.port <= 65535:
             raise InvalidInputError(f"port must be an int between 0 and 65535, got {self.port!r}")
-        for name in ("max_connections", "max_output_buffer", "max_batch", "train_round_players",
-                     "pre_auth_max_bytes", "input_budget_bytes", "max_queued_rows", "max_pending_feedback"):
+        for name in (
+            "max_connections",
+            "max_output_buffer",
+            "max_batch",
+            "train_round_players",
+            "pre_auth_max_bytes",
+            "input_budget_bytes",
+            "max_queued_rows",
+            "max_pending_feedback",
+        ):
             value = getattr(self, name)
             if type(value) is not int or value < 1:
                 raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
@@ -114,12 +126,16 @@ class ServerConfig:
         if not self.batch_wait >= 0:
             raise InvalidInputError(f"batch_wait must be >= 0 seconds, got {self.batch_wait!r}")
         if self.pre_auth_max_bytes > self.limits.max_buffer_size:
-            raise InvalidInputError(f"pre_auth_max_bytes ({self.pre_auth_max_bytes}) must not exceed "
-                                    f"limits.max_buffer_size ({self.limits.max_buffer_size})")
+            raise InvalidInputError(
+                f"pre_auth_max_bytes ({self.pre_auth_max_bytes}) must not exceed "
+                f"limits.max_buffer_size ({self.limits.max_buffer_size})"
+            )
         if self.input_budget_bytes < 2 * self.limits.max_buffer_size:
-            raise InvalidInputError(f"input_budget_bytes ({self.input_budget_bytes} bytes) must hold at least one "
-                                    f"message of limits.max_buffer_size ({self.limits.max_buffer_size} bytes), "
-                                    f"counted twice (the buffer and msgpack's scanner)")
+            raise InvalidInputError(
+                f"input_budget_bytes ({self.input_budget_bytes} bytes) must hold at least one "
+                f"message of limits.max_buffer_size ({self.limits.max_buffer_size} bytes), "
+                f"counted twice (the buffer and msgpack's scanner)"
+            )
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -127,7 +143,8 @@ def bind_listener(host: str, port: int) -> socket.socket:
     NpcAdaptError before anything else (the trainer process) has started."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except socket.gaierror as exc:
         raise NpcAdaptError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock = socket.socket(family, kind, proto)
@@ -156,9 +173,20 @@ class Stats:
     """Counters and rolling windows for `stats()`."""
 
     def __init__(self, window: int = 10_000):
-        self.counters = {"connections": 0, "connections_total": 0, "connections_refused": 0, "requests": 0,
-                         "notifications": 0, "errors": 0, "protocol_errors": 0, "auth_failures": 0,
-                         "budget_pauses": 0, "budget_shed": 0, "output_pauses": 0, "log_flush_errors": 0}
+        self.counters = {
+            "connections": 0,
+            "connections_total": 0,
+            "connections_refused": 0,
+            "requests": 0,
+            "notifications": 0,
+            "errors": 0,
+            "protocol_errors": 0,
+            "auth_failures": 0,
+            "budget_pauses": 0,
+            "budget_shed": 0,
+            "output_pauses": 0,
+            "log_flush_errors": 0,
+        }
         self.errors_by_code: dict[int, int] = {}  # error replies sent, by code
         self.latency = deque(maxlen=window)  # seconds, act/act_batch request -> response
         self.batch_sizes = deque(maxlen=window)
@@ -181,10 +209,13 @@ class Stats:
             counters[name] = value
             if name == "auth_failures":  # where the key has always been in the reply
                 counters["overloaded"] = self.overloaded
-        return {**counters, **pct,
-                "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
-                "batch_size_mean": round(float(sizes.mean()), 2) if sizes.size else None,
-                "batch_size_max": int(sizes.max()) if sizes.size else None}
+        return {
+            **counters,
+            **pct,
+            "errors_by_code": {str(code): n for code, n in sorted(self.errors_by_code.items())},
+            "batch_size_mean": round(float(sizes.mean()), 2) if sizes.size else None,
+            "batch_size_max": int(sizes.max()) if sizes.size else None,
+        }
 
 
 TRIM_INTERVAL = 10.0  # seconds between hand-backs of freed heap memory to the OS
@@ -216,13 +247,17 @@ class Bridge:
         self.methods = Methods(service, stats=self.stats_snapshot)
         self.method_names = sorted(self.methods.table)
         # the WORKER methods whose calls share runs: one running, at most one more waiting
-        self.shared_runs = {name: Coalesced(method.call) for name, method in self.methods.table.items()
-                            if method.kind is Kind.WORKER and method.shared}
+        self.shared_runs = {
+            name: Coalesced(method.call)
+            for name, method in self.methods.table.items()
+            if method.kind is Kind.WORKER and method.shared
+        }
         service.limit_pending_feedback(config.max_pending_feedback)
         self.stats = Stats()
         self.connections: set[Connection] = set()
-        self.budget = InputBudget(config.input_budget_bytes, self.stats.counters, self.connections,
-                                  config.budget_max_pause)
+        self.budget = InputBudget(
+            config.input_budget_bytes, self.stats.counters, self.connections, config.budget_max_pause
+        )
         self.batcher: MicroBatcher | None = None
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
@@ -302,8 +337,12 @@ class Bridge:
                     log.exception("interaction log flush failed")
 
     def stats_snapshot(self) -> dict:
-        return {**self.stats.snapshot(), **self.budget.snapshot(), "queued_rows": self.batcher.queued_rows,
-                **self.service.stats()}
+        return {
+            **self.stats.snapshot(),
+            **self.budget.snapshot(),
+            "queued_rows": self.batcher.queued_rows,
+            **self.service.stats(),
+        }
 
     async def stop(self) -> None:
         """Stop accepting, close connections, flush the log and changed adapters."""
@@ -319,8 +358,13 @@ class Bridge:
         self.service.close()  # stops the background trainer
 
 
-def serve(service: Service, config: ServerConfig, *, ready: Callable[[int], None] | None = None,
-          sock: socket.socket | None = None) -> None:
+def serve(
+    service: Service,
+    config: ServerConfig,
+    *,
+    ready: Callable[[int], None] | None = None,
+    sock: socket.socket | None = None,
+) -> None:
     """Run the bridge until SIGINT or SIGTERM; both flush everything before returning. The
     service is closed however this ends."""
 

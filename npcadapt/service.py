@@ -29,9 +29,9 @@ from .episodes import EpisodeTracker
 from .errors import InvalidInputError, LogError, TrainerProcessError
 from .log import InteractionLog
 from .log.writer import HELD_BYTES
-from .training.online import OnlineConfig, PlayerUpdate
 from .prior.library import find_library
 from .prior.trainer import new_player_state
+from .training.online import OnlineConfig, PlayerUpdate
 from .training.trainer_host import InProcessTrainer
 from .training.trainer_process import TrainerProcess
 from .types import AdapterInfo, BatchDecision, Decision
@@ -39,6 +39,7 @@ from .types import AdapterInfo, BatchDecision, Decision
 log = logging.getLogger(__name__)
 
 ROUND_PLAYERS = 32  # players per background update round (docs/benchmarks.md: latency while training)
+
 
 def validate_npc_id(npc: object) -> str:
     """The player-id rule (non-empty str, at most 256 UTF-8 bytes), raising InvalidInputError."""
@@ -72,10 +73,21 @@ class Service:
         `archetype_dirs`, `capacity`, `adapter_dtype`, `device`, `seed` and `compile` go to
         :class:`~npcadapt.engine.Engine` (see there).
         """
-        self.engine = Engine(data_dir, archetype_dirs=archetype_dirs, capacity=capacity, adapter_dtype=adapter_dtype,
-                             device=device, seed=seed, compile=compile)
+        self.engine = Engine(
+            data_dir,
+            archetype_dirs=archetype_dirs,
+            capacity=capacity,
+            adapter_dtype=adapter_dtype,
+            device=device,
+            seed=seed,
+            compile=compile,
+        )
         self.data_dir = self.engine.data_dir
-        self.log = InteractionLog(self.data_dir / "logs", segment_bytes=log_segment_bytes, fsync_on_flush=True) if record else None
+        self.log = (
+            InteractionLog(self.data_dir / "logs", segment_bytes=log_segment_bytes, fsync_on_flush=True)
+            if record
+            else None
+        )
         self.online = online
         self.tracker = EpisodeTracker()
         runtimes = {name: self.engine.runtime(name) for name in self.engine.archetypes}
@@ -84,18 +96,28 @@ class Service:
         self.trainer_nice = trainer_nice
         self.trainer: InProcessTrainer | TrainerProcess | None = None
         # population priors stored beside the archetypes (stale or damaged ones are refused with a warning)
-        self.libraries = {name: lib for name, rt in runtimes.items()
-                          if online and online.prior and (lib := find_library(rt.archetype)) is not None}
-        self._episodes_per_update = {name: 1 for name in self.libraries}  # the prior learns from every episode
+        self.libraries = {
+            name: lib
+            for name, rt in runtimes.items()
+            if online and online.prior and (lib := find_library(rt.archetype)) is not None
+        }
+        self._episodes_per_update = dict.fromkeys(self.libraries, 1)  # the prior learns from every episode
         self._prior_info: OrderedDict[tuple[str, str], dict] = OrderedDict()  # latest PosteriorState.describe()
         self._prior_capacity = capacity
         if online and trainer_process:
             archetypes = {name: rt.archetype for name, rt in runtimes.items()}
-            self.trainer = TrainerProcess(archetypes, online, capacity, device=str(self.engine.device), nice=trainer_nice,
-                                          priors=sorted(self.libraries))
+            self.trainer = TrainerProcess(
+                archetypes,
+                online,
+                capacity,
+                device=str(self.engine.device),
+                nice=trainer_nice,
+                priors=sorted(self.libraries),
+            )
         elif online:
-            self.trainer = InProcessTrainer({name: (rt.policy, rt.layout) for name, rt in runtimes.items()}, online,
-                                            capacity, self.libraries)
+            self.trainer = InProcessTrainer(
+                {name: (rt.policy, rt.layout) for name, rt in runtimes.items()}, online, capacity, self.libraries
+            )
         # _train_lock guards taking episodes and installing outcomes (short); _update_lock
         # serialises the trainer's work (long), so a reset never waits for an update in flight
         self._train_lock = threading.Lock()
@@ -115,8 +137,16 @@ class Service:
         obs_rows, masks = single_row(obs, mask)
         return self.act_batch(archetype, [player], obs_rows, npcs=[npc], masks=masks, greedy=greedy).row(0)
 
-    def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str] | None = None,
-                  masks=None, greedy=False) -> BatchDecision:
+    def act_batch(
+        self,
+        archetype: str,
+        players: Sequence[str],
+        obs,
+        *,
+        npcs: Sequence[str] | None = None,
+        masks=None,
+        greedy=False,
+    ) -> BatchDecision:
         """Decisions for N rows in one forward pass; each row logged and tracked for training."""
         npcs = ["npc"] * len(players) if npcs is None else list(npcs)
         if len(npcs) != len(players):
@@ -125,21 +155,34 @@ class Service:
             validate_npc_id(npc)
         out, obs_arr, mask_arr = self.engine.act_batch_checked(archetype, players, obs, masks=masks, greedy=greedy)
         if self.online:
-            self.tracker.record(archetype, players, npcs, obs_arr, mask_arr, out.action, out.logp, out.value, out.decision)
+            self.tracker.record(
+                archetype, players, npcs, obs_arr, mask_arr, out.action, out.logp, out.value, out.decision
+            )
         if self.log is not None:
             rt = self.engine.runtime(archetype)
-            self._record({
-                "t": "decisions", "time": time.time(), "archetype": archetype, "base": rt.archetype.base_hash,
-                "players": list(players), "npcs": npcs, "obs_dim": int(obs_arr.shape[1]),
-                "obs": obs_arr.tobytes(), "mask": None if mask_arr is None else mask_arr.tobytes(),
-                "decision": out.decision.tobytes(), "action": out.action.astype(np.int64, copy=False).tobytes(),
-                "logp": out.logp.astype(np.float32, copy=False).tobytes(),
-                "value": out.value.astype(np.float32, copy=False).tobytes(),
-                "adapter_version": out.adapter_version.astype(np.int64, copy=False).tobytes(),
-            })
+            self._record(
+                {
+                    "t": "decisions",
+                    "time": time.time(),
+                    "archetype": archetype,
+                    "base": rt.archetype.base_hash,
+                    "players": list(players),
+                    "npcs": npcs,
+                    "obs_dim": int(obs_arr.shape[1]),
+                    "obs": obs_arr.tobytes(),
+                    "mask": None if mask_arr is None else mask_arr.tobytes(),
+                    "decision": out.decision.tobytes(),
+                    "action": out.action.astype(np.int64, copy=False).tobytes(),
+                    "logp": out.logp.astype(np.float32, copy=False).tobytes(),
+                    "value": out.value.astype(np.float32, copy=False).tobytes(),
+                    "adapter_version": out.adapter_version.astype(np.int64, copy=False).tobytes(),
+                }
+            )
         return out
 
-    def action_probs(self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False) -> np.ndarray:
+    def action_probs(
+        self, archetype: str, players: Sequence[str], obs, *, masks=None, base: bool = False
+    ) -> np.ndarray:
         """Action probabilities (N, A) of each row's current policy (or of the base); no sampling."""
         return self.engine.action_probs(archetype, players, obs, masks=masks, base=base)
 
@@ -148,8 +191,9 @@ class Service:
         """Attach `reward` to the latest decision of `player`'s `npc`; `done` ends the episode."""
         self.feedback_batch([player], [npc], [reward], [done])
 
-    def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones, *,
-                       skip_refused: bool = False) -> list[int]:
+    def feedback_batch(
+        self, players: Sequence[str], npcs: Sequence[str], rewards, dones, *, skip_refused: bool = False
+    ) -> list[int]:
         """Feedback for several NPCs at once (one log record). Malformed input refuses the
         whole batch; so does a row with no decision to attach to, unless `skip_refused`,
         which applies and records the other rows and returns the refused rows' indices."""
@@ -158,20 +202,35 @@ class Service:
         if not (len(players) == len(npcs) == len(rewards) == len(dones)):
             raise InvalidInputError("players, npcs, rewards and dones must have the same length")
         if not np.isfinite(rewards).all():
-            raise InvalidInputError(f"rewards must be finite numbers, got {rewards[~np.isfinite(rewards)][:3].tolist()}")
+            raise InvalidInputError(
+                f"rewards must be finite numbers, got {rewards[~np.isfinite(rewards)][:3].tolist()}"
+            )
         for player, npc in zip(players, npcs):
             validate_player_id(player)
             validate_npc_id(npc)
-        refused = self.tracker.feedback_batch(players, npcs, rewards, dones, skip_refused=skip_refused) if self.online else []
+        refused = (
+            self.tracker.feedback_batch(players, npcs, rewards, dones, skip_refused=skip_refused) if self.online else []
+        )
         if refused:
             kept = np.setdiff1d(np.arange(len(players)), refused)
-            players, npcs, rewards, dones = [players[i] for i in kept], [npcs[i] for i in kept], rewards[kept], dones[kept]
+            players, npcs, rewards, dones = (
+                [players[i] for i in kept],
+                [npcs[i] for i in kept],
+                rewards[kept],
+                dones[kept],
+            )
         self.counters["feedback"] += len(players)
         if self.log is not None and len(players):
-            self._record({
-                "t": "feedback", "time": time.time(), "players": list(players), "npcs": list(npcs),
-                "reward": rewards.tolist(), "done": dones.tolist(),
-            })
+            self._record(
+                {
+                    "t": "feedback",
+                    "time": time.time(),
+                    "players": list(players),
+                    "npcs": list(npcs),
+                    "reward": rewards.tolist(),
+                    "done": dones.tolist(),
+                }
+            )
         return refused
 
     # -- training -------------------------------------------------------------------
@@ -221,15 +280,25 @@ class Service:
             # reset while this update ran: its result must not bring the adapter back
             kept = [o for o in outcomes if (archetype, o.player) not in reset]
             results = [o for o in kept if o.params is not None]
-            metas = self.engine.put_adapter_rows(archetype, [o.player for o in results],
-                                                 torch.stack([o.params for o in results]), updates=1,
-                                                 skip_non_finite=True) if results else []
+            metas = (
+                self.engine.put_adapter_rows(
+                    archetype,
+                    [o.player for o in results],
+                    torch.stack([o.params for o in results]),
+                    updates=1,
+                    skip_non_finite=True,
+                )
+                if results
+                else []
+            )
             updated = [o for o, meta in zip(results, metas) if meta is not None]
             for o in updated:
                 if o.prior is not None:
                     self._remember_prior((archetype, o.player), o.prior)
             if len(updated) < len(results):
-                log.warning("online update for archetype %r gave non-finite adapters; those players keep theirs", archetype)
+                log.warning(
+                    "online update for archetype %r gave non-finite adapters; those players keep theirs", archetype
+                )
             self.counters["skipped_updates"] += len(kept) - len(updated)
             self.counters["updates"] += len(updated)
             self.counters["kl_bounded"] += sum(o.kl_scaled < 1.0 for o in updated)
@@ -355,11 +424,16 @@ class Service:
         self.tracker.max_done_steps = steps
 
     def stats(self) -> dict:
-        return {**self.engine.stats(), **self.counters, "open_episodes": self.tracker.open_count(),
-                "ready_players": self.ready_players(), "pending_feedback": self.pending_feedback(),
-                "dropped_episodes": self.tracker.dropped_episodes,
-                "trainer_ready": None if self.trainer is None else self.trainer.ready,
-                "trainer_restarts": getattr(self.trainer, "restarts", 0)}
+        return {
+            **self.engine.stats(),
+            **self.counters,
+            "open_episodes": self.tracker.open_count(),
+            "ready_players": self.ready_players(),
+            "pending_feedback": self.pending_feedback(),
+            "dropped_episodes": self.tracker.dropped_episodes,
+            "trainer_ready": None if self.trainer is None else self.trainer.ready,
+            "trainer_restarts": getattr(self.trainer, "restarts", 0),
+        }
 
     def _record(self, record: dict) -> None:
         """Append to the interaction log. While the disk refuses writes the log holds records
@@ -380,9 +454,11 @@ class Service:
         if self.log is not None:
             self.log.flush()
             if self.counters["log_records_dropped"]:
-                raise LogError(f"{self.counters['log_records_dropped']} interaction log record(s) were lost while the "
-                               f"disk refused writes (past the {HELD_BYTES >> 20} MiB held in memory); the log holds "
-                               "everything else")
+                raise LogError(
+                    f"{self.counters['log_records_dropped']} interaction log record(s) were lost while the "
+                    f"disk refused writes (past the {HELD_BYTES >> 20} MiB held in memory); the log holds "
+                    "everything else"
+                )
         return written
 
     def close(self) -> None:
@@ -395,7 +471,7 @@ class Service:
             if self.log is not None:
                 self.log.close()
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -412,6 +488,6 @@ def _lower_thread_priority(nice: int) -> None:
         log.warning("could not lower the online trainer thread's priority: %s", exc)
 
 
-def open(data_dir: str | Path, **kwargs) -> Service:  # noqa: A001 - mirrors builtins.open on purpose
+def open(data_dir: str | Path, **kwargs) -> Service:
     """Open the npcadapt service on `data_dir`; see :class:`Service` for options."""
     return Service(data_dir, **kwargs)

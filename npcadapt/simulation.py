@@ -21,9 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -82,7 +83,9 @@ def assign_personas(env: gym.Env, players: int, counts: dict[str, int] | None = 
     figure is noisier); the others keep the cycling share of `players`.
     """
     personas = persona_names(env)
-    pairs = [(f"{personas[i % len(personas)]}-{i // len(personas)}", personas[i % len(personas)]) for i in range(players)]
+    pairs = [
+        (f"{personas[i % len(personas)]}-{i // len(personas)}", personas[i % len(personas)]) for i in range(players)
+    ]
     if not counts:
         return pairs
     unknown = set(counts) - set(personas)
@@ -92,19 +95,33 @@ def assign_personas(env: gym.Env, players: int, counts: dict[str, int] | None = 
     return kept + [(f"{name}-{j}", name) for name, n in counts.items() for j in range(n)]
 
 
-def make_tracks(env: gym.Env, players: int, episodes: int, *, counts: dict[str, int] | None = None,
-                heldout_players: int = 0, switch_players: int = 0, switch_at: int | None = None) -> list[PlayerTrack]:
+def make_tracks(
+    env: gym.Env,
+    players: int,
+    episodes: int,
+    *,
+    counts: dict[str, int] | None = None,
+    heldout_players: int = 0,
+    switch_players: int = 0,
+    switch_at: int | None = None,
+) -> list[PlayerTrack]:
     """Every simulated player: the cycling population (:func:`assign_personas`), then
     `heldout_players` per held-out persona and `switch_players` per switch pair of the env
     (switching at `switch_at`, default half way)."""
     base = env.unwrapped
-    tracks = [PlayerTrack(p, persona, "control" if persona in (base.AVERAGE, base.NOISE) else "named")
-              for p, persona in assign_personas(env, players, counts)]
-    tracks += [PlayerTrack(f"{name}-{j}", name, "heldout")
-               for name in base.HELDOUT_PERSONAS for j in range(heldout_players)]
+    tracks = [
+        PlayerTrack(p, persona, "control" if persona in (base.AVERAGE, base.NOISE) else "named")
+        for p, persona in assign_personas(env, players, counts)
+    ]
+    tracks += [
+        PlayerTrack(f"{name}-{j}", name, "heldout") for name in base.HELDOUT_PERSONAS for j in range(heldout_players)
+    ]
     at = episodes // 2 if switch_at is None else switch_at
-    tracks += [PlayerTrack(f"{a}{SWITCH_MARK}{b}-{j}", a, "switch", b, at)
-               for a, b in base.SWITCHES for j in range(switch_players)]
+    tracks += [
+        PlayerTrack(f"{a}{SWITCH_MARK}{b}-{j}", a, "switch", b, at)
+        for a, b in base.SWITCHES
+        for j in range(switch_players)
+    ]
     return tracks
 
 
@@ -118,7 +135,7 @@ def trait_players(env_id: str, per_trait: int, prefix: str = "player") -> dict[s
 
 def trait_counts(env_id: str, per_trait: int) -> dict[str, int]:
     """``persona_counts`` for :func:`run_simulation`: `per_trait` players of each trait's persona."""
-    return {persona: per_trait for persona in game(env_id).TRAITS.values()}
+    return dict.fromkeys(game(env_id).TRAITS.values(), per_trait)
 
 
 class Evaluator:
@@ -179,8 +196,15 @@ def run_simulation(
     """
     start = time.perf_counter()
     probe = make_env(env_id)
-    tracks = make_tracks(probe, players, episodes, counts=persona_counts, heldout_players=heldout_players,
-                         switch_players=switch_players, switch_at=switch_at)
+    tracks = make_tracks(
+        probe,
+        players,
+        episodes,
+        counts=persona_counts,
+        heldout_players=heldout_players,
+        switch_players=switch_players,
+        switch_at=switch_at,
+    )
     envs = [make_env(env_id, persona=t.persona) for t in tracks]
     evaluator = Evaluator(probe)
     every_persona = list(dict.fromkeys(p for t in tracks for p in (t.persona, t.switch_to) if p))
@@ -221,8 +245,15 @@ def run_simulation(
     seconds = time.perf_counter() - start
     oracles = {persona: float(probe.unwrapped.oracle_return(persona)) for persona in every_persona}
     report = build_report(tracks, base_returns, oracles)
-    report.update(env=env_id, archetype=archetype, players=len(tracks), episodes_per_player=episodes, seed=seed,
-                  seconds=round(seconds, 2), decisions_per_s=round(decisions / seconds))
+    report.update(
+        env=env_id,
+        archetype=archetype,
+        players=len(tracks),
+        episodes_per_player=episodes,
+        seed=seed,
+        seconds=round(seconds, 2),
+        decisions_per_s=round(decisions / seconds),
+    )
     return report
 
 
@@ -247,7 +278,9 @@ def recovery_episodes(gain_curve: list[float], switch_at: int, threshold: float 
     return None
 
 
-def build_report(tracks: list[PlayerTrack], base_returns: dict[str, float], oracles: dict[str, float]) -> dict[str, Any]:
+def build_report(
+    tracks: list[PlayerTrack], base_returns: dict[str, float], oracles: dict[str, float]
+) -> dict[str, Any]:
     """Per-persona figures (curves, gains, KL, experienced return), then summaries per kind."""
     personas: dict[str, dict] = {}
     for group in dict.fromkeys(t.group for t in tracks):
@@ -314,7 +347,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
         gain = "n/a" if p["gain"] is None else f"{p['gain']:.2f}"
         ax.set_title(f"{name}  gain {gain}", fontsize=9)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(personas):]:
+    for ax in list(axes.flat)[len(personas) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=6, loc="lower right")
     fig.suptitle(f"{report['env']} — return per episode, {report['players']} players", fontsize=11)
@@ -331,13 +364,18 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [f"{'persona':<30}{'kind':>8}{'players':>8}{'base':>9}{'adapted':>9}{'oracle':>9}{'gain':>7}{'KL':>7}"]
     for name, p in report["personas"].items():
         gain = "   n/a" if p["gain"] is None else f"{p['gain']:>6.2f}"
-        lines.append(f"{name:<30}{p['kind']:>8}{p['players']:>8}{p['base_return']:>9.2f}{p['adapted_return']:>9.2f}"
-                     f"{p['oracle_return']:>9.2f}{gain:>7}{p['kl_to_base']:>7.2f}")
+        lines.append(
+            f"{name:<30}{p['kind']:>8}{p['players']:>8}{p['base_return']:>9.2f}{p['adapted_return']:>9.2f}"
+            f"{p['oracle_return']:>9.2f}{gain:>7}{p['kl_to_base']:>7.2f}"
+        )
     if report.get("mean_gain") is not None:
         lines.append(f"mean gain over named personas: {report['mean_gain']:.3f}")
     if report.get("heldout_gain") is not None:
         lines.append(f"mean gain over held-out personas (never in the base's population): {report['heldout_gain']:.3f}")
     for group, n in report.get("switch_recovery_episodes", {}).items():
-        lines.append(f"switch {group}: gain back to 0.8 after "
-                     + ("never (within the run)" if n is None else f"{n} episodes") + " of the new style")
+        lines.append(
+            f"switch {group}: gain back to 0.8 after "
+            + ("never (within the run)" if n is None else f"{n} episodes")
+            + " of the new style"
+        )
     return "\n".join(lines)

@@ -33,8 +33,8 @@ from npcadapt.adapter_meta import (
     DTYPES,
     AdapterMeta,
     AdapterSpec,
-    show_id,
     player_key,
+    show_id,
     validate_archetype_name,
 )
 from npcadapt.errors import (
@@ -97,14 +97,13 @@ def _meta_for(md: Mapping[str, str], archetype: str, player: str) -> AdapterMeta
     if meta.archetype != archetype:
         raise _Invalid(f"metadata archetype is {meta.archetype!r}, expected {archetype!r}")
     if meta.player != player:
-        raise _Invalid(f"metadata names player {show_id(meta.player)}, not {show_id(player)} "
-                       "(file swapped or misnamed)")
+        raise _Invalid(
+            f"metadata names player {show_id(meta.player)}, not {show_id(player)} (file swapped or misnamed)"
+        )
     return meta
 
 
-def _validate(
-    data: bytes, spec: AdapterSpec, player: str
-) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
+def _validate(data: bytes, spec: AdapterSpec, player: str) -> tuple[dict[str, torch.Tensor], AdapterMeta]:
     """Check a whole file's bytes against ``spec``; raise _Invalid with the reason."""
     try:
         tensors = safetensors.torch.load(data)
@@ -120,35 +119,33 @@ def _validate(
         raise _Invalid(f"unexpected tensor(s) {extra}")
     for name in sorted(tensors):
         if tuple(tensors[name].shape) != spec.shapes[name]:
-            raise _Invalid(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, "
-                           f"expected {spec.shapes[name]}")
+            raise _Invalid(f"tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {spec.shapes[name]}")
     want = DTYPES[meta.dtype]
     for name in sorted(tensors):
         if tensors[name].dtype != want:
-            raise _Invalid(
-                f"tensor {name!r} has dtype {tensors[name].dtype}, metadata says {meta.dtype}")
+            raise _Invalid(f"tensor {name!r} has dtype {tensors[name].dtype}, metadata says {meta.dtype}")
     flat = torch.cat([t.reshape(-1) for t in tensors.values()])  # one check, not one per tensor
     if not bool(torch.isfinite(flat).all()):
         bad = [name for name in sorted(tensors) if not bool(torch.isfinite(tensors[name]).all())]
         raise _Invalid(f"tensor(s) {bad} have non-finite values")
     if meta.rank != spec.rank:
-        raise _Invalid(
-            f"metadata rank is {meta.rank}, archetype {spec.archetype!r} uses rank {spec.rank}")
+        raise _Invalid(f"metadata rank is {meta.rank}, archetype {spec.archetype!r} uses rank {spec.rank}")
     return tensors, meta
 
 
 def _serialize(tensors: Mapping[str, torch.Tensor], meta: AdapterMeta) -> bytes:
     """Contiguous CPU copies (same dtype) -> safetensors bytes; InvalidInputError if unfit."""
     if not isinstance(tensors, Mapping) or not tensors:
-        raise InvalidInputError(f"adapter for player {show_id(meta.player)}: tensors must be a "
-                                f"non-empty mapping, got {type(tensors).__name__}")
+        raise InvalidInputError(
+            f"adapter for player {show_id(meta.player)}: tensors must be a "
+            f"non-empty mapping, got {type(tensors).__name__}"
+        )
     want = DTYPES[meta.dtype]
     prepared: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         where = f"tensor {name!r} of player {show_id(meta.player)}"
         if not isinstance(name, str) or not isinstance(t, torch.Tensor):
-            raise InvalidInputError(
-                f"{where}: expected str -> torch.Tensor, got {type(t).__name__}")
+            raise InvalidInputError(f"{where}: expected str -> torch.Tensor, got {type(t).__name__}")
         if t.dtype != want:
             raise InvalidInputError(f"{where} has dtype {t.dtype}, meta.dtype is {meta.dtype!r}")
         t = t.detach().to("cpu").contiguous()
@@ -189,8 +186,7 @@ class AdapterStore:
             for sub in ("adapters", "quarantine"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(
-                f"cannot create adapter store at {self.root}: {_os_reason(exc)}") from exc
+            raise StoreError(f"cannot create adapter store at {self.root}: {_os_reason(exc)}") from exc
         self._locks = tuple(threading.Lock() for _ in range(_N_LOCKS))  # striped by player key
         self._known_dirs: set[Path] = {self.root / "adapters", self.root / "quarantine"}
         self._remove_stale_temps()
@@ -215,8 +211,10 @@ class AdapterStore:
                 os.replace(tmp, path)
         except OSError as exc:
             _unlink_quietly(tmp)
-            raise StoreError(f"could not save adapter for player {show_id(meta.player)} to {path}: "
-                             f"{_os_reason(exc)}; the previous version is unchanged") from exc
+            raise StoreError(
+                f"could not save adapter for player {show_id(meta.player)} to {path}: "
+                f"{_os_reason(exc)}; the previous version is unchanged"
+            ) from exc
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -225,35 +223,42 @@ class AdapterStore:
         except OSError as exc:
             raise StoreError(
                 f"saved adapter for player {show_id(meta.player)} to {path} but could not fsync "
-                f"its directory: {_os_reason(exc)}; it may not survive a power loss") from exc
+                f"its directory: {_os_reason(exc)}; it may not survive a power loss"
+            ) from exc
         return path
 
-    def load(
-        self, spec: AdapterSpec, player: str
-    ) -> tuple[dict[str, torch.Tensor], AdapterMeta] | None:
+    def load(self, spec: AdapterSpec, player: str) -> tuple[dict[str, torch.Tensor], AdapterMeta] | None:
         """The player's validated adapter, or None if there is none (serve the base policy)."""
         if not isinstance(spec, AdapterSpec):
             raise InvalidInputError(f"spec must be an AdapterSpec, got {type(spec).__name__}")
         path = self.path_for(spec.archetype, player)
-        loaded = self._read_checked(spec.archetype, player, path, "adapter",
-                                    lambda f, size: _validate(f.read(), spec, player))
+        loaded = self._read_checked(
+            spec.archetype, player, path, "adapter", lambda f, size: _validate(f.read(), spec, player)
+        )
         if loaded is None:
             return None
         tensors, meta = loaded
         if meta.base_hash != spec.base_hash:
             raise AdapterMismatchError(
                 f"adapter for player {show_id(player)} ({path}) was trained against base "
-                f"{meta.base_hash}, archetype {spec.archetype!r} is at {spec.base_hash}")
+                f"{meta.base_hash}, archetype {spec.archetype!r} is at {spec.base_hash}"
+            )
         return tensors, meta
 
     def read_meta(self, archetype: str, player: str) -> AdapterMeta | None:
         """The player's adapter metadata from the file header only; None if absent."""
         path = self.path_for(archetype, player)
-        return self._read_checked(archetype, player, path, "adapter header",
-                                  lambda f, size: _meta_for(_read_header(f, size), archetype, player))
+        return self._read_checked(
+            archetype,
+            player,
+            path,
+            "adapter header",
+            lambda f, size: _meta_for(_read_header(f, size), archetype, player),
+        )
 
-    def _read_checked(self, archetype: str, player: str, path: Path, what: str,
-                      parse: Callable[[BinaryIO, int], _T]) -> _T | None:
+    def _read_checked(
+        self, archetype: str, player: str, path: Path, what: str, parse: Callable[[BinaryIO, int], _T]
+    ) -> _T | None:
         """Run `parse(file, size)` on the player's file: None if absent; a bad file is
         quarantined (CorruptAdapterError); an environment error raises StoreError."""
         ident = None
@@ -266,8 +271,9 @@ class AdapterStore:
             return None
         except OSError as exc:
             if exc.errno not in _BAD_FILE_ERRNOS:
-                raise StoreError(f"could not read {what} for player {show_id(player)} from {path}: "
-                                 f"{_os_reason(exc)}") from exc
+                raise StoreError(
+                    f"could not read {what} for player {show_id(player)} from {path}: {_os_reason(exc)}"
+                ) from exc
             self._quarantine(archetype, player, path, ident, f"unreadable: {_os_reason(exc)}")
         except _Invalid as exc:
             self._quarantine(archetype, player, path, ident, str(exc))
@@ -282,8 +288,9 @@ class AdapterStore:
         except FileNotFoundError:
             return False
         except OSError as exc:
-            raise StoreError(f"could not delete adapter for player {show_id(player)} at {path}: "
-                             f"{_os_reason(exc)}") from exc
+            raise StoreError(
+                f"could not delete adapter for player {show_id(player)} at {path}: {_os_reason(exc)}"
+            ) from exc
         return True
 
     def players(self, archetype: str) -> Iterator[str]:
@@ -300,8 +307,12 @@ class AdapterStore:
                 logger.warning("skipping unreadable adapter file %s: %s", path, reason)
                 continue
             if meta.archetype != archetype or player_key(meta.player) != path.stem:
-                logger.warning("skipping %s: it holds archetype %r player %s, which belongs "
-                               "elsewhere", path, meta.archetype, show_id(meta.player))
+                logger.warning(
+                    "skipping %s: it holds archetype %r player %s, which belongs elsewhere",
+                    path,
+                    meta.archetype,
+                    show_id(meta.player),
+                )
                 continue
             yield meta.player
 
@@ -332,8 +343,9 @@ class AdapterStore:
             fsync_dir(d.parent)
         self._known_dirs.add(directory)
 
-    def _quarantine(self, archetype: str, player: str, path: Path,
-                    ident: tuple[int, int] | None, reason: str) -> NoReturn:
+    def _quarantine(
+        self, archetype: str, player: str, path: Path, ident: tuple[int, int] | None, reason: str
+    ) -> NoReturn:
         """Move a bad file aside with a reason note, then raise CorruptAdapterError."""
         key, qdir = path.stem, self.root / "quarantine" / archetype
         what = f"adapter for player {show_id(player)} in {path} failed validation: {reason}"
@@ -346,8 +358,8 @@ class AdapterStore:
                     st = None
                 if st is None or (ident is not None and (st.st_dev, st.st_ino) != ident):
                     raise CorruptAdapterError(
-                        f"{what}; the file was replaced or removed meanwhile, so nothing was "
-                        "quarantined")
+                        f"{what}; the file was replaced or removed meanwhile, so nothing was quarantined"
+                    )
                 target = self._write_reason(qdir, key, player, path, reason)
                 try:
                     os.replace(path, target)
@@ -358,16 +370,17 @@ class AdapterStore:
             fsync_dir(path.parent)
         except OSError as exc:
             logger.error("could not quarantine %s: %s", path, _os_reason(exc))
-            raise CorruptAdapterError(f"{what}; moving it to quarantine failed: {_os_reason(exc)}"
-                                      ) from exc
+            raise CorruptAdapterError(f"{what}; moving it to quarantine failed: {_os_reason(exc)}") from exc
         logger.warning("quarantined %s -> %s: %s", path, target, reason)
         raise CorruptAdapterError(f"{what}; moved to {target}")
 
     @staticmethod
     def _write_reason(qdir: Path, key: str, player: str, path: Path, reason: str) -> Path:
         """Write <key>.<ns>.reason.txt (unique ns); return the matching .safetensors target."""
-        text = (f"player: {player!r}\nkey: {key}\nfile: {path}\n"
-                f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nreason: {reason}\n").encode()
+        text = (
+            f"player: {player!r}\nkey: {key}\nfile: {path}\n"
+            f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nreason: {reason}\n"
+        ).encode()
         ns = time.time_ns()
         while True:
             try:

@@ -64,10 +64,26 @@ class BatchDecision:
     def to_dicts(self) -> list[dict]:
         """[Decision.to_dict() of every row], built column-wise (the bridge's hot path)."""
         names = self.action_names
-        columns = zip(self.decision.tolist(), self.action.tolist(), self.logp.tolist(), self.value.tolist(),
-                      self.entropy.tolist(), self.adapter_version.tolist())
-        return [{"decision": d, "action": a, "action_name": names[a], "logp": lp, "value": v, "entropy": e,
-                 "adapter_version": av} for d, a, lp, v, e, av in columns]
+        columns = zip(
+            self.decision.tolist(),
+            self.action.tolist(),
+            self.logp.tolist(),
+            self.value.tolist(),
+            self.entropy.tolist(),
+            self.adapter_version.tolist(),
+        )
+        return [
+            {
+                "decision": d,
+                "action": a,
+                "action_name": names[a],
+                "logp": lp,
+                "value": v,
+                "entropy": e,
+                "adapter_version": av,
+            }
+            for d, a, lp, v, e, av in columns
+        ]
 
 
 @dataclass(frozen=True)

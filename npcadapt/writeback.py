@@ -21,7 +21,8 @@ import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 from .errors import StoreError
 
@@ -32,7 +33,7 @@ Write = Callable[[Hashable, Any, Any], None]
 
 
 class _Entry:
-    __slots__ = ("row", "meta", "seq", "failed_at", "error")
+    __slots__ = ("error", "failed_at", "meta", "row", "seq")
 
     def __init__(self, row: Any, meta: Any, seq: int):
         self.row, self.meta, self.seq = row, meta, seq
@@ -97,8 +98,11 @@ class WriteBehind:
             self._cond.notify_all()
 
             def due() -> list[_Entry]:
-                return [e for e in self._pending.values()
-                        if e.seq <= last and (e.failed_at is None or e.failed_at < started)]
+                return [
+                    e
+                    for e in self._pending.values()
+                    if e.seq <= last and (e.failed_at is None or e.failed_at < started)
+                ]
 
             count = len(due())
             while due():
@@ -109,8 +113,9 @@ class WriteBehind:
                 self._cond.wait(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
             failed = [e for e in self._pending.values() if e.seq <= last]
             if failed:
-                raise StoreError(f"{len(failed)} adapter write(s) failed and stay pending in memory; "
-                                 f"first: {failed[0].error}")
+                raise StoreError(
+                    f"{len(failed)} adapter write(s) failed and stay pending in memory; first: {failed[0].error}"
+                )
             return count
 
     def pending_keys(self) -> list:
@@ -129,16 +134,23 @@ class WriteBehind:
     def stats(self) -> dict:
         with self._cond:
             failing = sum(e.failed_at is not None for e in self._pending.values())
-            return {"writeback_pending": len(self._pending), "writeback_failing": failing,
-                    "writeback_written": self.written, "writeback_failures": self.failures}
+            return {
+                "writeback_pending": len(self._pending),
+                "writeback_failing": failing,
+                "writeback_written": self.written,
+                "writeback_failures": self.failures,
+            }
 
     # -- the writer thread ----------------------------------------------------------------
     def _next(self) -> tuple[Hashable, _Entry] | None:
         """The oldest write that is due (never tried, or failed before a retry was due); lock held."""
         now = time.monotonic()
         for key, entry in self._pending.items():
-            if (entry.failed_at is None or entry.failed_at < self._retry_after
-                    or entry.failed_at + self.retry_interval <= now):
+            if (
+                entry.failed_at is None
+                or entry.failed_at < self._retry_after
+                or entry.failed_at + self.retry_interval <= now
+            ):
                 return key, entry
         return None
 
@@ -156,7 +168,7 @@ class WriteBehind:
             error = None
             try:
                 self._write(key, entry.row, entry.meta)
-            except Exception as exc:  # noqa: BLE001 - kept pending, reported by flush and stats
+            except Exception as exc:
                 error = exc
             with self._cond:
                 self._writing = None

@@ -21,9 +21,13 @@ from npcadapt.envs import make as make_env
 from npcadapt.simulation import run_simulation, trait_counts, trait_players
 from npcadapt.training.online import OnlineConfig
 
-ENVS = {"npcadapt/Duel-v0": ("duelist", 0.0), "npcadapt/Merchant-v0": ("merchant", 0.0),
-        "npcadapt/Companion-v0": ("companion", 0.0), "npcadapt/Skirmish-v0": ("skirmisher", 0.0),
-        "npcadapt/Haggle-v0": ("haggler", 0.9)}
+ENVS = {
+    "npcadapt/Duel-v0": ("duelist", 0.0),
+    "npcadapt/Merchant-v0": ("merchant", 0.0),
+    "npcadapt/Companion-v0": ("companion", 0.0),
+    "npcadapt/Skirmish-v0": ("skirmisher", 0.0),
+    "npcadapt/Haggle-v0": ("haggler", 0.9),
+}
 PER_PERSONA, EPISODES, SEED = 4, 30, 11
 
 work = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/priors")
@@ -31,11 +35,22 @@ shutil.rmtree(work, ignore_errors=True)
 with npcadapt.open(work, online=OnlineConfig(prior=False), seed=SEED) as svc:
     for env_id, (archetype, _) in ENVS.items():
         env = make_env(env_id).unwrapped
-        counts = {p: PER_PERSONA for p in env.PERSONAS}  # untraited personas too
+        counts = dict.fromkeys(env.PERSONAS, PER_PERSONA)  # untraited personas too
         counts.update({**trait_counts(env_id, PER_PERSONA), env.AVERAGE: PER_PERSONA, env.NOISE: PER_PERSONA})
-        run_simulation(svc, env_id, archetype, players=0, episodes=EPISODES, seed=SEED, persona_counts=counts,
-                       player_ids=trait_players(env_id, PER_PERSONA))
+        run_simulation(
+            svc,
+            env_id,
+            archetype,
+            players=0,
+            episodes=EPISODES,
+            seed=SEED,
+            persona_counts=counts,
+            player_ids=trait_players(env_id, PER_PERSONA),
+        )
         print(f"recorded {env_id}", flush=True)
 for _ in range(2):
-    for env_id, (archetype, gamma) in ENVS.items():
-        assert main(["train", "library", "--archetype", archetype, "--logs", str(work / "logs"), "--gamma", str(gamma)]) == 0
+    for archetype, gamma in ENVS.values():
+        assert (
+            main(["train", "library", "--archetype", archetype, "--logs", str(work / "logs"), "--gamma", str(gamma)])
+            == 0
+        )

@@ -69,9 +69,7 @@ def _satisfaction(persona: str, contexts: np.ndarray) -> np.ndarray:
     favourite = [_A[name] for name in columns.split()]
     u = _common_sense(contexts)
     for i, (health, enemies, location) in enumerate(contexts):
-        u[i, favourite[enemies * 2 + location]] += (
-            FAVOURITE_BONUS if health == 1 else FAVOURITE_BONUS / 2
-        )
+        u[i, favourite[enemies * 2 + location]] += FAVOURITE_BONUS if health == 1 else FAVOURITE_BONUS / 2
         if health == 0:
             u[i, _A[hurt]] += HURT_BONUS
         u[i, _A[hated]] -= hate

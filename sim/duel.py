@@ -197,14 +197,8 @@ class DuelEnv(PersonaRoundEnv):
         colour = _STANCE_COLOURS[stance]
         pygame.draw.rect(surface, colour, (player_x, ground - 90, 36, 90))
         pygame.draw.circle(surface, colour, (player_x + 18, ground - 105), 14)
-        render.bar(
-            surface, (player_x - 20, 40, 80, 10), 0.3 if stamina == 0 else 0.9, (240, 200, 60)
-        )
-        render.label(
-            surface, ("aggressive", "defensive", "neutral")[stance], (player_x - 20, 55), 16
-        )
+        render.bar(surface, (player_x - 20, 40, 80, 10), 0.3 if stamina == 0 else 0.9, (240, 200, 60))
+        render.label(surface, ("aggressive", "defensive", "neutral")[stance], (player_x - 20, 55), 16)
         last = scene["last"]
         if last:
-            render.label(
-                surface, f"player: {PLAYER_MOVES[last['outcome']]}", (player_x - 40, 20), 18
-            )
+            render.label(surface, f"player: {PLAYER_MOVES[last['outcome']]}", (player_x - 40, 20), 18)

@@ -62,7 +62,7 @@ _TASTES = {
 HELDOUT: tuple[str, ...] = ("old_friend", "show_off")
 # fmt: on
 PERSONAS: tuple[str, ...] = tuple(p for p in _TASTES if p not in HELDOUT)
-M, I, A, O = len(MOODS), len(ITEMS), len(ACTIONS), len(RESPONSES)
+M, I, A, O = len(MOODS), len(ITEMS), len(ACTIONS), len(RESPONSES)  # noqa: E741 (the math notation of the docstring)
 N = I * M  # states: n = item * M + mood; index N is the absorbing end
 D = M + I + 1  # observation length
 
@@ -74,8 +74,7 @@ def _outcomes(persona: str) -> np.ndarray:
     for i, codes in enumerate((weapon, trinket)):
         for a, code in enumerate(codes):
             probs[i, :, a, :3] = EFFECT[code]
-        for a, base, shift in ((DISCOUNT, DISCOUNT_BASE, discount_shift),
-                               (CLOSE, CLOSE_BASE, close_shift)):
+        for a, base, shift in ((DISCOUNT, DISCOUNT_BASE, discount_shift), (CLOSE, CLOSE_BASE, close_shift)):
             sale = np.clip(base + shift, 0.02, 0.97)  # (M,)
             probs[i, :, a, 4], probs[i, :, a, 3] = sale, 1 - sale
     probs[:, -1, :, 1] += probs[:, -1, :, 0]  # delighted cannot go higher
@@ -144,9 +143,7 @@ def _forward(P: np.ndarray, R: np.ndarray, probs: np.ndarray) -> tuple[float, np
     return total, reach
 
 
-def _backward(
-    P: np.ndarray, R: np.ndarray, w: np.ndarray, allowed: np.ndarray, sign: float
-) -> np.ndarray:
+def _backward(P: np.ndarray, R: np.ndarray, w: np.ndarray, allowed: np.ndarray, sign: float) -> np.ndarray:
     """(T, N) deterministic policy maximising ``sign`` x weighted return (backward induction).
 
     P: (K, N, A, N) and R: (K, N, A) are the MDPs of K personas; w: (T, K, N) weighs
@@ -255,7 +252,8 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
     HELDOUT_PERSONAS: ClassVar[tuple[str, ...]] = HELDOUT
     SWITCHES: ClassVar[tuple[tuple[str, str], ...]] = (
-        ("flattery_lover", "no_nonsense"), ("pushover", "collector"),
+        ("flattery_lover", "no_nonsense"),
+        ("pushover", "collector"),
     )
     TRAITS: ClassVar[dict[str, str]] = traits_in("npcadapt/Haggle-v0")
     # the game's tables, for anyone playing by these rules (the demo)
@@ -271,9 +269,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     DISCRETE_CONTEXT: ClassVar[bool] = True  # obs minus progress: 10 (item, mood) values
     SEQUENTIAL: ClassVar[bool] = True  # the NPC's lines change the next state: greedy per step is not optimal
 
-    def __init__(
-        self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12
-    ) -> None:
+    def __init__(self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12) -> None:
         self._configure(persona, render_mode, episode_length)
         self.tables = _tables()
         self.n_states = N
@@ -319,9 +315,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Say one line: the customer responds; a sale or a walk-out ends the haggle."""
         if self._done:
-            raise SimError(
-                "HaggleEnv: step() called after the episode ended; call reset()"
-            )
+            raise SimError("HaggleEnv: step() called after the episode ended; call reset()")
         if not self.action_space.contains(action):
             raise SimError(f"HaggleEnv: action {action!r} is not in Discrete({A})")
         a, n = int(action), self._state
@@ -434,8 +428,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
         S = self.episode_length * N
         if probs.shape != (S, A):
             raise SimError(
-                f"HaggleEnv.expected_return: probs must have shape ({S}, {A}) "
-                f"(situations x actions), got {probs.shape}"
+                f"HaggleEnv.expected_return: probs must have shape ({S}, {A}) (situations x actions), got {probs.shape}"
             )
         if not np.isfinite(probs).all() or probs.min() < 0 or np.abs(probs.sum(1) - 1).max() > 1e-4:
             raise SimError(
@@ -461,9 +454,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
         persona, probs = self._check_persona(persona), self._check_probs(probs)
         return float(self._reach(persona, probs)[0].mean())
 
-    def best_probs(
-        self, persona: str, allowed: np.ndarray | None = None, worst: bool = False
-    ) -> np.ndarray:
+    def best_probs(self, persona: str, allowed: np.ndarray | None = None, worst: bool = False) -> np.ndarray:
         """(S, A) one-hot optimal (or ``worst``) policy by exact backward induction.
 
         ``allowed`` (S, A) bool restricts the choice in each situation (e.g. to the
@@ -513,8 +504,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
 
     def return_range(self) -> tuple[float, float]:
         """Lowest and highest achievable expected return over the named personas."""
-        worst, best = (min(self.worst_return(p) for p in PERSONAS),
-                       max(self.oracle_return(p) for p in PERSONAS))
+        worst, best = (min(self.worst_return(p) for p in PERSONAS), max(self.oracle_return(p) for p in PERSONAS))
         return worst, best
 
     def persona_gaps(self, personas: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:

@@ -202,9 +202,7 @@ class MerchantEnv(PersonaRoundEnv):
         pygame.draw.rect(surface, armour, (330, 110, 34, 80))
         pygame.draw.circle(surface, (240, 200, 150), (347, 95), 14)
         for k in range((1, 3, 6)[gold]):
-            pygame.draw.circle(
-                surface, (240, 200, 40), (390 + 12 * (k % 3), 180 - 12 * (k // 3)), 6
-            )
+            pygame.draw.circle(surface, (240, 200, 40), (390 + 12 * (k % 3), 180 - 12 * (k // 3)), 6)
         last = scene["last"]
         if last:
             render.label(surface, f"customer {RESPONSES[last['outcome']]}", (260, 20), 18)

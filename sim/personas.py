@@ -141,9 +141,7 @@ class PersonaCatalogue:
     def _check_persona(self, persona: Any) -> str:
         allowed = (*self.playable(), AVERAGE, NOISE)
         if persona not in allowed:
-            raise SimError(
-                f"{type(self).__name__}: unknown persona {persona!r}; expected one of {allowed}"
-            )
+            raise SimError(f"{type(self).__name__}: unknown persona {persona!r}; expected one of {allowed}")
         return str(persona)
 
 
@@ -171,9 +169,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
     SEQUENTIAL: ClassVar[bool] = False  # True where the NPC's action changes the next observation
     _MODEL_CACHE: ClassVar[dict[type, RoundModel]] = {}
 
-    def __init__(
-        self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12
-    ) -> None:
+    def __init__(self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12) -> None:
         self._configure(persona, render_mode, episode_length)
         self.model = self.shared_model()
         m = self.model
@@ -207,7 +203,6 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
         if cls not in PersonaRoundEnv._MODEL_CACHE:
             PersonaRoundEnv._MODEL_CACHE[cls] = cls.build_model()
         return PersonaRoundEnv._MODEL_CACHE[cls]
-
 
     def _build_obs_table(self) -> np.ndarray:
         m, T = self.model, self.episode_length
@@ -244,9 +239,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
         self._contexts = np.minimum(idx, self.n_contexts - 1)
         self._uniforms = u[T : 2 * T]
         if self.persona == AVERAGE:
-            self._player = self.PERSONAS[
-                min(int(u[-1] * len(self.PERSONAS)), len(self.PERSONAS) - 1)
-            ]
+            self._player = self.PERSONAS[min(int(u[-1] * len(self.PERSONAS)), len(self.PERSONAS) - 1)]
         else:
             self._player = self.persona
         self._t = 0
@@ -258,14 +251,9 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Play one round: the player responds to ``action``; the reward is its value."""
         if self._t >= self.episode_length:
-            raise SimError(
-                f"{type(self).__name__}: step() called after the episode ended; call reset()"
-            )
+            raise SimError(f"{type(self).__name__}: step() called after the episode ended; call reset()")
         if not self.action_space.contains(action):
-            raise SimError(
-                f"{type(self).__name__}: action {action!r} is not in "
-                f"Discrete({self.action_space.n})"
-            )
+            raise SimError(f"{type(self).__name__}: action {action!r} is not in Discrete({self.action_space.n})")
         a, c, u = int(action), int(self._contexts[self._t]), self._uniforms[self._t]
         if self._player == NOISE:
             i = draw_index(self._noise_cdf, u)
@@ -367,11 +355,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
                 f"{type(self).__name__}.expected_return: probs must have shape ({S}, {A}) "
                 f"(situations x actions), got {probs.shape}"
             )
-        if (
-            not np.all(np.isfinite(probs))
-            or probs.min() < 0
-            or np.abs(probs.sum(1) - 1).max() > 1e-4
-        ):
+        if not np.all(np.isfinite(probs)) or probs.min() < 0 or np.abs(probs.sum(1) - 1).max() > 1e-4:
             raise SimError(
                 f"{type(self).__name__}.expected_return: each row of probs must be a "
                 "probability distribution (finite, >= 0, summing to 1)"

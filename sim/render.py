@@ -44,7 +44,7 @@ def bar(
 
     x, y, w, h = rect
     pygame.draw.rect(surface, back, rect)
-    fill = int(round(w * min(max(fraction, 0.0), 1.0)))
+    fill = round(w * min(max(fraction, 0.0), 1.0))
     if fill:
         pygame.draw.rect(surface, colour, (x, y, fill, h))
     pygame.draw.rect(surface, TEXT, rect, 1)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, NamedTuple
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 from gymnasium import spaces
@@ -71,7 +72,7 @@ class Features(NamedTuple):
     far: np.ndarray  # 1 - near
 
     @classmethod
-    def of(cls, obs: np.ndarray) -> "Features":
+    def of(cls, obs: np.ndarray) -> Features:
         x = np.asarray(obs, dtype=np.float64)  # (N, D)
         near = _sig(10.0 * (0.4 - x[:, 0]))
         return cls(*(x[:, i] for i in range(7)), near, 1.0 - near)
@@ -85,70 +86,120 @@ Habit = Callable[[Features], dict[str, np.ndarray]]
 
 def _kiter(f: Features) -> dict[str, np.ndarray]:
     lead = 3.5 * _sig(10 * (f.d - 0.45))  # shoots from range toward the side it stands on
-    return {"back_off": 4 * f.near, "shoot_left": lead * _sig(6 * f.sin),
-            "shoot_right": lead * _sig(-6 * f.sin), "charge": 5 * _sig(12 * (0.3 - f.nh))}
+    return {
+        "back_off": 4 * f.near,
+        "shoot_left": lead * _sig(6 * f.sin),
+        "shoot_right": lead * _sig(-6 * f.sin),
+        "charge": 5 * _sig(12 * (0.3 - f.nh)),
+    }
 
 
 def _berserker(f: Features) -> dict[str, np.ndarray]:
-    return {"slash": 4 * _sig(10 * (0.45 - f.d)), "charge": 4 * _sig(10 * (f.d - 0.45)),
-            "roll": 6 * _sig(12 * (0.3 - f.ph)), "parry": 4 * _sig(12 * (0.25 - f.st))}
+    return {
+        "slash": 4 * _sig(10 * (0.45 - f.d)),
+        "charge": 4 * _sig(10 * (f.d - 0.45)),
+        "roll": 6 * _sig(12 * (0.3 - f.ph)),
+        "parry": 4 * _sig(12 * (0.25 - f.st)),
+    }
 
 
 def _parrier(f: Features) -> dict[str, np.ndarray]:
-    return {"parry": 4.5 * f.st * _sig(8 * (0.6 - f.d)), "roll": 4 * _sig(12 * (0.3 - f.at)),
-            "slash": 5 * (1 - f.nh) * f.near, "back_off": 2.5 * f.far}
+    return {
+        "parry": 4.5 * f.st * _sig(8 * (0.6 - f.d)),
+        "roll": 4 * _sig(12 * (0.3 - f.at)),
+        "slash": 5 * (1 - f.nh) * f.near,
+        "back_off": 2.5 * f.far,
+    }
 
 
 def _marksman(f: Features) -> dict[str, np.ndarray]:
     rested = _sig(10 * (f.st - 0.5))  # shot side follows its stamina
-    return {"shoot_right": 4 * f.far * rested, "shoot_left": 4 * f.far * (1 - rested),
-            "roll": 4 * f.near, "heal": 5 * f.far * _sig(12 * (0.35 - f.ph))}
+    return {
+        "shoot_right": 4 * f.far * rested,
+        "shoot_left": 4 * f.far * (1 - rested),
+        "roll": 4 * f.near,
+        "heal": 5 * f.far * _sig(12 * (0.35 - f.ph)),
+    }
 
 
 def _turtle(f: Features) -> dict[str, np.ndarray]:
-    return {"parry": 4 * f.ph, "heal": 5 * (1 - f.ph) * _sig(8 * (f.d - 0.3)),
-            "back_off": 4 * _sig(12 * (f.at - 0.7)), "roll": 3 * (1 - f.st) * f.near}
+    return {
+        "parry": 4 * f.ph,
+        "heal": 5 * (1 - f.ph) * _sig(8 * (f.d - 0.3)),
+        "back_off": 4 * _sig(12 * (f.at - 0.7)),
+        "roll": 3 * (1 - f.st) * f.near,
+    }
 
 
 def _flanker(f: Features) -> dict[str, np.ndarray]:
     behind, front = _sig(-6 * f.cos), _sig(6 * f.cos)
-    return {"slash": 4.5 * behind * _sig(8 * (0.6 - f.d)),
-            "charge": 4.5 * behind * _sig(8 * (f.d - 0.6)),
-            "shoot_right": 4 * front * _sig(6 * f.sin), "shoot_left": 4 * front * _sig(-6 * f.sin)}
+    return {
+        "slash": 4.5 * behind * _sig(8 * (0.6 - f.d)),
+        "charge": 4.5 * behind * _sig(8 * (f.d - 0.6)),
+        "shoot_right": 4 * front * _sig(6 * f.sin),
+        "shoot_left": 4 * front * _sig(-6 * f.sin),
+    }
 
 
 def _brute(f: Features) -> dict[str, np.ndarray]:
-    return {"charge": 5 * f.st * _sig(8 * (f.d - 0.3)), "roll": 4 * (1 - f.st),
-            "slash": 3 * f.near * f.ph, "back_off": 3 * _sig(10 * (f.nh - 0.7)) * (1 - f.st)}
+    return {
+        "charge": 5 * f.st * _sig(8 * (f.d - 0.3)),
+        "roll": 4 * (1 - f.st),
+        "slash": 3 * f.near * f.ph,
+        "back_off": 3 * _sig(10 * (f.nh - 0.7)) * (1 - f.st),
+    }
 
 
 def _trickster(f: Features) -> dict[str, np.ndarray]:
     phase = f.at - 0.5 * f.d  # rolls just after attacking, parries mid-cycle, slashes late
-    return {"roll": 4.5 * _sig(12 * (-0.1 - phase)),
-            "parry": 4.5 * np.exp(-(((phase - 0.15) / 0.15) ** 2)),
-            "slash": 4.5 * _sig(12 * (phase - 0.4)), "shoot_left": 2 * f.far}
+    return {
+        "roll": 4.5 * _sig(12 * (-0.1 - phase)),
+        "parry": 4.5 * np.exp(-(((phase - 0.15) / 0.15) ** 2)),
+        "slash": 4.5 * _sig(12 * (phase - 0.4)),
+        "shoot_left": 2 * f.far,
+    }
 
 
 def _opportunist(f: Features) -> dict[str, np.ndarray]:
-    return {"heal": 4.5 * f.far * _sig(10 * (0.7 - f.ph)), "slash": 5 * _sig(12 * (0.35 - f.nh)),
-            "back_off": 3.5 * f.nh * f.near, "shoot_right": 2.5 * f.ph * f.far}
+    return {
+        "heal": 4.5 * f.far * _sig(10 * (0.7 - f.ph)),
+        "slash": 5 * _sig(12 * (0.35 - f.nh)),
+        "back_off": 3.5 * f.nh * f.near,
+        "shoot_right": 2.5 * f.ph * f.far,
+    }
 
 
 def _gunslinger(f: Features) -> dict[str, np.ndarray]:
     quadrant = _sig(8 * f.sin * f.cos)  # shot side flips with the bearing's quadrant
-    return {"shoot_left": 4 * quadrant, "shoot_right": 4 * (1 - quadrant),
-            "charge": 5 * _sig(12 * (f.at - 0.75)), "heal": 4 * _sig(12 * (0.2 - f.ph))}
+    return {
+        "shoot_left": 4 * quadrant,
+        "shoot_right": 4 * (1 - quadrant),
+        "charge": 5 * _sig(12 * (f.at - 0.75)),
+        "heal": 4 * _sig(12 * (0.2 - f.ph)),
+    }
 
 
 def _ambusher(f: Features) -> dict[str, np.ndarray]:
-    return {"roll": 4 * f.far, "slash": 5 * f.near * f.ph, "parry": 5 * f.near * (1 - f.ph),
-            "back_off": 3 * _sig(10 * (f.nh - 0.8))}
+    return {
+        "roll": 4 * f.far,
+        "slash": 5 * f.near * f.ph,
+        "parry": 5 * f.near * (1 - f.ph),
+        "back_off": 3 * _sig(10 * (f.nh - 0.8)),
+    }
 
 
 HABITS: dict[str, Habit] = {
-    "kiter": _kiter, "berserker": _berserker, "parrier": _parrier, "marksman": _marksman,
-    "turtle": _turtle, "flanker": _flanker, "brute": _brute, "trickster": _trickster,
-    "opportunist": _opportunist, "gunslinger": _gunslinger, "ambusher": _ambusher,
+    "kiter": _kiter,
+    "berserker": _berserker,
+    "parrier": _parrier,
+    "marksman": _marksman,
+    "turtle": _turtle,
+    "flanker": _flanker,
+    "brute": _brute,
+    "trickster": _trickster,
+    "opportunist": _opportunist,
+    "gunslinger": _gunslinger,
+    "ambusher": _ambusher,
 }
 PERSONAS: tuple[str, ...] = tuple(HABITS)[:9]
 HELDOUT: tuple[str, ...] = tuple(HABITS)[9:]
@@ -306,9 +357,7 @@ class SkirmishEnv(PersonaRoundEnv):
     TRAITS: ClassVar[dict[str, str]] = traits_in("npcadapt/Skirmish-v0")
     DISCRETE_CONTEXT: ClassVar[bool] = False
 
-    def __init__(
-        self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12
-    ) -> None:
+    def __init__(self, persona: str | None = None, render_mode: str | None = None, episode_length: int = 12) -> None:
         self._configure(persona, render_mode, episode_length)
         T = self.episode_length
         self.action_space = spaces.Discrete(len(ACTIONS))
@@ -358,13 +407,9 @@ class SkirmishEnv(PersonaRoundEnv):
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Play one round: the player picks its move; the reward is the payoff."""
         if self._t >= self.episode_length:
-            raise SimError(
-                "SkirmishEnv: step() called after the episode ended; call reset()"
-            )
+            raise SimError("SkirmishEnv: step() called after the episode ended; call reset()")
         if not self.action_space.contains(action):
-            raise SimError(
-                f"SkirmishEnv: action {action!r} is not in Discrete({len(ACTIONS)})"
-            )
+            raise SimError(f"SkirmishEnv: action {action!r} is not in Discrete({len(ACTIONS)})")
         a, obs, u = int(action), self._obs[self._t], self._uniforms[self._t]
         if self._player == NOISE:
             move, reward = self._noise_round(u)
@@ -447,4 +492,3 @@ class SkirmishEnv(PersonaRoundEnv):
     def persona_gaps(self, personas: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
         """As :meth:`PersonaRoundEnv.persona_gaps`, by default for the named and held-out personas."""
         return super().persona_gaps(self.playable() if personas is None else personas)
-

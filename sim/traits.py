@@ -11,18 +11,27 @@ this module.
 
 from __future__ import annotations
 
-ENVS = ("npcadapt/Duel-v0", "npcadapt/Merchant-v0", "npcadapt/Companion-v0", "npcadapt/Skirmish-v0", "npcadapt/Haggle-v0")
-TRAITS: dict[str, dict[str, str]] = {trait: dict(zip(ENVS, personas)) for trait, personas in {
-    #             Duel-v0            Merchant-v0       Companion-v0        Skirmish-v0    Haggle-v0
-    "reckless": ("rusher", "impatient", "glass_cannon", "berserker", "pushover"),
-    "cautious": ("turtle", "window_shopper", "tank", "turtle", "skeptic"),
-    "brute": ("brawler", "sellsword", "lone_wolf", "brute", "no_nonsense"),
-    "shrewd": ("counter_puncher", "bargain_hunter", "looter", "parrier", "penny_pincher"),
-    "showy": ("jumper", "big_spender", "explorer", "trickster", "storyteller"),
-    "sociable": ("zoner", "chatterbox", "chatty", "opportunist", "joker"),
-    "collector": ("low_sweeper", "collector", "potion_lover", "marksman", "collector"),
-    "proud": ("high_blocker", "knight", "hates_small_talk", "flanker", "flattery_lover"),
-}.items()}
+ENVS = (
+    "npcadapt/Duel-v0",
+    "npcadapt/Merchant-v0",
+    "npcadapt/Companion-v0",
+    "npcadapt/Skirmish-v0",
+    "npcadapt/Haggle-v0",
+)
+TRAITS: dict[str, dict[str, str]] = {
+    trait: dict(zip(ENVS, personas))
+    for trait, personas in {
+        #             Duel-v0            Merchant-v0       Companion-v0        Skirmish-v0    Haggle-v0
+        "reckless": ("rusher", "impatient", "glass_cannon", "berserker", "pushover"),
+        "cautious": ("turtle", "window_shopper", "tank", "turtle", "skeptic"),
+        "brute": ("brawler", "sellsword", "lone_wolf", "brute", "no_nonsense"),
+        "shrewd": ("counter_puncher", "bargain_hunter", "looter", "parrier", "penny_pincher"),
+        "showy": ("jumper", "big_spender", "explorer", "trickster", "storyteller"),
+        "sociable": ("zoner", "chatterbox", "chatty", "opportunist", "joker"),
+        "collector": ("low_sweeper", "collector", "potion_lover", "marksman", "collector"),
+        "proud": ("high_blocker", "knight", "hates_small_talk", "flanker", "flattery_lover"),
+    }.items()
+}
 
 
 def persona_of(trait: str, env_id: str) -> str:

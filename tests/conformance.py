@@ -101,8 +101,11 @@ def duelist_actions(driver: Driver) -> list[str]:
 def close_floats(a, b, rel: float = 1e-9) -> bool:
     """Equal JSON values, floats to `rel` (float32 and float64 of 0.1 differ by 1.5e-8)."""
     if isinstance(a, float) or isinstance(b, float):
-        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=rel,
-                                                                                          abs_tol=1e-300)
+        return (
+            isinstance(a, (int, float))
+            and isinstance(b, (int, float))
+            and math.isclose(a, b, rel_tol=rel, abs_tol=1e-300)
+        )
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(close_floats(x, y, rel) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
@@ -122,8 +125,29 @@ def as_json(value):
 
 
 # -- the codec vectors: produced by Python's msgpack -------------------------------------
-INTS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1,
-        -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)]
+INTS = [
+    0,
+    1,
+    127,
+    128,
+    255,
+    256,
+    65535,
+    65536,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+    -1,
+    -32,
+    -33,
+    -128,
+    -129,
+    -32768,
+    -32769,
+    -(2**31),
+    -(2**31) - 1,
+    -(2**63),
+]
 FLOATS = ["0.1", "-2.5", "1e-30", "3.4e38", "0"]
 STR_LENGTHS = [0, 1, 31, 32, 255, 256, 65535, 65536]
 BIN_LENGTHS = [0, 1, 255, 256, 65535, 65536]
@@ -132,8 +156,11 @@ CONTAINER_LENGTHS = [0, 1, 15, 16, 65535, 65536]
 
 def encode_vectors() -> list[tuple[str, str]]:
     """(driver `encode` command, the hex Python's msgpack writes for that value)."""
-    out = [("encode nil -", msgpack.packb(None)), ("encode bool true", msgpack.packb(True)),
-           ("encode bool false", msgpack.packb(False))]
+    out = [
+        ("encode nil -", msgpack.packb(None)),
+        ("encode bool true", msgpack.packb(True)),
+        ("encode bool false", msgpack.packb(False)),
+    ]
     out += [(f"encode int {i}", msgpack.packb(i)) for i in INTS]
     out += [(f"encode float32 {f}", msgpack.packb(float(f), use_single_float=True)) for f in FLOATS]
     out += [(f"encode float64 {f}", msgpack.packb(float(f))) for f in FLOATS]
@@ -152,19 +179,43 @@ def encode_vectors() -> list[tuple[str, str]]:
 
 def decode_vectors() -> list[tuple[bytes, object]]:
     """(bytes of one value, the value as JSON) for every protocol type and width."""
-    values: list = [None, True, False, *INTS, 0.1, -2.5, "", "é" * 20, "x" * 300, "y" * 70000,
-                    b"", b"\x00\xff" * 10, b"\x01" * 300, b"\x02" * 70000,
-                    list(range(20)), list(range(70000)), {f"k{i}": i for i in range(20)},
-                    {"a": [1, {"b": b"\x00\x01", "c": None}], "d": -1.25, "e": [[], {}]}]
+    values: list = [
+        None,
+        True,
+        False,
+        *INTS,
+        0.1,
+        -2.5,
+        "",
+        "é" * 20,
+        "x" * 300,
+        "y" * 70000,
+        b"",
+        b"\x00\xff" * 10,
+        b"\x01" * 300,
+        b"\x02" * 70000,
+        list(range(20)),
+        list(range(70000)),
+        {f"k{i}": i for i in range(20)},
+        {"a": [1, {"b": b"\x00\x01", "c": None}], "d": -1.25, "e": [[], {}]},
+    ]
     vectors = [(msgpack.packb(v, use_bin_type=True), as_json(v)) for v in values]
-    vectors.append((msgpack.packb(0.1, use_single_float=True), float(msgpack.unpackb(
-        msgpack.packb(0.1, use_single_float=True)))))
+    vectors.append(
+        (msgpack.packb(0.1, use_single_float=True), float(msgpack.unpackb(msgpack.packb(0.1, use_single_float=True))))
+    )
     # wider forms than a packer would choose, which a decoder must read all the same
-    vectors += [(bytes.fromhex("df00000001a16b01"), {"k": 1}), (bytes.fromhex("dd0000000105"), [5]),
-                (bytes.fromhex("de0001a16bc0"), {"k": None}), (bytes.fromhex("dc0000"), []),
-                (bytes.fromhex("db00000002c3a9"), "é"), (bytes.fromhex("c6000000017f"), {"$bin": "7f"}),
-                (bytes.fromhex("cf0000000000000007"), 7), (bytes.fromhex("d3fffffffffffffffe"), -2),
-                (bytes.fromhex("d07f"), 127), (bytes.fromhex("cb3ff8000000000000"), 1.5)]
+    vectors += [
+        (bytes.fromhex("df00000001a16b01"), {"k": 1}),
+        (bytes.fromhex("dd0000000105"), [5]),
+        (bytes.fromhex("de0001a16bc0"), {"k": None}),
+        (bytes.fromhex("dc0000"), []),
+        (bytes.fromhex("db00000002c3a9"), "é"),
+        (bytes.fromhex("c6000000017f"), {"$bin": "7f"}),
+        (bytes.fromhex("cf0000000000000007"), 7),
+        (bytes.fromhex("d3fffffffffffffffe"), -2),
+        (bytes.fromhex("d07f"), 127),
+        (bytes.fromhex("cb3ff8000000000000"), 1.5),
+    ]
     return vectors
 
 
@@ -212,8 +263,11 @@ def errors_carry_code_and_message(bench: Bench) -> None:
         (f"act duelist {bench.client}-e npc1 bin:0.5,0.25,1", 3, "binary obs must be 32 bytes (8 float32), got 12"),
         (f"act nope {bench.client}-e npc1 {BIN}", 3, "unknown archetype 'nope'"),
         ("call no_such_method", 2, "unknown method 'no_such_method'"),
-        (f"feedback_wait {bench.client}-nobody npc1 1 0", 3,
-         f"no decision to attach feedback to for player '{bench.client}-nobody', npc 'npc1'"),
+        (
+            f"feedback_wait {bench.client}-nobody npc1 1 0",
+            3,
+            f"no decision to attach feedback to for player '{bench.client}-nobody', npc 'npc1'",
+        ),
     ]
     for command, code, message in cases:
         error = driver.error(command)
@@ -227,7 +281,7 @@ def feedback_and_adaptation(bench: Bench) -> None:
     driver = bench.driver("plain")
     player = f"{bench.client}-learner"
     assert driver.ok(f"adapter_info duelist {player}") is None
-    for episode in range(3):
+    for _episode in range(3):
         for step in range(5):
             driver.ok(f"act duelist {player} npc1 {BIN}")
             assert driver.ok(f"feedback {player} npc1 {1.0 if step % 2 else -0.5} {int(step == 4)}") is None

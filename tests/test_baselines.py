@@ -43,7 +43,9 @@ def test_neural_linear_rank_one_updates_equal_the_closed_form_posterior(archetyp
     for a in range(3):
         X, y = phi[actions == a], targets[actions == a]
         precision = settings.weight_precision * np.eye(host.dim) + X.T @ X / settings.noise_std**2
-        mean = np.linalg.solve(precision, settings.weight_precision * host.prior_mean[a] + X.T @ y / settings.noise_std**2)
+        mean = np.linalg.solve(
+            precision, settings.weight_precision * host.prior_mean[a] + X.T @ y / settings.noise_std**2
+        )
         row = host.index["p"]
         np.testing.assert_allclose(host.mean[row, a], mean, atol=1e-8)
         np.testing.assert_allclose(host.cov[row, a], np.linalg.inv(precision), atol=1e-8)
@@ -73,8 +75,9 @@ def test_table_posterior_is_the_conjugate_gaussian(archetypes):
 @pytest.mark.parametrize("host_class", [TableThompsonHost, NeuralLinearHost])
 def test_each_baseline_reaches_near_oracle_on_an_easy_persona(archetypes, host_class):
     host = host_class(archetypes["duelist"].policy, seed=0)
-    report = run_simulation(host, "npcadapt/Duel-v0", "duelist", players=0, episodes=40, seed=0,
-                            persona_counts={"brawler": 2})
+    report = run_simulation(
+        host, "npcadapt/Duel-v0", "duelist", players=0, episodes=40, seed=0, persona_counts={"brawler": 2}
+    )
     assert report["personas"]["brawler"]["gain"] >= 0.9
     # and it explores: the realised returns early on differ from the base's greedy choice
     assert report["personas"]["brawler"]["gain_curve"][0] < report["personas"]["brawler"]["gain"]
@@ -82,8 +85,9 @@ def test_each_baseline_reaches_near_oracle_on_an_easy_persona(archetypes, host_c
 
 def test_neural_linear_learns_on_continuous_observations(archetypes):
     host = NeuralLinearHost(archetypes["skirmisher"].policy, seed=0)
-    report = run_simulation(host, "npcadapt/Skirmish-v0", "skirmisher", players=0, episodes=40, seed=0,
-                            persona_counts={"berserker": 2})
+    report = run_simulation(
+        host, "npcadapt/Skirmish-v0", "skirmisher", players=0, episodes=40, seed=0, persona_counts={"berserker": 2}
+    )
     assert report["personas"]["berserker"]["gain"] >= 0.6
 
 

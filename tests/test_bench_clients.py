@@ -16,8 +16,12 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def test_bench_clients_reports_every_client_against_python(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "npcadapt.cli", "bench", "clients", "--quick"],
-                          capture_output=True, text=True, timeout=580)
+    proc = subprocess.run(
+        [sys.executable, "-m", "npcadapt.cli", "bench", "clients", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=580,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -30,13 +34,21 @@ def test_bench_clients_reports_every_client_against_python(tmp_path):
         assert 0 < figures["p50_us"] <= figures["p99_us"], name
         assert figures["codec_us"] > 0, name
     assert result["clients"]["python"]["pipelined_vs_python"] == 1.0
-    assert set(result["targets"]) == {"cpp_codec_us_at_most_5", "csharp_codec_us_at_most_20",
-                                      "godot_codec_us_at_most_200", "cpp_pipelined_within_2x_of_python"}
+    assert set(result["targets"]) == {
+        "cpp_codec_us_at_most_5",
+        "csharp_codec_us_at_most_20",
+        "godot_codec_us_at_most_200",
+        "cpp_pipelined_within_2x_of_python",
+    }
     assert all(isinstance(met, bool) for met in result["targets"].values())
 
 
 def test_bench_clients_refuses_an_unknown_client():
-    proc = subprocess.run([sys.executable, "-m", "npcadapt.cli", "bench", "clients", "--clients", "python,lua"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "npcadapt.cli", "bench", "clients", "--clients", "python,lua"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "--clients: unknown ['lua']" in proc.stderr and "Traceback" not in proc.stderr

@@ -12,18 +12,58 @@ from npcadapt.cli import main
 
 pytestmark = pytest.mark.timeout(240)
 
-KEYS = ("requests", "errors_by_code", "act_p99_ms", "rss_start_mb", "rss_end_mb", "rss_max_mb",
-        "rss_growth_last_half_pct", "rss_by_server_run", "trainer_kills", "trainer_restarts", "server_kills",
-        "server_restarts", "acknowledged_flushes", "acknowledged_flushes_lost", "disk_full_mode",
-        "disk_full_errors_reported", "served_during_disk_full", "good_client_p99_ms",
-        "good_client_p99_ms_under_attack", "good_client_p99_ratio", "input_budget_mb", "model_footprint_mb",
-        "output_allowance_mb", "hostile", "targets", "seconds")
+KEYS = (
+    "requests",
+    "errors_by_code",
+    "act_p99_ms",
+    "rss_start_mb",
+    "rss_end_mb",
+    "rss_max_mb",
+    "rss_growth_last_half_pct",
+    "rss_by_server_run",
+    "trainer_kills",
+    "trainer_restarts",
+    "server_kills",
+    "server_restarts",
+    "acknowledged_flushes",
+    "acknowledged_flushes_lost",
+    "disk_full_mode",
+    "disk_full_errors_reported",
+    "served_during_disk_full",
+    "good_client_p99_ms",
+    "good_client_p99_ms_under_attack",
+    "good_client_p99_ratio",
+    "input_budget_mb",
+    "model_footprint_mb",
+    "output_allowance_mb",
+    "hostile",
+    "targets",
+    "seconds",
+)
 
 
 def test_short_soak_loses_nothing_acknowledged_and_survives_every_fault(capsys, tmp_path):
     out = tmp_path / "soak.json"
-    code = main(["bench", "soak", "--minutes", "0.3", "--clients", "30", "--players-per-client", "1",
-                 "--think-ms", "50", "--server-kills", "1", "--trainer-kills", "3", "--out", str(out)])
+    code = main(
+        [
+            "bench",
+            "soak",
+            "--minutes",
+            "0.3",
+            "--clients",
+            "30",
+            "--players-per-client",
+            "1",
+            "--think-ms",
+            "50",
+            "--server-kills",
+            "1",
+            "--trainer-kills",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == result  # --out: the same figures
@@ -55,8 +95,12 @@ def test_short_soak_loses_nothing_acknowledged_and_survives_every_fault(capsys, 
 
     # memory figures and targets are reported (their values are the long run's business)
     assert len(result["rss_by_server_run"]) == 2  # the server really ran again after its SIGKILL
-    assert {"nothing_acknowledged_lost", "rss_growth_last_half_under_5pct", "good_client_p99_under_attack_within_3x",
-            "rss_within_budget_plus_footprint_plus_output_allowance"} <= set(result["targets"])
+    assert {
+        "nothing_acknowledged_lost",
+        "rss_growth_last_half_under_5pct",
+        "good_client_p99_under_attack_within_3x",
+        "rss_within_budget_plus_footprint_plus_output_allowance",
+    } <= set(result["targets"])
 
 
 def test_the_acknowledgement_check_finds_what_is_missing(tmp_path):

@@ -102,13 +102,7 @@ def test_node_example_plays_a_session_that_adapts_and_is_recorded(server, node):
         client.flush()
     records = list(read_records(server.service.data_dir / "logs"))
     decided = sum(r["players"].count("node-test") for r in records if r["t"] == "decisions")
-    fed = [
-        d
-        for r in records
-        if r["t"] == "feedback"
-        for p, d in zip(r["players"], r["done"])
-        if p == "node-test"
-    ]
+    fed = [d for r in records if r["t"] == "feedback" for p, d in zip(r["players"], r["done"]) if p == "node-test"]
     assert decided == 20
     assert len(fed) == 20 and sum(fed) == 4  # every step's reward, done at each episode's end
 
@@ -136,8 +130,9 @@ const { RpcClient, OVERLOADED } = require("./client.js");
 def test_node_client_sees_overloaded_as_a_distinct_retryable_error(tmp_path, node):
     config = ServerConfig(port=0, batch_wait=1.0, max_queued_rows=4)  # rows wait 1 s: the rest are shed
     with RunningBridge(tmp_path / "data", config) as running:
-        proc = subprocess.run([node, "-e", OVERLOAD_PROBE, str(running.port)], cwd=NODE_DIR, capture_output=True,
-                              text=True, timeout=60)
+        proc = subprocess.run(
+            [node, "-e", OVERLOAD_PROBE, str(running.port)], cwd=NODE_DIR, capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         result = json.loads(proc.stdout)
         assert result == {"decided": 4, "overloaded": 6, "other": [], "retryable_other": 0}

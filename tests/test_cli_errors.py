@@ -14,8 +14,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "npcadapt.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=90)
+    return subprocess.run(
+        [sys.executable, "-m", "npcadapt.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=90
+    )
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
@@ -53,12 +54,15 @@ def test_invalid_sim_setting(tmp_path):
     assert_one_line_error(proc, "--episodes-per-update", "0")
 
 
-@pytest.mark.parametrize("command, flag, value", [
-    ("sim", "--lr", "-1"),
-    ("serve", "--lr", "0"),
-    ("demo", "--episodes-per-update", "0"),
-    ("demo", "--lr", "nan"),
-])
+@pytest.mark.parametrize(
+    "command, flag, value",
+    [
+        ("sim", "--lr", "-1"),
+        ("serve", "--lr", "0"),
+        ("demo", "--episodes-per-update", "0"),
+        ("demo", "--lr", "nan"),
+    ],
+)
 def test_invalid_online_setting_names_the_flag(tmp_path, command, flag, value):
     extra = ["--port", "0"] if command == "serve" else ["--headless", "--seconds", "1"] if command == "demo" else []
     proc = run_cli(command, *extra, flag, value, "--data", str(tmp_path / "d"), cwd=tmp_path)
@@ -66,16 +70,19 @@ def test_invalid_online_setting_names_the_flag(tmp_path, command, flag, value):
     assert not (tmp_path / "d").exists()  # refused before anything started
 
 
-@pytest.mark.parametrize("flag, value", [
-    ("--max-queued-rows", "-1"),
-    ("--input-budget-mb", "nan"),
-    ("--input-budget-mb", "inf"),
-    ("--input-budget-mb", "0"),
-    ("--threads", "-1"),
-    ("--idle-timeout", "nan"),
-    ("--batch-wait-ms", "-5"),
-    ("--max-pending-feedback", "x"),
-])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--max-queued-rows", "-1"),
+        ("--input-budget-mb", "nan"),
+        ("--input-budget-mb", "inf"),
+        ("--input-budget-mb", "0"),
+        ("--threads", "-1"),
+        ("--idle-timeout", "nan"),
+        ("--batch-wait-ms", "-5"),
+        ("--max-pending-feedback", "x"),
+    ],
+)
 def test_invalid_serve_value_names_the_flag(tmp_path, flag, value):
     proc = run_cli("serve", "--port", "0", flag, value, "--data", str(tmp_path / "d"), cwd=tmp_path)
     assert_one_line_error(proc, flag, value)

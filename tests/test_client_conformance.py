@@ -44,7 +44,7 @@ def servers(tmp_path_factory):
     def start(name: str) -> None:
         try:
             running[name] = list(start_server(root / name, *SERVERS[name], stderr_path=root / f"{name}.err"))
-        except BaseException as exc:  # noqa: BLE001 (re-raised below, in the test's thread)
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=start, args=(name,)) for name in SERVERS]
@@ -71,8 +71,10 @@ def reference(servers, tmp_path_factory):
     log = tmp_path_factory.mktemp("reference") / "driver.err"
     driver = Driver(build_python(log.parent), "127.0.0.1", running["plain"][1], ROOT, log)
     try:
-        return {"archetypes": driver.ok("archetypes"),
-                "greedy_action": driver.ok(f"act duelist reference-greedy npc2 {BIN} greedy")["action"]}
+        return {
+            "archetypes": driver.ok("archetypes"),
+            "greedy_action": driver.ok(f"act duelist reference-greedy npc2 {BIN} greedy")["action"],
+        }
     finally:
         driver.close()
 
@@ -103,13 +105,15 @@ def test_client_conformance(scenario, client, servers, reference, tmp_path):
         proc, port = running["restartable"]
         proc.kill()
         proc.wait()
-        running["restartable"] = list(start_server(root / "restartable", *SERVERS["restartable"], port=port,
-                                                   stderr_path=root / "restartable.err"))
+        running["restartable"] = list(
+            start_server(root / "restartable", *SERVERS["restartable"], port=port, stderr_path=root / "restartable.err")
+        )
         return port
 
     ports = {name_: port for name_, (_, port) in running.items()} | {"split": split_port}
-    bench = Bench(client=name, start_driver=start_driver, ports=ports, restart_server=restart_server,
-                  reference=reference)
+    bench = Bench(
+        client=name, start_driver=start_driver, ports=ports, restart_server=restart_server, reference=reference
+    )
     try:
         scenario(bench)
     finally:
@@ -142,8 +146,23 @@ def test_cpp_example_plays_a_session_that_adapts(servers, tmp_path):
     except MissingPackageError as exc:
         require_package(exc.package, False, f"{exc.what} is missing")
     exe = tmp_path / "example"
-    subprocess.run(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(ROOT / "clients/cpp/include"),
-                    str(ROOT / "clients/cpp/example/main.cpp"), "-o", str(exe)], check=True, timeout=300)
+    subprocess.run(
+        [
+            "g++",
+            "-std=c++17",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+            str(ROOT / "clients/cpp/include"),
+            str(ROOT / "clients/cpp/example/main.cpp"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+        timeout=300,
+    )
     port = servers[0]["plain"][1]
     out = _run_example([str(exe), "127.0.0.1", str(port)])
     assert out.count("episode ") == 4 and "adapter version" in out, out
@@ -158,15 +177,26 @@ def test_csharp_example_plays_a_session_that_adapts(servers, tmp_path):
     except MissingPackageError as exc:
         require_package(exc.package, False, f"{exc.what} is missing")
     exe = tmp_path / "example.exe"
-    subprocess.run(["mcs", "-optimize+", "-warnaserror+", f"-out:{exe}", str(ROOT / "clients/csharp/NpcAdaptClient.cs"),
-                    str(ROOT / "clients/csharp/Example.cs"), str(ROOT / "clients/csharp/NpcAdaptBehaviour.cs")],
-                   check=True, timeout=300)
+    subprocess.run(
+        [
+            "mcs",
+            "-optimize+",
+            "-warnaserror+",
+            f"-out:{exe}",
+            str(ROOT / "clients/csharp/NpcAdaptClient.cs"),
+            str(ROOT / "clients/csharp/Example.cs"),
+            str(ROOT / "clients/csharp/NpcAdaptBehaviour.cs"),
+        ],
+        check=True,
+        timeout=300,
+    )
     port = servers[0]["plain"][1]
     out = _run_example(["mono", str(exe), "127.0.0.1", str(port)], {"PLAYER": "csharp-example-player"})
     assert out.count("episode ") == 4 and out.rstrip().endswith("ok"), out
     assert _adapted(port, "csharp-example-player")["updates"] >= 1
-    refused = subprocess.run(["mono", str(exe), "127.0.0.1", str(_free_port())], capture_output=True, text=True,
-                             timeout=60)
+    refused = subprocess.run(
+        ["mono", str(exe), "127.0.0.1", str(_free_port())], capture_output=True, text=True, timeout=60
+    )
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
 
 

@@ -49,8 +49,10 @@ def _one_torch_thread():
 
 
 def test_the_demo_package_does_not_import_the_cli():
-    code = ("import sys, npcadapt.demo, npcadapt.demo.app, npcadapt.demo.backend; "
-            "sys.exit(' '.join(m for m in sys.modules if m == 'npcadapt.cli' or m.startswith('npcadapt.cli.')) or None)")
+    code = (
+        "import sys, npcadapt.demo, npcadapt.demo.app, npcadapt.demo.backend; "
+        "sys.exit(' '.join(m for m in sys.modules if m == 'npcadapt.cli' or m.startswith('npcadapt.cli.')) or None)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -64,15 +66,64 @@ def test_the_demo_flags_parse_into_plain_options_with_the_same_defaults():
 
     assert parse() == DemoOptions()
     assert DemoOptions().online == OnlineConfig(episodes_per_update=2)  # the demo updates often
-    options = parse("--profile", "Ana", "--data", "d", "--connect", "h:1", "--token", "t", "--headless", "--bot", "turtle",
-                    "--seconds", "5", "--screenshot", "s.png", "--json", "o.json", "--realtime", "--duelists", "0",
-                    "--merchants", "1", "--companions", "2", "--hagglers", "0", "--no-adapt", "--episodes-per-update", "3",
-                    "--lr", "0.5", "--kl-bound", "2", "--no-gate", "--no-prior", "--seed", "7")
-    assert options == DemoOptions(profile="Ana", data="d", connect="h:1", token="t", headless=True, bot="turtle",
-                                  seconds=5.0, screenshot="s.png", json_out="o.json", realtime=True, duelists=0,
-                                  merchants=1, companions=2, hagglers=0, adapt=False, seed=7,
-                                  online=OnlineConfig(episodes_per_update=3, learning_rate=0.5, kl_bound=2.0,
-                                                      validation_gate=False, prior=False))
+    options = parse(
+        "--profile",
+        "Ana",
+        "--data",
+        "d",
+        "--connect",
+        "h:1",
+        "--token",
+        "t",
+        "--headless",
+        "--bot",
+        "turtle",
+        "--seconds",
+        "5",
+        "--screenshot",
+        "s.png",
+        "--json",
+        "o.json",
+        "--realtime",
+        "--duelists",
+        "0",
+        "--merchants",
+        "1",
+        "--companions",
+        "2",
+        "--hagglers",
+        "0",
+        "--no-adapt",
+        "--episodes-per-update",
+        "3",
+        "--lr",
+        "0.5",
+        "--kl-bound",
+        "2",
+        "--no-gate",
+        "--no-prior",
+        "--seed",
+        "7",
+    )
+    assert options == DemoOptions(
+        profile="Ana",
+        data="d",
+        connect="h:1",
+        token="t",
+        headless=True,
+        bot="turtle",
+        seconds=5.0,
+        screenshot="s.png",
+        json_out="o.json",
+        realtime=True,
+        duelists=0,
+        merchants=1,
+        companions=2,
+        hagglers=0,
+        adapt=False,
+        seed=7,
+        online=OnlineConfig(episodes_per_update=3, learning_rate=0.5, kl_bound=2.0, validation_gate=False, prior=False),
+    )
 
 
 # -- world rules (no pygame, no engine) ----------------------------------------------------------
@@ -141,7 +192,9 @@ def test_companion_rewards_are_the_players_reactions():
     assert got == [1.0, -1.0, 0.0]
 
 
-@pytest.mark.parametrize(("archetype", "env_cls"), [("duelist", DuelEnv), ("merchant", MerchantEnv), ("companion", CompanionEnv)])
+@pytest.mark.parametrize(
+    ("archetype", "env_cls"), [("duelist", DuelEnv), ("merchant", MerchantEnv), ("companion", CompanionEnv)]
+)
 def test_observations_match_the_sim_envs_layout(archetype, env_cls):
     env = env_cls()
     situations = env.situations()
@@ -157,8 +210,9 @@ def test_haggler_observations_match_haggle_env_and_its_archetype():
     for t in range(rules.EPISODE_LENGTH):
         for item in range(len(rules.ITEMS)):
             for mood in range(len(rules.MOODS)):
-                np.testing.assert_array_equal(rules.encode((mood, item), "haggler", t),
-                                              situations[t * 10 + item * 5 + mood][0])
+                np.testing.assert_array_equal(
+                    rules.encode((mood, item), "haggler", t), situations[t * 10 + item * 5 + mood][0]
+                )
     obs, info = env.reset(seed=3)  # and an env episode, state by state
     for _ in range(4):
         t, state = divmod(info["situation"], 10)
@@ -262,9 +316,17 @@ def test_haggle_bot_answers_make_the_envs_transitions():
 def test_bot_specs_and_bad_input():
     assert parse_bot("high_blocker") == PRESETS["high_blocker"]
     assert parse_bot("knight")["merchant"] == "knight"
-    assert parse_bot("duelist=turtle,companion=chatty") == {**PRESETS["high_blocker"], "duelist": "turtle", "companion": "chatty"}
-    assert parse_bot("brawler") == {"duelist": "brawler", "merchant": "sellsword", "companion": "lone_wolf",
-                                    "haggler": "no_nonsense"}  # one trait (brute) at every NPC
+    assert parse_bot("duelist=turtle,companion=chatty") == {
+        **PRESETS["high_blocker"],
+        "duelist": "turtle",
+        "companion": "chatty",
+    }
+    assert parse_bot("brawler") == {
+        "duelist": "brawler",
+        "merchant": "sellsword",
+        "companion": "lone_wolf",
+        "haggler": "no_nonsense",
+    }  # one trait (brute) at every NPC
     assert parse_bot("haggler=skeptic")["haggler"] == "skeptic"
     assert parse_bot("collector")["merchant"] == parse_bot("collector")["haggler"] == "collector"
     assert parse_bot("joker") == {**PRESETS["high_blocker"], "haggler": "joker"}
@@ -367,8 +429,13 @@ def test_headless_bot_haggles_and_the_haggler_adapts(tmp_path):
     assert row["version_start"] == 0 and row["version"] > 0 and row["updates"] >= 1
     assert row["kl"] is not None and len(row["probs_now"]) == 8
     assert "Zarek" in format_summary(summary) and "haggler" in format_summary(summary)
-    feedback = [(r, d) for rec in read_records(data / "logs") if rec["t"] == "feedback"
-                for n, r, d in zip(rec["npcs"], rec["reward"], rec["done"]) if n == "haggler-1"]
+    feedback = [
+        (r, d)
+        for rec in read_records(data / "logs")
+        if rec["t"] == "feedback"
+        for n, r, d in zip(rec["npcs"], rec["reward"], rec["done"])
+        if n == "haggler-1"
+    ]
     ends = [round(r, 2) for r, d in feedback if d]
     assert len(ends) >= 3 and set(ends) <= {1.0, 0.55, -0.5, 0.0}  # sales, walk-outs, or the 12th line
     assert all(r == 0.0 for r, d in feedback if not d)  # only a visit's end pays
@@ -399,8 +466,15 @@ def test_haggler_is_drawn_with_the_customers_mood(tmp_path):
 
 def test_connect_plays_through_a_real_bridge(tmp_path):
     with RunningBridge(tmp_path / "server", online=OnlineConfig(episodes_per_update=2)) as bridge:
-        summary = run_headless(DemoOptions(connect=f"127.0.0.1:{bridge.port}", data=str(tmp_path / "client"),
-                                           profile="Remote", seconds=30, bot="brawler"))
+        summary = run_headless(
+            DemoOptions(
+                connect=f"127.0.0.1:{bridge.port}",
+                data=str(tmp_path / "client"),
+                profile="Remote",
+                seconds=30,
+                bot="brawler",
+            )
+        )
         assert summary["backend"].startswith("socket bridge")
         assert summary["decisions"] > 100
         assert any(r["kl"] is not None for r in summary["npcs"])
@@ -419,8 +493,18 @@ def test_window_loop_handles_keys_and_quits(tmp_path):
 
     pygame, _ = init_pygame(headless=True)
     options = DemoOptions(data=str(tmp_path), profile="Keys")
-    for key in (pygame.K_m, pygame.K_h, pygame.K_h, pygame.K_TAB, pygame.K_1, pygame.K_EQUALS, pygame.K_MINUS,
-                pygame.K_0, pygame.K_DELETE, pygame.K_DELETE):
+    for key in (
+        pygame.K_m,
+        pygame.K_h,
+        pygame.K_h,
+        pygame.K_TAB,
+        pygame.K_1,
+        pygame.K_EQUALS,
+        pygame.K_MINUS,
+        pygame.K_0,
+        pygame.K_DELETE,
+        pygame.K_DELETE,
+    ):
         pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=key, mod=0, unicode=""))
     pygame.time.set_timer(pygame.QUIT, 600, loops=1)
     assert run_window(options) == 0
@@ -433,9 +517,29 @@ def test_cli_headless_exits_zero_and_writes_summary(tmp_path):
     env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
     out = tmp_path / "summary.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "npcadapt.cli", "demo", "--headless", "--bot", "turtle", "--seconds", "5",
-         "--data", str(tmp_path / "d"), "--screenshot", str(tmp_path / "s.png"), "--json", str(out)],
-        check=False, capture_output=True, text=True, timeout=120, env=env)
+        [
+            sys.executable,
+            "-m",
+            "npcadapt.cli",
+            "demo",
+            "--headless",
+            "--bot",
+            "turtle",
+            "--seconds",
+            "5",
+            "--data",
+            str(tmp_path / "d"),
+            "--screenshot",
+            str(tmp_path / "s.png"),
+            "--json",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "frame time" in proc.stdout and "p95" in proc.stdout and (tmp_path / "s.png").stat().st_size > 10_000
     summary = json.loads(out.read_text())

@@ -47,6 +47,11 @@ def named_in_docs() -> list[tuple[str, str]]:
 def test_docs_name_only_what_exists():
     names = named_in_docs()
     assert len(names) > 50  # the docs do name the code
-    missing = sorted({(doc, name) for doc, name in names
-                      if not (resolve(name) if DOTTED.match(name) else (ROOT / name.split("::")[0]).exists())})
+    missing = sorted(
+        {
+            (doc, name)
+            for doc, name in names
+            if not (resolve(name) if DOTTED.match(name) else (ROOT / name.split("::")[0]).exists())
+        }
+    )
     assert not missing, missing

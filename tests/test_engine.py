@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_adapter, torch_forward
+
 from npcadapt.engine import Engine
 from npcadapt.errors import InvalidInputError, NpcAdaptError, PlayerIdError
 from npcadapt.lora.functional import lora_delta
@@ -263,7 +263,11 @@ def test_bf16_bank_matches_fp32_closely(tmp_path, arch_root):
         for i in range(4):
             eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", seed=i))
         rt = eng.runtime("tiny")
-        outs.append(torch_forward(eng, "tiny").forward(torch.from_numpy(obs), rt.bank.lookup([f"p{i % 4}" for i in range(32)]))[0])
+        outs.append(
+            torch_forward(eng, "tiny").forward(torch.from_numpy(obs), rt.bank.lookup([f"p{i % 4}" for i in range(32)]))[
+                0
+            ]
+        )
         eng.close()
     assert (outs[0] - outs[1]).abs().max() < 2e-2
 
@@ -294,7 +298,11 @@ def test_cuda_matches_cpu(tmp_path, arch_root):
         eng = Engine(tmp_path / device, archetype_dirs=[arch_root], device=device)
         eng.set_adapter("tiny", "ann", random_adapter(eng, "tiny", "ann"))
         rt = eng.runtime("tiny")
-        res.append(torch_forward(eng, "tiny").forward(torch.from_numpy(obs).to(device), rt.bank.lookup(["ann", "bob"] * 4))[0].cpu())
+        res.append(
+            torch_forward(eng, "tiny")
+            .forward(torch.from_numpy(obs).to(device), rt.bank.lookup(["ann", "bob"] * 4))[0]
+            .cpu()
+        )
     assert (res[0] - res[1]).abs().max() < 1e-4
 
 

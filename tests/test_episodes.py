@@ -76,7 +76,9 @@ def test_a_never_ending_episode_keeps_a_bounded_number_of_shared_batches():
     players = [f"p{i}" for i in range(n)]
     for t in range(2 * limit + 10):
         obs = np.full((n, 6), t, np.float32)
-        tracker.record("tiny", players, ["n"] * n, obs, None, np.zeros(n), np.zeros(n), np.zeros(n), np.arange(n) + t * n)
+        tracker.record(
+            "tiny", players, ["n"] * n, obs, None, np.zeros(n), np.zeros(n), np.zeros(n), np.arange(n) + t * n
+        )
         tracker.feedback_batch(players[1:], ["n"] * (n - 1), np.zeros(n - 1), [True] * (n - 1))  # all but p0 end
         tracker.take([("tiny", p) for p in players[1:]])
     held = tracker._open[("p0", "n")]
@@ -91,8 +93,9 @@ def test_skip_refused_applies_and_records_the_other_rows(svc):
     from npcadapt.log import read_records
 
     svc.act("tiny", "p1", OBS[0], npc="n")
-    refused = svc.feedback_batch(["p2", "p1", "p1"], ["n", "n", "n"], [1.0, 2.0, 3.0], [False, True, False],
-                                 skip_refused=True)
+    refused = svc.feedback_batch(
+        ["p2", "p1", "p1"], ["n", "n", "n"], [1.0, 2.0, 3.0], [False, True, False], skip_refused=True
+    )
     assert refused == [0, 2]  # no decision for p2; p1's episode closed by the row before
     (episode,) = svc.tracker.take([("tiny", "p1")])[("tiny", "p1")]
     assert episode.reward == [2.0]

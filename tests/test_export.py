@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import random_adapter, torch_forward
 
 import npcadapt
-from conftest import random_adapter, torch_forward
 from npcadapt.cli import main
 from npcadapt.export import export_onnx, export_peft
 
@@ -65,11 +65,41 @@ def test_peft_layout_loads_with_peft_and_matches(engine, tmp_path):
 
 def test_export_commands(engine, tmp_path, capsys):
     data = str(engine.data_dir)
-    assert main(["export", "onnx", "--archetype", "duelist", "--player", "ann", "--data", data,
-                 "--out", str(tmp_path / "a.onnx")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "onnx",
+                "--archetype",
+                "duelist",
+                "--player",
+                "ann",
+                "--data",
+                data,
+                "--out",
+                str(tmp_path / "a.onnx"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "a.onnx").stat().st_size > 1000
-    assert main(["export", "peft", "--archetype", "duelist", "--player", "ann", "--data", data,
-                 "--out", str(tmp_path / "p")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "peft",
+                "--archetype",
+                "duelist",
+                "--player",
+                "ann",
+                "--data",
+                data,
+                "--out",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "p" / "adapter_config.json").is_file()
     assert main(["export", "peft", "--archetype", "duelist", "--player", "nobody", "--data", data]) == 2
     assert "no duelist adapter" in capsys.readouterr().err

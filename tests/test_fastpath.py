@@ -10,17 +10,17 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-
 from bridge_helpers import RunningBridge, read_reply
 from conftest import random_adapter, torch_forward
+
 from npcadapt.archetypes import init_archetype
 from npcadapt.engine import Engine
 from npcadapt.episodes import EpisodeTracker
 from npcadapt.errors import InvalidInputError
 from npcadapt.lora.numpy_forward import NumpyForward
-from npcadapt.sampling import ExpNoise, decide, decide_one
 from npcadapt.protocol import packed_response
 from npcadapt.rpc import DecisionEncoder, Methods
+from npcadapt.sampling import ExpNoise, decide, decide_one
 from npcadapt.server import Connection, ServerConfig
 from npcadapt.types import BatchDecision
 
@@ -31,8 +31,18 @@ OBS = np.linspace(-1, 1, 8, dtype=np.float32)
 def odd_root(tmp_path):
     """An archetype off the beaten path: relu, unequal hidden sizes, a critic layer adapted."""
     root = tmp_path / "odd"
-    init_archetype(root / "odd", "odd", [("x", 5)], ["a", "bb", "ccc"], hidden=(16, 8), activation="relu",
-                   rank=2, alpha=4.0, targets=("actor.0", "actor.2", "critic.1"), seed=4)
+    init_archetype(
+        root / "odd",
+        "odd",
+        [("x", 5)],
+        ["a", "bb", "ccc"],
+        hidden=(16, 8),
+        activation="relu",
+        rank=2,
+        alpha=4.0,
+        targets=("actor.0", "actor.2", "critic.1"),
+        seed=4,
+    )
     return root
 
 
@@ -156,7 +166,9 @@ def test_decide_one_draws_what_decide_draws_row_by_row():
     for m, g in ((None, None), (mask, greedy)):
         action, logp, entropy = decide(logits, m, g, ExpNoise(5))
         noise = ExpNoise(5)  # the same stream, taken a row at a time
-        rows = [decide_one(logits[i], None if m is None else m[i], g is not None and bool(g[i]), noise) for i in range(n)]
+        rows = [
+            decide_one(logits[i], None if m is None else m[i], g is not None and bool(g[i]), noise) for i in range(n)
+        ]
         assert np.array_equal(action, [r[0] for r in rows])
         assert np.abs(logp - [r[1] for r in rows]).max() <= 1e-5
         assert np.abs(entropy - [r[2] for r in rows]).max() <= 1e-5
@@ -176,7 +188,9 @@ def test_engine_decides_the_same_one_row_at_a_time_as_in_a_batch(tmp_path, arch_
             eng.set_adapter("tiny", f"p{i}", random_adapter(eng, "tiny", f"p{i}", scale=1.0, seed=i))
         if one_at_a_time:
             rows = [eng.act_batch("tiny", [players[i]], obs[i : i + 1], masks=masks[i : i + 1]) for i in range(40)]
-            outs.append({f: np.concatenate([getattr(r, f) for r in rows]) for f in ("action", "logp", "entropy", "value")})
+            outs.append(
+                {f: np.concatenate([getattr(r, f) for r in rows]) for f in ("action", "logp", "entropy", "value")}
+            )
         else:
             out = eng.act_batch("tiny", players, obs, masks=masks)
             outs.append({f: getattr(out, f) for f in ("action", "logp", "entropy", "value")})
@@ -233,9 +247,13 @@ def test_decision_encoder_rows_and_columns_match_msgpack():
     rng = np.random.default_rng(5)
     for n, first_id in ((1, 1), (7, 2**32 - 3), (DecisionEncoder.VECTOR_ROWS, 5), (300, 2**40)):
         out = BatchDecision(
-            decision=np.arange(n, dtype=np.int64) + first_id, action=rng.integers(0, 3, n),
-            logp=-rng.random(n, dtype=np.float32), value=rng.standard_normal(n).astype(np.float32),
-            entropy=rng.random(n, dtype=np.float32), adapter_version=rng.integers(0, 9, n), action_names=names,
+            decision=np.arange(n, dtype=np.int64) + first_id,
+            action=rng.integers(0, 3, n),
+            logp=-rng.random(n, dtype=np.float32),
+            value=rng.standard_normal(n).astype(np.float32),
+            entropy=rng.random(n, dtype=np.float32),
+            adapter_version=rng.integers(0, 9, n),
+            action_names=names,
         )
         auto = enc.encode(out)
         for wide in enc._layouts:  # every layout wide enough for these ids packs the same both ways
@@ -275,10 +293,12 @@ def test_act_batch_columns_equal_row_by_row_and_bad_rows_are_named(tmp_path):
         assert methods._columns(spec, mixed) is None
         _, block = methods.parse_act_batch(["duelist", mixed])
         assert block.greedy.tolist() == [False, False, True] and block.masks.all()
-        for bad, words in (([["p", "npc", raw], ["q", "", raw]], "row 1: npc id"),
-                           ([["p", "npc", raw], ["x" * 300, "npc", raw]], "row 1: player id"),
-                           ([["p", "npc", raw], ["q", "npc", raw[:-4]]], "row 1: binary obs"),
-                           ([["p", "npc", raw], ["q", "npc", np.full(8, np.inf, "<f4").tobytes()]], "row 1: obs contains")):
+        for bad, words in (
+            ([["p", "npc", raw], ["q", "", raw]], "row 1: npc id"),
+            ([["p", "npc", raw], ["x" * 300, "npc", raw]], "row 1: player id"),
+            ([["p", "npc", raw], ["q", "npc", raw[:-4]]], "row 1: binary obs"),
+            ([["p", "npc", raw], ["q", "npc", np.full(8, np.inf, "<f4").tobytes()]], "row 1: obs contains"),
+        ):
             with pytest.raises(InvalidInputError, match=words):
                 methods.parse_act_batch(["duelist", bad])
         with pytest.raises(InvalidInputError, match="player id"):
@@ -292,8 +312,17 @@ def test_tracker_records_column_wise_and_trims_with_rewards_aligned():
     obs = np.arange(12, dtype=np.float32).reshape(6, 2)
     for step in range(6):
         row = obs[step : step + 1]
-        tracker.record("a", ["ann"], ["n"], row, None, np.array([step]), np.array([-0.1 * step], np.float32),
-                       np.array([0.5], np.float32), np.array([100 + step]))
+        tracker.record(
+            "a",
+            ["ann"],
+            ["n"],
+            row,
+            None,
+            np.array([step]),
+            np.array([-0.1 * step], np.float32),
+            np.array([0.5], np.float32),
+            np.array([100 + step]),
+        )
         tracker.feedback("ann", "n", float(step), False)
     obs[:] = -1  # the caller reuses its buffer: recorded steps keep their own copy
     assert tracker.feedback("ann", "n", 10.0, True) is True
@@ -329,8 +358,10 @@ def test_replies_of_one_batch_go_out_as_one_write_per_connection(tmp_path):
                     unpacker.feed(s.recv(1 << 16))
                     replies.extend(unpacker)
                 assert sorted(r[1] for r in replies) == list(range(20)) and all(r[2] is None for r in replies)
-                assert all(r[3]["action_name"] == running.service.archetypes["duelist"].spec.actions[r[3]["action"]]
-                           for r in replies)
+                assert all(
+                    r[3]["action_name"] == running.service.archetypes["duelist"].spec.actions[r[3]["action"]]
+                    for r in replies
+                )
             assert len(writes) == 2  # 40 replies, 2 connections, 1 merged batch
         finally:
             Connection.send = original
@@ -341,13 +372,22 @@ def test_a_burst_of_feedback_is_one_batch_and_refuses_exactly_what_one_by_one_wo
     from npcadapt.log import read_records
 
     raw = OBS.astype("<f4").tobytes()
-    burst = [["ann", "n", 1.0, False], ["ann", "n", 2.0, True], ["ann", "n", 3.0],  # closed: refused
-             ["bob", "n", float("nan")], ["cid", "n", 1.0, True], ["nobody", "n", 1.0], ["dee", "n", 0.5]]
+    burst = [
+        ["ann", "n", 1.0, False],
+        ["ann", "n", 2.0, True],
+        ["ann", "n", 3.0],  # closed: refused
+        ["bob", "n", float("nan")],
+        ["cid", "n", 1.0, True],
+        ["nobody", "n", 1.0],
+        ["dee", "n", 0.5],
+    ]
     outcomes = []
     for batched in (True, False):
         svc = npcadapt.open(tmp_path / str(batched), seed=0)
         methods = Methods(svc)
-        methods.run_blocks("duelist", [methods.parse_act(["duelist", p, "n", raw])[1] for p in ("ann", "bob", "cid", "dee")])
+        methods.run_blocks(
+            "duelist", [methods.parse_act(["duelist", p, "n", raw])[1] for p in ("ann", "bob", "cid", "dee")]
+        )
         if batched:
             refused = methods.feedback_many(burst)
         else:
@@ -360,8 +400,15 @@ def test_a_burst_of_feedback_is_one_batch_and_refuses_exactly_what_one_by_one_wo
         svc.flush()
         records = [r for r in read_records(tmp_path / str(batched) / "logs") if r["t"] == "feedback"]
         episodes = svc.tracker.take(svc.tracker.ready(1))
-        outcomes.append(([str(e) for e in refused], sum(len(r["players"]) for r in records), len(records),
-                         {k: [ep.reward for ep in eps] for k, eps in episodes.items()}, svc.tracker.open_count()))
+        outcomes.append(
+            (
+                [str(e) for e in refused],
+                sum(len(r["players"]) for r in records),
+                len(records),
+                {k: [ep.reward for ep in eps] for k, eps in episodes.items()},
+                svc.tracker.open_count(),
+            )
+        )
         svc.close()
     (errs, fed, n_records, eps, still_open), (errs1, fed1, n_records1, eps1, still_open1) = outcomes
     assert errs == errs1 and len(errs) == 3 and "reward" in errs[1]

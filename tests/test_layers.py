@@ -12,19 +12,54 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import from its own layer and the ones before it. A name that
 # ends with "." covers a package and everything in it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core: errors, ids, plain data, numerics", (
-        "errors", "types", "fileio", "coalesce", "config", "sampling", "numerics", "fit_report",
-        "adapter_meta", "batch_checks", "input_budget", "lora.functional", "prior.bayes",
-        "lora", "prior")),  # the two package inits hold only docstrings
-    ("model and storage", (
-        "policy", "lora.layout", "lora.bank", "lora.forward", "lora.numpy_forward", "archetypes",
-        "episodes", "log.", "store", "writeback", "recordings", "envs", "protocol", "protocol_headers",
-        "protocol_codec", "host")),
+    (
+        "core: errors, ids, plain data, numerics",
+        (
+            "errors",
+            "types",
+            "fileio",
+            "coalesce",
+            "config",
+            "sampling",
+            "numerics",
+            "fit_report",
+            "adapter_meta",
+            "batch_checks",
+            "input_budget",
+            "lora.functional",
+            "prior.bayes",
+            "lora",
+            "prior",
+        ),
+    ),  # the two package inits hold only docstrings
+    (
+        "model and storage",
+        (
+            "policy",
+            "lora.layout",
+            "lora.bank",
+            "lora.forward",
+            "lora.numpy_forward",
+            "archetypes",
+            "episodes",
+            "log.",
+            "store",
+            "writeback",
+            "recordings",
+            "envs",
+            "protocol",
+            "protocol_headers",
+            "protocol_codec",
+            "host",
+        ),
+    ),
     ("engine", ("engine", "export", "prior.head")),
     ("training", ("training.", "prior.library", "prior.trainer")),
     ("service", ("service",)),
-    ("bridge and applications", ("rpc", "server", "bridge_connection", "micro_batcher", "client", "simulation",
-                                 "demo.")),
+    (
+        "bridge and applications",
+        ("rpc", "server", "bridge_connection", "micro_batcher", "client", "simulation", "demo."),
+    ),
     ("benchmarks", ("bench.",)),
     ("command line", ("cli.",)),
 ]
@@ -93,8 +128,12 @@ def test_imports_point_down():
 
 
 def test_sim_imports_nothing_from_npcadapt():
-    offenders = [f"{p.relative_to(ROOT)}: {t}" for p in sorted((ROOT / "sim").rglob("*.py"))
-                 for t in imported(p) if t == "npcadapt" or t.startswith("npcadapt.")]
+    offenders = [
+        f"{p.relative_to(ROOT)}: {t}"
+        for p in sorted((ROOT / "sim").rglob("*.py"))
+        for t in imported(p)
+        if t == "npcadapt" or t.startswith("npcadapt.")
+    ]
     assert not offenders, offenders
 
 

@@ -193,9 +193,7 @@ def flip(path: Path, offset: int, mask: int = 0x40) -> None:
     "where,mask",
     [("payload", 0x40), ("length-low", 0x01), ("length-high", 0x80), ("magic", 0xFF)],
 )
-def test_mid_segment_corruption_is_reported_and_skipped(
-    tmp_path: Path, where: str, mask: int
-) -> None:
+def test_mid_segment_corruption_is_reported_and_skipped(tmp_path: Path, where: str, mask: int) -> None:
     recs = [small(i) for i in range(6)]
     offsets = write_log(tmp_path, recs)
     seg = only_segment(tmp_path)
@@ -392,10 +390,13 @@ def test_fsync_runs_outside_the_lock_so_appends_never_wait_for_the_disk(tmp_path
     assert list(read_records(tmp_path)) == [small(0), small(1)]
 
 
-@pytest.mark.parametrize(("call", "err", "text"), [
-    ("fsync", errno.EIO, "Input/output error"),  # the disk fails
-    ("dup", errno.EMFILE, "Too many open files"),  # no descriptor for the fsync
-])
+@pytest.mark.parametrize(
+    ("call", "err", "text"),
+    [
+        ("fsync", errno.EIO, "Input/output error"),  # the disk fails
+        ("dup", errno.EMFILE, "Too many open files"),  # no descriptor for the fsync
+    ],
+)
 def test_a_failed_fsync_is_named_and_loses_nothing(tmp_path: Path, monkeypatch, call, err, text) -> None:
     import os
 

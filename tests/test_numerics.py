@@ -38,8 +38,9 @@ def test_gae_of_one_episode_equals_the_rollout_twin_and_keeps_float32():
     assert out.dtype == np.float32
     ends = torch.zeros(7, 1)
     ends[-1] = 1.0
-    rollout = gae_torch(torch.from_numpy(rewards)[:, None], torch.from_numpy(values)[:, None], ends,
-                        torch.tensor([3.0]), 0.9, 0.5)  # the bootstrap value is cut by the episode's end
+    rollout = gae_torch(
+        torch.from_numpy(rewards)[:, None], torch.from_numpy(values)[:, None], ends, torch.tensor([3.0]), 0.9, 0.5
+    )  # the bootstrap value is cut by the episode's end
     np.testing.assert_allclose(rollout[:, 0].numpy(), out, rtol=1e-6)
     # one step by hand: delta_t = r_t + gamma v_{t+1} - v_t, A_t = delta_t + gamma lambda A_{t+1}
     assert out[-1] == pytest.approx(rewards[-1] - values[-1])
@@ -73,7 +74,9 @@ def test_log_probs_twins_kl_and_entropy_agree_with_masks():
     # masked actions give no NaN gradient
     x = torch.from_numpy(logits).requires_grad_(True)
     lp = masked_log_probs(x, torch.from_numpy(mask))
-    (masked_entropy_rows(lp, torch.from_numpy(mask)) + masked_kl_rows(lp, base, torch.from_numpy(mask))).sum().backward()
+    (
+        masked_entropy_rows(lp, torch.from_numpy(mask)) + masked_kl_rows(lp, base, torch.from_numpy(mask))
+    ).sum().backward()
     assert torch.isfinite(x.grad).all()
 
 

@@ -41,8 +41,14 @@ def _fit(tmp_path, recorded, config=OfflineConfig(epochs=8), state=None, stop_af
             raise KeyboardInterrupt
 
     try:
-        rows = fit_adapters(svc.engine, "duelist", {p: e for (_, p), e in episodes.items()}, config,
-                            state_file=state, on_players=progress)
+        rows = fit_adapters(
+            svc.engine,
+            "duelist",
+            {p: e for (_, p), e in episodes.items()},
+            config,
+            state_file=state,
+            on_players=progress,
+        )
         adapters = {r["player"]: svc.engine.adapter_row("duelist", r["player"]) for r in rows}
         return rows, adapters
     finally:
@@ -66,7 +72,7 @@ def test_corrupt_records_are_skipped_and_counted(recorded, tmp_path):
     raw = bytearray(segment.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # a flipped byte in the middle
     segment.write_bytes(bytes(raw))
-    episodes, summary = read_episodes(logs)
+    _episodes, summary = read_episodes(logs)
     assert summary.corrupt_records == 1
     assert 0 < summary.episodes < PLAYERS * EPISODES
 
@@ -100,8 +106,21 @@ def test_same_seed_same_adapters_and_resume_after_interruption(tmp_path, recorde
 def test_pdwis_on_policy_equals_the_mean_return():
     from npcadapt.episodes import Episode
 
-    eps = [Episode("a", "p", "n", obs=[np.zeros(1)] * 2, mask=[None] * 2, action=[0, 1], logp=[-0.5, -1.0],
-                   value=[0, 0], reward=[r, 1.0], decision=[0, 0]) for r in (1.0, 3.0)]
+    eps = [
+        Episode(
+            "a",
+            "p",
+            "n",
+            obs=[np.zeros(1)] * 2,
+            mask=[None] * 2,
+            action=[0, 1],
+            logp=[-0.5, -1.0],
+            value=[0, 0],
+            reward=[r, 1.0],
+            decision=[0, 0],
+        )
+        for r in (1.0, 3.0)
+    ]
     assert pdwis(eps, [np.array(e.logp) for e in eps]) == pytest.approx(3.0)
     # a target that doubles the probability of the first episode's actions weights it more
     shifted = [np.array(eps[0].logp) + np.log(2), np.array(eps[1].logp)]
@@ -111,16 +130,46 @@ def test_pdwis_on_policy_equals_the_mean_return():
 def test_cli_train_adapters_and_inspect(tmp_path, recorded, capsys):
     data = tmp_path / "data"
     shutil.copytree(recorded / "logs", data / "logs")
-    assert main(["train", "adapters", "--logs", str(data / "logs"), "--epochs", "2", "--players", "turtle-0",
-                 "brawler-0", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "adapters",
+                "--logs",
+                str(data / "logs"),
+                "--epochs",
+                "2",
+                "--players",
+                "turtle-0",
+                "brawler-0",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     report = json.loads((data / "reports" / "fit-duelist.json").read_text())
     assert report["players"] == 2 and {r["player"] for r in report["per_player"]} == {"turtle-0", "brawler-0"}
     assert (data / "reports" / "fit-duelist.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert main(["inspect", "log", str(data / "logs")]) == 0
     assert "duelist" in capsys.readouterr().out
-    assert main(["inspect", "adapter", "--archetype", "duelist", "--player", "turtle-0", "--data", str(data),
-                 "--logs", str(data / "logs")]) == 0
+    assert (
+        main(
+            [
+                "inspect",
+                "adapter",
+                "--archetype",
+                "duelist",
+                "--player",
+                "turtle-0",
+                "--data",
+                str(data),
+                "--logs",
+                str(data / "logs"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "actor.0.lora_A" in out and "recorded observations" in out
     assert main(["inspect", "adapter", "--archetype", "duelist", "--player", "nobody", "--data", str(data)]) == 1
@@ -150,10 +199,29 @@ def test_refresh_base_from_logs_makes_old_adapters_stale(tmp_path, recorded, cap
     shutil.copytree(npcadapt.Engine(tmp_path / "probe").runtime("duelist").archetype.directory, arch_dir / "duelist")
     data = tmp_path / "data"
     shutil.copytree(recorded / "logs", data / "logs")
-    assert main(["train", "adapters", "--logs", str(data / "logs"), "--epochs", "1", "--players", "turtle-0",
-                 "--archetypes", str(arch_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "adapters",
+                "--logs",
+                str(data / "logs"),
+                "--epochs",
+                "1",
+                "--players",
+                "turtle-0",
+                "--archetypes",
+                str(arch_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     old = npcadapt.Engine(tmp_path / "x", archetype_dirs=[arch_dir]).runtime("duelist").archetype.base_hash
-    assert main(["train", "base", "--archetype", "duelist", "--archetypes", str(arch_dir), "--logs", str(data / "logs")]) == 0
+    assert (
+        main(["train", "base", "--archetype", "duelist", "--archetypes", str(arch_dir), "--logs", str(data / "logs")])
+        == 0
+    )
     result = json.loads((arch_dir / "duelist" / "train_result.json").read_text())
     assert result["previous_base_hash"] == old != result["base_hash"]
     assert result["episodes_kept"] >= result["episodes"] // 2 and result["kept_mean_return"] > result["all_mean_return"]
@@ -163,6 +231,21 @@ def test_refresh_base_from_logs_makes_old_adapters_stale(tmp_path, recorded, cap
     assert eng.act("duelist", "turtle-0", np.zeros(8, np.float32)).adapter_version == 0  # old adapter not applied
     assert eng.counters["stale_adapters"] == 1 and eng.store.path_for("duelist", "turtle-0").exists()
     capsys.readouterr()
-    assert main(["inspect", "adapter", "--archetype", "duelist", "--player", "turtle-0", "--data", str(data),
-                 "--archetypes", str(arch_dir)]) == 1
+    assert (
+        main(
+            [
+                "inspect",
+                "adapter",
+                "--archetype",
+                "duelist",
+                "--player",
+                "turtle-0",
+                "--data",
+                str(data),
+                "--archetypes",
+                str(arch_dir),
+            ]
+        )
+        == 1
+    )
     assert "STALE" in capsys.readouterr().out

@@ -9,9 +9,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import torch_forward
 
 import npcadapt
-from conftest import torch_forward
 from npcadapt.episodes import Episode
 from npcadapt.log import read_records
 from npcadapt.training.online import OnlineConfig, PlayerUpdate
@@ -23,7 +23,9 @@ FAVOURITE = {"ann": 2, "bob": 0}  # each simulated player rewards one action (ot
 def policy_probs(svc, player, obs=OBS):
     rt = svc.engine.runtime("tiny")
     with torch.no_grad():
-        logits, _ = torch_forward(svc.engine, "tiny").forward(torch.from_numpy(obs), rt.bank.lookup([player] * len(obs)))
+        logits, _ = torch_forward(svc.engine, "tiny").forward(
+            torch.from_numpy(obs), rt.bank.lookup([player] * len(obs))
+        )
     return torch.softmax(logits, -1)
 
 
@@ -81,7 +83,9 @@ def test_batched_update_equals_each_player_alone(svc):
             eps.append(ep)
         return eps
 
-    items = [PlayerUpdate(p, rt.layout.pack(svc.engine.new_adapter("tiny", p)), episodes(p)) for p in ("ann", "bob", "cid")]
+    items = [
+        PlayerUpdate(p, rt.layout.pack(svc.engine.new_adapter("tiny", p)), episodes(p)) for p in ("ann", "bob", "cid")
+    ]
     scalable = rt.layout.scalable_mask()
     for _ in range(4):  # chained updates: served adapter, trained adapter and evidence all stay per player
         together = trainer.update(items)
@@ -129,7 +133,9 @@ def test_optimizer_state_is_carried_per_player(svc):
     """Each player's Adam moments and evidence count travel from one update to the next."""
     play(svc, ["ann", "bob"], episodes=8)
     states = {p: svc.trainer.states[("tiny", p)] for p in ("ann", "bob")}
-    assert states["ann"].episodes == 8 and states["ann"].steps == 8 // svc.online.episodes_per_update * svc.online.epochs
+    assert (
+        states["ann"].episodes == 8 and states["ann"].steps == 8 // svc.online.episodes_per_update * svc.online.epochs
+    )
     assert not torch.equal(states["ann"].exp_avg, states["bob"].exp_avg)
     svc.reset_player("tiny", "ann")
     assert ("tiny", "ann") not in svc.trainer.states and ("tiny", "bob") in svc.trainer.states
@@ -139,9 +145,33 @@ def test_nan_update_is_skipped_and_last_good_adapter_kept(svc):
     play(svc, ["ann", "bob"], episodes=4)
     rt = svc.engine.runtime("tiny")
     good = {p: rt.layout.pack(svc.engine.get_adapter("tiny", p)) for p in ("ann", "bob")}
-    ep_bad = Episode("tiny", "ann", "n", obs=[OBS[0]], mask=[None], action=[1], logp=[-1.0], value=[0.0], reward=[float("nan")], decision=[0])
-    ep_ok = Episode("tiny", "bob", "n", obs=[OBS[0], OBS[1]], mask=[None, None], action=[1, 0], logp=[-1.0, -1.0], value=[0.0, 0.0], reward=[1.0, 0.0], decision=[0, 0])
-    outcomes = svc.trainer.trainers["tiny"].update([PlayerUpdate("ann", good["ann"], [ep_bad]), PlayerUpdate("bob", good["bob"], [ep_ok])])
+    ep_bad = Episode(
+        "tiny",
+        "ann",
+        "n",
+        obs=[OBS[0]],
+        mask=[None],
+        action=[1],
+        logp=[-1.0],
+        value=[0.0],
+        reward=[float("nan")],
+        decision=[0],
+    )
+    ep_ok = Episode(
+        "tiny",
+        "bob",
+        "n",
+        obs=[OBS[0], OBS[1]],
+        mask=[None, None],
+        action=[1, 0],
+        logp=[-1.0, -1.0],
+        value=[0.0, 0.0],
+        reward=[1.0, 0.0],
+        decision=[0, 0],
+    )
+    outcomes = svc.trainer.trainers["tiny"].update(
+        [PlayerUpdate("ann", good["ann"], [ep_bad]), PlayerUpdate("bob", good["bob"], [ep_ok])]
+    )
     assert outcomes[0].params is None and "non-finite" in outcomes[0].skipped
     assert outcomes[1].params is not None and not torch.equal(outcomes[1].params, good["bob"])
     # through the service: a NaN reward is refused at the door and nothing changes
@@ -154,7 +184,9 @@ def test_nan_update_is_skipped_and_last_good_adapter_kept(svc):
 
 def test_kl_bound_holds(tmp_path, arch_root):
     bound = 0.05
-    svc = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], online=OnlineConfig(kl_bound=bound, learning_rate=0.1))
+    svc = npcadapt.open(
+        tmp_path / "d", archetype_dirs=[arch_root], online=OnlineConfig(kl_bound=bound, learning_rate=0.1)
+    )
     play(svc, ["ann"], episodes=30, states=OBS[:1])  # the bound holds on each update's observations
     base = policy_probs(svc, "nobody", OBS[:1])
     adapted = policy_probs(svc, "ann", OBS[:1])
@@ -174,7 +206,7 @@ def test_decisions_and_feedback_are_recorded(svc):
     first = decisions[0]
     assert first["players"] == ["ann", "bob"] and first["archetype"] == "tiny"
     logged = np.frombuffer(first["obs"], np.float32).reshape(2, 6)
-    assert all((OBS == row).all(1).any() for row in logged)  # each logged row is an observation played
+    assert all((row == OBS).all(1).any() for row in logged)  # each logged row is an observation played
     assert first["base"] == svc.engine.runtime("tiny").archetype.base_hash
     assert sum(sum(r["reward"]) for r in feedback) == given
     assert [r["done"] for r in feedback[:4]] == [[False, False]] * 3 + [[True, True]]
@@ -249,7 +281,9 @@ def test_validation_gate_keeps_serving_an_adapter_restored_without_trainer_state
     trained = policy_probs(first, "ann")[:, FAVOURITE["ann"]].mean()
     assert first.trainer.states[("tiny", "ann")].gate > 0.5
     first.close()
-    again = npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], seed=1, online=config)  # optimizer states are not persisted
+    again = npcadapt.open(
+        tmp_path / "d", archetype_dirs=[arch_root], seed=1, online=config
+    )  # optimizer states are not persisted
     play(again, ["ann"], episodes=4)  # one update, with no evidence carried over
     assert again.trainer.states[("tiny", "ann")].gate == 1.0
     assert policy_probs(again, "ann")[:, FAVOURITE["ann"]].mean() > trained - 0.1
@@ -312,8 +346,9 @@ def test_the_trainer_gets_no_adapter_for_a_new_player_and_the_served_one_after(s
 
 
 def test_a_round_larger_than_the_adapter_bank_installs_every_player(tmp_path, arch_root):
-    with npcadapt.open(tmp_path / "d", archetype_dirs=[arch_root], seed=0, capacity=4,
-                       online=OnlineConfig(kl_bound=3.0)) as small:
+    with npcadapt.open(
+        tmp_path / "d", archetype_dirs=[arch_root], seed=0, capacity=4, online=OnlineConfig(kl_bound=3.0)
+    ) as small:
         players = [f"p{i}" for i in range(8)]
         for _ in range(2):  # the second round's players are mostly on disk, not in the bank
             for half in (players[:4], players[4:]):  # a decision batch may hold at most 4 adapters

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
-from npcadapt.lora.layout import fresh_row
 from npcadapt.episodes import Episode
 from npcadapt.lora.bank import AdapterLayout
+from npcadapt.lora.layout import fresh_row
 from npcadapt.training.gate import held_out_evidence
 from npcadapt.training.online import OnlineConfig, OnlineTrainer, PlayerUpdate, assemble_batch
 
@@ -68,8 +68,12 @@ def test_batch_shapes_owners_and_per_player_advantage_normalisation(duelist):
         a = batch.adv[batch.owner == k].double()
         assert abs(float(a.mean())) < 1e-5 and float(a.std(unbiased=False)) == pytest.approx(1.0, abs=1e-4)
     # another player's rewards never rescale this player's advantages
-    louder = assemble_batch(items_for(duelist, ("ann", ann), ("bob", episodes("bob", [4], seed=2, reward_scale=100.0))),
-                            cfg, 8, torch.device("cpu"))
+    louder = assemble_batch(
+        items_for(duelist, ("ann", ann), ("bob", episodes("bob", [4], seed=2, reward_scale=100.0))),
+        cfg,
+        8,
+        torch.device("cpu"),
+    )
     assert torch.equal(louder.adv[:5], batch.adv[:5])
 
 
@@ -125,7 +129,9 @@ def test_kl_guard_scales_an_adapter_back_within_the_bound(duelist):
     items = items_for(duelist, ("ann", episodes("ann", [6], seed=8)), ("bob", episodes("bob", [6], seed=9)))
     batch = assemble_batch(items, trainer.config, 8, torch.device("cpu"))
     params = torch.stack([it.params for it in items])
-    params[0, layout.scalable_mask()] = 0.5 * torch.randn(int(layout.scalable_mask().sum()), generator=torch.Generator().manual_seed(1))
+    params[0, layout.scalable_mask()] = 0.5 * torch.randn(
+        int(layout.scalable_mask().sum()), generator=torch.Generator().manual_seed(1)
+    )
     base_logp = trainer.log_probs(batch.obs, batch.masks, None)
     bounded, kl, scale = trainer._bound_kl(params, batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
     assert 0 < scale[0] < 1 and scale[1] == 1  # bob's adapter has no delta (zero B): nothing to pull back
@@ -136,14 +142,18 @@ def test_gate_serves_the_base_without_evidence_and_a_restored_adapter_whole(duel
     trainer = trainer_for(duelist, kl_bound=0.0)
     _, layout = duelist
     scalable = layout.scalable_mask()
-    items = items_for(duelist, ("new", episodes("new", [4, 4], seed=10)), ("restored", episodes("restored", [4, 4], seed=11)))
+    items = items_for(
+        duelist, ("new", episodes("new", [4, 4], seed=10)), ("restored", episodes("restored", [4, 4], seed=11))
+    )
     items[1].params[scalable] = 0.05 * torch.randn(int(scalable.sum()), generator=torch.Generator().manual_seed(2))
     batch = assemble_batch(items, trainer.config, 8, torch.device("cpu"))
     start = trainer._start(items, torch.device("cpu"))
     with torch.no_grad():
         base_logp = trainer.log_probs(batch.obs, batch.masks, None)
         ref = trainer._reference(batch, start.params)
-        ev = held_out_evidence(trainer.config, scalable, start.states, start.params, start.served, ref.logp, base_logp, batch)
+        ev = held_out_evidence(
+            trainer.config, scalable, start.states, start.params, start.served, ref.logp, base_logp, batch
+        )
     assert ev.n.tolist() == [0.0, 2.0]  # a fresh adapter (zero delta) is no evidence; each episode is one estimate
     assert ev.gate.tolist() == [0.0, 1.0] and not ev.locked.any()  # below gate_min_episodes: previous share kept
     new, restored = trainer.update(items)
@@ -152,12 +162,15 @@ def test_gate_serves_the_base_without_evidence_and_a_restored_adapter_whole(duel
     assert restored.state.gate == 1.0 and torch.equal(restored.params, restored.state.iterate)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"learning_rate": -1}, "OnlineConfig.learning_rate must be > 0, got -1"),
-    ({"episodes_per_update": 0}, "OnlineConfig.episodes_per_update must be >= 1, got 0"),
-    ({"gamma": 1.5}, "OnlineConfig.gamma must be in [0, 1], got 1.5"),
-    ({"gate_t_open": 3.0}, "OnlineConfig.gate_t_full must be > gate_t_open (3.0), got 3.0"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"learning_rate": -1}, "OnlineConfig.learning_rate must be > 0, got -1"),
+        ({"episodes_per_update": 0}, "OnlineConfig.episodes_per_update must be >= 1, got 0"),
+        ({"gamma": 1.5}, "OnlineConfig.gamma must be in [0, 1], got 1.5"),
+        ({"gate_t_open": 3.0}, "OnlineConfig.gate_t_full must be > gate_t_open (3.0), got 3.0"),
+    ],
+)
 def test_an_invalid_online_setting_is_an_input_error_naming_the_field(settings, message):
     from npcadapt.errors import InvalidInputError
 

@@ -32,8 +32,12 @@ def test_posterior_from_statistics_equals_rank_one_updates():
     host.prior_mean = np.zeros((A, H))
     host.mean, host.cov = np.empty((0, A, H)), np.empty((0, A, H, H))
     host._observe("p", list(h.numpy()), list(actions.numpy()), y.numpy())
-    mean, cov = posterior(torch.zeros(A, H, dtype=torch.float64), torch.eye(H, dtype=torch.float64).expand(A, H, H) / 2.0,
-                          Stats.empty(A, H).add(h, actions, y), 0.25)
+    mean, cov = posterior(
+        torch.zeros(A, H, dtype=torch.float64),
+        torch.eye(H, dtype=torch.float64).expand(A, H, H) / 2.0,
+        Stats.empty(A, H).add(h, actions, y),
+        0.25,
+    )
     np.testing.assert_allclose(mean.numpy(), host.mean[0], atol=1e-10)
     np.testing.assert_allclose(cov.numpy(), host.cov[0], atol=1e-10)
 
@@ -49,7 +53,9 @@ def test_log_evidence_is_the_gaussian_marginal_likelihood():
     for a in range(A):  # y_a ~ N(H_a m0_a, noise I + H_a S0_a H_a^T), actions independent
         rows = actions == a
         ha = h[rows]
-        dist = torch.distributions.MultivariateNormal(ha @ m0[a], noise * torch.eye(len(ha), dtype=torch.float64) + ha @ s0[a] @ ha.T)
+        dist = torch.distributions.MultivariateNormal(
+            ha @ m0[a], noise * torch.eye(len(ha), dtype=torch.float64) + ha @ s0[a] @ ha.T
+        )
         expected += float(dist.log_prob(y[rows]))
     assert float(log_evidence(m0, s0, Stats.empty(A, H).add(h, actions, y), noise)) == pytest.approx(expected, abs=1e-8)
 
@@ -106,10 +112,25 @@ def recorded(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("recorded")
     with npcadapt.open(data, seed=0) as svc:
-        env_personas = ("brawler", "high_blocker", "low_sweeper", "rusher", "counter_puncher", "turtle", "jumper",
-                        "zoner")
-        run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=0, episodes=16, seed=0,
-                       persona_counts={p: 3 for p in env_personas})
+        env_personas = (
+            "brawler",
+            "high_blocker",
+            "low_sweeper",
+            "rusher",
+            "counter_puncher",
+            "turtle",
+            "jumper",
+            "zoner",
+        )
+        run_simulation(
+            svc,
+            "npcadapt/Duel-v0",
+            "duelist",
+            players=0,
+            episodes=16,
+            seed=0,
+            persona_counts=dict.fromkeys(env_personas, 3),
+        )
         svc.flush()
         arch = svc.archetypes["duelist"]
     episodes, _ = read_episodes(data / "logs", archetypes=["duelist"])
@@ -165,8 +186,10 @@ def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsy
 
     arch, _, logs = recorded
     out = tmp_path / "prior.safetensors"
-    assert main(["train", "library", "--archetype", "duelist", "--logs", str(logs), "--cohorts", "5",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["train", "library", "--archetype", "duelist", "--logs", str(logs), "--cohorts", "5", "--out", str(out)])
+        == 0
+    )
     assert "5 cohorts from 24 recorded players" in capsys.readouterr().out
     assert load_library(out, arch).cohorts == 5
     assert main(["train", "library", "--archetype", "duelist", "--logs", str(tmp_path / "nope")]) == 2
@@ -203,8 +226,16 @@ def test_transfer_matrices_link_the_cohorts_of_players_shared_between_archetypes
     envs = {"npcadapt/Duel-v0": "duelist", "npcadapt/Merchant-v0": "merchant"}
     with npcadapt.open(tmp_path, seed=0, online=OnlineConfig(prior=False)) as svc:
         for env_id, arch_name in envs.items():
-            run_simulation(svc, env_id, arch_name, players=0, episodes=12, seed=1, persona_counts=trait_counts(env_id, 2),
-                           player_ids=trait_players(env_id, 2))
+            run_simulation(
+                svc,
+                env_id,
+                arch_name,
+                players=0,
+                episodes=12,
+                seed=1,
+                persona_counts=trait_counts(env_id, 2),
+                player_ids=trait_players(env_id, 2),
+            )
         archs = {name: svc.archetypes[name] for name in envs.values()}
     episodes, _ = read_episodes(tmp_path / "logs")
     by_arch = {name: {p: e for (a, p), e in episodes.items() if a == name} for name in envs.values()}

@@ -22,8 +22,9 @@ DUEL = "npcadapt/Duel-v0"
 
 
 def _play(svc, personas: dict[str, int], episodes: int, on_episode=None, **kw) -> dict:
-    return run_simulation(svc, DUEL, "duelist", players=0, episodes=episodes, seed=3, persona_counts=personas,
-                          on_episode=on_episode, **kw)
+    return run_simulation(
+        svc, DUEL, "duelist", players=0, episodes=episodes, seed=3, persona_counts=personas, on_episode=on_episode, **kw
+    )
 
 
 def test_shipped_archetypes_carry_a_fresh_prior_that_the_service_loads(tmp_path):
@@ -44,14 +45,22 @@ def test_a_consistent_player_is_served_their_cohort_within_a_few_episodes_and_a_
     assert brawler["share"] == 1.0 and brawler["confidence"] > 0.9 and brawler["episodes"] == 6
     assert report["personas"]["brawler"]["gain_curve"][4] > 0.6
     assert average["share"] == 0.0 and average["evidence"] < 3.0
-    assert report["personas"]["average"]["adapted_return"] == pytest.approx(report["personas"]["average"]["base_return"])
+    assert report["personas"]["average"]["adapted_return"] == pytest.approx(
+        report["personas"]["average"]["base_return"]
+    )
 
 
 def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path):
     seen = []
     with npcadapt.open(tmp_path, record=False, seed=0) as svc:
-        report = _play(svc, {"brawler": 0}, episodes=40, switch_players=1, switch_at=12,
-                       on_episode=lambda e: seen.append(svc.prior_info("duelist", "brawler>turtle-0")))
+        report = _play(
+            svc,
+            {"brawler": 0},
+            episodes=40,
+            switch_players=1,
+            switch_at=12,
+            on_episode=lambda e: seen.append(svc.prior_info("duelist", "brawler>turtle-0")),
+        )
     before, after = seen[11], seen[12]
     assert before["share"] == 1.0 and after["evidence"] < before["evidence"]  # the switch costs trust at once
     curve = report["personas"]["brawler>turtle"]["gain_curve"]
@@ -129,8 +138,17 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
         load_library(root / "duelist" / LIBRARY_NAME, arch)
 
 
-@pytest.mark.parametrize("setting", ["prior_decay=0", "prior_decay=1.5", "prior_trust_nats=1", "prior_evidence_cap=0",
-                                     "prior_new_cohort=1", "prior_change_nats=0"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "prior_decay=0",
+        "prior_decay=1.5",
+        "prior_trust_nats=1",
+        "prior_evidence_cap=0",
+        "prior_new_cohort=1",
+        "prior_change_nats=0",
+    ],
+)
 def test_invalid_prior_settings_are_refused(setting):
     from npcadapt.errors import InvalidInputError
 
@@ -146,25 +164,24 @@ def test_prior_info_over_the_bridge_with_the_trainer_child(tmp_path):
     from npcadapt.client import Client
     from npcadapt.errors import RemoteError
 
-    with RunningBridge(tmp_path / "data", record=False, trainer_process=True) as server:
-        with Client(port=server.port) as c:
-            assert c.prior_info("duelist", "ann") == {**server.service.prior_info("duelist", "ann")}
-            assert c.prior_info("duelist", "ann")["episodes"] == 0
-            obs = np.zeros(8, np.float32)
-            for episode in range(1, 4):
-                for step in range(5):
-                    c.act("duelist", "ann", "n", obs)
-                    c.feedback("ann", "n", 1.0, step == 4)
-                deadline = time.monotonic() + 60  # the bridge trains in the background, in the child
-                while (c.adapter_info("duelist", "ann") or {}).get("version", 0) < episode:
-                    assert time.monotonic() < deadline, "no update within 60 s"
-                    time.sleep(0.05)
-            info = c.prior_info("duelist", "ann")
-            assert info["episodes"] == 3 and info["cohorts"] == 10
-            assert info["decisions"] == pytest.approx(5 * (1 + 0.95 + 0.95**2), abs=0.01)  # 3 episodes, decayed
-            assert c.adapter_info("duelist", "ann")["version"] == 3
-            with pytest.raises(RemoteError, match="unknown archetype"):
-                c.prior_info("wizard", "ann")
+    with RunningBridge(tmp_path / "data", record=False, trainer_process=True) as server, Client(port=server.port) as c:
+        assert c.prior_info("duelist", "ann") == {**server.service.prior_info("duelist", "ann")}
+        assert c.prior_info("duelist", "ann")["episodes"] == 0
+        obs = np.zeros(8, np.float32)
+        for episode in range(1, 4):
+            for step in range(5):
+                c.act("duelist", "ann", "n", obs)
+                c.feedback("ann", "n", 1.0, step == 4)
+            deadline = time.monotonic() + 60  # the bridge trains in the background, in the child
+            while (c.adapter_info("duelist", "ann") or {}).get("version", 0) < episode:
+                assert time.monotonic() < deadline, "no update within 60 s"
+                time.sleep(0.05)
+        info = c.prior_info("duelist", "ann")
+        assert info["episodes"] == 3 and info["cohorts"] == 10
+        assert info["decisions"] == pytest.approx(5 * (1 + 0.95 + 0.95**2), abs=0.01)  # 3 episodes, decayed
+        assert c.adapter_info("duelist", "ann")["version"] == 3
+        with pytest.raises(RemoteError, match="unknown archetype"):
+            c.prior_info("wizard", "ann")
 
 
 def test_a_player_known_from_another_archetype_starts_warm(tmp_path):
@@ -174,12 +191,28 @@ def test_a_player_known_from_another_archetype_starts_warm(tmp_path):
 
     merchant = "npcadapt/Merchant-v0"
     with npcadapt.open(tmp_path, record=False, seed=0) as svc:
-        run_simulation(svc, DUEL, "duelist", players=0, episodes=12, seed=5, persona_counts=trait_counts(DUEL, 1),
-                       player_ids=trait_players(DUEL, 1, "warm"))
+        run_simulation(
+            svc,
+            DUEL,
+            "duelist",
+            players=0,
+            episodes=12,
+            seed=5,
+            persona_counts=trait_counts(DUEL, 1),
+            player_ids=trait_players(DUEL, 1, "warm"),
+        )
         gains = {}
         for kind in ("warm", "fresh"):
-            report = run_simulation(svc, merchant, "merchant", players=0, episodes=2, seed=6,
-                                    persona_counts=trait_counts(merchant, 1), player_ids=trait_players(merchant, 1, kind))
+            report = run_simulation(
+                svc,
+                merchant,
+                "merchant",
+                players=0,
+                episodes=2,
+                seed=6,
+                persona_counts=trait_counts(merchant, 1),
+                player_ids=trait_players(merchant, 1, kind),
+            )
             gains[kind] = np.mean([p["gain_curve"][0] for p in report["personas"].values()])
         assert svc.prior_info("merchant", "warm-brute-0")["warm_from"] == ["duelist"]
         assert svc.prior_info("merchant", "fresh-brute-0")["warm_from"] == []

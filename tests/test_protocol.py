@@ -4,6 +4,7 @@ limits, bombs and a seeded fuzz. Everything is real bytes; nothing is mocked."""
 from __future__ import annotations
 
 import ast
+import itertools
 import random
 import re
 import time
@@ -30,8 +31,7 @@ from npcadapt.protocol import (
     pack,
 )
 
-SMALL = Limits(max_buffer_size=256, max_str_len=24, max_bin_len=24, max_array_len=12,
-               max_map_len=6)
+SMALL = Limits(max_buffer_size=256, max_str_len=24, max_bin_len=24, max_array_len=12, max_map_len=6)
 
 
 def feed(chunks: list[bytes], limits: Limits = Limits(), role: str = "server"):
@@ -49,11 +49,11 @@ def feed(chunks: list[bytes], limits: Limits = Limits(), role: str = "server"):
 def random_splits(data: bytes, rng: random.Random, max_cuts: int = 8) -> list[bytes]:
     cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, max_cuts))))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def bytewise(data: bytes) -> list[bytes]:
-    return [data[i:i + 1] for i in range(len(data))]
+    return [data[i : i + 1] for i in range(len(data))]
 
 
 # ---------------------------------------------------------------------- round trips
@@ -65,8 +65,7 @@ def test_request_response_round_trip():
     msgid, data = client.request("decide", params)
     assert msgid == 0
     assert server.receive_data(data) == [Request(0, "decide", params)]
-    assert client.receive_data(server.response(msgid, None, {"action": 3})) == [
-        Response(0, None, {"action": 3})]
+    assert client.receive_data(server.response(msgid, None, {"action": 3})) == [Response(0, None, {"action": 3})]
     err = server.error_response(msgid, INTERNAL_ERROR, "boom")
     assert client.receive_data(err) == [Response(0, [INTERNAL_ERROR, "boom"], None)]
     assert client.request("decide", [])[0] == 1
@@ -75,9 +74,11 @@ def test_request_response_round_trip():
 def test_notifications_both_ways():
     client, server = RpcConnection(role="client"), RpcConnection()
     assert server.receive_data(client.notification("episode_end", ["p1", 3])) == [
-        Notification("episode_end", ["p1", 3])]
+        Notification("episode_end", ["p1", 3])
+    ]
     assert client.receive_data(server.notification("adapter_updated", ["p1"])) == [
-        Notification("adapter_updated", ["p1"])]
+        Notification("adapter_updated", ["p1"])
+    ]
 
 
 def test_wire_format_is_the_spec():
@@ -103,8 +104,7 @@ def test_pipelined_requests_in_one_chunk():
 
 
 def test_binary_method_name_is_decoded():
-    events = RpcConnection().receive_data(pack([0, 9, "décide".encode(), []]) +
-                                          pack([2, b"tick", [1]]))
+    events = RpcConnection().receive_data(pack([0, 9, "décide".encode(), []]) + pack([2, b"tick", [1]]))
     assert events == [Request(9, "décide", []), Notification("tick", [1])]
 
 
@@ -114,12 +114,14 @@ def test_binary_method_name_is_decoded():
 def _mixed_stream() -> bytes:
     client = RpcConnection(role="client")
     parts = [client.request("decide", [i, "x" * i, b"\x01" * (i * 300)])[1] for i in range(12)]
-    parts += [client.notification("log", [{"a": [1, 2.5]}]),
-              pack([1, 3, None, 1]),           # response sent to a server
-              pack([0, 4, "m"]),               # wrong arity
-              pack([0, 5, "m", 3]),            # params not an array
-              pack([7, 1, 2]),                 # unknown type
-              client.request("last", [])[1]]
+    parts += [
+        client.notification("log", [{"a": [1, 2.5]}]),
+        pack([1, 3, None, 1]),  # response sent to a server
+        pack([0, 4, "m"]),  # wrong arity
+        pack([0, 5, "m", 3]),  # params not an array
+        pack([7, 1, 2]),  # unknown type
+        client.request("last", [])[1],
+    ]
     return b"".join(parts)
 
 
@@ -136,8 +138,7 @@ def test_any_split_gives_identical_events():
 def test_events_before_an_error_are_attached_and_split_independent():
     stream = pack([0, 1, "a", []]) + pack([2, "b", []]) + b"\xc1" + pack([0, 2, "c", []])
     whole = feed([stream])
-    assert whole == ([Request(1, "a", []), Notification("b", [])],
-                     whole[1])
+    assert whole == ([Request(1, "a", []), Notification("b", [])], whole[1])
     assert "not valid MessagePack" in whole[1] and "offset 11" in whole[1]
     assert feed(bytewise(stream)) == whole
 
@@ -201,8 +202,7 @@ PROTOCOL_ERRORS = [
     (pack([0, 1, "m", ["x" * 25]]), "string of 25 bytes exceeds max_str_len=24"),
     (pack([0, 1, "m", [b"x" * 25]]), "binary of 25 bytes exceeds max_bin_len=24"),
     (pack([0, 1, "m", [list(range(13))]]), "array of 13 elements exceeds max_array_len=12"),
-    (pack([0, 1, "m", [{str(i): i for i in range(7)}]]),
-     "map of 7 entries exceeds max_map_len=6"),
+    (pack([0, 1, "m", [{str(i): i for i in range(7)}]]), "map of 7 entries exceeds max_map_len=6"),
     (pack([0, 1, "m", [msgpack.ExtType(5, b"ab")]]), "ext type 5 not allowed"),
     (b"\x94\x00\x01\xa1m\x91\xd4\x80\x00", "ext type -128 not allowed"),
     (pack([0, 1, "m", [{"k": [msgpack.Timestamp(1, 5)]}]]), "ext type -1 (timestamp)"),
@@ -227,8 +227,7 @@ def test_protocol_errors_close_the_connection(data, words):
 
 
 def test_limits_at_the_edge_are_accepted():
-    data = pack([0, 1, "m", ["x" * 24, b"y" * 24, list(range(12)),
-                             {str(i): i for i in range(6)}]])
+    data = pack([0, 1, "m", ["x" * 24, b"y" * 24, list(range(12)), {str(i): i for i in range(6)}]])
     assert feed([data], SMALL) == ([Request(1, "m", msgpack.unpackb(data)[3])], None)
 
 
@@ -240,7 +239,7 @@ def test_max_buffer_size_bounds_one_message_not_the_stream():
     assert feed([many], limits)[0] == [Request(1, "m", ["x" * 56])] * 20
     too_big = pack([0, 1, "m", ["x" * 57]])
     for chunks in ([too_big], bytewise(too_big), [fits + too_big]):
-        events, error = feed(chunks, limits)
+        _events, error = feed(chunks, limits)
         assert "message larger than max_buffer_size=64" in error
     assert feed([fits + too_big], limits)[0] == [Request(1, "m", ["x" * 56])]
 
@@ -381,17 +380,45 @@ def test_encoding_errors_are_clear():
 @pytest.mark.parametrize("module", [protocol, protocol_headers, protocol_codec])
 def test_protocol_modules_do_no_io(module):
     tree = ast.parse(Path(module.__file__).read_text())
-    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                 if isinstance(node, ast.ImportFrom) and node.module}
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
     assert not imported & {"asyncio", "socket", "threading", "selectors", "ssl"}
 
 
 # ---------------------------------------------------------------------- fuzz
 
-_HEADERS = [0x90, 0x9f, 0x80, 0x8f, 0xa0, 0xbf, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8, 0xc9, 0xd4,
-            0xd5, 0xd6, 0xd7, 0xd8, 0xdc, 0xdd, 0xde, 0xdf, 0xd9, 0xda, 0xdb, 0xc1, 0xff]
+_HEADERS = [
+    0x90,
+    0x9F,
+    0x80,
+    0x8F,
+    0xA0,
+    0xBF,
+    0xC4,
+    0xC5,
+    0xC6,
+    0xC7,
+    0xC8,
+    0xC9,
+    0xD4,
+    0xD5,
+    0xD6,
+    0xD7,
+    0xD8,
+    0xDC,
+    0xDD,
+    0xDE,
+    0xDF,
+    0xD9,
+    0xDA,
+    0xDB,
+    0xC1,
+    0xFF,
+]
 
 
 def _value(rng: random.Random, depth: int = 0) -> object:
@@ -419,10 +446,18 @@ def _message(rng: random.Random) -> bytes:
     method = rng.choice(["decide", b"tick", "m\u00e9", b"\xff", 3])
     params = [_value(rng) for _ in range(rng.randrange(4))] if rng.random() < 0.9 else _value(rng)
     msgid = rng.choice([rng.randrange(2**32), -1, 2**32, "x"]) if rng.random() < 0.2 else 7
-    shape = rng.choice([
-        [0, msgid, method, params], [2, method, params], [1, msgid, None, params],
-        [0, msgid, method], [rng.randrange(-2, 5), msgid], [], params,
-    ] + [[0, msgid, rng.choice(["decide", b"tick"]), params], [2, "tick", params]] * 3)
+    shape = rng.choice(
+        [
+            [0, msgid, method, params],
+            [2, method, params],
+            [1, msgid, None, params],
+            [0, msgid, method],
+            [rng.randrange(-2, 5), msgid],
+            [],
+            params,
+        ]
+        + [[0, msgid, rng.choice(["decide", b"tick"]), params], [2, "tick", params]] * 3
+    )
     return msgpack.packb(shape, use_bin_type=True)
 
 
@@ -434,18 +469,18 @@ def _mutate(rng: random.Random, data: bytes, other: bytes) -> bytes:
             i = rng.randrange(len(buf))
             buf[i] ^= 1 << rng.randrange(8)
         elif op == 1 and buf:  # truncation
-            del buf[rng.randrange(len(buf)):]
+            del buf[rng.randrange(len(buf)) :]
         elif op == 2:  # splice in part of another message
             i, j = sorted(rng.sample(range(len(other) + 1), 2)) if len(other) > 1 else (0, 0)
-            buf[rng.randrange(len(buf) + 1):0] = other[i:j]
+            buf[rng.randrange(len(buf) + 1) : 0] = other[i:j]
         elif op == 3:  # insert a dangerous header byte
             buf.insert(rng.randrange(len(buf) + 1), rng.choice(_HEADERS))
         elif op == 4 and buf:  # overwrite with random bytes
             i = rng.randrange(len(buf))
-            buf[i:i + 4] = rng.randbytes(4)
+            buf[i : i + 4] = rng.randbytes(4)
         else:  # duplicate a slice
             i = rng.randrange(len(buf) + 1)
-            buf[i:i] = buf[max(0, i - 8):i]
+            buf[i:i] = buf[max(0, i - 8) : i]
     return bytes(buf)
 
 
@@ -456,8 +491,7 @@ def _fuzz_inputs(n: int, seed: int) -> list[bytes]:
         if k % 4 == 0:
             inputs.append(rng.randbytes(rng.randrange(80)))
         elif k % 4 == 1:
-            inputs.append(bytes(rng.choice(_HEADERS + [0x00, 0x01, 0x7f, 0xc0])
-                                for _ in range(rng.randrange(60))))
+            inputs.append(bytes(rng.choice(_HEADERS + [0x00, 0x01, 0x7F, 0xC0]) for _ in range(rng.randrange(60))))
         else:
             parts = [_message(rng) for _ in range(rng.randrange(1, 5))]
             bad = rng.randrange(len(parts))
@@ -560,11 +594,14 @@ def test_the_scanner_does_not_keep_the_size_of_the_largest_message():
         assert [e.msgid for e in events] == [2, 3]
 
 
-@pytest.mark.parametrize("bad, error", [
-    (b"\xa4\xff\xfe\xfd\xfc", "invalid UTF-8 in a str"),  # decode error
-    (b"\x91" * 1100 + b"\xc0" + b"\xc0" * 3, "nesting deeper than 1024"),  # StackError in the scanner
-    (b"\xc1\xc0\xc0\xc0\xc0", "not valid MessagePack"),  # FormatError in the scanner
-])
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (b"\xa4\xff\xfe\xfd\xfc", "invalid UTF-8 in a str"),  # decode error
+        (b"\x91" * 1100 + b"\xc0" + b"\xc0" * 3, "nesting deeper than 1024"),  # StackError in the scanner
+        (b"\xc1\xc0\xc0\xc0\xc0", "not valid MessagePack"),  # FormatError in the scanner
+    ],
+)
 def test_rejecting_a_large_bad_message_walks_few_headers_in_python(monkeypatch, bad, error):
     """A ~7 MB act_batch whose last row is bad: rejected with a clear error, and the
     header check behind the error checks runs of finished items in C, so Python looks at
@@ -576,8 +613,9 @@ def test_rejecting_a_large_bad_message_walks_few_headers_in_python(monkeypatch, 
     data = data.replace(b"\xa4QQQQ", bad)
     seen = []
     real = protocol_headers.check_length
-    monkeypatch.setattr(protocol_headers, "check_length",
-                        lambda kind, n, limits: seen.append(kind) or real(kind, n, limits))
+    monkeypatch.setattr(
+        protocol_headers, "check_length", lambda kind, n, limits: seen.append(kind) or real(kind, n, limits)
+    )
     conn = RpcConnection()
     with pytest.raises(ProtocolError, match=error):
         conn.receive_data(data)

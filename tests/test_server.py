@@ -14,8 +14,8 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import pytest
-
 from bridge_helpers import RunningBridge, raw_call, read_reply
+
 from npcadapt.bench.bridge import start_server
 from npcadapt.client import Client, RemoteError, read_message
 from npcadapt.log import read_records
@@ -78,8 +78,11 @@ def test_one_method_table_names_every_method_and_the_server_none(tmp_path):
     assert kinds["flush"] is kinds["reset_player"] is Kind.WORKER and kinds["auth"] is Kind.CONNECTION
     assert {kinds[n] for n in ("archetypes", "adapter_info", "prior_info", "action_probs", "stats")} == {Kind.DIRECT}
     for module in (server, bridge_connection, micro_batcher):
-        strings = {node.value for node in ast.walk(ast.parse(Path(module.__file__).read_text()))
-                   if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+        strings = {
+            node.value
+            for node in ast.walk(ast.parse(Path(module.__file__).read_text()))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
         assert not strings & set(table), (module.__name__, strings & set(table))
     docs = (Path(__file__).parents[1] / "docs" / "protocol.md").read_text()
     block = docs.split("| method | params | result |", 1)[1].split("\n\n", 1)[0]
@@ -148,7 +151,9 @@ def test_wrong_requests(server):
     assert raw_call(sock, [0, 1, "fly", []])[2][0] == METHOD_NOT_FOUND
     assert raw_call(sock, [0, 2, "act"])[2][0] == INVALID_REQUEST  # envelope arity
     assert raw_call(sock, [0, 3, "act", "notalist"])[2][0] == INVALID_PARAMS
-    assert raw_call(sock, [0, 4, "act_batch", ["duelist", [["p", "n", OBS], ["p", "n", OBS[:2]]]]])[2][1].startswith("row 1")
+    assert raw_call(sock, [0, 4, "act_batch", ["duelist", [["p", "n", OBS], ["p", "n", OBS[:2]]]]])[2][1].startswith(
+        "row 1"
+    )
     assert raw_call(sock, [0, 5, "feedback", ["ghost", "n", 1.0, True]])[2][1].startswith("no decision")
     assert raw_call(sock, [0, 6, "feedback", ["p", "n", float("nan")]])[2][0] == INVALID_PARAMS
     sock.sendall(msgpack.packb([2, "no_such_notification", []]) + msgpack.packb([2, "feedback", ["ghost", "n", 1.0]]))
@@ -158,8 +163,13 @@ def test_wrong_requests(server):
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\xc1", b"\x91" * 100_000 + b"\xc0", msgpack.packb(msgpack.ExtType(5, b"x")), msgpack.packb("bare string"),
-     b"\xdd\xff\xff\xff\xff" + b"\xc0" * (9 * 2**20)],  # a declared 4G-element array: cut at max_buffer_size
+    [
+        b"\xc1",
+        b"\x91" * 100_000 + b"\xc0",
+        msgpack.packb(msgpack.ExtType(5, b"x")),
+        msgpack.packb("bare string"),
+        b"\xdd\xff\xff\xff\xff" + b"\xc0" * (9 * 2**20),
+    ],  # a declared 4G-element array: cut at max_buffer_size
 )
 def test_hostile_bytes_close_only_that_connection(server, garbage):
     bystander = server.connect()
@@ -212,7 +222,7 @@ def test_client_that_never_reads_is_cut_off(tmp_path):
 
 def test_connection_cap_and_idle_timeout(tmp_path):
     with RunningBridge(tmp_path / "d", ServerConfig(port=0, max_connections=2, idle_timeout=0.3)) as running:
-        a, b = running.connect(), running.connect()
+        a, _b = running.connect(), running.connect()
         assert raw_call(a, [0, 1, "archetypes", []])[2] is None
         c = running.connect()
         c.settimeout(5)
@@ -263,7 +273,7 @@ def test_online_adaptation_through_the_bridge_is_recorded(tmp_path):
 
 def _play(port, episodes=6):
     with Client(port=port) as c:
-        for episode in range(episodes):
+        for _episode in range(episodes):
             for t in range(4):
                 d = c.act("duelist", "ann", "n", OBS)
                 c.feedback("ann", "n", float(d["action"] == 3), t == 3, wait=True)
@@ -531,10 +541,12 @@ def test_feedback_after_an_act_in_the_same_write_reaches_that_decision(tmp_path,
     with RunningBridge(tmp_path / "d") as running:
         others = [running.connect() for _ in range(clients - 1)]  # deferred batching when > 1
         sock = running.connect()
-        sock.sendall(msgpack.packb([0, 1, "act", ["duelist", "ann", "n", OBS]])
-                     + msgpack.packb([2, "feedback", ["ann", "n", 5.0, True]])
-                     + msgpack.packb([0, 2, "act", ["duelist", "bob", "n", OBS]])
-                     + msgpack.packb([0, 3, "feedback", ["bob", "n", 1.0, True]]))
+        sock.sendall(
+            msgpack.packb([0, 1, "act", ["duelist", "ann", "n", OBS]])
+            + msgpack.packb([2, "feedback", ["ann", "n", 5.0, True]])
+            + msgpack.packb([0, 2, "act", ["duelist", "bob", "n", OBS]])
+            + msgpack.packb([0, 3, "feedback", ["bob", "n", 1.0, True]])
+        )
         replies = {r[1]: r for r in (read_reply(sock) for _ in range(3))}
         assert replies[1][2] is None and replies[2][2] is None
         assert replies[3][2] is None and replies[3][3] is True  # bob's act was decided first

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import msgpack
 import pytest
-
 from bridge_helpers import RunningBridge, raw_call, read_reply, send
+
 from npcadapt.bench.bridge import start_server
 from npcadapt.client import Client
 from npcadapt.errors import NpcAdaptError, OverloadedError, RemoteError
@@ -32,7 +32,7 @@ def closed_by_server(sock: socket.socket, timeout: float = 10.0) -> bool:
         return sock.recv(1) == b""
     except ConnectionResetError:
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -95,8 +95,10 @@ def test_100_header_bombs_do_not_grow_the_servers_memory(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
-    print(f"server RSS {before / 1024:.1f} MB -> {after / 1024:.1f} MB after 100 bombs "
-          f"(peak input buffered {stats['input_buffered_peak']} bytes)")
+    print(
+        f"server RSS {before / 1024:.1f} MB -> {after / 1024:.1f} MB after 100 bombs "
+        f"(peak input buffered {stats['input_buffered_peak']} bytes)"
+    )
     assert stats["protocol_errors"] == 100 and stats["input_buffered"] == 0
     assert stats["input_buffered_peak"] < 64 * 1024  # never more than one read's worth at once
     assert after - before < 8 * 1024  # KiB: < 8 MB for all 100, against 16 MB each before
@@ -136,8 +138,12 @@ def _large_holders(running, n: int, sent: int = 200_000) -> list[socket.socket]:
         sock = running.connect()
         sock.sendall(_partial(400_000, sent))
         socks.append(sock)
-        assert wait_for(lambda: any(c.held for c in running.bridge.connections) and
-                        sum(1 for c in running.bridge.connections if c.held) == len(socks))
+        assert wait_for(
+            lambda: (
+                any(c.held for c in running.bridge.connections)
+                and sum(1 for c in running.bridge.connections if c.held) == len(socks)
+            )
+        )
     return socks
 
 
@@ -252,8 +258,9 @@ def test_queued_decision_rows_past_the_bound_get_overloaded_at_once(tmp_path):
         replies = [read_reply(sock) for _ in range(10)]
         overloaded = [r for r in replies if r[2] is not None]
         assert [r[1] for r in replies[:6]] == [4, 5, 6, 7, 8, 9]  # refused at once, before any decision
-        assert len(overloaded) == 6 and all(r[2][0] == OVERLOADED and "max_queued_rows=4" in r[2][1]
-                                            for r in overloaded)
+        assert len(overloaded) == 6 and all(
+            r[2][0] == OVERLOADED and "max_queued_rows=4" in r[2][1] for r in overloaded
+        )
         assert sorted(r[1] for r in replies if r[2] is None) == [0, 1, 2, 3]
         # the Python client raises a distinct, retryable error
         sock.sendall(b"".join(msgpack.packb([0, 20 + i, "act", ["duelist", "q", "n", OBS]]) for i in range(4)))
@@ -362,7 +369,9 @@ def test_pipelined_flushes_share_runs_and_reset_player_runs_off_the_event_loop(t
         assert read_reply(other)[1:] == [900, None, False]  # (ann had no adapter yet: nothing erased)
         replies = [read_reply(sock) for _ in range(50)]
         assert all(r[2] is None for r in replies) and sorted(r[1] for r in replies) == list(range(50))
-        assert calls.count("flush") == 2 and running.bridge.shared_runs["flush"].runs == 2  # one running, one for the other 49
+        assert (
+            calls.count("flush") == 2 and running.bridge.shared_runs["flush"].runs == 2
+        )  # one running, one for the other 49
 
 
 def test_one_pipelining_connection_does_not_hold_up_the_others(tmp_path):

@@ -33,9 +33,7 @@ def _rollout(env: gym.Env, seed: int, episodes: int, action_seed: int = 0) -> tu
         terminated = False
         while not terminated:
             obs_seq.append(obs)
-            obs, reward, terminated, truncated, _ = env.step(
-                int(actions.integers(env.action_space.n))
-            )
+            obs, reward, terminated, truncated, _ = env.step(int(actions.integers(env.action_space.n)))
             assert not truncated
             rewards.append(reward)
         obs_seq.append(obs)
@@ -127,9 +125,7 @@ def test_reset_option_switches_persona_and_keeps_it(env_id: str) -> None:
 
 @pytest.mark.parametrize("env_id", IDS)
 @pytest.mark.parametrize("episode_length", [8, 12])
-def test_situations_cover_observations_with_weights_summing_to_length(
-    env_id: str, episode_length: int
-) -> None:
+def test_situations_cover_observations_with_weights_summing_to_length(env_id: str, episode_length: int) -> None:
     env = gym.make(env_id, episode_length=episode_length).unwrapped
     situations = env.situations()
     weights = np.array([w for _, w in situations])
@@ -161,9 +157,7 @@ def test_situation_frequencies_match_weights(env_id: str) -> None:
         _, info = env.reset()
     per_context = (counts / episodes).reshape(env.episode_length, -1).mean(0)  # (C,)
     expected = env.model.context_probs
-    assert np.all(
-        np.abs(per_context - expected) < 4 * np.sqrt(expected / (episodes * env.episode_length))
-    )
+    assert np.all(np.abs(per_context - expected) < 4 * np.sqrt(expected / (episodes * env.episode_length)))
 
 
 @pytest.mark.parametrize("env_id", IDS)
@@ -179,9 +173,7 @@ def test_exact_returns_are_consistent(env_id: str) -> None:
     assert np.ptp(noise) == 0.0 and noise.shape == (S, A)
     uniform = np.full((S, A), 1.0 / A)
     assert env.oracle_return("noise") == pytest.approx(env.expected_return("noise", uniform))
-    assert env.noise_mean * env.episode_length == pytest.approx(
-        env.expected_return("average", uniform)
-    )
+    assert env.noise_mean * env.episode_length == pytest.approx(env.expected_return("average", uniform))
     low, high = env.return_range()
     for p in module.PERSONAS:
         assert low <= env.expected_return(p, uniform) < env.oracle_return(p) <= high
@@ -214,9 +206,7 @@ def _monte_carlo_return(env, persona: str, probs: np.ndarray, episodes: int, see
         total = 0.0
         for t in range(env.episode_length):
             row = cdf[index[obs.tobytes()]]
-            action = min(
-                int(np.searchsorted(row, uniforms[e, t] * row[-1], side="right")), len(row) - 1
-            )
+            action = min(int(np.searchsorted(row, uniforms[e, t] * row[-1], side="right")), len(row) - 1)
             obs, reward, _, _, _ = env.step(action)
             total += reward
         returns[e] = total

@@ -52,8 +52,22 @@ def test_same_seed_same_report(tmp_path):
 
 def test_sim_command_writes_report_plot_and_recording(tmp_path, capsys):
     out, data = tmp_path / "out", tmp_path / "data"
-    rc = main(["sim", "--env", "npcadapt/Companion-v0", "--players", "10", "--episodes", "8",
-               "--data", str(data), "--out", str(out), "--quiet"])
+    rc = main(
+        [
+            "sim",
+            "--env",
+            "npcadapt/Companion-v0",
+            "--players",
+            "10",
+            "--episodes",
+            "8",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "potion_lover" in text and "mean gain" in text
@@ -69,8 +83,24 @@ def test_sim_command_writes_report_plot_and_recording(tmp_path, capsys):
 
 
 def test_sim_without_adaptation_stays_at_base(tmp_path, capsys):
-    rc = main(["sim", "--players", "10", "--episodes", "4", "--no-adapt", "--no-record", "--switch-players", "0",
-               "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--quiet"])
+    rc = main(
+        [
+            "sim",
+            "--players",
+            "10",
+            "--episodes",
+            "4",
+            "--no-adapt",
+            "--no-record",
+            "--switch-players",
+            "0",
+            "--data",
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert rc == 0
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     for p in report["personas"].values():
@@ -82,13 +112,32 @@ def test_bench_adapt_reports_lora_and_full_finetune(tmp_path):
     from npcadapt.training.online import OnlineConfig
 
     # without the validation gate so that 8 episodes already move the served policies
-    result = run("npcadapt/Duel-v0", players_per_persona=1, episodes=8, seed=0, control_players=2,
-                 heldout_players=1, switch_players=1, switch_at=4, config=OnlineConfig(validation_gate=False),
-                 out=tmp_path)
+    result = run(
+        "npcadapt/Duel-v0",
+        players_per_persona=1,
+        episodes=8,
+        seed=0,
+        control_players=2,
+        heldout_players=1,
+        switch_players=1,
+        switch_at=4,
+        config=OnlineConfig(validation_gate=False),
+        out=tmp_path,
+    )
     # 1 per named persona, 2 average, 2 noise, 1 per held-out persona, 1 per switch pair
     assert result["players"] == 8 + 2 + 2 + 2 + 2
-    assert set(result) >= {"checkpoints", "gain_at", "baselines", "heldout_gain_at", "switch_recovery_episodes",
-                           "play_return_vs_base", "noise_kl", "lora_vs_full", "mean_gain", "seconds"}
+    assert set(result) >= {
+        "checkpoints",
+        "gain_at",
+        "baselines",
+        "heldout_gain_at",
+        "switch_recovery_episodes",
+        "play_return_vs_base",
+        "noise_kl",
+        "lora_vs_full",
+        "mean_gain",
+        "seconds",
+    }
     assert result["checkpoints"] == [5, 8]
     assert set(result["gain_at"]) == set(result["heldout_gain_at"]) == {"5", "8"}
     assert result["gain_at"]["8"] == result["mean_gain"]
@@ -101,7 +150,9 @@ def test_bench_adapt_reports_lora_and_full_finetune(tmp_path):
     cross = result["cross_archetype"]  # players who met the skirmisher first, against fresh ones
     assert cross["source"] == "npcadapt/Skirmish-v0" and result["cross_archetype_gain_at_5"] == cross["gain_at_5"]
     assert cross["gain_at_5"] == pytest.approx(cross["warm_gain_at"]["5"] - cross["fresh_gain_at"]["5"], abs=1e-4)
-    assert cross["fresh_gain_at"]["1"] == 0.0 < cross["warm_gain_at"]["1"]  # a fresh player's first update serves the base
+    assert (
+        cross["fresh_gain_at"]["1"] == 0.0 < cross["warm_gain_at"]["1"]
+    )  # a fresh player's first update serves the base
     assert 0 < result["adapter_param_fraction"] < 0.5
     p = result["personas"]["turtle"]
     assert set(p) >= {"base_return", "adapted_return", "oracle_return", "full_ft_return", "gain", "kl_to_base"}
@@ -122,10 +173,39 @@ def test_bench_inference_prints_one_json_line(capsys):
 
 
 def test_train_base_command_on_a_user_archetype(tmp_path, capsys):
-    assert main(["archetype", "init", "pole", "--obs", "state:4", "--actions", "left,right",
-                 "--dir", str(tmp_path), "--hidden", "16,16"]) == 0
-    rc = main(["train", "base", "--archetype", "pole", "--archetypes", str(tmp_path),
-               "--env", "CartPole-v1", "--steps", "4096", "--quiet"])
+    assert (
+        main(
+            [
+                "archetype",
+                "init",
+                "pole",
+                "--obs",
+                "state:4",
+                "--actions",
+                "left,right",
+                "--dir",
+                str(tmp_path),
+                "--hidden",
+                "16,16",
+            ]
+        )
+        == 0
+    )
+    rc = main(
+        [
+            "train",
+            "base",
+            "--archetype",
+            "pole",
+            "--archetypes",
+            str(tmp_path),
+            "--env",
+            "CartPole-v1",
+            "--steps",
+            "4096",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert "new version" in capsys.readouterr().out
     assert (tmp_path / "pole" / "train_result.json").is_file()
@@ -138,10 +218,30 @@ def test_cli_errors_are_clear(capsys):
 
 def test_sim_gate_holds_the_base_until_there_is_evidence_and_no_gate_serves_at_once(tmp_path, capsys):
     """The PPO trainer's gate (archetypes without a population prior; --no-prior forces it)."""
+
     def returns(*flags):
         out = tmp_path / "-".join(flags or ("gated",))
-        rc = main(["sim", "--players", "10", "--episodes", "8", "--no-record", "--data", str(out / "d"), "--no-prior",
-                   "--out", str(out), "--quiet", "--heldout-players", "0", "--switch-players", "0", *flags])
+        rc = main(
+            [
+                "sim",
+                "--players",
+                "10",
+                "--episodes",
+                "8",
+                "--no-record",
+                "--data",
+                str(out / "d"),
+                "--no-prior",
+                "--out",
+                str(out),
+                "--quiet",
+                "--heldout-players",
+                "0",
+                "--switch-players",
+                "0",
+                *flags,
+            ]
+        )
         assert rc == 0
         return json.loads((out / "report.json").read_text())["personas"]
 
@@ -152,18 +252,35 @@ def test_sim_gate_holds_the_base_until_there_is_evidence_and_no_gate_serves_at_o
 
 
 def test_online_settings_parse_by_field_type_and_name_what_is_wrong():
-    config = npcadapt.OnlineConfig().with_settings(["epochs=8", "validation_gate=false", "kl-bound=2.5",
-                                                     "adam_betas=0.8,0.99"])
+    config = npcadapt.OnlineConfig().with_settings(
+        ["epochs=8", "validation_gate=false", "kl-bound=2.5", "adam_betas=0.8,0.99"]
+    )
     assert (config.epochs, config.validation_gate, config.kl_bound, config.adam_betas) == (8, False, 2.5, (0.8, 0.99))
-    with pytest.raises(ValueError, match="'epoch=3'.*epochs"):
+    with pytest.raises(ValueError, match=r"'epoch=3'.*epochs"):
         npcadapt.OnlineConfig().with_settings(["epoch=3"])
     with pytest.raises(ValueError, match="'validation_gate=maybe'"):
         npcadapt.OnlineConfig().with_settings(["validation_gate=maybe"])
 
 
 def test_bench_adapt_lora_only_with_settings(tmp_path, capsys):
-    rc = main(["bench", "adapt", "--episodes", "8", "--players-per-persona", "1", "--lora-only", "--no-baselines",
-               "--set", "validation_gate=false", "--set", "epochs=2", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "bench",
+            "adapt",
+            "--episodes",
+            "8",
+            "--players-per-persona",
+            "1",
+            "--lora-only",
+            "--no-baselines",
+            "--set",
+            "validation_gate=false",
+            "--set",
+            "epochs=2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["full_ft_mean_gain"] is None and result["lora_vs_full"] is None and result["baselines"] == {}
@@ -182,8 +299,18 @@ def test_inconsistent_gate_settings_are_refused():
 
 def test_heldout_and_switching_players_are_reported_separately(tmp_path):
     svc = npcadapt.open(tmp_path, seed=0, record=False)
-    report = run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=10, episodes=8, seed=0, train=False,
-                            heldout_players=1, switch_players=2, switch_at=3)
+    report = run_simulation(
+        svc,
+        "npcadapt/Duel-v0",
+        "duelist",
+        players=10,
+        episodes=8,
+        seed=0,
+        train=False,
+        heldout_players=1,
+        switch_players=2,
+        switch_at=3,
+    )
     svc.close()
     personas = report["personas"]
     kinds = {name: p["kind"] for name, p in personas.items()}
@@ -226,10 +353,32 @@ def test_recovery_counts_episodes_of_the_new_style_until_the_gain_is_back():
 def test_bench_adapt_reports_every_key_on_the_continuous_and_sequential_envs(env_id, tmp_path):
     from npcadapt.bench.adapt import run
 
-    result = run(env_id, players_per_persona=1, episodes=6, seed=0, control_players=1, heldout_players=1,
-                 switch_players=1, switch_at=3, full_finetune=False, cross_archetype=False, out=tmp_path)
-    for key in ("checkpoints", "gain_at", "baselines", "heldout_gain_at", "switch_recovery_episodes",
-                "play_return_vs_base", "noise_kl", "lora_vs_full", "mean_gain", "seconds", "plot"):
+    result = run(
+        env_id,
+        players_per_persona=1,
+        episodes=6,
+        seed=0,
+        control_players=1,
+        heldout_players=1,
+        switch_players=1,
+        switch_at=3,
+        full_finetune=False,
+        cross_archetype=False,
+        out=tmp_path,
+    )
+    for key in (
+        "checkpoints",
+        "gain_at",
+        "baselines",
+        "heldout_gain_at",
+        "switch_recovery_episodes",
+        "play_return_vs_base",
+        "noise_kl",
+        "lora_vs_full",
+        "mean_gain",
+        "seconds",
+        "plot",
+    ):
         assert key in result
     assert result["checkpoints"] == [5, 6] and set(result["gain_at"]) == {"5", "6"}
     # a table needs discrete situations: Skirmish's are continuous, so only NeuralLinear runs there

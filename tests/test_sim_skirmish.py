@@ -7,21 +7,21 @@ import os
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
-import itertools  # noqa: E402
-import tomllib  # noqa: E402
-from pathlib import Path  # noqa: E402
+import itertools
+import tomllib
+from pathlib import Path
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from gymnasium.utils.env_checker import check_env  # noqa: E402
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
 
-import sim  # noqa: E402, F401  (registers the envs)
-from npcadapt.archetypes import load_archetype  # noqa: E402
-from npcadapt.simulation import Evaluator  # noqa: E402
-from sim import skirmish  # noqa: E402
-from sim.errors import SimError  # noqa: E402
+import sim  # noqa: F401  (registers the envs)
+from npcadapt.archetypes import load_archetype
+from npcadapt.simulation import Evaluator
+from sim import skirmish
+from sim.errors import SimError
 
 ENV_ID = "npcadapt/Skirmish-v0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,8 +120,7 @@ def test_same_seed_and_actions_give_identical_episodes() -> None:
 
 def test_observations_do_not_depend_on_persona() -> None:
     runs = {
-        p: _rollout(gym.make(ENV_ID, persona=p), seed=3, episodes=4)
-        for p in (NAMED[0], NAMED[-1], "average", "noise")
+        p: _rollout(gym.make(ENV_ID, persona=p), seed=3, episodes=4) for p in (NAMED[0], NAMED[-1], "average", "noise")
     }
     first = next(iter(runs.values()))
     for obs_seq, _ in runs.values():
@@ -211,15 +210,11 @@ def test_exact_returns_are_consistent(env) -> None:
         for probs in rng.dirichlet(np.full(A, 0.5), size=(3, S)):
             assert env.worst_return(persona) <= env.expected_return(persona, probs)
             assert env.expected_return(persona, probs) <= env.oracle_return(persona)
-    assert env.oracle_return("average") == pytest.approx(
-        env.expected_return("average", env.population_best_probs())
-    )
+    assert env.oracle_return("average") == pytest.approx(env.expected_return("average", env.population_best_probs()))
     uniform = np.full((S, A), 1.0 / A)
     noise = env.expected_rewards("noise")
     assert np.ptp(noise) == 0.0 and noise.shape == (S, A)
-    assert env.noise_mean * env.episode_length == pytest.approx(
-        env.expected_return("average", uniform)
-    )
+    assert env.noise_mean * env.episode_length == pytest.approx(env.expected_return("average", uniform))
     low, high = env.return_range()
     for p in skirmish.PERSONAS:
         assert low <= env.expected_return(p, uniform) < env.oracle_return(p) <= high
@@ -247,6 +242,7 @@ def test_monte_carlo_matches_expected_return(big_sample, persona: str) -> None:
 def test_noise_rewards_ignore_the_npc() -> None:
     env = gym.make(ENV_ID, persona="noise").unwrapped
     for action in (0, 7):
+
         def policy(obs: np.ndarray, a: int = action) -> np.ndarray:
             return np.eye(8)[[a]]
 

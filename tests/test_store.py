@@ -14,6 +14,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from npcadapt.adapter_meta import AdapterMeta, AdapterSpec, player_key, validate_archetype_name, validate_player_id
 from npcadapt.errors import (
     AdapterMismatchError,
     ArchetypeError,
@@ -22,7 +23,6 @@ from npcadapt.errors import (
     PlayerIdError,
     StoreError,
 )
-from npcadapt.adapter_meta import AdapterMeta, AdapterSpec, player_key, validate_archetype_name, validate_player_id
 from npcadapt.store import AdapterStore
 
 ARCH = "duelist"
@@ -38,15 +38,26 @@ SHAPES = {
 SPEC = AdapterSpec(ARCH, BASE, 8, SHAPES)
 
 ACCEPTED_IDS = [
-    "../x", "/etc/passwd", "a/b", "..", ".", "a\x00b",
-    "a" * 256, "é" * 128,                      # exactly 256 UTF-8 bytes
-    "admin", "\u0430dmin",                      # Latin vs Cyrillic 'a'
-    "Bob", "bob", "BOB",
-    "caf\u00e9", "cafe\u0301",                 # NFC vs NFD
-    "🙂", "C:\\windows\\x", "a.safetensors.tmp",
+    "../x",
+    "/etc/passwd",
+    "a/b",
+    "..",
+    ".",
+    "a\x00b",
+    "a" * 256,
+    "é" * 128,  # exactly 256 UTF-8 bytes
+    "admin",
+    "\u0430dmin",  # Latin vs Cyrillic 'a'
+    "Bob",
+    "bob",
+    "BOB",
+    "caf\u00e9",
+    "cafe\u0301",  # NFC vs NFD
+    "🙂",
+    "C:\\windows\\x",
+    "a.safetensors.tmp",
 ]
-REFUSED_IDS = ["", "x" * 10_000, "a" * 257, "é" * 128 + "a", "\ud800", "ok\udfff",
-               b"bob", 42, None, ["bob"]]
+REFUSED_IDS = ["", "x" * 10_000, "a" * 257, "é" * 128 + "a", "\ud800", "ok\udfff", b"bob", 42, None, ["bob"]]
 
 
 def tensors_for(seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -55,9 +66,19 @@ def tensors_for(seed: int, dtype: torch.dtype = torch.float32) -> dict[str, torc
 
 
 def meta_for(player: str, **kw) -> AdapterMeta:
-    fields = dict(archetype=ARCH, player=player, base_hash=BASE, rank=8, alpha=16.0,
-                  rslora=False, version=1, updates=3, created=1_700_000_000.25,
-                  updated=1_700_000_100.5, dtype="float32")
+    fields = dict(
+        archetype=ARCH,
+        player=player,
+        base_hash=BASE,
+        rank=8,
+        alpha=16.0,
+        rslora=False,
+        version=1,
+        updates=3,
+        created=1_700_000_000.25,
+        updated=1_700_000_100.5,
+        dtype="float32",
+    )
     fields.update(kw)
     return AdapterMeta(**fields)
 
@@ -112,8 +133,7 @@ def test_player_id_error_messages_are_concrete() -> None:
         validate_player_id(b"x")
 
 
-@pytest.mark.parametrize("bad", ["Duelist", "1duelist", "", "a" * 65, "a/b", "../x", "du elist",
-                                 "duelist\n", None, 3])
+@pytest.mark.parametrize("bad", ["Duelist", "1duelist", "", "a" * 65, "a/b", "../x", "du elist", "duelist\n", None, 3])
 def test_bad_archetype_names_refused(bad: object, store: AdapterStore) -> None:
     with pytest.raises(ArchetypeError):
         validate_archetype_name(bad)
@@ -156,9 +176,17 @@ def test_metadata_round_trip_and_bad_fields() -> None:
     assert md["format"] == "npcadapt-adapter/1"
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in md.items())
     assert AdapterMeta.from_metadata(md) == meta
-    for field, value in [("rank", "8.0"), ("rank", "-1"), ("rslora", "True"), ("alpha", "nan"),
-                         ("created", "soon"), ("dtype", "int32"), ("format", "other/1"),
-                         ("archetype", "Bad Name"), ("player", "")]:
+    for field, value in [
+        ("rank", "8.0"),
+        ("rank", "-1"),
+        ("rslora", "True"),
+        ("alpha", "nan"),
+        ("created", "soon"),
+        ("dtype", "int32"),
+        ("format", "other/1"),
+        ("archetype", "Bad Name"),
+        ("player", ""),
+    ]:
         with pytest.raises(ValueError, match=field):
             AdapterMeta.from_metadata({**md, field: value})
     for field in md:
@@ -224,8 +252,7 @@ def _inject(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
 
     def fsync(fd):
         is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
-        if (step == "fsync_file" and not is_dir and _fd_path(fd).endswith(".tmp")) or (
-                step == "fsync_dir" and is_dir):
+        if (step == "fsync_file" and not is_dir and _fd_path(fd).endswith(".tmp")) or (step == "fsync_dir" and is_dir):
             raise OSError(errno.EIO, "Input/output error")
         return real_fsync(fd)
 
@@ -237,18 +264,28 @@ def _inject(monkeypatch: pytest.MonkeyPatch, step: str) -> None:
             raise OSError(errno.EROFS, "Read-only file system")
         return real_open(path, flags, mode, **kw)
 
-    {"open": lambda: monkeypatch.setattr(os, "open", open_),
-     "write": lambda: monkeypatch.setattr(os, "write", write),
-     "fsync_file": lambda: monkeypatch.setattr(os, "fsync", fsync),
-     "fsync_dir": lambda: monkeypatch.setattr(os, "fsync", fsync),
-     "replace": lambda: monkeypatch.setattr(os, "replace", replace)}[step]()
+    {
+        "open": lambda: monkeypatch.setattr(os, "open", open_),
+        "write": lambda: monkeypatch.setattr(os, "write", write),
+        "fsync_file": lambda: monkeypatch.setattr(os, "fsync", fsync),
+        "fsync_dir": lambda: monkeypatch.setattr(os, "fsync", fsync),
+        "replace": lambda: monkeypatch.setattr(os, "replace", replace),
+    }[step]()
 
 
-@pytest.mark.parametrize("step,reason", [
-    ("open", "read-only file system"), ("write", "disk full"), ("fsync_file", "I/O error"),
-    ("replace", "permission denied"), ("fsync_dir", "I/O error")])
-def test_failed_save_keeps_old_version(store: AdapterStore, monkeypatch: pytest.MonkeyPatch,
-                                       step: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "step,reason",
+    [
+        ("open", "read-only file system"),
+        ("write", "disk full"),
+        ("fsync_file", "I/O error"),
+        ("replace", "permission denied"),
+        ("fsync_dir", "I/O error"),
+    ],
+)
+def test_failed_save_keeps_old_version(
+    store: AdapterStore, monkeypatch: pytest.MonkeyPatch, step: str, reason: str
+) -> None:
     player = "crash/../victim"
     old, new = tensors_for(10), tensors_for(11)
     path = store.save(old, meta_for(player, version=1))
@@ -301,35 +338,47 @@ def _truncated(player: str, where) -> bytes:
 
 
 CORRUPT = {
-    "random_bytes": (lambda p: torch.randint(0, 256, (20_000,), generator=torch.Generator()
-                                             .manual_seed(5), dtype=torch.uint8).numpy().tobytes(),
-                     "not a valid safetensors file"),
+    "random_bytes": (
+        lambda p: (
+            torch.randint(0, 256, (20_000,), generator=torch.Generator().manual_seed(5), dtype=torch.uint8)
+            .numpy()
+            .tobytes()
+        ),
+        "not a valid safetensors file",
+    ),
     "empty": (lambda p: b"", "not a valid safetensors file"),
     "cut_in_length": (lambda p: _truncated(p, lambda d: 5), "not a valid safetensors file"),
-    "cut_in_header": (lambda p: _truncated(p, lambda d: 8 + _header_len(d) // 2),
-                      "not a valid safetensors file"),
-    "cut_after_header": (lambda p: _truncated(p, lambda d: 8 + _header_len(d)),
-                         "not a valid safetensors file"),
+    "cut_in_header": (lambda p: _truncated(p, lambda d: 8 + _header_len(d) // 2), "not a valid safetensors file"),
+    "cut_after_header": (lambda p: _truncated(p, lambda d: 8 + _header_len(d)), "not a valid safetensors file"),
     "cut_in_data": (lambda p: _truncated(p, lambda d: len(d) // 2), "not a valid safetensors file"),
-    "cut_last_byte": (lambda p: _truncated(p, lambda d: len(d) - 1),
-                      "not a valid safetensors file"),
+    "cut_last_byte": (lambda p: _truncated(p, lambda d: len(d) - 1), "not a valid safetensors file"),
     "no_metadata": (lambda p: safetensors.torch.save(tensors_for(1)), "format"),
     "missing_field": (lambda p: _without_field(p, "updates"), "missing field(s) ['updates']"),
-    "nan": (lambda p: _with_tensors(p, lambda t: t["actor.2.lora_A"].view(-1).__setitem__(
-        7, float("nan"))), "['actor.2.lora_A'] have non-finite"),
-    "inf": (lambda p: _with_tensors(p, lambda t: t["actor.0.lora_B"].view(-1).__setitem__(
-        0, float("-inf"))), "non-finite"),
-    "wrong_shape": (lambda p: _with_tensors(p, lambda t: t.update(
-        {"actor.1.lora_A": torch.zeros(8, 127)})), "has shape (8, 127), expected (8, 128)"),
-    "missing_tensor": (lambda p: _with_tensors(p, lambda t: t.pop("actor.2.lora_B")),
-                       "['actor.2.lora_B'] missing"),
-    "extra_tensor": (lambda p: _with_tensors(p, lambda t: t.update({"critic.x": torch.zeros(2)})),
-                     "unexpected tensor(s) ['critic.x']"),
-    "int32": (lambda p: _with_tensors(p, lambda t: t.update(
-        {"actor.0.lora_A": torch.zeros(8, 64, dtype=torch.int32)})), "dtype torch.int32"),
-    "dtype_vs_meta": (lambda p: safetensors.torch.save(tensors_for(1, torch.float16),
-                                                       meta_for(p).to_metadata()),
-                      "dtype torch.float16, metadata says float32"),
+    "nan": (
+        lambda p: _with_tensors(p, lambda t: t["actor.2.lora_A"].view(-1).__setitem__(7, float("nan"))),
+        "['actor.2.lora_A'] have non-finite",
+    ),
+    "inf": (
+        lambda p: _with_tensors(p, lambda t: t["actor.0.lora_B"].view(-1).__setitem__(0, float("-inf"))),
+        "non-finite",
+    ),
+    "wrong_shape": (
+        lambda p: _with_tensors(p, lambda t: t.update({"actor.1.lora_A": torch.zeros(8, 127)})),
+        "has shape (8, 127), expected (8, 128)",
+    ),
+    "missing_tensor": (lambda p: _with_tensors(p, lambda t: t.pop("actor.2.lora_B")), "['actor.2.lora_B'] missing"),
+    "extra_tensor": (
+        lambda p: _with_tensors(p, lambda t: t.update({"critic.x": torch.zeros(2)})),
+        "unexpected tensor(s) ['critic.x']",
+    ),
+    "int32": (
+        lambda p: _with_tensors(p, lambda t: t.update({"actor.0.lora_A": torch.zeros(8, 64, dtype=torch.int32)})),
+        "dtype torch.int32",
+    ),
+    "dtype_vs_meta": (
+        lambda p: safetensors.torch.save(tensors_for(1, torch.float16), meta_for(p).to_metadata()),
+        "dtype torch.float16, metadata says float32",
+    ),
     "rank": (lambda p: _valid_bytes(p, rank=4), "metadata rank is 4"),
     "other_player": (lambda p: _valid_bytes("someone else"), "not " + repr("mallory/../0")),
     "other_archetype": (lambda p: _valid_bytes(p, archetype="companion"), "expected 'duelist'"),
@@ -398,8 +447,7 @@ def test_read_meta_reads_only_the_header(store: AdapterStore) -> None:
 # -- listing, deletion, cleanup, threads --------------------------------------------------
 
 
-def test_players_skips_unreadable_and_misplaced(store: AdapterStore,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_players_skips_unreadable_and_misplaced(store: AdapterStore, caplog: pytest.LogCaptureFixture) -> None:
     store.save(tensors_for(60), meta_for("good"))
     junk = store.path_for(ARCH, "junk")
     junk.parent.mkdir(parents=True, exist_ok=True)
@@ -449,11 +497,10 @@ def test_concurrent_saves_and_loads(store: AdapterStore) -> None:
                 assert_same(got, tensors_for(v))
                 got, meta = store.load(SPEC, "shared")
                 assert_same(got, shared_versions[meta.version])
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+        except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(f"t{i}", range(1 + 20 * i, 21 + 20 * i)))
-               for i in range(2)]
+    threads = [threading.Thread(target=worker, args=(f"t{i}", range(1 + 20 * i, 21 + 20 * i))) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:

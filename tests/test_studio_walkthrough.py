@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from bridge_helpers import RunningBridge
+
 from npcadapt.cli import main
 from npcadapt.client import Client
 from npcadapt.server import ServerConfig
@@ -15,8 +15,24 @@ from npcadapt.server import ServerConfig
 def test_define_record_train_serve(tmp_path, capsys):
     archetypes, data = tmp_path / "archetypes", tmp_path / "data"
     # 1. define the archetype of the studio's game
-    assert main(["archetype", "init", "guard", "--obs", "player_distance:1,player_armed:1,alarm:1",
-                 "--actions", "patrol,warn,chase,call_help", "--dir", str(archetypes), "--hidden", "32,32"]) == 0
+    assert (
+        main(
+            [
+                "archetype",
+                "init",
+                "guard",
+                "--obs",
+                "player_distance:1,player_armed:1,alarm:1",
+                "--actions",
+                "patrol,warn,chase,call_help",
+                "--dir",
+                str(archetypes),
+                "--hidden",
+                "32,32",
+            ]
+        )
+        == 0
+    )
     # 2. record sessions through the bridge: this "game" rewards warning unarmed players, calling help on armed ones
     rng = np.random.default_rng(0)
     with (
@@ -32,12 +48,41 @@ def test_define_record_train_serve(tmp_path, capsys):
                 c.feedback(f"player-{episode % 6}", "gate-guard", 1.0 if good else 0.0, t == 4)
         c.flush()
     # 3. train the base from those recordings, then fit every player's adapter
-    assert main(["train", "base", "--archetype", "guard", "--archetypes", str(archetypes), "--logs", str(data / "logs"),
-                 "--top", "0.3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "base",
+                "--archetype",
+                "guard",
+                "--archetypes",
+                str(archetypes),
+                "--logs",
+                str(data / "logs"),
+                "--top",
+                "0.3",
+            ]
+        )
+        == 0
+    )
     result = json.loads((archetypes / "guard" / "train_result.json").read_text())
     assert result["kept_mean_return"] > result["all_mean_return"]
-    assert main(["train", "adapters", "--logs", str(data / "logs"), "--archetypes", str(archetypes), "--epochs", "3",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "adapters",
+                "--logs",
+                str(data / "logs"),
+                "--archetypes",
+                str(archetypes),
+                "--epochs",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     # 4. serve with per-player adaptation: the refreshed base prefers the rewarded actions
     with (
         RunningBridge(data, ServerConfig(port=0), archetype_dirs=[archetypes]) as running,

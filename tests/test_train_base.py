@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -26,7 +27,7 @@ class MaskedEnv(gym.Env):
 
     observation_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
     action_space = gym.spaces.Discrete(3)
-    taken: list[int] = []
+    taken: ClassVar[list[int]] = []
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
@@ -59,7 +60,9 @@ def test_same_seed_gives_identical_weights_and_other_seed_differs(tmp_path):
     hashes, states = [], []
     for run, seed in enumerate((7, 7, 8)):
         _pole(tmp_path / f"run{run}")
-        result = train_base(tmp_path / f"run{run}", BaseTrainConfig("CartPole-v1", total_steps=2_000, seed=seed, **SHORT))
+        result = train_base(
+            tmp_path / f"run{run}", BaseTrainConfig("CartPole-v1", total_steps=2_000, seed=seed, **SHORT)
+        )
         hashes.append(result.archetype.base_hash)
         states.append(result.archetype.policy.state_dict())
         assert result.steps == 2_048
@@ -102,8 +105,9 @@ def test_artefacts_written_beside_weights(tmp_path):
 
 def test_module_class_env_and_fresh_init(tmp_path):
     before = _pole(tmp_path / "pole")
-    cfg = BaseTrainConfig("gymnasium.envs.classic_control.cartpole:CartPoleEnv", total_steps=512,
-                          init_from_current=False, seed=5, **SHORT)
+    cfg = BaseTrainConfig(
+        "gymnasium.envs.classic_control.cartpole:CartPoleEnv", total_steps=512, init_from_current=False, seed=5, **SHORT
+    )
     result = train_base(tmp_path / "pole", cfg)
     assert result.steps == 512 and result.archetype.base_hash != before.base_hash
     assert np.isfinite(result.final_return) and result.final_return > 0
@@ -117,11 +121,15 @@ def test_action_mask_is_honoured(tmp_path):
     train_base(arch.directory, BaseTrainConfig(f"{__name__}:MaskedEnv", total_steps=512, **SHORT))
     assert len(MaskedEnv.taken) == 512 and 0 not in MaskedEnv.taken and {1, 2} <= set(MaskedEnv.taken)
     MaskedEnv.taken.clear()
-    assert evaluate_policy(load_archetype(arch.directory).policy, f"{__name__}:MaskedEnv", {}, episodes=5, seed=0) == 0.0
+    assert (
+        evaluate_policy(load_archetype(arch.directory).policy, f"{__name__}:MaskedEnv", {}, episodes=5, seed=0) == 0.0
+    )
     assert len(MaskedEnv.taken) == 40 and 0 not in MaskedEnv.taken
 
 
-@pytest.mark.parametrize("bad", [dict(num_minibatches=3), dict(gamma=1.5), dict(total_steps=0), dict(env_kwargs={"x": None})])
+@pytest.mark.parametrize(
+    "bad", [dict(num_minibatches=3), dict(gamma=1.5), dict(total_steps=0), dict(env_kwargs={"x": None})]
+)
 def test_bad_config_is_refused(bad):
     with pytest.raises(InvalidInputError, match=next(iter(bad))):
         BaseTrainConfig("CartPole-v1", **{**SHORT, **bad})

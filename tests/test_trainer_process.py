@@ -277,8 +277,18 @@ def test_the_codec_carries_a_new_players_missing_adapter(tmp_path, arch_root):
     from npcadapt.training.trainer_process import decode_items, encode_items
 
     arch = load_archetype(arch_root / "tiny")
-    ep = Episode("tiny", "ann", "n", obs=[np.zeros(6, np.float32)], mask=[None], action=[1], logp=[-1.0],
-                 value=[0.0], reward=[1.0], decision=[7])
+    ep = Episode(
+        "tiny",
+        "ann",
+        "n",
+        obs=[np.zeros(6, np.float32)],
+        mask=[None],
+        action=[1],
+        logp=[-1.0],
+        value=[0.0],
+        reward=[1.0],
+        decision=[7],
+    )
     known = torch.arange(3, dtype=torch.float32)
     decoded = decode_items(arch, encode_items([PlayerUpdate("ann", None, [ep]), PlayerUpdate("bob", known, [ep])]))
     assert decoded[0].params is None and torch.equal(decoded[1].params, known)

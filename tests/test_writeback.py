@@ -76,7 +76,7 @@ def test_many_players_through_a_tiny_bank_under_concurrent_training(tmp_path, ar
                 eng.put_adapter_rows("tiny", chosen, flats, updates=1)
                 for player, row in zip(chosen, flats):
                     last[player], installs[player] = row, installs.get(player, 0) + 1
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=trainer, name="test-trainer")
@@ -98,8 +98,10 @@ def test_many_players_through_a_tiny_bank_under_concurrent_training(tmp_path, ar
     assert store.saves and {name for name, _ in store.saves} == {"npcadapt-writeback"}
     assert not any(held for _, held in store.saves)  # no write ever ran under a bank lock
     under_lock = sum(held for _, held in store.loads)
-    print(f"{decisions} batches, {len(store.saves)} writes, {len(store.loads)} file reads, "
-          f"{under_lock} of them under the lock; {stats['locked_loads']} loads under the lock")
+    print(
+        f"{decisions} batches, {len(store.saves)} writes, {len(store.loads)} file reads, "
+        f"{under_lock} of them under the lock; {stats['locked_loads']} loads under the lock"
+    )
 
     again = Engine(tmp_path / "d", archetype_dirs=[arch_root], capacity=4)
     for player in players:
@@ -162,7 +164,7 @@ def test_a_failed_write_stays_pending_and_served_and_flush_reports_it(tmp_path, 
     store.fail = StoreError("could not save adapter: disk full [ENOSPC]")
     eng.put_adapter_row("tiny", "ann", flat(eng, 1))
     eng.put_adapter_row("tiny", "bob", flat(eng, 2))  # evicts ann; her write fails
-    with pytest.raises(StoreError, match="2 adapter write.*disk full"):
+    with pytest.raises(StoreError, match=r"2 adapter write.*disk full"):
         eng.flush()  # ann's write and bob's: both fail
     stats = eng.stats()
     assert stats["writeback_pending"] == 2 and stats["writeback_failing"] == 2
@@ -203,7 +205,7 @@ def test_close_names_the_adapters_it_could_not_write_and_never_hangs_on_a_stalle
     eng, store = watched_engine(tmp_path / "d", arch_root, capacity=4)
     eng.put_adapter_row("tiny", "ann", flat(eng, 1))
     store.gate.clear()  # the disk stalls: the write of ann never finishes
-    with pytest.raises(StoreError, match="still pending after 0.3 s.*ann"), caplog.at_level("ERROR"):
+    with pytest.raises(StoreError, match=r"still pending after 0\.3 s.*ann"), caplog.at_level("ERROR"):
         eng.close(timeout=0.3)
     assert "not written to disk (lost)" in caplog.text and "tiny/ann" in caplog.text
     store.gate.set()

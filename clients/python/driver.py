@@ -85,7 +85,7 @@ def encode(kind: str, value: str) -> bytes:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(math.ceil(q * len(ordered))) - 1)]
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 def bench(client: Client, seq: int, pipe: int, codec: int, archetype: str, player: str, npc: str) -> dict:
@@ -200,7 +200,7 @@ def main() -> int:
             answer = {"ok": True, "result": jsonable(run(client, tokens))}
         except RemoteError as exc:
             answer = {"ok": False, "code": exc.code, "message": exc.message, "retryable": exc.retryable}
-        except Exception as exc:  # noqa: BLE001 (any client-side failure is reported as code -1)
+        except Exception as exc:
             answer = {"ok": False, "code": -1, "message": f"{type(exc).__name__}: {exc}", "retryable": False}
         print(json.dumps(answer), flush=True)
     client.close()

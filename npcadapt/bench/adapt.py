@@ -29,9 +29,13 @@ from .full_finetune import FullFinetuneHost
 
 CHECKPOINTS = (5, 10, 20, 40, 80, 200)
 # where a player met NPCs before reaching each env, for the cross-archetype warm start
-WARM_SOURCE = {"npcadapt/Duel-v0": "npcadapt/Skirmish-v0", "npcadapt/Skirmish-v0": "npcadapt/Duel-v0",
-               "npcadapt/Merchant-v0": "npcadapt/Haggle-v0", "npcadapt/Haggle-v0": "npcadapt/Merchant-v0",
-               "npcadapt/Companion-v0": "npcadapt/Duel-v0"}
+WARM_SOURCE = {
+    "npcadapt/Duel-v0": "npcadapt/Skirmish-v0",
+    "npcadapt/Skirmish-v0": "npcadapt/Duel-v0",
+    "npcadapt/Merchant-v0": "npcadapt/Haggle-v0",
+    "npcadapt/Haggle-v0": "npcadapt/Merchant-v0",
+    "npcadapt/Companion-v0": "npcadapt/Duel-v0",
+}
 WARM_EPISODES = 20  # episodes played with the source archetype first
 SEQUENTIAL_GAMMA = 0.9  # the baselines' reward-to-go discount on envs whose actions change the next state
 
@@ -66,16 +70,30 @@ def baseline_hosts(env, policy, seed: int) -> dict[str, TableThompsonHost | Neur
     """The baselines that apply to `env`, keyed by the name the report uses."""
     gamma = SEQUENTIAL_GAMMA if env.SEQUENTIAL else 0.0
     hosts: dict[str, TableThompsonHost | NeuralLinearHost] = {
-        "neural_linear_thompson": NeuralLinearHost(policy, replace(NEURAL_LINEAR_SETTINGS, gamma=gamma), seed)}
+        "neural_linear_thompson": NeuralLinearHost(policy, replace(NEURAL_LINEAR_SETTINGS, gamma=gamma), seed)
+    }
     if env.DISCRETE_CONTEXT:
         hosts = {"table_thompson": TableThompsonHost(policy, replace(TABLE_SETTINGS, gamma=gamma), seed), **hosts}
     return hosts
 
 
-def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episodes: int = 200, seed: int = 0,
-        config: OnlineConfig = OnlineConfig(), archetype_dirs=None, control_players: int = 8,
-        heldout_players: int = 2, switch_players: int = 2, switch_at: int | None = None, full_finetune: bool = True,
-        baselines: bool = True, cross_archetype: bool = True, out: str | Path | None = "runs/bench") -> dict:
+def run(
+    env_id: str = "npcadapt/Duel-v0",
+    *,
+    players_per_persona: int = 2,
+    episodes: int = 200,
+    seed: int = 0,
+    config: OnlineConfig = OnlineConfig(),
+    archetype_dirs=None,
+    control_players: int = 8,
+    heldout_players: int = 2,
+    switch_players: int = 2,
+    switch_at: int | None = None,
+    full_finetune: bool = True,
+    baselines: bool = True,
+    cross_archetype: bool = True,
+    out: str | Path | None = "runs/bench",
+) -> dict:
     """Benchmark one env; returns the report (one JSON line on the CLI) and writes the plot.
 
     Named and held-out personas get `players_per_persona` / `heldout_players` players
@@ -96,9 +114,15 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
     env = make_env(env_id).unwrapped
     named = len(env.PERSONAS)
     average, noise = env.AVERAGE, env.NOISE  # the env's control personas
-    sim_args = dict(players=players_per_persona * named, episodes=episodes, seed=seed,
-                    persona_counts={average: control_players, noise: control_players},
-                    heldout_players=heldout_players, switch_players=switch_players, switch_at=switch_at)
+    sim_args = dict(
+        players=players_per_persona * named,
+        episodes=episodes,
+        seed=seed,
+        persona_counts={average: control_players, noise: control_players},
+        heldout_players=heldout_players,
+        switch_players=switch_players,
+        switch_at=switch_at,
+    )
     with tempfile.TemporaryDirectory(prefix="npcadapt-adapt-") as tmp:
         svc = Service(tmp, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)
         lora = run_simulation(svc, env_id, archetype, **sim_args)
@@ -121,8 +145,18 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
     ours = summarise(lora, marks)
     personas = {}
     for name, p in lora["personas"].items():
-        personas[name] = {k: p[k] for k in ("kind", "base_return", "adapted_return", "oracle_return", "gain",
-                                            "kl_to_base", "play_return_vs_base")}
+        personas[name] = {
+            k: p[k]
+            for k in (
+                "kind",
+                "base_return",
+                "adapted_return",
+                "oracle_return",
+                "gain",
+                "kl_to_base",
+                "play_return_vs_base",
+            )
+        }
         if full:
             personas[name]["full_ft_return"] = full["personas"][name]["adapted_return"]
             personas[name]["full_ft_gain"] = full["personas"][name]["gain"]
@@ -148,8 +182,9 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
         "kl_bound": config.kl_bound,
         "cross_archetype_gain_at_5": cross["gain_at_5"] if cross else None,
         "cross_archetype": cross,
-        "seconds": round(lora["seconds"] + sum(b["seconds"] for b in others.values())
-                         + (full["seconds"] if full else 0.0), 1),
+        "seconds": round(
+            lora["seconds"] + sum(b["seconds"] for b in others.values()) + (full["seconds"] if full else 0.0), 1
+        ),
         "config": config.to_dict(),
         "personas": personas,
     }
@@ -158,8 +193,9 @@ def run(env_id: str = "npcadapt/Duel-v0", *, players_per_persona: int = 2, episo
     return result
 
 
-def warm_start_gain(env_id: str, archetypes: dict, data: Path, config: OnlineConfig, seed: int,
-                    archetype_dirs=None, per_trait: int = 2) -> dict:
+def warm_start_gain(
+    env_id: str, archetypes: dict, data: Path, config: OnlineConfig, seed: int, archetype_dirs=None, per_trait: int = 2
+) -> dict:
     """Named gain of players who met another archetype first (warm) against fresh players.
 
     In one Service, `per_trait` players per latent trait (the env's ``TRAITS``) play
@@ -172,18 +208,38 @@ def warm_start_gain(env_id: str, archetypes: dict, data: Path, config: OnlineCon
     svc = Service(data, archetype_dirs=archetype_dirs, record=False, online=config, seed=seed)
     try:
         source_arch, arch = archetype_for_env(source, archetypes), archetype_for_env(env_id, archetypes)
-        run_simulation(svc, source, source_arch, players=0, episodes=WARM_EPISODES, seed=seed + 1,
-                       persona_counts=trait_counts(source, per_trait), player_ids=trait_players(source, per_trait, "warm"))
+        run_simulation(
+            svc,
+            source,
+            source_arch,
+            players=0,
+            episodes=WARM_EPISODES,
+            seed=seed + 1,
+            persona_counts=trait_counts(source, per_trait),
+            player_ids=trait_players(source, per_trait, "warm"),
+        )
         curves = {}
         for kind in ("warm", "fresh"):
-            report = run_simulation(svc, env_id, arch, players=0, episodes=5, seed=seed + 2,
-                                    persona_counts=trait_counts(env_id, per_trait),
-                                    player_ids=trait_players(env_id, per_trait, kind))
+            report = run_simulation(
+                svc,
+                env_id,
+                arch,
+                players=0,
+                episodes=5,
+                seed=seed + 2,
+                persona_counts=trait_counts(env_id, per_trait),
+                player_ids=trait_players(env_id, per_trait, kind),
+            )
             curves[kind] = gain_at(report, "named", [1, 2, 3, 4, 5])
     finally:
         svc.close()
-    return {"source": source, "source_episodes": WARM_EPISODES, "warm_gain_at": curves["warm"],
-            "fresh_gain_at": curves["fresh"], "gain_at_5": round(curves["warm"]["5"] - curves["fresh"]["5"], 4)}
+    return {
+        "source": source,
+        "source_episodes": WARM_EPISODES,
+        "warm_gain_at": curves["warm"],
+        "fresh_gain_at": curves["fresh"],
+        "gain_at_5": round(curves["warm"]["5"] - curves["fresh"]["5"], 4),
+    }
 
 
 def _best(others: dict, marks: list[int]) -> dict[str, float] | None:
@@ -208,11 +264,18 @@ def write_plot(env_id: str, reports: dict[str, dict], full: dict | None, out: Pa
         for kind, style in (("named", "-"), ("heldout", ":")):
             curve = gain_at(report, kind, every)
             if curve:
-                ax.plot(x, list(curve.values()), color=colour, lw=1.8 if kind == "named" else 1.2, ls=style,
-                        label=f"{label}: {'named' if kind == 'named' else 'held-out'} personas")
+                ax.plot(
+                    x,
+                    list(curve.values()),
+                    color=colour,
+                    lw=1.8 if kind == "named" else 1.2,
+                    ls=style,
+                    label=f"{label}: {'named' if kind == 'named' else 'held-out'} personas",
+                )
     if full is not None:
-        ax.plot(x, list(gain_at(full, "named", every).values()), color="0.5", lw=1.0, ls="--",
-                label="full fine-tune: named")
+        ax.plot(
+            x, list(gain_at(full, "named", every).values()), color="0.5", lw=1.0, ls="--", label="full fine-tune: named"
+        )
     ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xlabel("episodes played by the player")

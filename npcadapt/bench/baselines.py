@@ -226,8 +226,12 @@ class NeuralLinearHost(_ThompsonHost):
             for p in new:
                 self.index[p] = len(self.index)
             prior_cov = np.eye(self.dim) / self.settings.weight_precision
-            self.mean = np.concatenate([self.mean, np.broadcast_to(self.prior_mean, (len(new), *self.prior_mean.shape))])
-            self.cov = np.concatenate([self.cov, np.broadcast_to(prior_cov, (len(new), self.n_actions, *prior_cov.shape))])
+            self.mean = np.concatenate(
+                [self.mean, np.broadcast_to(self.prior_mean, (len(new), *self.prior_mean.shape))]
+            )
+            self.cov = np.concatenate(
+                [self.cov, np.broadcast_to(prior_cov, (len(new), self.n_actions, *prior_cov.shape))]
+            )
         return np.array([self.index[p] for p in players])
 
     def _sample_values(self, players, obs, features) -> np.ndarray:

@@ -86,25 +86,39 @@ def act_batch_request(players: list[str], rng: np.random.Generator, msgid: int =
 
 
 def _feedback_notifications(players: list[str], rewards: np.ndarray, done: bool) -> bytes:
-    return b"".join(
-        msgpack.packb([2, "feedback", [p, "npc", float(r), done]]) for p, r in zip(players, rewards)
-    )
+    return b"".join(msgpack.packb([2, "feedback", [p, "npc", float(r), done]]) for p, r in zip(players, rewards))
 
 
 # -- processes ------------------------------------------------------------------------------
 def start_server(
-    data_dir: Path, *args: str, env: dict | None = None, timeout: float = 120.0, port: int = 0,
+    data_dir: Path,
+    *args: str,
+    env: dict | None = None,
+    timeout: float = 120.0,
+    port: int = 0,
     stderr_path: Path | None = None,
 ) -> tuple[subprocess.Popen, int]:
     """`npcadapt serve --port PORT [args]` in a subprocess (port 0: any free one); returns it
     and the port it printed. Its stderr is appended to `stderr_path` (default: a file beside
     the data directory), whose tail the error names if it does not start."""
-    cmd = [sys.executable, "-m", "npcadapt.cli", "serve", "--port", str(port), "--data", str(data_dir),
-           "--seed", "0", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "npcadapt.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data",
+        str(data_dir),
+        "--seed",
+        "0",
+        *args,
+    ]
     errors = stderr_path or data_dir.parent / "server-stderr.txt"
     with open(errors, "ab") as stderr:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                env=None if env is None else {**os.environ, **env})
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=None if env is None else {**os.environ, **env}
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -164,9 +178,7 @@ def start_echo(ctx) -> tuple[mp.Process, int]:
     return proc, ports.get(timeout=120)
 
 
-def _drive_episodes(
-    port: int, players: int, steps: int, interval: float, finish: bool, ready, stop
-) -> None:
+def _drive_episodes(port: int, players: int, steps: int, interval: float, finish: bool, ready, stop) -> None:
     """Child process: `players` NPC episodes of `steps` steps, one step per `interval` s.
 
     Each step is one ``act_batch`` of all players; after the last step's reply, one
@@ -271,17 +283,13 @@ class _Pipeline(asyncio.Protocol):
             self.transport.write(self.request * n)
 
 
-async def _pipelined(
-    port: int, requests: list[bytes], window: int, seconds: float, warmup: float = 0.5
-) -> float:
+async def _pipelined(port: int, requests: list[bytes], window: int, seconds: float, warmup: float = 0.5) -> float:
     """Replies per second with one connection per request, each keeping `window` in flight."""
     loop = asyncio.get_running_loop()
     tally = {"replies": 0, "errors": 0, "running": True}
     transports = []
     for request in requests:
-        transport, _ = await loop.create_connection(
-            lambda r=request: _Pipeline(r, window, tally), "127.0.0.1", port
-        )
+        transport, _ = await loop.create_connection(lambda r=request: _Pipeline(r, window, tally), "127.0.0.1", port)
         transports.append(transport)
     await asyncio.sleep(warmup)
     start_count, start = tally["replies"], time.perf_counter()
@@ -371,8 +379,12 @@ def _light_while_training(port: int, request: bytes, seconds: float, players: in
         time.sleep(0.25)
     time.sleep(1.0)  # the last round's reply
     updates = after["updates"] - before["updates"]
-    return times, {"updates": updates, "seconds": elapsed, "waiting": before["ready_players"],
-                   "busy": after["ready_players"] > 0}
+    return times, {
+        "updates": updates,
+        "seconds": elapsed,
+        "waiting": before["ready_players"],
+        "busy": after["ready_players"] > 0,
+    }
 
 
 def _light_while_driving(
@@ -458,16 +470,9 @@ def run(
             )
 
             singles = [act_request(f"bench-single-{i}", _obs(rng)) for i in range(64)]
-            result["single_row_decisions_per_s"] = round(
-                asyncio.run(_pipelined(port, singles, 16, seconds_per_phase))
-            )
-            batches = [
-                act_batch_request([f"bench-batch-{c}-{i}" for i in range(64)], rng)
-                for c in range(8)
-            ]
-            result["batched_decisions_per_s"] = round(
-                64 * asyncio.run(_pipelined(port, batches, 4, seconds_per_phase))
-            )
+            result["single_row_decisions_per_s"] = round(asyncio.run(_pipelined(port, singles, 16, seconds_per_phase)))
+            batches = [act_batch_request([f"bench-batch-{c}-{i}" for i in range(64)], rng) for c in range(8)]
+            result["batched_decisions_per_s"] = round(64 * asyncio.run(_pipelined(port, batches, 4, seconds_per_phase)))
 
             trained, work = _light_while_training(port, light, seconds_per_phase, backlog_players)
             result.update(
@@ -480,9 +485,7 @@ def run(
                 trainer_busy_throughout=work["busy"],
             )
 
-            driven, drive = _light_while_driving(
-                ctx, port, light, seconds_per_phase, True, driver_players
-            )
+            driven, drive = _light_while_driving(ctx, port, light, seconds_per_phase, True, driver_players)
             loaded, control = _light_while_driving(  # the same players, adapters and requests
                 ctx, port, light, seconds_per_phase, False, driver_players
             )
@@ -515,9 +518,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trainer", choices=("process", "thread"), default="process")
     parser.add_argument("--busy-poll-us", type=float, default=0.0, help="the server's --busy-poll-us")
     args = parser.parse_args(argv)
-    result = run(args.seconds, server_threads=args.server_threads or None,
-                 backlog_players=args.backlog_players, driver_players=args.driver_players, trainer=args.trainer,
-                 busy_poll_us=args.busy_poll_us)
+    result = run(
+        args.seconds,
+        server_threads=args.server_threads or None,
+        backlog_players=args.backlog_players,
+        driver_players=args.driver_players,
+        trainer=args.trainer,
+        busy_poll_us=args.busy_poll_us,
+    )
     print(json.dumps(result))
 
 

@@ -48,8 +48,21 @@ def build_cpp(out: Path) -> list[str]:
     if not Path("/usr/include/msgpack.hpp").is_file():
         raise MissingPackageError("libmsgpack-cxx-dev", "/usr/include/msgpack.hpp")
     exe = out / "cpp-driver"
-    _compile(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", str(CLIENTS / "cpp" / "include"),
-              str(CLIENTS / "cpp" / "conformance" / "driver.cpp"), "-o", str(exe)])
+    _compile(
+        [
+            "g++",
+            "-std=c++17",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+            str(CLIENTS / "cpp" / "include"),
+            str(CLIENTS / "cpp" / "conformance" / "driver.cpp"),
+            "-o",
+            str(exe),
+        ]
+    )
     return [str(exe)]
 
 
@@ -58,9 +71,17 @@ def build_csharp(out: Path) -> list[str]:
     if not (shutil.which("mcs") and shutil.which("mono")):
         raise MissingPackageError("mono-mcs", "mcs/mono")
     exe = out / "cs-driver.exe"
-    _compile(["mcs", "-optimize+", "-warnaserror+", "-r:System.Numerics", f"-out:{exe}",
-              str(CLIENTS / "csharp" / "NpcAdaptClient.cs"),
-              str(CLIENTS / "csharp" / "conformance" / "Driver.cs")])
+    _compile(
+        [
+            "mcs",
+            "-optimize+",
+            "-warnaserror+",
+            "-r:System.Numerics",
+            f"-out:{exe}",
+            str(CLIENTS / "csharp" / "NpcAdaptClient.cs"),
+            str(CLIENTS / "csharp" / "conformance" / "Driver.cs"),
+        ]
+    )
     return ["mono", str(exe)]
 
 
@@ -72,11 +93,18 @@ def build_godot(out: Path) -> list[str]:
 
 
 BUILDERS: dict[str, Callable[[Path], list[str]]] = {
-    "python": build_python, "cpp": build_cpp, "csharp": build_csharp, "godot": build_godot,
+    "python": build_python,
+    "cpp": build_cpp,
+    "csharp": build_csharp,
+    "godot": build_godot,
 }
 # bench sizes (sequential calls, pipelined calls, codec iterations): the interpreted clients get fewer
-SIZES = {"python": (2000, 20000, 50000), "cpp": (2000, 20000, 500000), "csharp": (2000, 20000, 200000),
-         "godot": (1000, 5000, 5000)}
+SIZES = {
+    "python": (2000, 20000, 50000),
+    "cpp": (2000, 20000, 500000),
+    "csharp": (2000, 20000, 200000),
+    "godot": (1000, 5000, 5000),
+}
 TARGET_CODEC_US = {"cpp": 5.0, "csharp": 20.0, "godot": 200.0}
 
 
@@ -86,8 +114,14 @@ class Driver:
     def __init__(self, command: list[str], host: str, port: int, cwd: Path, log: Path):
         self.log = log
         self.stderr = open(log, "ab")  # noqa: SIM115 (closed in close())
-        self.proc = subprocess.Popen([*command, host, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, cwd=cwd, bufsize=0)
+        self.proc = subprocess.Popen(
+            [*command, host, str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            cwd=cwd,
+            bufsize=0,
+        )
         self.buffer = b""
         self.noise: list[str] = []  # stdout lines that are not answers (an engine's banner)
 
@@ -147,7 +181,6 @@ class Driver:
         self.stderr.close()
 
 
-
 def run(clients: list[str] | None = None, quick: bool = False) -> dict:
     from .bridge import start_server, stop_process
 
@@ -167,8 +200,9 @@ def run(clients: list[str] | None = None, quick: bool = False) -> dict:
                 driver = Driver(command, "127.0.0.1", port, ROOT, root / f"{name}.err")
                 try:
                     driver.ok(f"act duelist bench-{name} npc bin:0.5,0.25,1,0,0,0.75,0.5,0")  # warm the path
-                    result["clients"][name] = driver.ok(f"bench {seq} {pipe} {codec} duelist bench-{name} npc",
-                                                        timeout=600)
+                    result["clients"][name] = driver.ok(
+                        f"bench {seq} {pipe} {codec} duelist bench-{name} npc", timeout=600
+                    )
                 finally:
                     driver.close()
         finally:
@@ -176,12 +210,13 @@ def run(clients: list[str] | None = None, quick: bool = False) -> dict:
     measured = result["clients"]
     if "python" in measured:
         reference = measured["python"]
-        for name, figures in measured.items():
+        for figures in measured.values():
             figures["pipelined_vs_python"] = figures["pipelined_per_s"] / reference["pipelined_per_s"]
             figures["sequential_vs_python"] = figures["sequential_per_s"] / reference["sequential_per_s"]
     result["targets"] = {
         f"{name}_codec_us_at_most_{limit:g}": measured[name]["codec_us"] <= limit
-        for name, limit in TARGET_CODEC_US.items() if name in measured
+        for name, limit in TARGET_CODEC_US.items()
+        if name in measured
     }
     if "cpp" in measured and "python" in measured:
         result["targets"]["cpp_pipelined_within_2x_of_python"] = measured["cpp"]["pipelined_vs_python"] >= 0.5

@@ -126,8 +126,10 @@ class FullFinetuneHost(Host):
     def train_pending(self) -> int:
         ready = self.tracker.ready(self.config.episodes_per_update)
         taken = self.tracker.take(ready)
-        items = [PlayerUpdate(p, self.params.get(p, torch.zeros(self.family.size)), eps, self.states.get(p))
-                 for (_, p), eps in taken.items()]
+        items = [
+            PlayerUpdate(p, self.params.get(p, torch.zeros(self.family.size)), eps, self.states.get(p))
+            for (_, p), eps in taken.items()
+        ]
         done = 0
         for outcome in self.trainer.update(items):
             if outcome.params is not None:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import gc
 import json
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..engine import ArchetypeRuntime, Engine
 from ..adapter_meta import AdapterMeta
+from ..engine import ArchetypeRuntime, Engine
 from ..lora.forward import TorchForward
 from .common import median_seconds, read_bandwidth, reference_archetype, rss_bytes
 
@@ -26,9 +27,19 @@ def _meta(engine: Engine) -> AdapterMeta:
     """One real metadata record shared by every benchmark adapter (the bank reads `version`)."""
     arch = engine.runtime("reference").archetype
     lora = arch.spec.lora
-    return AdapterMeta(archetype="reference", player="bench", base_hash=arch.base_hash, rank=lora.rank,
-                       alpha=float(lora.alpha), rslora=lora.rslora, version=1, updates=0, created=0.0,
-                       updated=0.0, dtype=engine.adapter_dtype)
+    return AdapterMeta(
+        archetype="reference",
+        player="bench",
+        base_hash=arch.base_hash,
+        rank=lora.rank,
+        alpha=float(lora.alpha),
+        rslora=lora.rslora,
+        version=1,
+        updates=0,
+        created=0.0,
+        updated=0.0,
+        dtype=engine.adapter_dtype,
+    )
 
 
 def _fill(engine: Engine, n: int, seed: int) -> list[str]:
@@ -56,11 +67,22 @@ def _per_player_loop(kernel: TorchForward, slots: np.ndarray, obs: torch.Tensor)
             kernel.forward(obs[i : i + 1], slots[i : i + 1])
 
 
-VARIANTS = {("float32", False): "", ("bfloat16", False): "bf16_", ("float32", True): "compiled_", ("bfloat16", True): "compiled_bf16_"}
+VARIANTS = {
+    ("float32", False): "",
+    ("bfloat16", False): "bf16_",
+    ("float32", True): "compiled_",
+    ("bfloat16", True): "compiled_bf16_",
+}
 
 
-def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int = 0, memory_players: int = 100_000,
-        compile: bool = False) -> dict:
+def run(
+    rows: int = 1024,
+    resident: int = 10_000,
+    repeats: int = 30,
+    seed: int = 0,
+    memory_players: int = 100_000,
+    compile: bool = False,
+) -> dict:
     rng = np.random.default_rng(seed)
     tmp = Path(tempfile.mkdtemp(prefix="npcadapt-bench-"))
     reference_archetype(tmp / "arch", seed=seed)
@@ -72,37 +94,45 @@ def run(rows: int = 1024, resident: int = 10_000, repeats: int = 30, seed: int =
     for (dtype, compiled), prefix in VARIANTS.items():
         if compiled and not compile:
             continue
-        engine = Engine(tmp / f"data-{prefix}", archetype_dirs=[tmp / "arch"], capacity=resident, adapter_dtype=dtype, compile=compiled)
+        engine = Engine(
+            tmp / f"data-{prefix}",
+            archetype_dirs=[tmp / "arch"],
+            capacity=resident,
+            adapter_dtype=dtype,
+            compile=compiled,
+        )
         players = _fill(engine, resident, seed)
         batch = [players[i] for i in batch_index]
         rt = engine.runtime("reference")
-        t_batched = median_seconds(lambda: engine.act_batch("reference", batch, obs_np), repeats)
+        t_batched = median_seconds(partial(engine.act_batch, "reference", batch, obs_np), repeats)
         slots = rt.bank.lookup(batch)
         kernel = _kernel(rt)
         with torch.inference_mode():
-            t_kernel = median_seconds(lambda: kernel.forward(obs, slots), repeats)
+            t_kernel = median_seconds(partial(kernel.forward, obs, slots), repeats)
             logits_by_dtype[prefix] = kernel.forward(obs, slots)[0]
         nobody = [f"new-{i}" for i in range(rows)]
-        t_base = median_seconds(lambda: engine.act_batch("reference", nobody, obs_np), repeats)
+        t_base = median_seconds(partial(engine.act_batch, "reference", nobody, obs_np), repeats)
         one = [players[0]] * rows
-        t_single = median_seconds(lambda: engine.act_batch("reference", one, obs_np), repeats)
+        t_single = median_seconds(partial(engine.act_batch, "reference", one, obs_np), repeats)
         bank_bytes = rt.bank.storage.numel() * rt.bank.storage.element_size()
         row_bytes = rt.layout.size * rt.bank.storage.element_size()
         bandwidth = read_bandwidth(bank_bytes)
         floor = rows * row_bytes / bandwidth
-        result.update({
-            f"{prefix}decisions_per_s": round(rows / t_batched),
-            f"{prefix}kernel_decisions_per_s": round(rows / t_kernel),
-            f"{prefix}ratio_vs_base": round(t_batched / t_base, 3),
-            f"{prefix}single_adapter_ratio_vs_base": round(t_single / t_base, 3),
-            f"{prefix}floor_ratio": round(t_batched / floor, 3),
-            f"{prefix}kernel_floor_ratio": round(t_kernel / floor, 3),
-            f"{prefix}adapter_bytes": row_bytes,
-            f"{prefix}read_bandwidth_gb_s": round(bandwidth / 1e9, 2),  # the floor ratios' own reading
-        })
+        result.update(
+            {
+                f"{prefix}decisions_per_s": round(rows / t_batched),
+                f"{prefix}kernel_decisions_per_s": round(rows / t_kernel),
+                f"{prefix}ratio_vs_base": round(t_batched / t_base, 3),
+                f"{prefix}single_adapter_ratio_vs_base": round(t_single / t_base, 3),
+                f"{prefix}floor_ratio": round(t_batched / floor, 3),
+                f"{prefix}kernel_floor_ratio": round(t_kernel / floor, 3),
+                f"{prefix}adapter_bytes": row_bytes,
+                f"{prefix}read_bandwidth_gb_s": round(bandwidth / 1e9, 2),  # the floor ratios' own reading
+            }
+        )
         if prefix == "":
             loop_slots = slots[: min(rows, 256)]
-            t_loop = median_seconds(lambda: _per_player_loop(kernel, loop_slots, obs), max(3, repeats // 10), 1)
+            t_loop = median_seconds(partial(_per_player_loop, kernel, loop_slots, obs), max(3, repeats // 10), 1)
             result["speedup_vs_loop"] = round((t_loop / len(loop_slots) * rows) / t_batched, 1)
         engine.close()
         del engine, rt, kernel

@@ -64,16 +64,46 @@ DISK_FULL_SPAN = (0.36, 0.46)
 RESTART_SETTLE = 2.0  # s after a restarted server listens that the attack p99 leaves out
 MAX_OUTPUT_BUFFER_MB = 8.0  # ServerConfig.max_output_buffer
 PRE_AUTH_MB = 64 / 1024  # ServerConfig.pre_auth_max_bytes
-SERVER_SUMS = ("requests", "notifications", "errors", "protocol_errors", "auth_failures", "overloaded",
-               "budget_pauses", "budget_shed", "connections_total", "connections_refused",
-               "decisions", "feedback", "updates", "trainer_restarts", "log_flush_errors", "writeback_failures",
-               "writeback_written")
+SERVER_SUMS = (
+    "requests",
+    "notifications",
+    "errors",
+    "protocol_errors",
+    "auth_failures",
+    "overloaded",
+    "budget_pauses",
+    "budget_shed",
+    "connections_total",
+    "connections_refused",
+    "decisions",
+    "feedback",
+    "updates",
+    "trainer_restarts",
+    "log_flush_errors",
+    "writeback_failures",
+    "writeback_written",
+)
 
 
-def run(minutes: float = 3.0, *, clients: int = 200, seed: int = 0, token: bool = True, players_per_client: int = 4,
-        think_ms: float = 100.0, server_kills: int = 2, trainer_kills: int | None = None, disk_full: str = "auto",
-        tmpfs_mb: int = 256, input_budget_mb: float = 16.0, hostile_rate: float = 15.0, hostile_concurrency: int = 40,
-        good_client_hz: float = 100.0, hostile_kinds: list[str] | None = None, out: str | None = None) -> dict:
+def run(
+    minutes: float = 3.0,
+    *,
+    clients: int = 200,
+    seed: int = 0,
+    token: bool = True,
+    players_per_client: int = 4,
+    think_ms: float = 100.0,
+    server_kills: int = 2,
+    trainer_kills: int | None = None,
+    disk_full: str = "auto",
+    tmpfs_mb: int = 256,
+    input_budget_mb: float = 16.0,
+    hostile_rate: float = 15.0,
+    hostile_concurrency: int = 40,
+    good_client_hz: float = 100.0,
+    hostile_kinds: list[str] | None = None,
+    out: str | None = None,
+) -> dict:
     """Run the soak (see the module docstring); returns the result dict (also written to `out`)."""
     began = time.perf_counter()
     soak_s = minutes * 60.0
@@ -81,8 +111,15 @@ def run(minutes: float = 3.0, *, clients: int = 200, seed: int = 0, token: bool 
         trainer_kills = max(3, round(soak_s / 15))
     secret = secrets.token_hex(8) if token else None
     ctx = mp.get_context("spawn")
-    result: dict = {"benchmark": "soak", "minutes": minutes, "clients": clients, "players": clients * players_per_client,
-                    "seed": seed, "token": token, "input_budget_mb": input_budget_mb}
+    result: dict = {
+        "benchmark": "soak",
+        "minutes": minutes,
+        "clients": clients,
+        "players": clients * players_per_client,
+        "seed": seed,
+        "token": token,
+        "input_budget_mb": input_budget_mb,
+    }
     with tempfile.TemporaryDirectory(prefix="npcadapt-soak-") as tmp:
         root = Path(tmp)
         disk = DiskFull(mode=disk_full, size_mb=tmpfs_mb)
@@ -93,10 +130,26 @@ def run(minutes: float = 3.0, *, clients: int = 200, seed: int = 0, token: bool 
         begin, attack, stop = ctx.Event(), ctx.Event(), ctx.Event()
         good_out, hostile_out = root / "good-client.npy", root / "hostile.json"
         children = [
-            ctx.Process(target=good_client_main, args=(port, secret, begin, stop, str(good_out),
-                                                       1.0 / good_client_hz, seed), daemon=True),
-            ctx.Process(target=hostile_main, args=(port, secret, attack, stop, str(hostile_out), hostile_rate,
-                                                   hostile_concurrency, seed + 1, hostile_kinds), daemon=True),
+            ctx.Process(
+                target=good_client_main,
+                args=(port, secret, begin, stop, str(good_out), 1.0 / good_client_hz, seed),
+                daemon=True,
+            ),
+            ctx.Process(
+                target=hostile_main,
+                args=(
+                    port,
+                    secret,
+                    attack,
+                    stop,
+                    str(hostile_out),
+                    hostile_rate,
+                    hostile_concurrency,
+                    seed + 1,
+                    hostile_kinds,
+                ),
+                daemon=True,
+            ),
         ]
         sampler = RssSampler()
         timeline = None
@@ -109,10 +162,18 @@ def run(minutes: float = 3.0, *, clients: int = 200, seed: int = 0, token: bool 
             footprint = float(np.median([_sleep_then(0.3, rss_kb, server.pid) for _ in range(3)])) / 1024
             sampler.target = (server.pid, server.incarnation)
             sampler.start()
-            load = Load(port=lambda: server.port, incarnation=lambda: server.incarnation, token=secret,
-                        players=players_per_client, think=think_ms / 1e3)
-            timeline = asyncio.run(_soak(load, server, disk, sampler, port, begin, attack, soak_s, clients, seed,
-                                         trainer_kills, server_kills))
+            load = Load(
+                port=lambda: server.port,
+                incarnation=lambda: server.incarnation,
+                token=secret,
+                players=players_per_client,
+                think=think_ms / 1e3,
+            )
+            timeline = asyncio.run(
+                _soak(
+                    load, server, disk, sampler, port, begin, attack, soak_s, clients, seed, trainer_kills, server_kills
+                )
+            )
         finally:
             stop.set()
             try:
@@ -130,15 +191,30 @@ def run(minutes: float = 3.0, *, clients: int = 200, seed: int = 0, token: bool 
                     if timeline is not None:  # the soak ran: check the data once the server flushed and exited
                         versions, decisions, feedback = load.ledger.snapshot()
                         checks_final = verify_acknowledged(data, "duelist", versions, decisions, feedback)
-                        result["data_dir_mb"] = round(sum(f.stat().st_size for f in data.rglob("*") if f.is_file())
-                                                      / 2**20, 1)
+                        result["data_dir_mb"] = round(
+                            sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 2**20, 1
+                        )
                 finally:
                     unmount_error = disk.cleanup()
         good = np.load(good_out) if good_out.exists() else np.zeros((0, 3))
         hostile = json.loads(hostile_out.read_text() or "{}") if hostile_out.exists() else {}
     checks = timeline["checks"] + [{"after": "final SIGTERM", "server_exit_code": exit_code, **checks_final}]
-    result.update(_summarise(load, timeline, checks, good, sampler.samples, footprint, disk, server, hostile,
-                             input_budget_mb, hostile_concurrency, soak_s))
+    result.update(
+        _summarise(
+            load,
+            timeline,
+            checks,
+            good,
+            sampler.samples,
+            footprint,
+            disk,
+            server,
+            hostile,
+            input_budget_mb,
+            hostile_concurrency,
+            soak_s,
+        )
+    )
     if unmount_error:
         result["unmount_error"] = unmount_error
     result["seconds"] = round(time.perf_counter() - began, 1)
@@ -162,23 +238,48 @@ def _wait_trainer_ready(port: int, secret: str | None, timeout: float = 120.0) -
             time.sleep(0.1)
 
 
-async def _soak(load: Load, server: ServerProcess, disk: DiskFull, sampler: RssSampler, port, begin, attack,
-                soak_s: float, clients: int, seed: int, trainer_kills: int, server_kills: int) -> dict:
+async def _soak(
+    load: Load,
+    server: ServerProcess,
+    disk: DiskFull,
+    sampler: RssSampler,
+    port,
+    begin,
+    attack,
+    soak_s: float,
+    clients: int,
+    seed: int,
+    trainer_kills: int,
+    server_kills: int,
+) -> dict:
     """The load, the poller and the fault schedule for `soak_s` seconds; returns the timeline."""
     loop = asyncio.get_running_loop()
     rng = random.Random(seed + 7)
     t0 = time.time()
-    tl: dict = {"t0": t0, "attack_at": t0 + ATTACK_AT * soak_s, "end": t0 + soak_s, "server_kills": [],
-                "trainer_kills": [], "trainer_kill_misses": 0, "checks": [], "stats": {}, "disk": {}}
+    tl: dict = {
+        "t0": t0,
+        "attack_at": t0 + ATTACK_AT * soak_s,
+        "end": t0 + soak_s,
+        "server_kills": [],
+        "trainer_kills": [],
+        "trainer_kill_misses": 0,
+        "checks": [],
+        "stats": {},
+        "disk": {},
+    }
     events = [(tl["attack_at"], "attack")]
     span = (1 - ATTACK_AT - 0.1) * soak_s / max(trainer_kills, 1)
-    events += [(t0 + ATTACK_AT * soak_s + (i + rng.uniform(0.1, 0.9)) * span, "trainer_kill")
-               for i in range(trainer_kills)]
+    events += [
+        (t0 + ATTACK_AT * soak_s + (i + rng.uniform(0.1, 0.9)) * span, "trainer_kill") for i in range(trainer_kills)
+    ]
     lo, hi = SERVER_KILLS_SPAN
-    events += [(t0 + soak_s * (lo + (hi - lo) * i / max(server_kills - 1, 1)), "server_kill")
-               for i in range(server_kills)]
-    events += [(t0 + DISK_FULL_SPAN[0] * soak_s, "disk_fill"),
-               (t0 + max(DISK_FULL_SPAN[1] * soak_s, DISK_FULL_SPAN[0] * soak_s + 2.0), "disk_free")]
+    events += [
+        (t0 + soak_s * (lo + (hi - lo) * i / max(server_kills - 1, 1)), "server_kill") for i in range(server_kills)
+    ]
+    events += [
+        (t0 + DISK_FULL_SPAN[0] * soak_s, "disk_fill"),
+        (t0 + max(DISK_FULL_SPAN[1] * soak_s, DISK_FULL_SPAN[0] * soak_s + 2.0), "disk_free"),
+    ]
     events.sort()
     begin.set()
     workers = [asyncio.create_task(good_worker(load, i, seed)) for i in range(clients)]
@@ -190,8 +291,9 @@ async def _soak(load: Load, server: ServerProcess, disk: DiskFull, sampler: RssS
         await loop.run_in_executor(None, server.kill)
         await asyncio.sleep(0.5)  # replies already in the sockets reach the workers (and the ledger)
         versions, decisions, feedback = load.ledger.snapshot()
-        check = await loop.run_in_executor(None, verify_acknowledged, server.data_dir, "duelist", versions,
-                                           decisions, feedback)
+        check = await loop.run_in_executor(
+            None, verify_acknowledged, server.data_dir, "duelist", versions, decisions, feedback
+        )
         tl["checks"].append({"after": f"SIGKILL {len(tl['server_kills']) + 1}", **check})
         port.value = await loop.run_in_executor(None, server.start)
         sampler.target = (server.pid, server.incarnation)
@@ -232,8 +334,16 @@ async def _soak(load: Load, server: ServerProcess, disk: DiskFull, sampler: RssS
     return tl
 
 
-GAUGES = ("connections", "open_episodes", "pending_feedback", "ready_players", "writeback_pending", "input_buffered",
-          "connections_paused", "queued_rows")
+GAUGES = (
+    "connections",
+    "open_episodes",
+    "pending_feedback",
+    "ready_players",
+    "writeback_pending",
+    "input_buffered",
+    "connections_paused",
+    "queued_rows",
+)
 
 
 async def _poll_stats(load: Load, server: ServerProcess, out: dict) -> None:
@@ -251,7 +361,7 @@ async def _poll_stats(load: Load, server: ServerProcess, out: dict) -> None:
                 stats = out[inc] = await call(client, "stats", timeout=5)
                 for gauge in GAUGES:
                     peaks[gauge] = max(peaks.get(gauge, 0), int(stats.get(gauge) or 0))
-            except Exception:  # noqa: BLE001 - down or restarting: reconnect at the next poll
+            except Exception:
                 if client is not None:
                     await client.close()
                 client = None
@@ -267,9 +377,20 @@ def _p99(values) -> float | None:
     return round(float(np.percentile(values, 99)) * 1e3, 3) if values.size else None
 
 
-def _summarise(load: Load, tl: dict, checks: list[dict], good: np.ndarray, rss: list, footprint: float,
-               disk: DiskFull, server: ServerProcess, hostile: dict, budget_mb: float, hostile_cap: int,
-               soak_s: float) -> dict:
+def _summarise(
+    load: Load,
+    tl: dict,
+    checks: list[dict],
+    good: np.ndarray,
+    rss: list,
+    footprint: float,
+    disk: DiskFull,
+    server: ServerProcess,
+    hostile: dict,
+    budget_mb: float,
+    hostile_cap: int,
+    soak_s: float,
+) -> dict:
     t0, attack_at, end = tl["t0"], tl["attack_at"], tl["end"]
     down = [(k, ready + RESTART_SETTLE) for k, ready in tl["server_kills"]]
 
@@ -296,8 +417,11 @@ def _summarise(load: Load, tl: dict, checks: list[dict], good: np.ndarray, rss: 
             if k == kind:
                 during |= (sent >= a) & (sent <= b)
         any_open |= during
-        by_kind[kind] = {"open": _p99(rtt[attacked & during]), "not_open": _p99(rtt[attacked & ~during]),
-                         "calls_open": int((attacked & during).sum())}
+        by_kind[kind] = {
+            "open": _p99(rtt[attacked & during]),
+            "not_open": _p99(rtt[attacked & ~during]),
+            "calls_open": int((attacked & during).sum()),
+        }
     by_kind["none_open"] = {"p99": _p99(rtt[attacked & ~any_open]), "calls": int((attacked & ~any_open).sum())}
     in_disk_window = np.zeros(sent.shape, bool)
     for a, b in disk.windows:
@@ -316,9 +440,15 @@ def _summarise(load: Load, tl: dict, checks: list[dict], good: np.ndarray, rss: 
     by_inc = []
     for inc in np.unique(samples[:, 1]).astype(int):
         sel = samples[:, 1] == inc
-        by_inc.append({"incarnation": int(inc), "start_mb": round(float(mb[sel][0]), 1),
-                       "end_mb": round(float(mb[sel][-1]), 1), "max_mb": round(float(mb[sel].max()), 1),
-                       "seconds": round(float(samples[sel, 0][-1] - samples[sel, 0][0]), 1)})
+        by_inc.append(
+            {
+                "incarnation": int(inc),
+                "start_mb": round(float(mb[sel][0]), 1),
+                "end_mb": round(float(mb[sel][-1]), 1),
+                "max_mb": round(float(mb[sel].max()), 1),
+                "seconds": round(float(samples[sel, 0][-1] - samples[sel, 0][0]), 1),
+            }
+        )
     last_inc = samples[-1, 1] if len(samples) else -1
     half = (samples[:, 0] >= t0 + soak_s / 2) & (samples[:, 0] <= end) & (samples[:, 1] == last_inc)
     half_mb = mb[half]

@@ -25,9 +25,9 @@ import random
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import msgpack
 import numpy as np
@@ -128,7 +128,7 @@ async def good_worker(load: Load, wid: int, seed: int) -> None:
     while not load.stop:
         try:
             client = await connect(load.port(), load.token)
-        except (OSError, asyncio.TimeoutError, RemoteError, ProtocolError):
+        except (TimeoutError, OSError, RemoteError, ProtocolError):
             await asyncio.sleep(backoff * (0.5 + rng.random()))
             backoff = min(backoff * 2, 1.0)
             continue
@@ -146,8 +146,16 @@ async def good_worker(load: Load, wid: int, seed: int) -> None:
             await client.close()
 
 
-async def _one_call(load: Load, client: AsyncClient, rng: random.Random, players: list[str], inc: int,
-                    open_eps: set, answered_decisions: Counter, answered_feedback: Counter) -> None:
+async def _one_call(
+    load: Load,
+    client: AsyncClient,
+    rng: random.Random,
+    players: list[str],
+    inc: int,
+    open_eps: set,
+    answered_decisions: Counter,
+    answered_feedback: Counter,
+) -> None:
     r = rng.random()
     if r < 0.45:
         method = "act"
@@ -211,7 +219,7 @@ async def _one_call(load: Load, client: AsyncClient, rng: random.Random, players
             load.disk_full_errors[method] += 1
         if exc.code == 3 and method == "feedback":
             open_eps.clear()  # e.g. "no decision to attach": the episode is gone
-    except asyncio.TimeoutError:
+    except TimeoutError:
         load.errors["timeout"] += 1
         raise _Broken from None
     except (ProtocolError, ConnectionError, OSError):

@@ -102,8 +102,14 @@ class ServerProcess:
         raise RuntimeError(last)
 
     def _start(self, port: int, timeout: float) -> int:
-        self.proc, self.port = start_server(self.data_dir, *self.args, env=self.env, timeout=timeout, port=port,
-                                           stderr_path=self.log_dir / f"server-{self.incarnation}.stderr")
+        self.proc, self.port = start_server(
+            self.data_dir,
+            *self.args,
+            env=self.env,
+            timeout=timeout,
+            port=port,
+            stderr_path=self.log_dir / f"server-{self.incarnation}.stderr",
+        )
         self.started_at.append(time.time())
         return self.port
 
@@ -191,8 +197,12 @@ class DiskFull:
         data.mkdir()
         if self.mode in ("auto", "tmpfs"):
             try:
-                out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0700", "tmpfs",
-                                      str(data)], capture_output=True, text=True, timeout=30)
+                out = subprocess.run(
+                    ["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m,mode=0700", "tmpfs", str(data)],
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
                 if out.returncode == 0:
                     self.mode, self.mountpoint = "tmpfs", data
                     return data
@@ -264,8 +274,13 @@ class DiskFull:
 
 
 # -- what was acknowledged ---------------------------------------------------------------------
-def verify_acknowledged(data_dir: Path, archetype: str, versions: dict[str, int],
-                        decisions: dict[tuple[str, str], int], feedback: dict[tuple[str, str], int]) -> dict:
+def verify_acknowledged(
+    data_dir: Path,
+    archetype: str,
+    versions: dict[str, int],
+    decisions: dict[tuple[str, str], int],
+    feedback: dict[tuple[str, str], int],
+) -> dict:
     """Check the data directory (no server running on it) against what flushes acknowledged.
 
     `versions`: player -> the adapter version adapter_info reported before a successful
@@ -296,7 +311,13 @@ def verify_acknowledged(data_dir: Path, archetype: str, versions: dict[str, int]
         for key, count in acked.items():
             if logged[key] < count:
                 lost.append({"player": key[0], "npc": key[1], f"{what}_acknowledged": count, "in_log": logged[key]})
-    return {"players_checked": sum(v > 0 for v in versions.values()), "episodes_checked": len(decisions),
-            "decisions_acknowledged": sum(decisions.values()), "decisions_in_log": sum(logged_decisions.values()),
-            "feedback_acknowledged": sum(feedback.values()), "feedback_in_log": sum(logged_feedback.values()),
-            "corrupt_log_records": len(corrupt), "lost": lost}
+    return {
+        "players_checked": sum(v > 0 for v in versions.values()),
+        "episodes_checked": len(decisions),
+        "decisions_acknowledged": sum(decisions.values()),
+        "decisions_in_log": sum(logged_decisions.values()),
+        "feedback_acknowledged": sum(feedback.values()),
+        "feedback_in_log": sum(logged_feedback.values()),
+        "corrupt_log_records": len(corrupt),
+        "lost": lost,
+    }

@@ -42,8 +42,15 @@ import msgpack
 GIB2 = (2**31).to_bytes(4, "big")
 BOMB_HEADERS = (b"\xdb" + GIB2, b"\xc6" + GIB2, b"\xdd" + GIB2, b"\xdf" + GIB2)  # str32, bin32, array32, map32
 REQUEST_PREFIX = b"\x94\x00\x01\xa3act\x91"  # [0, 1, "act", [ ...: the bomb sits inside params
-KINDS = {"garbage": 0.2, "bomb": 0.2, "unauth_flood": 0.25, "wrong_token": 0.1, "slow_reader": 0.08,
-         "slow_reader_unauth": 0.07, "budget_hog": 0.1}
+KINDS = {
+    "garbage": 0.2,
+    "bomb": 0.2,
+    "unauth_flood": 0.25,
+    "wrong_token": 0.1,
+    "slow_reader": 0.08,
+    "slow_reader_unauth": 0.07,
+    "budget_hog": 0.1,
+}
 CAPS = {"slow_reader": 2, "budget_hog": 6}  # at most this many at once
 HOG_DECLARED, HOG_SENT = 4 * 2**20 - 64, 7 * 2**19  # bytes announced, sent
 
@@ -59,7 +66,7 @@ async def _open(port: int, rcvbuf: int | None = None) -> socket.socket:
     sock.setblocking(False)
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 5)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         sock.close()
         raise _Refused from None
     return sock
@@ -69,7 +76,7 @@ async def _recv(sock: socket.socket, timeout: float) -> bytes | None:
     """Bytes, b"" on EOF or reset, None on timeout."""
     try:
         return await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 65536), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
     except OSError:
         return b""
@@ -92,7 +99,7 @@ async def _send(sock: socket.socket, data: bytes, timeout: float = 5.0) -> bool:
     try:
         await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(sock, data), timeout)
         return True
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
 
 
@@ -140,8 +147,9 @@ async def _bomb(sock, token, rng) -> str:
 
 async def _unauth_flood(sock, token, rng, counts: Counter) -> str:
     methods = ["stats", "archetypes", "flush", "act", "reset_player", "adapter_info", "act_batch", "nope"]
-    data = b"".join(msgpack.packb([0, i + 1, rng.choice(methods), ["duelist", "p", "n", b"\0" * 32]])
-                    for i in range(20))
+    data = b"".join(
+        msgpack.packb([0, i + 1, rng.choice(methods), ["duelist", "p", "n", b"\0" * 32]]) for i in range(20)
+    )
     data += b"".join(msgpack.packb([2, "feedback", [f"x{i}", "n", 1.0, True]]) for i in range(20))
     if not await _send(sock, data):
         return "closed_by_server"
@@ -205,8 +213,9 @@ async def _one(kind: str, port: int, token: str | None, rng: random.Random, coun
         sock.close()
 
 
-async def _attack(port, token, start, stop, rate: float, max_concurrent: int, seed: int,
-                  kinds: dict[str, float]) -> dict:
+async def _attack(
+    port, token, start, stop, rate: float, max_concurrent: int, seed: int, kinds: dict[str, float]
+) -> dict:
     rng = random.Random(seed)
     outcomes: dict[str, Counter] = defaultdict(Counter)
     extra: Counter = Counter()
@@ -226,7 +235,7 @@ async def _attack(port, token, start, stop, rate: float, max_concurrent: int, se
             outcome = await asyncio.wait_for(_one(kind, port.value, token, random.Random(rng.random()), extra), 30)
         except _Refused:
             outcome = "refused"
-        except asyncio.TimeoutError:
+        except TimeoutError:
             outcome = "timeout"
         except OSError:
             outcome = "closed_by_server"
@@ -254,13 +263,26 @@ async def _attack(port, token, start, stop, rate: float, max_concurrent: int, se
     for task in list(tasks):
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return {"seconds": round(time.time() - started, 1), "launched": sum(sum(c.values()) for c in outcomes.values()),
-            "by_kind": {k: dict(c) for k, c in sorted(outcomes.items())}, **{k: v for k, v in extra.items()},
-            "intervals": intervals}
+    return {
+        "seconds": round(time.time() - started, 1),
+        "launched": sum(sum(c.values()) for c in outcomes.values()),
+        "by_kind": {k: dict(c) for k, c in sorted(outcomes.items())},
+        **dict(extra.items()),
+        "intervals": intervals,
+    }
 
 
-def hostile_main(port, token: str | None, start, stop, out_path: str, rate: float, max_concurrent: int,
-                 seed: int, kinds: list[str] | None = None) -> None:
+def hostile_main(
+    port,
+    token: str | None,
+    start,
+    stop,
+    out_path: str,
+    rate: float,
+    max_concurrent: int,
+    seed: int,
+    kinds: list[str] | None = None,
+) -> None:
     """Process entry: attack from `start` until `stop` (multiprocessing Events) with the
     given kinds (default all); `port` is a shared int read at each connect; the outcomes go
     to `out_path` as JSON."""

@@ -48,8 +48,7 @@ def run(n_players: int = 2000, seed: int = 0) -> dict:
         t0 = time.perf_counter()
         for player in players:
             tensors = {k: torch.randn(s, generator=gen) for k, s in SHAPES.items()}
-            meta = AdapterMeta("duelist", player, "bench-base", RANK, 16.0, False, 1, 1,
-                               now, now, "float32")
+            meta = AdapterMeta("duelist", player, "bench-base", RANK, 16.0, False, 1, 1, now, now, "float32")
             store.save(tensors, meta)
         save_s = time.perf_counter() - t0
 

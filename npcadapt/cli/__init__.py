@@ -43,7 +43,9 @@ _SUBCOMMANDS = [add_demo, add_archetype, add_train, add_sim, add_serve, add_insp
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except (NpcAdaptError, OSError) as exc:  # what a user can fix: one line, no traceback
@@ -52,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("npcadapt: interrupted", file=sys.stderr)
         return 130
-
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,12 +13,25 @@ def _cmd_archetype_init(args) -> int:
 
     directory = Path(args.dir) / args.name
     arch = init_archetype(
-        directory, args.name, args.obs, args.actions, hidden=args.hidden, rank=args.rank,
-        alpha=args.alpha, rslora=args.rslora, description=args.description, env=args.env,
-        seed=args.seed, overwrite=args.force,
+        directory,
+        args.name,
+        args.obs,
+        args.actions,
+        hidden=args.hidden,
+        rank=args.rank,
+        alpha=args.alpha,
+        rslora=args.rslora,
+        description=args.description,
+        env=args.env,
+        seed=args.seed,
+        overwrite=args.force,
     )
-    print(f"wrote {directory / 'archetype.toml'} and {directory / arch.spec.weights} (untrained, version {arch.base_hash})")
-    print(f"observation length {arch.spec.obs_dim}, {arch.spec.n_actions} actions, LoRA rank {arch.spec.lora.rank} on {', '.join(arch.spec.lora.targets)}")
+    print(
+        f"wrote {directory / 'archetype.toml'} and {directory / arch.spec.weights} (untrained, version {arch.base_hash})"
+    )
+    print(
+        f"observation length {arch.spec.obs_dim}, {arch.spec.n_actions} actions, LoRA rank {arch.spec.lora.rank} on {', '.join(arch.spec.lora.targets)}"
+    )
     return 0
 
 
@@ -27,7 +40,9 @@ def _cmd_archetype_list(args) -> int:
 
     for name, arch in sorted(find_archetypes(archetype_dirs(args)).items()):
         state = "trained" if arch.spec.trained else "UNTRAINED"
-        print(f"{name:<14} version {arch.base_hash}  obs {arch.spec.obs_dim:>3}  actions {arch.spec.n_actions:>2}  {state:<9}  {arch.directory}")
+        print(
+            f"{name:<14} version {arch.base_hash}  obs {arch.spec.obs_dim:>3}  actions {arch.spec.n_actions:>2}  {state:<9}  {arch.directory}"
+        )
     return 0
 
 
@@ -53,7 +68,10 @@ def add_archetype(sub) -> None:
     init.add_argument("--seed", type=int, default=0, help="initialisation seed")
     init.add_argument("--force", action="store_true", help="overwrite an existing definition")
     init.set_defaults(func=_cmd_archetype_init)
-    for name, func, text in (("list", _cmd_archetype_list, "list known archetypes"), ("show", _cmd_archetype_show, "print one archetype as JSON")):
+    for name, func, text in (
+        ("list", _cmd_archetype_list, "list known archetypes"),
+        ("show", _cmd_archetype_show, "print one archetype as JSON"),
+    ):
         q = asub.add_parser(name, help=text)
         if name == "show":
             q.add_argument("name")

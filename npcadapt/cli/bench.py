@@ -13,8 +13,14 @@ def _cmd_bench(args) -> int:
     if args.which == "inference":
         from ..bench.inference import run
 
-        result = run(rows=args.rows, resident=args.resident, repeats=args.repeats, seed=args.seed,
-                     memory_players=args.memory_players, compile=args.compile)
+        result = run(
+            rows=args.rows,
+            resident=args.resident,
+            repeats=args.repeats,
+            seed=args.seed,
+            memory_players=args.memory_players,
+            compile=args.compile,
+        )
     elif args.which == "store":
         from ..bench.store import run
 
@@ -22,8 +28,14 @@ def _cmd_bench(args) -> int:
     elif args.which == "bridge":
         from ..bench.bridge import run
 
-        result = run(args.seconds, server_threads=args.server_threads or None, backlog_players=args.backlog_players,
-                     driver_players=args.driver_players, trainer=args.trainer, busy_poll_us=args.busy_poll_us)
+        result = run(
+            args.seconds,
+            server_threads=args.server_threads or None,
+            backlog_players=args.backlog_players,
+            driver_players=args.driver_players,
+            trainer=args.trainer,
+            busy_poll_us=args.busy_poll_us,
+        )
     elif args.which == "fit":
         from ..bench.fit import run
 
@@ -32,32 +44,63 @@ def _cmd_bench(args) -> int:
         from ..bench.adapt import run
         from ..training.online import OnlineConfig
 
-        config = OnlineConfig(kl_bound=args.kl_bound).with_settings(args.set or [])  # InvalidInputError naming a bad one
-        result = run(args.env, players_per_persona=args.players_per_persona, episodes=args.episodes, seed=args.seed,
-                     config=config, full_finetune=not args.lora_only, baselines=not args.no_baselines,
-                     cross_archetype=not args.no_cross,
-                     heldout_players=args.heldout_players, switch_players=args.switch_players, out=args.out)
+        config = OnlineConfig(kl_bound=args.kl_bound).with_settings(
+            args.set or []
+        )  # InvalidInputError naming a bad one
+        result = run(
+            args.env,
+            players_per_persona=args.players_per_persona,
+            episodes=args.episodes,
+            seed=args.seed,
+            config=config,
+            full_finetune=not args.lora_only,
+            baselines=not args.no_baselines,
+            cross_archetype=not args.no_cross,
+            heldout_players=args.heldout_players,
+            switch_players=args.switch_players,
+            out=args.out,
+        )
     elif args.which == "soak":
         from ..bench.soak import run
-
         from ..bench.soak_hostile import KINDS
 
-        if not (args.minutes > 0 and args.clients >= 1 and args.players_per_client >= 1 and args.server_kills >= 0
-                and (args.trainer_kills is None or args.trainer_kills >= 0) and args.think_ms > 0
-                and args.hostile_rate > 0 and args.good_client_hz > 0 and args.input_budget_mb >= 8
-                and args.tmpfs_mb >= 1):
-            raise InvalidInputError("bench soak: --minutes, --think-ms, --hostile-rate and --good-client-hz must be "
-                                    "> 0; --clients, --players-per-client and --tmpfs-mb >= 1; --server-kills and "
-                                    "--trainer-kills >= 0; --input-budget-mb >= 8 (one message of 8 MiB)")
+        if not (
+            args.minutes > 0
+            and args.clients >= 1
+            and args.players_per_client >= 1
+            and args.server_kills >= 0
+            and (args.trainer_kills is None or args.trainer_kills >= 0)
+            and args.think_ms > 0
+            and args.hostile_rate > 0
+            and args.good_client_hz > 0
+            and args.input_budget_mb >= 8
+            and args.tmpfs_mb >= 1
+        ):
+            raise InvalidInputError(
+                "bench soak: --minutes, --think-ms, --hostile-rate and --good-client-hz must be "
+                "> 0; --clients, --players-per-client and --tmpfs-mb >= 1; --server-kills and "
+                "--trainer-kills >= 0; --input-budget-mb >= 8 (one message of 8 MiB)"
+            )
         kinds = None if args.hostile_kinds is None else [k for k in args.hostile_kinds.split(",") if k != "none"]
         if kinds is not None and not set(kinds) <= set(KINDS):
             raise InvalidInputError(f"--hostile-kinds: unknown {sorted(set(kinds) - set(KINDS))}; known: {list(KINDS)}")
-        result = run(args.minutes, clients=args.clients, seed=args.seed, token=args.token,
-                     players_per_client=args.players_per_client, think_ms=args.think_ms,
-                     server_kills=args.server_kills, trainer_kills=args.trainer_kills, disk_full=args.disk_full,
-                     tmpfs_mb=args.tmpfs_mb, input_budget_mb=args.input_budget_mb, hostile_rate=args.hostile_rate,
-                     good_client_hz=args.good_client_hz, out=args.out,
-                     hostile_kinds=kinds)
+        result = run(
+            args.minutes,
+            clients=args.clients,
+            seed=args.seed,
+            token=args.token,
+            players_per_client=args.players_per_client,
+            think_ms=args.think_ms,
+            server_kills=args.server_kills,
+            trainer_kills=args.trainer_kills,
+            disk_full=args.disk_full,
+            tmpfs_mb=args.tmpfs_mb,
+            input_budget_mb=args.input_budget_mb,
+            hostile_rate=args.hostile_rate,
+            good_client_hz=args.good_client_hz,
+            out=args.out,
+            hostile_kinds=kinds,
+        )
     elif args.which == "clients":
         from ..bench.clients import BUILDERS, run
 
@@ -89,52 +132,83 @@ def add_bench(sub) -> None:
     br = bsub.add_parser("bridge", help="socket bridge latency and throughput vs a raw asyncio echo")
     br.add_argument("--seconds", type=float, default=3.0, help="seconds per load phase")
     br.add_argument("--server-threads", type=int, default=1, help="torch threads of the server (0: torch's default)")
-    br.add_argument("--backlog-players", type=int, default=4096, help="players in the trainer's backlog (training phase)")
-    br.add_argument("--driver-players", type=int, default=16, help="players of the episode driver (training with another client)")
+    br.add_argument(
+        "--backlog-players", type=int, default=4096, help="players in the trainer's backlog (training phase)"
+    )
+    br.add_argument(
+        "--driver-players", type=int, default=16, help="players of the episode driver (training with another client)"
+    )
     br.add_argument("--trainer", choices=("process", "thread"), default="process", help="the server's --trainer")
     br.add_argument("--busy-poll-us", type=float, default=0.0, help="the server's --busy-poll-us (default 0: off)")
     ft = bsub.add_parser("fit", help="players fitted per second by train adapters: local vs Ray 1 and 2 workers")
     ft.add_argument("--players", type=int, default=32)
     ft.add_argument("--episodes", type=int, default=20)
     ft.add_argument("--epochs", type=int, default=5)
-    ad = bsub.add_parser("adapt", help="adaptation speed per persona vs oracle, Thompson baselines and full fine-tuning")
+    ad = bsub.add_parser(
+        "adapt", help="adaptation speed per persona vs oracle, Thompson baselines and full fine-tuning"
+    )
     ad.add_argument("--env", default="npcadapt/Duel-v0")
     ad.add_argument("--episodes", type=int, default=200, help="episodes per player")
     ad.add_argument("--players-per-persona", type=int, default=2)
     ad.add_argument("--kl-bound", type=float, default=KL_BOUND)
     ad.add_argument("--seed", type=int, default=0)
-    ad.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="online trainer setting, e.g. --set epochs=8 --set validation_gate=false (repeatable)")
+    ad.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="online trainer setting, e.g. --set epochs=8 --set validation_gate=false (repeatable)",
+    )
     ad.add_argument("--heldout-players", type=int, default=2, help="players per held-out persona")
     ad.add_argument("--switch-players", type=int, default=2, help="players per switch pair (switching half way)")
     ad.add_argument("--lora-only", action="store_true", help="skip the full fine-tune comparison")
     ad.add_argument("--no-baselines", action="store_true", help="skip the Thompson-sampling baselines")
     ad.add_argument("--no-cross", action="store_true", help="skip the cross-archetype warm-start measurement")
     ad.add_argument("--out", default="runs/bench", help="where the gain-vs-episodes PNG goes")
-    sk = bsub.add_parser("soak", help="the bridge under good load, hostile connections and injected faults "
-                                      "(trainer and server SIGKILL, disk full)")
+    sk = bsub.add_parser(
+        "soak",
+        help="the bridge under good load, hostile connections and injected faults "
+        "(trainer and server SIGKILL, disk full)",
+    )
     sk.add_argument("--minutes", type=float, default=3.0, help="length of the soak (default 3)")
     sk.add_argument("--clients", type=int, default=200, help="good-load connections (default 200)")
     sk.add_argument("--players-per-client", type=int, default=4, help="players each connection plays (default 4)")
     sk.add_argument("--think-ms", type=float, default=100.0, help="mean pause between a connection's calls")
     sk.add_argument("--seed", type=int, default=0)
-    sk.add_argument("--token", action=argparse.BooleanOptionalAction, default=True,
-                    help="run the server with a token (default on, so unauthenticated floods mean something)")
+    sk.add_argument(
+        "--token",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the server with a token (default on, so unauthenticated floods mean something)",
+    )
     sk.add_argument("--server-kills", type=int, default=2, help="SIGKILL + restarts of the server (default 2)")
-    sk.add_argument("--trainer-kills", type=int, default=None, help="SIGKILLs of the trainer child "
-                    "(default one per 15 s, at least 3)")
-    sk.add_argument("--disk-full", choices=("auto", "tmpfs", "rlimit"), default="auto",
-                    help="fill a tmpfs data directory (auto: if it mounts), or fail writes with RLIMIT_FSIZE")
+    sk.add_argument(
+        "--trainer-kills",
+        type=int,
+        default=None,
+        help="SIGKILLs of the trainer child (default one per 15 s, at least 3)",
+    )
+    sk.add_argument(
+        "--disk-full",
+        choices=("auto", "tmpfs", "rlimit"),
+        default="auto",
+        help="fill a tmpfs data directory (auto: if it mounts), or fail writes with RLIMIT_FSIZE",
+    )
     sk.add_argument("--tmpfs-mb", type=int, default=256, help="size of the tmpfs data directory")
     sk.add_argument("--input-budget-mb", type=float, default=16.0, help="the server's --input-budget-mb")
     sk.add_argument("--hostile-rate", type=float, default=15.0, help="hostile connections opened per second")
-    sk.add_argument("--hostile-kinds", default=None, metavar="K1,K2",
-                    help="only these hostile kinds (default all: garbage, bomb, unauth_flood, wrong_token, "
-                         "slow_reader, slow_reader_unauth, budget_hog; 'none' for a control run without)")
+    sk.add_argument(
+        "--hostile-kinds",
+        default=None,
+        metavar="K1,K2",
+        help="only these hostile kinds (default all: garbage, bomb, unauth_flood, wrong_token, "
+        "slow_reader, slow_reader_unauth, budget_hog; 'none' for a control run without)",
+    )
     sk.add_argument("--good-client-hz", type=float, default=100.0, help="the good client's acts per second")
     sk.add_argument("--out", default=None, help="also write the result (indented JSON) to this file")
-    cl = bsub.add_parser("clients", help="engine clients (C++, C#, GDScript, Python): decisions/s, round trip, "
-                                          "encode+decode cost per act")
+    cl = bsub.add_parser(
+        "clients",
+        help="engine clients (C++, C#, GDScript, Python): decisions/s, round trip, encode+decode cost per act",
+    )
     cl.add_argument("--clients", default=None, metavar="A,B", help="only these (default: python,cpp,csharp,godot)")
     cl.add_argument("--quick", action="store_true", help="1/20 of the calls (a smoke run)")
     for q in bsub.choices.values():

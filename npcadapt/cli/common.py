@@ -62,10 +62,16 @@ def add_online_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--episodes-per-update", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2, help="adapter learning rate")
     p.add_argument("--kl-bound", type=float, default=KL_BOUND, help="max mean KL(adapted || base), nats")
-    p.add_argument("--no-gate", action="store_true",
-                   help="serve each update at once, not only as far as held-out episodes show it beats the base")
-    p.add_argument("--no-prior", action="store_true",
-                   help="ignore the population priors beside the archetypes (adapt every player from the base with PPO)")
+    p.add_argument(
+        "--no-gate",
+        action="store_true",
+        help="serve each update at once, not only as far as held-out episodes show it beats the base",
+    )
+    p.add_argument(
+        "--no-prior",
+        action="store_true",
+        help="ignore the population priors beside the archetypes (adapt every player from the base with PPO)",
+    )
 
 
 def online_config(args) -> OnlineConfig:
@@ -75,8 +81,12 @@ def online_config(args) -> OnlineConfig:
     if not args.lr > 0:
         raise InvalidInputError(f"--lr must be > 0, got {args.lr}")
     try:
-        return OnlineConfig(episodes_per_update=args.episodes_per_update, learning_rate=args.lr,
-                            kl_bound=args.kl_bound, validation_gate=not args.no_gate,
-                            prior=not args.no_prior)
+        return OnlineConfig(
+            episodes_per_update=args.episodes_per_update,
+            learning_rate=args.lr,
+            kl_bound=args.kl_bound,
+            validation_gate=not args.no_gate,
+            prior=not args.no_prior,
+        )
     except InvalidInputError as exc:
         raise InvalidInputError(f"invalid online training settings: {exc}") from None

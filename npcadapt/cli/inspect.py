@@ -15,17 +15,23 @@ def _cmd_inspect_log(args) -> int:
 
     scanned = scan(args.dir)
     episodes, summary = read_episodes(args.dir)
-    print(f"{args.dir}: {scanned.segments} segments, {scanned.records} records, {scanned.bytes} bytes, "
-          f"{len(scanned.corrupt_records)} corrupt records, torn tail {scanned.torn_tail_bytes} bytes")
-    print(f"{summary.decisions} decisions, {summary.feedback} feedback events, {summary.orphan_feedback} orphan feedback, "
-          f"{summary.open_episodes} unfinished episodes; bases: {dict(summary.bases)}")
+    print(
+        f"{args.dir}: {scanned.segments} segments, {scanned.records} records, {scanned.bytes} bytes, "
+        f"{len(scanned.corrupt_records)} corrupt records, torn tail {scanned.torn_tail_bytes} bytes"
+    )
+    print(
+        f"{summary.decisions} decisions, {summary.feedback} feedback events, {summary.orphan_feedback} orphan feedback, "
+        f"{summary.open_episodes} unfinished episodes; bases: {dict(summary.bases)}"
+    )
     by_arch: dict[str, list] = {}
     for (archetype, _), eps in episodes.items():
         by_arch.setdefault(archetype, []).append(eps)
     for archetype, players in sorted(by_arch.items()):
         returns = [e.total_reward for eps in players for e in eps]
-        print(f"  {archetype:<12} players {len(players):>5}  episodes {len(returns):>7}  "
-              f"return mean {np.mean(returns):.3f}  min {np.min(returns):.3f}  max {np.max(returns):.3f}")
+        print(
+            f"  {archetype:<12} players {len(players):>5}  episodes {len(returns):>7}  "
+            f"return mean {np.mean(returns):.3f}  min {np.min(returns):.3f}  max {np.max(returns):.3f}"
+        )
     return 0
 
 
@@ -42,8 +48,10 @@ def _cmd_inspect_adapter(args) -> int:
             return 1
         current = svc.archetypes[args.archetype].base_hash
         if info.base_hash != current:
-            print(f"STALE: trained against base {info.base_hash}, {args.archetype} is now {current}; "
-                  f"the engine serves the base policy until it is refitted")
+            print(
+                f"STALE: trained against base {info.base_hash}, {args.archetype} is now {current}; "
+                f"the engine serves the base policy until it is refitted"
+            )
             print(json.dumps(info.to_dict(), indent=1))
             return 1
         print(json.dumps(info.to_dict(), indent=1))
@@ -91,7 +99,9 @@ def _cmd_export(args) -> int:
             who = args.player or "base"
             path = export_onnx(engine, args.archetype, args.player, args.out or f"exports/{args.archetype}-{who}.onnx")
         else:
-            path = export_peft(engine, args.archetype, args.player, args.out or f"exports/{args.archetype}-{args.player}-peft")
+            path = export_peft(
+                engine, args.archetype, args.player, args.out or f"exports/{args.archetype}-{args.player}-peft"
+            )
     finally:
         engine.close()
     print(f"wrote {path}")
@@ -101,8 +111,10 @@ def _cmd_export(args) -> int:
 def add_export(sub) -> None:
     p = sub.add_parser("export", help="export a policy for in-engine inference (ONNX) or an adapter (PEFT layout)")
     esub = p.add_subparsers(dest="format", required=True)
-    for fmt, text in (("onnx", "merged policy (base + the player's adapter) as ONNX: obs, mask -> logits, value"),
-                      ("peft", "the player's adapter as adapter_config.json + adapter_model.safetensors")):
+    for fmt, text in (
+        ("onnx", "merged policy (base + the player's adapter) as ONNX: obs, mask -> logits, value"),
+        ("peft", "the player's adapter as adapter_config.json + adapter_model.safetensors"),
+    ):
         q = esub.add_parser(fmt, help=text)
         q.add_argument("--archetype", required=True)
         q.add_argument("--player", required=fmt == "peft", help="player id (ONNX without it: the base policy)")

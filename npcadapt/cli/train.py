@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import NpcAdaptError
 from ..archetypes import find_archetypes
+from ..errors import NpcAdaptError
 from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
@@ -19,21 +19,35 @@ def _cmd_train_base(args) -> int:
         from ..training.base_from_logs import CloneConfig, clone_base
 
         episodes, _ = read_episodes(args.logs, archetypes=[arch.name])
-        new, summary = clone_base(directory, [e for eps in episodes.values() for e in eps],
-                                  CloneConfig(top_fraction=args.top, seed=args.seed, init_from_current=not args.fresh))
-        print(f"cloned the best {summary['episodes_kept']} of {summary['episodes']} recorded episodes into {arch.name}: "
-              f"version {summary['previous_base_hash']} -> {new.base_hash}; adapters trained on the old version are "
-              f"refused (and kept) until refitted with `npcadapt train adapters`")
+        new, summary = clone_base(
+            directory,
+            [e for eps in episodes.values() for e in eps],
+            CloneConfig(top_fraction=args.top, seed=args.seed, init_from_current=not args.fresh),
+        )
+        print(
+            f"cloned the best {summary['episodes_kept']} of {summary['episodes']} recorded episodes into {arch.name}: "
+            f"version {summary['previous_base_hash']} -> {new.base_hash}; adapters trained on the old version are "
+            f"refused (and kept) until refitted with `npcadapt train adapters`"
+        )
         return 0
     env_id = args.env or arch.spec.env
     if not env_id:
         raise NpcAdaptError(f"archetype {args.archetype!r} names no env; pass --env ID or module:Class")
     kwargs = {"persona": "average"} if env_id.startswith("npcadapt/") else {}
-    config = BaseTrainConfig(env_id=env_id, env_kwargs=kwargs, total_steps=args.steps, num_envs=args.envs,
-                             ent_coef=args.ent_coef, seed=args.seed, init_from_current=not args.fresh)
+    config = BaseTrainConfig(
+        env_id=env_id,
+        env_kwargs=kwargs,
+        total_steps=args.steps,
+        num_envs=args.envs,
+        ent_coef=args.ent_coef,
+        seed=args.seed,
+        init_from_current=not args.fresh,
+    )
     result = train_base(directory, config, progress=not args.quiet)
-    print(f"trained {args.archetype} on {env_id}: {result.steps} steps in {result.seconds:.1f}s, "
-          f"final return {result.final_return:.3f}, new version {result.archetype.base_hash}")
+    print(
+        f"trained {args.archetype} on {env_id}: {result.steps} steps in {result.seconds:.1f}s, "
+        f"final return {result.final_return:.3f}, new version {result.archetype.base_hash}"
+    )
     print(f"wrote {directory}/{result.archetype.spec.weights}, {CONFIG_NAME}, {RESULT_NAME}")
     return 0
 
@@ -50,10 +64,17 @@ def _cmd_train_adapters(args) -> int:
 
     logs = Path(args.logs)
     episodes, summary = read_episodes(logs, archetypes=args.archetype and [args.archetype], players=args.players)
-    print(f"read {summary.records} records: {summary.episodes} episodes of {summary.players} players "
-          f"({summary.corrupt_records} corrupt records skipped, {summary.open_episodes} unfinished episodes ignored)")
-    config = OfflineConfig(epochs=args.epochs, learning_rate=args.lr, kl_bound=args.kl_bound, seed=args.seed,
-                           players_per_batch=args.players_per_batch)
+    print(
+        f"read {summary.records} records: {summary.episodes} episodes of {summary.players} players "
+        f"({summary.corrupt_records} corrupt records skipped, {summary.open_episodes} unfinished episodes ignored)"
+    )
+    config = OfflineConfig(
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        kl_bound=args.kl_bound,
+        seed=args.seed,
+        players_per_batch=args.players_per_batch,
+    )
     data = Path(args.data) if args.data else logs.parent
     out = Path(args.out) if args.out else data / "reports"
     by_arch: dict[str, dict] = {}
@@ -70,14 +91,19 @@ def _cmd_train_adapters(args) -> int:
             if args.engine == "ray":
                 from ..training.ray_backend import RayExecutor
 
-                executor = RayExecutor(svc.archetypes[archetype].directory, config, address=args.address, workers=args.workers)
+                executor = RayExecutor(
+                    svc.archetypes[archetype].directory, config, address=args.address, workers=args.workers
+                )
             with tqdm(total=len(players), desc=f"fit {archetype}", unit="player", disable=args.quiet) as bar:
-                rows = fit_adapters(svc.engine, archetype, players, config, state_file=state, on_players=bar.update,
-                                    executor=executor)
+                rows = fit_adapters(
+                    svc.engine, archetype, players, config, state_file=state, on_players=bar.update, executor=executor
+                )
             json_path, png_path = write_fit_report(archetype, rows, summary.to_dict(), asdict(config), out)
             improved = sum(r["estimate_fitted"] > r["estimate_base"] for r in rows)
-            print(f"{archetype}: {len(rows)} players fitted, {improved} improve the off-policy estimate; "
-                  f"adapters in {data}/adapters/{archetype}; report {json_path}, plot {png_path}")
+            print(
+                f"{archetype}: {len(rows)} players fitted, {improved} improve the off-policy estimate; "
+                f"adapters in {data}/adapters/{archetype}; report {json_path}, plot {png_path}"
+            )
     return 0
 
 
@@ -86,7 +112,7 @@ def _cmd_train_library(args) -> int:
     from ..recordings import read_episodes
 
     arch = load_archetype(args, args.archetype)
-    episodes, summary = read_episodes(args.logs)  # every archetype: players shared with others give transfers
+    episodes, _summary = read_episodes(args.logs)  # every archetype: players shared with others give transfers
     by_arch: dict[str, dict] = {}
     for (archetype, player), eps in episodes.items():
         by_arch.setdefault(archetype, {})[player] = eps
@@ -103,13 +129,18 @@ def _cmd_train_library(args) -> int:
         if rows_of is not None:
             rows_of.shutdown()
     found = find_archetypes(archetype_dirs(args))
-    sources = {name: (lib, other) for name, other in found.items()
-               if name != arch.name and name in by_arch and (lib := find_library(other)) is not None}
+    sources = {
+        name: (lib, other)
+        for name, other in found.items()
+        if name != arch.name and name in by_arch and (lib := find_library(other)) is not None
+    }
     library = with_transfers(library, cohort_of, sources, by_arch)
     path = save_library(library, Path(args.out) if args.out else arch.directory / LIBRARY_NAME)
-    print(f"{arch.name}: {library.cohorts} cohorts from {library.meta['players']} recorded players "
-          f"({len(players)} players' episodes read; sizes {library.meta['cohort_sizes']}), bound to version "
-          f"{arch.base_hash}; warm starts from {sorted(library.transfer) or 'no other archetype'}; wrote {path}")
+    print(
+        f"{arch.name}: {library.cohorts} cohorts from {library.meta['players']} recorded players "
+        f"({len(players)} players' episodes read; sizes {library.meta['cohort_sizes']}), bound to version "
+        f"{arch.base_hash}; warm starts from {sorted(library.transfer) or 'no other archetype'}; wrote {path}"
+    )
     return 0
 
 
@@ -125,7 +156,9 @@ def add_train(sub) -> None:
     ad.add_argument("--epochs", type=int, default=20)
     ad.add_argument("--players-per-batch", type=int, default=64, help="players fitted together in one batched pass")
     ad.add_argument("--engine", choices=("local", "ray"), default="local", help="where batches run")
-    ad.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)")
+    ad.add_argument(
+        "--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)"
+    )
     ad.add_argument("--workers", type=int, help="CPUs of the local Ray (default: all)")
     ad.add_argument("--lr", type=float, default=1e-2)
     ad.add_argument("--kl-bound", type=float, default=KL_BOUND)
@@ -133,15 +166,21 @@ def add_train(sub) -> None:
     add_archetypes_argument(ad)
     ad.add_argument("--quiet", action="store_true")
     ad.set_defaults(func=_cmd_train_adapters)
-    lib = tsub.add_parser("library", help="build an archetype's population prior (player cohorts) from recorded sessions")
+    lib = tsub.add_parser(
+        "library", help="build an archetype's population prior (player cohorts) from recorded sessions"
+    )
     lib.add_argument("--archetype", required=True, help="archetype name")
     lib.add_argument("--logs", required=True, help="interaction log directory (DATA/logs)")
     lib.add_argument("--cohorts", type=int, default=10, help="cohorts (K) to cluster the players into")
     lib.add_argument("--gamma", type=float, default=0.0, help="discount of the reward-to-go target (sequential games)")
     lib.add_argument("--out", help="where to write it (default: the archetype's directory)")
     lib.add_argument("--seed", type=int, default=0)
-    lib.add_argument("--engine", choices=("local", "ray"), default="local", help="where the players' statistics are computed")
-    lib.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)")
+    lib.add_argument(
+        "--engine", choices=("local", "ray"), default="local", help="where the players' statistics are computed"
+    )
+    lib.add_argument(
+        "--address", help="Ray cluster address ('auto' joins a running cluster; default: start a local Ray)"
+    )
     lib.add_argument("--workers", type=int, help="CPUs of the local Ray (default: all)")
     add_archetypes_argument(lib)
     lib.set_defaults(func=_cmd_train_library)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from .backend import DEFAULT_ONLINE, DEMO_SETTINGS, Backend, LocalBackend, SocketBackend, parse_address
-from .bots import gain_against, Bot, parse_bot
+from .bots import Bot, gain_against, parse_bot
 from .options import DemoOptions
 from .profiles import Profiles
 from .session import KL_OBSERVATIONS, Session, describe_prior
@@ -60,10 +60,15 @@ class FrameStats:
 
     def summary(self) -> dict:
         a = np.asarray(self.all or [0.0])
-        return {"frames": len(self.all), "p50_ms": round(float(np.percentile(a, 50)), 3),
-                "p95_ms": round(float(np.percentile(a, 95)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3),
-                "max_ms": round(float(a.max()), 3), "over_budget": int((a > TARGET_MS).sum()),
-                "target_ms": round(TARGET_MS, 2)}
+        return {
+            "frames": len(self.all),
+            "p50_ms": round(float(np.percentile(a, 50)), 3),
+            "p95_ms": round(float(np.percentile(a, 95)), 3),
+            "p99_ms": round(float(np.percentile(a, 99)), 3),
+            "max_ms": round(float(a.max()), 3),
+            "over_budget": int((a > TARGET_MS).sum()),
+            "target_ms": round(TARGET_MS, 2),
+        }
 
 
 def has_display() -> bool:
@@ -117,8 +122,9 @@ def start_session(options: DemoOptions, name: str, *, train: str) -> tuple[Sessi
 def run_headless(options: DemoOptions) -> dict:
     """Play `options.seconds` of game time with a bot; returns the summary (also printed by main)."""
     personas = parse_bot(options.bot)
-    session, name = start_session(options, options.profile or f"bot {options.bot}"[:24],
-                                  train="background" if options.realtime else "sync")
+    session, name = start_session(
+        options, options.profile or f"bot {options.bot}"[:24], train="background" if options.realtime else "sync"
+    )
     pygame = None
     try:
         pygame, screen = init_pygame(headless=True)
@@ -153,9 +159,16 @@ def run_headless(options: DemoOptions) -> dict:
         session.backend.flush()
         summary = session.summary()
         gains = {a: gain_against(session.backend, a, session.player, personas[a]) for a in session.archetypes}
-        summary.update(profile=name, bot=personas, gain_vs_bot=gains, frame_time=stats.summary(),
-                       screenshot=options.screenshot, adapting_npcs=len(session.world.npcs), realtime=bool(options.realtime),
-                       training="background thread" if options.realtime or options.connect else "synchronous, in frame")
+        summary.update(
+            profile=name,
+            bot=personas,
+            gain_vs_bot=gains,
+            frame_time=stats.summary(),
+            screenshot=options.screenshot,
+            adapting_npcs=len(session.world.npcs),
+            realtime=bool(options.realtime),
+            training="background thread" if options.realtime or options.connect else "synchronous, in frame",
+        )
     finally:
         session.backend.close()
         if pygame is not None:
@@ -169,23 +182,33 @@ def run_headless(options: DemoOptions) -> dict:
 def format_summary(s: dict) -> str:
     ft = s["frame_time"]
     bot = ", ".join(f"{a}={p}" for a, p in s["bot"].items())
-    lines = [(f"npcadapt demo (headless): profile {s['profile']!r} (player id {s['player']!r}), bot {bot}, "
-              f"{s['game_seconds']:.0f} s of game time, {s['backend']}"),
-             f"{'NPC':<12} {'archetype':<10} {'answers':>7}  {'reward early -> late':>20}  {'adapter':>10}  {'updates':>7}  "
-             f"{'KL':>6}  {'gain':>5}  prior: cohort, sure, served share"]
+    lines = [
+        (
+            f"npcadapt demo (headless): profile {s['profile']!r} (player id {s['player']!r}), bot {bot}, "
+            f"{s['game_seconds']:.0f} s of game time, {s['backend']}"
+        ),
+        f"{'NPC':<12} {'archetype':<10} {'answers':>7}  {'reward early -> late':>20}  {'adapter':>10}  {'updates':>7}  "
+        f"{'KL':>6}  {'gain':>5}  prior: cohort, sure, served share",
+    ]
     for r in s["npcs"]:
         r = {**r, "gain": s.get("gain_vs_bot", {}).get(r["archetype"])}
         versions = f"v{r['version_start']} -> v{r['version']}"
         early = "-" if r["reward_early"] is None else f"{r['reward_early']:+.2f} -> {r['reward_late']:+.2f}"
         kl = "-" if r["kl"] is None else f"{max(r['kl'], 0.0):.2f}"
         gain = "-" if r["gain"] is None else f"{r['gain']:+.2f}"
-        lines.append(f"{r['name']:<12} {r['archetype']:<10} {r['answered']:>7}  {early:>20}  "
-                     f"{versions:>10}  {r['updates']:>7}  {kl:>6}  {gain:>5}  {describe_prior(r.get('prior'))}")
-    lines.append(f"(KL: mean KL(adapted || base) over the NPC's last {KL_OBSERVATIONS} observations; gain: exact share of "
-                 "the gap from the base to the bot persona's best responses closed by the NPC's policy now, from the sim env)")
-    lines.append(f"frame time ({s['training']} updates, world + inference + HUD + drawing): p50 {ft['p50_ms']:.2f} ms, "
-                 f"p95 {ft['p95_ms']:.2f} ms, p99 {ft['p99_ms']:.2f} ms, max {ft['max_ms']:.1f} ms over {ft['frames']} frames "
-                 f"with {s['adapting_npcs']} adapting NPCs; {ft['over_budget']} frames over {ft['target_ms']} ms")
+        lines.append(
+            f"{r['name']:<12} {r['archetype']:<10} {r['answered']:>7}  {early:>20}  "
+            f"{versions:>10}  {r['updates']:>7}  {kl:>6}  {gain:>5}  {describe_prior(r.get('prior'))}"
+        )
+    lines.append(
+        f"(KL: mean KL(adapted || base) over the NPC's last {KL_OBSERVATIONS} observations; gain: exact share of "
+        "the gap from the base to the bot persona's best responses closed by the NPC's policy now, from the sim env)"
+    )
+    lines.append(
+        f"frame time ({s['training']} updates, world + inference + HUD + drawing): p50 {ft['p50_ms']:.2f} ms, "
+        f"p95 {ft['p95_ms']:.2f} ms, p99 {ft['p99_ms']:.2f} ms, max {ft['max_ms']:.1f} ms over {ft['frames']} frames "
+        f"with {s['adapting_npcs']} adapting NPCs; {ft['over_budget']} frames over {ft['target_ms']} ms"
+    )
     if s.get("screenshot"):
         lines.append(f"screenshot: {s['screenshot']}")
     return "\n".join(lines)
@@ -250,7 +273,9 @@ def run_window(options: DemoOptions) -> int:
         session.backend.close()
         pygame.quit()
     ft = stats.summary()
-    print(f"saved {name}'s adapters; frame time p50 {ft['p50_ms']:.2f} ms, p95 {ft['p95_ms']:.2f} ms over {ft['frames']} frames")
+    print(
+        f"saved {name}'s adapters; frame time p50 {ft['p50_ms']:.2f} ms, p95 {ft['p95_ms']:.2f} ms over {ft['frames']} frames"
+    )
     return 0
 
 
@@ -264,9 +289,18 @@ def _direction(pygame) -> tuple[float, float]:
 def _key(pygame, event, session: Session, ui, inp: PlayerInput, saved: bool) -> tuple[bool, bool]:
     """Handle one key press; returns (keep running, saved)."""
     key, now = event.key, session.world.time
-    feelings = {pygame.K_EQUALS: "likes", pygame.K_PLUS: "likes", pygame.K_KP_PLUS: "likes", pygame.K_MINUS: "dislikes",
-                pygame.K_KP_MINUS: "dislikes", pygame.K_0: "unmoved", pygame.K_KP0: "unmoved"}  # a haggler's line
-    moves = {getattr(pygame, f"K_{i + 1}"): i for i in range(8)} | {getattr(pygame, f"K_KP{i + 1}"): i for i in range(8)}
+    feelings = {
+        pygame.K_EQUALS: "likes",
+        pygame.K_PLUS: "likes",
+        pygame.K_KP_PLUS: "likes",
+        pygame.K_MINUS: "dislikes",
+        pygame.K_KP_MINUS: "dislikes",
+        pygame.K_0: "unmoved",
+        pygame.K_KP0: "unmoved",
+    }  # a haggler's line
+    moves = {getattr(pygame, f"K_{i + 1}"): i for i in range(8)} | {
+        getattr(pygame, f"K_KP{i + 1}"): i for i in range(8)
+    }
     if key in (pygame.K_h, pygame.K_F1):
         ui.help = not ui.help
     elif key in (pygame.K_p, pygame.K_ESCAPE):
@@ -304,8 +338,12 @@ def _key(pygame, event, session: Session, ui, inp: PlayerInput, saved: bool) -> 
         inp.feeling = feelings[key]
     elif key == pygame.K_m:
         session.set_adapting(not session.adapting)
-        ui.say("Adaptation ON: NPCs use what they learned about you" if session.adapting
-               else "Adaptation OFF: every NPC plays the base policy", now)
+        ui.say(
+            "Adaptation ON: NPCs use what they learned about you"
+            if session.adapting
+            else "Adaptation OFF: every NPC plays the base policy",
+            now,
+        )
     elif key == pygame.K_TAB:
         ids = [n.id for n in session.world.npcs]
         step = -1 if event.mod & pygame.KMOD_SHIFT else 1
@@ -330,8 +368,11 @@ def main(options: DemoOptions) -> int:
         parse_address(options.connect)
     parse_bot(options.bot)
     if not options.headless and not has_display():
-        print("npcadapt demo: no display found, running headless with a bot "
-              f"({options.bot}, {options.seconds:.0f} s); pass --headless to silence this", file=sys.stderr)
+        print(
+            "npcadapt demo: no display found, running headless with a bot "
+            f"({options.bot}, {options.seconds:.0f} s); pass --headless to silence this",
+            file=sys.stderr,
+        )
         options = replace(options, headless=True, screenshot=options.screenshot or "runs/demo/screenshot.png")
     if options.headless:
         if options.seconds <= 0:

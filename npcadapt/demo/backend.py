@@ -32,8 +32,16 @@ log = logging.getLogger(__name__)
 # population prior's tilt is trusted from the first episode (a merchant meets the player a
 # handful of times a minute) instead of after the couple of consistent episodes a server's
 # default waits for (see docs/adaptation.md).
-DEFAULT_ONLINE = OnlineConfig(ent_coef=0.0, prior_trust_open=-3.0, prior_trust_nats=2.0, prior_decay=0.99, prior_explore=False)
-DEMO_SETTINGS = ("ent_coef", "prior_trust_open", "prior_trust_nats", "prior_decay", "prior_explore")  # what the demo changes from the defaults
+DEFAULT_ONLINE = OnlineConfig(
+    ent_coef=0.0, prior_trust_open=-3.0, prior_trust_nats=2.0, prior_decay=0.99, prior_explore=False
+)
+DEMO_SETTINGS = (
+    "ent_coef",
+    "prior_trust_open",
+    "prior_trust_nats",
+    "prior_decay",
+    "prior_explore",
+)  # what the demo changes from the defaults
 
 
 class Backend(Host, Protocol):
@@ -70,8 +78,14 @@ class LocalBackend(Backend):
     full speed, so that updates keep pace with simulated time and runs are reproducible).
     """
 
-    def __init__(self, data_dir: str | Path, *, seed: int = 0, online: OnlineConfig | None = DEFAULT_ONLINE,
-                 train: str = "background"):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        *,
+        seed: int = 0,
+        online: OnlineConfig | None = DEFAULT_ONLINE,
+        train: str = "background",
+    ):
         if train not in ("background", "sync"):
             raise InvalidInputError(f"train must be 'background' or 'sync', got {train!r}")
         self.service = Service(data_dir, seed=seed, online=online, record=True)
@@ -120,8 +134,10 @@ class SocketBackend(Backend):
         try:
             self.client = Client(host, port, token=token, timeout=10.0)
         except OSError as exc:
-            raise NpcAdaptError(f"cannot connect to the npcadapt bridge at {host}:{port} ({exc}); "
-                                f"start one with `npcadapt serve --port {port}`") from None
+            raise NpcAdaptError(
+                f"cannot connect to the npcadapt bridge at {host}:{port} ({exc}); "
+                f"start one with `npcadapt serve --port {port}`"
+            ) from None
         self.label = f"socket bridge {host}:{port}"
         self._described = {a["name"]: a for a in self.client.archetypes()}
 
@@ -135,10 +151,15 @@ class SocketBackend(Backend):
         def column(key: str, dtype: type) -> np.ndarray:
             return np.array([r[key] for r in replies], dtype)
 
-        return BatchDecision(decision=column("decision", np.int64), action=column("action", np.int64),
-                             logp=column("logp", np.float32), value=column("value", np.float32),
-                             entropy=column("entropy", np.float32), adapter_version=column("adapter_version", np.int64),
-                             action_names=tuple(self._described[archetype]["actions"]))
+        return BatchDecision(
+            decision=column("decision", np.int64),
+            action=column("action", np.int64),
+            logp=column("logp", np.float32),
+            value=column("value", np.float32),
+            entropy=column("entropy", np.float32),
+            adapter_version=column("adapter_version", np.int64),
+            action_names=tuple(self._described[archetype]["actions"]),
+        )
 
     def feedback_batch(self, players: Sequence[str], npcs: Sequence[str], rewards, dones) -> None:
         for p, n, r, d in zip(players, npcs, rewards, dones):

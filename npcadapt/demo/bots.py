@@ -58,15 +58,30 @@ from .world import Pending, PlayerInput, World
 ROUND_ARCHETYPES = (DUELIST, MERCHANT, COMPANION)  # their envs play rounds of a RoundModel (env.model)
 ARCHETYPE_ENVS = SIM_ENVS  # archetype -> gymnasium env id
 ENVS = {a: game(env_id) for a, env_id in ARCHETYPE_ENVS.items()}  # archetype -> the env (its tables and personas)
-MERCHANT_REPLIES = {"walks_away": "walk", "browses": "no", "buys": "buy"}  # the customer's response -> what the bot does
+MERCHANT_REPLIES = {
+    "walks_away": "walk",
+    "browses": "no",
+    "buys": "buy",
+}  # the customer's response -> what the bot does
 # the haggle customer's response -> (answer to a mood line, answer to a closing line); a walk-out
 # only happens to a furious customer, whom the demo's rules send off on the next drop
-HAGGLE_ANSWERS = {"mood_up": ("likes", None), "unmoved": ("unmoved", None), "mood_down": ("dislikes", None),
-                  "refused": (None, "no"), "sale": (None, "buy"), "walked_away": ("dislikes", "no")}
+HAGGLE_ANSWERS = {
+    "mood_up": ("likes", None),
+    "unmoved": ("unmoved", None),
+    "mood_down": ("dislikes", None),
+    "refused": (None, "no"),
+    "sale": (None, "buy"),
+    "walked_away": ("dislikes", "no"),
+}
 # a preset is a latent player trait (the envs' TRAITS) named by its duellist: the same person at
 # every NPC, as in the recordings the population priors were built from
-PRESET_TRAITS = {"high_blocker": "proud", "brawler": "brute", "turtle": "cautious", "jumper": "showy",
-                 "low_sweeper": "collector"}
+PRESET_TRAITS = {
+    "high_blocker": "proud",
+    "brawler": "brute",
+    "turtle": "cautious",
+    "jumper": "showy",
+    "low_sweeper": "collector",
+}
 PRESETS: dict[str, dict[str, str]] = {
     name: {arch: ENVS[arch].TRAITS[trait] for arch in (DUELIST, MERCHANT, COMPANION, HAGGLER)}
     for name, trait in PRESET_TRAITS.items()
@@ -86,7 +101,10 @@ def gain_against(host: Host, archetype: str, player: str, persona: str) -> float
     env = make_env(ARCHETYPE_ENVS[archetype], persona=persona).unwrapped
     obs = np.stack([o for o, _ in env.situations()]).astype(np.float32)  # (S, D)
     players = [player] * len(obs)
-    now, base = host.action_probs(archetype, players, obs, base=False), host.action_probs(archetype, players, obs, base=True)
+    now, base = (
+        host.action_probs(archetype, players, obs, base=False),
+        host.action_probs(archetype, players, obs, base=True),
+    )
     base_return = env.expected_return(persona, base)
     gap = env.oracle_return(persona) - base_return
     return round(float((env.expected_return(persona, now) - base_return) / gap), 4) if abs(gap) > 1e-9 else None
@@ -109,14 +127,16 @@ def parse_bot(spec: str) -> dict[str, str]:
         if not owners:
             raise InvalidInputError(
                 f"unknown bot {spec!r}: use a preset {sorted(PRESETS)}, a sim persona "
-                f"({', '.join(f'{a}: {list(e.PERSONAS)}' for a, e in ENVS.items())}) or archetype=persona pairs")
-        return {**personas, **{a: spec for a in owners}}
+                f"({', '.join(f'{a}: {list(e.PERSONAS)}' for a, e in ENVS.items())}) or archetype=persona pairs"
+            )
+        return {**personas, **dict.fromkeys(owners, spec)}
     for part in parts:
         key, _, value = (s.strip() for s in part.partition("="))
         if key not in ENVS or value not in ENVS[key].PERSONAS:
             raise InvalidInputError(
                 f"bad bot part {part!r}: expected archetype=persona with archetype in {sorted(ENVS)} "
-                f"and persona one of that env's {list(ENVS.get(key, ENVS[DUELIST]).PERSONAS)}")
+                f"and persona one of that env's {list(ENVS.get(key, ENVS[DUELIST]).PERSONAS)}"
+            )
         personas[key] = value
     return personas
 
@@ -146,8 +166,9 @@ class Bot:
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
         self.haggle_rng = np.random.default_rng([self.seed, 1])  # its own stream: the other answers stay as they were
-        self._index = {a: {tuple(int(v) for v in row): i for i, row in enumerate(model(a).contexts)}
-                       for a in ROUND_ARCHETYPES}
+        self._index = {
+            a: {tuple(int(v) for v in row): i for i, row in enumerate(model(a).contexts)} for a in ROUND_ARCHETYPES
+        }
         self._haggle = ENVS[HAGGLER].tables["outcomes"]  # persona -> (item * 5 + mood, line, response) probabilities
 
     def plan(self, world: World) -> None:

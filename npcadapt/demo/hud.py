@@ -87,18 +87,33 @@ def draw_top(screen: pygame.Surface, art: Art, session: Session, ui: Ui) -> None
     x = _meter(screen, art, "bolt", x, p.stamina / 100, (240, 210, 70), f"{p.stamina:.0f}")
     screen.blit(art.icons["coin"], (x, 8))
     x = blit_text(screen, art, f"{p.gold}", (x + 20, 10), 16, INK).right + 16
-    x = _meter(screen, art, "shield", x, p.gear / 100, (150, 170, 210), "fresh" if p.gear >= rules.WORN_BELOW else "worn")
+    x = _meter(
+        screen, art, "shield", x, p.gear / 100, (150, 170, 210), "fresh" if p.gear >= rules.WORN_BELOW else "worn"
+    )
     right = SIZE[0] - 10
-    r = blit_text(screen, art, f"frame {ui.frame_ms[0]:.1f} ms · p95 {ui.frame_ms[1]:.1f}", (right, 10), 16, DIM, "topright")
-    mode = "in-process" if session.backend.label.startswith("in-process") else session.backend.label.replace("socket bridge ", "bridge ")
+    r = blit_text(
+        screen, art, f"frame {ui.frame_ms[0]:.1f} ms · p95 {ui.frame_ms[1]:.1f}", (right, 10), 16, DIM, "topright"
+    )
+    mode = (
+        "in-process"
+        if session.backend.label.startswith("in-process")
+        else session.backend.label.replace("socket bridge ", "bridge ")
+    )
     r = blit_text(screen, art, mode, (r.left - 14, 10), 16, DIM, "topright")
     badge = ("ADAPTING", (40, 120, 64)) if session.adapting else ("BASE ONLY", (140, 50, 50))
     img = art.text(badge[0], 16, INK)
     box = img.get_rect(topright=(r.left - 14, 9)).inflate(12, 6)
     pygame.draw.rect(screen, badge[1], box, border_radius=4)
     screen.blit(img, img.get_rect(center=box.center))
-    blit_text(screen, art, "evening" if world.evening else "morning", (box.left - 12, 10), 16,
-              (190, 170, 255) if world.evening else (255, 220, 130), "topright")
+    blit_text(
+        screen,
+        art,
+        "evening" if world.evening else "morning",
+        (box.left - 12, 10),
+        16,
+        (190, 170, 255) if world.evening else (255, 220, 130),
+        "topright",
+    )
 
 
 # -- panel ------------------------------------------------------------------------------------------
@@ -114,8 +129,14 @@ def draw_panel(screen: pygame.Surface, art: Art, session: Session, ui: Ui) -> No
     accent = ACCENT[npc.archetype]
     screen.blit(art.sprite(npc, False), (x0, y))
     blit_text(screen, art, npc.name, (x0 + 46, y + 2), 24, INK)
-    blit_text(screen, art, f"{npc.archetype} · {ROLE[npc.archetype]}" + ("" if ui.selected else " (nearest)"),
-              (x0 + 46, y + 24), 16, accent)
+    blit_text(
+        screen,
+        art,
+        f"{npc.archetype} · {ROLE[npc.archetype]}" + ("" if ui.selected else " (nearest)"),
+        (x0 + 46, y + 24),
+        16,
+        accent,
+    )
     y += 52
     info = session.adapter(npc.archetype)
     line = f"adapter v{info['version']} · {info['updates']} updates" if info else "no adapter yet: the base policy"
@@ -128,8 +149,14 @@ def draw_panel(screen: pygame.Surface, art: Art, session: Session, ui: Ui) -> No
         blit_text(screen, art, f"shared by all {npc.archetype}s of {ui.profile}", (x0, y + 38), 16, DIM)
     blit_text(screen, art, "started from " + describe_prior(session.prior(npc.archetype)), (x0, y + 56), 16, accent)
     y += 80
-    blit_text(screen, art, f"sees: {rules.describe_levels(npc.archetype, tr.levels)} · {npc.t}/{rules.EPISODE_LENGTH}",
-              (x0, y), 16, INK)
+    blit_text(
+        screen,
+        art,
+        f"sees: {rules.describe_levels(npc.archetype, tr.levels)} · {npc.t}/{rules.EPISODE_LENGTH}",
+        (x0, y),
+        16,
+        INK,
+    )
     y += 22
     y = _bars(screen, art, session, npc, x0, y)
     y = _curve(screen, art, tr.curve, accent, x0, y + 6)
@@ -152,10 +179,14 @@ def _bars(screen, art: Art, session: Session, npc: Npc, x0: int, y: int) -> int:
         bar = pygame.Rect(x0 + 100, row + 2, width, 13)
         pygame.draw.rect(screen, BAR_BG, bar, border_radius=3)
         if now is not None:
-            pygame.draw.rect(screen, accent, (bar.x, bar.y + 2, max(1, int(width * now[i])), bar.h - 4), border_radius=2)
+            pygame.draw.rect(
+                screen, accent, (bar.x, bar.y + 2, max(1, int(width * now[i])), bar.h - 4), border_radius=2
+            )
             blit_text(screen, art, f"{now[i] * 100:.0f}%", (bar.right + 6, row + 1), 16, INK)
         if base is not None:
-            pygame.draw.rect(screen, (235, 235, 245), (bar.x, bar.y, max(2, int(width * base[i])), bar.h), 1, border_radius=3)
+            pygame.draw.rect(
+                screen, (235, 235, 245), (bar.x, bar.y, max(2, int(width * base[i])), bar.h), 1, border_radius=3
+            )
     return y + len(names) * 19
 
 
@@ -213,14 +244,25 @@ def draw_bottom(screen: pygame.Surface, art: Art, session: Session, ui: Ui) -> N
     if any(n.pending is not None and n.pending.action in CLOSING for n in hagglers):
         hints.append("B take the offer   N refuse it   (walking off = walking away)")
     elif hagglers:
-        hints.append("= or + like that line   - dislike it   0 unmoved   (you are the customer: your mood is theirs to read)")
+        hints.append(
+            "= or + like that line   - dislike it   0 unmoved   (you are the customer: your mood is theirs to read)"
+        )
     if any(n.archetype == COMPANION and n.pending is not None for n in world.npcs):
         hints.append("T thanks   X stop that")
-    line = "   |   ".join(hints) or ("walk into the ring to spar, stand at a stall to shop, haggle at a rug by the vault gate; "
-                                     "your companion follows you")
+    line = "   |   ".join(hints) or (
+        "walk into the ring to spar, stand at a stall to shop, haggle at a rug by the vault gate; "
+        "your companion follows you"
+    )
     blit_text(screen, art, line, (10, BOTTOM.y + 6), 18, (255, 226, 140) if hints else INK)
-    blit_text(screen, art, "WASD/arrows move · Tab/click select NPC · M adaptation on/off · H help · P pause · "
-              "Del twice erase profile · F12 screenshot", (10, BOTTOM.y + 28), 16, DIM)
+    blit_text(
+        screen,
+        art,
+        "WASD/arrows move · Tab/click select NPC · M adaptation on/off · H help · P pause · "
+        "Del twice erase profile · F12 screenshot",
+        (10, BOTTOM.y + 28),
+        16,
+        DIM,
+    )
     if world.time < ui.toast_until and ui.toast:
         img = art.text(ui.toast, 20, INK)
         box = img.get_rect(midtop=(PANEL.x // 2, TOP + 10)).inflate(20, 10)

@@ -31,7 +31,8 @@ def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise InvalidInputError(
             f"profile name {name!r} must be 1-24 characters: letters, digits, spaces, _ . ' -, "
-            "starting with a letter or digit")
+            "starting with a letter or digit"
+        )
     return name
 
 

@@ -48,8 +48,10 @@ class Art:
         self.tiles = {code: load(f"tiles/{name}.png") for code, name in TILE_FILES.items() if code != "g"}
         self.grass = [load(f"tiles/grass{i}.png") for i in range(3)]
         self.flowers = load("tiles/flowers.png")
-        self.props = {name: load(f"props/{name}.png") for name in ("tree", "bush", "chest", "barrel", "post",
-                                                                 "crate", "well", "rug", "gold")}
+        self.props = {
+            name: load(f"props/{name}.png")
+            for name in ("tree", "bush", "chest", "barrel", "post", "crate", "well", "rug", "gold")
+        }
         self.stalls = [load(f"props/stall{i}.png") for i in range(SPRITES[MERCHANT])]
         self.icons = {name: load(f"icons/{name}.png") for name in ("heart", "coin", "bolt", "shield")}
         self.people: dict[str, list[pygame.Surface]] = {}
@@ -81,8 +83,16 @@ class Art:
         return frames[int(npc.walk / 14) % 2 if moving else 0]
 
 
-def blit_text(surface: pygame.Surface, art: Art, text: str, pos: tuple[int, int], size: int = 18,
-              colour: tuple = INK, anchor: str = "topleft", shadow: bool = False) -> pygame.Rect:
+def blit_text(
+    surface: pygame.Surface,
+    art: Art,
+    text: str,
+    pos: tuple[int, int],
+    size: int = 18,
+    colour: tuple = INK,
+    anchor: str = "topleft",
+    shadow: bool = False,
+) -> pygame.Rect:
     img = art.text(text, size, colour)
     rect = img.get_rect(**{anchor: pos})
     if shadow:
@@ -116,8 +126,11 @@ class WorldView:
                     bg.blit(art.flowers, (x * TILE, y * TILE))
         hagglers = [n for n in world.npcs if n.archetype == HAGGLER]
         wares = [("rug", n.home[0], n.home[1] + 50) for n in hagglers]  # the haggler's rug, a crate and a barrel
-        wares += [(kind, n.home[0] + dx, n.home[1] + dy) for n in hagglers
-                  for kind, dx, dy in (("crate", 34, 4), ("barrel", -34, 2))]
+        wares += [
+            (kind, n.home[0] + dx, n.home[1] + dy)
+            for n in hagglers
+            for kind, dx, dy in (("crate", 34, 4), ("barrel", -34, 2))
+        ]
         for kind, x, y in sorted(DECOR + wares, key=lambda d: (d[0] != "rug", d[2])):
             img = art.props[kind]
             bg.blit(img, img.get_rect(midbottom=(int(x), int(y))))
@@ -163,7 +176,9 @@ class WorldView:
         if npc.archetype == HAGGLER and (npc.open or npc.engaged):
             top = self._mood_tag(view, npc, top)
         if npc.bubble and now < npc.bubble_until:
-            offer = npc.bubble == "!" or (npc.archetype == HAGGLER and npc.pending is not None and npc.pending.action in CLOSING)
+            offer = npc.bubble == "!" or (
+                npc.archetype == HAGGLER and npc.pending is not None and npc.pending.action in CLOSING
+            )
             colour = OFFER if offer else (250, 248, 240)
             img = art.text(npc.bubble, 16, (30, 30, 40))
             box = img.get_rect(midbottom=(int(npc.x), top)).inflate(12, 8)
@@ -176,15 +191,25 @@ class WorldView:
             placed.append(box)
             pygame.draw.rect(view, colour, box, border_radius=6)
             pygame.draw.rect(view, (40, 36, 50), box, 1, border_radius=6)
-            pygame.draw.polygon(view, colour, [(npc.x - 4, box.bottom - 1), (npc.x + 4, box.bottom - 1), (npc.x, box.bottom + 5)])
+            pygame.draw.polygon(
+                view, colour, [(npc.x - 4, box.bottom - 1), (npc.x + 4, box.bottom - 1), (npc.x, box.bottom + 5)]
+            )
             view.blit(img, img.get_rect(center=box.center))
             top = box.top - 2
         if npc.flash is not None:
             text, value, t0 = npc.flash
             age = now - t0
             if age < 1.2:
-                blit_text(view, art, text, (int(npc.x), top - int(age * 18)), 18, reward_colour(value),
-                          anchor="midbottom", shadow=True)
+                blit_text(
+                    view,
+                    art,
+                    text,
+                    (int(npc.x), top - int(age * 18)),
+                    18,
+                    reward_colour(value),
+                    anchor="midbottom",
+                    shadow=True,
+                )
         label = art.text(npc.name, 14, ACCENT[npc.archetype])
         view.blit(label, label.get_rect(midtop=(int(npc.x), int(npc.y) + 4)))
 
@@ -220,5 +245,13 @@ class WorldView:
     def _player_move(self, view: pygame.Surface) -> None:
         p = self.world.player
         if p.last_move is not None and self.world.time - p.last_move_time < 0.6:
-            blit_text(view, self.art, rules.PLAYER_MOVES[p.last_move].replace("_", " "),
-                      (int(p.x), int(p.y) - 52), 18, (150, 200, 255), anchor="midbottom", shadow=True)
+            blit_text(
+                view,
+                self.art,
+                rules.PLAYER_MOVES[p.last_move].replace("_", " "),
+                (int(p.x), int(p.y) - 52),
+                18,
+                (150, 200, 255),
+                anchor="midbottom",
+                shadow=True,
+            )

@@ -33,8 +33,12 @@ from ..numerics import draw_categorical
 EPISODE_LENGTH = 12  # decisions per bout / visit / outing, as in the sim envs
 
 DUELIST, MERCHANT, COMPANION, HAGGLER = "duelist", "merchant", "companion", "haggler"
-SIM_ENVS = {DUELIST: "npcadapt/Duel-v0", MERCHANT: "npcadapt/Merchant-v0", COMPANION: "npcadapt/Companion-v0",
-            HAGGLER: "npcadapt/Haggle-v0"}  # the gymnasium env whose game each archetype plays
+SIM_ENVS = {
+    DUELIST: "npcadapt/Duel-v0",
+    MERCHANT: "npcadapt/Merchant-v0",
+    COMPANION: "npcadapt/Companion-v0",
+    HAGGLER: "npcadapt/Haggle-v0",
+}  # the gymnasium env whose game each archetype plays
 _duel, _merchant, _haggle = game(SIM_ENVS[DUELIST]), game(SIM_ENVS[MERCHANT]), game(SIM_ENVS[HAGGLER])
 SIM_FEATURES = {a: game(env_id).OBSERVATION_FEATURES for a, env_id in SIM_ENVS.items()}
 SIM_ACTIONS = {a: game(env_id).ACTIONS for a, env_id in SIM_ENVS.items()}
@@ -57,8 +61,16 @@ RESPONSES = _merchant.RESPONSES  # walks_away, browses, buys
 MARGIN = _merchant.MARGIN
 WALK_AWAY = _merchant.WALK_AWAY
 PRICES = np.array([30, 30, 12, 15, 10, 45, 8, 25], dtype=np.int64)  # gold per pitch if bought
-PITCH_TEXT = ("Fine blade?", "Sturdy armour?", "Healing potion?", "Lucky charm?",
-              "Special price!", "Masterwork piece?", "Lovely weather...", "Fixed price, friend.")
+PITCH_TEXT = (
+    "Fine blade?",
+    "Sturdy armour?",
+    "Healing potion?",
+    "Lucky charm?",
+    "Special price!",
+    "Masterwork piece?",
+    "Lovely weather...",
+    "Fixed price, friend.",
+)
 TIMES = ("morning", "evening")
 GOLD = ("low", "mid", "high")
 GEAR = ("worn", "fresh")
@@ -67,8 +79,16 @@ WORN_BELOW = 50.0
 
 # -- companion -------------------------------------------------------------------------------------
 REACTIONS = {"thanks": 1.0, "stop": -1.0}
-SUPPORT_TEXT = ("Let me heal you.", "Power up!", "I'll scout ahead.", "To arms!",
-                "Ooh, loot!", "Right behind you.", "Did you know...", "...")
+SUPPORT_TEXT = (
+    "Let me heal you.",
+    "Power up!",
+    "I'll scout ahead.",
+    "To arms!",
+    "Ooh, loot!",
+    "Right behind you.",
+    "Did you know...",
+    "...",
+)
 HEALTH = ("low", "high")
 ENEMIES = ("none", "few", "many")
 LOCATIONS = ("corridor", "treasure_room")
@@ -81,9 +101,16 @@ CLOSING = (_haggle.DISCOUNT, _haggle.CLOSE)  # lines that try to sell; the other
 HAGGLE_MARGIN = _haggle.MARGIN  # line -> reward of a sale
 HAGGLE_WALK_AWAY = _haggle.WALK_AWAY
 FEELINGS = {"likes": "mood_up", "unmoved": "unmoved", "dislikes": "mood_down"}  # the player's take on a mood line
-LINE_TEXT = ("What a fine eye you have!", "Heard the one about the troll?", "This one has a story...",
-             "Rarest piece in the land.", "The price is the price.", "Last one. Decide now!",
-             "For you, a discount:", "Shall we shake on it?")
+LINE_TEXT = (
+    "What a fine eye you have!",
+    "Heard the one about the troll?",
+    "This one has a story...",
+    "Rarest piece in the land.",
+    "The price is the price.",
+    "Last one. Decide now!",
+    "For you, a discount:",
+    "Shall we shake on it?",
+)
 ITEM_PRICE = (40, 20)  # gold at full price (weapon, trinket); a discount sells at the discount's margin
 
 
@@ -94,7 +121,8 @@ def check_layout(archetype: str, described: dict) -> None:
     if got_obs != want_obs or list(described.get("actions", [])) != list(SIM_ACTIONS[archetype]):
         raise ArchetypeError(
             f"archetype {archetype!r} does not match the demo's rules: expected observation {want_obs} "
-            f"and actions {list(SIM_ACTIONS[archetype])}, got {got_obs} and {described.get('actions')}")
+            f"and actions {list(SIM_ACTIONS[archetype])}, got {got_obs} and {described.get('actions')}"
+        )
 
 
 def encode(levels: Sequence[int], archetype: str, t: int) -> np.ndarray:

@@ -23,14 +23,34 @@ HELP = [
     ("P / Esc", "pause (Q there saves and quits)      F12  screenshot      H / F1  this help"),
 ]
 LEARNS = [
-    (DUELIST, ("Sparring partners see distance, your stance (walking at them = aggressive, away = defensive,"
-               " still = neutral) and stamina. They are scored on your move: fall into a habit and they counter it.")),
-    (MERCHANT, ("Merchants see time of day, your gold and your gear. Buying rewards the pitch, 'no thanks' is"
-                " neutral, walking off mid-pitch costs them.")),
-    (COMPANION, ("Your companion sees your health, the fight around you and where you are. Thanks and"
-                 " 'stop that' are its only teachers.")),
-    (HAGGLER, ("Travelling traders see your mood (moved by how you take their lines) and the item. Only a sale"
-               " pays (less with a discount); pressing a furious customer again makes them walk away, which costs.")),
+    (
+        DUELIST,
+        (
+            "Sparring partners see distance, your stance (walking at them = aggressive, away = defensive,"
+            " still = neutral) and stamina. They are scored on your move: fall into a habit and they counter it."
+        ),
+    ),
+    (
+        MERCHANT,
+        (
+            "Merchants see time of day, your gold and your gear. Buying rewards the pitch, 'no thanks' is"
+            " neutral, walking off mid-pitch costs them."
+        ),
+    ),
+    (
+        COMPANION,
+        (
+            "Your companion sees your health, the fight around you and where you are. Thanks and"
+            " 'stop that' are its only teachers."
+        ),
+    ),
+    (
+        HAGGLER,
+        (
+            "Travelling traders see your mood (moved by how you take their lines) and the item. Only a sale"
+            " pays (less with a discount); pressing a furious customer again makes them walk away, which costs."
+        ),
+    ),
 ]
 
 
@@ -87,10 +107,14 @@ def draw_pause(screen: pygame.Surface, art: Art, saved: bool) -> None:
     blit_text(screen, art, "Paused", (cx, cy - 60), 56, INK, "midtop")
     blit_text(screen, art, "P / Esc resume   ·   Q save and quit   ·   H help", (cx, cy + 10), 22, DIM, "midtop")
     if saved:
-        blit_text(screen, art, "adapters and the interaction log are saved", (cx, cy + 44), 18, ACCENT[COMPANION], "midtop")
+        blit_text(
+            screen, art, "adapters and the interaction log are saved", (cx, cy + 44), 18, ACCENT[COMPANION], "midtop"
+        )
 
 
-def profile_prompt(screen: pygame.Surface, art: Art, profiles: Profiles, backdrop: pygame.Surface | None = None) -> str | None:
+def profile_prompt(
+    screen: pygame.Surface, art: Art, profiles: Profiles, backdrop: pygame.Surface | None = None
+) -> str | None:
     """Ask who is playing: type a name or pick a listed one. Returns the name, or None to quit."""
     clock = pygame.time.Clock()
     known = [p.name for p in profiles.list()][:8]
@@ -150,7 +174,15 @@ def _draw_prompt(screen, art: Art, backdrop, text: str, known: list[str], choice
     if error:
         blit_text(screen, art, error, (cx, box.bottom + 8), 18, BAD, "midtop")
     if known:
-        blit_text(screen, art, "or pick a profile (click, or Up/Down then Enter): the NPCs remember them", (cx, 360), 18, DIM, "midtop")
+        blit_text(
+            screen,
+            art,
+            "or pick a profile (click, or Up/Down then Enter): the NPCs remember them",
+            (cx, 360),
+            18,
+            DIM,
+            "midtop",
+        )
         for i, rect in enumerate(_prompt_rows(known)):
             hot = i == choice or rect.collidepoint(pygame.mouse.get_pos())
             pygame.draw.rect(screen, (52, 56, 78) if hot else (32, 34, 46), rect, border_radius=6)

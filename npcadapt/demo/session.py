@@ -97,8 +97,12 @@ class Session:
         if not outcomes:
             return
         pid = self.acting_player
-        self.backend.feedback_batch([pid] * len(outcomes), [o.npc.id for o in outcomes], [o.reward for o in outcomes],
-                                    [o.done and self.adapting for o in outcomes])
+        self.backend.feedback_batch(
+            [pid] * len(outcomes),
+            [o.npc.id for o in outcomes],
+            [o.reward for o in outcomes],
+            [o.done and self.adapting for o in outcomes],
+        )
         self.feedbacks += len(outcomes)
         for o in outcomes:
             tr = self.tracks[o.npc.id]
@@ -175,7 +179,10 @@ class Session:
             r = tr.rewards
             third = max(len(r) // 3, 1)
             row = {
-                "npc": npc.id, "name": npc.name, "archetype": npc.archetype, "decisions": tr.decisions,
+                "npc": npc.id,
+                "name": npc.name,
+                "archetype": npc.archetype,
+                "decisions": tr.decisions,
                 "answered": len(r),
                 "reward_early": float(np.mean(r[:third])) if r else None,
                 "reward_late": float(np.mean(r[-third:])) if r else None,
@@ -183,19 +190,30 @@ class Session:
                 "version": (infos[npc.archetype] or {}).get("version", 0),
                 "updates": (infos[npc.archetype] or {}).get("updates", 0),
                 "kl": None,
-                "probs_now": None, "probs_base": None,
+                "probs_now": None,
+                "probs_base": None,
                 "prior": priors[npc.archetype],
             }
             if tr.recent_obs:
                 obs = np.stack(tr.recent_obs)
                 now = self._probs(npc.archetype, obs, base=False)
                 base = self._probs(npc.archetype, obs, base=True)
-                row.update(kl=float(kl_rows(now, base).mean()), probs_now=now.mean(0).round(4).tolist(),
-                           probs_base=base.mean(0).round(4).tolist())
+                row.update(
+                    kl=float(kl_rows(now, base).mean()),
+                    probs_now=now.mean(0).round(4).tolist(),
+                    probs_base=base.mean(0).round(4).tolist(),
+                )
             npcs.append(row)
-        return {"player": self.player, "backend": self.backend.label, "npcs": npcs,
-                "adapters": infos, "decisions": self.decisions, "feedback": self.feedbacks,
-                "score": self.world.player.score, "game_seconds": self.world.time}
+        return {
+            "player": self.player,
+            "backend": self.backend.label,
+            "npcs": npcs,
+            "adapters": infos,
+            "decisions": self.decisions,
+            "feedback": self.feedbacks,
+            "score": self.world.player.score,
+            "game_seconds": self.world.time,
+        }
 
 
 def describe_prior(info: dict | None) -> str:

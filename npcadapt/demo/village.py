@@ -53,13 +53,32 @@ def terrain() -> list[str]:
 
 # Decorations (kind, x, y): x, y is the bottom centre in px.
 DECOR = (
-    [("tree", (tx + 0.5) * TILE, (ty + 1) * TILE) for tx, ty in
-     ((6, 1), (9, 0), (12, 1), (15, 2), (0, 6), (0, 13), (1, 18), (4, 19), (8, 19), (12, 19),
-      (16, 17), (19, 19), (17, 14), (15, 5), (19, 8), (19, 12))]
-    + [("bush", (tx + 0.5) * TILE, (ty + 1) * TILE) for tx, ty in
-       ((5, 3), (14, 14), (18, 16), (16, 8), (2, 16))]
-    + [("post", ARENA[0] + math.cos(a) * (ARENA[2] + 8), ARENA[1] + math.sin(a) * (ARENA[2] + 8) + 10)
-       for a in np.linspace(0, 2 * math.pi, 12, endpoint=False)]
+    [
+        ("tree", (tx + 0.5) * TILE, (ty + 1) * TILE)
+        for tx, ty in (
+            (6, 1),
+            (9, 0),
+            (12, 1),
+            (15, 2),
+            (0, 6),
+            (0, 13),
+            (1, 18),
+            (4, 19),
+            (8, 19),
+            (12, 19),
+            (16, 17),
+            (19, 19),
+            (17, 14),
+            (15, 5),
+            (19, 8),
+            (19, 12),
+        )
+    ]
+    + [("bush", (tx + 0.5) * TILE, (ty + 1) * TILE) for tx, ty in ((5, 3), (14, 14), (18, 16), (16, 8), (2, 16))]
+    + [
+        ("post", ARENA[0] + math.cos(a) * (ARENA[2] + 8), ARENA[1] + math.sin(a) * (ARENA[2] + 8) + 10)
+        for a in np.linspace(0, 2 * math.pi, 12, endpoint=False)
+    ]
     + [("chest", x, y) for x, y in ((760.0, 470.0), (840.0, 470.0), (920.0, 520.0), (760.0, 600.0))]
     + [("barrel", x, y) for x, y in ((560.0, 230.0), (930.0, 230.0), (700.0, 600.0), (944.0, 600.0))]
     + [("crate", x, y) for x, y in ((580.0, 236.0), (912.0, 236.0), (566.0, 206.0), (728.0, 616.0))]

@@ -59,8 +59,14 @@ NAMES = {
     COMPANION: ("Wren", "Ash"),
     HAGGLER: ("Zarek", "Mags"),
 }
-HAGGLE_FLASH = {"mood_up": "warmer", "unmoved": "unmoved", "mood_down": "cooler", "refused": "refused",
-                "sale": "sold!", "walked_away": "walked away"}
+HAGGLE_FLASH = {
+    "mood_up": "warmer",
+    "unmoved": "unmoved",
+    "mood_down": "cooler",
+    "refused": "refused",
+    "sale": "sold!",
+    "walked_away": "walked away",
+}
 FAREWELL = {"sale": "A pleasure!", "walked_away": "Suit yourself!"}  # else, after the 12th line: "Another time."
 
 
@@ -164,14 +170,17 @@ class World:
         for i in range(duelists):
             a = 2 * math.pi * i / max(duelists, 1)
             home = (cx + math.cos(a) * 3.6 * TILE, cy + math.sin(a) * 3.6 * TILE)
-            self.npcs.append(Npc(f"duelist-{i + 1}", DUELIST, NAMES[DUELIST][i], i % SPRITES[DUELIST], home, *home, slot=a))
+            self.npcs.append(
+                Npc(f"duelist-{i + 1}", DUELIST, NAMES[DUELIST][i], i % SPRITES[DUELIST], home, *home, slot=a)
+            )
         for i in range(merchants):
             home = (STALL_X[i], STALL_TOP + 46)
             self.npcs.append(Npc(f"merchant-{i + 1}", MERCHANT, NAMES[MERCHANT][i], i, home, *home))
         for i in range(companions):
             home = (SPAWN[0] - 40 - 30 * i, SPAWN[1] + 10)
-            self.npcs.append(Npc(f"companion-{i + 1}", COMPANION, NAMES[COMPANION][i], i, home, *home,
-                                 slot=-1.0 if i == 0 else 1.0))
+            self.npcs.append(
+                Npc(f"companion-{i + 1}", COMPANION, NAMES[COMPANION][i], i, home, *home, slot=-1.0 if i == 0 else 1.0)
+            )
         for i in range(hagglers):
             spot = HAGGLE_SPOTS[i]
             self.npcs.append(Npc(f"haggler-{i + 1}", HAGGLER, NAMES[HAGGLER][i], HAGGLER_VARIANTS[i], spot, *spot))

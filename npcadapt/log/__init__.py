@@ -10,6 +10,15 @@ from .segments import FILE_HEADER, FORMAT_VERSION, FRAME_HEADER_BYTES, list_segm
 from .writer import InteractionLog, Recovery
 
 __all__ = [
-    "FILE_HEADER", "FORMAT_VERSION", "FRAME_HEADER_BYTES", "CorruptRecord", "InteractionLog", "LogSummary", "Recovery",
-    "TornTail", "list_segments", "read_records", "scan",
+    "FILE_HEADER",
+    "FORMAT_VERSION",
+    "FRAME_HEADER_BYTES",
+    "CorruptRecord",
+    "InteractionLog",
+    "LogSummary",
+    "Recovery",
+    "TornTail",
+    "list_segments",
+    "read_records",
+    "scan",
 ]

@@ -40,8 +40,6 @@ FRAME_HEADER_BYTES = _FRAME.size  # 10
 _SEGMENT_RE = re.compile(r"^seg-(\d{8})\.npl$")
 
 
-
-
 def frame(payload: bytes) -> bytes:
     """The 10-byte record header for ``payload``."""
     n = len(payload)
@@ -107,9 +105,7 @@ def segment_spans(path: Path, data: bytes) -> Iterator[Span]:
         pos = n if nxt == -1 else nxt
         yield Span("corrupt", 0, pos, f"bad segment file header {data[:head].hex()}")
     elif data[6] != FORMAT_VERSION:
-        raise LogError(
-            f"log segment {path} has format version {data[6]}; this reader knows {FORMAT_VERSION}"
-        )
+        raise LogError(f"log segment {path} has format version {data[6]}; this reader knows {FORMAT_VERSION}")
     while pos < n:
         end = _frame_end(data, pos)
         if end != -1:
@@ -126,9 +122,7 @@ def segment_spans(path: Path, data: bytes) -> Iterator[Span]:
 
 def decode(data: bytes, pos: int, end: int) -> dict:
     """Unpack the payload of the valid record [pos, end); raises ValueError if not a map."""
-    obj = msgpack.unpackb(
-        memoryview(data)[pos + FRAME_HEADER_BYTES : end], raw=False, strict_map_key=False
-    )
+    obj = msgpack.unpackb(memoryview(data)[pos + FRAME_HEADER_BYTES : end], raw=False, strict_map_key=False)
     if not isinstance(obj, dict):
         raise ValueError(f"payload is a {type(obj).__name__}, not a map")
     return obj

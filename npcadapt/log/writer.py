@@ -85,9 +85,7 @@ class InteractionLog:
         if segment_bytes <= len(FILE_HEADER) + FRAME_HEADER_BYTES:
             raise InvalidInputError(f"segment_bytes must exceed 18, got {segment_bytes}")
         if not 0 < max_record_bytes <= _MAX_U32:
-            raise InvalidInputError(
-                f"max_record_bytes must be in [1, 2**32-1], got {max_record_bytes}"
-            )
+            raise InvalidInputError(f"max_record_bytes must be in [1, 2**32-1], got {max_record_bytes}")
         self.directory = Path(directory)
         self._segment_bytes = segment_bytes
         self._max_record_bytes = max_record_bytes
@@ -129,9 +127,7 @@ class InteractionLog:
                 kept += 1
             elif span.kind == "corrupt":
                 corrupt += 1
-                logger.warning(
-                    "log segment %s: corrupt record at offset %d: %s", path, span.start, span.reason
-                )
+                logger.warning("log segment %s: corrupt record at offset %d: %s", path, span.start, span.reason)
             else:
                 cut_at = span.start
         recovery = Recovery(path, len(data) - cut_at, kept, corrupt, cut_at == 0)
@@ -146,9 +142,7 @@ class InteractionLog:
             self._cut(path, cut_at)
         if corrupt:
             nxt = segment_path(self.directory, segment_number(path) + 1)
-            logger.warning(
-                "log segment %s has %d corrupt records; appending to %s", path, corrupt, nxt
-            )
+            logger.warning("log segment %s has %d corrupt records; appending to %s", path, corrupt, nxt)
             self._open(nxt, create=True)
         else:
             self._open(path, create=False)
@@ -165,9 +159,7 @@ class InteractionLog:
                 if self._fsync:
                     os.fsync(f.fileno())
         except OSError as e:
-            raise LogError(
-                f"cannot cut torn tail of log segment {path}: {_describe_oserror(e)}"
-            ) from e
+            raise LogError(f"cannot cut torn tail of log segment {path}: {_describe_oserror(e)}") from e
 
     def _open(self, path: Path, *, create: bool) -> None:
         """Make ``path`` the segment appends go to (creating it with a header if asked)."""
@@ -224,8 +216,10 @@ class InteractionLog:
                 logger.warning("holding log records in memory while the disk refuses writes: %s", exc)
         if failing:
             if self._pending + size > HELD_BYTES:
-                raise LogError(f"interaction log {self.directory}: {self._pending} bytes of records held in memory "
-                               "while the disk refuses writes; this record is refused")
+                raise LogError(
+                    f"interaction log {self.directory}: {self._pending} bytes of records held in memory "
+                    "while the disk refuses writes; this record is refused"
+                )
             return  # no rotation while the disk refuses writes: the segment grows past its size
         seg_size = self._disk_size + self._pending
         if seg_size + size > self._segment_bytes and seg_size > len(FILE_HEADER):
@@ -304,9 +298,7 @@ class InteractionLog:
             os.ftruncate(self._file.fileno(), self._disk_size)
             self._file.seek(self._disk_size)
         except OSError as e:  # reopening recovers the torn tail instead
-            logger.warning(
-                "cannot cut log segment %s back to %d bytes: %s", self._path, self._disk_size, e
-            )
+            logger.warning("cannot cut log segment %s back to %d bytes: %s", self._path, self._disk_size, e)
 
     def _sync(self) -> None:
         if self._fsync:
@@ -394,7 +386,5 @@ def _take_dir_lock(directory: Path) -> BinaryIO:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         f.close()
-        raise LogError(
-            f"log directory {directory} is already open for append by another writer"
-        ) from e
+        raise LogError(f"log directory {directory} is already open for append by another writer") from e
     return f

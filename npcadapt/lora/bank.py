@@ -22,7 +22,8 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ class Prefetch:
     """What :meth:`AdapterBank.prefetch` read for the players the bank did not know, and the
     generation of each player when the read began (a later eviction or removal bumps it)."""
 
-    __slots__ = ("loaded", "generations")
+    __slots__ = ("generations", "loaded")
 
     def __init__(self, generations: dict[str, int]):
         self.loaded: dict[str, tuple[torch.Tensor, Any] | None] = {}
@@ -144,8 +145,9 @@ class AdapterBank:
         if reading is not None:
             reading[1] += 1
 
-    def lookup(self, players: Sequence[str], prefetched: Prefetch | None = None, *,
-               may_load: bool = True) -> np.ndarray | None:
+    def lookup(
+        self, players: Sequence[str], prefetched: Prefetch | None = None, *, may_load: bool = True
+    ) -> np.ndarray | None:
         """Slots for a batch's players (int64, (N,)), loading stored adapters on a miss.
 
         Players without an adapter map to the zero slot. All slots used by this batch are
@@ -174,8 +176,11 @@ class AdapterBank:
         if slot is not None:
             self._last_used[slot] = self._tick
             return slot
-        if prefetched is not None and player in prefetched.loaded and \
-                self._reading[player][1] == prefetched.generations.get(player):
+        if (
+            prefetched is not None
+            and player in prefetched.loaded
+            and self._reading[player][1] == prefetched.generations.get(player)
+        ):
             loaded = prefetched.loaded[player]
         elif self._loader is None:
             loaded = None
@@ -262,7 +267,9 @@ class AdapterBank:
     def put(self, player: str, flat: torch.Tensor, meta: Any, *, dirty: bool = True) -> int:
         """Install a new adapter version for `player` atomically; returns its slot."""
         if flat.numel() != self.layout.size:
-            raise AdapterMismatchError(f"adapter for player {player!r} has {flat.numel()} numbers, expected {self.layout.size}")
+            raise AdapterMismatchError(
+                f"adapter for player {player!r} has {flat.numel()} numbers, expected {self.layout.size}"
+            )
         with self.lock:
             self._tick += 1
             return self._install(player, flat, meta, dirty=dirty)

@@ -19,7 +19,8 @@ read when every row is base, one row when all rows share one adapter, else one p
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -98,8 +99,15 @@ class CompiledForward(TorchForward):
 
     name = "compiled"
 
-    def __init__(self, policy: ActorCritic, layout: AdapterLayout, bank: AdapterBank, *,
-                 small: Forward | None = None, small_rows: int = 0):
+    def __init__(
+        self,
+        policy: ActorCritic,
+        layout: AdapterLayout,
+        bank: AdapterBank,
+        *,
+        small: Forward | None = None,
+        small_rows: int = 0,
+    ):
         super().__init__(policy, layout, bank)
         self.small = small
         self.small_rows = small_rows

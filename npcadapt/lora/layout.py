@@ -10,8 +10,9 @@ else (packing, named tensors, the forwards' products, merged weights) goes throu
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ class AdapterLayout:
     scale: float
 
     @classmethod
-    def from_spec(cls, spec: ArchetypeSpec) -> "AdapterLayout":
+    def from_spec(cls, spec: ArchetypeSpec) -> AdapterLayout:
         shapes = spec.layer_shapes()
         r, offset, layers = spec.lora.rank, 0, []
         for name in spec.lora.targets:
@@ -70,10 +71,14 @@ class AdapterLayout:
         B^T (r, d_out) or (N, r, d_out) of one layer (a block of gathered rows is not copied)."""
         a, b, r = layer.a_start, layer.b_start, layer.rank  # written out: forwards call this per layer and batch
         if rows.ndim == 1:
-            return rows[a : a + r * layer.d_in].reshape(r, layer.d_in), rows[b : b + r * layer.d_out].reshape(r, layer.d_out)
+            return rows[a : a + r * layer.d_in].reshape(r, layer.d_in), rows[b : b + r * layer.d_out].reshape(
+                r, layer.d_out
+            )
         n = rows.shape[0]
-        return (rows[:, a : a + r * layer.d_in].reshape(n, r, layer.d_in),
-                rows[:, b : b + r * layer.d_out].reshape(n, r, layer.d_out))
+        return (
+            rows[:, a : a + r * layer.d_in].reshape(n, r, layer.d_in),
+            rows[:, b : b + r * layer.d_out].reshape(n, r, layer.d_out),
+        )
 
     def views(self, rows: Rows) -> Iterator[tuple[LayerSlice, Rows, Rows]]:
         """(layer, A, B^T) for every adapted layer of packed rows (P,) or (N, P) (see :meth:`layer_views`)."""
@@ -103,14 +108,14 @@ class AdapterLayout:
         """Named tensors -> flat (P,); names and shapes must match exactly."""
         expected = self.tensor_shapes()
         if set(tensors) != set(expected):
-            raise AdapterMismatchError(
-                f"adapter tensors {sorted(tensors)} do not match the layout {sorted(expected)}"
-            )
+            raise AdapterMismatchError(f"adapter tensors {sorted(tensors)} do not match the layout {sorted(expected)}")
         flat = torch.empty(self.size, dtype=dtype)
         for name, view in self.unpack(flat).items():
             src = tensors[name]
             if tuple(src.shape) != expected[name]:
-                raise AdapterMismatchError(f"adapter tensor {name} has shape {tuple(src.shape)}, expected {expected[name]}")
+                raise AdapterMismatchError(
+                    f"adapter tensor {name} has shape {tuple(src.shape)}, expected {expected[name]}"
+                )
             view.copy_(src)
         return flat
 
@@ -130,7 +135,7 @@ class AdapterLayout:
         return mask
 
     # -- torch forward hooks ----------------------------------------------------------
-    def single_delta_fn(self, flat: torch.Tensor) -> "Callable[[str, torch.Tensor], torch.Tensor | None]":
+    def single_delta_fn(self, flat: torch.Tensor) -> Callable[[str, torch.Tensor], torch.Tensor | None]:
         """A policy `layer_delta` hook applying one adapter flat (P,) to every row (no gather)."""
         views = self.unpack(flat)
         names = {layer.name for layer in self.layers}
@@ -142,7 +147,7 @@ class AdapterLayout:
 
         return delta
 
-    def delta_fn(self, rows: torch.Tensor) -> "Callable[[str, torch.Tensor], torch.Tensor | None]":
+    def delta_fn(self, rows: torch.Tensor) -> Callable[[str, torch.Tensor], torch.Tensor | None]:
         """A policy `layer_delta` hook where row i of the batch uses adapter rows[i] (N, P)."""
         layers = {layer.name: layer for layer in self.layers}
 

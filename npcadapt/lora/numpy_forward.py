@@ -18,7 +18,7 @@ CPU: no torch call). Turning logits into decisions is :mod:`npcadapt.sampling`'s
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -57,8 +57,15 @@ class NumpyForward:
 
     name = "numpy"
 
-    def __init__(self, policy: ActorCritic, layout: AdapterLayout, bank: AdapterBank, *,
-                 numpy_rows: int | None = None, merged_capacity: int | None = None):
+    def __init__(
+        self,
+        policy: ActorCritic,
+        layout: AdapterLayout,
+        bank: AdapterBank,
+        *,
+        numpy_rows: int | None = None,
+        merged_capacity: int | None = None,
+    ):
         """`numpy_rows`: batches up to this size use numpy's matmul, larger ones torch's
         (default: up to ``NUMPY_MACS`` multiply-adds in the widest product);
         `merged_capacity`: merged copies kept (default: ``MERGED_BYTES`` worth)."""
@@ -96,6 +103,7 @@ class NumpyForward:
     def refresh(self) -> None:
         """Copy the weights as float32 numpy: layer 0 W^T (D, 2 h0), deeper (2, d_in, d_out);
         merged copies are dropped."""
+
         def arrays(linear: torch.nn.Linear) -> tuple[np.ndarray, np.ndarray]:
             w_t = linear.weight.detach().float().cpu().numpy().T  # (d_in, d_out)
             return w_t, linear.bias.detach().float().cpu().numpy()  # (d_out,)
@@ -126,7 +134,9 @@ class NumpyForward:
         rows, shared = batch_rows(slots, self.read_rows)
         return self.compute(obs, rows, self.bank.content_id(shared) if shared else None)
 
-    def compute(self, obs: np.ndarray, rows: np.ndarray | None, key: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def compute(
+        self, obs: np.ndarray, rows: np.ndarray | None, key: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """obs (N, D) float32; rows None (base), (N, P) packed adapters, or (1, P) one adapter
         for every row -> logits (N, A), value (N,).
 

@@ -29,11 +29,11 @@ class Stats(NamedTuple):
     n: torch.Tensor  # (..., A) count
 
     @classmethod
-    def empty(cls, n_actions: int, hidden: int) -> "Stats":
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+    def empty(cls, n_actions: int, hidden: int) -> Stats:
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
         return cls(z(n_actions, hidden, hidden), z(n_actions, hidden), z(n_actions), z(n_actions))
 
-    def add(self, h: torch.Tensor, actions: torch.Tensor, y: torch.Tensor) -> "Stats":
+    def add(self, h: torch.Tensor, actions: torch.Tensor, y: torch.Tensor) -> Stats:
         """New statistics with rows h (T, H), actions (T,), targets y (T,) added."""
         h, y = h.to(torch.float64), y.to(torch.float64)
         onehot = torch.nn.functional.one_hot(actions, self.n.shape[-1]).to(torch.float64)  # (T, A)
@@ -65,7 +65,9 @@ def _solve(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, nois
     return _Posterior(mean, prec_chol, eta, prior_prec, prior_chol)
 
 
-def posterior(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float) -> tuple[torch.Tensor, torch.Tensor]:
+def posterior(
+    prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean (..., A, H) and covariance (..., A, H, H) of the weights.
 
     prior_mean (..., A, H) and prior_cov (..., A, H, H) broadcast against the statistics.
@@ -79,8 +81,9 @@ def _logdet(chol: torch.Tensor) -> torch.Tensor:
     return 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
-def evidence_and_mean(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats,
-                      noise_var: float) -> tuple[torch.Tensor, torch.Tensor]:
+def evidence_and_mean(
+    prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(y | h, a) under the prior, summed over actions (...,), and the posterior mean (..., A, H).
 
     Closed form of the Gaussian marginal likelihood through the statistics:
@@ -90,9 +93,12 @@ def evidence_and_mean(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: 
     post = _solve(prior_mean, prior_cov, stats, noise_var)
     quad0 = (prior_mean.unsqueeze(-2) @ post.prior_prec @ prior_mean.unsqueeze(-1)).squeeze(-1).squeeze(-1)  # (..., A)
     quad_n = (post.mean * post.eta).sum(-1)
-    per_action = (-0.5 * stats.n * math.log(2 * math.pi * noise_var)
-                  - 0.5 * _logdet(post.prior_chol) - 0.5 * _logdet(post.prec_chol)
-                  - 0.5 * (stats.yy / noise_var + quad0 - quad_n))
+    per_action = (
+        -0.5 * stats.n * math.log(2 * math.pi * noise_var)
+        - 0.5 * _logdet(post.prior_chol)
+        - 0.5 * _logdet(post.prec_chol)
+        - 0.5 * (stats.yy / noise_var + quad0 - quad_n)
+    )
     return per_action.sum(-1), post.mean
 
 
@@ -101,8 +107,9 @@ def log_evidence(prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats
     return evidence_and_mean(prior_mean, prior_cov, stats, noise_var)[0]
 
 
-def cohort_weights(log_prior_weights: torch.Tensor, prior_mean: torch.Tensor, prior_cov: torch.Tensor,
-                   stats: Stats, noise_var: float) -> torch.Tensor:
+def cohort_weights(
+    log_prior_weights: torch.Tensor, prior_mean: torch.Tensor, prior_cov: torch.Tensor, stats: Stats, noise_var: float
+) -> torch.Tensor:
     """(K,) posterior probability of each cohort given one player's statistics.
 
     prior_mean (K, A, H), prior_cov (K, A, H, H); the statistics broadcast over K.

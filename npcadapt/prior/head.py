@@ -23,8 +23,9 @@ def weight_delta_row(layout: AdapterLayout, layer: str, delta: torch.Tensor) -> 
     """
     shapes = layout.tensor_shapes()
     if f"{layer}.lora_A" not in shapes:
-        raise InvalidInputError(f"layer {layer!r} has no LoRA in this layout (targets: "
-                                f"{[s.name for s in layout.layers]})")
+        raise InvalidInputError(
+            f"layer {layer!r} has no LoRA in this layout (targets: {[s.name for s in layout.layers]})"
+        )
     r, d_in = shapes[f"{layer}.lora_A"]
     d_out = shapes[f"{layer}.lora_B"][0]
     if tuple(delta.shape) != (d_out, d_in):

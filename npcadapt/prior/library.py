@@ -28,14 +28,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from ..archetypes import Archetype
@@ -72,8 +72,9 @@ class LibraryConfig:
         if not self.sharpness > 0:
             raise InvalidInputError(f"LibraryConfig: sharpness must be > 0: {self}")
         if not (self.noise_var > 0 and self.weight_precision > 0 and self.inflate >= 1 and 0 <= self.gamma <= 1):
-            raise InvalidInputError(f"LibraryConfig: noise_var and weight_precision must be > 0, inflate >= 1, "
-                                    f"gamma in [0, 1]: {self}")
+            raise InvalidInputError(
+                f"LibraryConfig: noise_var and weight_precision must be > 0, inflate >= 1, gamma in [0, 1]: {self}"
+            )
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,9 @@ class Library:
     beta: float  # served policy: softmax(base logits + beta Q)
     gamma: float  # discount of the reward-to-go target the models predict
     meta: dict
-    transfer: dict[str, torch.Tensor] = field(default_factory=dict)  # source archetype -> (K_src, K) P(cohort | src cohort)
+    transfer: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # source archetype -> (K_src, K) P(cohort | src cohort)
     transfer_from: dict[str, str] = field(default_factory=dict)  # source archetype -> fingerprint of its library
 
     @property
@@ -155,10 +158,12 @@ def _kmeans(points: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarra
     return labels
 
 
-def build_library(archetype: Archetype, episodes: Mapping[str, Sequence[Episode]],
-                  config: LibraryConfig = LibraryConfig(),
-                  rows_of: Callable[[list[Sequence[Episode]], float], list[Decisions]] | None = None,
-                  ) -> tuple[Library, dict[str, int]]:
+def build_library(
+    archetype: Archetype,
+    episodes: Mapping[str, Sequence[Episode]],
+    config: LibraryConfig = LibraryConfig(),
+    rows_of: Callable[[list[Sequence[Episode]], float], list[Decisions]] | None = None,
+) -> tuple[Library, dict[str, int]]:
     """Cohort models from recorded players' episodes; also returns each player's cohort.
 
     `rows_of(players' episodes, gamma)` computes every player's :class:`Decisions` (the
@@ -166,12 +171,15 @@ def build_library(archetype: Archetype, episodes: Mapping[str, Sequence[Episode]
     process (:class:`~npcadapt.training.ray_backend.RayDecisions` spreads it over Ray)."""
     eligible = {p: eps for p, eps in episodes.items() if sum(len(ep) for ep in eps) >= config.min_decisions}
     if len(eligible) < config.cohorts:
-        raise InvalidInputError(f"train library: {len(eligible)} players with >= {config.min_decisions} recorded "
-                                f"decisions, fewer than the {config.cohorts} cohorts asked for")
+        raise InvalidInputError(
+            f"train library: {len(eligible)} players with >= {config.min_decisions} recorded "
+            f"decisions, fewer than the {config.cohorts} cohorts asked for"
+        )
     players = sorted(eligible)
     policy = archetype.policy
     rows = (rows_of or (lambda eps, gamma: [decisions(policy, e, gamma) for e in eps]))(
-        [eligible[p] for p in players], config.gamma)
+        [eligible[p] for p in players], config.gamma
+    )
     pool_h = torch.cat([r.hidden for r in rows])  # (N_all, H)
     basis = feature_basis(pool_h, config.features)  # (d, H)
     n_actions, d = policy.actor[-1].out_features, basis.shape[0]
@@ -197,8 +205,18 @@ def build_library(archetype: Archetype, episodes: Mapping[str, Sequence[Episode]
     spread = float(torch.cat([r.targets for r in rows]).std())
     beta = config.sharpness / max(spread, 1e-6)
     meta = {"config": config.__dict__, "players": len(players), "cohort_sizes": sizes, "target_std": spread}
-    library = Library(archetype.name, archetype.base_hash, basis, torch.stack(cohort_mean), torch.stack(cohort_cov),
-                      torch.log(sizes_t / sizes_t.sum()), config.noise_var, beta, config.gamma, meta)
+    library = Library(
+        archetype.name,
+        archetype.base_hash,
+        basis,
+        torch.stack(cohort_mean),
+        torch.stack(cohort_cov),
+        torch.log(sizes_t / sizes_t.sum()),
+        config.noise_var,
+        beta,
+        config.gamma,
+        meta,
+    )
     return library, dict(zip(players, (int(x) for x in labels)))
 
 
@@ -210,8 +228,14 @@ def player_cohort_weights(library: Library, archetype: Archetype, episodes: Sequ
     return cohort_weights(library.log_weights, library.mean, library.cov, stats, library.noise_var)
 
 
-def build_transfer(library: Library, cohort_of: Mapping[str, int], source: Library, source_archetype: Archetype,
-                   source_episodes: Mapping[str, Sequence[Episode]], smoothing: float = 1.0) -> torch.Tensor | None:
+def build_transfer(
+    library: Library,
+    cohort_of: Mapping[str, int],
+    source: Library,
+    source_archetype: Archetype,
+    source_episodes: Mapping[str, Sequence[Episode]],
+    smoothing: float = 1.0,
+) -> torch.Tensor | None:
     """(K_src, K) P(cohort here | cohort in the source archetype), from the players recorded in both.
 
     Each shared player adds their source cohort posterior to the row of counts of their cohort
@@ -228,8 +252,12 @@ def build_transfer(library: Library, cohort_of: Mapping[str, int], source: Libra
     return counts / counts.sum(1, keepdim=True)
 
 
-def with_transfers(library: Library, cohort_of: Mapping[str, int], sources: Mapping[str, tuple[Library, Archetype]],
-                   episodes_by_archetype: Mapping[str, Mapping[str, Sequence[Episode]]]) -> Library:
+def with_transfers(
+    library: Library,
+    cohort_of: Mapping[str, int],
+    sources: Mapping[str, tuple[Library, Archetype]],
+    episodes_by_archetype: Mapping[str, Mapping[str, Sequence[Episode]]],
+) -> Library:
     """`library` with a transfer matrix from every source archetype whose players it shares."""
     transfer, origin = dict(library.transfer), dict(library.transfer_from)
     for name, (source, source_archetype) in sources.items():
@@ -242,12 +270,22 @@ def with_transfers(library: Library, cohort_of: Mapping[str, int], sources: Mapp
 def save_library(library: Library, path: str | Path) -> Path:
     """Write the library (float32 tensors, metadata: archetype, base hash, settings) atomically."""
     path = Path(path)
-    tensors = {"basis": library.basis.contiguous(), "mean": library.mean.contiguous(), "cov": library.cov.contiguous(),
-               "log_weights": library.log_weights.contiguous()}  # float64: the posteriors invert these
+    tensors = {
+        "basis": library.basis.contiguous(),
+        "mean": library.mean.contiguous(),
+        "cov": library.cov.contiguous(),
+        "log_weights": library.log_weights.contiguous(),
+    }  # float64: the posteriors invert these
     tensors.update({f"transfer.{name}": matrix.contiguous() for name, matrix in library.transfer.items()})
-    metadata = {"archetype": library.archetype, "base_hash": library.base_hash, "noise_var": repr(library.noise_var),
-                "beta": repr(library.beta), "gamma": repr(library.gamma), "meta": json.dumps(library.meta),
-                "transfer_from": json.dumps(library.transfer_from)}
+    metadata = {
+        "archetype": library.archetype,
+        "base_hash": library.base_hash,
+        "noise_var": repr(library.noise_var),
+        "beta": repr(library.beta),
+        "gamma": repr(library.gamma),
+        "meta": json.dumps(library.meta),
+        "transfer_from": json.dumps(library.transfer_from),
+    }
     write_atomic(path, save(tensors, metadata=metadata))
     return path
 
@@ -267,17 +305,24 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         raise AdapterMismatchError(
             f"population prior {path} was built for {metadata.get('archetype')!r} version "
             f"{metadata.get('base_hash')!r}, not {archetype.name!r} version {archetype.base_hash!r}: rebuild it "
-            "with `npcadapt train library`")
+            "with `npcadapt train library`"
+        )
     n_actions, hidden = archetype.policy.actor[-1].out_features, archetype.policy.actor[-1].in_features
     basis, mean, cov, log_w = (tensors.get(k) for k in ("basis", "mean", "cov", "log_weights"))
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if basis is None or mean is None or cov is None or log_w is None or basis.ndim != 2 or mean.ndim != 3:
         raise StoreError(f"population prior {path} has tensors {shapes}; expected basis, mean, cov and log_weights")
     k, d = mean.shape[0], basis.shape[0]
-    if (tuple(basis.shape) != (d, hidden) or tuple(mean.shape) != (k, n_actions, d)
-            or tuple(cov.shape) != (k, n_actions, d, d) or tuple(log_w.shape) != (k,)):
-        raise StoreError(f"population prior {path} has tensors {shapes} that do not fit {archetype.name} "
-                         f"({n_actions} actions, {hidden} hidden)")
+    if (
+        tuple(basis.shape) != (d, hidden)
+        or tuple(mean.shape) != (k, n_actions, d)
+        or tuple(cov.shape) != (k, n_actions, d, d)
+        or tuple(log_w.shape) != (k,)
+    ):
+        raise StoreError(
+            f"population prior {path} has tensors {shapes} that do not fit {archetype.name} "
+            f"({n_actions} actions, {hidden} hidden)"
+        )
     try:
         numbers = {key: float(metadata[key]) for key in ("noise_var", "beta", "gamma")}
         meta = json.loads(metadata.get("meta", "{}"))
@@ -287,13 +332,29 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
     transfer = {name: tensors.get(f"transfer.{name}") for name in transfer_from}
     for name, matrix in transfer.items():
         if matrix is None or matrix.ndim != 2 or matrix.shape[1] != k or not torch.isfinite(matrix).all():
-            raise StoreError(f"population prior {path}: transfer matrix from {name!r} is missing or does not fit {k} cohorts")
-    if not all(torch.isfinite(t).all() for t in (basis, mean, cov, log_w)) or not all(
-            np.isfinite(v) and v >= 0 for v in numbers.values()) or numbers["noise_var"] <= 0:
+            raise StoreError(
+                f"population prior {path}: transfer matrix from {name!r} is missing or does not fit {k} cohorts"
+            )
+    if (
+        not all(torch.isfinite(t).all() for t in (basis, mean, cov, log_w))
+        or not all(np.isfinite(v) and v >= 0 for v in numbers.values())
+        or numbers["noise_var"] <= 0
+    ):
         raise StoreError(f"population prior {path} holds non-finite or negative numbers")
-    return Library(archetype.name, archetype.base_hash, basis.double(), mean.double(), cov.double(), log_w.double(),
-                   numbers["noise_var"], numbers["beta"], numbers["gamma"], meta,
-                   {name: m.double() for name, m in transfer.items()}, transfer_from)
+    return Library(
+        archetype.name,
+        archetype.base_hash,
+        basis.double(),
+        mean.double(),
+        cov.double(),
+        log_w.double(),
+        numbers["noise_var"],
+        numbers["beta"],
+        numbers["gamma"],
+        meta,
+        {name: m.double() for name, m in transfer.items()},
+        transfer_from,
+    )
 
 
 def find_library(archetype: Archetype) -> Library | None:

@@ -69,16 +69,25 @@ class PosteriorState:
 
     def describe(self) -> dict:
         """Plain data for stats and HUDs: where the player's NPC stands on the prior."""
-        return {"episodes": self.episodes, "cohort": int(self.weights.argmax()), "confidence": round(self.confidence, 4),
-                "served_cohort": self.served_cohort, "decisions": round(float(self.stats.n.sum()), 2),
-                "evidence": round(self.evidence, 3), "share": round(self.share, 4), "changes": self.changes,
-                "warm_from": list(self.warm_from)}
+        return {
+            "episodes": self.episodes,
+            "cohort": int(self.weights.argmax()),
+            "confidence": round(self.confidence, 4),
+            "served_cohort": self.served_cohort,
+            "decisions": round(float(self.stats.n.sum()), 2),
+            "evidence": round(self.evidence, 3),
+            "share": round(self.share, 4),
+            "changes": self.changes,
+            "warm_from": list(self.warm_from),
+        }
 
 
 class PriorTrainer:
     """The OnlineTrainer interface (``update(items) -> outcomes``) for archetypes with a library."""
 
-    def __init__(self, policy: ActorCritic, layout: AdapterLayout, library: Library, config: OnlineConfig = OnlineConfig()):
+    def __init__(
+        self, policy: ActorCritic, layout: AdapterLayout, library: Library, config: OnlineConfig = OnlineConfig()
+    ):
         self.policy = policy
         self.family = layout
         self.library = library
@@ -118,10 +127,15 @@ class PriorTrainer:
             used.append(name)
         if not rows:
             return None
-        weights = torch.cat([torch.stack(rows).mean(0) * (1 - cfg.prior_new_cohort),
-                             torch.tensor([cfg.prior_new_cohort], dtype=torch.float64)])  # (K + 1,)
-        return PosteriorState(self._empty, 0, weights, -1, cfg.prior_transfer_trust * max(trust), 0.0, 0,
-                              torch.log(weights), tuple(used))
+        weights = torch.cat(
+            [
+                torch.stack(rows).mean(0) * (1 - cfg.prior_new_cohort),
+                torch.tensor([cfg.prior_new_cohort], dtype=torch.float64),
+            ]
+        )  # (K + 1,)
+        return PosteriorState(
+            self._empty, 0, weights, -1, cfg.prior_transfer_trust * max(trust), 0.0, 0, torch.log(weights), tuple(used)
+        )
 
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One posterior step per player in `items` (their episodes completed since the last)."""
@@ -151,7 +165,9 @@ class PriorTrainer:
         else:
             evidence = float(np.clip(decay * state.evidence + gain, -cfg.prior_evidence_cap, cfg.prior_evidence_cap))
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
-        share = float(np.clip((evidence - cfg.prior_trust_open) / (cfg.prior_trust_nats - cfg.prior_trust_open), 0.0, 1.0))
+        share = float(
+            np.clip((evidence - cfg.prior_trust_open) / (cfg.prior_trust_nats - cfg.prior_trust_open), 0.0, 1.0)
+        )
         episodes_seen = state.episodes + len(episodes)
         if cfg.prior_explore:
             cohort = _draw(weights, item.player, episodes_seen)
@@ -162,14 +178,23 @@ class PriorTrainer:
         masks = _masks(episodes, delta.shape[0])
         delta, kl, scale = self._bound_kl(rows.hidden, masks, delta)
         params = weight_delta_row(self.family, self.last_layer, delta.float())
-        new_state = PosteriorState(stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior,
-                                   state.warm_from)
-        return UpdateOutcome(item.player, params, kl_to_base=kl, kl_scaled=scale, steps=len(rows.actions),
-                             mean_return=float(np.mean([ep.total_reward for ep in episodes])), state=new_state,
-                             prior=new_state.describe())
+        new_state = PosteriorState(
+            stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior, state.warm_from
+        )
+        return UpdateOutcome(
+            item.player,
+            params,
+            kl_to_base=kl,
+            kl_scaled=scale,
+            steps=len(rows.actions),
+            mean_return=float(np.mean([ep.total_reward for ep in episodes])),
+            state=new_state,
+            prior=new_state.describe(),
+        )
 
-    def _bound_kl(self, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor,
-                  iters: int = 12) -> tuple[torch.Tensor, float, float]:
+    def _bound_kl(
+        self, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor, iters: int = 12
+    ) -> tuple[torch.Tensor, float, float]:
         """delta (A, H) scaled so that the mean KL(adapted || base) over the decisions' hidden
         features (T, H) stays within the bound."""
         last = self.policy.actor[-1]

@@ -21,10 +21,11 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -77,12 +78,18 @@ class BaseTrainConfig:
                 raise InvalidInputError(f"BaseTrainConfig.{name}: {what}, got {getattr(self, name)!r}")
 
         need(isinstance(self.env_id, str) and bool(self.env_id), "env_id", "needs a gymnasium id or 'module:Class'")
-        need(isinstance(self.env_kwargs, dict) and all(isinstance(k, str) for k in self.env_kwargs),
-             "env_kwargs", "must be a dict with str keys")
+        need(
+            isinstance(self.env_kwargs, dict) and all(isinstance(k, str) for k in self.env_kwargs),
+            "env_kwargs",
+            "must be a dict with str keys",
+        )
         for name in ("total_steps", "num_envs", "num_steps", "update_epochs", "num_minibatches"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "must be a positive int")
-        need((self.num_envs * self.num_steps) % self.num_minibatches == 0, "num_minibatches",
-             f"must divide num_envs * num_steps = {self.num_envs * self.num_steps}")
+        need(
+            (self.num_envs * self.num_steps) % self.num_minibatches == 0,
+            "num_minibatches",
+            f"must divide num_envs * num_steps = {self.num_envs * self.num_steps}",
+        )
         for name in ("learning_rate", "clip_coef", "max_grad_norm"):
             need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, name, "must be a positive number")
         for name in ("gamma", "gae_lambda"):
@@ -101,7 +108,7 @@ class BaseTrainConfig:
         return {**dataclasses.asdict(self), "env_kwargs": dict(self.env_kwargs)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "BaseTrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> BaseTrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -131,7 +138,9 @@ def make_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
         try:
             env_cls = getattr(importlib.import_module(module_name), class_name)
         except (ImportError, AttributeError) as exc:
-            raise ArchetypeError(f"env '{env_id}': cannot import class {class_name!r} from {module_name!r}: {exc}") from None
+            raise ArchetypeError(
+                f"env '{env_id}': cannot import class {class_name!r} from {module_name!r}: {exc}"
+            ) from None
         try:
             return env_cls(**env_kwargs)
         except TypeError as exc:
@@ -148,7 +157,9 @@ def make_env(env_id: str, env_kwargs: dict | None = None) -> gym.Env:
         raise InvalidInputError(f"env '{env_id}' rejected env_kwargs {env_kwargs}: {exc}") from None
 
 
-def _check_spaces(who: str, obs_dim: int, n_actions: int, env_id: str, obs_space: gym.Space, act_space: gym.Space) -> None:
+def _check_spaces(
+    who: str, obs_dim: int, n_actions: int, env_id: str, obs_space: gym.Space, act_space: gym.Space
+) -> None:
     """`who` (an archetype, a policy) needs Box((obs_dim,)) observations and Discrete(n_actions) actions."""
     want_obs, want_act = f"Box(shape=({obs_dim},))", f"Discrete({n_actions})"
     ok_obs = isinstance(obs_space, gym.spaces.Box) and obs_space.shape == (obs_dim,)
@@ -226,7 +237,11 @@ def evaluate_policy(
                 obs, info = env.reset(seed=seed + episode)
                 done = False
                 while not done:
-                    mask = _action_mask({"action_mask": [info["action_mask"]]}, 1, n_actions) if "action_mask" in info else None
+                    mask = (
+                        _action_mask({"action_mask": [info["action_mask"]]}, 1, n_actions)
+                        if "action_mask" in info
+                        else None
+                    )
                     dist = _dist(policy.logits(_obs(obs)[None]), mask)
                     action = dist.probs.argmax(-1) if greedy else draw_categorical_torch(dist.probs, gen)
                     obs, reward, terminated, truncated, info = env.step(int(action))
@@ -253,13 +268,27 @@ class _Rollout:
     ends: torch.Tensor  # (T, N) 1.0 where the episode ended at this step
 
     @classmethod
-    def empty(cls, T: int, N: int, obs_dim: int, A: int) -> "_Rollout":
-        return cls(torch.zeros(T, N, obs_dim), torch.ones(T, N, A, dtype=torch.bool), torch.zeros(T, N, dtype=torch.long),
-                   torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N))
+    def empty(cls, T: int, N: int, obs_dim: int, A: int) -> _Rollout:
+        return cls(
+            torch.zeros(T, N, obs_dim),
+            torch.ones(T, N, A, dtype=torch.bool),
+            torch.zeros(T, N, dtype=torch.long),
+            torch.zeros(T, N),
+            torch.zeros(T, N),
+            torch.zeros(T, N),
+            torch.zeros(T, N),
+        )
 
 
-def _ppo_update(policy: ActorCritic, optimizer: torch.optim.Optimizer, ro: _Rollout, advantages: torch.Tensor,
-                returns: torch.Tensor, cfg: BaseTrainConfig, gen: torch.Generator) -> dict[str, float]:
+def _ppo_update(
+    policy: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    ro: _Rollout,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    cfg: BaseTrainConfig,
+    gen: torch.Generator,
+) -> dict[str, float]:
     """Clipped-surrogate epochs over one rollout; returns the `losses/*` metrics."""
     b_obs = ro.obs.flatten(0, 1)  # (B, obs_dim)
     b_masks, b_actions, b_logprobs = ro.masks.flatten(0, 1), ro.actions.flatten(0, 1), ro.logprobs.flatten(0, 1)
@@ -321,8 +350,9 @@ def train_base(
         return _train(Path(archetype_dir), config, progress, on_update)
 
 
-def _train(directory: Path, cfg: BaseTrainConfig, progress: bool,
-           on_update: Callable[[int, dict], None] | None) -> BaseTrainResult:
+def _train(
+    directory: Path, cfg: BaseTrainConfig, progress: bool, on_update: Callable[[int, dict], None] | None
+) -> BaseTrainResult:
     started = time.perf_counter()
     current = load_archetype(directory)
     spec = current.spec
@@ -335,13 +365,21 @@ def _train(directory: Path, cfg: BaseTrainConfig, progress: bool,
     episode_returns: list[float] = []
     returns_per_update: list[float] = []
 
-    envs = RecordEpisodeStatistics(SyncVectorEnv(
-        [lambda: make_env(cfg.env_id, cfg.env_kwargs) for _ in range(cfg.num_envs)],
-        autoreset_mode=AutoresetMode.SAME_STEP,
-    ))
+    envs = RecordEpisodeStatistics(
+        SyncVectorEnv(
+            [lambda: make_env(cfg.env_id, cfg.env_kwargs) for _ in range(cfg.num_envs)],
+            autoreset_mode=AutoresetMode.SAME_STEP,
+        )
+    )
     try:
-        _check_spaces(f"archetype '{spec.name}'", spec.obs_dim, spec.n_actions, cfg.env_id,
-                      envs.single_observation_space, envs.single_action_space)
+        _check_spaces(
+            f"archetype '{spec.name}'",
+            spec.obs_dim,
+            spec.n_actions,
+            cfg.env_id,
+            envs.single_observation_space,
+            envs.single_action_space,
+        )
         obs_np, info = envs.reset(seed=cfg.seed)
         state = _obs(obs_np), _action_mask(info, cfg.num_envs, spec.n_actions)
         with tqdm(total=num_updates * batch, unit="step", disable=not progress, desc=f"train {spec.name}") as bar:
@@ -360,13 +398,15 @@ def _train(directory: Path, cfg: BaseTrainConfig, progress: bool,
                 episode_returns.extend(finished)
                 mean_return = float(np.mean(finished)) if finished else float("nan")
                 returns_per_update.append(mean_return)
-                metrics.update({
-                    "charts/episodic_return": mean_return,
-                    "charts/episodes": len(finished),
-                    "charts/learning_rate": lr,
-                    "charts/SPS": batch / max(time.perf_counter() - update_started, 1e-9),
-                    "global_step": update * batch,
-                })
+                metrics.update(
+                    {
+                        "charts/episodic_return": mean_return,
+                        "charts/episodes": len(finished),
+                        "charts/learning_rate": lr,
+                        "charts/SPS": batch / max(time.perf_counter() - update_started, 1e-9),
+                        "global_step": update * batch,
+                    }
+                )
                 log.debug("update %d/%d: %s", update, num_updates, metrics)
                 bar.update(batch)
                 bar.set_postfix(ret=f"{mean_return:.2f}", kl=f"{metrics['losses/approx_kl']:.4f}")
@@ -375,18 +415,30 @@ def _train(directory: Path, cfg: BaseTrainConfig, progress: bool,
     finally:
         envs.close()
 
-    tail = episode_returns[-max(1, math.ceil(0.1 * len(episode_returns))):]
+    tail = episode_returns[-max(1, math.ceil(0.1 * len(episode_returns))) :]
     final_return = float(np.mean(tail)) if tail else float("nan")
     steps, seconds = num_updates * batch, time.perf_counter() - started
     archetype = _save(directory, spec, policy, cfg, final_return, returns_per_update, steps, seconds)
-    log.info("trained '%s' on %s: %d steps in %.1f s, final return %.3f, base %s",
-             spec.name, cfg.env_id, steps, seconds, final_return, archetype.base_hash)
+    log.info(
+        "trained '%s' on %s: %d steps in %.1f s, final return %.3f, base %s",
+        spec.name,
+        cfg.env_id,
+        steps,
+        seconds,
+        final_return,
+        archetype.base_hash,
+    )
     return BaseTrainResult(archetype, final_return, returns_per_update, steps, seconds)
 
 
-def _collect(policy: ActorCritic, envs: gym.vector.VectorEnv, ro: _Rollout,
-             state: tuple[torch.Tensor, torch.Tensor | None], gamma: float,
-             gen: torch.Generator) -> tuple[tuple[torch.Tensor, torch.Tensor | None], list[float]]:
+def _collect(
+    policy: ActorCritic,
+    envs: gym.vector.VectorEnv,
+    ro: _Rollout,
+    state: tuple[torch.Tensor, torch.Tensor | None],
+    gamma: float,
+    gen: torch.Generator,
+) -> tuple[tuple[torch.Tensor, torch.Tensor | None], list[float]]:
     """Fill `ro` with one rollout from (next obs, next mask); return the new state and finished returns."""
     next_obs, next_mask = state  # (N, obs_dim), (N, A) or None
     n_envs, n_actions = ro.masks.shape[1:]
@@ -423,11 +475,19 @@ def _initial_policy(current: Archetype, cfg: BaseTrainConfig) -> ActorCritic:
     return policy.train().requires_grad_(True)
 
 
-def _save(directory: Path, spec: ArchetypeSpec, policy: ActorCritic, cfg: BaseTrainConfig,
-          final_return: float, returns: list[float], steps: int, seconds: float) -> Archetype:
+def _save(
+    directory: Path,
+    spec: ArchetypeSpec,
+    policy: ActorCritic,
+    cfg: BaseTrainConfig,
+    final_return: float,
+    returns: list[float],
+    steps: int,
+    seconds: float,
+) -> Archetype:
     """Weights + archetype.toml, then train_config.toml and train_result.json beside them."""
     archetype = save_base(directory, dataclasses.replace(spec, trained=True), policy.eval())
-    finite = lambda x: x if math.isfinite(x) else None  # noqa: E731  (JSON has no NaN)
+    finite = lambda x: x if math.isfinite(x) else None
     result = {
         "archetype": spec.name,
         "base_hash": archetype.base_hash,

@@ -45,7 +45,9 @@ class CloneConfig:
             raise InvalidInputError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
 
 
-def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConfig = CloneConfig()) -> tuple[Archetype, dict]:
+def clone_base(
+    directory: str | Path, episodes: list[Episode], config: CloneConfig = CloneConfig()
+) -> tuple[Archetype, dict]:
     """Train the archetype in `directory` on the best recorded episodes; returns it and a summary."""
     directory = Path(directory)
     current = load_archetype(directory)
@@ -57,9 +59,13 @@ def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConf
     kept = [ep for ep in episodes if ep.total_reward >= threshold]
     obs = torch.from_numpy(np.concatenate([np.stack(ep.obs) for ep in kept]))  # (T, D)
     if obs.shape[1] != spec.obs_dim:
-        raise InvalidInputError(f"recorded observations have {obs.shape[1]} features, archetype {spec.name} expects {spec.obs_dim}")
+        raise InvalidInputError(
+            f"recorded observations have {obs.shape[1]} features, archetype {spec.name} expects {spec.obs_dim}"
+        )
     actions = torch.tensor([a for ep in kept for a in ep.action])  # (T,)
-    targets = torch.from_numpy(np.concatenate([gae(ep.reward, None, config.gamma, 1.0).astype(np.float32) for ep in kept]))  # (T,) reward-to-go
+    targets = torch.from_numpy(
+        np.concatenate([gae(ep.reward, None, config.gamma, 1.0).astype(np.float32) for ep in kept])
+    )  # (T,) reward-to-go
     gen = torch.Generator().manual_seed(config.seed)
     policy = fresh_policy(spec, config.seed)
     if config.init_from_current:
@@ -72,7 +78,10 @@ def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConf
         for i in range(0, len(obs), config.batch_size):
             idx = order[i : i + config.batch_size]
             logits, value = policy(obs[idx])
-            loss = torch.nn.functional.cross_entropy(logits, actions[idx]) + config.value_coef * (value - targets[idx]).pow(2).mean()
+            loss = (
+                torch.nn.functional.cross_entropy(logits, actions[idx])
+                + config.value_coef * (value - targets[idx]).pow(2).mean()
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -80,11 +89,18 @@ def clone_base(directory: str | Path, episodes: list[Episode], config: CloneConf
         agreement = float((policy.logits(obs).argmax(-1) == actions).float().mean())
     archetype = save_base(directory, dataclasses.replace(spec, trained=True), policy.eval().requires_grad_(False))
     summary = {
-        "archetype": spec.name, "source": "recorded sessions", "previous_base_hash": current.base_hash,
-        "base_hash": archetype.base_hash, "episodes": len(episodes), "episodes_kept": len(kept),
-        "return_threshold": round(threshold, 4), "kept_mean_return": round(float(np.mean([e.total_reward for e in kept])), 4),
-        "all_mean_return": round(float(returns.mean()), 4), "greedy_agreement_with_kept_actions": round(agreement, 4),
-        "seconds": round(time.perf_counter() - start, 3), "seed": config.seed,
+        "archetype": spec.name,
+        "source": "recorded sessions",
+        "previous_base_hash": current.base_hash,
+        "base_hash": archetype.base_hash,
+        "episodes": len(episodes),
+        "episodes_kept": len(kept),
+        "return_threshold": round(threshold, 4),
+        "kept_mean_return": round(float(np.mean([e.total_reward for e in kept])), 4),
+        "all_mean_return": round(float(returns.mean()), 4),
+        "greedy_agreement_with_kept_actions": round(agreement, 4),
+        "seconds": round(time.perf_counter() - start, 3),
+        "seed": config.seed,
     }
     write_atomic(directory / CONFIG_NAME, tomli_w.dumps({"source": "logs", **dataclasses.asdict(config)}))
     write_atomic(directory / RESULT_NAME, json.dumps(summary, indent=1) + "\n")

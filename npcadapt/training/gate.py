@@ -29,8 +29,16 @@ class Evidence(NamedTuple):
     locked: torch.Tensor  # bool: served whole from now on
 
 
-def held_out_evidence(cfg: OnlineConfig, scalable: torch.Tensor, states: Sequence[OptimizerState], start: torch.Tensor,
-                      served: torch.Tensor, start_logp: torch.Tensor, base_logp: torch.Tensor, batch: Batch) -> Evidence:
+def held_out_evidence(
+    cfg: OnlineConfig,
+    scalable: torch.Tensor,
+    states: Sequence[OptimizerState],
+    start: torch.Tensor,
+    served: torch.Tensor,
+    start_logp: torch.Tensor,
+    base_logp: torch.Tensor,
+    batch: Batch,
+) -> Evidence:
     """Held-out evidence that each player's trained adapter beats the base, and the share to serve.
 
     start (K, P): each player's iterate; served (K, P): what played the episodes;
@@ -48,7 +56,9 @@ def held_out_evidence(cfg: OnlineConfig, scalable: torch.Tensor, states: Sequenc
     k = len(states)
     actions, adv, owner, episode = batch.actions, batch.adv, batch.owner, batch.episode
     base_taken = base_logp.gather(1, actions.unsqueeze(1)).squeeze(1)  # (T,)
-    w = ((start_logp.exp() - base_taken.exp()) / batch.old_logp.exp()).clamp(-cfg.gate_weight_clip, cfg.gate_weight_clip)
+    w = ((start_logp.exp() - base_taken.exp()) / batch.old_logp.exp()).clamp(
+        -cfg.gate_weight_clip, cfg.gate_weight_clip
+    )
     n_ep = int(episode.max()) + 1
     ep_len = torch.bincount(episode, minlength=n_ep).to(torch.float32)  # (E,)
     ep_value = torch.zeros(n_ep, device=dev).index_add(0, episode, w * adv) / ep_len  # (E,)
@@ -58,7 +68,9 @@ def held_out_evidence(cfg: OnlineConfig, scalable: torch.Tensor, states: Sequenc
     has = (start[:, scalable] != 0).any(dim=1)  # an untrained adapter (zero B, zero delta) is no evidence
     per = lambda x: torch.zeros(k, device=dev).index_add(0, ep_owner, x)  # (E,) -> (K,) sums
     d = cfg.gate_decay
-    old_n, old_s1, old_s2 = (as_t(lambda st, f=f: getattr(st, f)) for f in ("gate_n", "gate_s1", "gate_s2"))  # (K,) each
+    old_n, old_s1, old_s2 = (
+        as_t(lambda st, f=f: getattr(st, f)) for f in ("gate_n", "gate_s1", "gate_s2")
+    )  # (K,) each
     n = torch.where(has, d * old_n + per(torch.ones_like(ep_value)), old_n)  # (K,)
     s1 = torch.where(has, d * old_s1 + per(ep_value), old_s1)
     s2 = torch.where(has, d * old_s2 + per(ep_value**2), old_s2)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -47,9 +47,16 @@ class OfflineConfig:
     seed: int = 0
 
     def online(self) -> OnlineConfig:
-        return OnlineConfig(episodes_per_update=1, epochs=1, learning_rate=self.learning_rate, clip_coef=self.clip_coef,
-                            kl_bound=self.kl_bound, gamma=self.gamma, gae_lambda=self.gae_lambda,
-                            validation_gate=False)  # recorded sessions are judged by importance sampling instead
+        return OnlineConfig(
+            episodes_per_update=1,
+            epochs=1,
+            learning_rate=self.learning_rate,
+            clip_coef=self.clip_coef,
+            kl_bound=self.kl_bound,
+            gamma=self.gamma,
+            gae_lambda=self.gae_lambda,
+            validation_gate=False,
+        )  # recorded sessions are judged by importance sampling instead
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -76,7 +83,9 @@ def _steps(trainer: OnlineTrainer, episodes: Sequence[Episode]) -> tuple[torch.T
     """All steps of `episodes`: obs (T, D), masks (T, A), logged actions (T,)."""
     n_actions = trainer.policy.actor[-1].out_features
     obs = torch.from_numpy(np.concatenate([np.stack(ep.obs) for ep in episodes]))
-    masks = torch.from_numpy(np.stack([m if m is not None else np.ones(n_actions, bool) for ep in episodes for m in ep.mask]))
+    masks = torch.from_numpy(
+        np.stack([m if m is not None else np.ones(n_actions, bool) for ep in episodes for m in ep.mask])
+    )
     actions = torch.tensor([a for ep in episodes for a in ep.action])
     return obs, masks, actions
 
@@ -94,7 +103,7 @@ def evaluate(trainer: OnlineTrainer, params: torch.Tensor, episodes: Sequence[Ep
     splits = np.cumsum([len(ep) for ep in episodes])[:-1]
     base = _policy_logp(trainer, None, obs, masks)
     fitted = _policy_logp(trainer, params, obs, masks)
-    taken = lambda lp: np.split(lp.gather(1, actions.unsqueeze(1)).squeeze(1).numpy(), splits)  # noqa: E731
+    taken = lambda lp: np.split(lp.gather(1, actions.unsqueeze(1)).squeeze(1).numpy(), splits)
     return {
         "estimate_base": round(pdwis(episodes, taken(base), gamma), 4),
         "estimate_fitted": round(pdwis(episodes, taken(fitted), gamma), 4),
@@ -102,8 +111,9 @@ def evaluate(trainer: OnlineTrainer, params: torch.Tensor, episodes: Sequence[Ep
     }
 
 
-def fit_batch(trainer: OnlineTrainer, start: dict[str, torch.Tensor], episodes: dict[str, list[Episode]],
-              config: OfflineConfig) -> dict[str, tuple[torch.Tensor, dict]]:
+def fit_batch(
+    trainer: OnlineTrainer, start: dict[str, torch.Tensor], episodes: dict[str, list[Episode]], config: OfflineConfig
+) -> dict[str, tuple[torch.Tensor, dict]]:
     """Fit one batch of players together from their start adapters: {player: (params, report row)}.
 
     Pure computation (no store, no files), so a local loop or a Ray worker can run it.
@@ -121,9 +131,16 @@ def fit_batch(trainer: OnlineTrainer, start: dict[str, torch.Tensor], episodes: 
     out = {}
     for p, flat in params.items():
         eps = episodes[p]
-        out[p] = (flat, {"player": p, "episodes": len(eps), "steps": sum(len(e) for e in eps),
-                         "logged_return": round(float(np.mean([e.total_reward for e in eps])), 4),
-                         **evaluate(trainer, flat, eps, config.gamma)})
+        out[p] = (
+            flat,
+            {
+                "player": p,
+                "episodes": len(eps),
+                "steps": sum(len(e) for e in eps),
+                "logged_return": round(float(np.mean([e.total_reward for e in eps])), 4),
+                **evaluate(trainer, flat, eps, config.gamma),
+            },
+        )
     return out
 
 
@@ -157,7 +174,9 @@ def fit_adapters(
     jobs = []
     for start in range(0, len(todo), config.players_per_batch):
         batch = todo[start : start + config.players_per_batch]
-        jobs.append(({p: _start_params(engine, archetype, p, config.seed) for p in batch}, {p: episodes[p] for p in batch}))
+        jobs.append(
+            ({p: _start_params(engine, archetype, p, config.seed) for p in batch}, {p: episodes[p] for p in batch})
+        )
     starts = {p: flat for start, _ in jobs for p, flat in start.items()}
     run = executor or (lambda js: (fit_batch(trainer, start, eps, config) for start, eps in js))
     for results in run(jobs):

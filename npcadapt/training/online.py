@@ -74,7 +74,9 @@ class OnlineConfig:
     prior: bool = True  # use the prior stored beside an archetype when there is one
     prior_decay: float = 0.95  # weight of a player's past evidence per new episode (drift: old play fades)
     prior_explore: bool = True  # serve a cohort drawn from the posterior (Thompson), not the weighted mean
-    prior_trust_open: float = 3.0  # log Bayes factor (player's history vs population) above which the tilt is served ...
+    prior_trust_open: float = (
+        3.0  # log Bayes factor (player's history vs population) above which the tilt is served ...
+    )
     prior_trust_nats: float = 8.0  # ... and at which it is served whole
     prior_evidence_cap: float = 10.0  # bound on that decayed evidence either way, so no verdict is permanent
     prior_new_cohort: float = 0.2  # prior weight of "unlike every cohort": a broad personal model
@@ -98,8 +100,11 @@ class OnlineConfig:
         need(self.ent_decay_episodes >= 0, "ent_decay_episodes", ">= 0")
         need(0 < self.gate_decay <= 1, "gate_decay", "in (0, 1]")
         need(0 < self.prior_decay <= 1, "prior_decay", "in (0, 1]")
-        need(self.prior_trust_nats > self.prior_trust_open, "prior_trust_nats",
-             f"> prior_trust_open ({self.prior_trust_open!r})")
+        need(
+            self.prior_trust_nats > self.prior_trust_open,
+            "prior_trust_nats",
+            f"> prior_trust_open ({self.prior_trust_open!r})",
+        )
         need(self.prior_evidence_cap > 0, "prior_evidence_cap", "> 0")
         need(self.prior_change_nats > 0, "prior_change_nats", "> 0")
         need(0 < self.prior_new_cohort < 1, "prior_new_cohort", "in (0, 1)")
@@ -108,7 +113,7 @@ class OnlineConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_settings(self, items: Sequence[str]) -> "OnlineConfig":
+    def with_settings(self, items: Sequence[str]) -> OnlineConfig:
         """A copy with ``key=value`` settings applied (values parsed by each field's type),
         e.g. ``["epochs=8", "validation_gate=false"]``."""
         known = {f.name: type(getattr(self, f.name)) for f in fields(self)}
@@ -221,7 +226,9 @@ def assemble_batch(items: Sequence[PlayerUpdate], cfg: OnlineConfig, n_actions: 
         for ep in item.episodes:
             episode.extend([n_episodes] * len(ep))
             n_episodes += 1
-            player_adv.append(gae(np.asarray(ep.reward, np.float32), np.asarray(ep.value, np.float32), cfg.gamma, cfg.gae_lambda))
+            player_adv.append(
+                gae(np.asarray(ep.reward, np.float32), np.asarray(ep.value, np.float32), cfg.gamma, cfg.gae_lambda)
+            )
             obs.extend(ep.obs)
             masks.extend(np.ones(n_actions, bool) if m is None else m for m in ep.mask)
             actions.extend(ep.action)
@@ -233,10 +240,16 @@ def assemble_batch(items: Sequence[PlayerUpdate], cfg: OnlineConfig, n_actions: 
         adv.append(a)
     as_t = lambda x, dt: torch.as_tensor(np.asarray(x), dtype=dt, device=device)
     owner_t = as_t(owner, torch.int64)
-    return Batch(obs=as_t(np.stack(obs), torch.float32), masks=as_t(np.stack(masks), torch.bool),
-                 actions=as_t(actions, torch.int64), old_logp=as_t(old_logp, torch.float32),
-                 adv=as_t(np.concatenate(adv), torch.float32), owner=owner_t, episode=as_t(episode, torch.int64),
-                 counts=torch.bincount(owner_t, minlength=len(items)).to(torch.float32))
+    return Batch(
+        obs=as_t(np.stack(obs), torch.float32),
+        masks=as_t(np.stack(masks), torch.bool),
+        actions=as_t(actions, torch.int64),
+        old_logp=as_t(old_logp, torch.float32),
+        adv=as_t(np.concatenate(adv), torch.float32),
+        owner=owner_t,
+        episode=as_t(episode, torch.int64),
+        counts=torch.bincount(owner_t, minlength=len(items)).to(torch.float32),
+    )
 
 
 class Adam(NamedTuple):
@@ -277,7 +290,9 @@ class OnlineTrainer:
 
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One PPO update for every player in `items`, computed together."""
-        items = [replace(it, episodes=[ep for ep in it.episodes if len(ep)]) for it in items]  # empty episodes say nothing
+        items = [
+            replace(it, episodes=[ep for ep in it.episodes if len(ep)]) for it in items
+        ]  # empty episodes say nothing
         items = [it for it in items if it.episodes]
         if not items:
             return []
@@ -289,8 +304,13 @@ class OnlineTrainer:
             base_logp = self.log_probs(batch.obs, batch.masks, None)  # (T, A)
             ref = self._reference(batch, start.params)
             # scored before training on these episodes, while they are still held out
-            evidence = held_out_evidence(self.config, self._scalable, start.states, start.params, start.served,
-                                         ref.logp, base_logp, batch) if gated else None
+            evidence = (
+                held_out_evidence(
+                    self.config, self._scalable, start.states, start.params, start.served, ref.logp, base_logp, batch
+                )
+                if gated
+                else None
+            )
         params, adam, healthy = self._train(batch, start, ref, base_logp)
         with torch.no_grad():
             iterate, healthy = self._finite_or_start(params, start.params, healthy)
@@ -303,14 +323,26 @@ class OnlineTrainer:
         cfg = self.config
         served = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
         states = [self._start_state(it.state, served.shape[1]) for it in items]
-        params = torch.stack([st.iterate.to(device) if cfg.validation_gate and st.iterate is not None else served[k]
-                              for k, st in enumerate(states)])  # (K, P)
-        adam = Adam(torch.stack([st.exp_avg for st in states]).to(device),  # (K, P)
-                    torch.stack([st.exp_avg_sq for st in states]).to(device),  # (K, P)
-                    torch.tensor([st.steps for st in states], dtype=torch.float32, device=device))  # (K,)
+        params = torch.stack(
+            [
+                st.iterate.to(device) if cfg.validation_gate and st.iterate is not None else served[k]
+                for k, st in enumerate(states)
+            ]
+        )  # (K, P)
+        adam = Adam(
+            torch.stack([st.exp_avg for st in states]).to(device),  # (K, P)
+            torch.stack([st.exp_avg_sq for st in states]).to(device),  # (K, P)
+            torch.tensor([st.steps for st in states], dtype=torch.float32, device=device),
+        )  # (K,)
         seen = torch.tensor([st.episodes for st in states], dtype=torch.float32, device=device)  # (K,)
-        return Start(states, served, params, adam, lr=_fading(cfg.learning_rate, seen, cfg.lr_decay_episodes, cfg.lr_decay_power),
-                     ent_coef=_fading(cfg.ent_coef, seen, cfg.ent_decay_episodes))
+        return Start(
+            states,
+            served,
+            params,
+            adam,
+            lr=_fading(cfg.learning_rate, seen, cfg.lr_decay_episodes, cfg.lr_decay_power),
+            ent_coef=_fading(cfg.ent_coef, seen, cfg.ent_decay_episodes),
+        )
 
     def _start_state(self, state: OptimizerState | None, size: int) -> OptimizerState:
         """A player's carried state: fresh for a new player, Adam moments zeroed unless persistent."""
@@ -339,8 +371,9 @@ class OnlineTrainer:
             adam, healthy = self._step(params, loss, adam, start.lr, healthy)
         return params.detach(), adam, healthy
 
-    def _loss(self, params: torch.Tensor, batch: Batch, ref: Reference, base_logp: torch.Tensor,
-              ent_coef: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, params: torch.Tensor, batch: Batch, ref: Reference, base_logp: torch.Tensor, ent_coef: torch.Tensor
+    ) -> torch.Tensor:
         """Per-player loss (K,) of params (K, P): mean over the player's own steps of the
         importance-weighted PPO-clip objective, minus the entropy bonus, plus the optional
         KL-to-base penalty. Each step reads only its owner's row."""
@@ -356,8 +389,9 @@ class OnlineTrainer:
             row_loss = row_loss + cfg.kl_coef * masked_kl_rows(logp_all, base_logp, batch.masks)
         return self._per_player_mean(row_loss, batch.owner, batch.counts)
 
-    def _step(self, params: torch.Tensor, loss: torch.Tensor, adam: Adam, lr: torch.Tensor,
-              healthy: torch.Tensor) -> tuple[Adam, torch.Tensor]:
+    def _step(
+        self, params: torch.Tensor, loss: torch.Tensor, adam: Adam, lr: torch.Tensor, healthy: torch.Tensor
+    ) -> tuple[Adam, torch.Tensor]:
         """One optimizer step on params (K, P) in place from the per-player loss (K,).
 
         A player whose loss or gradient is not finite turns unhealthy (K,) and their row and
@@ -401,26 +435,66 @@ class OnlineTrainer:
         if evidence is None:
             return iterate, kl, healthy
         healthy = healthy & torch.isfinite(evidence.gate) & torch.isfinite(evidence.s1) & torch.isfinite(evidence.s2)
-        served, kl, _ = self._bound_kl(self._scaled(iterate, evidence.gate.nan_to_num(0.0)),
-                                       batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
+        served, kl, _ = self._bound_kl(
+            self._scaled(iterate, evidence.gate.nan_to_num(0.0)),
+            batch.obs,
+            batch.masks,
+            batch.owner,
+            batch.counts,
+            base_logp,
+        )
         return served, kl, healthy
 
-    def _outcomes(self, items, batch: Batch, start: Start, adam: Adam, healthy, iterate, served, kl, scale,
-                  evidence: Evidence | None) -> list[UpdateOutcome]:
+    def _outcomes(
+        self,
+        items,
+        batch: Batch,
+        start: Start,
+        adam: Adam,
+        healthy,
+        iterate,
+        served,
+        kl,
+        scale,
+        evidence: Evidence | None,
+    ) -> list[UpdateOutcome]:
         """One UpdateOutcome per player with the new state; an unhealthy player keeps their old state."""
         out = []
         for k, item in enumerate(items):
             ok = bool(healthy[k])
             ev = {}
             if evidence is not None:
-                ev = {"iterate": iterate[k].cpu().clone(), "gate_n": float(evidence.n[k]), "gate_s1": float(evidence.s1[k]),
-                      "gate_s2": float(evidence.s2[k]), "gate": float(evidence.gate[k]), "gate_locked": bool(evidence.locked[k])}
-            state = OptimizerState(adam.exp_avg[k].cpu().clone(), adam.exp_avg_sq[k].cpu().clone(), int(adam.steps[k]),
-                                   start.states[k].episodes + len(item.episodes), **ev) if ok else item.state
-            out.append(UpdateOutcome(item.player, served[k].cpu().clone() if ok else None, kl_to_base=float(kl[k]),
-                                     kl_scaled=float(scale[k]), steps=int(batch.counts[k]),
-                                     mean_return=float(np.mean([ep.total_reward for ep in item.episodes])),
-                                     skipped=None if ok else "non-finite loss or gradient", state=state))
+                ev = {
+                    "iterate": iterate[k].cpu().clone(),
+                    "gate_n": float(evidence.n[k]),
+                    "gate_s1": float(evidence.s1[k]),
+                    "gate_s2": float(evidence.s2[k]),
+                    "gate": float(evidence.gate[k]),
+                    "gate_locked": bool(evidence.locked[k]),
+                }
+            state = (
+                OptimizerState(
+                    adam.exp_avg[k].cpu().clone(),
+                    adam.exp_avg_sq[k].cpu().clone(),
+                    int(adam.steps[k]),
+                    start.states[k].episodes + len(item.episodes),
+                    **ev,
+                )
+                if ok
+                else item.state
+            )
+            out.append(
+                UpdateOutcome(
+                    item.player,
+                    served[k].cpu().clone() if ok else None,
+                    kl_to_base=float(kl[k]),
+                    kl_scaled=float(scale[k]),
+                    steps=int(batch.counts[k]),
+                    mean_return=float(np.mean([ep.total_reward for ep in item.episodes])),
+                    skipped=None if ok else "non-finite loss or gradient",
+                    state=state,
+                )
+            )
             if not ok:
                 log.warning("skipped adapter update of player %r: non-finite loss or gradient", item.player)
         return out

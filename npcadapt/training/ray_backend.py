@@ -9,8 +9,8 @@ arrive, exactly as the local engine does. ``address="auto"`` joins a running clu
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -37,8 +37,9 @@ def joined_ray(address: str | None, workers: int | None):
     return ray
 
 
-def _fit_remote(archetype_dir: str, start: dict[str, np.ndarray], episodes: dict[str, list[Episode]],
-                config: OfflineConfig) -> dict[str, tuple[np.ndarray, dict]]:
+def _fit_remote(
+    archetype_dir: str, start: dict[str, np.ndarray], episodes: dict[str, list[Episode]], config: OfflineConfig
+) -> dict[str, tuple[np.ndarray, dict]]:
     """Body of the Ray task (module-level so the worker imports it from npcadapt)."""
     from ..archetypes import load_archetype
     from ..lora.bank import AdapterLayout
@@ -55,8 +56,14 @@ def _fit_remote(archetype_dir: str, start: dict[str, np.ndarray], episodes: dict
 class RayExecutor:
     """Callable executor for :func:`fit_adapters` (one Ray task per batch of players)."""
 
-    def __init__(self, archetype_dir: str | Path, config: OfflineConfig, *, address: str | None = None,
-                 workers: int | None = None):
+    def __init__(
+        self,
+        archetype_dir: str | Path,
+        config: OfflineConfig,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+    ):
         self.ray = joined_ray(address, workers)
         self.archetype_dir = str(archetype_dir)
         self.config = config
@@ -90,8 +97,14 @@ class RayDecisions:
     """`rows_of` for :func:`npcadapt.prior.library.build_library`: players' decisions computed
     in Ray tasks of `players_per_task` players (same numbers as computing them here)."""
 
-    def __init__(self, archetype_dir: str | Path, *, address: str | None = None, workers: int | None = None,
-                 players_per_task: int = 16):
+    def __init__(
+        self,
+        archetype_dir: str | Path,
+        *,
+        address: str | None = None,
+        workers: int | None = None,
+        players_per_task: int = 16,
+    ):
         self.ray = joined_ray(address, workers)
         self.archetype_dir = str(archetype_dir)
         self.players_per_task = players_per_task
@@ -101,7 +114,7 @@ class RayDecisions:
         from ..prior.library import Decisions
 
         n = self.players_per_task
-        refs = [self._task.remote(self.archetype_dir, episodes[i:i + n], gamma) for i in range(0, len(episodes), n)]
+        refs = [self._task.remote(self.archetype_dir, episodes[i : i + n], gamma) for i in range(0, len(episodes), n)]
         return [Decisions(*(torch.from_numpy(np.array(a)) for a in row)) for ref in refs for row in self.ray.get(ref)]
 
     def shutdown(self) -> None:

@@ -30,11 +30,20 @@ class InProcessTrainer:
     ``config.prior`` is off) adapts with :class:`~npcadapt.prior.trainer.PriorTrainer`, the
     others with PPO (:class:`~npcadapt.training.online.OnlineTrainer`)."""
 
-    def __init__(self, models: Mapping[str, tuple[ActorCritic, AdapterLayout]], config: OnlineConfig, capacity: int,
-                 libraries: Mapping[str, Library] | None = None):
+    def __init__(
+        self,
+        models: Mapping[str, tuple[ActorCritic, AdapterLayout]],
+        config: OnlineConfig,
+        capacity: int,
+        libraries: Mapping[str, Library] | None = None,
+    ):
         libraries = libraries or {}
-        self.trainers = {name: PriorTrainer(policy, layout, libraries[name], config) if name in libraries
-                         else OnlineTrainer(policy, layout, config) for name, (policy, layout) in models.items()}
+        self.trainers = {
+            name: PriorTrainer(policy, layout, libraries[name], config)
+            if name in libraries
+            else OnlineTrainer(policy, layout, config)
+            for name, (policy, layout) in models.items()
+        }
         self.states: OrderedDict[tuple[str, str], OptimizerState | PosteriorState] = OrderedDict()
         self.capacity = capacity
         self._lock = threading.Lock()  # guards states: forget may come from another thread
@@ -50,9 +59,14 @@ class InProcessTrainer:
         trainer = self.trainers[archetype]
         layout = trainer.family
         with self._lock:
-            items = [replace(it, state=self.states.get((archetype, it.player)) or self._warm_start(archetype, it.player),
-                             params=fresh_row(layout, archetype, it.player) if it.params is None else it.params)
-                     for it in items]
+            items = [
+                replace(
+                    it,
+                    state=self.states.get((archetype, it.player)) or self._warm_start(archetype, it.player),
+                    params=fresh_row(layout, archetype, it.player) if it.params is None else it.params,
+                )
+                for it in items
+            ]
         outcomes = self.trainers[archetype].update(items)
         with self._lock:
             for outcome in outcomes:
@@ -70,7 +84,11 @@ class InProcessTrainer:
         for name, fingerprint in trainer.library.transfer_from.items():
             state = self.states.get((name, player))
             source = self.trainers.get(name)
-            if isinstance(state, PosteriorState) and isinstance(source, PriorTrainer) and source.library.fingerprint == fingerprint:
+            if (
+                isinstance(state, PosteriorState)
+                and isinstance(source, PriorTrainer)
+                and source.library.fingerprint == fingerprint
+            ):
                 sources[name] = state
         return trainer.warm_state(sources) if sources else None
 

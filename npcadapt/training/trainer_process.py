@@ -49,8 +49,11 @@ _CAN_SELECT = sys.platform != "win32"  # select() on pipes (for the reply timeou
 def encode_items(items: Sequence[PlayerUpdate]) -> list[dict]:
     """PlayerUpdates (their state stays with the trainer) -> plain maps."""
     return [
-        {"player": it.player, "params": None if it.params is None else it.params.detach().cpu().float().numpy().tobytes(),
-         "episodes": [_encode_episode(ep) for ep in it.episodes]}
+        {
+            "player": it.player,
+            "params": None if it.params is None else it.params.detach().cpu().float().numpy().tobytes(),
+            "episodes": [_encode_episode(ep) for ep in it.episodes],
+        }
         for it in items
     ]
 
@@ -61,8 +64,14 @@ def _encode_episode(ep: Episode) -> dict:
         n_actions = next(len(m) for m in ep.mask if m is not None)
         masks = np.stack([np.ones(n_actions, bool) if m is None else m for m in ep.mask]).tobytes()  # (T, A)
     return {
-        "npc": ep.npc, "obs": np.asarray(ep.obs, np.float32).tobytes(), "mask": masks,  # obs (T, D)
-        "action": ep.action, "logp": ep.logp, "value": ep.value, "reward": ep.reward, "decision": ep.decision,
+        "npc": ep.npc,
+        "obs": np.asarray(ep.obs, np.float32).tobytes(),
+        "mask": masks,  # obs (T, D)
+        "action": ep.action,
+        "logp": ep.logp,
+        "value": ep.value,
+        "reward": ep.reward,
+        "decision": ep.decision,
     }
 
 
@@ -74,27 +83,60 @@ def decode_items(archetype: Archetype, maps: Sequence[dict]) -> list[PlayerUpdat
         for e in m["episodes"]:
             steps = len(e["action"])
             obs = np.frombuffer(e["obs"], np.float32).reshape(steps, spec.obs_dim)  # (T, D)
-            masks = [None] * steps if e["mask"] is None else list(np.frombuffer(e["mask"], bool).reshape(steps, spec.n_actions))
-            episodes.append(Episode(archetype.name, m["player"], e["npc"], list(obs), masks, e["action"], e["logp"],
-                                    e["value"], e["reward"], e["decision"]))
-        params = None if m["params"] is None else torch.from_numpy(np.frombuffer(m["params"], np.float32).copy())  # (P,)
+            masks = (
+                [None] * steps
+                if e["mask"] is None
+                else list(np.frombuffer(e["mask"], bool).reshape(steps, spec.n_actions))
+            )
+            episodes.append(
+                Episode(
+                    archetype.name,
+                    m["player"],
+                    e["npc"],
+                    list(obs),
+                    masks,
+                    e["action"],
+                    e["logp"],
+                    e["value"],
+                    e["reward"],
+                    e["decision"],
+                )
+            )
+        params = (
+            None if m["params"] is None else torch.from_numpy(np.frombuffer(m["params"], np.float32).copy())
+        )  # (P,)
         items.append(PlayerUpdate(m["player"], params, episodes))
     return items
 
 
 def encode_outcomes(outcomes: Sequence[UpdateOutcome]) -> list[dict]:
     return [
-        {"player": o.player, "params": None if o.params is None else o.params.detach().cpu().float().numpy().tobytes(),
-         "kl_to_base": o.kl_to_base, "kl_scaled": o.kl_scaled, "steps": o.steps, "mean_return": o.mean_return,
-         "skipped": o.skipped, "prior": o.prior}
+        {
+            "player": o.player,
+            "params": None if o.params is None else o.params.detach().cpu().float().numpy().tobytes(),
+            "kl_to_base": o.kl_to_base,
+            "kl_scaled": o.kl_scaled,
+            "steps": o.steps,
+            "mean_return": o.mean_return,
+            "skipped": o.skipped,
+            "prior": o.prior,
+        }
         for o in outcomes
     ]
 
 
 def decode_outcomes(maps: Sequence[dict]) -> list[UpdateOutcome]:
     return [
-        UpdateOutcome(m["player"], None if m["params"] is None else torch.from_numpy(np.frombuffer(m["params"], np.float32).copy()),
-                      m["kl_to_base"], m["kl_scaled"], m["steps"], m["mean_return"], m["skipped"], prior=m.get("prior"))
+        UpdateOutcome(
+            m["player"],
+            None if m["params"] is None else torch.from_numpy(np.frombuffer(m["params"], np.float32).copy()),
+            m["kl_to_base"],
+            m["kl_scaled"],
+            m["steps"],
+            m["mean_return"],
+            m["skipped"],
+            prior=m.get("prior"),
+        )
         for m in maps
     ]
 
@@ -115,15 +157,30 @@ class TrainerProcess:
     raises that error: only a restart of the server can fix it.
     """
 
-    def __init__(self, archetypes: Mapping[str, Archetype], config: OnlineConfig, capacity: int, *,
-                 device: str = "cpu", threads: int = 1, nice: int = 10, reply_timeout: float = 600.0,
-                 priors: Sequence[str] = ()):
+    def __init__(
+        self,
+        archetypes: Mapping[str, Archetype],
+        config: OnlineConfig,
+        capacity: int,
+        *,
+        device: str = "cpu",
+        threads: int = 1,
+        nice: int = 10,
+        reply_timeout: float = 600.0,
+        priors: Sequence[str] = (),
+    ):
         """`priors`: archetypes whose population prior (beside the archetype) the child loads too."""
         self._init = {
-            "op": "init", "config": config.to_dict(), "capacity": capacity, "device": str(device),
-            "threads": threads, "nice": nice, "priors": list(priors),
-            "archetypes": [{"name": a.name, "directory": str(a.directory), "base_hash": a.base_hash}
-                           for a in archetypes.values()],
+            "op": "init",
+            "config": config.to_dict(),
+            "capacity": capacity,
+            "device": str(device),
+            "threads": threads,
+            "nice": nice,
+            "priors": list(priors),
+            "archetypes": [
+                {"name": a.name, "directory": str(a.directory), "base_hash": a.base_hash} for a in archetypes.values()
+            ],
         }
         self._nice = nice
         self.reply_timeout = reply_timeout
@@ -142,8 +199,9 @@ class TrainerProcess:
         # its stdout proper goes to stderr, so nothing printed at import can corrupt it
         code = f"import os; channel = os.dup(1); os.dup2(2, 1); from {__name__} import main; main(channel)"
         low = getattr(subprocess, "BELOW_NORMAL_PRIORITY_CLASS", 0) if self._nice > 0 else 0  # Windows: no nice
-        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      creationflags=low)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, creationflags=low
+        )
         self._unpacker = msgpack.Unpacker(max_buffer_size=MAX_MESSAGE)
         self._ready = False
         self._send(self._init)
@@ -229,8 +287,12 @@ class TrainerProcess:
                 return False
             with self._lock:
                 proc = self._proc
-                if (self._ready or proc is None or not _CAN_SELECT
-                        or select.select([proc.stdout.fileno()], [], [], 0.1)[0]):
+                if (
+                    self._ready
+                    or proc is None
+                    or not _CAN_SELECT
+                    or select.select([proc.stdout.fileno()], [], [], 0.1)[0]
+                ):
                     self._ensure_ready()
         return True
 
@@ -330,12 +392,16 @@ def _serve(read_fd: int, out) -> None:
                     for entry in message["archetypes"]:
                         arch = load_archetype(entry["directory"])
                         if arch.base_hash != entry["base_hash"]:
-                            raise NpcAdaptError(f"archetype {arch.name!r} in {entry['directory']} changed on disk "
-                                                f"(base {arch.base_hash}, the server serves {entry['base_hash']})")
+                            raise NpcAdaptError(
+                                f"archetype {arch.name!r} in {entry['directory']} changed on disk "
+                                f"(base {arch.base_hash}, the server serves {entry['base_hash']})"
+                            )
                         archetypes[arch.name] = arch
                         models[arch.name] = (arch.policy.to(device), AdapterLayout.from_spec(arch.spec))
                     libraries = {name: _prior_of(archetypes[name]) for name in message.get("priors", ())}
-                    trainer = InProcessTrainer(models, _config_from_map(message["config"]), message["capacity"], libraries)
+                    trainer = InProcessTrainer(
+                        models, _config_from_map(message["config"]), message["capacity"], libraries
+                    )
                     reply: dict = {"ok": True}
                 else:  # update
                     items = decode_items(archetypes[message["archetype"]], message["items"])
