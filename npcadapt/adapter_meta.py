@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import cast
 
 import torch
 
@@ -45,14 +46,17 @@ def validate_id(value: object, what: str, error: type[Exception] = PlayerIdError
 FAST_ID_CHARS = MAX_PLAYER_ID_BYTES // 4  # ids this short are within the byte limit (<= 4 UTF-8 bytes a char)
 
 
-def all_valid_ids(values: Sequence) -> bool:
+def all_valid_ids(values: Sequence[object]) -> bool:
     """True when every value would pass :func:`validate_id`, checked column-wise (fast for
     a batch of short ids). False means: at least one may not; call validate_id on each
     for the error that names it."""
-    if set(map(type, values)) != {str} or min(map(len, values)) == 0 or max(map(len, values)) > FAST_ID_CHARS:
+    if set(map(type, values)) != {str}:
+        return False
+    ids = cast("Sequence[str]", values)  # every value's type is str (checked above)
+    if min(map(len, ids)) == 0 or max(map(len, ids)) > FAST_ID_CHARS:
         return False
     try:
-        "".join(values).encode("utf-8")
+        "".join(ids).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True

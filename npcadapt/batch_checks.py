@@ -5,12 +5,13 @@ the bad rows."""
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from .errors import InvalidInputError
 
 
-def check_obs(obs, n: int, obs_dim: int) -> np.ndarray:
+def check_obs(obs: npt.ArrayLike | torch.Tensor, n: int, obs_dim: int) -> np.ndarray:
     """(n, obs_dim) finite numbers -> C-contiguous float32 (N, D)."""
     if n == 0:
         raise InvalidInputError("a batch needs at least one row")
@@ -29,7 +30,7 @@ def check_obs(obs, n: int, obs_dim: int) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
-def check_masks(masks, n: int, n_actions: int) -> np.ndarray | None:
+def check_masks(masks: npt.ArrayLike | torch.Tensor | None, n: int, n_actions: int) -> np.ndarray | None:
     """None, or (n, n_actions) booleans with at least one allowed action per row."""
     if masks is None:
         return None
@@ -46,7 +47,7 @@ def check_masks(masks, n: int, n_actions: int) -> np.ndarray | None:
     return arr
 
 
-def check_greedy(greedy, n: int) -> np.ndarray | None:
+def check_greedy(greedy: npt.ArrayLike, n: int) -> np.ndarray | None:
     """A bool for every row or (n,) bools -> (N,) bool, or None when no row is greedy."""
     if isinstance(greedy, (bool, np.bool_)):
         return np.ones(n, dtype=bool) if greedy else None
@@ -56,7 +57,9 @@ def check_greedy(greedy, n: int) -> np.ndarray | None:
     return arr if arr.any() else None
 
 
-def single_row(obs, mask=None) -> tuple[np.ndarray, np.ndarray | None]:
+def single_row(
+    obs: npt.ArrayLike | torch.Tensor, mask: npt.ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One observation (and optional mask) as a batch of one row: (1, D) and (1, A)."""
     try:
         arr = obs.detach().cpu().numpy() if isinstance(obs, torch.Tensor) else np.asarray(obs, dtype=np.float32)

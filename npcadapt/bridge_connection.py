@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from .errors import NpcAdaptError, ProtocolError
 from .protocol import (
@@ -32,6 +32,7 @@ from .protocol_codec import encode_error, encode_response
 from .rpc import NOT_AUTHENTICATED, WRONG_TOKEN, BridgeMethod, Kind, error_reply
 
 if TYPE_CHECKING:
+    from .micro_batcher import MicroBatcher
     from .server import Bridge
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,20 @@ class Connection(asyncio.Protocol):
         self.backlog: list = []  # decoded events left for a later loop turn (one read held too many)
         self._pause_reasons: set[str] = set()  # "budget", "backlog", "output": read again once none is left
 
+    @property
+    def batcher(self) -> MicroBatcher:
+        """The bridge's micro-batcher (Bridge.start makes it before it accepts any connection)."""
+        batcher = self.bridge.batcher
+        assert batcher is not None
+        return batcher
+
     # -- asyncio callbacks ---------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a TCP server's connection: a full Transport
         stats = self.bridge.stats.counters
         if stats["connections"] >= self.bridge.config.max_connections:
             stats["connections_refused"] += 1
-            transport.abort()
+            self.transport.abort()
             return
         self.open = True
         stats["connections"] += 1
@@ -91,7 +99,7 @@ class Connection(asyncio.Protocol):
             self._receive(data)
         finally:
             # with one client connected there is nobody to batch with: answer this read's rows now
-            bridge.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
+            self.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
             if self.open and (self.held or self.rpc.buffered):
                 bridge.budget.update(self)
 
@@ -109,13 +117,13 @@ class Connection(asyncio.Protocol):
 
     def pause_reading(self, reason: str) -> None:
         """Stop reading from the socket for `reason`; reading resumes when every reason is gone."""
-        if self.open and not self._pause_reasons:
+        if self.open and not self._pause_reasons and self.transport is not None:  # open: it has a transport
             self.transport.pause_reading()
         self._pause_reasons.add(reason)
 
     def resume_reading(self, reason: str) -> None:
         self._pause_reasons.discard(reason)
-        if self.open and not self._pause_reasons:
+        if self.open and not self._pause_reasons and self.transport is not None:  # open: it has a transport
             self.transport.resume_reading()
 
     # -- events ------------------------------------------------------------------------
@@ -152,7 +160,7 @@ class Connection(asyncio.Protocol):
         try:
             self._dispatch(events)
         finally:
-            self.bridge.batcher.end_read(eager=False)
+            self.batcher.end_read(eager=False)
         if not self.backlog:
             self.resume_reading("backlog")
 
@@ -160,7 +168,7 @@ class Connection(asyncio.Protocol):
         """Each event in order; a run of notifications of one FEEDBACK method is applied as
         one batch, and a FEEDBACK call first has this connection's queued decisions made."""
         table = self.table
-        run_method: BridgeMethod | None = None
+        run_method: BridgeMethod | None = None  # set whenever run is not empty
         run: list[list] = []  # params of the notifications in the run
         for event in events:
             if not self.open:
@@ -169,19 +177,19 @@ class Connection(asyncio.Protocol):
             method = table.get(event.method) if kind is Request or kind is Notification else None
             if method is not None and method.kind is _FEEDBACK:
                 if self.queued:  # feedback attaches to the decisions sent before it
-                    self.bridge.batcher.flush_all()
+                    self.batcher.flush_all()
                 if kind is Notification:
-                    if run and method is not run_method:
+                    if run and run_method is not None and method is not run_method:
                         self._notified(run_method, run)
                         run = []
                     run_method = method
                     run.append(event.params)
                     continue
-            if run:
+            if run and run_method is not None:
                 self._notified(run_method, run)
                 run = []
             self._handle(event)
-        if run:
+        if run and run_method is not None:
             self._notified(run_method, run)
 
     def _handle(self, event) -> None:
@@ -207,13 +215,14 @@ class Connection(asyncio.Protocol):
         stats["notifications"] += len(params_list)
         if not self.authenticated:
             return
+        assert method.many is not None  # every FEEDBACK method has one
         try:
             refused = method.many(params_list)
         except NpcAdaptError as exc:  # e.g. the log could not be written
             refused = [exc]
         stats["errors"] += len(refused)
-        for exc in refused:
-            log.debug("notification refused: %s", exc)
+        for refusal in refused:
+            log.debug("notification refused: %s", refusal)
 
     def _request(self, req: Request) -> None:
         method = self.table.get(req.method)
@@ -234,8 +243,8 @@ class Connection(asyncio.Protocol):
                 self.send(encode_response(req.msgid, None, method.call(req.params)))
             elif kind is _WORKER:
                 self._in_worker(req, method)
-            else:  # CONNECTION, already authenticated: nothing to change
-                self.send(encode_response(req.msgid, None, True))
+            else:  # CONNECTION, already authenticated: the same check again (a wrong token is refused)
+                self._authenticate(req, method)
         except Exception as exc:
             self.fail(req.msgid, exc, req.method)
 
@@ -243,7 +252,7 @@ class Connection(asyncio.Protocol):
         """Queue the request's rows for the next forward, or refuse it (OVERLOADED) when too
         many rows wait already."""
         archetype, block = method.call(req.params)
-        batcher, limit = self.bridge.batcher, self.bridge.config.max_queued_rows
+        batcher, limit = self.batcher, self.bridge.config.max_queued_rows
         if batcher.queued_rows and batcher.queued_rows + len(block) > limit:  # refused at once, nothing queued
             self.error(
                 req.msgid,
@@ -259,9 +268,10 @@ class Connection(asyncio.Protocol):
         replies to later requests. A shared method's calls share runs (one runs, at most
         one more waits: :class:`~npcadapt.coalesce.Coalesced`)."""
         if method.shared:
+            assert method.check is not None  # every shared WORKER method has one
             method.check(req.params)
         if self.queued:
-            self.bridge.batcher.flush_all()
+            self.batcher.flush_all()
         if method.shared:
             done = self.bridge.shared_runs[req.method]()
         else:
@@ -302,15 +312,18 @@ class Connection(asyncio.Protocol):
         self.send(encode_error(msgid, code, message))
 
     def send(self, data: bytes) -> None:
-        if not self.open:
+        transport = self.transport
+        if not self.open or transport is None:  # open: it has a transport
             return
-        self.transport.write(data)
         config = self.bridge.config
         cap = config.max_output_buffer if self.authenticated else config.pre_auth_max_bytes
-        if self.transport.get_write_buffer_size() > cap:
+        waiting = transport.get_write_buffer_size()  # replies written before, not yet read by the client
+        if waiting and waiting + len(data) > cap:  # one reply may be bigger than the cap; unread ones may not
             log.info("closing a client that does not read its responses (output buffer over %d bytes)", cap)
-            self.transport.abort()
+            transport.abort()
             self.connection_lost(None)
+            return
+        transport.write(data)
 
     def close(self) -> None:
         if self.transport is not None:

@@ -11,17 +11,23 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import ConnectionLostError, OverloadedError, RemoteError
 from .protocol import OVERLOADED, Limits, Response, RpcConnection
 
+if TYPE_CHECKING:
+    import msgpack
+
+_Mask = Sequence[bool] | npt.NDArray[np.bool_]  # one bool per action: may the NPC take it
+
 __all__ = ["AsyncClient", "Client", "ConnectionLostError", "OverloadedError", "RemoteError", "read_message"]
 
 
-def read_message(sock: socket.socket, unpacker) -> Any:
+def read_message(sock: socket.socket, unpacker: msgpack.Unpacker) -> Any:
     """The next whole msgpack message from `sock` through `unpacker` (a msgpack.Unpacker that
     keeps whatever follows the message for the next call), for raw-protocol tools and tests;
     ConnectionError if the peer closes first."""
@@ -44,9 +50,11 @@ def _result(resp: Response) -> Any:
     return resp.result
 
 
-def _act_params(archetype, player, npc, obs, mask, greedy) -> list:
-    params = [archetype, player, npc, _obs(obs)]
-    options = {}
+def _act_params(
+    archetype: str, player: str, npc: str, obs: npt.ArrayLike, mask: _Mask | None, greedy: bool
+) -> list[Any]:
+    params: list[Any] = [archetype, player, npc, _obs(obs)]
+    options: dict[str, list[bool] | bool] = {}
     if mask is not None:
         options["mask"] = [bool(m) for m in mask]
     if greedy:
@@ -54,7 +62,7 @@ def _act_params(archetype, player, npc, obs, mask, greedy) -> list:
     return params + [options] if options else params
 
 
-def _rows(rows: Sequence[Sequence[Any]]) -> list:
+def _rows(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """[player, npc, obs(, options)] rows with obs as binary."""
     return [[r[0], r[1], _obs(r[2]), *r[3:]] for r in rows]
 
@@ -125,7 +133,7 @@ class Client:
         self._send(data)
         return _result(self._receive(msgid))
 
-    def call_many(self, calls: Sequence[tuple[str, list]], *, return_exceptions: bool = False) -> list[Any]:
+    def call_many(self, calls: Sequence[tuple[str, Sequence[Any]]], *, return_exceptions: bool = False) -> list[Any]:
         """Send every call, then collect results in order (responses may arrive in any order).
         With `return_exceptions`, a call the server refused gives its RemoteError in the list
         instead of raising (as asyncio.gather does)."""
@@ -151,14 +159,24 @@ class Client:
         self._send(self.rpc.notification(method, list(params)))
 
     # -- the bridge's methods ----------------------------------------------------------
-    def archetypes(self) -> list[dict]:
-        return self.call("archetypes")
+    # (each result's type is the method's reply, as the server's method table defines it)
+    def archetypes(self) -> list[dict[str, Any]]:
+        return cast("list[dict[str, Any]]", self.call("archetypes"))
 
-    def act(self, archetype: str, player: str, npc: str, obs, *, mask=None, greedy: bool = False) -> dict:
-        return self.call("act", *_act_params(archetype, player, npc, obs, mask, greedy))
+    def act(
+        self,
+        archetype: str,
+        player: str,
+        npc: str,
+        obs: npt.ArrayLike,
+        *,
+        mask: _Mask | None = None,
+        greedy: bool = False,
+    ) -> dict[str, Any]:
+        return cast("dict[str, Any]", self.call("act", *_act_params(archetype, player, npc, obs, mask, greedy)))
 
-    def act_batch(self, archetype: str, rows: Sequence[Sequence[Any]]) -> list[dict]:
-        return self.call("act_batch", archetype, _rows(rows))
+    def act_batch(self, archetype: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        return cast("list[dict[str, Any]]", self.call("act_batch", archetype, _rows(rows)))
 
     def feedback(self, player: str, npc: str, reward: float, done: bool = False, *, wait: bool = False) -> None:
         """As a notification (fire and forget), or as a request with `wait=True`."""
@@ -167,27 +185,28 @@ class Client:
         else:
             self.notify("feedback", player, npc, float(reward), bool(done))
 
-    def adapter_info(self, archetype: str, player: str) -> dict | None:
-        return self.call("adapter_info", archetype, player)
+    def adapter_info(self, archetype: str, player: str) -> dict[str, Any] | None:
+        return cast("dict[str, Any] | None", self.call("adapter_info", archetype, player))
 
     def action_probs(self, archetype: str, rows: Sequence[Sequence[Any]], *, base: bool = False) -> list[list[float]]:
         """Per [player, obs] row, every action's probability under that player's policy (the
         base's with `base=True`); nothing is sampled or logged."""
-        params: list = [archetype, [[r[0], _obs(r[1])] for r in rows]]
-        return self.call("action_probs", *params, {"base": True}) if base else self.call("action_probs", *params)
+        params: list[Any] = [archetype, [[r[0], _obs(r[1])] for r in rows]]
+        probs = self.call("action_probs", *params, {"base": True}) if base else self.call("action_probs", *params)
+        return cast("list[list[float]]", probs)
 
-    def prior_info(self, archetype: str, player: str) -> dict | None:
+    def prior_info(self, archetype: str, player: str) -> dict[str, Any] | None:
         """Where the player stands on the archetype's population prior (see Service.prior_info)."""
-        return self.call("prior_info", archetype, player)
+        return cast("dict[str, Any] | None", self.call("prior_info", archetype, player))
 
     def reset_player(self, archetype: str, player: str) -> bool:
-        return self.call("reset_player", archetype, player)
+        return cast("bool", self.call("reset_player", archetype, player))
 
     def flush(self) -> int:
-        return self.call("flush")
+        return cast("int", self.call("flush"))
 
-    def stats(self) -> dict:
-        return self.call("stats")
+    def stats(self) -> dict[str, Any]:
+        return cast("dict[str, Any]", self.call("stats"))
 
     def close(self) -> None:
         if self.sock is not None:
@@ -197,17 +216,17 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 class AsyncClient:
     """asyncio client: many calls in flight on one connection, matched by msgid."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.rpc = RpcConnection(Limits(), role="client")
-        self._waiting: dict[int, asyncio.Future] = {}
+        self._waiting: dict[int, asyncio.Future[Response]] = {}
         self._reader_task = asyncio.get_running_loop().create_task(self._read())
 
     @classmethod
@@ -234,7 +253,7 @@ class AsyncClient:
         if self._reader_task.done():  # its cleanup has already failed every waiting call
             raise ConnectionLostError("server closed the connection")
         msgid, data = self.rpc.request(method, list(params))
-        fut = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._waiting[msgid] = fut
         self.writer.write(data)
         return _result(await fut)
@@ -242,11 +261,20 @@ class AsyncClient:
     def notify(self, method: str, *params: Any) -> None:
         self.writer.write(self.rpc.notification(method, list(params)))
 
-    async def act(self, archetype: str, player: str, npc: str, obs, *, mask=None, greedy: bool = False) -> dict:
-        return await self.call("act", *_act_params(archetype, player, npc, obs, mask, greedy))
+    async def act(
+        self,
+        archetype: str,
+        player: str,
+        npc: str,
+        obs: npt.ArrayLike,
+        *,
+        mask: _Mask | None = None,
+        greedy: bool = False,
+    ) -> dict[str, Any]:
+        return cast("dict[str, Any]", await self.call("act", *_act_params(archetype, player, npc, obs, mask, greedy)))
 
-    async def act_batch(self, archetype: str, rows: Sequence[Sequence[Any]]) -> list[dict]:
-        return await self.call("act_batch", archetype, _rows(rows))
+    async def act_batch(self, archetype: str, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        return cast("list[dict[str, Any]]", await self.call("act_batch", archetype, _rows(rows)))
 
     def feedback(self, player: str, npc: str, reward: float, done: bool = False) -> None:
         self.notify("feedback", player, npc, float(reward), bool(done))

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -89,7 +90,9 @@ class Engine:
         self.device = _resolve_device(device)
         self.adapter_dtype = adapter_dtype
         self.store = AdapterStore(self.data_dir)
-        self.writeback = WriteBehind(lambda key, flat, meta: self._save_adapter(key[0], key[1], flat, meta))
+        self.writeback: WriteBehind[tuple[str, str]] = WriteBehind(
+            lambda key, flat, meta: self._save_adapter(key[0], key[1], flat, meta)
+        )
         self._deleting: set[tuple[str, str]] = set()  # (archetype, player) being reset: load as absent
         self.compile = compile
         dirs = [BUILTIN_DIR] if archetype_dirs is None else list(archetype_dirs)
@@ -107,11 +110,12 @@ class Engine:
         layout = AdapterLayout.from_spec(arch.spec)
         spec = AdapterSpec(arch.name, arch.base_hash, layout.rank, layout.tensor_shapes())
         policy = copy.deepcopy(arch.policy).to(self.device)
+        name = arch.name
         bank = AdapterBank(
             layout,
             capacity,
-            loader=lambda player, n=arch.name: self._load_adapter(n, player),
-            writeback=lambda player, flat, meta, n=arch.name: self.writeback.submit((n, player), flat, meta),
+            loader=lambda player: self._load_adapter(name, player),
+            writeback=lambda player, flat, meta: self.writeback.submit((name, player), flat, meta),
             dtype=DTYPES[self.adapter_dtype],
             device=self.device,
         )
@@ -330,7 +334,8 @@ class Engine:
 
     def put_adapter_row(self, archetype: str, player: str, flat: torch.Tensor, *, updates: int = 0) -> AdapterMeta:
         """:meth:`set_adapter_row` returning only the new metadata: no file-system check."""
-        return self.put_adapter_rows(archetype, [player], flat.reshape(1, -1), updates=updates)[0]
+        meta = self.put_adapter_rows(archetype, [player], flat.reshape(1, -1), updates=updates)[0]
+        return cast(AdapterMeta, meta)  # not None: without skip_non_finite a non-finite row raises
 
     def put_adapter_rows(
         self,
@@ -354,7 +359,7 @@ class Engine:
         if not (finite.all() or skip_non_finite):
             raise InvalidInputError(f"adapter for player {players[int(np.argmin(finite))]!r} has non-finite values")
         metas: list[AdapterMeta | None] = [None] * len(players)
-        chosen = np.flatnonzero(finite)
+        chosen: list[int] = np.flatnonzero(finite).tolist()
         pre = rt.bank.prefetch([players[i] for i in chosen])  # the stored versions, read before the lock
         try:
             with rt.bank.lock:

@@ -11,15 +11,39 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any
+from typing import Any, Protocol, cast
 
 import gymnasium as gym
+import numpy as np
 
 from .errors import InvalidInputError, NpcAdaptError
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "npcadapt/"  # ids of the sim envs: "npcadapt/Duel-v0", ...
+
+
+class SimEnv(Protocol):
+    """The public surface of a sim env (``env.unwrapped``) that npcadapt reads: its persona
+    lists and its exact oracles. Every ``npcadapt/*`` env has these."""
+
+    PERSONAS: tuple[str, ...]  # the population: base training and "average"
+    HELDOUT_PERSONAS: tuple[str, ...]  # evaluation only
+    SWITCHES: tuple[tuple[str, str], ...]  # (before, after) pairs for switching players
+    AVERAGE: str
+    NOISE: str
+    TRAITS: dict[str, str]  # latent player trait -> the named persona it plays here
+
+    def situations(self) -> list[tuple[np.ndarray, float]]: ...
+
+    def expected_return(self, persona: str, probs: np.ndarray) -> float: ...
+
+    def oracle_return(self, persona: str) -> float: ...
+
+
+def sim_env(env: gym.Env) -> SimEnv:
+    """``env.unwrapped`` of a sim env (made from an ``npcadapt/*`` id), typed as one."""
+    return cast(SimEnv, env.unwrapped)
 
 
 @functools.cache

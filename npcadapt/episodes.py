@@ -16,12 +16,17 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .errors import InvalidInputError
+
+Rewards = Sequence[float] | npt.NDArray[np.floating[Any]]  # one reward per feedback row
+Dones = Sequence[bool] | npt.NDArray[np.bool_]  # one flag per feedback row: the episode ended
 
 
 @dataclass
@@ -52,7 +57,15 @@ class _Batch:
 
     __slots__ = ("action", "decision", "logp", "masks", "obs", "value")
 
-    def __init__(self, obs, masks, action, logp, value, decision):
+    def __init__(
+        self,
+        obs: npt.ArrayLike,
+        masks: npt.ArrayLike | None,
+        action: npt.ArrayLike,
+        logp: npt.ArrayLike,
+        value: npt.ArrayLike,
+        decision: npt.ArrayLike,
+    ) -> None:
         self.obs = np.array(obs, dtype=np.float32)  # (N, D), a copy: callers may reuse theirs
         self.masks = None if masks is None else np.array(masks, dtype=bool)  # (N, A)
         # (N,) each, copies: the caller's result arrays are theirs to change
@@ -117,7 +130,18 @@ class EpisodeTracker:
         self.dropped_episodes = 0  # completed episodes discarded past max_done_steps
         self.done_steps = 0  # steps of completed episodes held (not yet taken by the trainer)
 
-    def record(self, archetype: str, players, npcs, obs: np.ndarray, masks, actions, logps, values, decisions) -> None:
+    def record(
+        self,
+        archetype: str,
+        players: Sequence[str],
+        npcs: Sequence[str],
+        obs: np.ndarray,
+        masks: npt.ArrayLike | None,
+        actions: npt.ArrayLike,
+        logps: npt.ArrayLike,
+        values: npt.ArrayLike,
+        decisions: npt.ArrayLike,
+    ) -> None:
         """Append one step per row to that (player, npc)'s open episode."""
         batch = _Batch(obs, masks, actions, logps, values, decisions)
         limit = self.max_open_steps
@@ -137,7 +161,9 @@ class EpisodeTracker:
         self.feedback_batch([player], [npc], [reward], [done])
         return bool(done)
 
-    def feedback_batch(self, players, npcs, rewards, dones, *, skip_refused: bool = False) -> list[int]:
+    def feedback_batch(
+        self, players: Sequence[str], npcs: Sequence[str], rewards: Rewards, dones: Dones, *, skip_refused: bool = False
+    ) -> list[int]:
         """Several `feedback` calls in order: all or none (see :meth:`refused`), or with
         `skip_refused` every row but the refused ones, whose indices are returned."""
         with self._lock:
@@ -172,16 +198,17 @@ class EpisodeTracker:
             self.done_steps -= len(old.rows)
             self.dropped_episodes += 1
 
-    def _forget(self, eps) -> None:
+    def _forget(self, eps: Iterable[tuple[str, _Steps]]) -> None:
         for _, steps in eps:
             self._order.pop(id(steps), None)
             self.done_steps -= len(steps.rows)
 
-    def refused(self, players, npcs, dones) -> list[int]:
+    def refused(self, players: Sequence[str], npcs: Sequence[str], dones: Dones) -> list[int]:
         """Indices of feedback rows with no decision to attach to, taken in order: a row
         after the one that closed its episode is refused too."""
         with self._lock:
-            refused, closed = [], set()
+            refused: list[int] = []
+            closed: set[tuple[str, str]] = set()
             for i, key in enumerate(zip(players, npcs)):
                 ep = self._open.get(key)
                 if key in closed or ep is None or not ep.rows:
@@ -205,7 +232,7 @@ class EpisodeTracker:
             keys = (k for k, eps in self._done.items() if len(eps) >= need.get(k[0], min_episodes))
             return list(itertools.islice(keys, limit))
 
-    def take(self, keys) -> dict[tuple[str, str], list[Episode]]:
+    def take(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[Episode]]:
         """Remove and return the completed episodes of `keys`."""
         with self._lock:
             taken = {k: self._done.pop(k) for k in keys if k in self._done}

@@ -6,6 +6,8 @@ Errors caused by the caller's input also derive from :class:`ValueError`.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NpcAdaptError(Exception):
     """Base class of every error npcadapt raises on purpose."""
@@ -45,6 +47,10 @@ class LogCorruptionError(LogError):
 
 class ProtocolError(NpcAdaptError):
     """Bytes on a bridge connection that are not valid MessagePack-RPC."""
+
+    # Set by RpcConnection.receive_data before it raises: the npcadapt.protocol events
+    # decoded earlier in that call (Any: this bottom layer cannot import their type).
+    events: list[Any]
 
 
 class ConnectionLostError(NpcAdaptError, ConnectionError):

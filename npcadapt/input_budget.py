@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+
+class _Pending(Protocol):  # a connection's protocol core, as far as the budget reads it
+    @property
+    def memory(self) -> int: ...
 
 
 class _Conn(Protocol):  # what the budget needs of a connection
@@ -35,7 +41,7 @@ class _Conn(Protocol):  # what the budget needs of a connection
     def resume_reading(self, reason: str) -> None: ...
 
     @property
-    def rpc(self): ...
+    def rpc(self) -> _Pending: ...
 
     def close(self) -> None: ...
 
@@ -43,7 +49,9 @@ class _Conn(Protocol):  # what the budget needs of a connection
 class InputBudget:
     """Bytes of pending input across `connections`, bounded by `budget` (see module doc)."""
 
-    def __init__(self, budget: int, counters: dict, connections: set, max_pause: float = 10.0):
+    def __init__(
+        self, budget: int, counters: dict[str, int], connections: AbstractSet[_Conn], max_pause: float = 10.0
+    ) -> None:
         self.budget, self.counters, self.connections, self.max_pause = budget, counters, connections, max_pause
         self.soft = budget // 2
         self.total = 0
@@ -114,7 +122,7 @@ class InputBudget:
         self.counters["budget_shed"] += 1
         victim.close()  # its closed() lowers the total
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, int]:
         return {
             "input_buffered": self.total,
             "input_buffered_peak": self.peak,

@@ -63,7 +63,8 @@ def masked_log_probs_np(logits: np.ndarray, mask: np.ndarray | None) -> tuple[np
 def kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Row-wise KL(p || q) in nats for (..., A) probabilities; actions p never takes add 0."""
     logs = np.log(np.clip(p, 1e-30, None)) - np.log(np.clip(q, 1e-30, None))
-    return np.where(p > 0, p * logs, 0.0).sum(-1)
+    rows: np.ndarray = np.where(p > 0, p * logs, 0.0).sum(-1)
+    return rows
 
 
 def masked_kl_rows(logp: torch.Tensor, base_logp: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -40,9 +41,10 @@ class ActorCritic(nn.Module):
         """Orthogonal init (gain sqrt 2; 0.01 for the logits, 1 for the value), zero biases."""
         for head, last_gain in ((self.actor, 0.01), (self.critic, 1.0)):
             for i, layer in enumerate(head):
+                linear = cast(nn.Linear, layer)  # the heads are ModuleLists of Linears
                 gain = last_gain if i == len(head) - 1 else math.sqrt(2)
-                nn.init.orthogonal_(layer.weight, gain=gain, generator=generator)
-                nn.init.zeros_(layer.bias)
+                nn.init.orthogonal_(linear.weight, gain=gain, generator=generator)
+                nn.init.zeros_(linear.bias)
 
     def named_linears(self) -> dict[str, nn.Linear]:
         """Layer name ('actor.0', ...) -> module."""

@@ -46,6 +46,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -123,7 +124,7 @@ class Request:
 
     msgid: int
     method: str
-    params: list
+    params: list[Any]
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Notification:
     """``[2, method, params]``: never answered."""
 
     method: str
-    params: list
+    params: list[Any]
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class InvalidMessage:
     """
 
     msgid: int | None
-    error: list  # [code, "message"]
+    error: list[Any]  # [code, "message"]
 
 
 @dataclass(frozen=True)
@@ -312,7 +313,7 @@ class RpcConnection:
             self._shrink_scanner()
         except ProtocolError as exc:
             self._error = str(exc)
-            exc.events = events  # type: ignore[attr-defined]
+            exc.events = events
             log.debug("closing RPC connection: %s", exc)
             raise
         return events
@@ -354,7 +355,7 @@ class RpcConnection:
         except HeaderError as exc:
             raise _at(str(exc), at) from None
 
-    def _decode(self, frame: bytes, at: int) -> list:
+    def _decode(self, frame: bytes, at: int) -> list[Any]:
         """Decode one complete message, mapping every msgpack failure to ProtocolError.
         A header problem anywhere in the message is reported first, as it would have been
         had the message arrived in pieces (found with the C fast path: only a run of items
@@ -388,7 +389,7 @@ class RpcConnection:
             return f"map key of type {match.group(1)} not allowed; keys must be str or bin"
         return f"undecodable message: {type(exc).__name__}: {text}"
 
-    def _to_event(self, msg: list) -> Event:
+    def _to_event(self, msg: list[Any]) -> Event:
         """Turn a decoded top-level array into an event for this role."""
         if not msg:
             return _invalid(None, INVALID_REQUEST, "message array is empty")
@@ -422,7 +423,7 @@ class RpcConnection:
             return value
         raise ValueError(f"method must be a str, got {_describe(value)}")
 
-    def _request(self, msg: list) -> Event:
+    def _request(self, msg: list[Any]) -> Event:
         msgid = msg[1] if len(msg) > 1 and is_msgid(msg[1]) else None
         if len(msg) != 4:
             return _invalid(
@@ -432,12 +433,14 @@ class RpcConnection:
             return _invalid(None, INVALID_REQUEST, f"msgid must be an unsigned 32-bit int, got {_describe(msg[1])}")
         return self._call(msgid, msg[2], msg[3], lambda method, params: Request(msgid, method, params))
 
-    def _notification(self, msg: list) -> Event:
+    def _notification(self, msg: list[Any]) -> Event:
         if len(msg) != 3:
             return _invalid(None, INVALID_REQUEST, f"notification must be [2, method, params], got {len(msg)} elements")
         return self._call(None, msg[1], msg[2], Notification)
 
-    def _call(self, msgid: int | None, method: object, params: object, make: Callable[[str, list], Event]) -> Event:
+    def _call(
+        self, msgid: int | None, method: object, params: object, make: Callable[[str, list[Any]], Event]
+    ) -> Event:
         """The method name and params array shared by requests and notifications."""
         try:
             name = self._method(method)
@@ -447,7 +450,7 @@ class RpcConnection:
             return _invalid(msgid, INVALID_PARAMS, f"params must be an array, got {_describe(params)}")
         return make(name, params)
 
-    def _response(self, msg: list) -> Event:
+    def _response(self, msg: list[Any]) -> Event:
         if len(msg) != 4:
             return _invalid(
                 None, INVALID_REQUEST, f"response must be [1, msgid, error, result], got {len(msg)} elements"
@@ -459,7 +462,7 @@ class RpcConnection:
     # ------------------------------------------------------------------ sending
     # (the bytes come from npcadapt.protocol_codec; a connection keeps the msgid count)
 
-    def request(self, method: str, params: list) -> tuple[int, bytes]:
+    def request(self, method: str, params: list[Any] | tuple[Any, ...]) -> tuple[int, bytes]:
         """Encode a request with the next msgid (wrapping at 2**32); return (msgid, bytes)."""
         msgid = self._next_msgid
         data = encode_request(msgid, method, params)

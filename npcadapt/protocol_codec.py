@@ -40,7 +40,8 @@ def is_msgid(value: object) -> bool:
 def pack(obj: object) -> bytes:
     """Encode ``obj`` as MessagePack (str as str, bytes as bin); ProtocolError if impossible."""
     try:
-        return msgpack.packb(obj, use_bin_type=True)
+        packed: bytes = msgpack.packb(obj, use_bin_type=True)
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(obj).__name__} as MessagePack: {exc}") from exc
 
@@ -48,12 +49,12 @@ def pack(obj: object) -> bytes:
 # ---------------------------------------------------------------- whole messages
 
 
-def encode_request(msgid: int, method: str, params: list) -> bytes:
+def encode_request(msgid: int, method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
     """``[0, msgid, method, params]`` (a tuple of params is sent as an array too)."""
     return pack([REQUEST, msgid, *_checked(method, params)])
 
 
-def encode_notification(method: str, params: list) -> bytes:
+def encode_notification(method: str, params: list[Any] | tuple[Any, ...]) -> bytes:
     """``[2, method, params]``."""
     return pack([NOTIFICATION, *_checked(method, params)])
 
@@ -74,7 +75,7 @@ def encode_error(msgid: int, code: int, message: str) -> bytes:
     return encode_response(msgid, [code, message], None)
 
 
-def _checked(method: object, params: object) -> tuple[str, list]:
+def _checked(method: object, params: object) -> tuple[str, list[Any]]:
     """Validate outgoing method and params (a tuple is sent as an array too)."""
     if not isinstance(method, str):
         raise InvalidInputError(f"method must be a str, got {type(method).__name__}")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -127,12 +127,12 @@ class HeaderCheck:
 
     def walk(
         self,
-        buf,
+        buf: bytes | bytearray,
         base: int,
         limits: Limits,
         cap: int,
         cap_name: str,
-        decode_options: dict | None = None,
+        decode_options: dict[str, Any] | None = None,
         stop: int | None = None,
     ) -> None:
         """Check ``buf[base + pos : base + stop]`` (default: to the end). With
@@ -213,14 +213,16 @@ _MIN_WINDOW, _MAX_WINDOW = 256, 64 * 1024
 _MAX_MISSES = 4
 
 
-def _complete_run(buf, start: int, end: int, most: int, window: int) -> tuple[int, int]:
+def _complete_run(buf: bytes | bytearray, start: int, end: int, most: int, window: int) -> tuple[int, int]:
     """How many items (at most `most`) lie complete from ``buf[start]`` within `window`
     bytes, and their size, found by msgpack's skip (no allocation, no limits). A run of
     one-byte items (the cheapest to send, the dearest to count one by one) is counted by
     a regular expression."""
     length = min(end - start, window)
     window_bytes = bytes(buf[start : start + length])
-    n = _ONE_BYTE_ITEMS.match(window_bytes).end()
+    ones = _ONE_BYTE_ITEMS.match(window_bytes)
+    assert ones is not None  # the pattern ends in "*": it matches, if only the empty string
+    n = ones.end()
     if n >= most or n == length:
         return min(n, most), min(n, most)
     scanner = msgpack.Unpacker(max_buffer_size=length - n)
@@ -241,7 +243,7 @@ def _complete_run(buf, start: int, end: int, most: int, window: int) -> tuple[in
 _ONE_BYTE_ITEMS = re.compile(rb"[\x00-\x80\x90\xa0\xc0\xc2\xc3\xe0-\xff]*")
 
 
-def _decodes(run: bytes, n: int, options: dict) -> bool:
+def _decodes(run: bytes, n: int, options: dict[str, Any]) -> bool:
     """Whether `n` complete items decode within the limits, with no ext value."""
     if b"\xff" in run and TIMESTAMP_MARKERS.search(run):
         return False  # maybe a timestamp, which msgpack decodes without asking ext_hook

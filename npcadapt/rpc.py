@@ -63,7 +63,8 @@ class Kind(enum.Enum):
     CONNECTION = "connection"
     """The connection's own state: ``call(params, token) -> bool``, whether the params
     authenticate the connection. The only kind a connection may call before it has
-    authenticated; once it has, the answer is ``true``."""
+    authenticated; called again later, it checks the token again (a wrong one is refused,
+    the connection stays authenticated)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,8 +188,8 @@ class Stats:
             "log_flush_errors": 0,
         }
         self.errors_by_code: dict[int, int] = {}  # error replies sent, by code
-        self.latency = deque(maxlen=window)  # seconds, act/act_batch request -> response
-        self.batch_sizes = deque(maxlen=window)
+        self.latency: deque[float] = deque(maxlen=window)  # seconds, act/act_batch request -> response
+        self.batch_sizes: deque[int] = deque(maxlen=window)  # rows per engine forward
 
     def error(self, code: int) -> None:
         self.counters["errors"] += 1
@@ -292,10 +292,12 @@ class Bridge:
         self._poll_until = time.perf_counter() + self.config.busy_poll
         if not self._polling:
             self._polling = True
+            assert self._loop is not None  # set by start(): bytes arrive only once it has run
             self._loop.call_soon(self._poll)
 
     def _poll(self) -> None:
         if time.perf_counter() < self._poll_until:
+            assert self._loop is not None  # set by start(), which keep_polling follows
             self._loop.call_soon(self._poll)  # a ready callback makes the next select non-blocking
         else:
             self._polling = False
@@ -337,6 +339,7 @@ class Bridge:
                     log.exception("interaction log flush failed")
 
     def stats_snapshot(self) -> dict:
+        assert self.batcher is not None  # the stats method is served once start() has made it
         return {
             **self.stats.snapshot(),
             **self.budget.snapshot(),

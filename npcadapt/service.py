@@ -38,6 +38,8 @@ from .types import AdapterInfo, BatchDecision, Decision
 
 log = logging.getLogger(__name__)
 
+RECORD_BYTES = 900 * 1024  # a batch's log records stay under this (the log's max_record_bytes is 1 MiB)
+RECORD_ROW_OVERHEAD = 640  # bytes a row may add beyond its obs and mask: two ids of up to 256 bytes, its figures
 ROUND_PLAYERS = 32  # players per background update round (docs/benchmarks.md: latency while training)
 
 
@@ -159,25 +161,32 @@ class Service:
                 archetype, players, npcs, obs_arr, mask_arr, out.action, out.logp, out.value, out.decision
             )
         if self.log is not None:
-            rt = self.engine.runtime(archetype)
-            self._record(
-                {
-                    "t": "decisions",
-                    "time": time.time(),
-                    "archetype": archetype,
-                    "base": rt.archetype.base_hash,
-                    "players": list(players),
-                    "npcs": npcs,
-                    "obs_dim": int(obs_arr.shape[1]),
-                    "obs": obs_arr.tobytes(),
-                    "mask": None if mask_arr is None else mask_arr.tobytes(),
-                    "decision": out.decision.tobytes(),
-                    "action": out.action.astype(np.int64, copy=False).tobytes(),
-                    "logp": out.logp.astype(np.float32, copy=False).tobytes(),
-                    "value": out.value.astype(np.float32, copy=False).tobytes(),
-                    "adapter_version": out.adapter_version.astype(np.int64, copy=False).tobytes(),
-                }
-            )
+            base_hash = self.engine.runtime(archetype).archetype.base_hash
+            action = out.action.astype(np.int64, copy=False)
+            logp, value = out.logp.astype(np.float32, copy=False), out.value.astype(np.float32, copy=False)
+            versions = out.adapter_version.astype(np.int64, copy=False)
+            now = time.time()
+            for rows in self._record_slices(
+                len(players), obs_arr.nbytes + (0 if mask_arr is None else mask_arr.nbytes)
+            ):
+                self._record(
+                    {
+                        "t": "decisions",
+                        "time": now,
+                        "archetype": archetype,
+                        "base": base_hash,
+                        "players": list(players[rows]),
+                        "npcs": npcs[rows],
+                        "obs_dim": int(obs_arr.shape[1]),
+                        "obs": obs_arr[rows].tobytes(),
+                        "mask": None if mask_arr is None else mask_arr[rows].tobytes(),
+                        "decision": out.decision[rows].tobytes(),
+                        "action": action[rows].tobytes(),
+                        "logp": logp[rows].tobytes(),
+                        "value": value[rows].tobytes(),
+                        "adapter_version": versions[rows].tobytes(),
+                    }
+                )
         return out
 
     def action_probs(
@@ -194,7 +203,7 @@ class Service:
     def feedback_batch(
         self, players: Sequence[str], npcs: Sequence[str], rewards, dones, *, skip_refused: bool = False
     ) -> list[int]:
-        """Feedback for several NPCs at once (one log record). Malformed input refuses the
+        """Feedback for several NPCs at once (one log record; a huge batch, several). Malformed input refuses the
         whole batch; so does a row with no decision to attach to, unless `skip_refused`,
         which applies and records the other rows and returns the refused rows' indices."""
         rewards = np.asarray(rewards, dtype=np.float64)
@@ -221,16 +230,18 @@ class Service:
             )
         self.counters["feedback"] += len(players)
         if self.log is not None and len(players):
-            self._record(
-                {
-                    "t": "feedback",
-                    "time": time.time(),
-                    "players": list(players),
-                    "npcs": list(npcs),
-                    "reward": rewards.tolist(),
-                    "done": dones.tolist(),
-                }
-            )
+            now = time.time()
+            for rows in self._record_slices(len(players), 0):
+                self._record(
+                    {
+                        "t": "feedback",
+                        "time": now,
+                        "players": list(players[rows]),
+                        "npcs": list(npcs[rows]),
+                        "reward": rewards[rows].tolist(),
+                        "done": dones[rows].tolist(),
+                    }
+                )
         return refused
 
     # -- training -------------------------------------------------------------------
@@ -239,13 +250,15 @@ class Service:
         ready first), batched per archetype; returns the number of adapters updated."""
         if not self.online:
             return 0
+        trainer = self.trainer
+        assert trainer is not None  # __init__ makes one whenever online is set
         with self._update_lock:
             done, failure = 0, None
             try:
                 by_arch = self._take_round(max_players)
                 for archetype, items in by_arch.items():
                     try:
-                        outcomes = self.trainer.update(archetype, items)
+                        outcomes = trainer.update(archetype, items)
                     except TrainerProcessError as exc:  # these episodes are lost; other archetypes still train
                         failure = failure or exc
                         continue
@@ -258,6 +271,7 @@ class Service:
 
     def _ready(self, limit: int | None) -> list[tuple[str, str]]:
         """Players with enough completed episodes for an update (one where the archetype has a prior)."""
+        assert self.online is not None  # training (and counting ready players) runs only with online set
         return self.tracker.ready(self.online.episodes_per_update, limit, self._episodes_per_update)
 
     def _take_round(self, max_players: int | None) -> dict[str, list[PlayerUpdate]]:
@@ -277,6 +291,7 @@ class Service:
         non-finite numbers is skipped (the player keeps their adapter), never the others."""
         with self._train_lock:
             reset = self._reset_while_updating
+            assert reset is not None  # _take_round set it for the update in flight
             # reset while this update ran: its result must not bring the adapter back
             kept = [o for o in outcomes if (archetype, o.player) not in reset]
             results = [o for o in kept if o.params is not None]
@@ -305,6 +320,7 @@ class Service:
         return len(updated)
 
     def _end_round(self) -> None:
+        assert self.trainer is not None  # a round ran: online is set, so there is a trainer
         with self._train_lock:
             reset, self._reset_while_updating = self._reset_while_updating or set(), None
             # the trainer may have stored their state again: any trainer, whenever the reset came
@@ -337,6 +353,7 @@ class Service:
         def loop() -> None:
             _lower_thread_priority(nice)
             try:
+                assert self.trainer is not None  # training runs only with online set, which makes a trainer
                 self.trainer.wait_ready(self._stop)  # a trainer process starts now, not at the first update
             except Exception:  # the first round raises it again, and logs it
                 log.exception("the online trainer did not start")
@@ -384,6 +401,7 @@ class Service:
         with self._train_lock:
             info = self._prior_info.get((archetype, player))
         if info is None:
+            assert self.online is not None  # a library is loaded only with online set
             info = new_player_state(library, self.online.prior_new_cohort).describe()
         return {"cohorts": library.cohorts, **info}
 
@@ -435,11 +453,21 @@ class Service:
             "trainer_restarts": getattr(self.trainer, "restarts", 0),
         }
 
+    @staticmethod
+    def _record_slices(rows: int, array_bytes: int) -> list[slice]:
+        """A batch's rows cut into log records of at most ~RECORD_BYTES each (the log refuses a
+        record over its max_record_bytes, 1 MiB), counting `array_bytes` of per-row arrays plus
+        an allowance per row for ids and figures."""
+        per_row = array_bytes / max(rows, 1) + RECORD_ROW_OVERHEAD
+        step = max(1, int(RECORD_BYTES // per_row))
+        return [slice(start, start + step) for start in range(0, rows, step)]
+
     def _record(self, record: dict) -> None:
         """Append to the interaction log. While the disk refuses writes the log holds records
         in memory (``HELD_BYTES``); past that a record is lost: the decision or feedback has taken
         effect all the same, so it is served, counted in ``log_records_dropped``, and every
         later flush of this process fails (it can no longer promise what it acknowledged)."""
+        assert self.log is not None  # callers record only with a log
         try:
             self.log.append(record)
         except LogError as exc:

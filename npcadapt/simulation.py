@@ -24,12 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
 
-from .envs import game
+from .envs import game, sim_env
 from .envs import make as make_env
 from .host import Host
 from .numerics import kl_rows
@@ -72,7 +72,7 @@ SWITCH_MARK = ">"
 
 def persona_names(env: gym.Env) -> tuple[str, ...]:
     """The env's named personas, then 'average' and 'noise'."""
-    base = env.unwrapped
+    base = sim_env(env)
     return (*base.PERSONAS, base.AVERAGE, base.NOISE)
 
 
@@ -108,7 +108,7 @@ def make_tracks(
     """Every simulated player: the cycling population (:func:`assign_personas`), then
     `heldout_players` per held-out persona and `switch_players` per switch pair of the env
     (switching at `switch_at`, default half way)."""
-    base = env.unwrapped
+    base = sim_env(env)
     tracks = [
         PlayerTrack(p, persona, "control" if persona in (base.AVERAGE, base.NOISE) else "named")
         for p, persona in assign_personas(env, players, counts)
@@ -142,7 +142,7 @@ class Evaluator:
     """Exact expected return and KL-to-base of many players' current policies."""
 
     def __init__(self, env: gym.Env):
-        self.env = env.unwrapped
+        self.env = sim_env(env)
         situations = self.env.situations()
         self.obs = np.stack([o for o, _ in situations]).astype(np.float32)  # (S, D)
         self.weights = np.array([w for _, w in situations], dtype=np.float64)  # (S,)
@@ -212,11 +212,11 @@ def run_simulation(
     ids = [(player_ids or {}).get(t.player, t.player) for t in tracks]
     decisions = 0
     for episode in range(episodes):
-        obs = []
+        first_obs = []
         for i, (env, track) in enumerate(zip(envs, tracks)):
             switch = {"persona": track.switch_to} if track.switch_to and episode == track.switch_at else None
-            obs.append(env.reset(seed=seed * 100_003 + i if episode == 0 else None, options=switch)[0])
-        obs = np.stack(obs)
+            first_obs.append(env.reset(seed=seed * 100_003 + i if episode == 0 else None, options=switch)[0])
+        obs = np.stack(first_obs)
         active = np.arange(len(envs))
         totals = np.zeros(len(envs))
         while active.size:
@@ -225,9 +225,9 @@ def run_simulation(
             out = host.act_batch(archetype, act_ids, obs[active], npcs=npcs)
             decisions += len(active)
             rewards, dones = np.zeros(len(active)), np.zeros(len(active), bool)
-            for j, i in enumerate(active):
-                next_obs, reward, terminated, truncated, _ = envs[i].step(int(out.action[j]))
-                obs[i], rewards[j], dones[j] = next_obs, reward, terminated or truncated
+            for j, k in enumerate(active):
+                next_obs, reward, terminated, truncated, _ = envs[k].step(int(out.action[j]))
+                obs[k], rewards[j], dones[j] = next_obs, reward, terminated or truncated
             totals[active] += rewards
             host.feedback_batch(act_ids, npcs, rewards, dones)
             active = active[~dones]
@@ -243,7 +243,7 @@ def run_simulation(
     for t, kl in zip(tracks, kls):
         t.kl_to_base = float(kl)
     seconds = time.perf_counter() - start
-    oracles = {persona: float(probe.unwrapped.oracle_return(persona)) for persona in every_persona}
+    oracles = {persona: float(sim_env(probe).oracle_return(persona)) for persona in every_persona}
     report = build_report(tracks, base_returns, oracles)
     report.update(
         env=env_id,
@@ -290,7 +290,8 @@ def build_report(
         base, oracle = base_returns[final], oracles[final]
         adapted = float(np.mean([t.expected[-1] for t in members]))
         curves = [_gain_curve(t, base_returns, oracles) for t in members]
-        gain_curve = None if curves[0] is None else np.mean(curves, axis=0)
+        # a group's members play the same personas, so either every curve is None or none is
+        gain_curve = None if curves[0] is None else np.mean(cast(list[np.ndarray], curves), axis=0)
         entry = {
             "kind": first.kind,
             "players": len(members),
@@ -306,6 +307,7 @@ def build_report(
             "realised": np.mean([t.returns for t in members], axis=0).round(4).tolist(),
         }
         if first.switch_to is not None:
+            assert first.switch_at is not None  # make_tracks sets both
             entry["switch_at"] = first.switch_at
             entry["recovery_episodes"] = recovery_episodes(entry["gain_curve"], first.switch_at)
         personas[group] = entry

@@ -180,7 +180,7 @@ def _pid_alive(pid: int) -> bool:
 class AdapterStore:
     """Durable per-player adapter files under one root directory (thread-safe)."""
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         try:
             for sub in ("adapters", "quarantine"):
@@ -403,7 +403,7 @@ class AdapterStore:
             logger.info("removed %d stale temp file(s) under %s", removed, self.root / "adapters")
 
 
-def _read_header(f, size: int) -> dict[str, str]:
+def _read_header(f: BinaryIO, size: int) -> dict[str, str]:
     """Read only the safetensors header from an open file; return its metadata."""
     prefix = f.read(8)
     if len(prefix) < 8:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ class Decision:
     entropy: float
     adapter_version: int  # 0 = base policy (no adapter)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "decision": self.decision,
             "action": self.action,
@@ -61,7 +62,7 @@ class BatchDecision:
     def rows(self) -> list[Decision]:
         return [self.row(i) for i in range(len(self))]
 
-    def to_dicts(self) -> list[dict]:
+    def to_dicts(self) -> list[dict[str, Any]]:
         """[Decision.to_dict() of every row], built column-wise (the bridge's hot path)."""
         names = self.action_names
         columns = zip(
@@ -101,5 +102,5 @@ class AdapterInfo:
     created: float
     updated: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

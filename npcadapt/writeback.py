@@ -22,14 +22,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
 
+K = TypeVar("K", bound=Hashable)  # what a write is keyed by
+
 # (key, packed adapter row, meta) -> None; raises on failure
-Write = Callable[[Hashable, Any, Any], None]
+Write = Callable[[K, Any, Any], None]
 
 
 class _Entry:
@@ -41,17 +43,17 @@ class _Entry:
         self.error: BaseException | None = None
 
 
-class WriteBehind:
+class WriteBehind(Generic[K]):
     """Pending writes by key, written in order of submission by one daemon thread."""
 
-    def __init__(self, write: Write, *, retry_interval: float = 1.0, name: str = "npcadapt-writeback"):
+    def __init__(self, write: Write[K], *, retry_interval: float = 1.0, name: str = "npcadapt-writeback"):
         self._write = write
         self.retry_interval = retry_interval
-        self._pending: dict[Hashable, _Entry] = {}  # insertion order = write order
+        self._pending: dict[K, _Entry] = {}  # insertion order = write order
         self._cond = threading.Condition()
         self._seq = itertools.count(1)
         self._last_seq = 0
-        self._writing: Hashable | None = None  # the key being written now
+        self._writing: K | None = None  # the key being written now
         self._retry_after = 0.0  # failures before this monotonic time are due again (set by flush)
         self._closed = False
         self.written = 0
@@ -60,7 +62,7 @@ class WriteBehind:
         self.thread.start()
 
     # -- the serving side ------------------------------------------------------------------
-    def submit(self, key: Hashable, row: Any, meta: Any) -> None:
+    def submit(self, key: K, row: Any, meta: Any) -> None:
         """Queue a write of `row` (not copied: the caller hands over its copy)."""
         with self._cond:
             if self._closed:
@@ -71,13 +73,13 @@ class WriteBehind:
             self._pending[key] = _Entry(row, meta, seq)
             self._cond.notify_all()
 
-    def pending(self, key: Hashable) -> tuple[Any, Any] | None:
+    def pending(self, key: K) -> tuple[Any, Any] | None:
         """The newest row and meta waiting (or being written) for `key`, or None."""
         with self._cond:
             entry = self._pending.get(key)
             return None if entry is None else (entry.row, entry.meta)
 
-    def discard(self, key: Hashable) -> bool:
+    def discard(self, key: K) -> bool:
         """Drop `key`'s pending write and wait for one in progress; True if one was pending.
         After it returns no write for `key` is queued or running (e.g. before deleting its file)."""
         with self._cond:
@@ -118,7 +120,7 @@ class WriteBehind:
                 )
             return count
 
-    def pending_keys(self) -> list:
+    def pending_keys(self) -> list[K]:
         """The keys whose newest version has not reached the disk yet."""
         with self._cond:
             return list(self._pending)
@@ -131,7 +133,7 @@ class WriteBehind:
         if threading.current_thread() is not self.thread:
             self.thread.join()
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         with self._cond:
             failing = sum(e.failed_at is not None for e in self._pending.values())
             return {
@@ -142,7 +144,7 @@ class WriteBehind:
             }
 
     # -- the writer thread ----------------------------------------------------------------
-    def _next(self) -> tuple[Hashable, _Entry] | None:
+    def _next(self) -> tuple[K, _Entry] | None:
         """The oldest write that is due (never tried, or failed before a retry was due); lock held."""
         now = time.monotonic()
         for key, entry in self._pending.items():

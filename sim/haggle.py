@@ -246,7 +246,8 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
     * v0: initial version.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
+    # gymnasium declares Env.metadata a plain (instance) attribute with a class default: ClassVar conflicts
+    metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array"], "render_fps": 4}  # noqa: RUF012
     ACTIONS: ClassVar[tuple[str, ...]] = ACTIONS
     OBSERVATION_FEATURES: ClassVar[tuple[tuple[str, int], ...]] = OBSERVATION_FEATURES
     PERSONAS: ClassVar[tuple[str, ...]] = PERSONAS
@@ -499,6 +500,7 @@ class HaggleEnv(PersonaCatalogue, gym.Env):
                 if returns.mean() > best_return + 1e-12:
                     best, best_return = probs, returns.mean()
                 w = reach.transpose(1, 0, 2) + 1e-12  # (T, K, N) unnormalised posterior
+            assert best is not None  # the first round always beats -inf (POPULATION_ROUNDS >= 1)
             self._population = best.reshape(-1, A)
         return self._population.copy()
 

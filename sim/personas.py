@@ -162,7 +162,10 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
     once mid-run (the loop switches them with ``reset(options={"persona": ...})``).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["human", "rgb_array"], "render_fps": 4}
+    # gymnasium declares Env.metadata a plain (instance) attribute with a class default: ClassVar conflicts
+    metadata: dict[str, Any] = {"render_modes": ["human", "rgb_array"], "render_fps": 4}  # noqa: RUF012
+    action_space: spaces.Discrete
+    observation_space: spaces.Box
     ACTIONS: ClassVar[tuple[str, ...]] = ()
     OBSERVATION_FEATURES: ClassVar[tuple[tuple[str, int], ...]] = ()
     DISCRETE_CONTEXT: ClassVar[bool] = True  # obs minus progress takes few values (a table can key on it)
@@ -186,7 +189,7 @@ class PersonaRoundEnv(PersonaCatalogue, gym.Env):
         self._build_noise()
         self._window: Any = None
         self._contexts = np.zeros(self.episode_length, dtype=np.int64)
-        self._uniforms = np.zeros(self.episode_length)
+        self._uniforms: np.ndarray = np.zeros(self.episode_length)  # (T,) here; (T, U) in a subclass
         self._t = 0
         self._player = self.PERSONAS[0]
         self._last: dict[str, Any] = {}

@@ -75,7 +75,8 @@ class Features(NamedTuple):
     def of(cls, obs: np.ndarray) -> Features:
         x = np.asarray(obs, dtype=np.float64)  # (N, D)
         near = _sig(10.0 * (0.4 - x[:, 0]))
-        return cls(*(x[:, i] for i in range(7)), near, 1.0 - near)
+        d, sin, cos, ph, nh, st, at = (x[:, i] for i in range(7))
+        return cls(d, sin, cos, ph, nh, st, at, near, 1.0 - near)
 
 
 # Hidden habits: each persona maps the context to logits of the player's moves (moves

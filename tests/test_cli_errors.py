@@ -116,3 +116,21 @@ def test_the_trainer_child_exits_quietly_when_its_parent_dies_before_it_answers(
     assert proc.returncode == 3
     assert proc.stdout.strip().isdigit()
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_inspect_of_an_adapter_that_fails_validation_says_so(tmp_path, capsys):
+    """A stored adapter whose header reads but whose numbers are damaged is quarantined on
+    load; `inspect adapter` says the player gets the base instead of a traceback."""
+    import npcadapt
+    from npcadapt.cli import main
+
+    svc = npcadapt.open(tmp_path / "data", seed=0, online=None, record=False)
+    svc.engine.set_adapter("duelist", "p1", svc.engine.new_adapter("duelist", "p1"))
+    svc.close()
+    path = svc.engine.store.path_for("duelist", "p1")
+    data = path.read_bytes()
+    path.write_bytes(data[:-4] + b"\xff\xff\xff\xff")  # the last float becomes NaN; the header is intact
+    code = main(["inspect", "adapter", "--archetype", "duelist", "--player", "p1", "--data", str(tmp_path / "data")])
+    out = capsys.readouterr()
+    assert code == 1
+    assert "could not be loaded: they get the base policy" in out.out + out.err

@@ -414,3 +414,27 @@ def test_a_failed_fsync_is_named_and_loses_nothing(tmp_path: Path, monkeypatch, 
     log.flush()
     log.close()
     assert list(read_records(tmp_path)) == [small(0), small(1)]
+
+
+def test_a_huge_batch_is_recorded_in_several_records_and_flush_still_succeeds(tmp_path):
+    """The log refuses a record over 1 MiB; a 20,000-row act_batch (about 1.7 MB of rows)
+    is cut into records under it, so nothing is dropped and flush keeps its promise."""
+    import numpy as np
+
+    import npcadapt
+
+    svc = npcadapt.open(tmp_path / "data", seed=0)
+    players = [f"player-{i:05d}" for i in range(20_000)]
+    obs = np.random.default_rng(0).random((len(players), 8), dtype=np.float32)
+    out = svc.act_batch("duelist", players, obs, npcs=["npc"] * len(players))
+    svc.feedback_batch(players, ["npc"] * len(players), np.ones(len(players)), np.ones(len(players), bool))
+    svc.flush()  # raises if any record was dropped
+    assert svc.stats()["log_records_dropped"] == 0
+    svc.close()
+    records = list(read_records(tmp_path / "data" / "logs"))
+    decisions = [r for r in records if r["t"] == "decisions"]
+    feedback = [r for r in records if r["t"] == "feedback"]
+    assert len(decisions) > 1 and len(feedback) > 1
+    assert [p for r in decisions for p in r["players"]] == players  # every row, in order
+    assert b"".join(r["action"] for r in decisions) == out.action.astype(np.int64).tobytes()
+    assert sum(len(r["players"]) for r in feedback) == len(players)

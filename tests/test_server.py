@@ -244,6 +244,10 @@ def test_token_required_off_loopback_and_auth_first(tmp_path):
         assert raw_call(sock, [0, 2, "auth", ["wrong"]])[2][0] == UNAUTHORIZED
         assert raw_call(sock, [0, 3, "auth", ["s3cret"]])[3] is True
         assert raw_call(sock, [0, 4, "act", ["duelist", "p", "n", OBS]])[2] is None
+        # auth again: checked again; a wrong token is refused, the connection stays authenticated
+        assert raw_call(sock, [0, 5, "auth", ["wrong"]])[2] == [UNAUTHORIZED, "auth(token): wrong token"]
+        assert raw_call(sock, [0, 6, "auth", ["s3cret"]])[3] is True
+        assert raw_call(sock, [0, 7, "act", ["duelist", "p", "n", OBS]])[2] is None
         with Client(port=running.port, token="s3cret") as c:
             assert c.archetypes()
         with pytest.raises(RemoteError, match="wrong token"):
@@ -604,3 +608,17 @@ def test_a_client_that_stops_reading_gets_nothing_computed_until_it_reads(tmp_pa
         ids = [read_message(slow, unpacker)[1] for _ in range(total)]  # now it reads: every reply comes
         assert ids == list(range(total))
         sender.join(10)
+
+
+def test_a_reply_bigger_than_the_output_cap_is_sent_whole(tmp_path):
+    """An act_batch of 100,000 rows (5 MB in) answers about 10 MB, past the 8 MiB cap on
+    unread replies: one reply on an empty buffer goes out whole; the log keeps every row."""
+    rows = [[f"p{i}", "n", np.full(8, 0.5, np.float32).tobytes()] for i in range(100_000)]
+    with RunningBridge(tmp_path / "d") as running:
+        sock = running.connect(timeout=120)
+        reply = raw_call(sock, [0, 1, "act_batch", ["duelist", rows]])
+        assert reply[2] is None and len(reply[3]) == 100_000
+        assert [d["decision"] for d in reply[3][:3]] == [1, 2, 3]
+        with Client(port=running.port) as c:
+            assert c.flush() >= 0  # every row was recorded: flush keeps its promise
+            assert c.stats()["log_records_dropped"] == 0

@@ -17,7 +17,7 @@ import json
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 
@@ -38,6 +38,18 @@ WARM_SOURCE = {
 }
 WARM_EPISODES = 20  # episodes played with the source archetype first
 SEQUENTIAL_GAMMA = 0.9  # the baselines' reward-to-go discount on envs whose actions change the next state
+
+
+class _SimArgs(TypedDict):
+    """The keyword arguments of :func:`~npcadapt.simulation.run_simulation` every run of one benchmark shares."""
+
+    players: int
+    episodes: int
+    seed: int
+    persona_counts: dict[str, int]
+    heldout_players: int
+    switch_players: int
+    switch_at: int | None
 
 
 def checkpoints(episodes: int) -> list[int]:
@@ -106,15 +118,16 @@ def run(
     import gymnasium as gym
 
     from ..envs import make as make_env
+    from ..envs import sim_env
     from ..simulation import run_simulation
 
     archetypes = find_archetypes(archetype_dirs or [BUILTIN_DIR])
     archetype = archetype_for_env(env_id, archetypes)
     policy = archetypes[archetype].policy
-    env = make_env(env_id).unwrapped
+    env = sim_env(make_env(env_id))
     named = len(env.PERSONAS)
     average, noise = env.AVERAGE, env.NOISE  # the env's control personas
-    sim_args = dict(
+    sim_args = _SimArgs(
         players=players_per_persona * named,
         episodes=episodes,
         seed=seed,
@@ -230,7 +243,7 @@ def warm_start_gain(
                 persona_counts=trait_counts(env_id, per_trait),
                 player_ids=trait_players(env_id, per_trait, kind),
             )
-            curves[kind] = gain_at(report, "named", [1, 2, 3, 4, 5])
+            curves[kind] = cast(dict[str, float], gain_at(report, "named", [1, 2, 3, 4, 5]))  # named: never None
     finally:
         svc.close()
     return {
@@ -274,7 +287,12 @@ def write_plot(env_id: str, reports: dict[str, dict], full: dict | None, out: Pa
                 )
     if full is not None:
         ax.plot(
-            x, list(gain_at(full, "named", every).values()), color="0.5", lw=1.0, ls="--", label="full fine-tune: named"
+            x,
+            list(cast(dict[str, float], gain_at(full, "named", every)).values()),  # named: never None
+            color="0.5",
+            lw=1.0,
+            ls="--",
+            label="full fine-tune: named",
         )
     ax.axhline(1.0, color="0.3", lw=0.8, ls=":")
     ax.set_xscale("log")

@@ -24,9 +24,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import InvalidInputError
 from ..host import Actions, Host
@@ -73,7 +75,7 @@ class _ThompsonHost(Host):
     def __init__(self, policy: ActorCritic, settings: ThompsonSettings = ThompsonSettings(), seed: int = 0):
         self.policy = policy
         self.settings = settings
-        self.n_actions = policy.actor[-1].out_features
+        self.n_actions = cast(nn.Linear, policy.actor[-1]).out_features  # the actor is a ModuleList of Linears
         self.rng = np.random.default_rng(seed)
         self.pending: dict[tuple[str, str], _Pending] = defaultdict(_Pending)
 
@@ -118,13 +120,13 @@ class _ThompsonHost(Host):
         return np.eye(self.n_actions)[means.argmax(-1)]
 
     # ---- what a subclass provides ----------------------------------------------------------
-    def _features(self, obs: np.ndarray) -> list:
+    def _features(self, obs: np.ndarray) -> list[int] | np.ndarray:
         raise NotImplementedError
 
-    def _sample_values(self, players: list[str], obs: np.ndarray, features: list) -> np.ndarray:
+    def _sample_values(self, players: list[str], obs: np.ndarray, features: list[int] | np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def _mean_values(self, players: list[str], obs: np.ndarray, features: list) -> np.ndarray:
+    def _mean_values(self, players: list[str], obs: np.ndarray, features: list[int] | np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def _observe(self, player: str, features: list, actions: list[int], targets: np.ndarray) -> None:
@@ -199,7 +201,7 @@ class NeuralLinearHost(_ThompsonHost):
 
     def __init__(self, policy: ActorCritic, settings: ThompsonSettings = ThompsonSettings(), seed: int = 0):
         super().__init__(policy, settings, seed)
-        last = policy.actor[-1]
+        last = cast(nn.Linear, policy.actor[-1])  # the actor is a ModuleList of Linears
         w = torch.cat([last.weight, last.bias[:, None]], 1).detach().double().numpy()  # (A, D)
         self.prior_mean = settings.prior_scale * (w - w.mean(0, keepdims=True))  # (A, D)
         self.dim = w.shape[1]

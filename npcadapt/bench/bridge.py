@@ -58,7 +58,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from typing import cast
 
 import msgpack
 import numpy as np
@@ -120,6 +122,7 @@ def start_server(
             cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=None if env is None else {**os.environ, **env}
         )
     deadline = time.monotonic() + timeout
+    assert proc.stdout is not None  # stdout=PIPE
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -154,7 +157,7 @@ def stop_process(proc: subprocess.Popen | mp.Process, timeout: float = 30.0) -> 
 
 class _Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
@@ -268,8 +271,8 @@ class _Pipeline(asyncio.Protocol):
         self.unpacker = msgpack.Unpacker()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        transport.write(self.request * self.window)
+        self.transport = cast(asyncio.Transport, transport)  # a TCP connection's
+        self.transport.write(self.request * self.window)
 
     def data_received(self, data: bytes) -> None:
         self.unpacker.feed(data)
@@ -289,7 +292,7 @@ async def _pipelined(port: int, requests: list[bytes], window: int, seconds: flo
     tally = {"replies": 0, "errors": 0, "running": True}
     transports = []
     for request in requests:
-        transport, _ = await loop.create_connection(lambda r=request: _Pipeline(r, window, tally), "127.0.0.1", port)
+        transport, _ = await loop.create_connection(partial(_Pipeline, request, window, tally), "127.0.0.1", port)
         transports.append(transport)
     await asyncio.sleep(warmup)
     start_count, start = tally["replies"], time.perf_counter()

@@ -5,13 +5,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 
 from ..archetypes import Archetype, init_archetype
 
-REFERENCE = dict(obs=64, hidden=(128, 128), actions=16, rank=8)
+
+class _Reference(TypedDict):
+    obs: int
+    hidden: tuple[int, ...]
+    actions: int
+    rank: int
+
+
+REFERENCE: _Reference = {"obs": 64, "hidden": (128, 128), "actions": 16, "rank": 8}
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 30, warmup: int = 5) -> float:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..episodes import EpisodeTracker
 from ..host import Actions, Host
@@ -37,7 +39,8 @@ class DenseFamily:
 
     def __init__(self, policy: ActorCritic):
         offset, layers = 0, []
-        for i, lin in enumerate(policy.actor):
+        for i, module in enumerate(policy.actor):
+            lin = cast(nn.Linear, module)  # the actor is a ModuleList of Linears
             layers.append(DenseLayer(f"actor.{i}", lin.in_features, lin.out_features, offset))
             offset += lin.out_features * lin.in_features + lin.out_features
         self.layers = tuple(layers)
@@ -85,7 +88,8 @@ class FullFinetuneHost(Host):
         self.config = config
         self.tracker = EpisodeTracker()
         self.params: dict[str, torch.Tensor] = {}
-        self.states: dict[str, OptimizerState] = {}
+        # as UpdateOutcome.state is typed; an outcome with params (the only one kept) always has a state
+        self.states: dict[str, OptimizerState | None] = {}
         self.generator = torch.Generator().manual_seed(seed)
         self._ids = 0
 
@@ -99,7 +103,8 @@ class FullFinetuneHost(Host):
         with torch.inference_mode():
             if base:
                 return masked_log_probs(self.policy.logits(obs_t)).exp().numpy()
-            out = torch.empty(len(players), self.policy.actor[-1].out_features)
+            n_actions = cast(nn.Linear, self.policy.actor[-1]).out_features  # a ModuleList of Linears
+            out = torch.empty(len(players), n_actions)
             for i, player in enumerate(names):  # evaluation asks for many rows of few players
                 rows = torch.from_numpy(np.flatnonzero(rows_of == i))
                 logits = self.policy.logits(obs_t[rows], self.family.single_delta_fn(self._rows([player])[0]))

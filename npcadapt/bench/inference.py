@@ -106,6 +106,7 @@ def run(
         rt = engine.runtime("reference")
         t_batched = median_seconds(partial(engine.act_batch, "reference", batch, obs_np), repeats)
         slots = rt.bank.lookup(batch)
+        assert slots is not None  # may_load=True (the default): it loads, never asks to retry
         kernel = _kernel(rt)
         with torch.inference_mode():
             t_kernel = median_seconds(partial(kernel.forward, obs, slots), repeats)

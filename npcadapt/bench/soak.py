@@ -50,6 +50,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -160,7 +161,7 @@ def run(
             _wait_trainer_ready(server.port, secret)
             time.sleep(1.0)
             footprint = float(np.median([_sleep_then(0.3, rss_kb, server.pid) for _ in range(3)])) / 1024
-            sampler.target = (server.pid, server.incarnation)
+            sampler.target = (cast(int, server.pid), server.incarnation)  # started just above
             sampler.start()
             load = Load(
                 port=lambda: server.port,
@@ -296,7 +297,7 @@ async def _soak(
         )
         tl["checks"].append({"after": f"SIGKILL {len(tl['server_kills']) + 1}", **check})
         port.value = await loop.run_in_executor(None, server.start)
-        sampler.target = (server.pid, server.incarnation)
+        sampler.target = (cast(int, server.pid), server.incarnation)  # started just above
         tl["server_kills"].append((killed_at, server.started_at[-1]))
 
     for when, what in events:

@@ -256,7 +256,8 @@ def good_client_main(port, token: str | None, begin, stop, out_path: str, interv
                         if reply[2] is not None:
                             raise OSError(f"auth refused: {reply[2]}")
                 except OSError:
-                    sock = _drop(sock)
+                    _drop(sock)
+                    sock = None
                     time.sleep(0.05)
                     continue
             msgid = (msgid + 1) % 2**32
@@ -273,7 +274,8 @@ def good_client_main(port, token: str | None, begin, stop, out_path: str, interv
                     sock.sendall(msgpack.packb([2, "feedback", [player, "npc", float(rng.random()), True]]))
             except (OSError, ValueError):
                 rows.append((sent, float("nan"), -1))
-                sock = _drop(sock)
+                _drop(sock)
+                sock = None
                 time.sleep(0.05)
                 continue
             time.sleep(max(0.0, interval - (time.perf_counter() - start)))
@@ -288,4 +290,3 @@ def _drop(sock: socket.socket | None) -> None:
             sock.close()
         except OSError:
             pass
-    return None

@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from .bridge import start_server
 
@@ -219,10 +220,11 @@ class DiskFull:
     def fill(self, server_pid: int | None) -> None:
         """Start the window: no write that extends a file succeeds until :meth:`free`."""
         if self.mode == "tmpfs":
-            path = self.mountpoint / "soak-filler.bin"
+            mountpoint = cast(Path, self.mountpoint)  # prepare() sets mode "tmpfs" with it, cleanup() comes after
+            path = mountpoint / "soak-filler.bin"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                st = os.statvfs(self.mountpoint)
+                st = os.statvfs(mountpoint)
                 try:
                     os.posix_fallocate(fd, 0, max(st.f_bavail * st.f_frsize, 1))
                 except OSError:
@@ -249,7 +251,7 @@ class DiskFull:
         if self._filled_at is None:
             return
         if self.mode == "tmpfs":
-            (self.mountpoint / "soak-filler.bin").unlink(missing_ok=True)
+            (cast(Path, self.mountpoint) / "soak-filler.bin").unlink(missing_ok=True)  # set with mode "tmpfs"
         elif server_pid is not None and self._limit is not None:
             try:
                 resource.prlimit(server_pid, resource.RLIMIT_FSIZE, self._limit)

@@ -105,7 +105,8 @@ async def _send(sock: socket.socket, data: bytes, timeout: float = 5.0) -> bool:
 
 async def _replies(sock: socket.socket, n: int, timeout: float) -> list | None:
     """The next `n` messages, or None if the connection closed or they did not come in time."""
-    unpacker, got = msgpack.Unpacker(raw=False), []
+    unpacker = msgpack.Unpacker(raw=False)
+    got: list = []
     deadline = time.monotonic() + timeout
     while len(got) < n:
         data = await _recv(sock, max(deadline - time.monotonic(), 0.001))
@@ -122,7 +123,7 @@ async def _auth(sock: socket.socket, token: str | None) -> bool:
     if not await _send(sock, msgpack.packb([0, 0, "auth", [token]])):
         return False
     reply = await _replies(sock, 1, 5)
-    return bool(reply) and reply[0][2] is None
+    return bool(reply and reply[0][2] is None)
 
 
 async def _garbage(sock, token, rng) -> str:
@@ -244,15 +245,15 @@ async def _attack(
             intervals.append((kind, round(began, 3), round(time.time(), 3)))
         outcomes[kind][outcome] += 1
 
-    kinds, weights = tuple(kinds), tuple(kinds.values())  # both empty for the control run (no hostile kind)
+    names, weights = tuple(kinds), tuple(kinds.values())  # both empty for the control run (no hostile kind)
     while not stop.is_set():
         await asyncio.sleep(rng.expovariate(rate))
-        if not kinds:
+        if not names:
             continue
         if len(tasks) >= max_concurrent:
             extra["skipped_at_cap"] += 1
             continue
-        kind = rng.choices(kinds, weights)[0]
+        kind = rng.choices(names, weights)[0]
         if running[kind] >= CAPS.get(kind, max_concurrent):
             extra["skipped_at_cap"] += 1
             continue

@@ -4,114 +4,145 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 from ..errors import InvalidInputError
 from .common import KL_BOUND
 
 
-def _cmd_bench(args) -> int:
-    if args.which == "inference":
-        from ..bench.inference import run
+def _bench_inference(args: argparse.Namespace) -> dict:
+    from ..bench import inference
 
-        result = run(
-            rows=args.rows,
-            resident=args.resident,
-            repeats=args.repeats,
-            seed=args.seed,
-            memory_players=args.memory_players,
-            compile=args.compile,
+    return inference.run(
+        rows=args.rows,
+        resident=args.resident,
+        repeats=args.repeats,
+        seed=args.seed,
+        memory_players=args.memory_players,
+        compile=args.compile,
+    )
+
+
+def _bench_store(args: argparse.Namespace) -> dict:
+    from ..bench import store
+
+    return store.run(seed=args.seed)
+
+
+def _bench_log(args: argparse.Namespace) -> dict:
+    from ..bench import log
+
+    return log.run()
+
+
+def _bench_bridge(args: argparse.Namespace) -> dict:
+    from ..bench import bridge
+
+    return bridge.run(
+        args.seconds,
+        server_threads=args.server_threads or None,
+        backlog_players=args.backlog_players,
+        driver_players=args.driver_players,
+        trainer=args.trainer,
+        busy_poll_us=args.busy_poll_us,
+    )
+
+
+def _bench_fit(args: argparse.Namespace) -> dict:
+    from ..bench import fit
+
+    return fit.run(players=args.players, episodes=args.episodes, epochs=args.epochs)
+
+
+def _bench_adapt(args: argparse.Namespace) -> dict:
+    from ..bench import adapt
+    from ..training.online import OnlineConfig
+
+    config = OnlineConfig(kl_bound=args.kl_bound).with_settings(args.set or [])  # InvalidInputError naming a bad one
+    return adapt.run(
+        args.env,
+        players_per_persona=args.players_per_persona,
+        episodes=args.episodes,
+        seed=args.seed,
+        config=config,
+        full_finetune=not args.lora_only,
+        baselines=not args.no_baselines,
+        cross_archetype=not args.no_cross,
+        heldout_players=args.heldout_players,
+        switch_players=args.switch_players,
+        out=args.out,
+    )
+
+
+def _bench_soak(args: argparse.Namespace) -> dict:
+    from ..bench import soak
+    from ..bench.soak_hostile import KINDS
+
+    if not (
+        args.minutes > 0
+        and args.clients >= 1
+        and args.players_per_client >= 1
+        and args.server_kills >= 0
+        and (args.trainer_kills is None or args.trainer_kills >= 0)
+        and args.think_ms > 0
+        and args.hostile_rate > 0
+        and args.good_client_hz > 0
+        and args.input_budget_mb >= 8
+        and args.tmpfs_mb >= 1
+    ):
+        raise InvalidInputError(
+            "bench soak: --minutes, --think-ms, --hostile-rate and --good-client-hz must be "
+            "> 0; --clients, --players-per-client and --tmpfs-mb >= 1; --server-kills and "
+            "--trainer-kills >= 0; --input-budget-mb >= 8 (one message of 8 MiB)"
         )
-    elif args.which == "store":
-        from ..bench.store import run
+    kinds = None if args.hostile_kinds is None else [k for k in args.hostile_kinds.split(",") if k != "none"]
+    if kinds is not None and not set(kinds) <= set(KINDS):
+        raise InvalidInputError(f"--hostile-kinds: unknown {sorted(set(kinds) - set(KINDS))}; known: {list(KINDS)}")
+    return soak.run(
+        args.minutes,
+        clients=args.clients,
+        seed=args.seed,
+        token=args.token,
+        players_per_client=args.players_per_client,
+        think_ms=args.think_ms,
+        server_kills=args.server_kills,
+        trainer_kills=args.trainer_kills,
+        disk_full=args.disk_full,
+        tmpfs_mb=args.tmpfs_mb,
+        input_budget_mb=args.input_budget_mb,
+        hostile_rate=args.hostile_rate,
+        good_client_hz=args.good_client_hz,
+        out=args.out,
+        hostile_kinds=kinds,
+    )
 
-        result = run(seed=args.seed)
-    elif args.which == "bridge":
-        from ..bench.bridge import run
 
-        result = run(
-            args.seconds,
-            server_threads=args.server_threads or None,
-            backlog_players=args.backlog_players,
-            driver_players=args.driver_players,
-            trainer=args.trainer,
-            busy_poll_us=args.busy_poll_us,
+def _bench_clients(args: argparse.Namespace) -> dict:
+    from ..bench import clients
+
+    names = args.clients.split(",") if args.clients else None
+    if names is not None and not set(names) <= set(clients.BUILDERS):
+        raise InvalidInputError(
+            f"--clients: unknown {sorted(set(names) - set(clients.BUILDERS))}; known: {list(clients.BUILDERS)}"
         )
-    elif args.which == "fit":
-        from ..bench.fit import run
+    return clients.run(names, quick=args.quick)
 
-        result = run(players=args.players, episodes=args.episodes, epochs=args.epochs)
-    elif args.which == "adapt":
-        from ..bench.adapt import run
-        from ..training.online import OnlineConfig
 
-        config = OnlineConfig(kl_bound=args.kl_bound).with_settings(
-            args.set or []
-        )  # InvalidInputError naming a bad one
-        result = run(
-            args.env,
-            players_per_persona=args.players_per_persona,
-            episodes=args.episodes,
-            seed=args.seed,
-            config=config,
-            full_finetune=not args.lora_only,
-            baselines=not args.no_baselines,
-            cross_archetype=not args.no_cross,
-            heldout_players=args.heldout_players,
-            switch_players=args.switch_players,
-            out=args.out,
-        )
-    elif args.which == "soak":
-        from ..bench.soak import run
-        from ..bench.soak_hostile import KINDS
+# One function per `npcadapt bench` subcommand; each imports its benchmark lazily (torch, ray, ...).
+_BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "inference": _bench_inference,
+    "store": _bench_store,
+    "log": _bench_log,
+    "bridge": _bench_bridge,
+    "fit": _bench_fit,
+    "adapt": _bench_adapt,
+    "soak": _bench_soak,
+    "clients": _bench_clients,
+}
 
-        if not (
-            args.minutes > 0
-            and args.clients >= 1
-            and args.players_per_client >= 1
-            and args.server_kills >= 0
-            and (args.trainer_kills is None or args.trainer_kills >= 0)
-            and args.think_ms > 0
-            and args.hostile_rate > 0
-            and args.good_client_hz > 0
-            and args.input_budget_mb >= 8
-            and args.tmpfs_mb >= 1
-        ):
-            raise InvalidInputError(
-                "bench soak: --minutes, --think-ms, --hostile-rate and --good-client-hz must be "
-                "> 0; --clients, --players-per-client and --tmpfs-mb >= 1; --server-kills and "
-                "--trainer-kills >= 0; --input-budget-mb >= 8 (one message of 8 MiB)"
-            )
-        kinds = None if args.hostile_kinds is None else [k for k in args.hostile_kinds.split(",") if k != "none"]
-        if kinds is not None and not set(kinds) <= set(KINDS):
-            raise InvalidInputError(f"--hostile-kinds: unknown {sorted(set(kinds) - set(KINDS))}; known: {list(KINDS)}")
-        result = run(
-            args.minutes,
-            clients=args.clients,
-            seed=args.seed,
-            token=args.token,
-            players_per_client=args.players_per_client,
-            think_ms=args.think_ms,
-            server_kills=args.server_kills,
-            trainer_kills=args.trainer_kills,
-            disk_full=args.disk_full,
-            tmpfs_mb=args.tmpfs_mb,
-            input_budget_mb=args.input_budget_mb,
-            hostile_rate=args.hostile_rate,
-            good_client_hz=args.good_client_hz,
-            out=args.out,
-            hostile_kinds=kinds,
-        )
-    elif args.which == "clients":
-        from ..bench.clients import BUILDERS, run
 
-        names = args.clients.split(",") if args.clients else None
-        if names is not None and not set(names) <= set(BUILDERS):
-            raise InvalidInputError(f"--clients: unknown {sorted(set(names) - set(BUILDERS))}; known: {list(BUILDERS)}")
-        result = run(names, quick=args.quick)
-    else:
-        from ..bench.log import run
-
-        result = run()
+def _cmd_bench(args: argparse.Namespace) -> int:
+    result = _BENCHES[args.which](args)
     print(json.dumps(result))
     return 0
 

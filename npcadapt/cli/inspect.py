@@ -55,7 +55,14 @@ def _cmd_inspect_adapter(args) -> int:
             print(json.dumps(info.to_dict(), indent=1))
             return 1
         print(json.dumps(info.to_dict(), indent=1))
-        for name, tensor in svc.engine.get_adapter(args.archetype, args.player).items():
+        tensors = svc.engine.get_adapter(args.archetype, args.player)
+        if tensors is None:  # its header read, but the file failed validation (quarantined and logged) or went away
+            print(
+                f"the {args.archetype} adapter of player {args.player!r} in {args.data} could not be loaded: "
+                f"they get the base policy"
+            )
+            return 1
+        for name, tensor in tensors.items():
             print(f"  {name:<22} shape {tuple(tensor.shape)!s:<10} norm {float(tensor.norm()):.4f}")
         spec = svc.archetypes[args.archetype].spec
         where = "256 seeded uniform observations"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..envs import game
+from ..envs import game, sim_env
 from ..envs import make as make_env
 from ..errors import InvalidInputError
 from ..host import Host
@@ -98,7 +98,7 @@ def gain_against(host: Host, archetype: str, player: str, persona: str) -> float
     """Exact gain of `player`'s policy now against `persona` in the archetype's sim env:
     (policy - base) / (best response - base) in expected return, over every situation.
     None where the persona leaves no gap to close."""
-    env = make_env(ARCHETYPE_ENVS[archetype], persona=persona).unwrapped
+    env = sim_env(make_env(ARCHETYPE_ENVS[archetype], persona=persona))
     obs = np.stack([o for o, _ in env.situations()]).astype(np.float32)  # (S, D)
     players = [player] * len(obs)
     now, base = (
@@ -194,23 +194,23 @@ class Bot:
             self._next(world)
         inp = PlayerInput(move=self._steer(world))
         p = world.player
-        ready = [n for n in world.npcs if n.engaged and n.pending is not None]
-        duel = [n for n in ready if n.archetype == DUELIST]
+        ready = [(n, n.pending) for n in world.npcs if n.engaged and n.pending is not None]
+        duel = [(n, pend) for n, pend in ready if n.archetype == DUELIST]
         if duel and world.time >= self.move_at:
-            nearest = min(duel, key=lambda n: math.hypot(n.x - p.x, n.y - p.y))
-            inp.duel_move = self._duel_move(nearest.pending.levels)
+            _, nearest = min(duel, key=lambda d: math.hypot(d[0].x - p.x, d[0].y - p.y))
+            inp.duel_move = self._duel_move(nearest.levels)
             self.move_at = world.time + self.rng.uniform(0.4, 0.7)
-        for npc in ready:
+        for npc, pend in ready:
             if npc.archetype == DUELIST:
                 continue
-            key = (npc.id, npc.pending.since)
+            key = (npc.id, pend.since)
             if npc.archetype == HAGGLER:
                 if key not in self.answers:
-                    self.answers[key] = self._haggle_answer(npc.pending)
+                    self.answers[key] = self._haggle_answer(pend)
                 due, reply = self.answers[key]
             else:
-                due, reply = self.answers.setdefault(key, self._answer(npc.archetype, npc.pending))
-            if reply is None or world.time - npc.pending.since < due:
+                due, reply = self.answers.setdefault(key, self._answer(npc.archetype, pend))
+            if reply is None or world.time - pend.since < due:
                 continue
             self.answers[key] = (math.inf, None)  # answered once
             if reply == "walk":
@@ -262,12 +262,12 @@ class Bot:
     def _context(self, archetype: str, levels: tuple[int, ...]) -> int:
         return self._index[archetype][tuple(levels)]
 
-    def _duel_move(self, levels: tuple[int, int, int]) -> int:
+    def _duel_move(self, levels: tuple[int, ...]) -> int:
         m = model(DUELIST)
         probs = m.outcome_probs[self.personas[DUELIST]][self._context(DUELIST, levels), 0]  # (M,)
         return draw_categorical(self.rng, probs)
 
-    def _answer(self, archetype: str, pend) -> tuple[float, str | None]:
+    def _answer(self, archetype: str, pend: Pending) -> tuple[float, str | None]:
         """(delay in seconds, reply) for a merchant pitch or a companion's support."""
         m = model(archetype)
         c = self._context(archetype, pend.levels)

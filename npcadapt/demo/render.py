@@ -131,9 +131,9 @@ class WorldView:
             for n in hagglers
             for kind, dx, dy in (("crate", 34, 4), ("barrel", -34, 2))
         ]
-        for kind, x, y in sorted(DECOR + wares, key=lambda d: (d[0] != "rug", d[2])):
+        for kind, px, py in sorted(DECOR + wares, key=lambda d: (d[0] != "rug", d[2])):
             img = art.props[kind]
-            bg.blit(img, img.get_rect(midbottom=(int(x), int(y))))
+            bg.blit(img, img.get_rect(midbottom=(int(px), int(py))))
         return bg
 
     def draw(self, screen: pygame.Surface, selected: Npc | None) -> None:
@@ -144,6 +144,7 @@ class WorldView:
             pygame.draw.ellipse(view, ACCENT[selected.archetype], (selected.x - 20, selected.y - 8, 40, 14), 2)
         p = world.player
         pygame.draw.ellipse(view, (110, 170, 255), (p.x - 18, p.y - 7, 36, 13), 2)
+        n: Npc | None  # an NPC below, or None for the player among the people drawn by depth
         people = [(n.y, n) for n in world.npcs if n.archetype != MERCHANT] + [(world.player.y, None)]
         for n in world.npcs:  # merchants stand behind their counters
             if n.archetype == MERCHANT:

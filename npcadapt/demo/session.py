@@ -45,7 +45,7 @@ class NpcTrack:
     recent_obs: deque = field(default_factory=lambda: deque(maxlen=KL_OBSERVATIONS))
     decisions: int = 0
     last_action: int | None = None
-    levels: tuple[int, int, int] = (0, 0, 0)
+    levels: tuple[int, ...] = (0, 0, 0)  # the situation the NPC sees: three levels, a haggler two
     now: np.ndarray | None = None  # (A,) probabilities on the current observation
     base: np.ndarray | None = None
     kl: float | None = None  # KL(now || base) on the current observation

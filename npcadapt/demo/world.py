@@ -358,12 +358,12 @@ class World:
         p = self.player
         if p.cooldown > 0 or not self.in_arena(p.x, p.y):
             return
-        ready = [n for n in self.npcs if n.archetype == DUELIST and n.engaged and n.pending is not None]
+        ready = [(n, n.pending) for n in self.npcs if n.archetype == DUELIST and n.engaged and n.pending is not None]
         p.cooldown = MOVE_COOLDOWN
         p.last_move, p.last_move_time = move, self.time
         p.stamina = max(0.0, p.stamina - rules.MOVE_COST[move])
-        for npc in ready:
-            action = npc.pending.action
+        for npc, pend in ready:
+            action = pend.action
             reward = rules.duel_reward(action, move)
             p.hp -= 12 * max(reward, 0.0)
             p.gold += round(3 * max(-reward, 0.0))
@@ -434,7 +434,8 @@ class World:
         response, reward, mood = rules.haggle_outcome(npc.mood, pend.action, response)
         if response == "sale":
             self._haggle_buy(pend.action, npc.item)
-        npc.flash = (HAGGLE_FLASH[response], reward or (mood - npc.mood), self.time)  # colour: reward, else mood move
+        # colour: the reward, else the mood's move (a visit that ends, mood None, always has a reward)
+        npc.flash = (HAGGLE_FLASH[response], reward if reward or mood is None else mood - npc.mood, self.time)
         npc.mood = npc.mood if mood is None else mood
         last = mood is None or npc.t + 1 >= EPISODE_LENGTH
         self._end(npc, reward, response, out, NEXT_CUSTOMER, ended=mood is None)

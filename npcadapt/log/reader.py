@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -49,7 +50,7 @@ def read_records(
     *,
     on_corrupt: Callable[[CorruptRecord], None] | None = None,
     on_torn: Callable[[TornTail], None] | None = None,
-) -> Iterator[dict]:
+) -> Iterator[dict[str, Any]]:
     """Yield every valid record of every segment, in order.
 
     A corrupt record is passed to ``on_corrupt`` (or raises :class:`LogCorruptionError`
@@ -60,7 +61,11 @@ def read_records(
     return _read(list_segments(directory), on_corrupt, on_torn)
 
 
-def _read(segments: list[Path], on_corrupt, on_torn) -> Iterator[dict]:
+def _read(
+    segments: list[Path],
+    on_corrupt: Callable[[CorruptRecord], None] | None,
+    on_torn: Callable[[TornTail], None] | None,
+) -> Iterator[dict[str, Any]]:
     """:func:`read_records` over an already listed set of segments."""
 
     def report(bad: CorruptRecord) -> None:

@@ -24,7 +24,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -51,7 +51,7 @@ def _frame_end(data: bytes, pos: int) -> int:
     if len(data) - pos < FRAME_HEADER_BYTES:
         return -1
     magic, n, crc = _FRAME.unpack_from(data, pos)
-    end = pos + FRAME_HEADER_BYTES + n
+    end: int = pos + FRAME_HEADER_BYTES + n
     if magic != RECORD_MAGIC or end > len(data):
         return -1
     view = memoryview(data)
@@ -120,7 +120,7 @@ def segment_spans(path: Path, data: bytes) -> Iterator[Span]:
         pos = nxt
 
 
-def decode(data: bytes, pos: int, end: int) -> dict:
+def decode(data: bytes, pos: int, end: int) -> dict[str, Any]:
     """Unpack the payload of the valid record [pos, end); raises ValueError if not a map."""
     obj = msgpack.unpackb(memoryview(data)[pos + FRAME_HEADER_BYTES : end], raw=False, strict_map_key=False)
     if not isinstance(obj, dict):

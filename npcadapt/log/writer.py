@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -185,14 +185,14 @@ class InteractionLog:
 
     # -- appending
 
-    def _pack(self, record: Mapping) -> bytes:
+    def _pack(self, record: Mapping[str, Any]) -> bytes:
         """Pack one record with the shared packer (lock held); raises LogError."""
         if type(record) is not dict:
             if not isinstance(record, Mapping):
                 raise LogError(f"log record must be a mapping, got {type(record).__name__}")
             record = dict(record)
         try:
-            payload = self._packer.pack(record)
+            payload: bytes = self._packer.pack(record)
         except (TypeError, ValueError, OverflowError) as e:
             raise LogError(f"cannot pack log record with keys {_keys(record)}: {e}") from e
         if len(payload) > self._max_record_bytes:
@@ -225,7 +225,7 @@ class InteractionLog:
         if seg_size + size > self._segment_bytes and seg_size > len(FILE_HEADER):
             self._rotate()
 
-    def append(self, record: Mapping) -> int:
+    def append(self, record: Mapping[str, Any]) -> int:
         """Append one record; returns its size on disk. Raises LogError, writing nothing."""
         with self._lock:
             payload = self._pack(record)
@@ -243,7 +243,7 @@ class InteractionLog:
             self.records_written += 1
             return size
 
-    def append_many(self, records: Iterable[Mapping]) -> None:
+    def append_many(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Append records in order; if any cannot be packed, none is appended."""
         records = list(records)
         with self._lock:
@@ -370,7 +370,7 @@ class InteractionLog:
         return f"InteractionLog({str(self.directory)!r}, {state}, {self.records_written} records)"
 
 
-def _keys(record: Mapping) -> list[str]:
+def _keys(record: Mapping[str, Any]) -> list[str]:
     """A short list of a record's keys, for error messages."""
     return [str(k) for k in list(record)[:8]]
 

@@ -165,7 +165,7 @@ class AdapterBank:
                 if (slots < 0).any():
                     self._last_used[slots[slots > 0]] = self._tick
                     for i in np.flatnonzero(slots < 0):
-                        slots[i] = self._resolve(players[i], prefetched, may_load)
+                        slots[i] = self._resolve(players[int(i)], prefetched, may_load)
                 self._last_used[slots] = self._tick
                 return slots
             except _NeedsLoad:
@@ -212,6 +212,7 @@ class AdapterBank:
 
     def _evict(self, slot: int) -> None:
         player = self._player_of[slot]
+        assert player is not None  # an evicted slot is an occupied one
         if self._dirty[slot] and self._writeback is not None:
             self._writeback(player, self.storage[slot].detach().cpu().clone(), self._meta[slot])
         self._changed(player)
@@ -310,6 +311,8 @@ class AdapterBank:
         with self.lock:
             slots = np.flatnonzero(self._dirty)
             for s in slots:
-                self._writeback(self._player_of[s], self.storage[s].detach().cpu().clone(), self._meta[s])
+                player = self._player_of[s]
+                assert player is not None  # a dirty slot is an occupied one
+                self._writeback(player, self.storage[s].detach().cpu().clone(), self._meta[s])
             self._dirty[slots] = False
         return len(slots)

@@ -9,8 +9,12 @@ A is random and B zero at init, so a new adapter reproduces the base bit for bit
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
+import numpy as np
 import torch
+
+Array = TypeVar("Array", torch.Tensor, np.ndarray)  # torch tensors or numpy arrays, not mixed
 
 
 def init_lora(
@@ -36,9 +40,10 @@ def lora_delta(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) 
     return (x @ a.t()) @ (b.t() * scale)
 
 
-def delta_weight(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+def delta_weight(a: Array, b: Array, scale: float) -> Array:
     """The dense update scale * B A, shape (d_out, d_in) (torch tensors, or numpy arrays)."""
-    return (b @ a) * scale
+    delta: Array = (b @ a) * scale
+    return delta
 
 
 def merge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:

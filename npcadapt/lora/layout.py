@@ -83,7 +83,8 @@ class AdapterLayout:
     def views(self, rows: Rows) -> Iterator[tuple[LayerSlice, Rows, Rows]]:
         """(layer, A, B^T) for every adapted layer of packed rows (P,) or (N, P) (see :meth:`layer_views`)."""
         for layer in self.layers:
-            yield (layer, *self.layer_views(rows, layer))
+            a, bt = self.layer_views(rows, layer)
+            yield layer, a, bt
 
     # -- named tensors ------------------------------------------------------------------
     def tensor_shapes(self) -> dict[str, tuple[int, int]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -72,9 +73,10 @@ class NumpyForward:
         self.policy = policy
         self.layout = layout
         self.bank = bank
-        self.n_actions = policy.actor[-1].out_features
+        # the heads are ModuleLists of Linears
+        self.n_actions = cast(torch.nn.Linear, policy.actor[-1]).out_features
         self._scale = np.float32(layout.scale)
-        self._half = policy.actor[0].out_features  # where the critic's columns start in layer 0
+        self._half = cast(torch.nn.Linear, policy.actor[0]).out_features  # where the critic's columns start in layer 0
         self._act = _ACTIVATIONS[policy.activation]
         widest = max(lin.in_features * lin.out_features for lin in policy.named_linears().values())
         self.numpy_rows = NUMPY_MACS // widest if numpy_rows is None else numpy_rows
@@ -110,7 +112,8 @@ class NumpyForward:
 
         weights = []
         for k, (actor, critic) in enumerate(zip(self.policy.actor, self.policy.critic)):
-            (wa, ba), (wc, bc) = arrays(actor), arrays(critic)
+            # the heads are ModuleLists of Linears
+            (wa, ba), (wc, bc) = arrays(cast(torch.nn.Linear, actor)), arrays(cast(torch.nn.Linear, critic))
             if k == 0:
                 weights.append((np.concatenate([wa, wc], axis=1), np.concatenate([ba, bc])))  # (D, 2 h0), (2 h0,)
                 continue
@@ -146,7 +149,7 @@ class NumpyForward:
         so the forward costs what the base's does.
         """
         weights = self._weights
-        if key is not None:
+        if key is not None and rows is not None:  # a key names a (1, P) row: never given without one
             merged = self._merged_weights(key, rows)
             if merged is not None:
                 weights, rows = merged, None
@@ -192,7 +195,7 @@ class NumpyForward:
             w = merged[k][0].copy()
             for head, layer in targets:
                 a, bt = self.layout.layer_views(rows[0], layer)  # (r, d_in), (r, d_out)
-                delta = delta_weight(a, bt.T, self._scale).T  # (d_in, d_out): our weights are stored W^T
+                delta = delta_weight(a, bt.T, float(self._scale)).T  # (d_in, d_out): our weights are stored W^T
                 if k == 0:
                     w[:, head * half : head * half + layer.d_out] += delta
                 else:

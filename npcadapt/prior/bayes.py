@@ -30,7 +30,9 @@ class Stats(NamedTuple):
 
     @classmethod
     def empty(cls, n_actions: int, hidden: int) -> Stats:
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)
+        def z(*shape: int) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=torch.float64)
+
         return cls(z(n_actions, hidden, hidden), z(n_actions, hidden), z(n_actions), z(n_actions))
 
     def add(self, h: torch.Tensor, actions: torch.Tensor, y: torch.Tensor) -> Stats:

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -144,11 +144,11 @@ def feature_basis(hidden: torch.Tensor, d: int) -> torch.Tensor:
 def _kmeans(points: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
     """(N,) cluster labels; k-means++ seeding, Lloyd iterations."""
     rng = np.random.default_rng(seed)
-    centres = [points[rng.integers(len(points))]]
+    seeds = [points[rng.integers(len(points))]]
     for _ in range(1, k):
-        d = np.min([((points - c) ** 2).sum(-1) for c in centres], axis=0)
-        centres.append(points[draw_categorical(rng, d)] if d.sum() > 0 else points[rng.integers(len(points))])
-    centres = np.stack(centres)
+        d = np.min([((points - c) ** 2).sum(-1) for c in seeds], axis=0)
+        seeds.append(points[draw_categorical(rng, d)] if d.sum() > 0 else points[rng.integers(len(points))])
+    centres = np.stack(seeds)
     for _ in range(iters):
         labels = ((points[:, None] - centres[None]) ** 2).sum(-1).argmin(1)
         new = np.stack([points[labels == j].mean(0) if (labels == j).any() else centres[j] for j in range(k)])
@@ -182,7 +182,7 @@ def build_library(
     )
     pool_h = torch.cat([r.hidden for r in rows])  # (N_all, H)
     basis = feature_basis(pool_h, config.features)  # (d, H)
-    n_actions, d = policy.actor[-1].out_features, basis.shape[0]
+    n_actions, d = cast(torch.nn.Linear, policy.actor[-1]).out_features, basis.shape[0]  # a ModuleList of Linears
     stats = [Stats.empty(n_actions, d).add(r.hidden.double() @ basis.T, r.actions, r.targets) for r in rows]
     broad_mean = torch.zeros(n_actions, d, dtype=torch.float64)
     broad_cov = torch.eye(d, dtype=torch.float64).expand(n_actions, d, d) / config.weight_precision
@@ -307,7 +307,8 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
             f"{metadata.get('base_hash')!r}, not {archetype.name!r} version {archetype.base_hash!r}: rebuild it "
             "with `npcadapt train library`"
         )
-    n_actions, hidden = archetype.policy.actor[-1].out_features, archetype.policy.actor[-1].in_features
+    last = cast(torch.nn.Linear, archetype.policy.actor[-1])  # the actor is a ModuleList of Linears
+    n_actions, hidden = last.out_features, last.in_features
     basis, mean, cov, log_w = (tensors.get(k) for k in ("basis", "mean", "cov", "log_weights"))
     shapes = {k: tuple(v.shape) for k, v in tensors.items()}
     if basis is None or mean is None or cov is None or log_w is None or basis.ndim != 2 or mean.ndim != 3:
@@ -329,12 +330,14 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         transfer_from = {str(k): str(v) for k, v in json.loads(metadata.get("transfer_from", "{}")).items()}
     except (KeyError, ValueError, AttributeError) as exc:
         raise StoreError(f"population prior {path} has damaged metadata: {exc}") from None
-    transfer = {name: tensors.get(f"transfer.{name}") for name in transfer_from}
-    for name, matrix in transfer.items():
+    transfer: dict[str, torch.Tensor] = {}
+    for name in transfer_from:
+        matrix = tensors.get(f"transfer.{name}")
         if matrix is None or matrix.ndim != 2 or matrix.shape[1] != k or not torch.isfinite(matrix).all():
             raise StoreError(
                 f"population prior {path}: transfer matrix from {name!r} is missing or does not fit {k} cohorts"
             )
+        transfer[name] = matrix
     if (
         not all(torch.isfinite(t).all() for t in (basis, mean, cov, log_w))
         or not all(np.isfinite(v) and v >= 0 for v in numbers.values())

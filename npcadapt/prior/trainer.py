@@ -34,6 +34,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 import numpy as np
 import torch
@@ -197,7 +198,7 @@ class PriorTrainer:
     ) -> tuple[torch.Tensor, float, float]:
         """delta (A, H) scaled so that the mean KL(adapted || base) over the decisions' hidden
         features (T, H) stays within the bound."""
-        last = self.policy.actor[-1]
+        last = cast(torch.nn.Linear, self.policy.actor[-1])  # the actor is a ModuleList of Linears
         with torch.inference_mode():  # the base's logits from the last layer alone: hidden is its input
             logits = last(hidden.to(last.weight.device)).double().cpu()  # (T, A)
         base = masked_log_probs(logits, masks)  # (T, A), -inf where masked

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -223,9 +223,10 @@ def evaluate_policy(
     env = make_env(env_id, env_kwargs)
     if max_episode_steps is not None:
         env = gym.wrappers.TimeLimit(env, max_episode_steps)
-    n_actions = policy.actor[-1].out_features
+    first, last = cast(nn.Linear, policy.actor[0]), cast(nn.Linear, policy.actor[-1])  # a ModuleList of Linears
+    n_actions = last.out_features
     try:
-        _check_spaces("policy", policy.actor[0].in_features, n_actions, env_id, env.observation_space, env.action_space)
+        _check_spaces("policy", first.in_features, n_actions, env_id, env.observation_space, env.action_space)
     except ArchetypeError:
         env.close()
         raise

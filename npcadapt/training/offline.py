@@ -18,9 +18,11 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..engine import Engine
 from ..episodes import Episode
@@ -81,7 +83,7 @@ def pdwis(episodes: Sequence[Episode], target_logp: Sequence[np.ndarray], gamma:
 
 def _steps(trainer: OnlineTrainer, episodes: Sequence[Episode]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All steps of `episodes`: obs (T, D), masks (T, A), logged actions (T,)."""
-    n_actions = trainer.policy.actor[-1].out_features
+    n_actions = cast(nn.Linear, trainer.policy.actor[-1]).out_features  # the actor is a ModuleList of Linears
     obs = torch.from_numpy(np.concatenate([np.stack(ep.obs) for ep in episodes]))
     masks = torch.from_numpy(
         np.stack([m if m is not None else np.ones(n_actions, bool) for ep in episodes for m in ep.mask])

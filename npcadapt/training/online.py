@@ -27,10 +27,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import NamedTuple, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..episodes import Episode
 from ..errors import InvalidInputError
@@ -117,7 +118,7 @@ class OnlineConfig:
         """A copy with ``key=value`` settings applied (values parsed by each field's type),
         e.g. ``["epochs=8", "validation_gate=false"]``."""
         known = {f.name: type(getattr(self, f.name)) for f in fields(self)}
-        changes = {}
+        changes: dict[str, Any] = {}
         for item in items:
             key, sep, text = item.partition("=")
             key = key.strip().replace("-", "_")
@@ -141,7 +142,8 @@ class OnlineConfig:
 class ParamFamily(Protocol):
     """What the trainer needs from a per-player parameterisation (LoRA layout or dense)."""
 
-    size: int
+    @property
+    def size(self) -> int: ...
 
     def delta_fn(self, rows: torch.Tensor) -> LayerDelta: ...
 
@@ -168,18 +170,22 @@ class OptimizerState:
         return cls(torch.zeros(size), torch.zeros(size), 0, 0)
 
 
+# a trainer's carried per-player state: OptimizerState here, PosteriorState for the prior's trainer
+StateT = TypeVar("StateT")
+
+
 @dataclass(frozen=True)
-class PlayerUpdate:
+class PlayerUpdate(Generic[StateT]):
     """Input for one player: their current parameters and completed episodes."""
 
     player: str
     params: torch.Tensor | None  # (P,) fp32; None: a new player (the trainer host makes a fresh adapter)
     episodes: Sequence[Episode]
-    state: OptimizerState | None = None
+    state: StateT | None = None
 
 
 @dataclass(frozen=True)
-class UpdateOutcome:
+class UpdateOutcome(Generic[StateT]):
     """Result for one player. `params` is None when the update was skipped."""
 
     player: str
@@ -189,7 +195,7 @@ class UpdateOutcome:
     steps: int
     mean_return: float
     skipped: str | None = None
-    state: OptimizerState | None = None
+    state: StateT | None = None
     prior: dict | None = None  # with a population prior: where the player stands on it (PosteriorState.describe)
 
 
@@ -219,7 +225,8 @@ def assemble_batch(items: Sequence[PlayerUpdate], cfg: OnlineConfig, n_actions: 
     Advantages are GAE per episode, normalised over each player's own steps (never across
     players, so one player's rewards cannot rescale another's update).
     """
-    obs, masks, actions, old_logp, adv, owner, episode = [], [], [], [], [], [], []
+    obs, actions, old_logp, adv, owner, episode = [], [], [], [], [], []
+    masks: list[np.ndarray] = []
     n_episodes = 0
     for k, item in enumerate(items):
         player_adv = []
@@ -288,7 +295,7 @@ class OnlineTrainer:
         self.config = config
         self._scalable = family.scalable_mask()
 
-    def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
+    def update(self, items: Sequence[PlayerUpdate[OptimizerState]]) -> list[UpdateOutcome[OptimizerState]]:
         """One PPO update for every player in `items`, computed together."""
         items = [
             replace(it, episodes=[ep for ep in it.episodes if len(ep)]) for it in items
@@ -297,7 +304,8 @@ class OnlineTrainer:
         if not items:
             return []
         device = next(self.policy.parameters()).device
-        batch = assemble_batch(items, self.config, self.policy.actor[-1].out_features, device)
+        n_actions = cast(nn.Linear, self.policy.actor[-1]).out_features  # the actor is a ModuleList of Linears
+        batch = assemble_batch(items, self.config, n_actions, device)
         start = self._start(items, device)
         gated = self.config.validation_gate
         with torch.no_grad():
@@ -321,7 +329,8 @@ class OnlineTrainer:
     def _start(self, items: Sequence[PlayerUpdate], device: torch.device) -> Start:
         """Each player's starting point and optimizer state (Adam moments, lr and entropy coefficients)."""
         cfg = self.config
-        served = torch.stack([it.params.to(device, torch.float32) for it in items])  # (K, P)
+        # (K, P); every player has params by now (the trainer host makes new players' fresh adapters)
+        served = torch.stack([cast(torch.Tensor, it.params).to(device, torch.float32) for it in items])
         states = [self._start_state(it.state, served.shape[1]) for it in items]
         params = torch.stack(
             [
@@ -400,7 +409,7 @@ class OnlineTrainer:
         healthy = healthy & torch.isfinite(loss)
         params.grad = None
         loss.where(healthy, torch.zeros_like(loss)).sum().backward()
-        grad = params.grad  # (K, P)
+        grad = cast(torch.Tensor, params.grad)  # (K, P), set by backward()
         healthy = healthy & torch.isfinite(grad).all(dim=1)
         grad.masked_fill_(~healthy.unsqueeze(1), 0.0)
         norms = grad.norm(dim=1, keepdim=True)  # (K, 1)

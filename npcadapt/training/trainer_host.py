@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import cast
 
 from ..lora.bank import AdapterLayout
 from ..lora.layout import fresh_row
@@ -57,7 +58,7 @@ class InProcessTrainer:
         """One batched update of `items` (their `state`, and for new players their fresh
         adapter, are filled in here); remembers the new states."""
         trainer = self.trainers[archetype]
-        layout = trainer.family
+        layout = cast(AdapterLayout, trainer.family)  # __init__ built every trainer on its AdapterLayout
         with self._lock:
             items = [
                 replace(
@@ -70,8 +71,8 @@ class InProcessTrainer:
         outcomes = self.trainers[archetype].update(items)
         with self._lock:
             for outcome in outcomes:
-                if outcome.params is not None:
-                    self._remember(archetype, outcome.player, outcome.state)
+                if outcome.params is not None:  # an update that ran: it always carries the new state
+                    self._remember(archetype, outcome.player, cast(OptimizerState | PosteriorState, outcome.state))
         return outcomes
 
     def _warm_start(self, archetype: str, player: str) -> PosteriorState | None:

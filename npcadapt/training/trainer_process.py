@@ -28,6 +28,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from typing import IO
 
 import msgpack
 import numpy as np
@@ -77,13 +78,13 @@ def _encode_episode(ep: Episode) -> dict:
 
 def decode_items(archetype: Archetype, maps: Sequence[dict]) -> list[PlayerUpdate]:
     spec = archetype.spec
-    items = []
+    items: list[PlayerUpdate] = []
     for m in maps:
         episodes = []
         for e in m["episodes"]:
             steps = len(e["action"])
             obs = np.frombuffer(e["obs"], np.float32).reshape(steps, spec.obs_dim)  # (T, D)
-            masks = (
+            masks: list[np.ndarray | None] = (
                 [None] * steps
                 if e["mask"] is None
                 else list(np.frombuffer(e["mask"], bool).reshape(steps, spec.n_actions))
@@ -146,6 +147,12 @@ def _config_from_map(values: dict) -> OnlineConfig:
 
 
 # -- parent side ------------------------------------------------------------------------------
+def _pipe(pipe: IO[bytes] | None) -> IO[bytes]:
+    """The child's stdin or stdout: never None, as TrainerProcess._start opens both as pipes."""
+    assert pipe is not None
+    return pipe
+
+
 class TrainerProcess:
     """The InProcessTrainer interface (update / forget / close), run by a child process.
 
@@ -187,7 +194,7 @@ class TrainerProcess:
         self._lock = threading.Lock()  # held for a whole exchange
         self._forgets: list[tuple[str, str]] = []  # sent before the next update, so forget never waits
         self._forgets_lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._ready = False
         self._setup_error: TrainerRefusedError | None = None
         self._exit_code: int | None = None
@@ -207,14 +214,17 @@ class TrainerProcess:
         self._send(self._init)
 
     def _send(self, message: dict) -> None:
+        assert self._proc is not None  # callers hold a started child
+        stdin = _pipe(self._proc.stdin)
         try:
-            self._proc.stdin.write(msgpack.packb(message, use_bin_type=True))
-            self._proc.stdin.flush()
+            stdin.write(msgpack.packb(message, use_bin_type=True))
+            stdin.flush()
         except OSError as exc:
             raise self._died(f"cannot write to it ({exc})") from None
 
     def _receive(self) -> dict:
-        fd = self._proc.stdout.fileno()
+        assert self._proc is not None  # callers hold a started child
+        fd = _pipe(self._proc.stdout).fileno()
         while (message := next(self._unpacker, None)) is None:
             if _CAN_SELECT and not select.select([fd], [], [], self.reply_timeout)[0]:
                 raise self._died(f"no reply within {self.reply_timeout:g} s; stopped it")
@@ -291,7 +301,7 @@ class TrainerProcess:
                     self._ready
                     or proc is None
                     or not _CAN_SELECT
-                    or select.select([proc.stdout.fileno()], [], [], 0.1)[0]
+                    or select.select([_pipe(proc.stdout).fileno()], [], [], 0.1)[0]
                 ):
                     self._ensure_ready()
         return True
@@ -345,7 +355,7 @@ class TrainerProcess:
             return None
         for pipe in (proc.stdin, proc.stdout):
             try:
-                pipe.close()
+                _pipe(pipe).close()
             except OSError:
                 pass
         try:
@@ -381,6 +391,7 @@ def _serve(read_fd: int, out) -> None:
             op = message["op"]
             try:
                 if op == "forget":
+                    assert trainer is not None  # the parent sends "init" first
                     trainer.forget(message["archetype"], message["player"])
                     continue
                 if op == "init":
@@ -405,6 +416,7 @@ def _serve(read_fd: int, out) -> None:
                     reply: dict = {"ok": True}
                 else:  # update
                     items = decode_items(archetypes[message["archetype"]], message["items"])
+                    assert trainer is not None  # the parent sends "init" first
                     reply = {"outcomes": encode_outcomes(trainer.update(message["archetype"], items))}
             except Exception as exc:
                 log.exception("online trainer process: %s failed", op)
