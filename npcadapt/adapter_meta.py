@@ -67,6 +67,12 @@ def validate_player_id(player: object) -> str:
     return validate_id(player, "player id")
 
 
+def validate_npc_id(npc: object) -> str:
+    """Return ``npc`` if it is a non-empty str of at most 256 UTF-8 bytes (the player-id
+    rule), else InvalidInputError."""
+    return validate_id(npc, "npc id", InvalidInputError)
+
+
 def validate_archetype_name(name: object) -> str:
     """Return ``name`` if it matches :data:`ARCHETYPE_NAME_RE`, else raise ArchetypeError."""
     if not isinstance(name, str) or not ARCHETYPE_NAME_RE.fullmatch(name):

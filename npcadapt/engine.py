@@ -9,7 +9,8 @@ No disk I/O under a bank's lock (which every forward holds): adapters leaving th
 and those written by ``flush`` go to a :class:`~npcadapt.writeback.WriteBehind` queue
 written by its own thread, and cold loads read (the queue first, then the store) before
 the lock is taken.
-"""
+
+Over 450 lines: the engine's public surface (act, act_batch, action_probs, adapters in and out, flush, close) with its locking; the forward, layout and checks already live in their own modules."""
 
 from __future__ import annotations
 

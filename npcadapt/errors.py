@@ -94,3 +94,8 @@ class MissingPackageError(NpcAdaptError):
 
 class DriverError(NpcAdaptError):
     """A client conformance driver died, printed something that is not an answer, or took too long."""
+
+
+class BenchmarkError(NpcAdaptError):
+    """A benchmark could not run what it measures (a server that did not start, a client
+    that did not build, a fault it could not inject)."""

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from .adapter_meta import all_valid_ids, validate_player_id
+from .adapter_meta import all_valid_ids, validate_npc_id, validate_player_id
 from .errors import InvalidInputError, NpcAdaptError
 from .protocol import INTERNAL_ERROR, INVALID_PARAMS
 from .protocol_codec import DecisionEncoder, EncodedRows
-from .service import Service, validate_npc_id
+from .service import Service
 
 __all__ = ["ActBlock", "BridgeMethod", "DecisionEncoder", "EncodedRows", "Kind", "Methods", "error_reply"]
 

@@ -7,7 +7,8 @@ the simulation loop all call this same object:
     feedback         -> rewards and episode ends; completed episodes trigger updates
     train_pending    -> batched online update of every player with enough episodes
     adapter_info / reset_player / flush / close
-"""
+
+Over 450 lines: the public API object, one method per operation a game calls; inference, the log and training are delegated to their modules."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .adapter_meta import validate_id, validate_player_id
+from .adapter_meta import validate_npc_id, validate_player_id
 from .engine import Engine, single_row
 from .episodes import EpisodeTracker
 from .errors import InvalidInputError, LogError, TrainerProcessError
@@ -41,11 +42,6 @@ log = logging.getLogger(__name__)
 RECORD_BYTES = 900 * 1024  # a batch's log records stay under this (the log's max_record_bytes is 1 MiB)
 RECORD_ROW_OVERHEAD = 640  # bytes a row may add beyond its obs and mask: two ids of up to 256 bytes, its figures
 ROUND_PLAYERS = 32  # players per background update round (docs/benchmarks.md: latency while training)
-
-
-def validate_npc_id(npc: object) -> str:
-    """The player-id rule (non-empty str, at most 256 UTF-8 bytes), raising InvalidInputError."""
-    return validate_id(npc, "npc id", InvalidInputError)
 
 
 class Service:

@@ -31,6 +31,7 @@ import numpy as np
 
 from .envs import game, sim_env
 from .envs import make as make_env
+from .errors import InvalidInputError
 from .host import Host
 from .numerics import kl_rows
 
@@ -90,7 +91,7 @@ def assign_personas(env: gym.Env, players: int, counts: dict[str, int] | None = 
         return pairs
     unknown = set(counts) - set(personas)
     if unknown:
-        raise ValueError(f"unknown personas in counts: {sorted(unknown)}; env has {list(personas)}")
+        raise InvalidInputError(f"unknown personas in counts: {sorted(unknown)}; env has {list(personas)}")
     kept = [pair for pair in pairs if pair[1] not in counts]
     return kept + [(f"{name}-{j}", name) for name, n in counts.items() for j in range(n)]
 

@@ -2,7 +2,8 @@
 
 Sequential, unlike the round envs of :mod:`sim.personas`: each persona is a small
 finite-horizon MDP over (line, item, mood), so the oracles are exact DP over it.
-"""
+
+Over 450 lines: one env with its persona MDPs, the backward-induction oracles and its renderer, which belong together."""
 
 from __future__ import annotations
 

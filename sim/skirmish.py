@@ -1,4 +1,6 @@
-"""Skirmish-v0: an NPC skirmisher against a player with smooth habits in a continuous context."""
+"""Skirmish-v0: an NPC skirmisher against a player with smooth habits in a continuous context.
+
+Over 450 lines: one env with its persona habits, its exact oracle over a fixed context sample and its renderer, which belong together."""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """The bridge's fast paths agree with the plain ones: numpy small-batch forward and decision
 step vs torch, column-wise act_batch parsing vs row by row, the decision encoder vs msgpack,
-column-wise episode recording, coalesced replies and the low-priority trainer thread."""
+column-wise episode recording, coalesced replies and the low-priority trainer thread.
+
+Documented exceptions to "tests use public API": comparing a fast path with its plain twin
+needs both, so these tests call the private twins (`_columns`/`_row_by_row`,
+`_encode_rows`/`_encode_columns` over `_layouts`) and force one rare noise draw (`_rng`)."""
 
 from __future__ import annotations
 

@@ -43,7 +43,8 @@ it once both servers were started). Phases, ``seconds_per_phase`` each:
 
 Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N] [--backlog-players N]
 [--driver-players N] [--trainer process|thread] [--busy-poll-us U]``: one JSON line.
-"""
+
+Over 450 lines: 46 of them are this docstring describing the phases; the rest is one benchmark's phases and their load generators."""
 
 from __future__ import annotations
 
@@ -64,6 +65,8 @@ from typing import cast
 
 import msgpack
 import numpy as np
+
+from ..errors import BenchmarkError
 
 ARCHETYPE = "duelist"
 OBS_DIM = 8
@@ -132,7 +135,7 @@ def start_server(
             return proc, int(match.group(1))
     stop_process(proc)
     tail = errors.read_text(errors="replace")[-600:]
-    raise RuntimeError(
+    raise BenchmarkError(
         f"npcadapt serve did not report a port within {timeout:.0f}s (port {port}, exit code {proc.poll()}): {tail}"
     )
 
@@ -202,7 +205,7 @@ def _drive_episodes(port: int, players: int, steps: int, interval: float, finish
             while (reply := next(unpacker, None)) is None:
                 unpacker.feed(_recv(sock, 1 << 20))
             if reply[2] is not None:
-                raise RuntimeError(f"driver act_batch failed: {reply[2]}")
+                raise BenchmarkError(f"driver act_batch failed: {reply[2]}")
             if step == steps - 1:  # sparse reward: one feedback per episode, after the last reply
                 sock.sendall(_feedback_notifications(names, rng.random(players), finish))
             time.sleep(max(0.0, interval - (time.perf_counter() - started)))
@@ -214,7 +217,7 @@ def _recv(sock, size: int) -> bytes:
     """sock.recv that raises when the server closed the connection (instead of spinning on b"")."""
     data = sock.recv(size)
     if not data:
-        raise RuntimeError("the server closed the connection during the benchmark")
+        raise BenchmarkError("the server closed the connection during the benchmark")
     return data
 
 
@@ -247,7 +250,7 @@ def round_trips(
             while (reply := next(unpacker, None)) is None:
                 unpacker.feed(_recv(sock, 65536))
             if reply[2] is not None:
-                raise RuntimeError(f"act failed during the benchmark: {reply[2]}")
+                raise BenchmarkError(f"act failed during the benchmark: {reply[2]}")
 
     for _ in range(warmup):
         once()
@@ -302,7 +305,7 @@ async def _pipelined(port: int, requests: list[bytes], window: int, seconds: flo
     for transport in transports:
         transport.close()
     if tally["errors"]:
-        raise RuntimeError(f"{tally['errors']} error replies during a throughput phase")
+        raise BenchmarkError(f"{tally['errors']} error replies during a throughput phase")
     return count / elapsed
 
 
@@ -320,7 +323,7 @@ def wait_trainer_ready(port: int, timeout: float = 120.0) -> float:
     start = time.perf_counter()
     while _stats(port).get("trainer_ready") is False:
         if time.perf_counter() - start > timeout:
-            raise RuntimeError(f"the server's online trainer was not ready within {timeout:.0f}s")
+            raise BenchmarkError(f"the server's online trainer was not ready within {timeout:.0f}s")
         time.sleep(0.05)
     return round(time.perf_counter() - start, 2)
 
@@ -348,7 +351,7 @@ def _fill_backlog(port: int, players: list[str], episodes: int, rng: np.random.G
                 while (reply := next(unpacker, None)) is None:
                     unpacker.feed(_recv(sock, 1 << 20))
                 if reply[2] is not None:
-                    raise RuntimeError(f"act_batch failed while filling the backlog: {reply[2]}")
+                    raise BenchmarkError(f"act_batch failed while filling the backlog: {reply[2]}")
             sock.sendall(_feedback_notifications(chunk, rng.random(len(chunk)), True))
     sock.close()
 
@@ -363,7 +366,7 @@ def _give_adapter(port: int, player: str, timeout: float = 60.0) -> None:
     with Client(port=port) as client:
         while client.adapter_info(ARCHETYPE, player) is None:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no adapter for {player!r} within {timeout:.0f}s")
+                raise BenchmarkError(f"no adapter for {player!r} within {timeout:.0f}s")
             time.sleep(0.05)
 
 
@@ -413,7 +416,7 @@ def _light_while_driving(
         if driver.is_alive():
             stop_process(driver)
     if driver.exitcode != 0:
-        raise RuntimeError(f"the episode driver failed (exit code {driver.exitcode})")
+        raise BenchmarkError(f"the episode driver failed (exit code {driver.exitcode})")
     delta = {k: after[k] - before[k] for k in ("updates", "feedback", "decisions")}
     return times, {**delta, "seconds": elapsed}
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import DriverError, MissingPackageError
+from ..errors import BenchmarkError, DriverError, MissingPackageError
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS = ROOT / "clients"
@@ -34,7 +34,7 @@ CLIENTS = ROOT / "clients"
 def _compile(command: list[str]) -> None:
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command[:2])} failed:\n{proc.stdout}\n{proc.stderr}")
+        raise BenchmarkError(f"{' '.join(command[:2])} failed:\n{proc.stdout}\n{proc.stderr}")
 
 
 def build_python(out: Path) -> list[str]:

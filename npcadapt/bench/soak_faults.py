@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from ..errors import BenchmarkError
 from .bridge import start_server
 
 DISK_FULL_TEXT = re.compile(r"ENOSPC|EFBIG|disk full|no space|file too large", re.IGNORECASE)
@@ -100,7 +101,7 @@ class ServerProcess:
                 return self._start(port, timeout)
             except RuntimeError as exc:  # e.g. the port was taken meanwhile: a new one
                 last = str(exc)
-        raise RuntimeError(last)
+        raise BenchmarkError(last)
 
     def _start(self, port: int, timeout: float) -> int:
         self.proc, self.port = start_server(
@@ -211,7 +212,7 @@ class DiskFull:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 self.reason = f"mount -t tmpfs failed: {exc}"
             if self.mode == "tmpfs":
-                raise RuntimeError(self.reason)
+                raise BenchmarkError(self.reason)
         else:
             self.reason = "rlimit requested (--disk-full rlimit)"
         self.mode = "rlimit"

@@ -12,7 +12,8 @@ the player and offer support every few seconds; a haggler (a travelling trader b
 gate) haggles over one item per visit while the player stands across its rug, and the
 player's mood, moved by how they take each line, is what it sees. The map itself is
 :mod:`village`.
-"""
+
+Over 450 lines: one state machine (player, NPC encounters of four kinds, their timers); split, each part would reach into the others' state."""
 
 from __future__ import annotations
 

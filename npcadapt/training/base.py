@@ -11,7 +11,8 @@ so every stored transition is real (none has to be masked out). Truncated episod
 
 An env may put a boolean ``info["action_mask"]`` of shape (n_actions,) in its reset and
 step infos; masked actions get logit -inf when sampling and in the loss.
-"""
+
+Over 450 lines: one PPO training loop read top to bottom (CleanRL-style) plus its evaluation, as one unit."""
 
 from __future__ import annotations
 
