@@ -250,3 +250,19 @@ class EpisodeTracker:
     def open_count(self) -> int:
         with self._lock:
             return len(self._open)
+
+    def open_keys(self) -> list[tuple[str, str]]:
+        """The (player, npc) of every open episode: a snapshot, oldest opened first."""
+        with self._lock:
+            return list(self._open)
+
+    def open_steps(self, player: str, npc: str) -> int:
+        """Steps held by (player, npc)'s open episode (each refers to one decision batch); 0 if none is open."""
+        with self._lock:
+            ep = self._open.get((player, npc))
+            return 0 if ep is None else len(ep.rows)
+
+    def done_count(self) -> int:
+        """Completed episodes held, of all players: not yet taken by the trainer nor discarded."""
+        with self._lock:
+            return len(self._order)

@@ -120,6 +120,12 @@ class WriteBehind(Generic[K]):
                 )
             return count
 
+    @property
+    def writing(self) -> K | None:
+        """The key whose write is in progress now; None while the writer thread is not writing."""
+        with self._cond:
+            return self._writing
+
     def pending_keys(self) -> list[K]:
         """The keys whose newest version has not reached the disk yet."""
         with self._cond:

@@ -38,8 +38,8 @@ def test_neural_linear_rank_one_updates_equal_the_closed_form_posterior(archetyp
     obs = rng.random((30, 8)).astype(np.float32)
     actions = rng.integers(0, 3, 30)
     targets = rng.normal(size=30)
-    phi = host._features(obs)  # (30, D)
-    host._observe("p", list(phi), list(actions), targets)
+    phi = host.features(obs)  # (30, D)
+    host.observe("p", list(phi), list(actions), targets)
     for a in range(3):
         X, y = phi[actions == a], targets[actions == a]
         precision = settings.weight_precision * np.eye(host.dim) + X.T @ X / settings.noise_std**2
@@ -50,7 +50,7 @@ def test_neural_linear_rank_one_updates_equal_the_closed_form_posterior(archetyp
         np.testing.assert_allclose(host.mean[row, a], mean, atol=1e-8)
         np.testing.assert_allclose(host.cov[row, a], np.linalg.inv(precision), atol=1e-8)
     # an untouched action keeps the prior; the prior ranks actions like the base policy
-    prior_values = host._mean_values(["new"], obs[:1], phi[:1])[0]
+    prior_values = host.mean_values(["new"], obs[:1], phi[:1])[0]
     with torch.inference_mode():
         logits = policy.logits(torch.as_tensor(obs[:1]))[0].numpy()
     assert np.argsort(prior_values).tolist() == np.argsort(logits).tolist()
@@ -60,16 +60,16 @@ def test_table_posterior_is_the_conjugate_gaussian(archetypes):
     settings = ThompsonSettings(prior_std=0.5, noise_std=0.25, prior_scale=0.0)
     host = TableThompsonHost(archetypes["duelist"].policy, settings, seed=0)
     obs = np.zeros((1, 8), np.float32)
-    s = host._features(obs)[0]
-    host._observe("p", [s, s, s], [2, 2, 5], np.array([1.0, 0.5, -1.0]))
-    mean, std = host._posterior("p", s)
+    s = host.features(obs)[0]
+    host.observe("p", [s, s, s], [2, 2, 5], np.array([1.0, 0.5, -1.0]))
+    mean, std = host.posterior("p", s)
     prec = 1 / 0.25 + 2 / 0.0625
     assert mean[2] == pytest.approx((1.5 / 0.0625) / prec) and std[2] == pytest.approx(prec**-0.5)
     assert mean[0] == 0.0 and std[0] == pytest.approx(0.5)
     # the progress feature does not make a new situation
     later = obs.copy()
     later[0, -1] = 0.5
-    assert host._features(later)[0] == s
+    assert host.features(later)[0] == s
 
 
 @pytest.mark.parametrize("host_class", [TableThompsonHost, NeuralLinearHost])

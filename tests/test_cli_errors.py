@@ -108,7 +108,7 @@ def test_the_trainer_child_exits_quietly_when_its_parent_dies_before_it_answers(
         from npcadapt.training.trainer_process import TrainerProcess
 
         trainer = TrainerProcess(find_archetypes([BUILTIN_DIR]), OnlineConfig(), 8)
-        print(trainer._proc.pid, flush=True)
+        print(trainer.pid, flush=True)
         os._exit(3)  # a parent that fails to start: gone before the child's set-up reply
     """)
     # stderr is a pipe the child inherits: run() returns once the child has exited too

@@ -371,9 +371,9 @@ def test_adaptation_off_plays_the_base_and_never_trains(tmp_path):
         assert backend.adapter_info("duelist", "demo:ctl" + CONTROL_SUFFIX) is None
         assert backend.adapter_info("duelist", "demo:ctl") is None
         tracker = backend.service.tracker
-        assert any(player == "demo:ctl" + CONTROL_SUFFIX for player, _ in tracker._open)  # never done
+        assert any(player == "demo:ctl" + CONTROL_SUFFIX for player, _ in tracker.open_keys())  # never done
         session.set_adapting(True)
-        assert not any(player == "demo:ctl" + CONTROL_SUFFIX for player, _ in tracker._open)  # let go
+        assert not any(player == "demo:ctl" + CONTROL_SUFFIX for player, _ in tracker.open_keys())  # let go
         _spar(session, 20)
         assert backend.adapter_info("duelist", "demo:ctl")["version"] > 0
     finally:

@@ -81,8 +81,7 @@ def test_a_never_ending_episode_keeps_a_bounded_number_of_shared_batches():
         )
         tracker.feedback_batch(players[1:], ["n"] * (n - 1), np.zeros(n - 1), [True] * (n - 1))  # all but p0 end
         tracker.take([("tiny", p) for p in players[1:]])
-    held = tracker._open[("p0", "n")]
-    assert len(held.rows) <= limit and len({id(b) for b in held.batches}) <= limit
+    assert tracker.open_steps("p0", "n") <= limit  # each step refers to one batch: at most that many batches
     assert tracker.dropped_steps > limit
     tracker.feedback_batch(["p0"], ["n"], [1.0], [True])
     (episode,) = tracker.take([("tiny", "p0")])[("tiny", "p0")]
@@ -143,7 +142,7 @@ def test_past_max_done_steps_the_oldest_completed_episodes_are_discarded_and_the
     assert tracker.done_steps == 0
     _play(tracker, "huge", 11)  # longer than the bound by itself: discarded at once
     assert tracker.done_steps == 0 and tracker.completed_count("arch", "huge") == 0
-    assert tracker.dropped_episodes == 5 and not tracker._order
+    assert tracker.dropped_episodes == 5 and tracker.done_count() == 0
 
 
 def test_forgetting_a_player_keeps_the_oldest_first_order_of_the_others():

@@ -1,5 +1,9 @@
 """Tests for npcadapt.log: round trips, rotation, torn-tail recovery at every byte,
-mid-segment corruption, bad records, threads and a failing disk."""
+mid-segment corruption, bad records, threads and a failing disk.
+
+One documented exception to testing through the public API: the failing-disk tests
+replace the open segment file's ``write`` (``log._file.write``) to inject faults
+(a partial write, ENOSPC, EIO) at the file layer, where a real disk would fail."""
 
 from __future__ import annotations
 

@@ -88,12 +88,12 @@ def test_a_players_loss_is_unaffected_by_another_players_data(duelist):
         items = items_for(duelist, ("ann", ann), ("bob", episodes("bob", [2 + seed], seed=seed)))
         items[1].params[scalable] = 0.1 * torch.randn(int(scalable.sum()), generator=gen)
         batch = assemble_batch(items, trainer.config, 8, torch.device("cpu"))
-        start = trainer._start(items, torch.device("cpu"))
+        start = trainer.start(items, torch.device("cpu"))
         params = start.params.clone().requires_grad_(True)
         with torch.no_grad():
             base_logp = trainer.log_probs(batch.obs, batch.masks, None)
-            ref = trainer._reference(batch, params.detach())
-        loss = trainer._loss(params, batch, ref, base_logp, start.ent_coef)
+            ref = trainer.reference(batch, params.detach())
+        loss = trainer.loss(params, batch, ref, base_logp, start.ent_coef)
         assert loss.shape == (2,) and torch.isfinite(loss).all()
         (grad,) = torch.autograd.grad(loss[0], params)
         assert grad[0].abs().sum() > 0 and not grad[1].any()  # rows are disjoint
@@ -108,15 +108,15 @@ def test_optimizer_step_leaves_an_unhealthy_players_row_and_moments_untouched(du
     bad[0].reward[1] = float("nan")
     items = items_for(duelist, ("ann", episodes("ann", [4], seed=7)), ("bad", bad))
     batch = assemble_batch(items, trainer.config, 8, torch.device("cpu"))
-    start = trainer._start(items, torch.device("cpu"))
+    start = trainer.start(items, torch.device("cpu"))
     params = start.params.clone().requires_grad_(True)
     with torch.no_grad():
         base_logp = trainer.log_probs(batch.obs, batch.masks, None)
-    ref = trainer._reference(batch, start.params)
+    ref = trainer.reference(batch, start.params)
     assert torch.equal(ref.logp, batch.old_logp) and torch.equal(ref.weight, torch.ones(7))  # no gate: on-policy PPO
-    loss = trainer._loss(params, batch, ref, base_logp, start.ent_coef)
+    loss = trainer.loss(params, batch, ref, base_logp, start.ent_coef)
     healthy = torch.ones(2, dtype=torch.bool)
-    adam, healthy = trainer._step(params, loss, start.adam, start.lr, healthy)
+    adam, healthy = trainer.step(params, loss, start.adam, start.lr, healthy)
     assert healthy.tolist() == [True, False]
     assert torch.equal(params[1].detach(), start.params[1]) and not torch.equal(params[0].detach(), start.params[0])
     assert not adam.exp_avg[1].any() and not adam.exp_avg_sq[1].any() and adam.exp_avg[0].any()
@@ -133,7 +133,7 @@ def test_kl_guard_scales_an_adapter_back_within_the_bound(duelist):
         int(layout.scalable_mask().sum()), generator=torch.Generator().manual_seed(1)
     )
     base_logp = trainer.log_probs(batch.obs, batch.masks, None)
-    bounded, kl, scale = trainer._bound_kl(params, batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
+    bounded, kl, scale = trainer.bound_kl(params, batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
     assert 0 < scale[0] < 1 and scale[1] == 1  # bob's adapter has no delta (zero B): nothing to pull back
     assert kl[0] <= 0.02 and torch.equal(bounded[1], params[1])
 
@@ -147,10 +147,10 @@ def test_gate_serves_the_base_without_evidence_and_a_restored_adapter_whole(duel
     )
     items[1].params[scalable] = 0.05 * torch.randn(int(scalable.sum()), generator=torch.Generator().manual_seed(2))
     batch = assemble_batch(items, trainer.config, 8, torch.device("cpu"))
-    start = trainer._start(items, torch.device("cpu"))
+    start = trainer.start(items, torch.device("cpu"))
     with torch.no_grad():
         base_logp = trainer.log_probs(batch.obs, batch.masks, None)
-        ref = trainer._reference(batch, start.params)
+        ref = trainer.reference(batch, start.params)
         ev = held_out_evidence(
             trainer.config, scalable, start.states, start.params, start.served, ref.logp, base_logp, batch
         )

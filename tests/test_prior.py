@@ -31,7 +31,7 @@ def test_posterior_from_statistics_equals_rank_one_updates():
     host.n_actions, host.dim, host.index = A, H, {}
     host.prior_mean = np.zeros((A, H))
     host.mean, host.cov = np.empty((0, A, H)), np.empty((0, A, H, H))
-    host._observe("p", list(h.numpy()), list(actions.numpy()), y.numpy())
+    host.observe("p", list(h.numpy()), list(actions.numpy()), y.numpy())
     mean, cov = posterior(
         torch.zeros(A, H, dtype=torch.float64),
         torch.eye(H, dtype=torch.float64).expand(A, H, H) / 2.0,

@@ -1,5 +1,10 @@
 """No disk I/O under the serving lock: evicted adapters are written by the write-back thread,
-cold loads read a pending write before the file, flush waits for the queue. Real files."""
+cold loads read a pending write before the file, flush waits for the queue. Real files.
+
+One documented exception to testing through the public API: :class:`WatchedStore` asks
+each bank's ``threading.RLock`` whether the calling thread holds it with the lock's
+private ``_is_owned()``, as the standard library has no public query for "held by this
+thread" and that is exactly what these tests assert (no file I/O while it is held)."""
 
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ class WatchedStore(AdapterStore):
         self.slow_loads: dict[str, threading.Event] = {}  # player -> event their file read waits for
 
     def _held(self) -> bool:
-        return any(rt.bank.lock._is_owned() for rt in self.engine._runtimes.values())
+        engine = self.engine
+        return any(engine.runtime(name).bank.lock._is_owned() for name in engine.archetypes)
 
     def save(self, tensors, meta):
         self.saves.append((threading.current_thread().name, self._held()))
@@ -187,7 +193,7 @@ def test_write_behind_writes_the_newest_version_once_in_order():
 
     queue = WriteBehind(write)
     queue.submit("a", 1, None)  # the thread takes it and waits at the gate
-    while queue._writing != "a":
+    while queue.writing != "a":
         threading.Event().wait(0.01)
     queue.submit("a", 2, None)  # newer, while 1 is being written
     queue.submit("b", 1, None)

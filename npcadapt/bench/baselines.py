@@ -91,8 +91,8 @@ class _ThompsonHost(Host):
     # ---- the host surface ----------------------------------------------------------------
     def act_batch(self, archetype: str, players: Sequence[str], obs, *, npcs: Sequence[str]) -> Actions:
         obs = np.asarray(obs, np.float32)
-        features = self._features(obs)
-        values = self._sample_values(list(players), obs, features)  # (N, A)
+        features = self.features(obs)
+        values = self.sample_values(list(players), obs, features)  # (N, A)
         actions = values.argmax(-1)
         for player, npc, f, a in zip(players, npcs, features, actions):
             episode = self.pending[(player, npc)]
@@ -106,7 +106,7 @@ class _ThompsonHost(Host):
             episode.rewards.append(float(reward))
             if done or self.settings.gamma == 0:
                 targets = gae(episode.rewards, None, self.settings.gamma, 1.0)  # the discounted reward-to-go
-                self._observe(player, episode.features, episode.actions, targets)
+                self.observe(player, episode.features, episode.actions, targets)
                 del self.pending[(player, npc)]
 
     def train_pending(self) -> int:
@@ -116,20 +116,24 @@ class _ThompsonHost(Host):
         obs = np.asarray(obs, np.float32)
         if base:
             return np.exp(self._base_log_probs(obs))
-        means = self._mean_values(list(players), obs, self._features(obs))  # (N, A)
+        means = self.mean_values(list(players), obs, self.features(obs))  # (N, A)
         return np.eye(self.n_actions)[means.argmax(-1)]
 
     # ---- what a subclass provides ----------------------------------------------------------
-    def _features(self, obs: np.ndarray) -> list[int] | np.ndarray:
+    def features(self, obs: np.ndarray) -> list[int] | np.ndarray:
+        """What the posterior is over for each observation (N, D): a situation id or a feature row."""
         raise NotImplementedError
 
-    def _sample_values(self, players: list[str], obs: np.ndarray, features: list[int] | np.ndarray) -> np.ndarray:
+    def sample_values(self, players: list[str], obs: np.ndarray, features: list[int] | np.ndarray) -> np.ndarray:
+        """(N, A) one posterior draw of each action's value for each player's decision."""
         raise NotImplementedError
 
-    def _mean_values(self, players: list[str], obs: np.ndarray, features: list[int] | np.ndarray) -> np.ndarray:
+    def mean_values(self, players: list[str], obs: np.ndarray, features: list[int] | np.ndarray) -> np.ndarray:
+        """(N, A) the posterior mean of each action's value for each player's decision."""
         raise NotImplementedError
 
-    def _observe(self, player: str, features: list, actions: list[int], targets: np.ndarray) -> None:
+    def observe(self, player: str, features: list, actions: list[int], targets: np.ndarray) -> None:
+        """Update the player's posterior with the decisions' features, actions and regression targets."""
         raise NotImplementedError
 
 
@@ -148,7 +152,7 @@ class TableThompsonHost(_ThompsonHost):
         self.count: dict[str, dict[int, np.ndarray]] = defaultdict(dict)  # player -> situation -> (A,)
         self.total: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
 
-    def _features(self, obs: np.ndarray) -> list[int]:
+    def features(self, obs: np.ndarray) -> list[int]:
         keys = [row[:-1].tobytes() for row in obs]
         new = [i for i, k in enumerate(keys) if k not in self.situations]
         if new:
@@ -159,7 +163,7 @@ class TableThompsonHost(_ThompsonHost):
                     self.prior.append(p)
         return [self.situations[k] for k in keys]
 
-    def _posterior(self, player: str, s: int) -> tuple[np.ndarray, np.ndarray]:
+    def posterior(self, player: str, s: int) -> tuple[np.ndarray, np.ndarray]:
         """(A,) posterior mean and standard deviation of the mean reward in situation s."""
         zero = np.zeros(self.n_actions)
         n, total = self.count[player].get(s, zero), self.total[player].get(s, zero)
@@ -167,17 +171,17 @@ class TableThompsonHost(_ThompsonHost):
         precision = prior_prec + n * noise_prec
         return (prior_prec * self.prior[s] + noise_prec * total) / precision, precision**-0.5
 
-    def _sample_values(self, players, obs, features) -> np.ndarray:
+    def sample_values(self, players, obs, features) -> np.ndarray:
         out = np.empty((len(players), self.n_actions))
         for i, (player, s) in enumerate(zip(players, features)):
-            mean, std = self._posterior(player, s)
+            mean, std = self.posterior(player, s)
             out[i] = mean + std * self.rng.standard_normal(self.n_actions)
         return out
 
-    def _mean_values(self, players, obs, features) -> np.ndarray:
-        return np.stack([self._posterior(p, s)[0] for p, s in zip(players, features)])
+    def mean_values(self, players, obs, features) -> np.ndarray:
+        return np.stack([self.posterior(p, s)[0] for p, s in zip(players, features)])
 
-    def _observe(self, player, features, actions, targets) -> None:
+    def observe(self, player, features, actions, targets) -> None:
         counts, totals = self.count[player], self.total[player]
         for s, a, y in zip(features, actions, targets):
             if s not in counts:
@@ -211,7 +215,7 @@ class NeuralLinearHost(_ThompsonHost):
         self._last_obs: np.ndarray | None = None
         self._last_features = np.empty((0, self.dim))
 
-    def _features(self, obs: np.ndarray) -> np.ndarray:
+    def features(self, obs: np.ndarray) -> np.ndarray:
         if self._last_obs is not None and self._last_obs.shape == obs.shape and np.array_equal(self._last_obs, obs):
             return self._last_features  # the evaluator asks for the same situations after every episode
         with torch.inference_mode():
@@ -236,17 +240,17 @@ class NeuralLinearHost(_ThompsonHost):
             )
         return np.array([self.index[p] for p in players])
 
-    def _sample_values(self, players, obs, features) -> np.ndarray:
+    def sample_values(self, players, obs, features) -> np.ndarray:
         rows = self._rows(players)
         mean = np.einsum("nad,nd->na", self.mean[rows], features)  # (N, A)
         var = np.einsum("nd,nade,ne->na", features, self.cov[rows], features)  # (N, A)
         return mean + np.sqrt(np.maximum(var, 0.0)) * self.rng.standard_normal(mean.shape)
 
-    def _mean_values(self, players, obs, features) -> np.ndarray:
+    def mean_values(self, players, obs, features) -> np.ndarray:
         rows = self._rows(players)  # first: it may grow self.mean
         return np.einsum("nad,nd->na", self.mean[rows], features)  # (N, A)
 
-    def _observe(self, player, features, actions, targets) -> None:
+    def observe(self, player, features, actions, targets) -> None:
         i = self._rows([player])[0]
         noise_var = self.settings.noise_std**2
         for f, a, y in zip(features, actions, targets):

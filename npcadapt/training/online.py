@@ -18,8 +18,9 @@ Guardrails:
 
 :meth:`OnlineTrainer.update` reads top to bottom: assemble the :class:`Batch`, the
 :class:`Start` (starting rows and optimizer state), the PPO :class:`Reference`, the
-held-out evidence; then ``epochs`` of :meth:`~OnlineTrainer._loss` and
-:meth:`~OnlineTrainer._step`; then the KL guard, the gated serve share and the outcomes.
+held-out evidence; then ``epochs`` of :meth:`~OnlineTrainer.loss` and
+:meth:`~OnlineTrainer.step`; then the KL guard (:meth:`~OnlineTrainer.bound_kl`), the gated serve
+share and the outcomes. These parts are public so that tests can check each one alone.
 
 Over 450 lines: one update read top to bottom (batch assembly, loss, optimizer step, KL guard, gate) with its config and records, as the issue that split it asked."""
 
@@ -307,11 +308,11 @@ class OnlineTrainer:
         device = next(self.policy.parameters()).device
         n_actions = cast(nn.Linear, self.policy.actor[-1]).out_features  # the actor is a ModuleList of Linears
         batch = assemble_batch(items, self.config, n_actions, device)
-        start = self._start(items, device)
+        start = self.start(items, device)
         gated = self.config.validation_gate
         with torch.no_grad():
             base_logp = self.log_probs(batch.obs, batch.masks, None)  # (T, A)
-            ref = self._reference(batch, start.params)
+            ref = self.reference(batch, start.params)
             # scored before training on these episodes, while they are still held out
             evidence = (
                 held_out_evidence(
@@ -323,11 +324,11 @@ class OnlineTrainer:
         params, adam, healthy = self._train(batch, start, ref, base_logp)
         with torch.no_grad():
             iterate, healthy = self._finite_or_start(params, start.params, healthy)
-            iterate, kl, scale = self._bound_kl(iterate, batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
+            iterate, kl, scale = self.bound_kl(iterate, batch.obs, batch.masks, batch.owner, batch.counts, base_logp)
             served, kl, healthy = self._serve(iterate, kl, evidence, healthy, batch, base_logp)
         return self._outcomes(items, batch, start, adam, healthy, iterate, served, kl, scale, evidence)
 
-    def _start(self, items: Sequence[PlayerUpdate], device: torch.device) -> Start:
+    def start(self, items: Sequence[PlayerUpdate], device: torch.device) -> Start:
         """Each player's starting point and optimizer state (Adam moments, lr and entropy coefficients)."""
         cfg = self.config
         # (K, P); every player has params by now (the trainer host makes new players' fresh adapters)
@@ -362,7 +363,7 @@ class OnlineTrainer:
             return state
         return replace(state, exp_avg=torch.zeros(size), exp_avg_sq=torch.zeros(size), steps=0)
 
-    def _reference(self, batch: Batch, start: torch.Tensor) -> Reference:
+    def reference(self, batch: Batch, start: torch.Tensor) -> Reference:
         """PPO ratios against the behaviour policy; with the gate, against the trained iterate
         start (K, P), with importance weights (truncated) for the served adapter that actually played."""
         if not self.config.validation_gate:
@@ -377,11 +378,11 @@ class OnlineTrainer:
         adam = start.adam
         healthy = torch.ones(len(batch.counts), dtype=torch.bool, device=params.device)
         for _ in range(self.config.epochs):
-            loss = self._loss(params, batch, ref, base_logp, start.ent_coef)  # (K,)
-            adam, healthy = self._step(params, loss, adam, start.lr, healthy)
+            loss = self.loss(params, batch, ref, base_logp, start.ent_coef)  # (K,)
+            adam, healthy = self.step(params, loss, adam, start.lr, healthy)
         return params.detach(), adam, healthy
 
-    def _loss(
+    def loss(
         self, params: torch.Tensor, batch: Batch, ref: Reference, base_logp: torch.Tensor, ent_coef: torch.Tensor
     ) -> torch.Tensor:
         """Per-player loss (K,) of params (K, P): mean over the player's own steps of the
@@ -399,7 +400,7 @@ class OnlineTrainer:
             row_loss = row_loss + cfg.kl_coef * masked_kl_rows(logp_all, base_logp, batch.masks)
         return self._per_player_mean(row_loss, batch.owner, batch.counts)
 
-    def _step(
+    def step(
         self, params: torch.Tensor, loss: torch.Tensor, adam: Adam, lr: torch.Tensor, healthy: torch.Tensor
     ) -> tuple[Adam, torch.Tensor]:
         """One optimizer step on params (K, P) in place from the per-player loss (K,).
@@ -445,7 +446,7 @@ class OnlineTrainer:
         if evidence is None:
             return iterate, kl, healthy
         healthy = healthy & torch.isfinite(evidence.gate) & torch.isfinite(evidence.s1) & torch.isfinite(evidence.s2)
-        served, kl, _ = self._bound_kl(
+        served, kl, _ = self.bound_kl(
             self._scaled(iterate, evidence.gate.nan_to_num(0.0)),
             batch.obs,
             batch.masks,
@@ -530,7 +531,7 @@ class OnlineTrainer:
         logp = self.log_probs(obs, masks, params.index_select(0, owner))
         return self._per_player_mean(masked_kl_rows(logp, base_logp, masks), owner, counts)
 
-    def _bound_kl(self, params, obs, masks, owner, counts, base_logp, iters: int = 12):
+    def bound_kl(self, params, obs, masks, owner, counts, base_logp, iters: int = 12):
         """KL guard: rows (K, P) whose mean KL to the base exceeds kl_bound get their delta scaled
         down by bisection (only feasible scales accepted). Returns params, KL (K,), scale (K,)."""
         kl = self.kl_to_base(params, obs, masks, owner, counts, base_logp)
