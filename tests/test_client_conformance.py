@@ -20,7 +20,7 @@ from conformance import BIN, SCENARIOS, TOKEN, Bench, SplittingProxy
 from system_packages import require_package
 
 from npcadapt.bench.bridge import start_server, stop_process
-from npcadapt.bench.clients import BUILDERS, Driver, build_cpp, build_csharp, build_godot, build_python
+from npcadapt.bench.clients import BUILDERS, Driver, build_godot, build_python, compile_cpp, compile_csharp
 from npcadapt.errors import MissingPackageError
 
 pytestmark = pytest.mark.timeout(300)
@@ -142,27 +142,9 @@ def _run_example(command: list[str], env: dict | None = None) -> str:
 
 def test_cpp_example_plays_a_session_that_adapts(servers, tmp_path):
     try:
-        build_cpp(tmp_path)  # the toolchain check and the header compile
+        exe = compile_cpp(ROOT / "clients/cpp/example/main.cpp", tmp_path / "example")
     except MissingPackageError as exc:
         require_package(exc.package, False, f"{exc.what} is missing")
-    exe = tmp_path / "example"
-    subprocess.run(
-        [
-            "g++",
-            "-std=c++17",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-I",
-            str(ROOT / "clients/cpp/include"),
-            str(ROOT / "clients/cpp/example/main.cpp"),
-            "-o",
-            str(exe),
-        ],
-        check=True,
-        timeout=300,
-    )
     port = servers[0]["plain"][1]
     out = _run_example([str(exe), "127.0.0.1", str(port)])
     assert out.count("episode ") == 4 and "adapter version" in out, out
@@ -172,24 +154,11 @@ def test_cpp_example_plays_a_session_that_adapts(servers, tmp_path):
 
 
 def test_csharp_example_plays_a_session_that_adapts(servers, tmp_path):
+    examples = [ROOT / "clients/csharp/Example.cs", ROOT / "clients/csharp/NpcAdaptBehaviour.cs"]
     try:
-        build_csharp(tmp_path)
+        exe = compile_csharp(examples, tmp_path / "example.exe")
     except MissingPackageError as exc:
         require_package(exc.package, False, f"{exc.what} is missing")
-    exe = tmp_path / "example.exe"
-    subprocess.run(
-        [
-            "mcs",
-            "-optimize+",
-            "-warnaserror+",
-            f"-out:{exe}",
-            str(ROOT / "clients/csharp/NpcAdaptClient.cs"),
-            str(ROOT / "clients/csharp/Example.cs"),
-            str(ROOT / "clients/csharp/NpcAdaptBehaviour.cs"),
-        ],
-        check=True,
-        timeout=300,
-    )
     port = servers[0]["plain"][1]
     out = _run_example(["mono", str(exe), "127.0.0.1", str(port)], {"PLAYER": "csharp-example-player"})
     assert out.count("episode ") == 4 and out.rstrip().endswith("ok"), out

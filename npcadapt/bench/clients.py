@@ -41,48 +41,35 @@ def build_python(out: Path) -> list[str]:
     return [sys.executable, str(CLIENTS / "python" / "driver.py")]
 
 
-def build_cpp(out: Path) -> list[str]:
-    """g++ -std=c++17 on the header-only client and msgpack-c (libmsgpack-cxx-dev)."""
+def compile_cpp(source: Path, exe: Path) -> Path:
+    """g++ -std=c++17 of one program on the header-only client and msgpack-c
+    (libmsgpack-cxx-dev); warnings are errors."""
     if shutil.which("g++") is None:
         raise MissingPackageError("g++", "g++")
     if not Path("/usr/include/msgpack.hpp").is_file():
         raise MissingPackageError("libmsgpack-cxx-dev", "/usr/include/msgpack.hpp")
-    exe = out / "cpp-driver"
+    include = str(CLIENTS / "cpp" / "include")
+    _compile(["g++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", include, str(source), "-o", str(exe)])
+    return exe
+
+
+def compile_csharp(sources: list[Path], exe: Path) -> Path:
+    """mcs (mono-mcs) of the single-file client with `sources`; warnings are errors."""
+    if not (shutil.which("mcs") and shutil.which("mono")):
+        raise MissingPackageError("mono-mcs", "mcs/mono")
+    client = CLIENTS / "csharp" / "NpcAdaptClient.cs"
     _compile(
-        [
-            "g++",
-            "-std=c++17",
-            "-O2",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-I",
-            str(CLIENTS / "cpp" / "include"),
-            str(CLIENTS / "cpp" / "conformance" / "driver.cpp"),
-            "-o",
-            str(exe),
-        ]
+        ["mcs", "-optimize+", "-warnaserror+", "-r:System.Numerics", f"-out:{exe}", str(client), *map(str, sources)]
     )
-    return [str(exe)]
+    return exe
+
+
+def build_cpp(out: Path) -> list[str]:
+    return [str(compile_cpp(CLIENTS / "cpp" / "conformance" / "driver.cpp", out / "cpp-driver"))]
 
 
 def build_csharp(out: Path) -> list[str]:
-    """mcs (mono-mcs) on the single-file client and its driver; run with mono."""
-    if not (shutil.which("mcs") and shutil.which("mono")):
-        raise MissingPackageError("mono-mcs", "mcs/mono")
-    exe = out / "cs-driver.exe"
-    _compile(
-        [
-            "mcs",
-            "-optimize+",
-            "-warnaserror+",
-            "-r:System.Numerics",
-            f"-out:{exe}",
-            str(CLIENTS / "csharp" / "NpcAdaptClient.cs"),
-            str(CLIENTS / "csharp" / "conformance" / "Driver.cs"),
-        ]
-    )
-    return ["mono", str(exe)]
+    return ["mono", str(compile_csharp([CLIENTS / "csharp" / "conformance" / "Driver.cs"], out / "cs-driver.exe"))]
 
 
 def build_godot(out: Path) -> list[str]:
