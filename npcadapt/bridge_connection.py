@@ -131,8 +131,7 @@ class Connection(asyncio.Protocol):
         try:
             events = self.rpc.receive_data(data)
         except ProtocolError as exc:
-            for event in exc.events:
-                self._handle(event)
+            self._handle_events(exc.events)  # what came before the bad bytes, in order (feedback after its act)
             self.bridge.stats.counters["protocol_errors"] += 1
             log.info("closing connection after protocol error: %s", exc)
             self.close()

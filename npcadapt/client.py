@@ -87,7 +87,13 @@ class Client:
         self.rpc = RpcConnection(Limits(), role="client")
         self._pending: dict[int, Response] = {}
         if self.token is not None:
-            self.call("auth", self.token)
+            try:
+                self.call("auth", self.token)
+            except BaseException:  # refused or dropped: no half-open, unauthenticated socket stays behind
+                if self.sock is not None:
+                    self.sock.close()
+                    self.sock = None
+                raise
 
     def _socket(self) -> socket.socket:
         """The open socket, reconnecting first if the last one dropped."""

@@ -33,7 +33,7 @@ class MicroBatcher:
         self.loop, self.methods, self.config, self.stats = loop, methods, config, stats
         self._queues: dict[str, list[Pending]] = {}
         self._sizes: dict[str, int] = {}
-        self._scheduled: set[str] = set()  # archetypes with a flush on the loop
+        self._scheduled: dict[str, asyncio.Handle] = {}  # archetypes with a flush on the loop, and its handle
         self.queued_rows = 0  # rows of every archetype waiting for a forward
 
     def submit(self, archetype: str, pending: Pending) -> None:
@@ -51,19 +51,20 @@ class MicroBatcher:
         if eager:
             self.flush_all()
             return
-        for archetype in self._queues.keys() - self._scheduled:
-            self._scheduled.add(archetype)
+        for archetype in self._queues.keys() - self._scheduled.keys():
             if self.config.batch_wait > 0:
-                self.loop.call_later(self.config.batch_wait, self.flush, archetype)
+                self._scheduled[archetype] = self.loop.call_later(self.config.batch_wait, self.flush, archetype)
             else:
-                self.loop.call_soon(self.flush, archetype)
+                self._scheduled[archetype] = self.loop.call_soon(self.flush, archetype)
 
     def flush_all(self) -> None:
         for archetype in list(self._queues):
             self.flush(archetype)
 
     def flush(self, archetype: str) -> None:
-        self._scheduled.discard(archetype)
+        handle = self._scheduled.pop(archetype, None)
+        if handle is not None:  # flushed before its timer: the timer must not cut a later batch short
+            handle.cancel()
         queue = self._queues.pop(archetype, None)
         self.queued_rows -= self._sizes.pop(archetype, 0)
         if queue:

@@ -146,6 +146,7 @@ class Service:
         greedy=False,
     ) -> BatchDecision:
         """Decisions for N rows in one forward pass; each row logged and tracked for training."""
+        players = list(players)  # sliced into log records below: any sized iterable of ids works
         npcs = ["npc"] * len(players) if npcs is None else list(npcs)
         if len(npcs) != len(players):
             raise InvalidInputError(f"got {len(npcs)} npc ids for {len(players)} rows")
@@ -202,6 +203,7 @@ class Service:
         """Feedback for several NPCs at once (one log record; a huge batch, several). Malformed input refuses the
         whole batch; so does a row with no decision to attach to, unless `skip_refused`,
         which applies and records the other rows and returns the refused rows' indices."""
+        players, npcs = list(players), list(npcs)  # sliced into log records below
         rewards = np.asarray(rewards, dtype=np.float64)
         dones = np.asarray(dones, dtype=bool)
         if not (len(players) == len(npcs) == len(rewards) == len(dones)):

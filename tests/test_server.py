@@ -624,3 +624,43 @@ def test_a_reply_bigger_than_the_output_cap_is_sent_whole(tmp_path):
         with Client(port=running.port) as c:
             assert c.flush() >= 0  # every row was recorded: flush keeps its promise
             assert c.stats()["log_records_dropped"] == 0
+
+
+def test_a_client_whose_reconnect_auth_fails_reconnects_again(tmp_path):
+    """A refused auth on reconnect leaves no unauthenticated socket behind: the next call
+    connects again (with the token the client then has)."""
+    from npcadapt.errors import ConnectionLostError
+
+    with RunningBridge(tmp_path / "d", ServerConfig(port=0, token="s3cret")) as running:
+        client = Client(port=running.port, token="s3cret")
+        assert client.act("duelist", "p", "n", OBS)["action_name"]
+        client.sock.close()  # the connection drops
+        client.token = "wrong"
+        with pytest.raises((ConnectionLostError, OSError)):
+            client.act("duelist", "p", "n", OBS)
+        with pytest.raises(RemoteError, match="wrong token"):
+            client.act("duelist", "p", "n", OBS)  # reconnects; its auth is refused
+        assert client.sock is None
+        client.token = "s3cret"
+        assert client.act("duelist", "p", "n", OBS)["action_name"]  # connects and authenticates again
+        client.close()
+
+
+def test_requests_before_bad_bytes_keep_their_order(tmp_path):
+    """One read holds an act, a feedback for it, then bytes that are not MessagePack: the act is
+    decided and answered, the feedback attaches to it, then the connection is closed."""
+    with RunningBridge(tmp_path / "d") as running:
+        sock = running.connect()
+        obs = np.full(8, 0.5, np.float32).tobytes()
+        data = msgpack.packb([0, 1, "act", ["duelist", "ord", "n", obs]]) + msgpack.packb(
+            [0, 2, "feedback", ["ord", "n", 1.0, True]]
+        )
+        sock.sendall(data + b"\xc1")
+        unpacker = msgpack.Unpacker(raw=False)
+        replies = {}
+        while len(replies) < 2:
+            reply = read_message(sock, unpacker)
+            replies[reply[1]] = reply
+        assert replies[1][2] is None and replies[1][3]["decision"] >= 1
+        assert replies[2][2] is None and replies[2][3] is True  # attached to the act before it
+        assert sock.recv(10) == b""  # then closed for the bad bytes
