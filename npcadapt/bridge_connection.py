@@ -167,8 +167,8 @@ class Connection(asyncio.Protocol):
         """Each event in order; a run of notifications of one FEEDBACK method is applied as
         one batch, and a FEEDBACK call first has this connection's queued decisions made."""
         table = self.table
-        run_method: BridgeMethod | None = None  # set whenever run is not empty
         run: list[list] = []  # params of the notifications in the run
+        run_method: BridgeMethod | None = None  # the run's method (set whenever run is not empty)
         for event in events:
             if not self.open:
                 return
@@ -178,30 +178,28 @@ class Connection(asyncio.Protocol):
                 if self.queued:  # feedback attaches to the decisions sent before it
                     self.batcher.flush_all()
                 if kind is Notification:
-                    if run and run_method is not None and method is not run_method:
-                        self._notified(run_method, run)
+                    if run and method is not run_method:
+                        self._notified(cast(BridgeMethod, run_method), run)
                         run = []
                     run_method = method
                     run.append(event.params)
                     continue
-            if run and run_method is not None:
-                self._notified(run_method, run)
+            if run:
+                self._notified(cast(BridgeMethod, run_method), run)
                 run = []
-            self._handle(event)
-        if run and run_method is not None:
-            self._notified(run_method, run)
+            self._handle(event, method)
+        if run:
+            self._notified(cast(BridgeMethod, run_method), run)
 
-    def _handle(self, event) -> None:
+    def _handle(self, event, method: BridgeMethod | None) -> None:
+        """One event that is not a FEEDBACK notification (those come in runs); `method` is its
+        entry in the method table, already looked up."""
         stats = self.bridge.stats.counters
         if isinstance(event, Request):
             stats["requests"] += 1
-            self._request(event)
-        elif isinstance(event, Notification):
-            method = self.table.get(event.method)
-            if method is not None and method.kind is _FEEDBACK:
-                self._notified(method, [event.params])
-            else:  # no other kind may be sent as a notification: ignored
-                stats["notifications"] += 1
+            self._request(event, method)
+        elif isinstance(event, Notification):  # no other kind may be sent as a notification: ignored
+            stats["notifications"] += 1
         elif isinstance(event, InvalidMessage) and event.msgid is not None:
             self.bridge.stats.error(event.error[0])
             self.send(encode_response(event.msgid, event.error, None))
@@ -223,8 +221,7 @@ class Connection(asyncio.Protocol):
         for refusal in refused:
             log.debug("notification refused: %s", refusal)
 
-    def _request(self, req: Request) -> None:
-        method = self.table.get(req.method)
+    def _request(self, req: Request, method: BridgeMethod | None) -> None:
         if not self.authenticated:
             if method is not None and method.kind is Kind.CONNECTION:
                 self._authenticate(req, method)

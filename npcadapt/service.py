@@ -146,7 +146,6 @@ class Service:
         greedy=False,
     ) -> BatchDecision:
         """Decisions for N rows in one forward pass; each row logged and tracked for training."""
-        players = list(players)  # sliced into log records below: any sized iterable of ids works
         npcs = ["npc"] * len(players) if npcs is None else list(npcs)
         if len(npcs) != len(players):
             raise InvalidInputError(f"got {len(npcs)} npc ids for {len(players)} rows")
@@ -163,6 +162,7 @@ class Service:
             logp, value = out.logp.astype(np.float32, copy=False), out.value.astype(np.float32, copy=False)
             versions = out.adapter_version.astype(np.int64, copy=False)
             now = time.time()
+            ids = list(players)  # the records hold plain lists, whatever sequence came in
             for rows in self._record_slices(
                 len(players), obs_arr.nbytes + (0 if mask_arr is None else mask_arr.nbytes)
             ):
@@ -172,7 +172,7 @@ class Service:
                         "time": now,
                         "archetype": archetype,
                         "base": base_hash,
-                        "players": list(players[rows]),
+                        "players": ids[rows],
                         "npcs": npcs[rows],
                         "obs_dim": int(obs_arr.shape[1]),
                         "obs": obs_arr[rows].tobytes(),
@@ -203,7 +203,6 @@ class Service:
         """Feedback for several NPCs at once (one log record; a huge batch, several). Malformed input refuses the
         whole batch; so does a row with no decision to attach to, unless `skip_refused`,
         which applies and records the other rows and returns the refused rows' indices."""
-        players, npcs = list(players), list(npcs)  # sliced into log records below
         rewards = np.asarray(rewards, dtype=np.float64)
         dones = np.asarray(dones, dtype=bool)
         if not (len(players) == len(npcs) == len(rewards) == len(dones)):
@@ -229,13 +228,14 @@ class Service:
         self.counters["feedback"] += len(players)
         if self.log is not None and len(players):
             now = time.time()
+            ids, npc_ids = list(players), list(npcs)  # the records hold plain lists
             for rows in self._record_slices(len(players), 0):
                 self._record(
                     {
                         "t": "feedback",
                         "time": now,
-                        "players": list(players[rows]),
-                        "npcs": list(npcs[rows]),
+                        "players": ids[rows],
+                        "npcs": npc_ids[rows],
                         "reward": rewards[rows].tolist(),
                         "done": dones[rows].tolist(),
                     }

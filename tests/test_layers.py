@@ -98,7 +98,7 @@ def layer_of(module: str) -> int | None:
         if any(name.endswith(".") and inner.startswith(name) for name in names):
             return index
     parent = inner.rpartition(".")[0]  # a symbol imported from a module: `from .engine import Engine`
-    if parent in exact:
+    if parent in exact and not (ROOT / "npcadapt" / parent.replace(".", "/")).is_dir():  # not a new module of a package
         return exact[parent]
     return -1
 
@@ -145,6 +145,7 @@ def test_the_layering_check_can_fail():
     assert layer_of("npcadapt.engine") > layer_of("npcadapt.errors") >= 0
     assert layer_of("npcadapt.engine.Engine") == layer_of("npcadapt.engine")  # `from .engine import Engine`
     assert layer_of("npcadapt.no_such_module") == -1
+    assert layer_of("npcadapt.prior.no_such_module") == -1  # a new module of a package must be placed too
 
 
 def test_long_modules_say_why():

@@ -444,17 +444,17 @@ def test_a_huge_batch_is_recorded_in_several_records_and_flush_still_succeeds(tm
     assert sum(len(r["players"]) for r in feedback) == len(players)
 
 
-def test_ids_may_come_as_any_sized_iterable(tmp_path):
-    """act_batch and feedback_batch take ids as any sequence-like iterable (here dict views)."""
+def test_ids_may_come_as_any_sequence(tmp_path):
+    """act_batch and feedback_batch take ids as any sequence (here tuples); the log holds them as arrays."""
     import numpy as np
 
     import npcadapt
 
     svc = npcadapt.open(tmp_path / "data", seed=0)
-    ids = {"a": 0, "b": 1}
-    out = svc.act_batch("duelist", ids.keys(), np.zeros((2, 8), np.float32), npcs=ids.keys())
+    ids = ("a", "b")
+    out = svc.act_batch("duelist", ids, np.zeros((2, 8), np.float32), npcs=ids)
     assert len(out.action) == 2
-    svc.feedback_batch(ids.keys(), ids.keys(), [1.0, 0.0], [True, True])
+    svc.feedback_batch(ids, ids, [1.0, 0.0], [True, True])
     svc.flush()
     svc.close()
     records = list(read_records(tmp_path / "data" / "logs"))

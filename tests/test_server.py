@@ -622,7 +622,7 @@ def test_a_reply_bigger_than_the_output_cap_is_sent_whole(tmp_path):
         assert reply[2] is None and len(reply[3]) == 100_000
         assert [d["decision"] for d in reply[3][:3]] == [1, 2, 3]
         with Client(port=running.port) as c:
-            assert c.flush() >= 0  # every row was recorded: flush keeps its promise
+            c.flush()  # raises if a record was dropped: every row was recorded
             assert c.stats()["log_records_dropped"] == 0
 
 

@@ -181,7 +181,7 @@ def run(clients: list[str] | None = None, quick: bool = False) -> dict:
                 try:
                     command = BUILDERS[name](root)
                 except MissingPackageError as exc:
-                    result["skipped"][name] = str(exc)
+                    result["skipped"][name] = {"package": exc.package, "reason": str(exc)}
                     continue
                 seq, pipe, codec = (max(1, n // 20) for n in SIZES[name]) if quick else SIZES[name]
                 driver = Driver(command, "127.0.0.1", port, ROOT, root / f"{name}.err")
