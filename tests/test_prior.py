@@ -155,6 +155,20 @@ def test_library_cohorts_group_players_of_the_same_persona(recorded):
     assert len(set(majority.values())) >= 6, majority
 
 
+def test_noise_variance_is_estimated_from_the_players_own_residuals(recorded):
+    from npcadapt.prior.library import NOISE_IN_SAMPLE_FACTOR, LibraryConfig, build_library
+
+    arch, episodes, _ = recorded
+    estimated, _ = build_library(arch, episodes, LibraryConfig(cohorts=4, seed=0))
+    fixed, _ = build_library(arch, episodes, LibraryConfig(cohorts=4, seed=0, noise_var=0.25))
+    assert fixed.noise_var == 0.25
+    target_var = estimated.meta["target_std"] ** 2
+    # each player's own model explains part of the reward: below the targets' variance, above zero
+    assert 0.01 < estimated.noise_var < NOISE_IN_SAMPLE_FACTOR * target_var
+    assert estimated.meta["noise_var"] == estimated.noise_var != 0.25
+    assert not torch.allclose(estimated.cov, fixed.cov)  # the cohorts' posteriors use it
+
+
 def test_library_round_trip_and_refusals(recorded, tmp_path):
     from dataclasses import replace
 

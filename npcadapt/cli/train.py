@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..archetypes import find_archetypes
 from ..errors import NpcAdaptError
+from .argtypes import positive_float
 from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
@@ -117,7 +118,7 @@ def _cmd_train_library(args) -> int:
     for (archetype, player), eps in episodes.items():
         by_arch.setdefault(archetype, {})[player] = eps
     players = by_arch.get(arch.name, {})
-    config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, seed=args.seed)
+    config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, noise_var=args.noise_var, seed=args.seed)
     rows_of = None
     if args.engine == "ray":
         from ..training.ray_backend import RayDecisions
@@ -173,6 +174,11 @@ def add_train(sub) -> None:
     lib.add_argument("--logs", required=True, help="interaction log directory (DATA/logs)")
     lib.add_argument("--cohorts", type=int, default=10, help="cohorts (K) to cluster the players into")
     lib.add_argument("--gamma", type=float, default=0.0, help="discount of the reward-to-go target (sequential games)")
+    lib.add_argument(
+        "--noise-var",
+        type=positive_float,
+        help="reward noise variance of the models (default: estimated from the recordings)",
+    )
     lib.add_argument("--out", help="where to write it (default: the archetype's directory)")
     lib.add_argument("--seed", type=int, default=0)
     lib.add_argument(

@@ -164,7 +164,8 @@ class PriorTrainer:
             stats, fit, means = alone, alone_fit, alone_means
             evidence = min(decay * state.evidence, 0.0)
         else:
-            evidence = float(np.clip(decay * state.evidence + gain, -cfg.prior_evidence_cap, cfg.prior_evidence_cap))
+            step = float(np.clip(gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
+            evidence = float(np.clip(decay * state.evidence + step, -cfg.prior_evidence_cap, cfg.prior_evidence_cap))
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
         share = float(
             np.clip((evidence - cfg.prior_trust_open) / (cfg.prior_trust_nats - cfg.prior_trust_open), 0.0, 1.0)

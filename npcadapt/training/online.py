@@ -84,7 +84,8 @@ class OnlineConfig:
     prior_evidence_cap: float = 10.0  # bound on that decayed evidence either way, so no verdict is permanent
     prior_new_cohort: float = 0.2  # prior weight of "unlike every cohort": a broad personal model
     prior_transfer_trust: float = 0.5  # share of the trust earned with another archetype a warm start carries
-    prior_change_nats: float = 9.0  # an episode the history predicts this much worse than the population: new style
+    prior_change_nats: float = 12.0  # an episode the history predicts this much worse than the population: new style
+    prior_episode_nats: float = 4.0  # most trust one episode adds or takes (one odd bout cannot undo a style)
 
     def __post_init__(self) -> None:
         """InvalidInputError naming the first invalid field, e.g. "OnlineConfig.learning_rate must be > 0, got -1"."""
@@ -110,6 +111,7 @@ class OnlineConfig:
         )
         need(self.prior_evidence_cap > 0, "prior_evidence_cap", "> 0")
         need(self.prior_change_nats > 0, "prior_change_nats", "> 0")
+        need(self.prior_episode_nats > 0, "prior_episode_nats", "> 0")
         need(0 < self.prior_new_cohort < 1, "prior_new_cohort", "in (0, 1)")
         need(self.gate_t_full > self.gate_t_open, "gate_t_full", f"> gate_t_open ({self.gate_t_open!r})")
 
