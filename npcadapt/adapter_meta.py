@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -25,6 +26,7 @@ FORMAT = "npcadapt-adapter/1"
 DTYPES: Mapping[str, torch.dtype] = MappingProxyType(
     {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 )
+STREAM_ID_RE = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")  # a Redis stream entry id
 
 
 def validate_id(value: object, what: str, error: type[Exception] = PlayerIdError) -> str:
@@ -121,6 +123,9 @@ class AdapterMeta:
     created: float  # unix time
     updated: float  # unix time
     dtype: str  # storage dtype of the tensors: "float32" | "bfloat16" | "float16"
+    # with a shared store: id of the last episode forwarded by another server that this
+    # version was trained on ("" none; see npcadapt/lease.py). Stored only when set.
+    forwarded_upto: str = ""
 
     def __post_init__(self) -> None:
         validate_archetype_name(self.archetype)
@@ -139,9 +144,17 @@ class AdapterMeta:
             _require(_is_real(value), name, "a finite number", value)
             object.__setattr__(self, name, float(value))
         _require(self.dtype in DTYPES, "dtype", f"one of {sorted(DTYPES)}", self.dtype)
+        _require(
+            isinstance(self.forwarded_upto, str)
+            and (not self.forwarded_upto or bool(STREAM_ID_RE.match(self.forwarded_upto))),
+            "forwarded_upto",
+            "'' or a stream id like '1700000000000-0'",
+            self.forwarded_upto,
+        )
 
     def to_metadata(self) -> dict[str, str]:
         """The safetensors header metadata (str -> str); floats round-trip exactly."""
+        optional = {"forwarded_upto": self.forwarded_upto} if self.forwarded_upto else {}
         return {
             "format": FORMAT,
             "archetype": self.archetype,
@@ -155,6 +168,7 @@ class AdapterMeta:
             "created": repr(self.created),
             "updated": repr(self.updated),
             "dtype": self.dtype,
+            **optional,
         }
 
     @classmethod
@@ -165,7 +179,7 @@ class AdapterMeta:
         missing = [f for f in _FIELDS if f not in md]
         if missing:
             raise ValueError(f"metadata is missing field(s) {missing}")
-        bad = [f for f in _FIELDS if not isinstance(md[f], str)]
+        bad = [f for f in (*_FIELDS, *_OPTIONAL) if f in md and not isinstance(md[f], str)]
         if bad:
             raise ValueError(f"metadata field(s) {bad} are not strings")
         try:
@@ -181,12 +195,14 @@ class AdapterMeta:
                 created=_parse_float(md, "created"),
                 updated=_parse_float(md, "updated"),
                 dtype=md["dtype"],
+                forwarded_upto=md.get("forwarded_upto", ""),
             )
         except ArchetypeError as exc:  # not a ValueError in the hierarchy; callers expect one
             raise ValueError(f"metadata field 'archetype': {exc}") from None
 
 
-_FIELDS = tuple(f for f in AdapterMeta.__dataclass_fields__)
+_OPTIONAL = ("forwarded_upto",)
+_FIELDS = tuple(f for f in AdapterMeta.__dataclass_fields__ if f not in _OPTIONAL)  # required in metadata
 
 
 def _parse_int(md: Mapping[str, str], field: str) -> int:

@@ -10,10 +10,19 @@ and those written by ``flush`` go to a :class:`~npcadapt.writeback.WriteBehind` 
 written by its own thread, and cold loads read (the queue first, then the store) before
 the lock is taken.
 
+The store is adapter files in the data directory, or one shared by several servers
+(Redis, npcadapt/stores.py). With a shared store every new version is queued for writing
+at once; other servers' changes drop the bank's copy of that player (the next lookup
+loads theirs); a write refused by compare-and-set (another server's is newer) drops ours;
+while the store is unreachable the bank keeps serving, players it cannot load get the
+base, and once it answers again every clean copy is dropped (changes may have been
+missed) and failed writes are retried.
+
 Over 450 lines: the engine's public surface (act, act_batch, action_probs, adapters in and out, flush, close) with its locking; the forward, layout and checks already live in their own modules."""
 
 from __future__ import annotations
 
+import collections
 import copy
 import itertools
 import logging
@@ -30,7 +39,15 @@ import torch
 from .adapter_meta import DTYPES, AdapterMeta, AdapterSpec, validate_player_id
 from .archetypes import BUILTIN_DIR, Archetype, find_archetypes
 from .batch_checks import check_greedy, check_logits, check_masks, check_obs, single_row
-from .errors import AdapterMismatchError, CorruptAdapterError, InvalidInputError, NpcAdaptError, StoreError
+from .errors import (
+    AdapterMismatchError,
+    CorruptAdapterError,
+    InvalidInputError,
+    NpcAdaptError,
+    StaleAdapterError,
+    StoreError,
+    StoreUnavailableError,
+)
 from .lora.bank import AdapterBank
 from .lora.forward import CompiledForward, Forward, TorchForward
 from .lora.layout import AdapterLayout, fresh_row
@@ -38,7 +55,7 @@ from .lora.numpy_forward import NumpyForward
 from .numerics import masked_log_probs_np
 from .policy import ActorCritic
 from .sampling import ExpNoise, decide
-from .store import AdapterStore
+from .stores import Store, StoreEvent, open_store
 from .types import AdapterInfo, BatchDecision, Decision
 from .writeback import WriteBehind
 
@@ -46,6 +63,7 @@ log = logging.getLogger(__name__)
 
 CLOSE_FLUSH_TIMEOUT = 60.0  # seconds close() waits for the adapter writer (a stalled disk must not hang shutdown)
 
+MIN_PENDING_WRITES = 1024  # the default bound of waiting adapter writes is at least this
 _READ_TRIES = 3  # prefetches before a lookup may read under the lock (a read raced an eviction)
 
 
@@ -82,29 +100,57 @@ class Engine:
         device: str | torch.device = "cpu",
         seed: int = 0,
         compile: bool = False,
+        store: str | Store | None = None,
+        max_pending_writes: int | None = None,
     ):
         """`compile=True` fuses the gathered forward with torch.compile (about 2x faster on
-        CPU; the first batch of each archetype pays a one-off compile of ~20 s)."""
+        CPU; the first batch of each archetype pays a one-off compile of ~20 s).
+
+        `store`: None for adapter files under `data_dir`, a ``redis://HOST:PORT/DB`` URL for
+        adapters shared with other servers, or a :class:`~npcadapt.stores.Store`.
+        `max_pending_writes` bounds the adapter writes waiting in memory (default: as many
+        as the banks hold, at least 1,024); past it the oldest is dropped (``writeback_dropped``)."""
         if adapter_dtype not in DTYPES:
             raise InvalidInputError(f"adapter_dtype must be one of {sorted(DTYPES)}, got {adapter_dtype!r}")
         self.data_dir = Path(data_dir)
         self.device = _resolve_device(device)
         self.adapter_dtype = adapter_dtype
-        self.store = AdapterStore(self.data_dir)
-        self.writeback: WriteBehind[tuple[str, str]] = WriteBehind(
-            lambda key, flat, meta: self._save_adapter(key[0], key[1], flat, meta)
-        )
+        self.store: Store = open_store(store, self.data_dir)
+        self.shared = bool(self.store.shared)
         self._deleting: set[tuple[str, str]] = set()  # (archetype, player) being reset: load as absent
         self.compile = compile
         dirs = [BUILTIN_DIR] if archetype_dirs is None else list(archetype_dirs)
         self._runtimes: dict[str, ArchetypeRuntime] = {}
-        for name, arch in find_archetypes(dirs).items():
+        archetypes = find_archetypes(dirs)
+        self.writeback: WriteBehind[tuple[str, str]] = WriteBehind(
+            lambda key, flat, meta: self._save_adapter(key[0], key[1], flat, meta),
+            # bounded only with a shared store, whose dropped writes the next flush rewrites from the
+            # bank; the file store keeps every write until it lands (an evicted player has no other copy)
+            max_pending=max_pending_writes
+            or (max(MIN_PENDING_WRITES, capacity * len(archetypes)) if self.shared else None),
+            on_drop=lambda key, flat, meta: self._dropped.append((key, meta.version)),
+        )
+        # writes dropped from the full queue, marked changed again by the next flush if their
+        # bank still holds that version (not at once: the drop happens under another bank's lock)
+        self._dropped: collections.deque[tuple[tuple[str, str], int]] = collections.deque(
+            maxlen=self.writeback.max_pending
+        )
+        for name, arch in archetypes.items():
             self._runtimes[name] = self._runtime(arch, capacity)
         self._noise = ExpNoise(seed)  # the draws' randomness (see sampling.py)
         self._decision_ids = itertools.count(1)
         self._rng_lock = threading.Lock()
         self._closed = False
-        self.counters = {"decisions": 0, "batches": 0, "corrupt_adapters": 0, "stale_adapters": 0}
+        self.counters = {
+            "decisions": 0,
+            "batches": 0,
+            "corrupt_adapters": 0,
+            "stale_adapters": 0,
+            "store_load_errors": 0,  # loads that found the store unreachable (the base was served)
+            "store_conflicts": 0,  # writes refused by compare-and-set: another server's version is newer
+            "store_invalidations": 0,  # other servers' changes that reached this engine
+        }
+        self.store.watch(self._on_store_event)
 
     # -- set-up -------------------------------------------------------------------
     def _runtime(self, arch: Archetype, capacity: int) -> ArchetypeRuntime:
@@ -141,6 +187,11 @@ class Engine:
         rt = self._runtimes[archetype]
         try:
             loaded = self.store.load(rt.adapter_spec, player)
+        except StoreUnavailableError as exc:  # serve the base; a resync drops this answer once the store is back
+            self.counters["store_load_errors"] += 1
+            if self.counters["store_load_errors"] % 1000 == 1:
+                log.warning("serving the base policy: %s", exc)
+            return None
         except CorruptAdapterError as exc:
             self.counters["corrupt_adapters"] += 1
             log.warning("serving the base policy: %s", exc)
@@ -155,9 +206,44 @@ class Engine:
         return rt.layout.pack(tensors, torch.float32), meta
 
     def _save_adapter(self, archetype: str, player: str, flat: torch.Tensor, meta: AdapterMeta) -> None:
-        """Write one adapter file (on the write-back thread)."""
-        layout = self._runtimes[archetype].layout
-        self.store.save({k: v.clone() for k, v in layout.unpack(flat.to(DTYPES[meta.dtype])).items()}, meta)
+        """Write one adapter (on the write-back thread). A version refused by compare-and-set
+        is dropped, and so is the bank's copy if it is not newer than the stored one."""
+        rt = self._runtimes[archetype]
+        try:
+            self.store.save({k: v.clone() for k, v in rt.layout.unpack(flat.to(DTYPES[meta.dtype])).items()}, meta)
+        except StaleAdapterError as exc:
+            self.counters["store_conflicts"] += 1
+            log.warning("%s", exc)
+            rt.bank.invalidate(player, exc.stored_version + 1)
+
+    def _on_store_event(self, event: StoreEvent) -> None:
+        """Another server changed a player's adapter (or events were missed: a resync)."""
+        if self._closed:
+            return
+        if event.archetype is None or event.player is None:
+            for rt in self._runtimes.values():
+                rt.bank.drop_clean()
+            self.writeback.retry_now()
+            return
+        runtime = self._runtimes.get(event.archetype)
+        if runtime is None:
+            return
+        self.counters["store_invalidations"] += 1
+        key = (event.archetype, event.player)
+        newer = None if event.deleted else event.version
+        self.writeback.discard_older(key, 2**62 if newer is None else newer)  # before a reload could read it
+        runtime.bank.invalidate(event.player, newer)
+
+    def refresh(self, archetype: str, player: str) -> AdapterMeta | None:
+        """Read the stored metadata of `player` and drop the bank's copy if the store's is newer
+        (what a server does before it starts training a player others may have trained);
+        returns the stored metadata."""
+        rt = self.runtime(archetype)
+        meta = self.store.read_meta(archetype, player)
+        if meta is not None:
+            self.writeback.discard_older((archetype, player), meta.version)
+            rt.bank.invalidate(player, meta.version)
+        return meta
 
     # -- lookups ------------------------------------------------------------------
     @property
@@ -307,14 +393,8 @@ class Engine:
 
     def adapter_row(self, archetype: str, player: str) -> torch.Tensor | None:
         """The player's current packed adapter (P,) as an fp32 copy, or None if they have none."""
-        rt = self.runtime(archetype)
-        validate_player_id(player)
-        self._lock_slots(rt.bank, [player])
-        try:
-            got = rt.bank.get(player)
-        finally:
-            rt.bank.lock.release()
-        return None if got is None else got[0]
+        state = self.adapter_state(archetype, player)
+        return None if state is None else state[0]
 
     def get_adapter(self, archetype: str, player: str) -> dict[str, torch.Tensor] | None:
         """The player's current adapter tensors (fp32 copies), or None if they have none."""
@@ -331,7 +411,7 @@ class Engine:
     def set_adapter_row(self, archetype: str, player: str, flat: torch.Tensor, *, updates: int = 0) -> AdapterInfo:
         """:meth:`set_adapter` for a packed adapter (P,)."""
         meta = self.put_adapter_row(archetype, player, flat, updates=updates)
-        return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
+        return self._info(meta, resident=True, stored=self._stored(archetype, player))
 
     def put_adapter_row(self, archetype: str, player: str, flat: torch.Tensor, *, updates: int = 0) -> AdapterMeta:
         """:meth:`set_adapter_row` returning only the new metadata: no file-system check."""
@@ -346,11 +426,14 @@ class Engine:
         *,
         updates: int = 0,
         skip_non_finite: bool = False,
+        forwarded_upto: Mapping[str, str] | None = None,
     ) -> list[AdapterMeta | None]:
         """Install new adapter versions for several players at once, flats (N, P): for the
         trainers, which install many adapters a second. Everything is checked before anything
         is installed; a row with non-finite values refuses the call, or with `skip_non_finite`
-        is left out (that player keeps their adapter; None in its place in the result)."""
+        is left out (that player keeps their adapter; None in its place in the result).
+        `forwarded_upto`: per player, the last forwarded episode the new version was trained
+        on (npcadapt/lease.py). With a shared store the new versions are queued for writing."""
         rt = self.runtime(archetype)
         for player in players:
             validate_player_id(player)
@@ -374,6 +457,7 @@ class Engine:
                     ):  # not resident: its stored version, one at a time (more players than the bank holds fit)
                         rt.bank.lookup([player], pre)
                         old = rt.bank.meta(player)
+                    upto = (forwarded_upto or {}).get(player)
                     if old is None:
                         meta = AdapterMeta(
                             archetype=archetype,
@@ -387,11 +471,20 @@ class Engine:
                             created=now,
                             updated=now,
                             dtype=self.adapter_dtype,
+                            forwarded_upto=upto or "",
                         )
                     else:
-                        meta = replace(old, version=old.version + 1, updates=old.updates + updates, updated=now)
+                        meta = replace(
+                            old,
+                            version=old.version + 1,
+                            updates=old.updates + updates,
+                            updated=now,
+                            forwarded_upto=upto or old.forwarded_upto,
+                        )
                     rt.bank.put(player, flat, meta)
                     metas[i] = held[player] = meta
+                if self.shared:  # other servers must see the new versions: write them now
+                    rt.bank.write_back_dirty()
         finally:
             rt.bank.release(pre)
         return metas
@@ -402,12 +495,29 @@ class Engine:
         validate_player_id(player)
         meta = rt.bank.meta(player)
         if meta is not None:
-            return self._info(meta, resident=True, stored=self.store.path_for(archetype, player).exists())
+            return self._info(meta, resident=True, stored=self._stored(archetype, player))
         pending = self.writeback.pending((archetype, player))
         if pending is not None:
-            return self._info(pending[1], resident=False, stored=self.store.path_for(archetype, player).exists())
+            return self._info(pending[1], resident=False, stored=self._stored(archetype, player))
         meta = self.store.read_meta(archetype, player)
         return None if meta is None else self._info(meta, resident=False, stored=True)
+
+    def adapter_state(self, archetype: str, player: str) -> tuple[torch.Tensor, AdapterMeta] | None:
+        """The player's current packed adapter (P,) as an fp32 copy with its metadata, or None."""
+        rt = self.runtime(archetype)
+        validate_player_id(player)
+        self._lock_slots(rt.bank, [player])
+        try:
+            return rt.bank.get(player)
+        finally:
+            rt.bank.lock.release()
+
+    def _stored(self, archetype: str, player: str) -> bool:
+        """Whether the store holds an adapter of the player (False while it cannot be reached)."""
+        try:
+            return self.store.exists(archetype, player)
+        except StoreUnavailableError:
+            return False
 
     @staticmethod
     def _info(meta: AdapterMeta, *, resident: bool, stored: bool) -> AdapterInfo:
@@ -443,15 +553,26 @@ class Engine:
         returns how many were written. Raises StoreError if a write failed, or is not done
         within `timeout` seconds."""
         self._check_open()
+        while self._dropped:
+            (archetype, player), version = self._dropped.popleft()
+            self._runtimes[archetype].bank.mark_changed(player, version)
         for rt in self._runtimes.values():
             rt.bank.write_back_dirty()
         return self.writeback.flush(timeout)
 
     def stats(self) -> dict:
         """Counters: decisions, batches, quarantined and stale adapters, cold loads under a
-        lock, and the write-back queue's."""
+        lock, the write-back queue's (``store_pending``: writes waiting) and the store's
+        (``store_reachable``, ``store_errors``, ...)."""
         locked = sum(rt.bank.locked_loads for rt in self._runtimes.values())
-        return {**self.counters, "locked_loads": locked, **self.writeback.stats()}
+        queue = self.writeback.stats()
+        return {
+            **self.counters,
+            "locked_loads": locked,
+            **queue,
+            "store_pending": queue["writeback_pending"],
+            **self.store.stats(),
+        }
 
     def close(self, timeout: float = CLOSE_FLUSH_TIMEOUT) -> None:
         """Flush (waiting at most `timeout` seconds for the writer) and release; further
@@ -468,6 +589,7 @@ class Engine:
         finally:
             self.writeback.close()
             self._closed = True
+            self.store.close()
 
     def __enter__(self) -> Engine:
         return self

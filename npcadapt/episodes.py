@@ -240,6 +240,26 @@ class EpisodeTracker:
                 self._forget(eps)
         return {k: [steps.episode(k[1], npc) for npc, steps in eps] for k, eps in taken.items()}
 
+    def restore(self, archetype: str, player: str, episodes: Sequence[Episode]) -> None:
+        """File completed episodes that were taken but could not be used (their forward to
+        another server failed) again, as the newest of that player's."""
+        with self._lock:
+            for ep in episodes:
+                steps = _Steps(archetype)
+                if len(ep):
+                    given = [m for m in ep.mask if m is not None]
+                    masks = (
+                        None
+                        if not given
+                        else np.stack([np.ones(len(given[0]), bool) if m is None else m for m in ep.mask])
+                    )
+                    steps.batches = [_Batch(np.stack(ep.obs), masks, ep.action, ep.logp, ep.value, ep.decision)] * len(
+                        ep
+                    )
+                    steps.rows = list(range(len(ep)))
+                    steps.rewards = {i: r for i, r in enumerate(ep.reward) if r}
+                self._complete((archetype, player), ep.npc, steps)
+
     def forget_player(self, archetype: str, player: str) -> None:
         """Drop everything tracked for one player of one archetype (used by reset)."""
         with self._lock:

@@ -37,6 +37,19 @@ class CorruptAdapterError(StoreError):
     """An adapter file failed validation; it has been moved to quarantine."""
 
 
+class StoreUnavailableError(StoreError):
+    """A shared adapter store (Redis) cannot be reached now; the call may succeed later."""
+
+
+class StaleAdapterError(StoreError):
+    """A write refused by compare-and-set: the store holds this player's adapter at
+    `stored_version`, not older than the version written (another server's is newer)."""
+
+    def __init__(self, message: str, stored_version: int):
+        super().__init__(message)
+        self.stored_version = stored_version
+
+
 class LogError(NpcAdaptError):
     """The interaction log could not be written or read."""
 

@@ -8,6 +8,10 @@ the simulation loop all call this same object:
     train_pending    -> batched online update of every player with enough episodes
     adapter_info / reset_player / flush / close
 
+With a shared store (``store="redis://..."``) several servers serve the same players, and
+a lease decides which one trains each player; the others forward that player's completed
+episodes to it (npcadapt/lease.py).
+
 Over 450 lines: the public API object, one method per operation a game calls; inference, the log and training are delegated to their modules."""
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ import torch
 from .adapter_meta import validate_npc_id, validate_player_id
 from .engine import Engine, single_row
 from .episodes import EpisodeTracker
-from .errors import InvalidInputError, LogError, TrainerProcessError
+from .errors import InvalidInputError, LogError, StoreError, TrainerProcessError
+from .lease import LeasedTraining
 from .log import InteractionLog
 from .log.writer import HELD_BYTES
 from .prior.library import find_library
 from .prior.trainer import new_player_state
+from .stores import Store
 from .training.online import OnlineConfig, PlayerUpdate
 from .training.trainer_host import InProcessTrainer
 from .training.trainer_process import TrainerProcess
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 RECORD_BYTES = 900 * 1024  # a batch's log records stay under this (the log's max_record_bytes is 1 MiB)
 RECORD_ROW_OVERHEAD = 640  # bytes a row may add beyond its obs and mask: two ids of up to 256 bytes, its figures
 ROUND_PLAYERS = 32  # players per background update round (docs/benchmarks.md: latency while training)
+LEASE_TTL = 10.0  # seconds a training lease lasts without renewal (a shared store)
+STORE_RETRY = 1.0  # seconds the background trainer waits while a shared store is unreachable
 
 
 class Service:
@@ -62,14 +70,20 @@ class Service:
         device: str | torch.device = "cpu",
         seed: int = 0,
         compile: bool = False,
+        store: str | Store | None = None,
+        lease_ttl: float = LEASE_TTL,
     ):
         """`online` None disables training; `record` False disables the interaction log.
         `trainer_process` runs online updates in a child process (at `trainer_nice`) instead
         of the calling thread: what a server wants, so training never holds the GIL that
         decisions need (see training/trainer_process.py).
 
-        `archetype_dirs`, `capacity`, `adapter_dtype`, `device`, `seed` and `compile` go to
-        :class:`~npcadapt.engine.Engine` (see there).
+        `store`: None keeps adapters as files under `data_dir`; ``redis://HOST:PORT/DB``
+        shares them with other servers, and with `online` a training lease of `lease_ttl`
+        seconds decides which server trains each player (npcadapt/lease.py).
+
+        `archetype_dirs`, `capacity`, `adapter_dtype`, `device`, `seed`, `compile` and
+        `store` go to :class:`~npcadapt.engine.Engine` (see there).
         """
         self.engine = Engine(
             data_dir,
@@ -79,6 +93,7 @@ class Service:
             device=device,
             seed=seed,
             compile=compile,
+            store=store,
         )
         self.data_dir = self.engine.data_dir
         self.log = (
@@ -124,6 +139,21 @@ class Service:
         self._background: threading.Thread | None = None
         self._stop = threading.Event()
         self.counters = {"updates": 0, "skipped_updates": 0, "kl_bounded": 0, "feedback": 0, "log_records_dropped": 0}
+        self.leased = self._leases(lease_ttl) if online else None
+        self._store_down_until = 0.0  # monotonic: a round found the shared store unreachable
+
+    def _leases(self, ttl: float) -> LeasedTraining | None:
+        """Training leases where the store is shared (Redis); None for adapter files."""
+        if not self.engine.shared:
+            return None
+        from .store_redis import RedisAdapterStore
+
+        store = self.engine.store
+        if not isinstance(store, RedisAdapterStore):
+            raise InvalidInputError(f"online training over a shared store needs Redis, got {type(store).__name__}")
+        trainer = self.trainer
+        assert trainer is not None  # online is set
+        return LeasedTraining(store, self.engine, self.tracker, ttl=ttl, on_claim=trainer.forget)
 
     # -- decisions ------------------------------------------------------------------
     @property
@@ -253,7 +283,15 @@ class Service:
         with self._update_lock:
             done, failure = 0, None
             try:
-                by_arch = self._take_round(max_players)
+                try:
+                    by_arch = self._take_round(max_players)
+                except StoreError as exc:  # who trains whom is unknown: the episodes wait
+                    if self.leased is None:
+                        raise
+                    if time.monotonic() >= self._store_down_until + STORE_RETRY:  # once per outage
+                        log.warning("online training waits for the adapter store: %s", exc)
+                    self._store_down_until = time.monotonic() + STORE_RETRY
+                    return 0
                 for archetype, items in by_arch.items():
                     try:
                         outcomes = trainer.update(archetype, items)
@@ -273,20 +311,32 @@ class Service:
         return self.tracker.ready(self.online.episodes_per_update, limit, self._episodes_per_update)
 
     def _take_round(self, max_players: int | None) -> dict[str, list[PlayerUpdate]]:
-        """Take the ready players' episodes with their current adapters, per archetype."""
+        """Take the ready players' episodes with their current adapters, per archetype. With
+        training leases: only the players leased here, with episodes other servers forwarded;
+        the episodes of players leased elsewhere are forwarded to their holder."""
         with self._train_lock:
             ready = self._ready(max_players)
+        plan = self.leased.plan(ready) if self.leased is not None else None  # Redis I/O, outside the lock
+        with self._train_lock:
             taken = self.tracker.take(ready)
             self._reset_while_updating = set()
-            by_arch: dict[str, list[PlayerUpdate]] = {}
-            for (archetype, player), episodes in taken.items():  # a new player's adapter: made by the trainer
-                flat = self.engine.adapter_row(archetype, player)
-                by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
-            return by_arch
+        if plan is not None:
+            assert self.leased is not None
+            taken = self.leased.prepare(plan, taken)
+        by_arch: dict[str, list[PlayerUpdate]] = {}
+        for (archetype, player), episodes in taken.items():  # a new player's adapter: made by the trainer
+            flat = self.engine.adapter_row(archetype, player)
+            by_arch.setdefault(archetype, []).append(PlayerUpdate(player, flat, episodes))
+        return by_arch
 
     def _install(self, archetype: str, outcomes) -> int:
         """Install updated adapters, except players reset while the update ran; a result with
-        non-finite numbers is skipped (the player keeps their adapter), never the others."""
+        non-finite numbers is skipped (the player keeps their adapter), never the others.
+        With training leases, only players still leased here, and the round waits for their
+        writes."""
+        upto: dict[str, str] = {}
+        if self.leased is not None:
+            outcomes, upto = self.leased.confirm(archetype, outcomes)
         with self._train_lock:
             reset = self._reset_while_updating
             assert reset is not None  # _take_round set it for the update in flight
@@ -300,6 +350,7 @@ class Service:
                     torch.stack([o.params for o in results]),
                     updates=1,
                     skip_non_finite=True,
+                    forwarded_upto=upto,
                 )
                 if results
                 else []
@@ -315,6 +366,11 @@ class Service:
             self.counters["skipped_updates"] += len(kept) - len(updated)
             self.counters["updates"] += len(updated)
             self.counters["kl_bounded"] += sum(o.kl_scaled < 1.0 for o in updated)
+        if self.leased is not None:
+            try:
+                self.leased.settle(archetype, [o.player for o in updated], timeout=self.leased.ttl_ms / 2000)
+            except StoreError as exc:  # installed and served; the queue retries the writes
+                log.warning("adapter writes of a training round not confirmed: %s", exc)
         return len(updated)
 
     def _end_round(self) -> None:
@@ -359,7 +415,8 @@ class Service:
             while not self._stop.wait(wait):
                 try:
                     self.train_pending(players_per_round)
-                    wait = 0.0 if self._full_round_ready(players_per_round) else interval
+                    full = self._full_round_ready(players_per_round)
+                    wait = 0.0 if full else max(interval, self._store_down_until - time.monotonic())
                 except Exception:  # keep serving; the error is logged
                     log.exception("online training step failed")
                     wait = interval
@@ -368,8 +425,8 @@ class Service:
         self._background.start()
 
     def _full_round_ready(self, players_per_round: int | None) -> bool:
-        """A backlog: at least a whole round of players is waiting."""
-        if players_per_round is None:
+        """A backlog: at least a whole round of players is waiting (and the store answers)."""
+        if players_per_round is None or time.monotonic() < self._store_down_until:
             return False
         return len(self._ready(players_per_round)) >= players_per_round
 
@@ -424,7 +481,10 @@ class Service:
             if self.trainer is not None:
                 self.trainer.forget(archetype, player)
             self._prior_info.pop((archetype, player), None)
-            return self.engine.reset_player(archetype, player)
+            removed = self.engine.reset_player(archetype, player)
+        if self.leased is not None:
+            self.leased.reset(archetype, player)
+        return removed
 
     def ready_players(self) -> int:
         """Players (per archetype) with enough completed episodes for an update, not yet taken."""
@@ -449,6 +509,7 @@ class Service:
             "dropped_episodes": self.tracker.dropped_episodes,
             "trainer_ready": None if self.trainer is None else self.trainer.ready,
             "trainer_restarts": getattr(self.trainer, "restarts", 0),
+            **({} if self.leased is None else self.leased.stats()),
         }
 
     @staticmethod
@@ -491,6 +552,12 @@ class Service:
         self.stop_background_training()
         if self.trainer is not None:
             self.trainer.close()
+        if self.leased is not None:  # once this server's versions are stored, others may train its players
+            try:
+                self.engine.flush()
+                self.leased.release_all()
+            except StoreError as exc:
+                log.warning("training leases left to lapse: %s", exc)
         try:
             self.engine.close()
         finally:

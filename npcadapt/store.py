@@ -11,6 +11,9 @@ Unicode, case variants) maps to its own file inside ``adapters/``. Writes go to 
 file, are fsynced, then ``os.replace``-d over the old file and the directory is fsynced: a
 crash or an OS error at any step leaves the previous version intact. A file that fails
 validation on load is moved to quarantine, so the next load serves the base policy.
+
+It is the default :class:`~npcadapt.stores.Store`, for one server: nothing else writes
+it, so it has no change to announce (``watch`` does nothing) and no compare-and-set.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, TypeVar
 
 import safetensors.torch
 import torch
@@ -44,6 +47,9 @@ from npcadapt.errors import (
     StoreError,
 )
 from npcadapt.fileio import fsync_dir, write_new_durably
+
+if TYPE_CHECKING:
+    from npcadapt.stores import StoreEvent
 
 __all__ = ["AdapterStore"]
 
@@ -158,6 +164,11 @@ def _serialize(tensors: Mapping[str, torch.Tensor], meta: AdapterMeta) -> bytes:
         raise InvalidInputError(f"adapter for player {show_id(meta.player)}: {exc}") from None
 
 
+def _reason_text(player: str, key: str, where: str, reason: str) -> str:
+    """The note kept beside quarantined data: why, for whom, from where."""
+    return f"player: {player!r}\nkey: {key}\nfile: {where}\ntime: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nreason: {reason}\n"
+
+
 def _unlink_quietly(path: Path) -> None:
     try:
         os.unlink(path)
@@ -179,6 +190,8 @@ def _pid_alive(pid: int) -> bool:
 
 class AdapterStore:
     """Durable per-player adapter files under one root directory (thread-safe)."""
+
+    shared = False  # one server writes it
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -316,6 +329,19 @@ class AdapterStore:
                 continue
             yield meta.player
 
+    def exists(self, archetype: str, player: str) -> bool:
+        """Whether the player's adapter file exists (not validated)."""
+        return self.path_for(archetype, player).exists()
+
+    def watch(self, callback: Callable[[StoreEvent], None]) -> None:
+        """Nothing to watch: no other process writes these files."""
+
+    def stats(self) -> dict[str, object]:
+        return {"store_backend": "file", "store_reachable": True}
+
+    def close(self) -> None:
+        """Nothing to release."""
+
     def quarantined(self, archetype: str) -> list[Path]:
         """Quarantined adapter files of ``archetype``, oldest name first."""
         qdir = self.root / "quarantine" / validate_archetype_name(archetype)
@@ -377,10 +403,7 @@ class AdapterStore:
     @staticmethod
     def _write_reason(qdir: Path, key: str, player: str, path: Path, reason: str) -> Path:
         """Write <key>.<ns>.reason.txt (unique ns); return the matching .safetensors target."""
-        text = (
-            f"player: {player!r}\nkey: {key}\nfile: {path}\n"
-            f"time: {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\nreason: {reason}\n"
-        ).encode()
+        text = _reason_text(player, key, str(path), reason).encode()
         ns = time.time_ns()
         while True:
             try:

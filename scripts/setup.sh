@@ -5,9 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the engine-client tests need (clients/): Godot 3 headless, mono's C#
-# compiler, msgpack-c for the C++ client. Installed only when running as root with apt and
-# one is missing; elsewhere those tests skip naming the package.
-system_packages=(godot3-server:godot3-server mono-mcs:mcs libmsgpack-cxx-dev:/usr/include/msgpack.hpp g++:g++)
+# compiler, msgpack-c for the C++ client; and redis-server for the shared adapter store's
+# tests (they start their own on a free loopback port). Installed only when running as root
+# with apt and one is missing; elsewhere those tests skip naming the package.
+system_packages=(godot3-server:godot3-server mono-mcs:mcs libmsgpack-cxx-dev:/usr/include/msgpack.hpp g++:g++ redis-server:redis-server)
 missing=()
 for entry in "${system_packages[@]}"; do
   package=${entry%%:*} probe=${entry#*:}

@@ -63,3 +63,22 @@ def random_adapter(engine, archetype: str, player: str, scale: float = 0.3, seed
         if name.endswith("lora_B"):
             tensors[name] = torch.randn(t.shape, generator=gen) * scale
     return tensors
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """One real redis-server on a free loopback port for the session (tests/redis_helpers.py);
+    skips naming the Debian package where it is missing (fails in CI)."""
+    from redis_helpers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """The session's Redis, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url

@@ -81,6 +81,9 @@ def test_invalid_online_setting_names_the_flag(tmp_path, command, flag, value):
         ("--idle-timeout", "nan"),
         ("--batch-wait-ms", "-5"),
         ("--max-pending-feedback", "x"),
+        ("--store", "http://127.0.0.1:6379/0"),
+        ("--store", "redis://"),
+        ("--lease-ttl", "0"),
     ],
 )
 def test_invalid_serve_value_names_the_flag(tmp_path, flag, value):

@@ -154,3 +154,30 @@ def test_forgetting_a_player_keeps_the_oldest_first_order_of_the_others():
     assert tracker.done_steps == 4 and tracker.dropped_episodes == 0
     _play(tracker, "d", 2)  # b's goes, not c's
     assert [k[1] for k in tracker.ready(1)] == ["c", "d"] and tracker.dropped_episodes == 1
+
+
+def test_restored_episodes_are_taken_again_unchanged():
+    """Episodes taken for a forward that failed go back to the tracker (npcadapt/lease.py)."""
+    tracker = EpisodeTracker()
+    obs = np.arange(12, dtype=np.float32).reshape(2, 6)
+    masks = np.array([[True, False, True, True], [True, True, True, True]])
+    for t in range(3):
+        tracker.record(
+            "tiny", ["p", "q"], ["n", "n"], obs + t, masks, [t, 1], [-0.5, -0.1], [0.2, 0.3], [10 + t, 20 + t]
+        )
+        tracker.feedback_batch(["p", "q"], ["n", "n"], [1.0 * t, 0.0], [t == 2, t == 2])
+    taken = tracker.take([("tiny", "p")])[("tiny", "p")]
+    tracker.restore("tiny", "p", taken)
+    again = tracker.take([("tiny", "p")])[("tiny", "p")]
+    assert len(again) == 1 and tracker.done_steps == 3
+    for a, b in zip(taken, again):
+        assert (a.npc, a.action, a.logp, a.value, a.reward, a.decision) == (
+            b.npc,
+            b.action,
+            b.logp,
+            b.value,
+            b.reward,
+            b.decision,
+        )
+        assert all(np.array_equal(x, y) for x, y in zip(a.obs, b.obs))
+        assert all(np.array_equal(x, y) for x, y in zip(a.mask, b.mask))

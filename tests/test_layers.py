@@ -44,6 +44,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "episodes",
             "log.",
             "store",
+            "stores",
+            "store_redis",
             "writeback",
             "recordings",
             "envs",
@@ -54,7 +56,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("engine", ("engine", "export", "prior.head")),
-    ("training", ("training.", "prior.library", "prior.trainer")),
+    ("training", ("training.", "prior.library", "prior.trainer", "lease")),
     ("service", ("service",)),
     (
         "bridge and applications",

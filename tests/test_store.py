@@ -1,4 +1,9 @@
-"""Tests for npcadapt.store: naming, round trips, hostile ids, crash safety, quarantine."""
+"""The adapter stores: naming, round trips, hostile ids, crash safety, quarantine.
+
+The tests that take `backend` run against both stores, the files of
+:class:`~npcadapt.store.AdapterStore` and Redis (:class:`~npcadapt.store_redis.RedisAdapterStore`,
+on a real redis-server, tests/redis_helpers.py): one contract. The others are about files
+(fault injection of the file system, temp files, paths)."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from npcadapt.errors import (
     StoreError,
 )
 from npcadapt.store import AdapterStore
+from npcadapt.stores import Store
 
 ARCH = "duelist"
 BASE = "base-aaaa"
@@ -103,6 +109,97 @@ def store(tmp_path: Path) -> AdapterStore:
     return AdapterStore(tmp_path / "store")
 
 
+class FileBackend:
+    """The file store, and how a test reaches behind it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.store: Store = AdapterStore(root)
+
+    def where(self, player: str, archetype: str = ARCH) -> str:
+        """What messages name for the player's adapter: its path."""
+        assert isinstance(self.store, AdapterStore)
+        return str(self.store.path_for(archetype, player))
+
+    def raw(self, player: str) -> bytes | None:
+        path = Path(self.where(player))
+        return path.read_bytes() if path.exists() else None
+
+    def put_raw(self, player: str, data: bytes) -> None:
+        path = Path(self.where(player))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+    def quarantined(self) -> list[tuple[bytes, str]]:
+        """(data, reason note) of each quarantined adapter."""
+        assert isinstance(self.store, AdapterStore)
+        out = []
+        for moved in self.store.quarantined(ARCH):
+            note = moved.with_name(moved.name.removesuffix(".safetensors") + ".reason.txt").read_text()
+            out.append((moved.read_bytes(), note))
+        return out
+
+    def is_empty(self) -> bool:
+        return not list((self.root / "adapters").rglob("*.*"))
+
+    def check_name(self, player: str) -> None:
+        """The adapter lives inside the store under the hash of the id, never the id."""
+        path = Path(self.where(player))
+        assert path.resolve().is_relative_to((self.root / "adapters").resolve())
+        assert path.name == player_key(player) + ".safetensors"
+
+    def reopen(self) -> Store:
+        return AdapterStore(self.root)
+
+
+class RedisBackend:
+    """The Redis store on the session's redis-server (emptied per test)."""
+
+    def __init__(self, url: str):
+        from npcadapt.store_redis import RedisAdapterStore
+
+        self.url = url
+        self.store = RedisAdapterStore(url)
+        self.client = self.store.client
+
+    def where(self, player: str, archetype: str = ARCH) -> str:
+        return self.store.key_for(archetype, player)
+
+    def raw(self, player: str) -> bytes | None:
+        return self.client.hget(self.where(player), "data")
+
+    def put_raw(self, player: str, data: bytes) -> None:
+        self.client.hset(self.where(player), mapping={"data": data, "version": "1"})
+        self.client.sadd(f"npcadapt:players:{ARCH}", player_key(player))
+
+    def quarantined(self) -> list[tuple[bytes, str]]:
+        return [
+            (self.client.hget(k, "data"), self.client.hget(k, "reason").decode()) for k in self.store.quarantined(ARCH)
+        ]
+
+    def is_empty(self) -> bool:
+        return not self.client.keys("npcadapt:adapter:*")
+
+    def check_name(self, player: str) -> None:
+        assert self.where(player) == f"npcadapt:adapter:{ARCH}:{player_key(player)}"
+        assert all(k.decode().isascii() for k in self.client.keys("*"))
+
+    def reopen(self) -> Store:
+        from npcadapt.store_redis import RedisAdapterStore
+
+        return RedisAdapterStore(self.url)
+
+
+@pytest.fixture(params=["file", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "file":
+        yield FileBackend(tmp_path / "store")
+        return
+    b = RedisBackend(request.getfixturevalue("redis_url"))
+    yield b
+    b.store.close()
+
+
 # -- names --------------------------------------------------------------------------
 
 
@@ -115,13 +212,14 @@ def test_accepted_ids_validate_and_hash_to_distinct_keys() -> None:
 
 
 @pytest.mark.parametrize("bad", REFUSED_IDS, ids=repr)
-def test_refused_ids(bad: object, store: AdapterStore) -> None:
+def test_refused_ids(bad: object, backend) -> None:
     with pytest.raises(PlayerIdError):
         validate_player_id(bad)
     with pytest.raises(PlayerIdError):
-        store.path_for(ARCH, bad)  # type: ignore[arg-type]
-    with pytest.raises(PlayerIdError):
-        store.load(SPEC, bad)  # type: ignore[arg-type]
+        backend.where(bad)
+    for call in (backend.store.load, backend.store.read_meta, backend.store.exists, backend.store.delete):
+        with pytest.raises(PlayerIdError):
+            call(SPEC if call == backend.store.load else ARCH, bad)
     with pytest.raises(PlayerIdError):
         meta_for(bad)  # type: ignore[arg-type]
 
@@ -134,11 +232,13 @@ def test_player_id_error_messages_are_concrete() -> None:
 
 
 @pytest.mark.parametrize("bad", ["Duelist", "1duelist", "", "a" * 65, "a/b", "../x", "du elist", "duelist\n", None, 3])
-def test_bad_archetype_names_refused(bad: object, store: AdapterStore) -> None:
+def test_bad_archetype_names_refused(bad: object, backend) -> None:
     with pytest.raises(ArchetypeError):
         validate_archetype_name(bad)
     with pytest.raises(ArchetypeError):
-        store.path_for(bad, "bob")  # type: ignore[arg-type]
+        backend.where("bob", bad)
+    with pytest.raises(ArchetypeError):
+        list(backend.store.players(bad))
 
 
 def test_good_archetype_names() -> None:
@@ -150,19 +250,21 @@ def test_good_archetype_names() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_round_trip_is_bit_exact(store: AdapterStore, dtype: str) -> None:
+def test_round_trip_is_bit_exact(backend, dtype: str) -> None:
+    store = backend.store
     tensors = tensors_for(1, getattr(torch, dtype))
-    meta = meta_for("bob", dtype=dtype, rslora=True, alpha=0.1 + 0.2)
-    path = store.save(tensors, meta)
-    assert path == store.path_for(ARCH, "bob") and path.is_file()
+    meta = meta_for("bob", dtype=dtype, rslora=True, alpha=0.1 + 0.2, forwarded_upto="1700000000000-3")
+    assert str(store.save(tensors, meta)) == backend.where("bob") and backend.raw("bob")
+    assert store.exists(ARCH, "bob") and not store.exists(ARCH, "alice")
     got, got_meta = store.load(AdapterSpec(ARCH, BASE, 8, SHAPES), "bob")
     assert_same(got, tensors)
     assert got_meta == meta
     assert store.read_meta(ARCH, "bob") == meta
-    assert AdapterStore(store.root).load(SPEC, "bob")[1] == meta  # a fresh store reads it too
+    assert backend.reopen().load(SPEC, "bob")[1] == meta  # a fresh store reads it too
 
 
-def test_save_copies_noncontiguous_and_keeps_dtype(store: AdapterStore) -> None:
+def test_save_copies_noncontiguous_and_keeps_dtype(backend) -> None:
+    store = backend.store
     tensors = tensors_for(2)
     tensors["actor.0.lora_A"] = torch.randn(64, 8).t()  # non-contiguous view
     store.save(tensors, meta_for("p"))
@@ -194,7 +296,8 @@ def test_metadata_round_trip_and_bad_fields() -> None:
             AdapterMeta.from_metadata({k: v for k, v in md.items() if k != field})
 
 
-def test_save_refuses_unfit_tensors_and_stores_nothing(store: AdapterStore) -> None:
+def test_save_refuses_unfit_tensors_and_stores_nothing(backend) -> None:
+    store = backend.store
     nan = tensors_for(3)
     nan["actor.1.lora_B"][0, 0] = float("nan")
     with pytest.raises(InvalidInputError, match="non-finite"):
@@ -204,25 +307,22 @@ def test_save_refuses_unfit_tensors_and_stores_nothing(store: AdapterStore) -> N
     with pytest.raises(InvalidInputError):
         store.save({}, meta_for("p"))
     assert store.load(SPEC, "p") is None
-    assert not list((store.root / "adapters").rglob("*.*"))
+    assert backend.is_empty()
 
 
 # -- hostile ids ----------------------------------------------------------------------
 
 
-def test_hostile_ids_are_isolated_files_inside_root(store: AdapterStore) -> None:
-    adapters = (store.root / "adapters").resolve()
+def test_hostile_ids_are_isolated_entries_named_by_their_hash(backend) -> None:
+    store = backend.store
     snapshot: dict[str, bytes] = {}
-    paths = set()
     for i, player in enumerate(ACCEPTED_IDS):
-        path = store.save(tensors_for(100 + i), meta_for(player))
-        assert path.resolve().is_relative_to(adapters)
-        assert path.name == player_key(player) + ".safetensors"
-        paths.add(path)
+        store.save(tensors_for(100 + i), meta_for(player))
+        backend.check_name(player)
         for other, data in snapshot.items():  # saving one never changes another's bytes
-            assert store.path_for(ARCH, other).read_bytes() == data
-        snapshot[player] = path.read_bytes()
-    assert len(paths) == len(ACCEPTED_IDS)
+            assert backend.raw(other) == data
+        snapshot[player] = backend.raw(player)
+    assert len({backend.where(p) for p in ACCEPTED_IDS}) == len(ACCEPTED_IDS)
     for i, player in enumerate(ACCEPTED_IDS):
         got, meta = store.load(SPEC, player)
         assert_same(got, tensors_for(100 + i))
@@ -386,29 +486,37 @@ CORRUPT = {
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPT))
-def test_corrupt_file_is_quarantined(store: AdapterStore, case: str) -> None:
+def test_corrupt_data_is_quarantined(backend, case: str) -> None:
+    store = backend.store
     player = "mallory/../0"
-    bystander = store.save(tensors_for(30), meta_for("bystander"))
-    bystander_bytes = bystander.read_bytes()
+    store.save(tensors_for(30), meta_for("bystander"))
+    bystander_bytes = backend.raw("bystander")
     make, reason = CORRUPT[case]
     bad = make(player)
-    path = store.path_for(ARCH, player)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(bad)
+    backend.put_raw(player, bad)
 
     with pytest.raises(CorruptAdapterError) as info:
         store.load(SPEC, player)
     msg = str(info.value)
-    assert reason in msg and repr(player) in msg and str(path) in msg
-    assert not path.exists()
-    [moved] = store.quarantined(ARCH)
-    assert moved.read_bytes() == bad and moved.name.startswith(player_key(player) + ".")
-    note = moved.with_name(moved.name.removesuffix(".safetensors") + ".reason.txt").read_text()
-    assert reason in note and repr(player) in note
+    assert reason in msg and repr(player) in msg and backend.where(player) in msg
+    assert backend.raw(player) is None and not store.exists(ARCH, player)
+    [(moved, note)] = backend.quarantined()
+    assert moved == bad
+    assert reason in note and repr(player) in note and player_key(player) in note
     assert store.load(SPEC, player) is None
-    assert bystander.read_bytes() == bystander_bytes
+    assert backend.raw("bystander") == bystander_bytes
     assert store.load(SPEC, "bystander") is not None
     assert list(store.players(ARCH)) == ["bystander"]
+
+
+def test_quarantined_file_keeps_its_player_key_in_its_name(store: AdapterStore) -> None:
+    path = store.path_for(ARCH, "m")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"junk")
+    with pytest.raises(CorruptAdapterError, match=str(path)):
+        store.load(SPEC, "m")
+    [moved] = store.quarantined(ARCH)
+    assert moved.name.startswith(player_key("m") + ".") and not path.exists()
 
 
 def test_directory_in_place_of_file_is_quarantined(store: AdapterStore) -> None:
@@ -419,48 +527,50 @@ def test_directory_in_place_of_file_is_quarantined(store: AdapterStore) -> None:
     assert store.load(SPEC, "dirplayer") is None
 
 
-def test_base_hash_mismatch_keeps_file(store: AdapterStore) -> None:
-    path = store.save(tensors_for(40), meta_for("stale"))
-    data = path.read_bytes()
+def test_base_hash_mismatch_keeps_the_adapter(backend) -> None:
+    store = backend.store
+    store.save(tensors_for(40), meta_for("stale"))
+    data = backend.raw("stale")
     newer = AdapterSpec(ARCH, "base-bbbb", 8, SHAPES)
     with pytest.raises(AdapterMismatchError) as info:
         store.load(newer, "stale")
     assert "'stale'" in str(info.value) and "base-aaaa" in str(info.value)
     assert "base-bbbb" in str(info.value)
-    assert path.read_bytes() == data and store.quarantined(ARCH) == []
+    assert backend.raw("stale") == data and backend.quarantined() == []
     assert store.load(SPEC, "stale") is not None
 
 
-def test_read_meta_reads_only_the_header(store: AdapterStore) -> None:
+def test_read_meta_reads_only_the_header(backend) -> None:
+    store = backend.store
     assert store.read_meta(ARCH, "nobody") is None
     meta = meta_for("hdr", version=7)
-    path = store.save(tensors_for(50), meta)
-    data = path.read_bytes()
-    path.write_bytes(data[: 8 + _header_len(data)])  # tensor bytes gone, header intact
+    store.save(tensors_for(50), meta)
+    data = backend.raw("hdr")
+    backend.put_raw("hdr", data[: 8 + _header_len(data)])  # tensor bytes gone, header intact
+    if isinstance(backend, RedisBackend):
+        backend.client.hset(backend.where("hdr"), "version", "7")
     assert store.read_meta(ARCH, "hdr") == meta
-    path.write_bytes(data[:20])  # header cut
+    backend.put_raw("hdr", data[:20])  # header cut
     with pytest.raises(CorruptAdapterError, match="does not fit"):
         store.read_meta(ARCH, "hdr")
-    assert store.read_meta(ARCH, "hdr") is None and len(store.quarantined(ARCH)) == 1
+    assert store.read_meta(ARCH, "hdr") is None and len(backend.quarantined()) == 1
 
 
 # -- listing, deletion, cleanup, threads --------------------------------------------------
 
 
-def test_players_skips_unreadable_and_misplaced(store: AdapterStore, caplog: pytest.LogCaptureFixture) -> None:
+def test_players_skips_unreadable_and_misplaced(backend, caplog: pytest.LogCaptureFixture) -> None:
+    store = backend.store
     store.save(tensors_for(60), meta_for("good"))
-    junk = store.path_for(ARCH, "junk")
-    junk.parent.mkdir(parents=True, exist_ok=True)
-    junk.write_bytes(b"\x00" * 40)
-    misplaced = store.path_for(ARCH, "elsewhere")
-    misplaced.parent.mkdir(parents=True, exist_ok=True)
-    misplaced.write_bytes(store.path_for(ARCH, "good").read_bytes())
-    with caplog.at_level(logging.WARNING, logger="npcadapt.store"):
+    backend.put_raw("junk", b"\x00" * 40)
+    backend.put_raw("elsewhere", backend.raw("good"))
+    with caplog.at_level(logging.WARNING):
         assert list(store.players(ARCH)) == ["good"]
-    assert str(junk) in caplog.text and str(misplaced) in caplog.text
+    assert backend.where("junk") in caplog.text and backend.where("elsewhere") in caplog.text
 
 
-def test_delete(store: AdapterStore) -> None:
+def test_delete(backend) -> None:
+    store = backend.store
     store.save(tensors_for(70), meta_for("../gone"))
     store.save(tensors_for(71), meta_for("stays"))
     assert store.delete(ARCH, "../gone") is True

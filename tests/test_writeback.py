@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from npcadapt.engine import Engine
-from npcadapt.errors import StoreError
+from npcadapt.errors import StoreError, StoreUnavailableError
 from npcadapt.store import AdapterStore
 from npcadapt.writeback import WriteBehind
 
@@ -205,6 +205,36 @@ def test_write_behind_writes_the_newest_version_once_in_order():
     assert queue.pending("a") is None and queue.stats()["writeback_written"] == 3
     queue.close()
     assert not queue.thread.is_alive()
+
+
+def test_a_bounded_queue_drops_its_oldest_write_and_an_unreachable_store_pauses_every_write():
+    """Past max_pending the oldest pending write is dropped (handed to on_drop); while the
+    store is unreachable one write is tried per retry interval, a flush fails at once naming
+    the outage, and once it is back everything left is written."""
+    calls, dropped, down = [], [], threading.Event()
+    down.set()
+
+    def write(key, row, meta):
+        calls.append(key)
+        if down.is_set():
+            raise StoreUnavailableError("could not save: Redis at redis://127.0.0.1:1/0 is unreachable")
+
+    queue = WriteBehind(write, retry_interval=30, max_pending=3, on_drop=lambda k, r, m: dropped.append(k))
+    queue.submit(0, "row0", None)
+    while not calls:
+        threading.Event().wait(0.01)
+    for key in range(1, 5):  # while the writer is paused
+        queue.submit(key, f"row{key}", None)
+    assert queue.pending_keys() == [2, 3, 4] and dropped == [0, 1] and calls == [0]
+    assert queue.stats()["writeback_dropped"] == 2
+    with pytest.raises(StoreError, match="unreachable"):
+        queue.flush(timeout=10)
+    assert calls == [0, 2]  # the flush asked for one try, not one per write
+    down.clear()
+    queue.retry_now()
+    assert queue.flush(timeout=10) == 3
+    assert queue.pending_keys() == [] and calls[-3:] == [2, 3, 4]
+    queue.close()
 
 
 def test_close_names_the_adapters_it_could_not_write_and_never_hangs_on_a_stalled_disk(tmp_path, arch_root, caplog):

@@ -52,3 +52,12 @@ def nonnegative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def store_url(text: str) -> str:
+    """A shared adapter store: ``redis://HOST:PORT/DB`` (or ``rediss://``, ``unix://``)."""
+    from ..stores import REDIS_SCHEMES
+
+    if not text.startswith(REDIS_SCHEMES) or len(text) <= len(text.split("//", 1)[0]) + 2:
+        raise argparse.ArgumentTypeError(f"expected a Redis URL like redis://HOST:PORT/DB, got {text!r}")
+    return text

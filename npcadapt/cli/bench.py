@@ -128,6 +128,14 @@ def _bench_clients(args: argparse.Namespace) -> dict:
     return clients.run(names, quick=args.quick)
 
 
+def _bench_cluster(args: argparse.Namespace) -> dict:
+    from ..bench import cluster
+
+    if not args.seconds > 0:
+        raise InvalidInputError(f"bench cluster: --seconds must be > 0, got {args.seconds}")
+    return cluster.run(args.seconds, quick=args.quick)
+
+
 # One function per `npcadapt bench` subcommand; each imports its benchmark lazily (torch, ray, ...).
 _BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
     "inference": _bench_inference,
@@ -138,6 +146,7 @@ _BENCHES: dict[str, Callable[[argparse.Namespace], dict]] = {
     "adapt": _bench_adapt,
     "soak": _bench_soak,
     "clients": _bench_clients,
+    "cluster": _bench_cluster,
 }
 
 
@@ -242,5 +251,11 @@ def add_bench(sub) -> None:
     )
     cl.add_argument("--clients", default=None, metavar="A,B", help="only these (default: python,cpp,csharp,godot)")
     cl.add_argument("--quick", action="store_true", help="1/20 of the calls (a smoke run)")
+    cu = bsub.add_parser(
+        "cluster",
+        help="two servers sharing a Redis store: scaling, migration staleness, Redis outage, server kill",
+    )
+    cu.add_argument("--seconds", type=float, default=8.0, help="seconds per load phase (default 8)")
+    cu.add_argument("--quick", action="store_true", help="2.5 s phases, 16 players (a smoke run)")
     for q in bsub.choices.values():
         q.set_defaults(func=_cmd_bench)

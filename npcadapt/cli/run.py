@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InvalidInputError
-from ..service import ROUND_PLAYERS
+from ..service import LEASE_TTL, ROUND_PLAYERS
 from . import argtypes
 from .common import add_archetypes_argument, add_online_arguments, archetype_dirs, online_config
 
@@ -123,14 +123,19 @@ def _cmd_serve(args) -> int:
             compile=args.compile,
             trainer_process=args.trainer == "process",
             trainer_nice=args.trainer_nice,
+            store=args.store,
+            lease_ttl=args.lease_ttl,
         )
     except BaseException:
         sock.close()
         raise
 
     def ready(port: int) -> None:
+        where = f"data {args.data}" + (
+            f", adapters in {getattr(service.engine.store, 'where', '')}" if args.store else ""
+        )
         print(
-            f"npcadapt bridge on {args.host}:{port} (data {args.data}); archetypes: {', '.join(sorted(service.archetypes))}",
+            f"npcadapt bridge on {args.host}:{port} ({where}); archetypes: {', '.join(sorted(service.archetypes))}",
             flush=True,
         )
 
@@ -168,6 +173,21 @@ def add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (non-loopback needs --token)")
     p.add_argument("--port", type=argtypes.port, default=7777, help="TCP port (0 picks a free one)")
     p.add_argument("--data", default="data/serve", help="data directory: adapters and interaction logs")
+    p.add_argument(
+        "--store",
+        type=argtypes.store_url,
+        default=None,
+        metavar="URL",
+        help="keep adapters in Redis, shared with other servers (redis://HOST:PORT/DB); default: files in --data",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=argtypes.positive_float,
+        default=LEASE_TTL,
+        metavar="SECONDS",
+        help=f"with --store: how long a server keeps training a player after its last round there "
+        f"before another may take over; longer than a training round (default {LEASE_TTL:g})",
+    )
     p.add_argument("--token", default=None, help="shared secret; clients must call auth(token) first")
     p.add_argument("--max-connections", type=argtypes.positive_int, default=1024)
     p.add_argument(

@@ -303,6 +303,49 @@ class AdapterBank:
             self._free.append(slot)
             return True
 
+    def invalidate(self, player: str, version: int | None = None) -> bool:
+        """Another copy of `player`'s adapter changed (a shared store): drop ours unless it is
+        at least `version` (None: drop it whatever it is), without writing it back, so the
+        next lookup loads the stored one. A known-absent entry is dropped too. True if a
+        resident adapter was dropped."""
+        with self.lock:
+            slot = self._slot_of.get(player)
+            if slot is None:
+                self._changed(player)  # a read in flight may have seen the old version
+                return False
+            if slot != ZERO_SLOT and version is not None and getattr(self._meta[slot], "version", 0) >= version:
+                return False
+            return self.remove(player)
+
+    def forget_absent(self) -> int:
+        """Forget every known-absent player (their next lookup asks the loader again: a store
+        that could not answer may have their adapter); reads in flight are redone."""
+        with self.lock:
+            n = self._absent
+            self._forget_all_absent()
+            for player in self._reading:
+                self._changed(player)
+            return n
+
+    def drop_clean(self) -> int:
+        """Drop every resident adapter not changed since it was written, and every known-absent
+        player: after missed changes of a shared store, their next lookup reads it again."""
+        with self.lock:
+            clean = [p for p, s in self._slot_of.items() if s != ZERO_SLOT and not self._dirty[s]]
+            for player in clean:
+                self.remove(player)
+            return len(clean) + self.forget_absent()
+
+    def mark_changed(self, player: str, version: int) -> bool:
+        """Mark `player`'s resident adapter as changed again if it is at `version` (its write
+        was dropped): the next flush or eviction writes it. True if it was."""
+        with self.lock:
+            slot = self._slot_of.get(player, ZERO_SLOT)
+            if slot == ZERO_SLOT or getattr(self._meta[slot], "version", None) != version:
+                return False
+            self._dirty[slot] = True
+            return True
+
     def write_back_dirty(self) -> int:
         """Hand every changed resident adapter to the write-back callback and mark it clean;
         returns how many (the engine's callback only queues them, see npcadapt/writeback.py)."""

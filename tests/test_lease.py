@@ -1,0 +1,196 @@
+"""One trainer per player across servers sharing a Redis store (npcadapt/lease.py): the
+lease holder trains, the others forward, a lapsed lease is taken over, and a server
+SIGKILLed mid-round loses no forwarded update and applies none twice. Real redis-server
+and, for the kill, a real `npcadapt serve` process."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from redis_helpers import RedisServer
+
+import npcadapt
+from npcadapt.bench.bridge import start_server, stop_process
+from npcadapt.client import Client
+from npcadapt.store_redis import RedisAdapterStore
+from npcadapt.training.online import OnlineConfig
+
+pytestmark = pytest.mark.timeout(120)
+OBS = np.zeros(6, np.float32)
+CONFIG = OnlineConfig(episodes_per_update=1, validation_gate=False)
+
+
+def open_server(tmp_path, name, arch_root, url, ttl=10.0):
+    return npcadapt.open(
+        tmp_path / name, archetype_dirs=[arch_root], seed=0, online=CONFIG, record=False, store=url, lease_ttl=ttl
+    )
+
+
+def play(svc, player, episodes=1, steps=3):
+    for _ in range(episodes):
+        for t in range(steps):
+            out = svc.act("tiny", player, OBS, npc="n")
+            svc.feedback(player, "n", float(out.action == 1), done=t == steps - 1)
+
+
+def stored(url, player):
+    """The player's adapter metadata in Redis, as a third party reads it."""
+    store = RedisAdapterStore(url)
+    try:
+        return store.read_meta("tiny", player)
+    finally:
+        store.close()
+
+
+def test_the_lease_holder_trains_and_the_other_server_forwards(tmp_path, arch_root, redis_url):
+    one = open_server(tmp_path, "one", arch_root, redis_url)
+    two = open_server(tmp_path, "two", arch_root, redis_url)
+    try:
+        play(one, "p")
+        assert one.train_pending() == 1  # takes the lease
+        play(two, "p", episodes=2)
+        assert two.train_pending() == 0  # the lease is one's: forwarded
+        assert two.stats()["episodes_forwarded"] == 2 and two.stats()["updates"] == 0
+        assert two.pending_feedback() == 0
+        assert one.train_pending() == 1  # one's work set names p: trained with the forwarded episodes
+        assert one.stats()["forwarded_trained"] == 2
+        meta = one.adapter_info("tiny", "p")
+        assert meta.version == 2
+        assert one.engine.store.read_meta("tiny", "p").forwarded_upto  # the consumed episodes are in the version
+        assert one.train_pending() == 0 and one.stats()["forwarded_trained"] == 2  # nothing twice
+        deadline = time.monotonic() + 5
+        while two.act("tiny", "p", OBS, npc="x").adapter_version != 2:  # two serves one's update
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_two_servers_racing_for_one_player_train_it_once(tmp_path, arch_root, redis_url):
+    servers = [open_server(tmp_path, f"s{i}", arch_root, redis_url) for i in range(2)]
+    try:
+        for _ in range(3):
+            for svc in servers:
+                play(svc, "both")
+            barrier = threading.Barrier(2)
+            done = [0, 0]
+
+            def train(i, barrier=barrier, done=done):
+                barrier.wait()
+                done[i] = servers[i].train_pending()
+
+            threads = [threading.Thread(target=train, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sum(done) <= 1, done  # never both
+        for svc in servers:  # drain what was forwarded
+            svc.train_pending()
+        stats = [svc.stats() for svc in servers]
+        assert sum(s["forwarded_trained"] for s in stats) == sum(s["episodes_forwarded"] for s in stats)
+        assert sum(s["updates"] for s in stats) == servers[0].engine.store.read_meta("tiny", "both").version
+        assert sum(s["lease_claims"] for s in stats) == 1
+    finally:
+        for svc in servers:
+            svc.close()
+
+
+def test_a_lapsed_lease_is_taken_over(tmp_path, arch_root, redis_url, redis_server):
+    one = open_server(tmp_path, "one", arch_root, redis_url)
+    two = open_server(tmp_path, "two", arch_root, redis_url)
+    try:
+        play(one, "p")
+        assert one.train_pending() == 1
+        play(two, "p")
+        two.train_pending()
+        assert two.stats()["episodes_forwarded"] == 1
+        with redis_server.client() as raw:  # one stops renewing (as if it had died): its lease lapses
+            raw.pexpire(one.leased._key("lease", "tiny", "p"), 1)
+        time.sleep(0.01)
+        play(two, "p")
+        assert two.train_pending() == 1
+        assert two.stats()["forwarded_trained"] == 1 and two.stats()["lease_claims"] == 1
+        assert two.engine.store.read_meta("tiny", "p").version == 2
+        assert one.train_pending() == 0  # one's work set still named p: the lease moved, so it passes it on
+        assert two.train_pending() == 0 and two.stats()["forwarded_trained"] == 1  # nothing left to train
+        assert one.stats()["updates"] == 1
+        deadline = time.monotonic() + 10  # one's change feed brings two's version
+        while one.adapter_info("tiny", "p").version != 2:
+            assert time.monotonic() < deadline, "server one never served version 2"
+            time.sleep(0.01)
+    finally:
+        one.close()
+        two.close()
+
+
+@pytest.mark.parametrize("kill", ["at_once", "after_its_round"])
+def test_a_server_killed_mid_round_loses_no_forwarded_update_and_applies_none_twice(tmp_path, arch_root, kill):
+    """Server A (a real `npcadapt serve`) holds player p's lease; server B forwards p's
+    episodes to it, and A is SIGKILLed at once (before or during its round) or once it has
+    stored their update. Whatever A stored says which forwarded episodes it consumed
+    (`forwarded_upto`); once the lease lapses B takes it and trains exactly the rest."""
+    redis = RedisServer(tmp_path / "redis")
+    proc, port = start_server(
+        tmp_path / "a",
+        "--store", redis.url,
+        "--lease-ttl", "30",
+        "--trainer", "thread",
+        "--episodes-per-update", "1",
+        "--no-gate",
+        "--archetypes", str(arch_root),
+    )  # fmt: skip
+    b = None
+    try:
+        with Client("127.0.0.1", port) as client:
+            for t in range(3):
+                out = client.act("tiny", "p", "n", OBS.tolist())
+                client.feedback("p", "n", 1.0, done=t == 2, wait=True)
+        deadline = time.monotonic() + 30
+        while (meta := stored(redis.url, "p")) is None:  # A trained p: it holds the lease
+            assert time.monotonic() < deadline, "server A did not train"
+            time.sleep(0.02)
+        assert out["adapter_version"] == 0
+
+        b = open_server(tmp_path, "b", arch_root, redis.url)
+        play(b, "p", episodes=3)
+        assert b.train_pending() == 0 and b.stats()["episodes_forwarded"] == 3
+        with redis.client() as raw:
+            stream = b.leased._key("episodes", "tiny", "p")
+            forwarded = [entry_id.decode() for entry_id, _ in raw.xrange(stream)]
+        if kill == "after_its_round":
+            deadline = time.monotonic() + 30
+            while stored(redis.url, "p").forwarded_upto != forwarded[-1]:
+                assert time.monotonic() < deadline, "server A did not train the forwarded episodes"
+                time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)  # at once: A may be training them right now
+        proc.wait(10)
+
+        meta = stored(redis.url, "p")
+        consumed_by_a = [i for i in forwarded if meta.forwarded_upto and _id(i) <= _id(meta.forwarded_upto)]
+        assert len(consumed_by_a) in ((0, 3) if kill == "at_once" else (3,))
+        with redis.client() as raw:  # A's lease lapses (it died: nobody renews it)
+            raw.pexpire(b.leased._key("lease", "tiny", "p"), 1)
+        time.sleep(0.01)
+        play(b, "p")
+        assert b.train_pending() == 1
+        final = stored(redis.url, "p")
+        assert final.version == meta.version + 1  # B trained on top of A's last stored version
+        assert final.forwarded_upto == forwarded[-1]  # every forwarded episode is in it
+        assert b.stats()["forwarded_trained"] == len(forwarded) - len(consumed_by_a)  # the rest, once
+        assert b.train_pending() == 0 and b.stats()["forwarded_trained"] == len(forwarded) - len(consumed_by_a)
+    finally:
+        if b is not None:
+            b.close()
+        stop_process(proc)
+        redis.stop()
+
+
+def _id(stream_id: str) -> tuple[int, int]:
+    ms, seq = stream_id.split("-")
+    return int(ms), int(seq)
