@@ -446,6 +446,12 @@ class Engine:
         chosen: list[int] = np.flatnonzero(finite).tolist()
         pre = rt.bank.prefetch([players[i] for i in chosen])  # the stored versions, read before the lock
         try:
+            # a shared store remembers the version of a reset player: their new adapter starts above it
+            floors = {
+                p: self.version_floor(archetype, p)
+                for p in (players[i] for i in chosen)
+                if self.shared and rt.bank.meta(p) is None and (pre is None or pre.loaded.get(p) is None)
+            }
             with rt.bank.lock:
                 now = time.time()
                 held = {players[i]: rt.bank.meta(players[i]) for i in chosen}  # before this loop evicts any
@@ -459,20 +465,8 @@ class Engine:
                         old = rt.bank.meta(player)
                     upto = (forwarded_upto or {}).get(player)
                     if old is None:
-                        meta = AdapterMeta(
-                            archetype=archetype,
-                            player=player,
-                            base_hash=rt.archetype.base_hash,
-                            rank=rt.layout.rank,
-                            alpha=float(rt.archetype.spec.lora.alpha),
-                            rslora=rt.archetype.spec.lora.rslora,
-                            version=1,
-                            updates=updates,
-                            created=now,
-                            updated=now,
-                            dtype=self.adapter_dtype,
-                            forwarded_upto=upto or "",
-                        )
+                        floor = floors[player] if player in floors else self.version_floor(archetype, player)
+                        meta = self._new_meta(rt, player, floor + 1, updates, now, upto or "")
                     else:
                         meta = replace(
                             old,
@@ -488,6 +482,74 @@ class Engine:
         finally:
             rt.bank.release(pre)
         return metas
+
+    def _new_meta(
+        self, rt: ArchetypeRuntime, player: str, version: int, updates: int, now: float, upto: str = ""
+    ) -> AdapterMeta:
+        """The metadata of a player's first adapter (or first after a reset)."""
+        return AdapterMeta(
+            archetype=rt.archetype.name,
+            player=player,
+            base_hash=rt.archetype.base_hash,
+            rank=rt.layout.rank,
+            alpha=float(rt.archetype.spec.lora.alpha),
+            rslora=rt.archetype.spec.lora.rslora,
+            version=version,
+            updates=updates,
+            created=now,
+            updated=now,
+            dtype=self.adapter_dtype,
+            forwarded_upto=upto,
+        )
+
+    def version_floor(self, archetype: str, player: str) -> int:
+        """The version a new adapter of `player` starts above (a reset player's last version
+        in a shared store, else 0; 0 while the store cannot be reached: compare-and-set then
+        refuses a version the store has seen)."""
+        if not self.shared:
+            return 0
+        try:
+            return self.store.version_floor(archetype, player)
+        except StoreError as exc:
+            log.warning("new adapter for player %r starts at version 1: %s", player, exc)
+            return 0
+
+    def publish_adapter_row(
+        self,
+        archetype: str,
+        player: str,
+        flat: torch.Tensor,
+        *,
+        version: int,
+        after: AdapterMeta | None = None,
+        updates: int = 0,
+    ) -> AdapterMeta:
+        """Store `flat` as exactly `version` of the player's adapter, now (not through the
+        write-behind queue), then serve it (a shared store: the bank's older copy is dropped
+        and the next lookup loads the stored one): for a result computed elsewhere from the
+        version before (offline fitting). `after` is that version's metadata (None: a new adapter).
+        A shared store refuses it with StaleAdapterError when it holds `version` or a newer
+        one: another server updated the player since (nothing is installed then)."""
+        rt = self.runtime(archetype)
+        validate_player_id(player)
+        flat = flat.reshape(-1)
+        if not bool(torch.isfinite(flat).all()):
+            raise InvalidInputError(f"adapter for player {player!r} has non-finite values")
+        now = time.time()
+        if after is None:
+            meta = self._new_meta(rt, player, version, updates, now)
+        else:
+            meta = replace(after, version=version, updates=after.updates + updates, updated=now)
+        self.writeback.discard_older((archetype, player), version)  # an older queued write must not land after it
+        self.store.save(self._named(archetype, flat.to(DTYPES[meta.dtype])), meta)
+        if self.shared:  # drop an older copy: the next lookup loads it (or a newer one written since)
+            rt.bank.invalidate(player, version)
+            return meta
+        with rt.bank.lock:
+            held = rt.bank.meta(player)
+            if held is None or held.version <= version:
+                rt.bank.put(player, flat, meta, dirty=False)
+        return meta
 
     def adapter_info(self, archetype: str, player: str) -> AdapterInfo | None:
         """Version, update count and residency of a player's adapter; None when they have none."""

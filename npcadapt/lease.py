@@ -22,7 +22,10 @@ and those other servers forwarded to this one:
    the new holder.
 4. The new versions carry ``forwarded_upto`` = the last stream entry trained and are
    written at once (compare-and-set); :meth:`LeasedTraining.settle` waits for the writes,
-   then trims the streams and the work set.
+   then trims each stream up to and including the ``forwarded_upto`` of the version the
+   store holds (not of the one written: a write refused by compare-and-set, discarded by
+   another server's newer version or dropped from a full queue consumed nothing), and
+   clears the work set of the players with nothing left after it.
 
 No update lost or applied twice when a server dies: which forwarded episodes a version has
 consumed is in that version's own bytes (``forwarded_upto``), so consuming them and
@@ -266,16 +269,23 @@ class LeasedTraining:
 
     def settle(self, archetype: str, players: Iterable[str], timeout: float) -> None:
         """After installing: wait for the new versions' writes, then trim the trained
-        streams and this server's work set. A write that fails is retried by the queue; the
-        streams are then left as they are (the stored version says what was consumed)."""
+        streams to what the stored versions consumed, and this server's work set. The wait
+        also ends when a write was refused or discarded (a newer version is stored), so
+        what was consumed is read back from the store, not taken from this round. A write
+        that fails is retried by the queue; the streams are then left as they are."""
         keys = [(archetype, p) for p in players]
         if not keys:
             return
         self.engine.writeback.wait(keys, timeout)
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
-            if key in self._upto:
-                pipe.xtrim(self._key("episodes", *key), minid=self._upto[key], approximate=False)
+            if key not in self._upto:
+                continue  # nothing forwarded was trained this round
+            meta = self.store.read_meta(*key)
+            stored = meta.forwarded_upto if meta is not None else ""
+            self._after[key] = stored  # the work set keeps the player while entries after it remain
+            if stored:  # MINID keeps the entry it names: trim from the one after it, so it goes too
+                pipe.xtrim(self._key("episodes", *key), minid=_next_id(stored), approximate=False)
         self.store.call("trim forwarded episodes", pipe.execute)
         self._clear_work(keys)
 
@@ -396,6 +406,12 @@ class LeasedTraining:
 def _as_text(value: object) -> str:
     """A Redis reply (bytes) as str."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _next_id(stream_id: str) -> str:
+    """The smallest stream id after `stream_id` ('<ms>-<seq>')."""
+    ms, seq = map(int, stream_id.split("-"))
+    return f"{ms}-{seq + 1}" if seq < 2**64 - 1 else f"{ms + 1}-0"
 
 
 def _member(key: Key) -> bytes:

@@ -4,13 +4,18 @@ The log holds one ``decisions`` record per act_batch and one ``feedback`` record
 feedback_batch (see :mod:`npcadapt.service`). Replaying them in order through an
 :class:`~npcadapt.episodes.EpisodeTracker` rebuilds exactly the episodes the online
 trainer saw. Corrupt or torn records are skipped and counted, never fatal.
+
+Several servers' logs (one directory each) are replayed one directory at a time, as each
+server tracked its own episodes, and each player's episodes from all of them are merged
+in the order they ended (the time of the feedback record that closed each one).
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,16 +73,25 @@ def _decision_rows(record: dict, wanted) -> tuple | None:
     )
 
 
+Key = tuple[str, str]  # (archetype, player)
+
+
 def read_episodes(
-    logs: str | Path,
+    logs: str | Path | Sequence[str | Path],
     *,
     archetypes: Iterable[str] | None = None,
     players: Iterable[str] | None = None,
-) -> tuple[dict[tuple[str, str], list[Episode]], RecordingSummary]:
-    """Completed episodes per (archetype, player) from a log directory, and a summary."""
-    logs = Path(logs)
-    if not logs.is_dir():
-        raise InvalidInputError(f"log directory {logs} does not exist")
+) -> tuple[dict[Key, list[Episode]], RecordingSummary]:
+    """Completed episodes per (archetype, player) from a log directory, or from several
+    (one per server: each player's episodes merged in the order they ended), and a summary
+    of them all."""
+    dirs = [Path(logs)] if isinstance(logs, (str, Path)) else [Path(d) for d in logs]
+    if not dirs:
+        raise InvalidInputError("no log directory given")
+    dirs = list({d.resolve(): d for d in dirs}.values())  # the same directory twice: read once
+    for d in dirs:
+        if not d.is_dir():
+            raise InvalidInputError(f"log directory {d} does not exist")
     arch_set = None if archetypes is None else set(archetypes)
     player_set = None if players is None else set(players)
 
@@ -85,7 +99,25 @@ def read_episodes(
         return (arch_set is None or archetype in arch_set) and (player_set is None or player in player_set)
 
     summary = RecordingSummary()
+    timed: dict[Key, list[list[tuple[float, Episode]]]] = {}  # per key, per directory: (end time, episode)
+    for d in dirs:
+        for key, eps in _replay(d, wanted, summary).items():
+            timed.setdefault(key, []).append(eps)
+    episodes = {
+        key: [ep for _, ep in (runs[0] if len(runs) == 1 else heapq.merge(*runs, key=lambda te: te[0]))]
+        for key, runs in timed.items()
+    }
+    summary.episodes = sum(len(v) for v in episodes.values())
+    summary.players = len(episodes)
+    return episodes, summary
+
+
+def _replay(logs: Path, wanted, summary: RecordingSummary) -> dict[Key, list[tuple[float, Episode]]]:
+    """One directory's completed episodes with the time each ended, in that order; counts
+    into `summary`."""
     tracker = EpisodeTracker()
+    archetype_of: dict[tuple[str, str], str] = {}  # (player, npc) -> archetype of its open episode
+    ended: dict[Key, list[float]] = {}  # per key, the time each completed episode ended
 
     def corrupt(bad) -> None:
         summary.corrupt_records += 1
@@ -104,18 +136,29 @@ def read_episodes(
                 rows = _decision_rows(record, wanted)
                 if rows is not None:
                     tracker.record(*rows)
+                    archetype_of.update(((p, npc), rows[0]) for p, npc in zip(rows[1], rows[2]))
             elif kind == "feedback":
+                when = _time(record)
                 for p, npc, r, d in zip(record["players"], record["npcs"], record["reward"], record["done"]):
                     summary.feedback += 1
                     try:
                         tracker.feedback(p, npc, r, d)
                     except InvalidInputError:
                         summary.orphan_feedback += 1
+                        continue
+                    if d:
+                        ended.setdefault((archetype_of[(p, npc)], p), []).append(when)
         except (KeyError, TypeError, ValueError) as exc:  # a well-framed record of the wrong shape
             summary.corrupt_records += 1
             log.warning("skipping malformed log record: %r", exc)
-    summary.open_episodes = tracker.open_count()
-    episodes = tracker.take(tracker.ready(1))
-    summary.episodes = sum(len(v) for v in episodes.values())
-    summary.players = len(episodes)
-    return episodes, summary
+    summary.open_episodes += tracker.open_count()
+    episodes = tracker.take(tracker.ready(1))  # each key's in the order they completed
+    return {key: list(zip(ended[key], eps, strict=True)) for key, eps in episodes.items()}
+
+
+def _time(record: dict) -> float:
+    """A record's wall-clock time (0 if it has none: it sorts first)."""
+    try:
+        return float(record.get("time", 0.0))
+    except (TypeError, ValueError):
+        return 0.0

@@ -306,6 +306,11 @@ class AdapterStore:
             ) from exc
         return True
 
+    def version_floor(self, archetype: str, player: str) -> int:
+        """0: one server writes the files, so a reset player starts again at version 1."""
+        self.path_for(archetype, player)  # validates both names
+        return 0
+
     def players(self, archetype: str) -> Iterator[str]:
         """Player ids (from metadata) of stored adapters; unreadable files are skipped."""
         base = self.root / "adapters" / validate_archetype_name(archetype)

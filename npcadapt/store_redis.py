@@ -4,7 +4,8 @@ Keys, under a prefix (``npcadapt``); ``<key>`` is the sha256 of the player id, a
 file store, so a player id never becomes part of a key name::
 
     <prefix>:adapter:<archetype>:<key>             hash: data (safetensors bytes, the metadata
-                                                    in its header), version, base, digest
+                                                    in its header), version, base, digest; or,
+                                                    once deleted, a tombstone: version, deleted
     <prefix>:players:<archetype>                   set of the <key>s stored (for players())
     <prefix>:quarantine:<archetype>:<key>:<ns>     hash: data, reason (data that failed validation)
     <prefix>:quarantined:<archetype>               list of those quarantine keys
@@ -15,7 +16,11 @@ newer than the stored one (the same adapter again is a retried write and succeed
 indexes it and publishes the change; anything else is refused (StaleAdapterError), so a
 server never overwrites a newer adapter with an older one. Loads validate as the file
 store does (``_validate``); bad data is moved to a quarantine key by a script that checks
-it is still the data that was read. A delete publishes version -1.
+it is still the data that was read. A delete (a reset) publishes version -1 and leaves a
+tombstone that keeps the version as a floor: reads see no adapter, a late write of that
+version or an older one (from a server that had not heard of the reset) is refused, and
+the player's next adapter starts above it (:meth:`RedisAdapterStore.version_floor`).
+Tombstones stay (about 100 bytes each).
 
 :meth:`RedisAdapterStore.watch` subscribes to the channel in a thread and hands other
 servers' changes to the engine (its own are skipped by origin). When the subscription was
@@ -76,20 +81,25 @@ _SAVE = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version'))
 local v = tonumber(ARGV[2])
 if cur then
-  if cur > v then return {0, cur} end
+  local reset = redis.call('HEXISTS', KEYS[1], 'deleted')
+  if cur > v then return {0, cur, reset} end
   if cur == v then
-    if redis.call('HGET', KEYS[1], 'digest') == ARGV[4] then return {1, cur} end
-    return {0, cur}
+    if redis.call('HGET', KEYS[1], 'digest') == ARGV[4] then return {1, cur, 0} end
+    return {0, cur, reset}
   end
 end
+redis.call('HDEL', KEYS[1], 'deleted')
 redis.call('HSET', KEYS[1], 'data', ARGV[1], 'version', ARGV[2], 'base', ARGV[3], 'digest', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[6], ARGV[7])
-return {1, v}
+return {1, v, 0}
 """
 
 _DELETE = """
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HEXISTS', KEYS[1], 'deleted') == 1 then return 0 end
+local floor = redis.call('HGET', KEYS[1], 'version')
+redis.call('DEL', KEYS[1])
+if floor and tonumber(floor) then redis.call('HSET', KEYS[1], 'version', floor, 'deleted', '1') end
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return 1
@@ -186,14 +196,18 @@ class RedisAdapterStore:
         announce = msgpack.packb([self.origin, meta.archetype, meta.player, meta.version], use_bin_type=True)
         args: list[Any] = [data, meta.version, meta.base_hash, _digest(tensors, meta), player_key(meta.player)]
         what = f"save adapter for player {show_id(meta.player)} to {key}"
-        stored, version = self.call(
+        stored, version, reset = self.call(
             what,
             lambda: self._save(keys=[key, self._index(meta.archetype)], args=[*args, self.channel, announce]),
         )
         if not stored:
+            held = (
+                f"was reset at version {version} (a write from before the reset)"
+                if reset
+                else f"holds version {version} (a newer or different adapter, kept)"
+            )
             raise StaleAdapterError(
-                f"adapter for player {show_id(meta.player)} version {meta.version} not saved: {self.where} "
-                f"{key} holds version {version} (a newer or different adapter, kept)",
+                f"adapter for player {show_id(meta.player)} version {meta.version} not saved: {self.where} {key} {held}",
                 int(version),
             )
         return key
@@ -225,12 +239,14 @@ class RedisAdapterStore:
     def _read_checked(
         self, archetype: str, player: str, what: str, parse: Callable[[bytes], tuple[_T, AdapterMeta]]
     ) -> tuple[_T, AdapterMeta] | None:
-        """`parse(data)` of the player's entry, its version field checked: None if absent; bad
-        data is quarantined (CorruptAdapterError)."""
+        """`parse(data)` of the player's entry, its version field checked: None if absent (or
+        deleted: a tombstone); bad data is quarantined (CorruptAdapterError)."""
         key = self.key_for(archetype, player)
-        reply = self.call(f"read {what} of player {show_id(player)}", lambda: self.client.hmget(key, "data", "version"))
-        data, version = map(_as_bytes, reply)
-        if data is None and version is None:
+        reply = self.call(
+            f"read {what} of player {show_id(player)}", lambda: self.client.hmget(key, "data", "version", "deleted")
+        )
+        data, version, deleted = map(_as_bytes, reply)
+        if (data is None and version is None) or deleted is not None:
             return None
         try:
             if data is None:
@@ -242,7 +258,8 @@ class RedisAdapterStore:
         return parsed
 
     def delete(self, archetype: str, player: str) -> bool:
-        """Remove the player's adapter (announced to other servers); True if there was one."""
+        """Remove the player's adapter (announced to other servers), leaving a tombstone with
+        its version (:meth:`version_floor`); True if there was one."""
         key = self.key_for(archetype, player)
         announce = msgpack.packb([self.origin, archetype, player, _DELETED], use_bin_type=True)
         done = self.call(
@@ -278,7 +295,17 @@ class RedisAdapterStore:
 
     def exists(self, archetype: str, player: str) -> bool:
         key = self.key_for(archetype, player)
-        return bool(self.call(f"look up adapter of player {show_id(player)}", lambda: self.client.exists(key)))
+        return bool(self.call(f"look up adapter of player {show_id(player)}", lambda: self.client.hexists(key, "data")))
+
+    def version_floor(self, archetype: str, player: str) -> int:
+        """The version a new adapter of the player must be above: the stored one's, or that of
+        the adapter deleted last (its tombstone); 0 if there was never one."""
+        key = self.key_for(archetype, player)
+        got = self.call(f"read adapter version of player {show_id(player)}", lambda: self.client.hget(key, "version"))
+        try:
+            return max(0, int(got)) if got is not None else 0
+        except ValueError:  # not a number: the entry is corrupt (quarantined when read); no floor
+            return 0
 
     def quarantined(self, archetype: str) -> list[str]:
         """Quarantine keys of ``archetype``, oldest first (each a hash: data, reason)."""

@@ -72,6 +72,12 @@ class Store(Protocol):
         """Whether an adapter of the player is stored (no validation)."""
         ...
 
+    def version_floor(self, archetype: str, player: str) -> int:
+        """The version a new adapter of the player starts above: a shared store remembers the
+        version of a deleted adapter, so a late write of it from another server is refused
+        (0: none, as for the file store, whose only writer is its server)."""
+        ...
+
     def watch(self, callback: Callable[[StoreEvent], None]) -> None:
         """Call `callback` (from a thread of the store) for every change made elsewhere."""
         ...

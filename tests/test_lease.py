@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -124,6 +125,45 @@ def test_a_lapsed_lease_is_taken_over(tmp_path, arch_root, redis_url, redis_serv
         while one.adapter_info("tiny", "p").version != 2:
             assert time.monotonic() < deadline, "server one never served version 2"
             time.sleep(0.01)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_forwarded_episodes_stay_in_the_stream_when_the_holders_write_is_refused(tmp_path, arch_root, redis_url):
+    """The holder trains forwarded episodes, but its write is refused by compare-and-set (a
+    newer version landed first): the episodes were consumed by no stored version, so they
+    stay in the stream (and the holder's work set keeps the player) and the next round
+    trains them on top of the stored version; once that is stored, the stream is empty."""
+    one = open_server(tmp_path, "one", arch_root, redis_url)
+    two = open_server(tmp_path, "two", arch_root, redis_url)
+    try:
+        play(one, "p")
+        assert one.train_pending() == 1  # one holds the lease
+        play(two, "p", episodes=2)
+        assert two.train_pending() == 0 and two.stats()["episodes_forwarded"] == 2
+        stream = one.leased._key("episodes", "tiny", "p")
+        work = one.leased._work_key(one.leased.server)
+        raw = one.engine.store.client
+        forwarded = [entry_id.decode() for entry_id, _ in raw.xrange(stream)]
+        assert len(forwarded) == 2
+        # a newer version one does not hear of (written through its own store: its own announcements are skipped)
+        newer = replace(one.engine.store.read_meta("tiny", "p"), version=7, forwarded_upto="")
+        one.engine.store.save(one.engine.get_adapter("tiny", "p"), newer)
+
+        assert one.train_pending() == 1  # trained on version 1: installed, but its write is refused
+        assert one.stats()["store_conflicts"] == 1 and one.stats()["forwarded_trained"] == 2
+        assert stored(redis_url, "p").version == 7
+        assert [entry_id.decode() for entry_id, _ in raw.xrange(stream)] == forwarded  # nothing trimmed
+        assert raw.smembers(work)  # the holder is still told to train them
+
+        assert one.train_pending() == 1  # again, on top of version 7
+        final = stored(redis_url, "p")
+        assert final.version == 8 and final.forwarded_upto == forwarded[-1]
+        assert one.stats()["forwarded_trained"] == 4
+        assert raw.xlen(stream) == 0  # the last consumed entry too (XTRIM MINID keeps the id it names)
+        assert not raw.smembers(work)
+        assert one.train_pending() == 0 and one.stats()["forwarded_trained"] == 4
     finally:
         one.close()
         two.close()

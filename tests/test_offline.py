@@ -194,6 +194,122 @@ def test_ray_engine_gives_the_same_adapters_as_local(tmp_path, recorded):
         svc.close()
 
 
+# -- several servers' logs, adapters published through the Redis store ----------------------
+
+
+@pytest.fixture(scope="module")
+def second_server(recorded, tmp_path_factory):
+    """The logs of a second server on which two of the recorded players played later."""
+    data = tmp_path_factory.mktemp("second")
+    svc = npcadapt.open(data, seed=1, online=None)
+    run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=2, episodes=3, seed=1, train=False)
+    svc.close()
+    return data
+
+
+def _episode_bytes(ep) -> bytes:
+    return np.stack(ep.obs).tobytes() + np.asarray(ep.action).tobytes()
+
+
+def test_several_log_directories_merge_each_players_episodes_in_time_order(recorded, second_server):
+    one, _ = read_episodes(recorded / "logs")
+    two, _ = read_episodes(second_server / "logs")
+    both, summary = read_episodes([recorded / "logs", second_server / "logs", recorded / "logs"])  # a repeat: once
+    assert summary.episodes == sum(map(len, one.values())) + sum(map(len, two.values())) == PLAYERS * EPISODES + 6
+    assert summary.players == PLAYERS and set(two) < set(one)
+    for key, eps in both.items():  # the second server's episodes ended later: after the first's
+        expected = one[key] + two.get(key, [])
+        assert [_episode_bytes(e) for e in eps] == [_episode_bytes(e) for e in expected]
+    swapped, _ = read_episodes([second_server / "logs", recorded / "logs"])  # the order given does not matter
+    assert all([_episode_bytes(e) for e in swapped[k]] == [_episode_bytes(e) for e in both[k]] for k in both)
+
+
+def _train_to_redis(tmp_path, recorded, second_server, url, *extra):
+    return main(
+        [
+            "train",
+            "adapters",
+            "--logs",
+            str(recorded / "logs"),
+            str(second_server / "logs"),
+            "--data",
+            str(tmp_path / "fit"),
+            "--store",
+            url,
+            "--epochs",
+            "2",
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def test_train_adapters_from_two_servers_logs_publishes_to_redis(tmp_path, recorded, second_server, redis_url, capsys):
+    from npcadapt.store_redis import RedisAdapterStore
+
+    two = sorted({p for _, p in read_episodes(second_server / "logs")[0]})
+    assert _train_to_redis(tmp_path, recorded, second_server, redis_url, "--players", *two) == 0
+    out = capsys.readouterr().out
+    assert "from 2 log directories" in out and "0 skipped: newer online version" in out
+    store = RedisAdapterStore(redis_url)
+    try:
+        assert sorted(store.players("duelist")) == two
+        assert all(store.read_meta("duelist", p).version == 1 for p in two)
+        report = json.loads((tmp_path / "fit" / "reports" / "fit-duelist.json").read_text())
+        assert {r["player"]: r["episodes"] for r in report["per_player"]} == dict.fromkeys(two, EPISODES + 3)
+        assert not list((tmp_path / "fit").glob("adapters/duelist/*/*.safetensors"))  # in Redis, not in files
+        # a second run refines the stored versions: each is stored as the version after the one it read
+        assert _train_to_redis(tmp_path / "again", recorded, second_server, redis_url, "--players", *two) == 0
+        assert all(store.read_meta("duelist", p).version == 2 for p in two)
+    finally:
+        store.close()
+
+
+def test_an_online_update_landing_during_the_fit_is_not_overwritten(
+    tmp_path, recorded, second_server, redis_url, capsys, monkeypatch
+):
+    """Player A is updated online (another server writes version 2) while the offline fit
+    that read version 1 runs: the offline result is refused by compare-and-set, reported as
+    skipped, and A keeps the online version; player B, not updated meanwhile, gets the fit."""
+    from dataclasses import replace
+
+    from npcadapt.store_redis import RedisAdapterStore
+    from npcadapt.training import offline
+
+    a, b = sorted({p for _, p in read_episodes(second_server / "logs")[0]})
+    assert _train_to_redis(tmp_path / "first", recorded, second_server, redis_url, "--players", a, b) == 0
+    online = RedisAdapterStore(redis_url)  # another server's store
+    fit_batch = offline.fit_batch
+
+    def online_update_lands_first(trainer, start, episodes, config):
+        got = online.load(online_spec, a)
+        assert got is not None and got[1].version == 1  # the fit started from version 1
+        tensors = {k: v + 0.01 for k, v in got[0].items()}
+        online.save(tensors, replace(got[1], version=2, updates=got[1].updates + 1))
+        landed.append(tensors)
+        return fit_batch(trainer, start, episodes, config)
+
+    probe = npcadapt.Engine(tmp_path / "probe")
+    online_spec = probe.runtime("duelist").adapter_spec
+    probe.close()
+    landed: list = []
+    monkeypatch.setattr(offline, "fit_batch", online_update_lands_first)
+    capsys.readouterr()
+    try:
+        assert _train_to_redis(tmp_path / "second", recorded, second_server, redis_url, "--players", a, b) == 0
+        assert "1 skipped: newer online version" in capsys.readouterr().out
+        tensors, meta = online.load(online_spec, a)
+        assert meta.version == 2 and all(torch.equal(tensors[k], landed[0][k]) for k in tensors)  # kept
+        assert online.read_meta("duelist", b).version == 2  # refined by the fit
+        report = json.loads((tmp_path / "second" / "fit" / "reports" / "fit-duelist.json").read_text())
+        skipped = {r["player"]: r.get("skipped") for r in report["per_player"]}
+        assert skipped == {a: "newer online version", b: None}
+        state = json.loads((tmp_path / "second" / "fit" / ".fit-duelist.state.json").read_text())
+        assert sorted(state["players"]) == [b]  # a rerun fits a again, from the online version
+    finally:
+        online.close()
+
+
 def test_refresh_base_from_logs_makes_old_adapters_stale(tmp_path, recorded, capsys):
     arch_dir = tmp_path / "archetypes"
     shutil.copytree(npcadapt.Engine(tmp_path / "probe").runtime("duelist").archetype.directory, arch_dir / "duelist")

@@ -93,6 +93,50 @@ def test_keys_never_hold_a_player_id(store):
     assert not any("a:b" in k or "../p" in k for k in keys)
 
 
+def test_a_reset_leaves_a_floor_that_refuses_late_writes_and_the_next_adapter_starts_above(
+    tmp_path, arch_root, redis_url
+):
+    """A reset on one engine keeps the player's version as a tombstone: another server's late
+    write of that version (or an older one) does not bring the reset adapter back, and the
+    player's next adapter, on either engine, gets a version above it."""
+    one = shared_engine(tmp_path, "one", arch_root, redis_url)
+    two = shared_engine(tmp_path, "two", arch_root, redis_url)
+    late = RedisAdapterStore(redis_url)  # a third server whose write was delayed past the reset
+    try:
+        for seed in (1, 2, 3):
+            one.set_adapter("tiny", "p", random_adapter(one, "tiny", "p", seed=seed))
+        stale = one.store.read_meta("tiny", "p")
+        assert stale.version == 3
+        wait_for(lambda: two.act("tiny", "p", OBS).adapter_version == 3, what="version 3 served on two")
+        assert one.reset_player("tiny", "p")
+        assert (
+            one.store.read_meta("tiny", "p") is None and one.store.load(one.runtime("tiny").adapter_spec, "p") is None
+        )
+        assert not one.store.exists("tiny", "p") and list(one.store.players("tiny")) == []
+        assert one.store.delete("tiny", "p") is False and one.store.version_floor("tiny", "p") == 3
+        for version in (3, 2):
+            with pytest.raises(StaleAdapterError, match="was reset at version 3") as info:
+                late.save(random_adapter(one, "tiny", "p", seed=9), replace(stale, version=version))
+            assert info.value.stored_version == 3
+        assert one.store.read_meta("tiny", "p") is None
+        wait_for(lambda: two.act("tiny", "p", OBS).adapter_version == 0, what="the reset reaching two")
+
+        assert one.act("tiny", "p", OBS).adapter_version == 0  # known absent in one's bank
+        info = one.set_adapter("tiny", "p", random_adapter(one, "tiny", "p", seed=4))
+        assert info.version == 4
+        one.flush()
+        assert one.store.read_meta("tiny", "p").version == 4
+        wait_for(lambda: two.act("tiny", "p", OBS).adapter_version == 4, what="version 4 served on two")
+        two.set_adapter("tiny", "p", random_adapter(two, "tiny", "p", seed=5))
+        two.flush()
+        assert two.store.read_meta("tiny", "p").version == 5
+        assert one.stats()["store_conflicts"] == two.stats()["store_conflicts"] == 0
+    finally:
+        one.close()
+        two.close()
+        late.close()
+
+
 # -- changes reach the other servers ----------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..archetypes import find_archetypes
-from ..errors import NpcAdaptError
-from .argtypes import positive_float
+from ..errors import InvalidInputError, NpcAdaptError
+from .argtypes import positive_float, store_url
 from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
@@ -61,13 +61,16 @@ def _cmd_train_adapters(args) -> int:
     from ..fit_report import write_fit_report
     from ..recordings import read_episodes
     from ..service import Service
-    from ..training.offline import OfflineConfig, fit_adapters
+    from ..training.offline import SKIPPED_NEWER, OfflineConfig, fit_adapters
 
-    logs = Path(args.logs)
+    logs = [Path(d) for d in args.logs]
+    if args.data is None and len(logs) > 1:
+        raise InvalidInputError("with several --logs directories, pass --data (where the fit's state and reports go)")
     episodes, summary = read_episodes(logs, archetypes=args.archetype and [args.archetype], players=args.players)
     print(
-        f"read {summary.records} records: {summary.episodes} episodes of {summary.players} players "
-        f"({summary.corrupt_records} corrupt records skipped, {summary.open_episodes} unfinished episodes ignored)"
+        f"read {summary.records} records from {len(logs)} log director{'y' if len(logs) == 1 else 'ies'}: "
+        f"{summary.episodes} episodes of {summary.players} players ({summary.corrupt_records} corrupt records "
+        f"skipped, {summary.open_episodes} unfinished episodes ignored)"
     )
     config = OfflineConfig(
         epochs=args.epochs,
@@ -76,12 +79,15 @@ def _cmd_train_adapters(args) -> int:
         seed=args.seed,
         players_per_batch=args.players_per_batch,
     )
-    data = Path(args.data) if args.data else logs.parent
+    data = Path(args.data) if args.data else logs[0].parent
     out = Path(args.out) if args.out else data / "reports"
     by_arch: dict[str, dict] = {}
     for (archetype, player), eps in episodes.items():
         by_arch.setdefault(archetype, {})[player] = eps
-    with Service(data, archetype_dirs=archetype_dirs(args), seed=args.seed, online=None, record=False) as svc:
+    data.mkdir(parents=True, exist_ok=True)  # the fit's state (and without --store the adapters) go here
+    with Service(
+        data, archetype_dirs=archetype_dirs(args), seed=args.seed, online=None, record=False, store=args.store
+    ) as svc:
         unknown = sorted(set(by_arch) - set(svc.archetypes))
         if unknown:
             print(f"skipping recordings of unknown archetypes {unknown}")
@@ -101,9 +107,11 @@ def _cmd_train_adapters(args) -> int:
                 )
             json_path, png_path = write_fit_report(archetype, rows, summary.to_dict(), asdict(config), out)
             improved = sum(r["estimate_fitted"] > r["estimate_base"] for r in rows)
+            skipped = sum(r.get("skipped") == SKIPPED_NEWER for r in rows)
+            where = f"Redis {getattr(svc.engine.store, 'where', '')}" if args.store else f"{data}/adapters/{archetype}"
             print(
-                f"{archetype}: {len(rows)} players fitted, {improved} improve the off-policy estimate; "
-                f"adapters in {data}/adapters/{archetype}; report {json_path}, plot {png_path}"
+                f"{archetype}: {len(rows)} players fitted, {improved} improve the off-policy estimate, "
+                f"{skipped} skipped: {SKIPPED_NEWER}; adapters in {where}; report {json_path}, plot {png_path}"
             )
     return 0
 
@@ -149,10 +157,27 @@ def add_train(sub) -> None:
     p = sub.add_parser("train", help="train archetype bases and per-player adapters")
     tsub = p.add_subparsers(dest="train_cmd", required=True)
     ad = tsub.add_parser("adapters", help="fit each player's adapter from recorded sessions (off-policy)")
-    ad.add_argument("--logs", required=True, help="interaction log directory (DATA/logs)")
+    ad.add_argument(
+        "--logs",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="interaction log directories (DATA/logs), one per server: each player's episodes are merged",
+    )
     ad.add_argument("--archetype", help="only this archetype")
     ad.add_argument("--players", nargs="+", help="only these player ids")
-    ad.add_argument("--data", help="where adapters are written (default: the parent of --logs)")
+    ad.add_argument(
+        "--data",
+        help="where adapters (without --store), the fit's state and reports are written (default: the parent "
+        "of --logs; needed with several)",
+    )
+    ad.add_argument(
+        "--store",
+        type=store_url,
+        metavar="URL",
+        help="publish the adapters to the servers' Redis (redis://HOST:PORT/DB) with compare-and-set: "
+        "a player updated online meanwhile keeps that version (skipped)",
+    )
     ad.add_argument("--out", help="report directory (default: DATA/reports)")
     ad.add_argument("--epochs", type=int, default=20)
     ad.add_argument("--players-per-batch", type=int, default=64, help="players fitted together in one batched pass")
@@ -171,7 +196,13 @@ def add_train(sub) -> None:
         "library", help="build an archetype's population prior (player cohorts) from recorded sessions"
     )
     lib.add_argument("--archetype", required=True, help="archetype name")
-    lib.add_argument("--logs", required=True, help="interaction log directory (DATA/logs)")
+    lib.add_argument(
+        "--logs",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="interaction log directories (DATA/logs), one per server",
+    )
     lib.add_argument("--cohorts", type=int, default=10, help="cohorts (K) to cluster the players into")
     lib.add_argument("--gamma", type=float, default=0.0, help="discount of the reward-to-go target (sequential games)")
     lib.add_argument(
@@ -193,7 +224,13 @@ def add_train(sub) -> None:
     base = tsub.add_parser("base", help="train an archetype's base policy with PPO on its gymnasium env")
     base.add_argument("--archetype", required=True, help="archetype name")
     base.add_argument("--env", help="gymnasium id or module:Class (default: the archetype's env)")
-    base.add_argument("--logs", help="train from recorded sessions instead (behaviour cloning of the best episodes)")
+    base.add_argument(
+        "--logs",
+        nargs="+",
+        metavar="DIR",
+        help="train from recorded sessions instead (behaviour cloning of the best episodes): log directories, "
+        "one per server",
+    )
     base.add_argument("--top", type=float, default=0.5, help="with --logs: share of best episodes to imitate")
     base.add_argument("--steps", type=int, default=200_000, help="environment steps (default 200k)")
     base.add_argument("--envs", type=int, default=16, help="parallel envs (default 16)")

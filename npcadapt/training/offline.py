@@ -8,6 +8,13 @@ which is what makes learning from someone else's decisions safe.
 
 Evaluation: per-decision weighted importance sampling (PDWIS) of the episode return,
 for the fitted policy and for the base, from the same recorded episodes.
+
+Publishing: each fitted adapter is stored as the version after the one it was fitted from
+(read when the fit started), at once and through the engine's store. A store shared with
+serving servers (Redis) refuses it by compare-and-set when an online update landed
+meanwhile: an offline result never overwrites a newer online one; that player's row says
+``"skipped": "newer online version"``. The same code runs whether the batches are fitted
+here or on Ray (the executor only computes; this process writes).
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapter_meta import AdapterMeta
 from ..engine import Engine
 from ..episodes import Episode
+from ..errors import StaleAdapterError
 from ..fileio import write_atomic
 from ..numerics import masked_kl_rows
 from ..sampling import derived_seed
 from .online import OnlineConfig, OnlineTrainer, PlayerUpdate
 
 log = logging.getLogger(__name__)
+
+SKIPPED_NEWER = "newer online version"  # a report row's "skipped": the store held a newer version
 
 
 @dataclass(frozen=True)
@@ -164,9 +175,12 @@ def fit_adapters(
     returns one report row per player.
 
     Batches run through `executor` (default: in this process, one after another; see
-    :mod:`npcadapt.training.ray_backend` for Ray). With `state_file`, finished players are
-    recorded after each batch (adapters flushed first), and a rerun with the same config
-    skips them: the fit resumes after an interruption with the same adapters.
+    :mod:`npcadapt.training.ray_backend` for Ray). Each fitted adapter is stored at once as
+    the version after the one it started from (see the module docstring): a shared store
+    refuses it when a newer version landed meanwhile, and that player's row gets
+    ``"skipped": SKIPPED_NEWER``. With `state_file`, finished players (not skipped ones) are
+    recorded after each batch, and a rerun with the same config skips them: the fit resumes
+    after an interruption with the same adapters.
     """
     rt = engine.runtime(archetype)
     trainer = OnlineTrainer(rt.policy, rt.layout, config.online())
@@ -174,31 +188,47 @@ def fit_adapters(
     done_rows: dict[str, dict] = state["players"]
     todo = sorted(p for p, eps in episodes.items() if len(eps) >= config.min_episodes and p not in done_rows)
     jobs = []
+    read: dict[str, tuple[int, AdapterMeta | None]] = {}  # the version each fit starts from, and its metadata
     for start in range(0, len(todo), config.players_per_batch):
         batch = todo[start : start + config.players_per_batch]
-        jobs.append(
-            ({p: _start_params(engine, archetype, p, config.seed) for p in batch}, {p: episodes[p] for p in batch})
-        )
+        params = {}
+        for p in batch:
+            params[p], read[p] = _start(engine, archetype, p, config.seed)
+        jobs.append((params, {p: episodes[p] for p in batch}))
     starts = {p: flat for start, _ in jobs for p, flat in start.items()}
+    skipped: dict[str, dict] = {}
     run = executor or (lambda js: (fit_batch(trainer, start, eps, config) for start, eps in js))
     for results in run(jobs):
         for p, (flat, row) in results.items():
             if not torch.equal(flat, starts[p]):
-                engine.put_adapter_row(archetype, p, flat, updates=config.epochs)
+                version, after = read[p]
+                try:
+                    engine.publish_adapter_row(
+                        archetype, p, flat, version=version + 1, after=after, updates=config.epochs
+                    )
+                except StaleAdapterError as exc:
+                    log.warning("offline fit of player %r not stored: %s", p, exc)
+                    skipped[p] = {**row, "skipped": SKIPPED_NEWER}  # not done: a rerun fits the new version
+                    continue
             done_rows[p] = row
         engine.flush()
         _save_state(state_file, state)
         if on_players:
             on_players(len(results))
-    return [done_rows[p] for p in sorted(done_rows) if p in episodes]
+    rows = {**done_rows, **skipped}
+    return [rows[p] for p in sorted(rows) if p in episodes]
 
 
-def _start_params(engine: Engine, archetype: str, player: str, seed: int) -> torch.Tensor:
-    """The player's current adapter (to refine), else a fresh one seeded by (seed, player)."""
-    current = engine.adapter_row(archetype, player)
+def _start(
+    engine: Engine, archetype: str, player: str, seed: int
+) -> tuple[torch.Tensor, tuple[int, AdapterMeta | None]]:
+    """The player's current adapter (to refine), else a fresh one seeded by (seed, player);
+    with the version it is (a fresh one: the store's floor) and its metadata (None if fresh)."""
+    floor = engine.version_floor(archetype, player)  # first: an adapter stored after it is read below
+    current = engine.adapter_state(archetype, player)
     if current is not None:
-        return current
-    return engine.fresh_adapter_row(archetype, player, seed=derived_seed(str(seed), archetype, player))
+        return current[0], (current[1].version, current[1])
+    return engine.fresh_adapter_row(archetype, player, seed=derived_seed(str(seed), archetype, player)), (floor, None)
 
 
 def _load_state(path: Path | None, config: OfflineConfig) -> dict:
