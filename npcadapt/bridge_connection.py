@@ -8,7 +8,15 @@ from :mod:`npcadapt.protocol_codec`.
 
 Flow control lives here too: at most ``MAX_EVENTS_PER_TURN`` requests of one read are
 handled per loop turn, and reading pauses while the input budget, that backlog or the
-client's unread replies (the transport's high-water mark) say so.
+client's unread replies (the transport's high-water mark) say so. The replies made while
+one read (or one turn of its backlog) is handled are held and written together, about
+``HELD_WRITE`` bytes a write, not one system call per reply.
+
+Before a connection authenticates (with a token), what a stranger can make the event loop
+do is bounded per connection: its reads are decoded ``PRE_AUTH_SLICE`` bytes at a time,
+and its ``MAX_PRE_AUTH_EVENTS + 1``-th message other than ``auth`` closes it (a client
+that never authenticates gets that many ``UNAUTHORIZED`` replies, not one per message it
+can send).
 """
 
 from __future__ import annotations
@@ -39,6 +47,14 @@ log = logging.getLogger(__name__)
 
 MAX_AUTH_FAILURES = 3  # wrong tokens before the connection is closed
 MAX_EVENTS_PER_TURN = 256  # requests of one read handled before other connections get a turn
+MAX_PRE_AUTH_EVENTS = 64  # messages other than auth answered (or ignored) before auth; one more closes
+# Replies to one read are written together, about HELD_WRITE bytes a write: a write per
+# small reply costs a system call each. Not more: with 16 KiB writes, a client that
+# connected with a 4 KiB receive buffer got its queued replies in a trickle (8 KiB per
+# 0.2 s, Linux loopback) even after enlarging the buffer (tests/test_server.py, the client
+# that stops reading); with 4 KiB writes, as with one write per reply, they all came at once.
+HELD_WRITE = 4096
+PRE_AUTH_SLICE = 2048  # bytes of an unauthenticated read decoded at a time (the rest may never be)
 
 _DECISION, _DIRECT, _FEEDBACK, _WORKER = Kind.DECISION, Kind.DIRECT, Kind.FEEDBACK, Kind.WORKER
 
@@ -58,10 +74,13 @@ class Connection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.open = False
         self.auth_failures = 0
+        self.pre_auth_events = 0  # messages other than auth received before authenticating
         self.queued = 0  # decision requests queued in the batcher, not yet answered
         self.held = 0  # pending input bytes counted in the bridge's InputBudget
         self.backlog: list = []  # decoded events left for a later loop turn (one read held too many)
         self._pause_reasons: set[str] = set()  # "budget", "backlog", "output": read again once none is left
+        self._out: list[bytes] | None = None  # replies held while a read is handled, written at its end
+        self._held = 0  # bytes in self._out
 
     @property
     def batcher(self) -> MicroBatcher:
@@ -95,11 +114,13 @@ class Connection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         if bridge.config.busy_poll:
             bridge.keep_polling()
+        self._out = []
         try:
             self._receive(data)
         finally:
             # with one client connected there is nobody to batch with: answer this read's rows now
             self.batcher.end_read(eager=len(bridge.connections) == 1 and bridge.config.batch_wait == 0)
+            self._write_held()
             if self.open and (self.held or self.rpc.buffered):
                 bridge.budget.update(self)
 
@@ -128,6 +149,22 @@ class Connection(asyncio.Protocol):
 
     # -- events ------------------------------------------------------------------------
     def _receive(self, data: bytes) -> None:
+        if self.authenticated:
+            self._receive_events(data)
+            return
+        # A stranger's read is decoded a slice at a time, so that its messages past
+        # MAX_PRE_AUTH_EVENTS are never decoded (the connection is closed first); once a
+        # slice authenticates it, the rest of the read is taken whole.
+        view = memoryview(data)
+        for start in range(0, len(view), PRE_AUTH_SLICE):
+            if not self.open:
+                return
+            if self.authenticated:
+                self._receive_events(view[start:])
+                return
+            self._receive_events(view[start : start + PRE_AUTH_SLICE])
+
+    def _receive_events(self, data) -> None:
         try:
             events = self.rpc.receive_data(data)
         except ProtocolError as exc:
@@ -156,10 +193,12 @@ class Connection(asyncio.Protocol):
         events, self.backlog = self.backlog, []
         if not self.open:
             return
+        self._out = []
         try:
             self._dispatch(events)
         finally:
             self.batcher.end_read(eager=False)
+            self._write_held()
         if not self.backlog:
             self.resume_reading("backlog")
 
@@ -200,9 +239,14 @@ class Connection(asyncio.Protocol):
             self._request(event, method)
         elif isinstance(event, Notification):  # no other kind may be sent as a notification: ignored
             stats["notifications"] += 1
-        elif isinstance(event, InvalidMessage) and event.msgid is not None:
-            self.bridge.stats.error(event.error[0])
-            self.send(encode_response(event.msgid, event.error, None))
+            if not self.authenticated:
+                self._pre_auth_event()
+        elif isinstance(event, InvalidMessage):
+            if not self.authenticated and not self._pre_auth_event():
+                return
+            if event.msgid is not None:
+                self.bridge.stats.error(event.error[0])
+                self.send(encode_response(event.msgid, event.error, None))
 
     # -- dispatch by kind ------------------------------------------------------------------
     def _notified(self, method: BridgeMethod, params_list: list[list]) -> None:
@@ -211,6 +255,9 @@ class Connection(asyncio.Protocol):
         stats = self.bridge.stats.counters
         stats["notifications"] += len(params_list)
         if not self.authenticated:
+            for _ in params_list:
+                if not self._pre_auth_event():
+                    break
             return
         assert method.many is not None  # every FEEDBACK method has one
         try:
@@ -225,7 +272,7 @@ class Connection(asyncio.Protocol):
         if not self.authenticated:
             if method is not None and method.kind is Kind.CONNECTION:
                 self._authenticate(req, method)
-            else:
+            elif self._pre_auth_event():
                 self.error(req.msgid, UNAUTHORIZED, NOT_AUTHENTICATED.format(method=req.method))
             return
         if method is None:
@@ -296,6 +343,18 @@ class Connection(asyncio.Protocol):
             log.info("closing a connection after %d wrong tokens", self.auth_failures)
             self.close()
 
+    def _pre_auth_event(self) -> bool:
+        """Count one message other than auth received before auth; past MAX_PRE_AUTH_EVENTS
+        the connection is closed (False: it was, drop the message)."""
+        self.pre_auth_events += 1
+        if self.pre_auth_events <= MAX_PRE_AUTH_EVENTS:
+            return True
+        if self.open:
+            self.bridge.stats.counters["pre_auth_closed"] += 1
+            log.info("closing a connection that sent %d messages without authenticating", MAX_PRE_AUTH_EVENTS + 1)
+            self.close()
+        return False
+
     # -- output -----------------------------------------------------------------------
     def fail(self, msgid: int, exc: BaseException, method: str | None = None) -> None:
         """Answer a call that raised `exc` (`method` None: an engine forward of decisions)."""
@@ -308,6 +367,32 @@ class Connection(asyncio.Protocol):
         self.send(encode_error(msgid, code, message))
 
     def send(self, data: bytes) -> None:
+        """Write `data`; while a read is being handled, replies are held and written together,
+        up to HELD_WRITE bytes a write (one system call for many small replies)."""
+        if not self.open or self.transport is None:  # open: it has a transport
+            return
+        out = self._out
+        if out is None:
+            self._write(data)
+            return
+        if len(data) >= HELD_WRITE:  # a large reply goes out as it is, after what is held
+            self._write_held()
+            self._out = []
+            self._write(data)
+            return
+        out.append(data)
+        self._held += len(data)
+        if self._held >= HELD_WRITE:
+            self._write_held()
+            self._out = []
+
+    def _write_held(self) -> None:
+        """Write the replies held so far (see send) and stop holding."""
+        out, self._out, self._held = self._out, None, 0
+        if out and self.open:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write(self, data: bytes) -> None:
         transport = self.transport
         if not self.open or transport is None:  # open: it has a transport
             return
@@ -322,6 +407,9 @@ class Connection(asyncio.Protocol):
         transport.write(data)
 
     def close(self) -> None:
+        if self._out:  # replies to what came before the close go out first (transport.close() sends them)
+            self._write_held()
+        self._out = None
         if self.transport is not None:
             self.transport.close()
         self.connection_lost(None)

@@ -176,6 +176,10 @@ class Methods:
         self._stats = stats or service.stats
         self._specs = {name: arch.spec for name, arch in service.archetypes.items()}
         self._encoders = {name: DecisionEncoder(spec.actions) for name, spec in self._specs.items()}
+        self._archetypes = [  # fixed for the server's life, like the specs: built once, not per call
+            {k: v for k, v in arch.describe().items() if k in ("name", "version", "observation", "actions")}
+            for arch in service.archetypes.values()
+        ]
         self.table = self._table()
 
     def _table(self) -> dict[str, BridgeMethod]:
@@ -287,10 +291,7 @@ class Methods:
     # -- the other methods -------------------------------------------------------------
     def archetypes(self, params: list) -> list[dict]:
         _arity("archetypes", params, 0)
-        return [
-            {k: v for k, v in arch.describe().items() if k in ("name", "version", "observation", "actions")}
-            for arch in self.service.archetypes.values()
-        ]
+        return self._archetypes
 
     def feedback(self, params: list) -> bool:
         self.service.feedback(*_feedback_args(params))

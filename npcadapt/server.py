@@ -182,6 +182,7 @@ class Stats:
             "errors": 0,
             "protocol_errors": 0,
             "auth_failures": 0,
+            "pre_auth_closed": 0,
             "budget_pauses": 0,
             "budget_shed": 0,
             "output_pauses": 0,

@@ -12,7 +12,7 @@ import pytest
 from bridge_helpers import RunningBridge, raw_call, read_reply, send
 
 from npcadapt.bench.bridge import start_server
-from npcadapt.client import Client
+from npcadapt.client import Client, read_message
 from npcadapt.errors import NpcAdaptError, OverloadedError, RemoteError
 from npcadapt.protocol import OVERLOADED, UNAUTHORIZED, Limits
 from npcadapt.server import ServerConfig
@@ -123,6 +123,92 @@ def test_before_auth_only_auth_and_only_a_small_message(tmp_path):
         rows = [[f"p{i}", "n", bytes(32)] for i in range(300)]  # ~14 KB
         reply = raw_call(sock, [0, 5, "act_batch", ["duelist", rows]])
         assert reply[2] is None and len(reply[3]) == 300
+
+
+def _read_until_closed(sock: socket.socket) -> list:
+    """Every reply `sock` gets until the server closes it."""
+    sock.settimeout(10)
+    unpacker, replies = msgpack.Unpacker(raw=False), []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            return replies
+        if not data:
+            return replies
+        unpacker.feed(data)
+        replies += list(unpacker)
+
+
+def test_a_connection_that_never_authenticates_is_answered_64_times_then_closed(tmp_path):
+    """Before auth, 64 messages other than auth are refused (requests) or ignored
+    (notifications); the 65th closes the connection, and what follows it in the same write
+    is never decoded: a stranger's pipelined flood costs the event loop 65 messages, not
+    one reply per message it can send."""
+    from npcadapt.bridge_connection import MAX_PRE_AUTH_EVENTS
+
+    assert MAX_PRE_AUTH_EVENTS == 64
+    config = ServerConfig(port=0, token="s3cret")
+    with RunningBridge(tmp_path / "d", config) as running:
+        counters = running.bridge.stats.counters
+        sock = running.connect()
+        flood = b"".join(msgpack.packb([0, i, "stats", []]) for i in range(20_000))  # ~200 KB
+        try:
+            sock.sendall(flood)
+        except OSError:
+            pass  # closed mid-send
+        replies = _read_until_closed(sock)
+        assert [r[1] for r in replies] == list(range(64))
+        assert all(r[2][0] == UNAUTHORIZED for r in replies)
+        assert counters["requests"] == 65  # the 65th closed it; the other 19,935 were never decoded
+        assert counters["pre_auth_closed"] == 1 and counters["connections"] == 0
+
+        # notifications count too: 40 of them and 30 requests, then closed at the 65th message
+        sock = running.connect()
+        notes = b"".join(msgpack.packb([2, "feedback", ["p", "n", 1.0, True]]) for _ in range(40))
+        sock.sendall(
+            notes + b"".join(msgpack.packb([0, i, "act", ["duelist", "p", "n", b"\0" * 32]]) for i in range(30))
+        )
+        replies = _read_until_closed(sock)
+        assert [r[1] for r in replies] == list(range(24))  # 40 notifications + 24 requests = 64
+        assert counters["pre_auth_closed"] == 2
+        assert running.bridge.service.tracker.open_count() == 0  # nothing was acted on
+
+        # auth in the same write as a long pipeline (past the pre-auth decoding slices): all answered
+        sock = running.connect()
+        calls = [msgpack.packb([0, 0, "stats", []]), msgpack.packb([0, 1, "auth", ["s3cret"]])]
+        calls += [msgpack.packb([0, i, "archetypes", []]) for i in range(2, 502)]
+        sock.sendall(b"".join(calls))
+        unpacker = msgpack.Unpacker(raw=False)
+        replies = [read_message(sock, unpacker) for _ in range(502)]
+        assert replies[0][2][0] == UNAUTHORIZED and replies[1][3] is True
+        assert [r[1] for r in replies] == list(range(502)) and all(r[2] is None for r in replies[1:])
+        with Client(port=running.port, token="s3cret") as c:
+            assert c.stats()["pre_auth_closed"] == 2
+
+
+def test_replies_to_one_read_share_writes(tmp_path, monkeypatch):
+    """500 pipelined requests in one write: replies come back in order, a few KiB per
+    write instead of one write (one system call) per reply."""
+    from npcadapt.bridge_connection import HELD_WRITE, Connection
+
+    writes: list[int] = []
+    original = Connection._write
+
+    def counted(self, data):
+        writes.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(Connection, "_write", counted)
+    with RunningBridge(tmp_path / "d") as running:
+        sock = running.connect()
+        sock.sendall(b"".join(msgpack.packb([0, i, "adapter_info", ["duelist", f"p{i}"]]) for i in range(500)))
+        unpacker = msgpack.Unpacker(raw=False)
+        replies = [read_message(sock, unpacker) for _ in range(500)]
+        assert [r[1] for r in replies] == list(range(500)) and all(r[2] is None for r in replies)
+        total = sum(len(msgpack.packb(r)) for r in replies)
+        assert len(writes) <= total // HELD_WRITE + 4, (len(writes), total)
+        assert max(writes) < 2 * HELD_WRITE
 
 
 def _partial(declared: int, sent: int) -> bytes:

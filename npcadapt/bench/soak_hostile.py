@@ -14,10 +14,10 @@ drawn at random, each bounded in bytes and in time (a few seconds at most):
 - ``slow_reader``: authenticated, a 4 KiB receive buffer, up to 12,000 pipelined
   ``archetypes`` calls (~1.2 KB replies each), never read -> aborted once 8 MiB of replies
   wait (``max_output_buffer``); at most 2 at once;
-- ``slow_reader_unauth``: the same without auth, 3,000 ``stats`` calls -> closed once
-  64 KiB of error replies wait in the server (``pre_auth_max_bytes``); the kernel's socket
-  buffers take the first few hundred KiB, so most end ``not_closed`` without costing the
-  server's memory anything;
+- ``slow_reader_unauth``: the same without auth, 3,000 ``stats`` calls -> closed at the
+  65th message sent before auth (``MAX_PRE_AUTH_EVENTS`` in npcadapt/bridge_connection.py;
+  before that limit, the server answered all 3,000, one write each, and most ended
+  ``not_closed``: the kernel's socket buffers took the replies);
 - ``budget_hog``: authenticated, one ``act_batch`` whose bin announces 4 MiB, 3.5 MiB of it
   sent, then held for 3 s -> counted against the input budget (paused or shed past it);
   at most 6 at once.
