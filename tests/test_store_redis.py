@@ -105,6 +105,7 @@ def test_a_reset_leaves_a_floor_that_refuses_late_writes_and_the_next_adapter_st
     try:
         for seed in (1, 2, 3):
             one.set_adapter("tiny", "p", random_adapter(one, "tiny", "p", seed=seed))
+        one.flush()  # the writes go through the write-behind queue: wait until Redis has version 3
         stale = one.store.read_meta("tiny", "p")
         assert stale.version == 3
         wait_for(lambda: two.act("tiny", "p", OBS).adapter_version == 3, what="version 3 served on two")
