@@ -60,6 +60,7 @@ from .adapter_meta import player_key, validate_player_id
 from .archetypes import Archetype
 from .episodes import Episode, EpisodeTracker
 from .errors import StoreError
+from .stores import reply_text
 from .training.online import PlayerUpdate, UpdateOutcome
 from .training.trainer_process import decode_items, encode_items
 
@@ -172,21 +173,9 @@ class LeasedTraining:
         work = [k for k in map(self._work_item, members) if k is not None and k[0] in self.engine.archetypes]
         keys = list(dict.fromkeys([*ready, *work]))
         plan = Plan(work=work)
-        if not keys:
-            return plan
-        answer = self.store.call(
-            "claim training leases",
-            lambda: self._claim(keys=[self._key("lease", a, p) for a, p in keys], args=[self.server, self.ttl_ms]),
-        )
-        for key, holder, new in zip(keys, answer[0::2], answer[1::2]):
-            holder = _as_text(holder)
-            if holder == self.server:
-                plan.mine[key] = bool(new)
-                self._held.add(key)
-            else:
-                plan.elsewhere[key] = holder
-                self._held.discard(key)
-        self.counters["lease_claims"] += sum(plan.mine.values())
+        if keys:
+            self._claim_leases("claim training leases", keys, plan)
+            self.counters["lease_claims"] += sum(plan.mine.values())
         return plan
 
     def prepare(self, plan: Plan, taken: Mapping[Key, list[Episode]]) -> dict[Key, list[Episode]]:
@@ -211,16 +200,17 @@ class LeasedTraining:
             self._notify(stale_work, plan.elsewhere)
         out: dict[Key, list[Episode]] = {}
         self._local, self._upto, self._after = {}, {}, {}
+        afters: dict[Key, str] = {}  # the last forwarded entry the served adapter consumed
         for key, new in plan.mine.items():
             archetype, player = key
             if new:
                 self.engine.refresh(archetype, player)
                 if self._on_claim is not None:
                     self._on_claim(archetype, player)
-            local = list(taken.get(key, ()))
             state = self.engine.adapter_state(archetype, player)
-            after = state[1].forwarded_upto if state is not None else ""
-            forwarded, upto = self._read_forwarded(self.engine.archetypes[archetype], player, after)
+            afters[key] = state[1].forwarded_upto if state is not None else ""
+        for key, (forwarded, upto) in self._read_forwarded(afters).items():
+            local, after = list(taken.get(key, ())), afters[key]
             if upto:
                 self._upto[key] = upto
             self._after[key] = upto or after
@@ -277,11 +267,11 @@ class LeasedTraining:
         if not keys:
             return
         self.engine.writeback.wait(keys, timeout)
+        trained = [p for a, p in keys if (a, p) in self._upto]  # the others trained nothing forwarded
+        metas = self.store.read_metas(archetype, trained) if trained else {}
         pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            if key not in self._upto:
-                continue  # nothing forwarded was trained this round
-            meta = self.store.read_meta(*key)
+        for player, meta in metas.items():
+            key = (archetype, player)
             stored = meta.forwarded_upto if meta is not None else ""
             self._after[key] = stored  # the work set keeps the player while entries after it remain
             if stored:  # MINID keeps the entry it names: trim from the one after it, so it goes too
@@ -305,13 +295,16 @@ class LeasedTraining:
 
     def _renew(self, keys: Sequence[Key]) -> Plan:
         """Renew (or take again, when lapsed) the leases of `keys`; no work set."""
+        return self._claim_leases("renew training leases", keys, Plan())
+
+    def _claim_leases(self, what: str, keys: Sequence[Key], plan: Plan) -> Plan:
+        """Take, renew or name the holder of each lease of `keys` (one script call), into `plan`."""
         answer = self.store.call(
-            "renew training leases",
+            what,
             lambda: self._claim(keys=[self._key("lease", a, p) for a, p in keys], args=[self.server, self.ttl_ms]),
         )
-        plan = Plan()
         for key, holder, new in zip(keys, answer[0::2], answer[1::2]):
-            holder = _as_text(holder)
+            holder = reply_text(holder)
             if holder == self.server:
                 plan.mine[key] = bool(new)
                 self._held.add(key)
@@ -339,7 +332,7 @@ class LeasedTraining:
     def holder(self, archetype: str, player: str) -> str | None:
         """The server id holding the player's lease now, or None."""
         got = self.store.call("read training lease", lambda: self.redis.get(self._key("lease", archetype, player)))
-        return None if got is None else _as_text(got)
+        return None if got is None else reply_text(got)
 
     def stats(self) -> dict[str, object]:
         return {**self.counters, "leases_held": len(self._held), "server_id": self.server}
@@ -366,18 +359,28 @@ class LeasedTraining:
         pipe.srem(self._work_key(self.server), *map(_member, keys))
         self.store.call("pass on forwarded work", pipe.execute)
 
-    def _read_forwarded(self, archetype: Archetype, player: str, after: str) -> tuple[list[Episode], str]:
-        """The player's forwarded episodes after stream id `after` ('' from the start), and the
-        last id read ('' if none)."""
+    def _read_forwarded(self, afters: Mapping[Key, str]) -> dict[Key, tuple[list[Episode], str]]:
+        """Each player's forwarded episodes after stream id `afters[key]` ('' from the start),
+        and the last id read ('' if none); one pipeline."""
+        if not afters:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for (archetype, player), after in afters.items():
+            start = f"({after}" if after else "-"
+            pipe.xrange(self._key("episodes", archetype, player), min=start, count=READ_MAX)
+        replies = self.store.call("read forwarded episodes", pipe.execute)
+        return {
+            (archetype, player): self._decode_forwarded(self.engine.archetypes[archetype], player, entries or [])
+            for (archetype, player), entries in zip(afters, replies)
+        }
+
+    def _decode_forwarded(self, archetype: Archetype, player: str, entries: list[Any]) -> tuple[list[Episode], str]:
+        """The episodes of the player's stream `entries` (unreadable ones skipped), and the last id."""
         stream = self._key("episodes", archetype.name, player)
-        start = f"({after}" if after else "-"
-        entries: list[Any] = self.store.call(
-            "read forwarded episodes", lambda: list(self.redis.xrange(stream, min=start, count=READ_MAX) or [])
-        )
         episodes: list[Episode] = []
         last = ""
         for entry_id, fields in entries:
-            last = _as_text(entry_id)
+            last = reply_text(entry_id)
             data = fields.get(b"e")
             try:
                 if not isinstance(data, bytes) or len(data) > _MAX_ENTRY_BYTES:
@@ -401,11 +404,6 @@ class LeasedTraining:
             return (archetype, validate_player_id(player)) if isinstance(archetype, str) else None
         except (ValueError, TypeError, msgpack.UnpackException):
             return None
-
-
-def _as_text(value: object) -> str:
-    """A Redis reply (bytes) as str."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _next_id(stream_id: str) -> str:

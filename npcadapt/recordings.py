@@ -103,10 +103,7 @@ def read_episodes(
     for d in dirs:
         for key, eps in _replay(d, wanted, summary).items():
             timed.setdefault(key, []).append(eps)
-    episodes = {
-        key: [ep for _, ep in (runs[0] if len(runs) == 1 else heapq.merge(*runs, key=lambda te: te[0]))]
-        for key, runs in timed.items()
-    }
+    episodes = {key: [ep for _, ep in heapq.merge(*runs, key=lambda te: te[0])] for key, runs in timed.items()}
     summary.episodes = sum(len(v) for v in episodes.values())
     summary.players = len(episodes)
     return episodes, summary

@@ -46,7 +46,8 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import msgpack
@@ -65,7 +66,7 @@ from .errors import (
     StoreUnavailableError,
 )
 from .store import _Invalid, _meta_for, _read_header, _reason_text, _serialize, _validate
-from .stores import StoreEvent
+from .stores import StoreEvent, reply_text
 
 __all__ = ["RedisAdapterStore"]
 
@@ -76,6 +77,7 @@ _UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
 _DELETED = -1  # the version a delete announces
 FAST_FAIL = 0.5  # seconds after finding Redis unreachable during which calls fail without trying
 _MAX_EVENT_BYTES = 4096  # an announcement is ~300 bytes; anything larger is not ours
+_FIELDS = ("data", "version", "deleted")  # what a read of an adapter's hash fetches
 
 _SAVE = """
 local cur = tonumber(redis.call('HGET', KEYS[1], 'version'))
@@ -229,22 +231,40 @@ class RedisAdapterStore:
 
     def read_meta(self, archetype: str, player: str) -> AdapterMeta | None:
         """The player's adapter metadata (from the data's header); None if absent."""
-
-        def parse(data: bytes) -> tuple[None, AdapterMeta]:
-            return None, _meta_for(_read_header(io.BytesIO(data), len(data)), archetype, player)
-
-        got = self._read_checked(archetype, player, "adapter metadata", parse)
+        got = self._read_checked(
+            archetype, player, "adapter metadata", lambda data: _header_meta(data, archetype, player)
+        )
         return None if got is None else got[1]
+
+    def read_metas(self, archetype: str, players: Iterable[str]) -> dict[str, AdapterMeta | None]:
+        """:meth:`read_meta` of each of `players`, in one round trip."""
+        keys = {player: self.key_for(archetype, player) for player in players}
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys.values():
+            pipe.hmget(key, *_FIELDS)
+        replies = self.call(f"read adapter metadata of {len(keys)} players", pipe.execute)
+        out: dict[str, AdapterMeta | None] = {}
+        for (player, key), reply in zip(keys.items(), replies):
+            got = self._checked(
+                archetype, player, key, reply, partial(_header_meta, archetype=archetype, player=player)
+            )
+            out[player] = None if got is None else got[1]
+        return out
 
     def _read_checked(
         self, archetype: str, player: str, what: str, parse: Callable[[bytes], tuple[_T, AdapterMeta]]
     ) -> tuple[_T, AdapterMeta] | None:
-        """`parse(data)` of the player's entry, its version field checked: None if absent (or
-        deleted: a tombstone); bad data is quarantined (CorruptAdapterError)."""
+        """`parse(data)` of the player's entry (:meth:`_checked`)."""
         key = self.key_for(archetype, player)
-        reply = self.call(
-            f"read {what} of player {show_id(player)}", lambda: self.client.hmget(key, "data", "version", "deleted")
-        )
+        reply = self.call(f"read {what} of player {show_id(player)}", lambda: self.client.hmget(key, *_FIELDS))
+        return self._checked(archetype, player, key, reply, parse)
+
+    def _checked(
+        self, archetype: str, player: str, key: str, reply: list[Any], parse: Callable[[bytes], tuple[_T, AdapterMeta]]
+    ) -> tuple[_T, AdapterMeta] | None:
+        """`parse(data)` of the HMGET `reply` (_FIELDS) of the player's `key`, its version field
+        checked: None if absent (or deleted: a tombstone); bad data is quarantined
+        (CorruptAdapterError)."""
         data, version, deleted = map(_as_bytes, reply)
         if (data is None and version is None) or deleted is not None:
             return None
@@ -271,7 +291,7 @@ class RedisAdapterStore:
     def players(self, archetype: str) -> Iterator[str]:
         """Player ids (from metadata) of stored adapters; unreadable entries are skipped."""
         index, prefix = self._index(archetype), f"{self.prefix}:adapter:{archetype}:"
-        keys = sorted(map(_as_text, self.call("list stored players", lambda: list(self.client.sscan_iter(index)))))
+        keys = sorted(map(reply_text, self.call("list stored players", lambda: list(self.client.sscan_iter(index)))))
         for start in range(0, len(keys), 500):
             pipe = self.client.pipeline(transaction=False)
             for pkey in keys[start : start + 500]:
@@ -310,7 +330,7 @@ class RedisAdapterStore:
     def quarantined(self, archetype: str) -> list[str]:
         """Quarantine keys of ``archetype``, oldest first (each a hash: data, reason)."""
         index = f"{self.prefix}:quarantined:{validate_archetype_name(archetype)}"
-        return [_as_text(k) for k in self.call("list quarantined adapters", lambda: self.client.lrange(index, 0, -1))]
+        return [reply_text(k) for k in self.call("list quarantined adapters", lambda: self.client.lrange(index, 0, -1))]
 
     def watch(self, callback: Callable[[StoreEvent], None]) -> None:
         """Hand other servers' changes (and resyncs) to `callback`, from the subscriber thread."""
@@ -381,29 +401,12 @@ class RedisAdapterStore:
         while not self._closed.is_set():
             pubsub = self._sub_client.pubsub()
             try:
-                pubsub.subscribe(self.channel)
-                while not self._closed.is_set():  # wait for the subscription to be in place
-                    msg = pubsub.get_message(timeout=0.2)
-                    if msg is not None and msg["type"] == "subscribe":
-                        break
+                self._subscribe(pubsub)
                 self._reachable, backoff = True, 0.05
                 if gap:
                     self._resync()
                 gap = False
-                last_check = time.monotonic()
-                while not self._closed.is_set():
-                    msg = pubsub.get_message(timeout=0.2)
-                    if msg is not None and msg["type"] == "message":
-                        self._on_message(msg["data"])
-                    if self._needs_resync and time.monotonic() - last_check > 0.2:
-                        last_check = time.monotonic()
-                        self._needs_resync = False  # before the ping: a failure meanwhile asks again
-                        try:
-                            self.client.ping()  # an operation failed: once Redis answers, resync
-                        except BaseException:
-                            self._needs_resync = True
-                            raise
-                        self._resync()
+                self._follow(pubsub)
             except (*_UNREACHABLE, OSError) as exc:
                 if not gap:
                     log.warning("adapter store: lost the change feed of %s (%s); retrying", self.where, exc)
@@ -420,6 +423,32 @@ class RedisAdapterStore:
                     pubsub.close()
                 except Exception:
                     pass
+
+    def _subscribe(self, pubsub: Any) -> None:
+        """Subscribe to the channel and wait until the subscription is in place (or closed)."""
+        pubsub.subscribe(self.channel)
+        while not self._closed.is_set():
+            msg = pubsub.get_message(timeout=0.2)
+            if msg is not None and msg["type"] == "subscribe":
+                return
+
+    def _follow(self, pubsub: Any) -> None:
+        """Hand on announcements until closed; resync once Redis answers after a failed operation."""
+        last_check = time.monotonic()
+        while not self._closed.is_set():
+            msg = pubsub.get_message(timeout=0.2)
+            if msg is not None and msg["type"] == "message":
+                self._on_message(msg["data"])
+            if not (self._needs_resync and time.monotonic() - last_check > 0.2):
+                continue
+            last_check = time.monotonic()
+            self._needs_resync = False  # before the ping: a failure meanwhile asks again
+            try:
+                self.client.ping()  # an operation failed: once Redis answers, resync
+            except BaseException:
+                self._needs_resync = True
+                raise
+            self._resync()
 
     def _resync(self) -> None:
         self._needs_resync = False
@@ -471,9 +500,9 @@ def _as_bytes(value: object) -> bytes | None:
     return str(value).encode()
 
 
-def _as_text(value: object) -> str:
-    """A reply field (a key name, an id) as str."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _header_meta(data: bytes, archetype: str, player: str) -> tuple[None, AdapterMeta]:
+    """The metadata in an adapter's safetensors header, checked against (archetype, player)."""
+    return None, _meta_for(_read_header(io.BytesIO(data), len(data)), archetype, player)
 
 
 def _check_version(field: bytes | None, meta: AdapterMeta) -> None:

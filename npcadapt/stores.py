@@ -89,6 +89,11 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def reply_text(value: object) -> str:
+    """A Redis reply field (a key name, a stream id, a server id: bytes) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def open_store(store: str | Store | None, data_dir: str | os.PathLike[str]) -> Store:
     """None: adapter files under `data_dir`; a ``redis://`` URL: a shared Redis store; a
     store object: itself."""

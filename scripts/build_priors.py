@@ -35,26 +35,33 @@ ENVS = {  # env: (archetype, gamma of the reward-to-go, noise variance or None t
 }
 PER_PERSONA, EPISODES, SEED = 4, 30, 11
 
-work = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/priors")
-shutil.rmtree(work, ignore_errors=True)
-with npcadapt.open(work, online=OnlineConfig(prior=False), seed=SEED) as svc:
-    for env_id, (archetype, _, _) in ENVS.items():
-        env = make_env(env_id).unwrapped
-        counts = dict.fromkeys(env.PERSONAS, PER_PERSONA)  # untraited personas too
-        counts.update({**trait_counts(env_id, PER_PERSONA), env.AVERAGE: PER_PERSONA, env.NOISE: PER_PERSONA})
-        run_simulation(
-            svc,
-            env_id,
-            archetype,
-            players=0,
-            episodes=EPISODES,
-            seed=SEED,
-            persona_counts=counts,
-            player_ids=trait_players(env_id, PER_PERSONA),
-        )
-        print(f"recorded {env_id}", flush=True)
-for _ in range(2):
-    for archetype, gamma, noise_var in ENVS.values():
-        noise = ["--noise-var", str(noise_var)] if noise_var else []
-        args = ["train", "library", "--archetype", archetype, "--logs", str(work / "logs"), "--gamma", str(gamma)]
-        assert main(args + noise) == 0
+
+def record(work: Path) -> None:
+    """Step 1: the same simulated people meet every archetype, recorded under `work`/logs."""
+    with npcadapt.open(work, online=OnlineConfig(prior=False), seed=SEED) as svc:
+        for env_id, (archetype, _, _) in ENVS.items():
+            env = make_env(env_id).unwrapped
+            counts = dict.fromkeys(env.PERSONAS, PER_PERSONA)  # untraited personas too
+            counts.update({**trait_counts(env_id, PER_PERSONA), env.AVERAGE: PER_PERSONA, env.NOISE: PER_PERSONA})
+            run_simulation(
+                svc,
+                env_id,
+                archetype,
+                players=0,
+                episodes=EPISODES,
+                seed=SEED,
+                persona_counts=counts,
+                player_ids=trait_players(env_id, PER_PERSONA),
+            )
+            print(f"recorded {env_id}", flush=True)
+
+
+if __name__ == "__main__":
+    work = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/priors")
+    shutil.rmtree(work, ignore_errors=True)
+    record(work)
+    for _ in range(2):
+        for archetype, gamma, noise_var in ENVS.values():
+            noise = ["--noise-var", str(noise_var)] if noise_var else []
+            args = ["train", "library", "--archetype", archetype, "--logs", str(work / "logs"), "--gamma", str(gamma)]
+            assert main(args + noise) == 0

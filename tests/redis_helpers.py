@@ -9,14 +9,30 @@ naming the Debian package.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from system_packages import require_package
 
 from npcadapt.bench import redis_server
 from npcadapt.bench.redis_server import free_port
 
-__all__ = ["RedisServer", "free_port"]
+__all__ = ["RedisServer", "free_port", "wait_for"]
+
+_T = TypeVar("_T")
+
+
+def wait_for(check: Callable[[], _T], timeout: float = 5.0, what: str = "condition") -> _T:
+    """Poll `check()` until it is truthy (returned); AssertionError naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"{what} not met within {timeout:g} s")
 
 
 class RedisServer(redis_server.RedisServer):

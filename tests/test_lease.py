@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from redis_helpers import RedisServer
+from redis_helpers import RedisServer, wait_for
 
 import npcadapt
 from npcadapt.bench.bridge import start_server, stop_process
@@ -63,10 +62,7 @@ def test_the_lease_holder_trains_and_the_other_server_forwards(tmp_path, arch_ro
         assert meta.version == 2
         assert one.engine.store.read_meta("tiny", "p").forwarded_upto  # the consumed episodes are in the version
         assert one.train_pending() == 0 and one.stats()["forwarded_trained"] == 2  # nothing twice
-        deadline = time.monotonic() + 5
-        while two.act("tiny", "p", OBS, npc="x").adapter_version != 2:  # two serves one's update
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(lambda: two.act("tiny", "p", OBS, npc="x").adapter_version == 2, what="two serving one's update")
     finally:
         one.close()
         two.close()
@@ -111,9 +107,10 @@ def test_a_lapsed_lease_is_taken_over(tmp_path, arch_root, redis_url, redis_serv
         play(two, "p")
         two.train_pending()
         assert two.stats()["episodes_forwarded"] == 1
+        lease = one.leased._key("lease", "tiny", "p")
         with redis_server.client() as raw:  # one stops renewing (as if it had died): its lease lapses
-            raw.pexpire(one.leased._key("lease", "tiny", "p"), 1)
-        time.sleep(0.01)
+            raw.pexpire(lease, 1)
+            wait_for(lambda: not raw.exists(lease), what="the lease lapsing")
         play(two, "p")
         assert two.train_pending() == 1
         assert two.stats()["forwarded_trained"] == 1 and two.stats()["lease_claims"] == 1
@@ -121,10 +118,7 @@ def test_a_lapsed_lease_is_taken_over(tmp_path, arch_root, redis_url, redis_serv
         assert one.train_pending() == 0  # one's work set still named p: the lease moved, so it passes it on
         assert two.train_pending() == 0 and two.stats()["forwarded_trained"] == 1  # nothing left to train
         assert one.stats()["updates"] == 1
-        deadline = time.monotonic() + 10  # one's change feed brings two's version
-        while one.adapter_info("tiny", "p").version != 2:
-            assert time.monotonic() < deadline, "server one never served version 2"
-            time.sleep(0.01)
+        wait_for(lambda: one.adapter_info("tiny", "p").version == 2, 10, "server one serving version 2")  # change feed
     finally:
         one.close()
         two.close()
@@ -191,10 +185,7 @@ def test_a_server_killed_mid_round_loses_no_forwarded_update_and_applies_none_tw
             for t in range(3):
                 out = client.act("tiny", "p", "n", OBS.tolist())
                 client.feedback("p", "n", 1.0, done=t == 2, wait=True)
-        deadline = time.monotonic() + 30
-        while (meta := stored(redis.url, "p")) is None:  # A trained p: it holds the lease
-            assert time.monotonic() < deadline, "server A did not train"
-            time.sleep(0.02)
+        wait_for(lambda: stored(redis.url, "p") is not None, 30, "server A training")  # A holds p's lease
         assert out["adapter_version"] == 0
 
         b = open_server(tmp_path, "b", arch_root, redis.url)
@@ -204,19 +195,19 @@ def test_a_server_killed_mid_round_loses_no_forwarded_update_and_applies_none_tw
             stream = b.leased._key("episodes", "tiny", "p")
             forwarded = [entry_id.decode() for entry_id, _ in raw.xrange(stream)]
         if kill == "after_its_round":
-            deadline = time.monotonic() + 30
-            while stored(redis.url, "p").forwarded_upto != forwarded[-1]:
-                assert time.monotonic() < deadline, "server A did not train the forwarded episodes"
-                time.sleep(0.02)
+            wait_for(
+                lambda: stored(redis.url, "p").forwarded_upto == forwarded[-1], 30, "server A training the forwarded"
+            )
         proc.send_signal(signal.SIGKILL)  # at once: A may be training them right now
         proc.wait(10)
 
         meta = stored(redis.url, "p")
         consumed_by_a = [i for i in forwarded if meta.forwarded_upto and _id(i) <= _id(meta.forwarded_upto)]
         assert len(consumed_by_a) in ((0, 3) if kill == "at_once" else (3,))
+        lease = b.leased._key("lease", "tiny", "p")
         with redis.client() as raw:  # A's lease lapses (it died: nobody renews it)
-            raw.pexpire(b.leased._key("lease", "tiny", "p"), 1)
-        time.sleep(0.01)
+            raw.pexpire(lease, 1)
+            wait_for(lambda: not raw.exists(lease), what="A's lease lapsing")
         play(b, "p")
         assert b.train_pending() == 1
         final = stored(redis.url, "p")

@@ -20,14 +20,43 @@ PLAYERS = 10  # one per persona of the duel (8 named + average + noise)
 EPISODES = 12
 
 
+def _record(data, players: int, episodes: int, seed: int):
+    """`data`, its log holding `players` x `episodes` duels played by the frozen base (no adaptation)."""
+    svc = npcadapt.open(data, seed=seed, online=None)
+    run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=players, episodes=episodes, seed=seed, train=False)
+    svc.close()
+    return data
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """A data directory whose log holds sessions played by the frozen base (no adaptation)."""
-    data = tmp_path_factory.mktemp("recorded")
-    svc = npcadapt.open(data, seed=0, online=None)
-    run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=PLAYERS, episodes=EPISODES, seed=0, train=False)
-    svc.close()
-    return data
+    return _record(tmp_path_factory.mktemp("recorded"), PLAYERS, EPISODES, seed=0)
+
+
+def _copy_logs(recorded, data):
+    """A copy of the recorded log in `data`/logs (a test may write beside it): that path."""
+    shutil.copytree(recorded / "logs", data / "logs")
+    return data / "logs"
+
+
+def _train_adapters(logs, *extra: str) -> int:
+    """`npcadapt train adapters --quiet --logs LOGS... EXTRA...`: its exit code."""
+    return main(["train", "adapters", "--quiet", "--logs", *map(str, logs), *extra])
+
+
+def _inspect_adapter(data, *extra: str, player: str = "turtle-0") -> int:
+    """`npcadapt inspect adapter` of `player` of the duelist in `data`: its exit code."""
+    return main(["inspect", "adapter", "--archetype", "duelist", "--player", player, "--data", str(data), *extra])
+
+
+def _duelist(tmp_path):
+    """The built-in duelist archetype's runtime (of an engine closed at once)."""
+    engine = npcadapt.Engine(tmp_path / "probe")
+    try:
+        return engine.runtime("duelist")
+    finally:
+        engine.close()
 
 
 def _fit(tmp_path, recorded, config=OfflineConfig(epochs=8), state=None, stop_after=None):
@@ -129,50 +158,18 @@ def test_pdwis_on_policy_equals_the_mean_return():
 
 def test_cli_train_adapters_and_inspect(tmp_path, recorded, capsys):
     data = tmp_path / "data"
-    shutil.copytree(recorded / "logs", data / "logs")
-    assert (
-        main(
-            [
-                "train",
-                "adapters",
-                "--logs",
-                str(data / "logs"),
-                "--epochs",
-                "2",
-                "--players",
-                "turtle-0",
-                "brawler-0",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    logs = _copy_logs(recorded, data)
+    assert _train_adapters([logs], "--epochs", "2", "--players", "turtle-0", "brawler-0") == 0
     report = json.loads((data / "reports" / "fit-duelist.json").read_text())
     assert report["players"] == 2 and {r["player"] for r in report["per_player"]} == {"turtle-0", "brawler-0"}
     assert (data / "reports" / "fit-duelist.png").read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
-    assert main(["inspect", "log", str(data / "logs")]) == 0
+    assert main(["inspect", "log", str(logs)]) == 0
     assert "duelist" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "inspect",
-                "adapter",
-                "--archetype",
-                "duelist",
-                "--player",
-                "turtle-0",
-                "--data",
-                str(data),
-                "--logs",
-                str(data / "logs"),
-            ]
-        )
-        == 0
-    )
+    assert _inspect_adapter(data, "--logs", str(logs)) == 0
     out = capsys.readouterr().out
     assert "actor.0.lora_A" in out and "recorded observations" in out
-    assert main(["inspect", "adapter", "--archetype", "duelist", "--player", "nobody", "--data", str(data)]) == 1
+    assert _inspect_adapter(data, player="nobody") == 1
 
 
 def test_ray_engine_gives_the_same_adapters_as_local(tmp_path, recorded):
@@ -200,11 +197,7 @@ def test_ray_engine_gives_the_same_adapters_as_local(tmp_path, recorded):
 @pytest.fixture(scope="module")
 def second_server(recorded, tmp_path_factory):
     """The logs of a second server on which two of the recorded players played later."""
-    data = tmp_path_factory.mktemp("second")
-    svc = npcadapt.open(data, seed=1, online=None)
-    run_simulation(svc, "npcadapt/Duel-v0", "duelist", players=2, episodes=3, seed=1, train=False)
-    svc.close()
-    return data
+    return _record(tmp_path_factory.mktemp("second"), 2, 3, seed=1)
 
 
 def _episode_bytes(ep) -> bytes:
@@ -225,22 +218,9 @@ def test_several_log_directories_merge_each_players_episodes_in_time_order(recor
 
 
 def _train_to_redis(tmp_path, recorded, second_server, url, *extra):
-    return main(
-        [
-            "train",
-            "adapters",
-            "--logs",
-            str(recorded / "logs"),
-            str(second_server / "logs"),
-            "--data",
-            str(tmp_path / "fit"),
-            "--store",
-            url,
-            "--epochs",
-            "2",
-            "--quiet",
-            *extra,
-        ]
+    return _train_adapters(
+        [recorded / "logs", second_server / "logs"],
+        *("--data", str(tmp_path / "fit"), "--store", url, "--epochs", "2", *extra),
     )
 
 
@@ -289,9 +269,7 @@ def test_an_online_update_landing_during_the_fit_is_not_overwritten(
         landed.append(tensors)
         return fit_batch(trainer, start, episodes, config)
 
-    probe = npcadapt.Engine(tmp_path / "probe")
-    online_spec = probe.runtime("duelist").adapter_spec
-    probe.close()
+    online_spec = _duelist(tmp_path).adapter_spec
     landed: list = []
     monkeypatch.setattr(offline, "fit_batch", online_update_lands_first)
     capsys.readouterr()
@@ -312,32 +290,12 @@ def test_an_online_update_landing_during_the_fit_is_not_overwritten(
 
 def test_refresh_base_from_logs_makes_old_adapters_stale(tmp_path, recorded, capsys):
     arch_dir = tmp_path / "archetypes"
-    shutil.copytree(npcadapt.Engine(tmp_path / "probe").runtime("duelist").archetype.directory, arch_dir / "duelist")
+    shutil.copytree(_duelist(tmp_path).archetype.directory, arch_dir / "duelist")
     data = tmp_path / "data"
-    shutil.copytree(recorded / "logs", data / "logs")
-    assert (
-        main(
-            [
-                "train",
-                "adapters",
-                "--logs",
-                str(data / "logs"),
-                "--epochs",
-                "1",
-                "--players",
-                "turtle-0",
-                "--archetypes",
-                str(arch_dir),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    logs = _copy_logs(recorded, data)
+    assert _train_adapters([logs], "--epochs", "1", "--players", "turtle-0", "--archetypes", str(arch_dir)) == 0
     old = npcadapt.Engine(tmp_path / "x", archetype_dirs=[arch_dir]).runtime("duelist").archetype.base_hash
-    assert (
-        main(["train", "base", "--archetype", "duelist", "--archetypes", str(arch_dir), "--logs", str(data / "logs")])
-        == 0
-    )
+    assert main(["train", "base", "--archetype", "duelist", "--archetypes", str(arch_dir), "--logs", str(logs)]) == 0
     result = json.loads((arch_dir / "duelist" / "train_result.json").read_text())
     assert result["previous_base_hash"] == old != result["base_hash"]
     assert result["episodes_kept"] >= result["episodes"] // 2 and result["kept_mean_return"] > result["all_mean_return"]
@@ -347,21 +305,5 @@ def test_refresh_base_from_logs_makes_old_adapters_stale(tmp_path, recorded, cap
     assert eng.act("duelist", "turtle-0", np.zeros(8, np.float32)).adapter_version == 0  # old adapter not applied
     assert eng.counters["stale_adapters"] == 1 and eng.store.path_for("duelist", "turtle-0").exists()
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "inspect",
-                "adapter",
-                "--archetype",
-                "duelist",
-                "--player",
-                "turtle-0",
-                "--data",
-                str(data),
-                "--archetypes",
-                str(arch_dir),
-            ]
-        )
-        == 1
-    )
+    assert _inspect_adapter(data, "--archetypes", str(arch_dir)) == 1
     assert "STALE" in capsys.readouterr().out

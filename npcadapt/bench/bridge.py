@@ -41,16 +41,14 @@ it once both servers were started). Phases, ``seconds_per_phase`` each:
   trainer's cost from the driver's requests. ``trainer`` says where the server trains
   (``serve --trainer``: a child process by default, or a thread).
 
-Run ``python -m npcadapt.bench.bridge [--seconds S] [--server-threads N] [--backlog-players N]
+Run ``npcadapt bench bridge [--seconds S] [--server-threads N] [--backlog-players N]
 [--driver-players N] [--trainer process|thread] [--busy-poll-us U]``: one JSON line.
 
 Over 450 lines: 46 of them are this docstring describing the phases; the rest is one benchmark's phases and their load generators."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import multiprocessing as mp
 import os
 import re
@@ -508,32 +506,3 @@ def run(
             stop_process(echo)
             stop_process(server)
     return result
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="seconds per phase (default 3)")
-    parser.add_argument(
-        "--server-threads",
-        type=int,
-        default=1,
-        help="OMP_NUM_THREADS of the server process (default 1; 0 = torch's default)",
-    )
-    parser.add_argument("--backlog-players", type=int, default=4096, help="players in the trainer's backlog")
-    parser.add_argument("--driver-players", type=int, default=16, help="players of the training driver")
-    parser.add_argument("--trainer", choices=("process", "thread"), default="process")
-    parser.add_argument("--busy-poll-us", type=float, default=0.0, help="the server's --busy-poll-us")
-    args = parser.parse_args(argv)
-    result = run(
-        args.seconds,
-        server_threads=args.server_threads or None,
-        backlog_players=args.backlog_players,
-        driver_players=args.driver_players,
-        trainer=args.trainer,
-        busy_poll_us=args.busy_poll_us,
-    )
-    print(json.dumps(result))
-
-
-if __name__ == "__main__":
-    main()

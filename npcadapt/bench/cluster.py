@@ -63,6 +63,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,9 @@ from ..adapter_meta import AdapterMeta, AdapterSpec
 from ..client import Client
 from ..errors import BenchmarkError, ConnectionLostError, RemoteError
 from ..store_redis import RedisAdapterStore
-from .bridge import ARCHETYPE, OBS_DIM, start_server, stop_process
+from .bridge import ARCHETYPE, OBS_DIM, _stats
 from .redis_server import RedisServer
+from .soak_faults import ServerProcess
 from .store import RANK, SHAPES
 
 STEPS = 4  # steps per episode
@@ -203,7 +205,7 @@ class _Announcements:
         return bad
 
     def highest(self, player: str) -> int:
-        return max(self.versions.get(player, [0]), default=0)
+        return max(self.versions.get(player, ()), default=0)
 
 
 def _cold_load_p99_ms(url: str, count: int) -> float:
@@ -211,31 +213,36 @@ def _cold_load_p99_ms(url: str, count: int) -> float:
     spec = AdapterSpec(ARCHETYPE, "bench-base", RANK, SHAPES)
     gen = torch.Generator().manual_seed(0)
     now = time.time()
-    writer = RedisAdapterStore(url, prefix="coldbench")
-    try:
+    with closing(RedisAdapterStore(url, prefix="coldbench")) as writer:
         for i in range(count):
             tensors = {k: torch.randn(s, generator=gen) for k, s in SHAPES.items()}
             writer.save(
                 tensors, AdapterMeta(ARCHETYPE, f"cold-{i}", "bench-base", RANK, 16.0, False, 1, 1, now, now, "float32")
             )
-    finally:
-        writer.close()
-    reader = RedisAdapterStore(url, prefix="coldbench")
     samples = []
-    try:
+    with closing(RedisAdapterStore(url, prefix="coldbench")) as reader:
         for i in range(count):
             t = time.perf_counter()
             if reader.load(spec, f"cold-{i}") is None:
                 raise BenchmarkError(f"cold load: adapter cold-{i} missing from Redis")
             samples.append(time.perf_counter() - t)
-    finally:
-        reader.close()
     return _p99_ms(samples)
 
 
 def _version(client: Client, player: str) -> int:
     info = client.adapter_info(ARCHETYPE, player)
     return 0 if info is None else int(info["version"])
+
+
+def _wait_version(client: Client, player: str, at_least: int, timeout: float = 10.0) -> int | None:
+    """Poll `client` every ~1 ms until it reports `player` at version `at_least` or above:
+    that version, or None after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while (version := _version(client, player)) < at_least:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.001)
+    return version
 
 
 class _Probe:
@@ -259,19 +266,13 @@ class _Probe:
                 for _ in range(STEPS):
                     self.a.act_batch(ARCHETYPE, [[player, "npc", rng.random(OBS_DIM, dtype=np.float32)]])
                 self.a.feedback(player, "npc", 1.0, done=True)
-            deadline = time.monotonic() + 10
-            while (new := _version(self.a, player)) <= version and time.monotonic() < deadline:
-                time.sleep(0.001)
-            if new <= version:
+            new = _wait_version(self.a, player, version + 1)
+            if new is None:
                 self.timeouts += 1
                 continue
             version, seen = new, time.perf_counter()
-            deadline = time.monotonic() + 10
-            while _version(self.b, player) < version:
-                if time.monotonic() > deadline:
-                    self.timeouts += 1
-                    break
-                time.sleep(0.001)
+            if _wait_version(self.b, player, version) is None:
+                self.timeouts += 1
             else:
                 self.samples.append(time.perf_counter() - seen)
 
@@ -290,11 +291,6 @@ def _acknowledged(port: int, players: list[str], into: dict[str, int]) -> None:
     for player, info in zip(players, infos):
         if info is not None:
             into[player] = max(into.get(player, 0), int(info["version"]))
-
-
-def _stats(port: int) -> dict[str, Any]:
-    with Client(port=port, timeout=10) as client:
-        return client.stats()
 
 
 def _wait_reachable(ports: list[int], timeout: float = 20.0) -> float:
@@ -322,7 +318,7 @@ def run(seconds: float = 8.0, players: int = 48, quick: bool = False) -> dict[st
     with tempfile.TemporaryDirectory(prefix="npcadapt-bench-cluster-") as tmp:
         root = Path(tmp)
         store = RedisServer(root / "redis")
-        procs = []
+        servers: list[ServerProcess] = []
         try:
             cold_p99 = _cold_load_p99_ms(store.url, 100 if quick else COLD_ADAPTERS)
             announced = _Announcements(store.url)
@@ -336,8 +332,8 @@ def run(seconds: float = 8.0, players: int = 48, quick: bool = False) -> dict[st
             ]
             for name in ("a", "b"):
                 (root / name).mkdir()
-                procs.append(start_server(root / name / "data", *args, env=env, stderr_path=root / f"{name}.err"))
-            (_proc_a, port_a), (proc_b, port_b) = procs
+                servers.append(ServerProcess(root / name / "data", root / name, args, env=env))
+            port_a, port_b = (server.start() for server in servers)
             crowd = _Players(players, [port_a])
             crowd.start()
             time.sleep(1.0)  # connections open, first adapters loaded
@@ -373,8 +369,7 @@ def run(seconds: float = 8.0, players: int = 48, quick: bool = False) -> dict[st
             _acknowledged(port_b, crowd.names, acked)
             stats_b = _stats(port_b)
             time.sleep(0.3)
-            proc_b.kill()  # SIGKILL mid-load
-            proc_b.wait(10)
+            servers[1].kill()  # SIGKILL mid-load
             crowd.ports = [port_a]
             time.sleep(seconds / 3)
             crowd.close()
@@ -383,17 +378,17 @@ def run(seconds: float = 8.0, players: int = 48, quick: bool = False) -> dict[st
             time.sleep(0.3)  # the last announcements reach the subscriber
             announced.close()
 
-            reader = RedisAdapterStore(store.url)
-            try:
+            with closing(RedisAdapterStore(store.url)) as reader:
                 stored = {p: (m.version if (m := reader.read_meta(ARCHETYPE, p)) else 0) for p in crowd.names}
-            finally:
-                reader.close()
             lost = sum(stored[p] < max(acked.get(p, 0), announced.highest(p)) for p in crowd.names)
             final_errors = crowd.snapshot()[1]
         finally:
-            for proc, _port in procs:
-                stop_process(proc)
+            for server in servers:
+                server.stop()
             store.kill()
+    summed = {
+        k: stats_a.get(k, 0) + stats_b.get(k, 0) for k in ("store_conflicts", "forwarded_trained", "episodes_forwarded")
+    }
     return {
         "decisions_per_s_1": round(per_s_1, 1),
         "decisions_per_s_n": round(per_s_n, 1),
@@ -410,23 +405,10 @@ def run(seconds: float = 8.0, players: int = 48, quick: bool = False) -> dict[st
         "store_reachable_again_s": round(reachable_s, 3),
         "server_killed": "b",
         "updates_stored": sum(stored.values()),
-        "store_conflicts": stats_a.get("store_conflicts", 0) + stats_b.get("store_conflicts", 0),
-        "forwarded_trained": stats_a.get("forwarded_trained", 0) + stats_b.get("forwarded_trained", 0),
-        "episodes_forwarded": stats_a.get("episodes_forwarded", 0) + stats_b.get("episodes_forwarded", 0),
+        **summed,
         "client_errors": dict(final_errors),
         "servers": 2,
         "players": players,
         "seconds": seconds,
         "cores": os.cpu_count(),
     }
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--quick", action="store_true")
-    ns = parser.parse_args()
-    print(json.dumps(run(ns.seconds, quick=ns.quick)))

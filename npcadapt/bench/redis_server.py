@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from ..errors import BenchmarkError
+from .bridge import stop_process
 
 PACKAGE = "redis-server"  # the Debian package with the executable
 
@@ -91,11 +92,7 @@ class RedisServer:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        """SIGTERM (Redis finishes its AOF and exits), SIGKILL if it hangs."""
+        if self.proc is not None:
+            stop_process(self.proc, timeout=10)
         self.proc = None

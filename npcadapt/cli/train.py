@@ -10,6 +10,14 @@ from .argtypes import positive_float, store_url
 from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
+def _by_archetype(episodes: dict[tuple[str, str], list]) -> dict[str, dict[str, list]]:
+    """read_episodes' {(archetype, player): episodes} as {archetype: {player: episodes}}."""
+    by_arch: dict[str, dict[str, list]] = {}
+    for (archetype, player), eps in episodes.items():
+        by_arch.setdefault(archetype, {})[player] = eps
+    return by_arch
+
+
 def _cmd_train_base(args) -> int:
     from ..training.base import CONFIG_NAME, RESULT_NAME, BaseTrainConfig, train_base
 
@@ -81,9 +89,7 @@ def _cmd_train_adapters(args) -> int:
     )
     data = Path(args.data) if args.data else logs[0].parent
     out = Path(args.out) if args.out else data / "reports"
-    by_arch: dict[str, dict] = {}
-    for (archetype, player), eps in episodes.items():
-        by_arch.setdefault(archetype, {})[player] = eps
+    by_arch = _by_archetype(episodes)
     data.mkdir(parents=True, exist_ok=True)  # the fit's state (and without --store the adapters) go here
     with Service(
         data, archetype_dirs=archetype_dirs(args), seed=args.seed, online=None, record=False, store=args.store
@@ -122,9 +128,7 @@ def _cmd_train_library(args) -> int:
 
     arch = load_archetype(args, args.archetype)
     episodes, _summary = read_episodes(args.logs)  # every archetype: players shared with others give transfers
-    by_arch: dict[str, dict] = {}
-    for (archetype, player), eps in episodes.items():
-        by_arch.setdefault(archetype, {})[player] = eps
+    by_arch = _by_archetype(episodes)
     players = by_arch.get(arch.name, {})
     config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, noise_var=args.noise_var, seed=args.seed)
     rows_of = None

@@ -143,26 +143,26 @@ def feature_basis(hidden: torch.Tensor, d: int) -> torch.Tensor:
     return vh[: min(d, vh.shape[0])]
 
 
-def estimate_noise_var(
-    rows: Sequence[Decisions], basis: torch.Tensor, prior_mean: torch.Tensor, prior_cov: torch.Tensor
-) -> float:
+def estimate_noise_var(stats: Sequence[Stats], prior_mean: torch.Tensor, prior_cov: torch.Tensor) -> float:
     """The reward noise variance: the mean squared residual of each recorded player's own
     model (fitted with a provisional variance of 0.25) on their own decisions, times
     ``NOISE_IN_SAMPLE_FACTOR`` because a model fitted to the same data looks too good.
+
+    The residuals come from the sufficient statistics alone, per action:
+    sum (y - f.m)^2 = yy - 2 m.hy + m' G m.
 
     The models' evidence (cohort weights, the trust gate) is in nats scaled by 1/variance:
     a fixed guess overstated the noise of games whose players are consistent (their trust
     came slowly) and understated it elsewhere (chance streaks of a random player looked
     like a style). Measured on the shipped recordings: 0.09-0.21 against the old fixed 0.25.
     """
-    squared, count = 0.0, 0
-    for r in rows:
-        features = r.hidden.double() @ basis.T  # (T, d)
-        stats = Stats.empty(*prior_mean.shape).add(features, r.actions, r.targets)
-        model = posterior(prior_mean, prior_cov, stats, 0.25)[0]  # (A, d)
-        residual = r.targets - (features * model[r.actions]).sum(-1)  # (T,)
-        squared, count = squared + float((residual * residual).sum()), count + len(residual)
-    return max(NOISE_IN_SAMPLE_FACTOR * squared / max(count, 1), 1e-4)
+    squared, count = 0.0, 0.0
+    for s in stats:
+        model = posterior(prior_mean, prior_cov, s, 0.25)[0]  # (A, d)
+        fitted = (model.unsqueeze(-2) @ s.gram @ model.unsqueeze(-1)).squeeze(-1).squeeze(-1)  # (A,) m' G m
+        squared += float((s.yy - 2 * (model * s.hy).sum(-1) + fitted).sum())
+        count += float(s.n.sum())
+    return max(NOISE_IN_SAMPLE_FACTOR * squared / max(count, 1.0), 1e-4)
 
 
 def _kmeans(points: np.ndarray, k: int, seed: int, iters: int = 50) -> np.ndarray:
@@ -210,7 +210,7 @@ def build_library(
     stats = [Stats.empty(n_actions, d).add(r.hidden.double() @ basis.T, r.actions, r.targets) for r in rows]
     broad_mean = torch.zeros(n_actions, d, dtype=torch.float64)
     broad_cov = torch.eye(d, dtype=torch.float64).expand(n_actions, d, d) / config.weight_precision
-    noise_var = config.noise_var or estimate_noise_var(rows, basis, broad_mean, broad_cov)
+    noise_var = config.noise_var or estimate_noise_var(stats, broad_mean, broad_cov)
     means = torch.stack([posterior(broad_mean, broad_cov, s, noise_var)[0] for s in stats])  # (N, A, d)
     pick = np.random.default_rng(config.seed).choice(len(pool_h), min(config.probe, len(pool_h)), replace=False)
     probe_f = pool_h[torch.as_tensor(pick)].double() @ basis.T  # (S, d)

@@ -187,15 +187,12 @@ def fit_adapters(
     state = _load_state(state_file, config)
     done_rows: dict[str, dict] = state["players"]
     todo = sorted(p for p, eps in episodes.items() if len(eps) >= config.min_episodes and p not in done_rows)
-    jobs = []
-    read: dict[str, tuple[int, AdapterMeta | None]] = {}  # the version each fit starts from, and its metadata
-    for start in range(0, len(todo), config.players_per_batch):
-        batch = todo[start : start + config.players_per_batch]
-        params = {}
-        for p in batch:
-            params[p], read[p] = _start(engine, archetype, p, config.seed)
-        jobs.append((params, {p: episodes[p] for p in batch}))
-    starts = {p: flat for start, _ in jobs for p, flat in start.items()}
+    starts: dict[str, torch.Tensor] = {}  # the adapter each fit starts from
+    read: dict[str, tuple[int, AdapterMeta | None]] = {}  # the version it is, and its metadata
+    for p in todo:
+        starts[p], read[p] = _start(engine, archetype, p, config.seed)
+    batches = [todo[i : i + config.players_per_batch] for i in range(0, len(todo), config.players_per_batch)]
+    jobs = [({p: starts[p] for p in batch}, {p: episodes[p] for p in batch}) for batch in batches]
     skipped: dict[str, dict] = {}
     run = executor or (lambda js: (fit_batch(trainer, start, eps, config) for start, eps in js))
     for results in run(jobs):

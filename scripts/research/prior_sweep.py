@@ -29,25 +29,11 @@ ap.add_argument("--cross", action="store_true")
 ap.add_argument("--baselines", action="store_true")
 ap.add_argument("--work", default="runs/prior_sweep")
 a = ap.parse_args()
-GAMMA = {"duelist": 0.0, "merchant": 0.0, "companion": 0.0, "skirmisher": 0.0, "haggler": 0.9}
-ENVS = {"duelist": "npcadapt/Duel-v0", "merchant": "npcadapt/Merchant-v0", "companion": "npcadapt/Companion-v0",
-        "skirmisher": "npcadapt/Skirmish-v0", "haggler": "npcadapt/Haggle-v0"}
-ENVS_BY_ID = {v: k for k, v in ENVS.items()}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/: the recordings of build_priors.py
+from build_priors import ENVS as PRIOR_ENVS, record  # noqa: E402
 
-
-def record(where: Path) -> None:
-    """The recordings scripts/build_priors.py makes, into `where`."""
-    import npcadapt
-    from npcadapt.envs import make as make_env
-    from npcadapt.simulation import run_simulation, trait_counts, trait_players
-
-    with npcadapt.open(where, online=OnlineConfig(prior=False), seed=11) as svc:
-        for env_id, archetype in ENVS_BY_ID.items():
-            env = make_env(env_id).unwrapped
-            counts = dict.fromkeys(env.PERSONAS, 4)
-            counts.update({**trait_counts(env_id, 4), env.AVERAGE: 4, env.NOISE: 4})
-            run_simulation(svc, env_id, archetype, players=0, episodes=30, seed=11, persona_counts=counts,
-                           player_ids=trait_players(env_id, 4))
+GAMMA = {archetype: gamma for archetype, gamma, _ in PRIOR_ENVS.values()}
+ENVS = {archetype: env_id for env_id, (archetype, _, _) in PRIOR_ENVS.items()}
 
 lib_over = json.loads(a.lib)
 work = Path(a.work)
