@@ -332,7 +332,9 @@ async def _soak(
         task.cancel()
     await asyncio.sleep(0.6)  # a last poll
     poller.cancel()
-    await asyncio.gather(poller, *workers, return_exceptions=True)
+    # bounded: a task stuck in a call that ignores cancellation must not hang the benchmark
+    _, stuck = await asyncio.wait([poller, *workers], timeout=10)
+    tl["tasks_not_stopped"] = len(stuck)
     tl["stopped"] = time.time()
     return tl
 
