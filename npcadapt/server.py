@@ -33,8 +33,6 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import ipaddress
 import logging
 import os
@@ -47,6 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .allocator import release_free_memory
 from .bridge_connection import Connection
 from .coalesce import Coalesced
 from .errors import InvalidInputError, NpcAdaptError
@@ -220,23 +219,6 @@ class Stats:
 
 
 TRIM_INTERVAL = 10.0  # seconds between hand-backs of freed heap memory to the OS
-
-
-def release_free_memory() -> None:
-    """glibc's malloc_trim(0): return free heap pages to the OS (a no-op elsewhere). ctypes
-    releases the GIL for the call, so it runs beside the event loop."""
-    if _malloc_trim is not None:
-        _malloc_trim(0)
-
-
-def _find_malloc_trim():
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS, Windows)
-        return None
-
-
-_malloc_trim = _find_malloc_trim()
 
 
 class Bridge:

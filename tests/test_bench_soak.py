@@ -34,6 +34,7 @@ KEYS = (
     "good_client_p99_ms_under_attack",
     "good_client_p99_ratio",
     "input_budget_mb",
+    "idle_footprint_mb",
     "model_footprint_mb",
     "output_allowance_mb",
     "hostile",
@@ -60,6 +61,8 @@ def test_short_soak_loses_nothing_acknowledged_and_survives_every_fault(capsys, 
             "1",
             "--trainer-kills",
             "3",
+            "--warmup-s",
+            "4",
             "--out",
             str(out),
         ]
@@ -95,6 +98,10 @@ def test_short_soak_loses_nothing_acknowledged_and_survives_every_fault(capsys, 
 
     # memory figures and targets are reported (their values are the long run's business)
     assert len(result["rss_by_server_run"]) == 2  # the server really ran again after its SIGKILL
+    # the footprint is the server warmed by the good load (not the idle one), and the bound is built on it
+    assert result["model_footprint_mb"] != result["idle_footprint_mb"] and result["warmup_s"] == 4
+    allowance = result["input_budget_mb"] + result["model_footprint_mb"] + result["output_allowance_mb"]
+    assert abs(result["rss_bound_mb"] - allowance) < 0.2
     assert {
         "nothing_acknowledged_lost",
         "rss_growth_last_half_under_5pct",

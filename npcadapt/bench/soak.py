@@ -26,9 +26,12 @@ loopback port. For ``minutes`` (T):
   SIGTERM, the data directory is checked against every flush acknowledged so far
   (:func:`.soak_faults.verify_acknowledged`): ``acknowledged_flushes_lost`` counts the
   adapters and (player, npc) log entries short of what was acknowledged.
-- **Memory**: the server's VmRSS every 0.5 s. ``model_footprint_mb``: a fresh idle
-  server's RSS (trainer up, no client); ``rss_good_load_only_max_mb``: the most before the
-  attack. ``rss_growth_last_half_pct``: RSS at the end over RSS at T/2 (the final server
+- **Memory**: the server's VmRSS every 0.5 s. ``idle_footprint_mb``: a fresh idle
+  server's RSS (trainer up, no client). Before T starts, the good load alone plays for
+  ``warmup_s`` (default 45 s: RSS levels off after about 45 s of this load) and
+  ``model_footprint_mb`` is the median RSS over its last 10 s: the served model with
+  its players' state (resident adapters, episodes in flight, trainer rounds) and no
+  attack; ``rss_good_load_only_max_mb``: the most before the attack. ``rss_growth_last_half_pct``: RSS at the end over RSS at T/2 (the final server
   run covers the whole last half; means of 4 samples). Output buffers are bounded
   per connection (8 MiB of unread replies, 64 KiB before auth) but not in total, so the
   RSS bound allows for the soak's worst case: ``output_allowance_mb`` = 2 concurrent
@@ -105,6 +108,7 @@ def run(
     hostile_concurrency: int = 40,
     good_client_hz: float = 100.0,
     hostile_kinds: list[str] | None = None,
+    warmup_s: float = 45.0,
     out: str | None = None,
 ) -> dict:
     """Run the soak (see the module docstring); returns the result dict (also written to `out`)."""
@@ -122,6 +126,7 @@ def run(
         "seed": seed,
         "token": token,
         "input_budget_mb": input_budget_mb,
+        "warmup_s": warmup_s,
     }
     with tempfile.TemporaryDirectory(prefix="npcadapt-soak-") as tmp:
         root = Path(tmp)
@@ -162,7 +167,7 @@ def run(
             port.value = server.start()
             _wait_trainer_ready(server.port, secret)
             time.sleep(1.0)
-            footprint = float(np.median([_sleep_then(0.3, rss_kb, server.pid) for _ in range(3)])) / 1024
+            idle_footprint = float(np.median([_sleep_then(0.3, rss_kb, server.pid) for _ in range(3)])) / 1024
             sampler.target = (cast(int, server.pid), server.incarnation)  # started just above
             sampler.start()
             load = Load(
@@ -174,7 +179,19 @@ def run(
             )
             timeline = asyncio.run(
                 _soak(
-                    load, server, disk, sampler, port, begin, attack, soak_s, clients, seed, trainer_kills, server_kills
+                    load,
+                    server,
+                    disk,
+                    sampler,
+                    port,
+                    begin,
+                    attack,
+                    soak_s,
+                    warmup_s,
+                    clients,
+                    seed,
+                    trainer_kills,
+                    server_kills,
                 )
             )
         finally:
@@ -209,7 +226,7 @@ def run(
             checks,
             good,
             sampler.samples,
-            footprint,
+            idle_footprint,
             disk,
             server,
             hostile,
@@ -250,16 +267,24 @@ async def _soak(
     begin,
     attack,
     soak_s: float,
+    warmup_s: float,
     clients: int,
     seed: int,
     trainer_kills: int,
     server_kills: int,
 ) -> dict:
-    """The load, the poller and the fault schedule for `soak_s` seconds; returns the timeline."""
+    """The load's warm-up, then the load, the poller and the fault schedule for `soak_s`
+    seconds; returns the timeline."""
     loop = asyncio.get_running_loop()
     rng = random.Random(seed + 7)
+    workers = [asyncio.create_task(good_worker(load, i, seed)) for i in range(clients)]
+    warm_from = time.time()
+    await asyncio.sleep(warmup_s)
     t0 = time.time()
+    warm = [kib for t, _, kib in list(sampler.samples) if t >= max(warm_from, t0 - 10.0)]
     tl: dict = {
+        "warm_from": warm_from,
+        "served_footprint_mb": float(np.median(warm)) / 1024 if warm else None,
         "t0": t0,
         "attack_at": t0 + ATTACK_AT * soak_s,
         "end": t0 + soak_s,
@@ -285,7 +310,6 @@ async def _soak(
     ]
     events.sort()
     begin.set()
-    workers = [asyncio.create_task(good_worker(load, i, seed)) for i in range(clients)]
     poller = asyncio.create_task(_poll_stats(load, server, tl["stats"]))
 
     async def restart() -> None:
@@ -388,7 +412,7 @@ def _summarise(
     checks: list[dict],
     good: np.ndarray,
     rss: list,
-    footprint: float,
+    idle_footprint: float,
     disk: DiskFull,
     server: ServerProcess,
     hostile: dict,
@@ -462,9 +486,10 @@ def _summarise(
         k = max(1, min(4, half_mb.size // 4))
         growth = round(float((half_mb[-k:].mean() - half_mb[:k].mean()) / half_mb[:k].mean() * 100), 2)
     allowance = CAPS["slow_reader"] * MAX_OUTPUT_BUFFER_MB + hostile_cap * PRE_AUTH_MB
+    footprint = tl["served_footprint_mb"] or idle_footprint  # no warm-up: the idle server's
     bound = budget_mb + footprint + allowance
     rss_max = round(float(mb.max()), 1) if mb.size else None
-    baseline_mb = mb[(samples[:, 0] >= t0) & (samples[:, 0] < attack_at)]
+    baseline_mb = mb[samples[:, 0] < attack_at]
 
     lost = sum(len(c["lost"]) for c in checks)
     disk_errors = sum(load.disk_full_errors.values())
@@ -519,6 +544,7 @@ def _summarise(
         "good_client_calls_under_attack": int(under.sum()),
         "good_client_errors": {str(int(c)): int(n) for c, n in zip(*np.unique(code[~ok], return_counts=True))},
         "input_budget_mb": budget_mb,
+        "idle_footprint_mb": round(float(idle_footprint), 1),
         "model_footprint_mb": round(float(footprint), 1),
         "output_allowance_mb": round(allowance, 1),
         "rss_bound_mb": round(bound, 1),

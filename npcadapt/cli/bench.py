@@ -89,11 +89,12 @@ def _bench_soak(args: argparse.Namespace) -> dict:
         and args.good_client_hz > 0
         and args.input_budget_mb >= 8
         and args.tmpfs_mb >= 1
+        and args.warmup_s >= 0
     ):
         raise InvalidInputError(
             "bench soak: --minutes, --think-ms, --hostile-rate and --good-client-hz must be "
             "> 0; --clients, --players-per-client and --tmpfs-mb >= 1; --server-kills and "
-            "--trainer-kills >= 0; --input-budget-mb >= 8 (one message of 8 MiB)"
+            "--trainer-kills >= 0; --input-budget-mb >= 8 (one message of 8 MiB); --warmup-s >= 0"
         )
     kinds = None if args.hostile_kinds is None else [k for k in args.hostile_kinds.split(",") if k != "none"]
     if kinds is not None and not set(kinds) <= set(KINDS):
@@ -114,6 +115,7 @@ def _bench_soak(args: argparse.Namespace) -> dict:
         good_client_hz=args.good_client_hz,
         out=args.out,
         hostile_kinds=kinds,
+        warmup_s=args.warmup_s,
     )
 
 
@@ -244,6 +246,12 @@ def add_bench(sub) -> None:
         "slow_reader, slow_reader_unauth, budget_hog; 'none' for a control run without)",
     )
     sk.add_argument("--good-client-hz", type=float, default=100.0, help="the good client's acts per second")
+    sk.add_argument(
+        "--warmup-s",
+        type=float,
+        default=45.0,
+        help="seconds of good load alone before the soak; the server's RSS then is the footprint (default 45)",
+    )
     sk.add_argument("--out", default=None, help="also write the result (indented JSON) to this file")
     cl = bsub.add_parser(
         "clients",

@@ -87,6 +87,9 @@ def add_sim(sub) -> None:
 
 
 def _cmd_serve(args) -> int:
+    from ..allocator import tune_allocator
+
+    tune_allocator()  # before the server's threads exist: a long-running process's RSS follows use
     import torch
 
     from ..server import ServerConfig, bind_listener, serve
