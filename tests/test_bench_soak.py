@@ -19,6 +19,8 @@ KEYS = (
     "rss_start_mb",
     "rss_end_mb",
     "rss_max_mb",
+    "rss_max_at_s",
+    "disk_full_from_s",
     "rss_growth_last_half_pct",
     "rss_by_server_run",
     "trainer_kills",

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "adapter_meta",
             "batch_checks",
             "input_budget",
+            "allocator",
             "lora.functional",
             "prior.bayes",
             "lora",
