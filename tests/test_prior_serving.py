@@ -62,7 +62,8 @@ def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path):
             on_episode=lambda e: seen.append(svc.prior_info("duelist", "brawler>turtle-0")),
         )
     before, after = seen[11], seen[12]
-    assert before["share"] == 1.0 and after["evidence"] < before["evidence"]  # the switch costs trust at once
+    # trusted on the first style (one odd bout lowers the t-statistic for a while), and the switch costs trust at once
+    assert before["share"] > 0.5 and after["share"] == 0.0 and after["evidence"] < before["evidence"]
     curve = report["personas"]["brawler>turtle"]["gain_curve"]
     assert curve[11] > 0.8 and max(curve[12:]) > 0.8  # adapted to the first style, then to the second
     assert seen[-1]["cohort"] != seen[11]["cohort"]

@@ -33,10 +33,16 @@ log = logging.getLogger(__name__)
 # handful of times a minute) instead of after the couple of consistent episodes a server's
 # default waits for (see docs/adaptation.md).
 DEFAULT_ONLINE = OnlineConfig(
-    ent_coef=0.0, prior_trust_open=-3.0, prior_trust_nats=2.0, prior_decay=0.99, prior_explore=False
+    ent_coef=0.0,
+    prior_trust_test="sum",
+    prior_trust_open=-3.0,
+    prior_trust_nats=2.0,
+    prior_decay=0.99,
+    prior_explore=False,
 )
 DEMO_SETTINGS = (
     "ent_coef",
+    "prior_trust_test",
     "prior_trust_open",
     "prior_trust_nats",
     "prior_decay",

@@ -17,16 +17,22 @@ play fades and a player who changes style is re-adapted. After every completed e
    by bisection if its mean KL to the base on the episode's observations exceeds the bound.
 
 Validation gate: the tilt is served in proportion to evidence that this player's history
-predicts their play: after each episode, the log Bayes factor of "the player's past
-episodes (through the cohort posterior) predicted this one" against "the population
-alone predicted it" is added to a decayed sum (clipped to +-``prior_evidence_cap``), and
-the tilt's share is that sum over ``prior_trust_nats``, within [0, 1]. A player who keeps
-one style earns trust within a couple of episodes, because a cohort validated on many
-recorded players predicts them well; a player whose style changes every episode (or
-who plays at random) stays at the base; after a change of style the trust falls and
-comes back as the new style is learnt. Change-point test: an episode that the history
-predicts worse than the population by more than ``prior_change_nats`` drops the past
-statistics (the player starts again from that episode) and any trust earned.
+predicts their play. After each episode with a past, g = the log Bayes factor of "the
+player's past episodes (through the cohort posterior) predicted this one" against "the
+population alone predicted it" (clipped to +-``prior_episode_nats``). With
+``prior_trust_test`` "t" (default) these g form a sequential t-test of "on average,
+g > 0": from their decayed count n, mean and spread s (shrunk towards
+``prior_spread_nats`` as if ``prior_spread_episodes`` more episodes had it),
+t = mean sqrt(n) / s, and the share is t from ``prior_t_open`` to ``prior_t_full``,
+within [0, 1]. A small but steady edge (a consistent style) earns trust in a few
+episodes; an edge that comes and goes (an average player, whose history sometimes
+helps and sometimes misleads) does not add up to trust however long they play, as a
+decayed sum of g would. With "sum", the share is the decayed sum of g (clipped to
++-``prior_evidence_cap``) from ``prior_trust_open`` to ``prior_trust_nats``. After a
+change of style the trust falls and comes back as the new style is learnt.
+Change-point test: an episode that the history predicts worse than the population by
+more than ``prior_change_nats`` drops the past statistics (the player starts again
+from that episode) and any trust earned.
 """
 
 from __future__ import annotations
@@ -57,11 +63,12 @@ class PosteriorState:
     episodes: int
     weights: torch.Tensor  # (K + 1,) posterior weight of each cohort (the last: the broad one) after the last update
     served_cohort: int  # the cohort whose model is served (-1: the weighted mean)
-    evidence: float = 0.0  # decayed log Bayes factor: the player's history against the population, nats
+    evidence: float = 0.0  # the trust statistic: t of the log Bayes factors ("t"), or their decayed sum, nats ("sum")
     share: float = 0.0  # share of the personal tilt served (0: the base)
     changes: int = 0  # changes of style detected
     log_prior: torch.Tensor | None = None  # (K + 1,) this player's prior over cohorts (None: the library's)
     warm_from: tuple[str, ...] = ()  # archetypes whose posterior warm-started this one
+    trials: tuple[float, float, float] = (0.0, 0.0, 0.0)  # decayed count, sum and sum of squares of those log BFs
 
     @property
     def confidence(self) -> float:
@@ -106,9 +113,11 @@ class PriorTrainer:
         """A player without trainer state: fresh, or, if they are served an adapted row (a
         restart lost their statistics), fresh statistics that keep full trust, so their NPC
         does not fall back to the base while the posterior is rebuilt."""
-        fresh = self.fresh_state()
+        fresh, cfg = self.fresh_state(), self.config
         if params is not None and bool((params[self._scalable] != 0).any()):
-            return replace(fresh, evidence=self.config.prior_trust_nats)
+            if cfg.prior_trust_test == "sum":
+                return replace(fresh, evidence=cfg.prior_trust_nats)
+            return replace(fresh, evidence=cfg.prior_t_full, trials=_trials_at(cfg.prior_t_full, cfg))
         return fresh
 
     def warm_state(self, sources: dict[str, PosteriorState]) -> PosteriorState | None:
@@ -117,7 +126,7 @@ class PriorTrainer:
         sources this library has a current transfer matrix for; the broad cohort keeps its
         weight), and a share of the trust they earned there. None: nothing applies."""
         lib, cfg = self.library, self.config
-        rows, trust, used = [], [], []
+        rows, trust, used, trials = [], [], [], []
         for name, state in sources.items():
             matrix = lib.transfer.get(name)
             if matrix is None or state.weights.shape[0] != matrix.shape[0] + 1:
@@ -125,6 +134,7 @@ class PriorTrainer:
             src = state.weights[:-1] / state.weights[:-1].sum()  # (K_src,) without the source's broad cohort
             rows.append(src @ matrix)  # (K,)
             trust.append(state.evidence)
+            trials.append(state.trials)
             used.append(name)
         if not rows:
             return None
@@ -134,8 +144,13 @@ class PriorTrainer:
                 torch.tensor([cfg.prior_new_cohort], dtype=torch.float64),
             ]
         )  # (K + 1,)
+        if cfg.prior_trust_test == "sum":
+            evidence, carried = cfg.prior_transfer_trust * max(trust), (0.0, 0.0, 0.0)
+        else:  # the most trusted source's log Bayes factors, each weighing prior_transfer_trust of an episode here
+            carried = tuple(cfg.prior_transfer_trust * v for v in trials[int(np.argmax(trust))])
+            evidence = _t_stat(carried, cfg)
         return PosteriorState(
-            self._empty, 0, weights, -1, cfg.prior_transfer_trust * max(trust), 0.0, 0, torch.log(weights), tuple(used)
+            self._empty, 0, weights, -1, evidence, 0.0, 0, torch.log(weights), tuple(used), carried
         )
 
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
@@ -160,16 +175,22 @@ class PriorTrainer:
         before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
         gain = float(torch.logsumexp(log_prior + fit, 0) - before - torch.logsumexp(log_prior + alone_fit, 0))
         changes = state.changes + (gain < -cfg.prior_change_nats)
+        step = float(np.clip(gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
+        trials = state.trials
         if gain < -cfg.prior_change_nats:  # a change of style: the past misleads, start again from these episodes
             stats, fit, means = alone, alone_fit, alone_means
-            evidence = min(decay * state.evidence, 0.0)
+            evidence, trials = min(decay * state.evidence, 0.0), (0.0, 0.0, 0.0)
         else:
-            step = float(np.clip(gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
             evidence = float(np.clip(decay * state.evidence + step, -cfg.prior_evidence_cap, cfg.prior_evidence_cap))
+            if float(past.n.sum()) > 0:  # a first episode (no past to predict from) is no trial
+                count, total, squares = trials
+                trials = (decay * count + 1, decay * total + step, decay * squares + step * step)
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
-        share = float(
-            np.clip((evidence - cfg.prior_trust_open) / (cfg.prior_trust_nats - cfg.prior_trust_open), 0.0, 1.0)
-        )
+        if cfg.prior_trust_test == "sum":
+            low, high = cfg.prior_trust_open, cfg.prior_trust_nats
+        else:
+            evidence, low, high = _t_stat(trials, cfg), cfg.prior_t_open, cfg.prior_t_full
+        share = float(np.clip((evidence - low) / (high - low), 0.0, 1.0))
         episodes_seen = state.episodes + len(episodes)
         if cfg.prior_explore:
             cohort = _draw(weights, item.player, episodes_seen)
@@ -181,7 +202,7 @@ class PriorTrainer:
         delta, kl, scale = self._bound_kl(rows.hidden, masks, delta)
         params = weight_delta_row(self.family, self.last_layer, delta.float())
         new_state = PosteriorState(
-            stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior, state.warm_from
+            stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior, state.warm_from, trials
         )
         return UpdateOutcome(
             item.player,
@@ -238,6 +259,26 @@ def with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torc
     cov = 4.0 * (between + within)
     log_w = torch.cat([torch.log(w * (1 - weight)), torch.tensor([np.log(weight)], dtype=torch.float64)])
     return torch.cat([library.mean, centre[None]]), torch.cat([library.cov, cov[None]]), log_w
+
+
+def _t_stat(trials: tuple[float, float, float], cfg: OnlineConfig) -> float:
+    """t-statistic of "the mean log Bayes factor is positive" from the decayed count n, sum and
+    sum of squares of the per-episode values: mean sqrt(n) / s, with the spread s^2 shrunk
+    towards ``prior_spread_nats``^2 by ``prior_spread_episodes`` pseudo-episodes (0 for n = 0)."""
+    n, total, squares = trials
+    if n <= 0:
+        return 0.0
+    mean = total / n
+    spread2 = (max(squares - n * mean * mean, 0.0) + cfg.prior_spread_episodes * cfg.prior_spread_nats**2) / (
+        n + cfg.prior_spread_episodes
+    )
+    return float(mean * np.sqrt(n / spread2))
+
+
+def _trials_at(t: float, cfg: OnlineConfig, n: float = 4.0) -> tuple[float, float, float]:
+    """`n` identical pseudo-episodes whose t-statistic is `t` (trust kept across a restart)."""
+    mean = t * cfg.prior_spread_nats * np.sqrt(cfg.prior_spread_episodes / (n + cfg.prior_spread_episodes) / n)
+    return (n, n * mean, n * mean * mean)
 
 
 def _decayed(stats: Stats, factor: float) -> Stats:

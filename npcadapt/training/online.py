@@ -86,6 +86,12 @@ class OnlineConfig:
     prior_transfer_trust: float = 0.5  # share of the trust earned with another archetype a warm start carries
     prior_change_nats: float = 12.0  # an episode the history predicts this much worse than the population: new style
     prior_episode_nats: float = 4.0  # most trust one episode adds or takes (one odd bout cannot undo a style)
+    # the trust test: "t" (a t-statistic of the per-episode log Bayes factors) or "sum" (their decayed sum, above)
+    prior_trust_test: str = "t"
+    prior_t_open: float = 1.0  # t-statistic of the player's log Bayes factors above which the tilt is served ...
+    prior_t_full: float = 4.0  # ... and at which it is served whole
+    prior_spread_nats: float = 1.0  # prior guess of the spread of one episode's log Bayes factor, nats ...
+    prior_spread_episodes: float = 2.0  # ... worth this many episodes against the player's own spread
 
     def __post_init__(self) -> None:
         """InvalidInputError naming the first invalid field, e.g. "OnlineConfig.learning_rate must be > 0, got -1"."""
@@ -113,6 +119,10 @@ class OnlineConfig:
         need(self.prior_change_nats > 0, "prior_change_nats", "> 0")
         need(self.prior_episode_nats > 0, "prior_episode_nats", "> 0")
         need(0 < self.prior_new_cohort < 1, "prior_new_cohort", "in (0, 1)")
+        need(self.prior_trust_test in ("t", "sum"), "prior_trust_test", '"t" or "sum"')
+        need(self.prior_t_full > self.prior_t_open, "prior_t_full", f"> prior_t_open ({self.prior_t_open!r})")
+        need(self.prior_spread_nats > 0, "prior_spread_nats", "> 0")
+        need(self.prior_spread_episodes > 0, "prior_spread_episodes", "> 0")
         need(self.gate_t_full > self.gate_t_open, "gate_t_full", f"> gate_t_open ({self.gate_t_open!r})")
 
     def to_dict(self) -> dict:
