@@ -32,7 +32,7 @@ class RunningBridge:
 
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
-        started.wait(10)
+        assert started.wait(60), "the bridge did not start within 60 s"
         self.port = self.bridge.port
 
     def __enter__(self) -> Self:
@@ -48,7 +48,8 @@ class RunningBridge:
 
     def stop(self) -> None:
         if self.loop.is_running():
-            asyncio.run_coroutine_threadsafe(self.bridge.stop(), self.loop).result(10)
+            # stopping flushes and ends the trainer child: generous, for a loaded 2-core machine
+            asyncio.run_coroutine_threadsafe(self.bridge.stop(), self.loop).result(60)
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
 
