@@ -147,11 +147,11 @@ class PriorTrainer:
         if cfg.prior_trust_test == "sum":
             evidence, carried = cfg.prior_transfer_trust * max(trust), (0.0, 0.0, 0.0)
         else:  # the most trusted source's log Bayes factors, each weighing prior_transfer_trust of an episode here
-            carried = tuple(cfg.prior_transfer_trust * v for v in trials[int(np.argmax(trust))])
+            count, total, squares = trials[int(np.argmax(trust))]
+            k = cfg.prior_transfer_trust
+            carried = (k * count, k * total, k * squares)
             evidence = _t_stat(carried, cfg)
-        return PosteriorState(
-            self._empty, 0, weights, -1, evidence, 0.0, 0, torch.log(weights), tuple(used), carried
-        )
+        return PosteriorState(self._empty, 0, weights, -1, evidence, 0.0, 0, torch.log(weights), tuple(used), carried)
 
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
         """One posterior step per player in `items` (their episodes completed since the last)."""
