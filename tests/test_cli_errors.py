@@ -137,3 +137,9 @@ def test_inspect_of_an_adapter_that_fails_validation_says_so(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == 1
     assert "could not be loaded: they get the base policy" in out.out + out.err
+
+
+def test_bench_adapt_out_that_is_a_file_is_refused_before_the_run(tmp_path):
+    (tmp_path / "plot.png").write_bytes(b"")
+    proc = run_cli("bench", "adapt", "--env", "npcadapt/Duel-v0", "--out", str(tmp_path / "plot.png"), cwd=tmp_path)
+    assert_one_line_error(proc, "--out", "directory", "plot.png")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import InvalidInputError
 from .common import KL_BOUND
@@ -59,6 +60,10 @@ def _bench_adapt(args: argparse.Namespace) -> dict:
     from ..training.online import OnlineConfig
 
     config = OnlineConfig(kl_bound=args.kl_bound).with_settings(args.set or [])  # InvalidInputError naming a bad one
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # refused now, not after minutes of benchmark
+        raise InvalidInputError(
+            f"bench adapt: --out is a directory (the plot goes in it as adapt-ENV.png); {args.out} is a file"
+        )
     return adapt.run(
         args.env,
         players_per_persona=args.players_per_persona,
@@ -205,7 +210,9 @@ def add_bench(sub) -> None:
     ad.add_argument("--lora-only", action="store_true", help="skip the full fine-tune comparison")
     ad.add_argument("--no-baselines", action="store_true", help="skip the Thompson-sampling baselines")
     ad.add_argument("--no-cross", action="store_true", help="skip the cross-archetype warm-start measurement")
-    ad.add_argument("--out", default="runs/bench", help="where the gain-vs-episodes PNG goes")
+    ad.add_argument(
+        "--out", default="runs/bench", help="directory for the gain-vs-episodes plot (adapt-ENV.png, replaced)"
+    )
     sk = bsub.add_parser(
         "soak",
         help="the bridge under good load, hostile connections and injected faults "
