@@ -7,8 +7,8 @@ freed memory stays in the heaps, fragmented, and RSS only rises. :func:`tune_all
 caps the arenas at ``ARENA_MAX`` and fixes the mmap threshold at ``MMAP_THRESHOLD``, so a
 large buffer is mapped for itself and unmapped when freed; :func:`release_free_memory`
 hands freed heap pages back (the bridge calls it every few seconds). In the soak benchmark
-(docs/benchmarks.md) the settings took the server's peak RSS under attack from 747 to
-720 MB. Elsewhere (musl, macOS, Windows) both are no-ops. A ``MALLOC_*`` environment
+(docs/benchmarks.md, session 10, against glibc's defaults in the same session) the settings
+took the server's peak RSS under attack from 743.5 to 731.0 MB. Elsewhere (musl, macOS, Windows) both are no-ops. A ``MALLOC_*`` environment
 variable or ``GLIBC_TUNABLES`` set by the operator wins: nothing is changed then.
 """
 

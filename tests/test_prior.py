@@ -272,18 +272,18 @@ def test_trust_t_test_rewards_a_steady_edge_not_one_that_comes_and_goes():
     who keeps one style) passes prior_t_full within a few episodes; an edge of the same mean
     that swings between helping and misleading (an average player) never opens the tilt, where
     the decayed sum of the same values would have trusted it."""
-    from npcadapt.prior.trainer import _t_stat
+    from npcadapt.prior.trainer import _add_trial, _t_stat
     from npcadapt.training.online import OnlineConfig
 
     cfg = OnlineConfig()
     assert (cfg.prior_trust_test, cfg.prior_t_open, cfg.prior_t_full) == ("t", 1.0, 4.0)
 
     def run(values):
-        n = total = squares = sum_evidence = 0.0
+        trials, sum_evidence = (0.0, 0.0, 0.0), 0.0
         for g in values:
-            n, total, squares = cfg.prior_decay * n + 1, cfg.prior_decay * total + g, cfg.prior_decay * squares + g * g
+            trials = _add_trial(trials, g, cfg.prior_decay)  # the trainer's own update of the t-test
             sum_evidence = cfg.prior_decay * sum_evidence + g
-        return _t_stat((n, total, squares), cfg), sum_evidence
+        return _t_stat(trials, cfg), sum_evidence
 
     steady, _ = run([1.5] * 4)
     swinging, summed = run([4.0, -3.0] * 20)  # mean +0.5 nats an episode

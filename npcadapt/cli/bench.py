@@ -60,7 +60,8 @@ def _bench_adapt(args: argparse.Namespace) -> dict:
     from ..training.online import OnlineConfig
 
     config = OnlineConfig(kl_bound=args.kl_bound).with_settings(args.set or [])  # InvalidInputError naming a bad one
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # refused now, not after minutes of benchmark
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():  # refused now, not after minutes of benchmark
         raise InvalidInputError(
             f"bench adapt: --out is a directory (the plot goes in it as adapt-ENV.png); {args.out} is a file"
         )

@@ -26,8 +26,8 @@ g > 0": from their decayed count n, mean and spread s (shrunk towards
 t = mean sqrt(n) / s, and the share is t from ``prior_t_open`` to ``prior_t_full``,
 within [0, 1]. A small but steady edge (a consistent style) earns trust in a few
 episodes; an edge that comes and goes (an average player, whose history sometimes
-helps and sometimes misleads) does not add up to trust however long they play, as a
-decayed sum of g would. With "sum", the share is the decayed sum of g (clipped to
+helps and sometimes misleads) weighs less in t than in a decayed sum of g, so it earns
+trust more slowly (docs/adaptation.md gives the measured effect and its limits). With "sum", the share is the decayed sum of g (clipped to
 +-``prior_evidence_cap``) from ``prior_trust_open`` to ``prior_trust_nats``. After a
 change of style the trust falls and comes back as the new style is learnt.
 Change-point test: an episode that the history predicts worse than the population by
@@ -174,23 +174,13 @@ class PriorTrainer:
         # did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts)
         before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
         gain = float(torch.logsumexp(log_prior + fit, 0) - before - torch.logsumexp(log_prior + alone_fit, 0))
-        changes = state.changes + (gain < -cfg.prior_change_nats)
-        step = float(np.clip(gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
-        trials = state.trials
-        if gain < -cfg.prior_change_nats:  # a change of style: the past misleads, start again from these episodes
+        changed = gain < -cfg.prior_change_nats
+        changes = state.changes + changed
+        if changed:  # a change of style: the past misleads, start again from these episodes
             stats, fit, means = alone, alone_fit, alone_means
-            evidence, trials = min(decay * state.evidence, 0.0), (0.0, 0.0, 0.0)
-        else:
-            evidence = float(np.clip(decay * state.evidence + step, -cfg.prior_evidence_cap, cfg.prior_evidence_cap))
-            if float(past.n.sum()) > 0:  # a first episode (no past to predict from) is no trial
-                count, total, squares = trials
-                trials = (decay * count + 1, decay * total + step, decay * squares + step * step)
+        step = float(np.clip(gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
+        evidence, trials, share = self._trust(state, step, changed, float(past.n.sum()) > 0, decay)
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
-        if cfg.prior_trust_test == "sum":
-            low, high = cfg.prior_trust_open, cfg.prior_trust_nats
-        else:
-            evidence, low, high = _t_stat(trials, cfg), cfg.prior_t_open, cfg.prior_t_full
-        share = float(np.clip((evidence - low) / (high - low), 0.0, 1.0))
         episodes_seen = state.episodes + len(episodes)
         if cfg.prior_explore:
             cohort = _draw(weights, item.player, episodes_seen)
@@ -214,6 +204,28 @@ class PriorTrainer:
             state=new_state,
             prior=new_state.describe(),
         )
+
+    def _trust(
+        self, state: PosteriorState, step: float, changed: bool, had_past: bool, decay: float
+    ) -> tuple[float, tuple[float, float, float], float]:
+        """The validation gate after one more episode whose clipped log Bayes factor is `step`:
+        (the trust statistic, the t-test's trials, the share of the tilt served). A change of
+        style drops the trust earned; a first episode (no past to predict from) is no trial."""
+        cfg = self.config
+        if cfg.prior_trust_test == "sum":
+            if changed:
+                evidence = min(decay * state.evidence, 0.0)
+            else:
+                evidence = float(
+                    np.clip(decay * state.evidence + step, -cfg.prior_evidence_cap, cfg.prior_evidence_cap)
+                )
+            return evidence, state.trials, _ramp(evidence, cfg.prior_trust_open, cfg.prior_trust_nats)
+        if changed:
+            trials = (0.0, 0.0, 0.0)
+        else:
+            trials = _add_trial(state.trials, step, decay) if had_past else state.trials
+        t = _t_stat(trials, cfg)
+        return t, trials, _ramp(t, cfg.prior_t_open, cfg.prior_t_full)
 
     def _bound_kl(
         self, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor, iters: int = 12
@@ -259,6 +271,17 @@ def with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torc
     cov = 4.0 * (between + within)
     log_w = torch.cat([torch.log(w * (1 - weight)), torch.tensor([np.log(weight)], dtype=torch.float64)])
     return torch.cat([library.mean, centre[None]]), torch.cat([library.cov, cov[None]]), log_w
+
+
+def _ramp(value: float, low: float, high: float) -> float:
+    """0 at `low`, 1 at `high`, linear between."""
+    return float(np.clip((value - low) / (high - low), 0.0, 1.0))
+
+
+def _add_trial(trials: tuple[float, float, float], value: float, decay: float) -> tuple[float, float, float]:
+    """The t-test's decayed count, sum and sum of squares after one more episode's `value`."""
+    count, total, squares = trials
+    return (decay * count + 1, decay * total + value, decay * squares + value * value)
 
 
 def _t_stat(trials: tuple[float, float, float], cfg: OnlineConfig) -> float:
