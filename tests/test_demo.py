@@ -18,7 +18,7 @@ from npcadapt.client import Client
 from npcadapt.demo import rules
 from npcadapt.demo.app import format_summary, run_headless
 from npcadapt.demo.backend import LocalBackend, parse_address
-from npcadapt.demo.bots import HAGGLE_ANSWERS, PRESETS, parse_bot
+from npcadapt.demo.bots import HAGGLE_ANSWERS, PRESETS, Bot, parse_bot
 from npcadapt.demo.options import DemoOptions
 from npcadapt.demo.profiles import Profiles, check_name, player_id
 from npcadapt.demo.session import CONTROL_SUFFIX, Session
@@ -311,6 +311,30 @@ def test_haggle_bot_answers_make_the_envs_transitions():
     for _ in range(30):
         world.update(1 / 60, PlayerInput())
     assert world.situation(npc)[1] == 2  # neutral
+
+
+def test_bot_answers_a_pitch_before_it_walks_on_from_a_stall():
+    """Leaving a stall on the tour's clock mid-pitch would read as the persona walking off at
+    that pitch (WALK_AWAY); the bot answers first, so every walk-off is the persona's own."""
+    world = World(duelists=1, merchants=1, companions=0, hagglers=0)
+    npc = next(n for n in world.npcs if n.archetype == "merchant")
+    bot = Bot(parse_bot("brawler"), seed=3)
+    bot._answer = lambda archetype, pending: (0.5, "no")  # type: ignore[method-assign]  # a customer who never walks off: every departure is the clock's
+    pitches, departures = 0, 0
+    for _ in range(60 * 240):
+        at_stall = bot.tour[bot.stop].kind == "stall" if bot.tour else False
+        inp = bot.control(world)
+        if at_stall and bot.tour[bot.stop].kind != "stall":
+            departures += 1
+            unanswered = (
+                npc.pending is not None and bot.answers.get((npc.id, npc.pending.since), (0, ""))[1] is not None
+            )
+            assert not unanswered, "the bot walked on with a pitch it had not answered"
+        world.update(1 / 60, inp)
+        for req in world.requests():
+            world.decided(req.npc, 1 if req.npc is npc else 0, req.levels)
+            pitches += req.npc is npc
+    assert departures >= 6 and pitches >= 20
 
 
 def test_bot_specs_and_bad_input():

@@ -205,7 +205,12 @@ def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsy
         == 0
     )
     assert "5 cohorts from 24 recorded players" in capsys.readouterr().out
-    assert load_library(out, arch).cohorts == 5
+    library = load_library(out, arch)
+    assert library.cohorts == 5 and library.basis.shape[0] == 16  # the default feature size
+    args = ["train", "library", "--archetype", "duelist", "--logs", str(logs), "--cohorts", "5", "--out", str(out)]
+    assert main([*args, "--features", "8"]) == 0
+    library = load_library(out, arch)
+    assert library.basis.shape[0] == library.mean.shape[-1] == 8
     assert main(["train", "library", "--archetype", "duelist", "--logs", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

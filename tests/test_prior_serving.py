@@ -50,9 +50,10 @@ def test_a_consistent_player_is_served_their_cohort_within_a_few_episodes_and_a_
     )
 
 
-def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path):
+@pytest.mark.parametrize("forget", ["always", "surprise"])
+def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path, forget):
     seen = []
-    with npcadapt.open(tmp_path, record=False, seed=0) as svc:
+    with npcadapt.open(tmp_path, record=False, seed=0, online=OnlineConfig(prior_forget=forget)) as svc:
         report = _play(
             svc,
             {"brawler": 0},
@@ -67,6 +68,22 @@ def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path):
     curve = report["personas"]["brawler>turtle"]["gain_curve"]
     assert curve[11] > 0.8 and max(curve[12:]) > 0.8  # adapted to the first style, then to the second
     assert seen[-1]["cohort"] != seen[11]["cohort"]
+
+
+def test_a_steady_player_keeps_all_their_evidence_when_the_past_fades_only_on_surprise(tmp_path):
+    """prior_forget="surprise": a player whose episodes their history predicts keeps their
+    decisions (no fading), so their model keeps sharpening; "always" fades them by prior_decay."""
+    kept = {}
+    for forget in ("always", "surprise"):
+        with npcadapt.open(tmp_path / forget, record=False, seed=0, online=OnlineConfig(prior_forget=forget)) as svc:
+            _play(svc, {"brawler": 1}, episodes=10)
+            kept[forget] = svc.prior_info("duelist", "brawler-0")
+    assert kept["surprise"]["episodes"] == kept["always"]["episodes"] == 10
+    assert (
+        kept["surprise"]["decisions"] > 0.95 * 10 * 12
+    )  # (nearly) every decision of 10 bouts: one odd bout faded them once
+    assert kept["always"]["decisions"] == pytest.approx(12 * sum(0.95**k for k in range(10)), abs=0.05)  # 0.95 a bout
+    assert kept["surprise"]["confidence"] > 0.9 and kept["surprise"]["share"] > 0.5
 
 
 def test_a_returning_player_keeps_an_adapted_npc_after_a_restart(tmp_path):
@@ -148,6 +165,8 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
         "prior_evidence_cap=0",
         "prior_new_cohort=1",
         "prior_change_nats=0",
+        "prior_forget=never",
+        "prior_surprise_nats=-1",
     ],
 )
 def test_invalid_prior_settings_are_refused(setting):

@@ -130,7 +130,8 @@ def _cmd_train_library(args) -> int:
     episodes, _summary = read_episodes(args.logs)  # every archetype: players shared with others give transfers
     by_arch = _by_archetype(episodes)
     players = by_arch.get(arch.name, {})
-    config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, noise_var=args.noise_var, seed=args.seed)
+    sizes = {} if args.features is None else {"features": args.features}
+    config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, noise_var=args.noise_var, seed=args.seed, **sizes)
     rows_of = None
     if args.engine == "ray":
         from ..training.ray_backend import RayDecisions
@@ -209,6 +210,11 @@ def add_train(sub) -> None:
     )
     lib.add_argument("--cohorts", type=int, default=10, help="cohorts (K) to cluster the players into")
     lib.add_argument("--gamma", type=float, default=0.0, help="discount of the reward-to-go target (sequential games)")
+    lib.add_argument(
+        "--features",
+        type=int,
+        help="dimensions of the base's hidden features the cohort models work on (default 16; at most the last hidden size)",
+    )
     lib.add_argument(
         "--noise-var",
         type=positive_float,

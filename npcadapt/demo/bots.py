@@ -190,7 +190,7 @@ class Bot:
     # -- per frame ------------------------------------------------------------------------------
     def control(self, world: World) -> PlayerInput:
         self.plan(world)
-        if world.time >= self.stop_until and not self._haggling(world):
+        if world.time >= self.stop_until and not self._haggling(world) and not self._pitched(world):
             self._next(world)
         inp = PlayerInput(move=self._steer(world))
         p = world.player
@@ -231,6 +231,13 @@ class Bot:
         if stop.kind != "rug" or world.time >= self.stop_until + HAGGLE_STAY:
             return False
         return any(n.id == stop.npc and n.open for n in world.npcs)
+
+    def _pitched(self, world: World) -> bool:
+        """At a stall whose pitch is still unanswered: the bot answers it before it walks on, so
+        that leaving on the tour's clock is not taken for the persona walking off at that pitch
+        (the merchant reads a walk-off mid-pitch as the customer hating it)."""
+        stop = self.tour[self.stop]
+        return stop.kind == "stall" and any(n.id == stop.npc and n.pending is not None for n in world.npcs)
 
     def _next(self, world: World) -> None:
         self.stop = (self.stop + 1) % len(self.tour)

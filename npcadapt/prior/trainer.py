@@ -2,7 +2,10 @@
 
 Each player keeps the sufficient statistics of their own decisions (:class:`~.bayes.Stats`
 on the library's projected features), decayed by ``prior_decay`` per episode so that old
-play fades and a player who changes style is re-adapted. After every completed episode:
+play fades and a player who changes style is re-adapted (with ``prior_forget`` "surprise",
+only after an episode that the player's history predicted worse than the population did,
+by more than ``prior_surprise_nats``: a steady style keeps all its evidence). After every
+completed episode:
 
 1. the statistics take the episode's (features, action, reward-to-go) rows;
 2. each cohort's weight is its prior weight times the marginal likelihood of the player's
@@ -165,7 +168,8 @@ class PriorTrainer:
         rows = decisions(self.policy, episodes, lib.gamma)
         features = lib.features(rows.hidden)  # (T, d)
         decay = cfg.prior_decay ** len(episodes)
-        past = _decayed(state.stats, decay)
+        steady = cfg.prior_forget == "surprise"  # the past fades only after an episode it predicted badly
+        past = _decayed(state.stats, 1.0 if steady else decay)
         stats = past.add(features, rows.actions, rows.targets)
         fit, means = evidence_and_mean(self.mean, self.cov, stats, lib.noise_var)  # (K + 1,), (K + 1, A, d)
         alone = self._empty.add(features, rows.actions, rows.targets)  # these episodes without the past
@@ -174,6 +178,12 @@ class PriorTrainer:
         # did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts)
         before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
         gain = float(torch.logsumexp(log_prior + fit, 0) - before - torch.logsumexp(log_prior + alone_fit, 0))
+        if steady:
+            if gain < -cfg.prior_surprise_nats:  # surprised: the past fades as it always would
+                stats = _decayed(state.stats, decay).add(features, rows.actions, rows.targets)
+                fit, means = evidence_and_mean(self.mean, self.cov, stats, lib.noise_var)
+            else:
+                decay = 1.0
         changed = gain < -cfg.prior_change_nats
         changes = state.changes + changed
         if changed:  # a change of style: the past misleads, start again from these episodes

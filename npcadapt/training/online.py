@@ -76,6 +76,10 @@ class OnlineConfig:
     # archetypes with a population prior (npcadapt.prior) adapt by its posterior instead of PPO:
     prior: bool = True  # use the prior stored beside an archetype when there is one
     prior_decay: float = 0.95  # weight of a player's past evidence per new episode (drift: old play fades)
+    # when it fades: "always" (every episode) or "surprise" (only after an episode the player's
+    # history predicted worse than the population did: a steady style keeps all its evidence)
+    prior_forget: str = "always"
+    prior_surprise_nats: float = 0.0  # "surprise": how much worse than the population's prediction fades the past
     prior_explore: bool = True  # serve a cohort drawn from the posterior (Thompson), not the weighted mean
     prior_trust_open: float = (
         3.0  # log Bayes factor (player's history vs population) above which the tilt is served ...
@@ -120,6 +124,8 @@ class OnlineConfig:
         need(self.prior_episode_nats > 0, "prior_episode_nats", "> 0")
         need(0 < self.prior_new_cohort < 1, "prior_new_cohort", "in (0, 1)")
         need(self.prior_trust_test in ("t", "sum"), "prior_trust_test", '"t" or "sum"')
+        need(self.prior_forget in ("always", "surprise"), "prior_forget", '"always" or "surprise"')
+        need(self.prior_surprise_nats >= 0, "prior_surprise_nats", ">= 0")
         need(self.prior_t_full > self.prior_t_open, "prior_t_full", f"> prior_t_open ({self.prior_t_open!r})")
         need(self.prior_spread_nats > 0, "prior_spread_nats", "> 0")
         need(self.prior_spread_episodes > 0, "prior_spread_episodes", "> 0")
