@@ -414,6 +414,8 @@ def test_headless_run_adapts_saves_and_profiles_are_separate(tmp_path):
     moved = np.mean([r["probs_now"][BLOCK_HIGH] - r["probs_base"][BLOCK_HIGH] for r in duel])
     assert moved > 0.2, f"duelists did not learn to block a brawler's high strikes: {moved:.2f}"
     assert first["gain_vs_bot"]["duelist"] > 0.3  # exact, against the bot's persona in the sim env
+    # every kind of NPC moved towards the brawler's best responses within the 45 s (12 seeds: docs/benchmarks.md)
+    assert first["gain_vs_bot"]["merchant"] > 0.3 and first["gain_vs_bot"]["companion"] > 0.1
     assert duel[0]["prior"]["episodes"] > 0 and "sure" in format_summary(first)
     assert np.mean([r["reward_late"] for r in duel]) > np.mean([r["reward_early"] for r in duel])
     assert first["frame_time"]["frames"] == 45 * 60

@@ -79,7 +79,7 @@ class OnlineConfig:
     # when it fades: "always" (every episode) or "surprise" (only after an episode the player's
     # history predicted worse than the population did: a steady style keeps all its evidence)
     prior_forget: str = "always"
-    prior_surprise_nats: float = 0.0  # "surprise": how much worse than the population's prediction fades the past
+    prior_surprise_nats: float = 1.0  # "surprise": how much worse than the population's prediction fades the past
     prior_explore: bool = True  # serve a cohort drawn from the posterior (Thompson), not the weighted mean
     prior_trust_open: float = (
         3.0  # log Bayes factor (player's history vs population) above which the tilt is served ...
