@@ -4,6 +4,7 @@ the socket bridge and from the command line (dummy video driver, see conftest)."
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -326,10 +327,8 @@ def test_bot_answers_a_pitch_before_it_walks_on_from_a_stall():
         inp = bot.control(world)
         if at_stall and bot.tour[bot.stop].kind != "stall":
             departures += 1
-            unanswered = (
-                npc.pending is not None and bot.answers.get((npc.id, npc.pending.since), (0, ""))[1] is not None
-            )
-            assert not unanswered, "the bot walked on with a pitch it had not answered"
+            answered = npc.pending is None or bot.answers.get((npc.id, npc.pending.since)) == (math.inf, None)
+            assert answered, "the bot walked on with a pitch it had not answered"
         world.update(1 / 60, inp)
         for req in world.requests():
             world.decided(req.npc, 1 if req.npc is npc else 0, req.levels)

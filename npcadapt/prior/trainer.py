@@ -55,7 +55,7 @@ from ..policy import ActorCritic
 from ..training.online import OnlineConfig, PlayerUpdate, UpdateOutcome
 from .bayes import Stats, evidence_and_mean, log_evidence
 from .head import weight_delta_row
-from .library import Library, decisions
+from .library import Decisions, Library, decisions
 
 
 @dataclass(frozen=True)
@@ -168,22 +168,18 @@ class PriorTrainer:
         rows = decisions(self.policy, episodes, lib.gamma)
         features = lib.features(rows.hidden)  # (T, d)
         decay = cfg.prior_decay ** len(episodes)
-        steady = cfg.prior_forget == "surprise"  # the past fades only after an episode it predicted badly
-        past = _decayed(state.stats, 1.0 if steady else decay)
-        stats = past.add(features, rows.actions, rows.targets)
-        fit, means = evidence_and_mean(self.mean, self.cov, stats, lib.noise_var)  # (K + 1,), (K + 1, A, d)
-        alone = self._empty.add(features, rows.actions, rows.targets)  # these episodes without the past
-        alone_fit, alone_means = evidence_and_mean(self.mean, self.cov, alone, lib.noise_var)
+        on_surprise = cfg.prior_forget == "surprise"  # the past fades only after an episode it predicted badly
+        past = _decayed(state.stats, 1.0 if on_surprise else decay)
+        stats, fit, means = self._posterior(past, features, rows)  # fit (K + 1,), means (K + 1, A, d)
+        alone, alone_fit, alone_means = self._posterior(self._empty, features, rows)  # these episodes without the past
         # how much better the player's own history predicted these rewards than the population
         # did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts)
         before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
         gain = float(torch.logsumexp(log_prior + fit, 0) - before - torch.logsumexp(log_prior + alone_fit, 0))
-        if steady:
-            if gain < -cfg.prior_surprise_nats:  # surprised: the past fades as it always would
-                stats = _decayed(state.stats, decay).add(features, rows.actions, rows.targets)
-                fit, means = evidence_and_mean(self.mean, self.cov, stats, lib.noise_var)
-            else:
-                decay = 1.0
+        if on_surprise and gain < -cfg.prior_surprise_nats:  # surprised: the past fades as it always would
+            stats, fit, means = self._posterior(_decayed(state.stats, decay), features, rows)
+        elif on_surprise:
+            decay = 1.0  # nothing faded: the trust test's trials keep their weight too
         changed = gain < -cfg.prior_change_nats
         changes = state.changes + changed
         if changed:  # a change of style: the past misleads, start again from these episodes
@@ -214,6 +210,15 @@ class PriorTrainer:
             state=new_state,
             prior=new_state.describe(),
         )
+
+    def _posterior(
+        self, past: Stats, features: torch.Tensor, rows: Decisions
+    ) -> tuple[Stats, torch.Tensor, torch.Tensor]:
+        """The statistics `past` plus these decisions (features (T, d)), each cohort's log
+        evidence under them (K + 1,) and each cohort's posterior mean model (K + 1, A, d)."""
+        stats = past.add(features, rows.actions, rows.targets)
+        fit, means = evidence_and_mean(self.mean, self.cov, stats, self.library.noise_var)
+        return stats, fit, means
 
     def _trust(
         self, state: PosteriorState, step: float, changed: bool, had_past: bool, decay: float
