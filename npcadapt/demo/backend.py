@@ -31,16 +31,15 @@ log = logging.getLogger(__name__)
 # PPO trainer's exploration bonus (which pays off over a long relationship) is off, and the
 # population prior's tilt is trusted from the first episode (a merchant meets the player a
 # handful of times a minute) instead of after the couple of consistent episodes a server's
-# default waits for, and what it learnt fades only when the bot surprises it (at 45 s this
-# moved the duelists from 9 to 12 of 12 seeds and the merchants from 8 to 11; see
-# docs/adaptation.md and docs/benchmarks.md, session 11).
+# default waits for. What it learnt fades only when the bot surprises it (the server's
+# default since session 12; at 45 s it moved the duelists from 9 to 12 of 12 seeds and the
+# merchants from 8 to 11: docs/benchmarks.md, session 11), and slowly then (prior_decay).
 DEFAULT_ONLINE = OnlineConfig(
     ent_coef=0.0,
     prior_trust_test="sum",
     prior_trust_open=-3.0,
     prior_trust_nats=2.0,
     prior_decay=0.99,
-    prior_forget="surprise",
     prior_explore=False,
 )
 DEMO_SETTINGS = (
@@ -49,7 +48,6 @@ DEMO_SETTINGS = (
     "prior_trust_open",
     "prior_trust_nats",
     "prior_decay",
-    "prior_forget",
     "prior_explore",
 )  # what the demo changes from the defaults
 

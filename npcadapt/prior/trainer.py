@@ -1,11 +1,10 @@
 """Per-player adaptation from the population prior: a Bayesian posterior served as a LoRA row.
 
 Each player keeps the sufficient statistics of their own decisions (:class:`~.bayes.Stats`
-on the library's projected features), decayed by ``prior_decay`` per episode so that old
-play fades and a player who changes style is re-adapted (with ``prior_forget`` "surprise",
-only after an episode that the player's history predicted worse than the population did,
-by more than ``prior_surprise_nats``: a steady style keeps all its evidence). After every
-completed episode:
+on the library's projected features), decayed by ``prior_decay`` after an episode that
+the player's history predicted worse than the population did, by more than
+``prior_surprise_nats`` (``prior_forget`` "surprise": a steady style keeps all its
+evidence; "always": after every episode). After every completed episode:
 
 1. the statistics take the episode's (features, action, reward-to-go) rows;
 2. each cohort's weight is its prior weight times the marginal likelihood of the player's
@@ -34,8 +33,11 @@ trust more slowly (docs/adaptation.md gives the measured effect and its limits).
 +-``prior_evidence_cap``) from ``prior_trust_open`` to ``prior_trust_nats``. After a
 change of style the trust falls and comes back as the new style is learnt.
 Change-point test: an episode that the history predicts worse than the population by
-more than ``prior_change_nats`` drops the past statistics (the player starts again
-from that episode) and any trust earned.
+more than ``prior_change_nats`` is a suspected change of style. With
+``prior_change_confirm`` the next episode confirms it if the suspect episode alone
+predicts it better than both the history and the population do (else an odd bout of a
+steady player would throw away a sharp history); a change drops the past statistics
+(the player starts again from the suspect episode) and any trust earned.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class PosteriorState:
     log_prior: torch.Tensor | None = None  # (K + 1,) this player's prior over cohorts (None: the library's)
     warm_from: tuple[str, ...] = ()  # archetypes whose posterior warm-started this one
     trials: tuple[float, float, float] = (0.0, 0.0, 0.0)  # decayed count, sum and sum of squares of those log BFs
+    suspect: Stats | None = None  # an episode that suspected a change, awaiting the next to confirm it
 
     @property
     def confidence(self) -> float:
@@ -174,13 +177,23 @@ class PriorTrainer:
         alone, alone_fit, alone_means = self._posterior(self._empty, features, rows)  # these episodes without the past
         # how much better the player's own history predicted these rewards than the population
         # did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts)
-        before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, lib.noise_var), 0)
-        gain = float(torch.logsumexp(log_prior + fit, 0) - before - torch.logsumexp(log_prior + alone_fit, 0))
+        predicted = self._predicted(log_prior, past, fit)  # log p(new | past, cohorts)
+        population = float(torch.logsumexp(log_prior + alone_fit, 0))  # log p(new | cohorts)
+        gain = predicted - population
         if on_surprise and gain < -cfg.prior_surprise_nats:  # surprised: the past fades as it always would
             stats, fit, means = self._posterior(_decayed(state.stats, decay), features, rows)
         elif on_surprise:
             decay = 1.0  # nothing faded: the trust test's trials keep their weight too
-        changed = gain < -cfg.prior_change_nats
+        changed, suspect = gain < -cfg.prior_change_nats, None
+        if cfg.prior_change_confirm:  # confirmed: the suspect episode predicts the next better than the history
+            if state.suspect is not None:  # and better than the population alone (it shows a style of its own)
+                since = self._posterior(state.suspect, features, rows)
+                confirmed = self._predicted(log_prior, state.suspect, since[1]) > max(predicted, population)
+                if confirmed:  # the new style started at the suspect episode
+                    alone, alone_fit, alone_means = since
+            else:
+                confirmed = False
+            changed, suspect = confirmed, (alone if changed and not confirmed else None)
         changes = state.changes + changed
         if changed:  # a change of style: the past misleads, start again from these episodes
             stats, fit, means = alone, alone_fit, alone_means
@@ -198,7 +211,17 @@ class PriorTrainer:
         delta, kl, scale = self._bound_kl(rows.hidden, masks, delta)
         params = weight_delta_row(self.family, self.last_layer, delta.float())
         new_state = PosteriorState(
-            stats, episodes_seen, weights, cohort, evidence, share, changes, state.log_prior, state.warm_from, trials
+            stats,
+            episodes_seen,
+            weights,
+            cohort,
+            evidence,
+            share,
+            changes,
+            state.log_prior,
+            state.warm_from,
+            trials,
+            suspect,
         )
         return UpdateOutcome(
             item.player,
@@ -219,6 +242,12 @@ class PriorTrainer:
         stats = past.add(features, rows.actions, rows.targets)
         fit, means = evidence_and_mean(self.mean, self.cov, stats, self.library.noise_var)
         return stats, fit, means
+
+    def _predicted(self, log_prior: torch.Tensor, past: Stats, fit: torch.Tensor) -> float:
+        """log p(new decisions | past, cohorts): `fit` (K + 1,) is each cohort's log evidence of
+        the past plus the new decisions, `log_prior` (K + 1,) the player's prior over cohorts."""
+        before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, self.library.noise_var), 0)
+        return float(torch.logsumexp(log_prior + fit, 0) - before)
 
     def _trust(
         self, state: PosteriorState, step: float, changed: bool, had_past: bool, decay: float

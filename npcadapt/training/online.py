@@ -76,9 +76,9 @@ class OnlineConfig:
     # archetypes with a population prior (npcadapt.prior) adapt by its posterior instead of PPO:
     prior: bool = True  # use the prior stored beside an archetype when there is one
     prior_decay: float = 0.95  # weight of a player's past evidence per new episode (drift: old play fades)
-    # when it fades: "always" (every episode) or "surprise" (only after an episode the player's
-    # history predicted worse than the population did: a steady style keeps all its evidence)
-    prior_forget: str = "always"
+    # when it fades: "surprise" (only after an episode the player's history predicted worse
+    # than the population did: a steady style keeps all its evidence) or "always" (every episode)
+    prior_forget: str = "surprise"
     prior_surprise_nats: float = 1.0  # "surprise": how much worse than the population's prediction fades the past
     prior_explore: bool = True  # serve a cohort drawn from the posterior (Thompson), not the weighted mean
     prior_trust_open: float = (
@@ -88,7 +88,13 @@ class OnlineConfig:
     prior_evidence_cap: float = 10.0  # bound on that decayed evidence either way, so no verdict is permanent
     prior_new_cohort: float = 0.2  # prior weight of "unlike every cohort": a broad personal model
     prior_transfer_trust: float = 0.5  # share of the trust earned with another archetype a warm start carries
-    prior_change_nats: float = 12.0  # an episode the history predicts this much worse than the population: new style
+    prior_change_nats: float = (
+        12.0  # an episode the history predicts this much worse than the population: suspected new style
+    )
+    # True: a suspected change is acted on only if the next episode is predicted better by the
+    # suspect episode than by the whole history and than by the population alone (an odd bout
+    # of a steady player is not a change)
+    prior_change_confirm: bool = True
     prior_episode_nats: float = 4.0  # most trust one episode adds or takes (one odd bout cannot undo a style)
     # the trust test: "t" (a t-statistic of the per-episode log Bayes factors) or "sum" (their decayed sum, above)
     prior_trust_test: str = "t"
