@@ -64,7 +64,10 @@ def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path, forg
             on_episode=lambda e: seen.append(svc.prior_info("duelist", "brawler>turtle-0")),
         )
     before, after = seen[11], seen[12 + confirm]  # a confirmed change waits for the bout after the suspect one
-    # trusted on the first style (one odd bout lowers the t-statistic for a while), and the switch costs trust at once
+    if confirm:  # the suspect bout itself changes nothing yet: the NPC is still served a tilt
+        assert seen[12]["changes"] == 0 and seen[12]["share"] > 0 and seen[12]["suspected_change"]
+    assert not after["suspected_change"]
+    # trusted on the first style (one odd bout lowers the t-statistic for a while); the change costs the trust
     assert before["share"] > 0.5 and after["share"] == 0.0 and after["evidence"] < before["evidence"]
     assert before["changes"] == 0 and after["changes"] == 1 and after["decisions"] == 12 * (1 + confirm)
     curve = report["personas"]["brawler>turtle"]["gain_curve"]
@@ -239,3 +242,59 @@ def test_a_player_known_from_another_archetype_starts_warm(tmp_path):
         assert svc.prior_info("merchant", "warm-brute-0")["warm_from"] == ["duelist"]
         assert svc.prior_info("merchant", "fresh-brute-0")["warm_from"] == []
     assert gains["warm"] > gains["fresh"] + 0.2, gains
+
+
+def _style_episodes(rng: np.random.Generator, sign: float, n: int) -> list:
+    """`n` duelist episodes of 12 random moves: moves 0-3 pay `sign`, moves 4-7 pay -`sign` (noisy)."""
+    from npcadapt.episodes import Episode
+
+    out = []
+    for _ in range(n):
+        ep = Episode("duelist", "p", "n")
+        for _ in range(12):
+            action = int(rng.integers(8))
+            ep.obs.append(rng.standard_normal(8).astype(np.float32))
+            ep.mask.append(None)
+            ep.action.append(action)
+            ep.logp.append(float(np.log(1 / 8)))
+            ep.value.append(0.0)
+            ep.reward.append(sign * (1.0 if action < 4 else -1.0) + float(rng.normal(0, 0.1)))
+        out.append(ep)
+    return out
+
+
+@pytest.mark.parametrize("after_suspect,changes", [("usual", 0), ("new", 1)])
+def test_a_suspected_change_is_confirmed_only_by_an_episode_that_the_suspect_predicts(after_suspect, changes):
+    """prior_change_confirm: one bout of another style is a suspect, not a change; the next
+    bout confirms it only if it is in the new style too (a steady player's odd bout costs
+    them their history otherwise)."""
+    from npcadapt.archetypes import find_archetypes
+    from npcadapt.lora.bank import AdapterLayout
+    from npcadapt.lora.layout import fresh_row
+    from npcadapt.prior.trainer import PriorTrainer
+    from npcadapt.training.online import PlayerUpdate
+
+    arch = find_archetypes([BUILTIN_DIR])["duelist"]
+    layout = AdapterLayout.from_spec(arch.spec)
+    trainer = PriorTrainer(arch.policy, layout, load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch))
+    rng = np.random.default_rng(0)
+    state, params = None, fresh_row(layout, "duelist", "p")
+
+    def play(episodes):
+        nonlocal state, params
+        out = trainer.update([PlayerUpdate("p", params, episodes, state)])[0]
+        state, params = out.state, out.params
+        return state
+
+    for ep in _style_episodes(rng, 1.0, n=10):  # a steady style: moves 0-3 pay
+        play([ep])
+    steady = state.stats.n.sum()
+    suspected = play(_style_episodes(rng, -1.0, n=1))  # one bout where moves 4-7 pay
+    assert suspected.suspect is not None and suspected.changes == 0  # suspected, not yet acted on
+    assert suspected.stats.n.sum() > steady  # the history is kept meanwhile
+    after = play(_style_episodes(rng, 1.0 if after_suspect == "usual" else -1.0, n=1))
+    assert after.changes == changes and after.suspect is None
+    if changes:  # the player starts again from the suspect bout and this one
+        assert after.stats.n.sum() == pytest.approx(24)
+    else:  # the whole history stays
+        assert after.stats.n.sum() > steady

@@ -34,7 +34,7 @@ trust more slowly (docs/adaptation.md gives the measured effect and its limits).
 change of style the trust falls and comes back as the new style is learnt.
 Change-point test: an episode that the history predicts worse than the population by
 more than ``prior_change_nats`` is a suspected change of style. With
-``prior_change_confirm`` the next episode confirms it if the suspect episode alone
+``prior_change_confirm`` the next update (episode) confirms it if the suspect episode alone
 predicts it better than both the history and the population do (else an odd bout of a
 steady player would throw away a sharp history); a change drops the past statistics
 (the player starts again from the suspect episode) and any trust earned.
@@ -92,6 +92,7 @@ class PosteriorState:
             "evidence": round(self.evidence, 3),
             "share": round(self.share, 4),
             "changes": self.changes,
+            "suspected_change": self.suspect is not None,  # awaiting the next episode to confirm a change
             "warm_from": list(self.warm_from),
         }
 

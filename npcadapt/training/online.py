@@ -75,7 +75,7 @@ class OnlineConfig:
     gate_is_clip: float = 2.0  # truncation of trained / served importance weights in the loss
     # archetypes with a population prior (npcadapt.prior) adapt by its posterior instead of PPO:
     prior: bool = True  # use the prior stored beside an archetype when there is one
-    prior_decay: float = 0.95  # weight of a player's past evidence per new episode (drift: old play fades)
+    prior_decay: float = 0.95  # weight of a player's past evidence after an episode that fades it (below)
     # when it fades: "surprise" (only after an episode the player's history predicted worse
     # than the population did: a steady style keeps all its evidence) or "always" (every episode)
     prior_forget: str = "surprise"
