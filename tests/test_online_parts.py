@@ -25,8 +25,9 @@ def trainer_for(duelist, **settings) -> OnlineTrainer:
     return OnlineTrainer(policy, layout, OnlineConfig(**settings))
 
 
-def episodes(player, lengths, seed, masked=False, reward_scale=1.0):
-    """Random episodes of the duelist (8 observations, 8 actions); masked ones allow a random subset."""
+def episodes(player, lengths, seed, masked=False, reward_scale=1.0, pays=None):
+    """Random episodes of the duelist (8 observations, 8 actions); masked ones allow a random subset.
+    `pays` (action -> reward): rewards that follow a style, plus noise of spread 0.1 (None: pure noise)."""
     rng = np.random.default_rng(seed)
     out = []
     for n in lengths:
@@ -41,7 +42,8 @@ def episodes(player, lengths, seed, masked=False, reward_scale=1.0):
             ep.action.append(action)
             ep.logp.append(float(np.log(1 / 8)))
             ep.value.append(float(rng.normal(0, 0.3)))
-            ep.reward.append(reward_scale * float(rng.normal()))
+            noise = float(rng.normal())
+            ep.reward.append(reward_scale * noise if pays is None else pays(action) + 0.1 * noise)
         out.append(ep)
     return out
 

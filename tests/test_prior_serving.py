@@ -244,40 +244,31 @@ def test_a_player_known_from_another_archetype_starts_warm(tmp_path):
     assert gains["warm"] > gains["fresh"] + 0.2, gains
 
 
-def _style_episodes(rng: np.random.Generator, sign: float, n: int) -> list:
-    """`n` duelist episodes of 12 random moves: moves 0-3 pay `sign`, moves 4-7 pay -`sign` (noisy)."""
-    from npcadapt.episodes import Episode
-
-    out = []
-    for _ in range(n):
-        ep = Episode("duelist", "p", "n")
-        for _ in range(12):
-            action = int(rng.integers(8))
-            ep.obs.append(rng.standard_normal(8).astype(np.float32))
-            ep.mask.append(None)
-            ep.action.append(action)
-            ep.logp.append(float(np.log(1 / 8)))
-            ep.value.append(0.0)
-            ep.reward.append(sign * (1.0 if action < 4 else -1.0) + float(rng.normal(0, 0.1)))
-        out.append(ep)
-    return out
-
-
-@pytest.mark.parametrize("after_suspect,changes", [("usual", 0), ("new", 1)])
+@pytest.mark.parametrize("after_suspect,changes", [(1.0, 0), (-1.0, 1), (0.0, 0)], ids=["usual", "new", "neither"])
 def test_a_suspected_change_is_confirmed_only_by_an_episode_that_the_suspect_predicts(after_suspect, changes):
     """prior_change_confirm: one bout of another style is a suspect, not a change; the next
     bout confirms it only if it is in the new style too (a steady player's odd bout costs
-    them their history otherwise)."""
+    them their history otherwise). A bout of neither style (nothing pays), which the suspect
+    predicts better than the history but worse than the population alone, confirms nothing."""
+    from test_online_parts import episodes
+
     from npcadapt.archetypes import find_archetypes
     from npcadapt.lora.bank import AdapterLayout
     from npcadapt.lora.layout import fresh_row
     from npcadapt.prior.trainer import PriorTrainer
     from npcadapt.training.online import PlayerUpdate
 
+    spot = np.random.default_rng(0).standard_normal(8).astype(np.float32)  # one situation, so a style is learnt fast
+
+    def style(sign: float, seed: int, n: int = 1) -> list:  # moves 0-3 pay `sign`, moves 4-7 pay -`sign`
+        out = episodes("p", [12] * n, seed, pays=lambda action: sign * (1.0 if action < 4 else -1.0))
+        for ep in out:
+            ep.obs = [spot] * len(ep.obs)
+        return out
+
     arch = find_archetypes([BUILTIN_DIR])["duelist"]
     layout = AdapterLayout.from_spec(arch.spec)
     trainer = PriorTrainer(arch.policy, layout, load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch))
-    rng = np.random.default_rng(0)
     state, params = None, fresh_row(layout, "duelist", "p")
 
     def play(episodes):
@@ -286,13 +277,14 @@ def test_a_suspected_change_is_confirmed_only_by_an_episode_that_the_suspect_pre
         state, params = out.state, out.params
         return state
 
-    for ep in _style_episodes(rng, 1.0, n=10):  # a steady style: moves 0-3 pay
+    for ep in style(1.0, seed=1, n=10):  # a steady style: moves 0-3 pay
         play([ep])
     steady = state.stats.n.sum()
-    suspected = play(_style_episodes(rng, -1.0, n=1))  # one bout where moves 4-7 pay
+    assert state.share == 1.0  # a trusted history
+    suspected = play(style(-1.0, seed=2))  # one bout where moves 4-7 pay
     assert suspected.suspect is not None and suspected.changes == 0  # suspected, not yet acted on
     assert suspected.stats.n.sum() > steady  # the history is kept meanwhile
-    after = play(_style_episodes(rng, 1.0 if after_suspect == "usual" else -1.0, n=1))
+    after = play(style(after_suspect, seed=3))
     assert after.changes == changes and after.suspect is None
     if changes:  # the player starts again from the suspect bout and this one
         assert after.stats.n.sum() == pytest.approx(24)

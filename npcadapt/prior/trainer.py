@@ -175,29 +175,23 @@ class PriorTrainer:
         on_surprise = cfg.prior_forget == "surprise"  # the past fades only after an episode it predicted badly
         past = _decayed(state.stats, 1.0 if on_surprise else decay)
         stats, fit, means = self._posterior(past, features, rows)  # fit (K + 1,), means (K + 1, A, d)
-        alone, alone_fit, alone_means = self._posterior(self._empty, features, rows)  # these episodes without the past
+        alone = self._posterior(self._empty, features, rows)  # these episodes without the past
         # how much better the player's own history predicted these rewards than the population
         # did (log Bayes factor, nats): log p(new | past, cohorts) - log p(new | cohorts)
         predicted = self._predicted(log_prior, past, fit)  # log p(new | past, cohorts)
-        population = float(torch.logsumexp(log_prior + alone_fit, 0))  # log p(new | cohorts)
+        population = float(torch.logsumexp(log_prior + alone[1], 0))  # log p(new | cohorts)
         gain = predicted - population
         if on_surprise and gain < -cfg.prior_surprise_nats:  # surprised: the past fades as it always would
             stats, fit, means = self._posterior(_decayed(state.stats, decay), features, rows)
         elif on_surprise:
             decay = 1.0  # nothing faded: the trust test's trials keep their weight too
-        changed, suspect = gain < -cfg.prior_change_nats, None
-        if cfg.prior_change_confirm:  # confirmed: the suspect episode predicts the next better than the history
-            if state.suspect is not None:  # and better than the population alone (it shows a style of its own)
-                since = self._posterior(state.suspect, features, rows)
-                confirmed = self._predicted(log_prior, state.suspect, since[1]) > max(predicted, population)
-                if confirmed:  # the new style started at the suspect episode
-                    alone, alone_fit, alone_means = since
-            else:
-                confirmed = False
-            changed, suspect = confirmed, (alone if changed and not confirmed else None)
+        restart, suspect = self._change_point(
+            state, gain < -cfg.prior_change_nats, alone, log_prior, features, rows, max(predicted, population)
+        )
+        changed = restart is not None
         changes = state.changes + changed
-        if changed:  # a change of style: the past misleads, start again from these episodes
-            stats, fit, means = alone, alone_fit, alone_means
+        if restart is not None:  # a change of style: the past misleads, start again from the new style
+            stats, fit, means = restart
         step = float(np.clip(gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
         evidence, trials, share = self._trust(state, step, changed, float(past.n.sum()) > 0, decay)
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
@@ -243,6 +237,31 @@ class PriorTrainer:
         stats = past.add(features, rows.actions, rows.targets)
         fit, means = evidence_and_mean(self.mean, self.cov, stats, self.library.noise_var)
         return stats, fit, means
+
+    def _change_point(
+        self,
+        state: PosteriorState,
+        crossed: bool,
+        alone: tuple[Stats, torch.Tensor, torch.Tensor],
+        log_prior: torch.Tensor,
+        features: torch.Tensor,
+        rows: Decisions,
+        best_so_far: float,
+    ) -> tuple[tuple[Stats, torch.Tensor, torch.Tensor] | None, Stats | None]:
+        """The change-point test: (the posterior to start again from, None where the style
+        holds; the statistics of a suspect episode to carry to the next update). `crossed`:
+        these episodes crossed ``prior_change_nats``; `alone`: their posterior without the
+        past; `best_so_far`: the larger of log p(new | past, cohorts) and log p(new | cohorts).
+        Without ``prior_change_confirm`` a crossing is a change at once. With it, a crossing
+        is a suspect, and the next update confirms it when the suspect episode predicts the
+        new decisions better than both (a style of its own, not an odd bout)."""
+        if not self.config.prior_change_confirm:
+            return (alone if crossed else None), None
+        if state.suspect is not None:
+            since = self._posterior(state.suspect, features, rows)  # the new style from the suspect episode on
+            if self._predicted(log_prior, state.suspect, since[1]) > best_so_far:
+                return since, None
+        return None, (alone[0] if crossed else None)
 
     def _predicted(self, log_prior: torch.Tensor, past: Stats, fit: torch.Tensor) -> float:
         """log p(new decisions | past, cohorts): `fit` (K + 1,) is each cohort's log evidence of

@@ -88,9 +88,7 @@ class OnlineConfig:
     prior_evidence_cap: float = 10.0  # bound on that decayed evidence either way, so no verdict is permanent
     prior_new_cohort: float = 0.2  # prior weight of "unlike every cohort": a broad personal model
     prior_transfer_trust: float = 0.5  # share of the trust earned with another archetype a warm start carries
-    prior_change_nats: float = (
-        12.0  # an episode the history predicts this much worse than the population: suspected new style
-    )
+    prior_change_nats: float = 12.0  # the history predicts an episode this much worse than the population: new style?
     # True: a suspected change is acted on only if the next episode is predicted better by the
     # suspect episode than by the whole history and than by the population alone (an odd bout
     # of a steady player is not a change)
