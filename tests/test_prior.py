@@ -10,7 +10,7 @@ import torch
 from npcadapt.bench.baselines import NeuralLinearHost, ThompsonSettings
 from npcadapt.engine import Engine
 from npcadapt.errors import InvalidInputError
-from npcadapt.prior.bayes import Stats, cohort_weights, log_evidence, posterior
+from npcadapt.prior.bayes import Stats, cohort_weights, draw_from_data_spread, log_evidence, posterior
 from npcadapt.prior.head import weight_delta_row
 
 A, H = 3, 4
@@ -75,6 +75,35 @@ def test_cohort_weights_find_the_cohort_that_generated_the_rewards():
     assert torch.allclose(torch.einsum("k,kah->ah", weights, means), cohorts[2], atol=0.1)  # the mixture's mean
     # with no data the weights are the prior's
     assert torch.allclose(cohort_weights(log_w, cohorts, cov, Stats.empty(A, H), 0.01), log_w.exp())
+
+
+@pytest.mark.parametrize("decisions", [0, 4, 40, 4000])
+def test_exploration_draws_have_the_spread_the_players_data_leaves(decisions):
+    """draw_from_data_spread: centred on the posterior mean with covariance S_N G S_N / s2 (the
+    posterior's spread less the prior's own), so no data means no exploration and much data
+    means the whole posterior (Thompson sampling); `scale` scales the spread."""
+    g = torch.Generator().manual_seed(4)
+    m0 = torch.randn(A, H, generator=g, dtype=torch.float64)
+    root = torch.randn(A, H, H, generator=g, dtype=torch.float64)
+    s0 = root @ root.transpose(-1, -2) / H + 0.1 * torch.eye(H, dtype=torch.float64)  # (A, H, H)
+    h, actions, y = _data(5, n=decisions)
+    stats = Stats.empty(A, H).add(h, actions, y)
+    noise, scale, n = 0.3, 0.5, 20000
+    mean, cov = posterior(m0, s0, stats, noise)
+    many = Stats(*(part.expand(n, *part.shape) for part in stats))  # n copies: one call draws them all
+    draws = draw_from_data_spread(m0, s0, many, noise, scale, torch.Generator().manual_seed(6))  # (n, A, H)
+    spread = cov @ stats.gram @ cov / noise * scale**2  # (A, H, H)
+    centred = draws - mean
+    empirical = torch.einsum("nai,naj->aij", centred, centred) / n
+    size = float(spread.diagonal(dim1=-2, dim2=-1).sum(-1).max()) + 1e-12
+    assert float((empirical - spread).abs().max()) <= 0.05 * size  # the covariance above, to sampling error
+    assert float(centred.mean(0).abs().max()) <= 0.05 * size**0.5 + 1e-12  # centred on the posterior mean
+    if decisions == 0:
+        assert torch.allclose(draws, mean.expand_as(draws), rtol=0, atol=1e-12)  # nothing to explore yet
+    if decisions == 4000:  # the formula's limit, where the data dominates: the whole posterior covariance
+        assert float(torch.linalg.matrix_norm(spread - cov * scale**2).max()) <= 0.02 * float(
+            torch.linalg.matrix_norm(cov * scale**2).min()
+        )
 
 
 @pytest.mark.parametrize("rank_deficit", [False, True])
@@ -181,6 +210,7 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     loaded = load_library(path, arch)
     assert torch.equal(loaded.mean, library.mean) and torch.equal(loaded.basis, library.basis)
     assert (loaded.noise_var, loaded.beta, loaded.gamma) == (library.noise_var, library.beta, library.gamma)
+    assert load_library(save_library(replace(library, explore_spread=0.25), path), arch).explore_spread == 0.25
     assert loaded.meta["players"] == 24 and sum(loaded.meta["cohort_sizes"]) == 24
     with pytest.raises(AdapterMismatchError, match="train library"):
         load_library(path, replace(arch, base_hash="0" * 16))  # built on another base: stale
@@ -211,6 +241,12 @@ def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsy
     assert main([*args, "--features", "8"]) == 0
     library = load_library(out, arch)
     assert library.basis.shape[0] == library.mean.shape[-1] == 8
+    assert library.explore_spread == 0.0  # the default: serve the posterior mean
+    assert main([*args, "--explore-spread", "0.5"]) == 0
+    assert load_library(out, arch).explore_spread == 0.5
+    with pytest.raises(SystemExit):
+        main([*args, "--explore-spread", "-1"])
+    assert "--explore-spread: must be a finite number >= 0" in capsys.readouterr().err
     assert main(["train", "library", "--archetype", "duelist", "--logs", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
 

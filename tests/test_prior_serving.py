@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -172,6 +173,8 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
         "prior_change_nats=0",
         "prior_forget=never",
         "prior_surprise_nats=-1",
+        "prior_explore_spread=-0.5",
+        "prior_explore_spread=inf",
     ],
 )
 def test_invalid_prior_settings_are_refused(setting):
@@ -290,3 +293,91 @@ def test_a_suspected_change_is_confirmed_only_by_an_episode_that_the_suspect_pre
         assert after.stats.n.sum() == pytest.approx(24)
     else:  # the whole history stays
         assert after.stats.n.sum() > steady
+
+
+def test_the_duelist_explores_within_its_cohort_and_a_setting_overrides_the_library():
+    """The shipped duelist library sets explore_spread: its served model is drawn around the cohort
+    posterior's mean (the same draw for the same player and episode count); the server's
+    prior_explore_spread overrides the library's, 0 serving the mean itself."""
+    from test_online_parts import episodes
+
+    from npcadapt.archetypes import find_archetypes
+    from npcadapt.lora.bank import AdapterLayout
+    from npcadapt.lora.layout import fresh_row
+    from npcadapt.prior.trainer import PriorTrainer
+    from npcadapt.training.online import PlayerUpdate
+
+    arch = find_archetypes([BUILTIN_DIR])["duelist"]
+    layout = AdapterLayout.from_spec(arch.spec)
+    library = load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch)
+    assert library.explore_spread == 0.5
+    merchant = find_archetypes([BUILTIN_DIR])["merchant"]
+    assert load_library(BUILTIN_DIR / "merchant" / LIBRARY_NAME, merchant).explore_spread == 0.0  # written without it
+    spot = np.random.default_rng(0).standard_normal(8).astype(np.float32)  # one situation: trust comes fast
+    bouts = episodes("p", [12] * 12, 7, pays=lambda action: 1.0 if action < 4 else -1.0)
+    for ep in bouts:
+        ep.obs = [spot] * len(ep.obs)
+
+    def served(lib, config):
+        trainer, state, params, rows = (
+            PriorTrainer(arch.policy, layout, lib, config),
+            None,
+            fresh_row(layout, "duelist", "p"),
+            [],
+        )
+        for ep in bouts:
+            out = trainer.update([PlayerUpdate("p", params, [ep], state)])[0]
+            state, params = out.state, out.params
+            rows.append(params)
+        assert state.share == 1.0  # the tilt is served whole: the rows differ only by the draw
+        return torch.stack(rows)  # (episodes, P)
+
+    drawn = served(library, OnlineConfig())
+    assert torch.equal(drawn, served(library, OnlineConfig()))  # reproducible
+    mean = served(replace(library, explore_spread=0.0), OnlineConfig())
+    assert torch.equal(served(library, OnlineConfig(prior_explore_spread=0.0)), mean)  # the setting wins
+    gaps = (drawn - mean).norm(dim=1)  # (episodes,)
+    assert float(gaps[1:].min()) > 0  # every served row after the first bout was drawn
+    assert not torch.equal(served(library, OnlineConfig(prior_explore_spread=1.0)), drawn)  # the spread counts
+    assert torch.equal(served(replace(library, explore_spread=0.0), OnlineConfig(prior_explore_spread=0.5)), drawn)
+
+
+@pytest.mark.parametrize(
+    "history,population,confirmed",
+    [(-5, -5, True), (5, -5, False), (-5, 5, False), (5, 5, False)],
+    ids=["beats-both", "history-better", "population-better", "both-better"],
+)
+def test_the_change_point_confirms_only_a_suspect_that_beats_the_history_and_the_population(
+    history, population, confirmed
+):
+    """The rule itself, with the two rival predictions set around the suspect's own: a suspect
+    episode confirms a change only if it predicts the new decisions better than both the
+    player's history and the population alone (the scenario test above cannot produce the
+    case where it beats the population but not the history)."""
+    from test_online_parts import episodes
+
+    from npcadapt.archetypes import find_archetypes
+    from npcadapt.lora.bank import AdapterLayout
+    from npcadapt.prior.library import decisions
+    from npcadapt.prior.trainer import PriorTrainer
+
+    arch = find_archetypes([BUILTIN_DIR])["duelist"]
+    trainer = PriorTrainer(
+        arch.policy, AdapterLayout.from_spec(arch.spec), load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch)
+    )
+    lib = trainer.library
+    suspect_bout, new_bout = episodes("p", [12, 12], 5, pays=lambda action: 1.0 if action >= 4 else -1.0)
+    suspect_rows = decisions(arch.policy, [suspect_bout], lib.gamma)
+    suspect = trainer._empty.add(lib.features(suspect_rows.hidden), suspect_rows.actions, suspect_rows.targets)
+    state = replace(trainer.fresh_state(), suspect=suspect)
+    rows = decisions(arch.policy, [new_bout], lib.gamma)
+    features = lib.features(rows.hidden)
+    alone = trainer._posterior(trainer._empty, features, rows)
+    since = trainer._posterior(suspect, features, rows)
+    own = trainer._predicted(trainer.log_weights, suspect, since[1])  # log p(new | suspect episode, cohorts)
+    restart, carried = trainer._change_point(
+        state, False, alone, trainer.log_weights, features, rows, own + history, own + population
+    )
+    assert (restart is not None) == confirmed and carried is None
+    if confirmed:  # the player starts again from the suspect episode and the new one
+        assert float(restart[0].n.sum()) == 24

@@ -258,6 +258,9 @@ def test_online_settings_parse_by_field_type_and_name_what_is_wrong():
         ["epochs=8", "validation_gate=false", "kl-bound=2.5", "adam_betas=0.8,0.99"]
     )
     assert (config.epochs, config.validation_gate, config.kl_bound, config.adam_betas) == (8, False, 2.5, (0.8, 0.99))
+    spread = npcadapt.OnlineConfig().with_settings(["prior_explore_spread=0.5"])
+    assert spread.prior_explore_spread == 0.5  # an optional number: "none" gives it back to the library
+    assert spread.with_settings(["prior_explore_spread=none"]).prior_explore_spread is None
     with pytest.raises(ValueError, match=r"'epoch=3'.*epochs"):
         npcadapt.OnlineConfig().with_settings(["epoch=3"])
     with pytest.raises(ValueError, match="'validation_gate=maybe'"):

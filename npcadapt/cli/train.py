@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..archetypes import find_archetypes
 from ..errors import InvalidInputError, NpcAdaptError
-from .argtypes import positive_float, store_url
+from .argtypes import nonnegative_float, positive_float, store_url
 from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
@@ -131,7 +131,14 @@ def _cmd_train_library(args) -> int:
     by_arch = _by_archetype(episodes)
     players = by_arch.get(arch.name, {})
     sizes = {} if args.features is None else {"features": args.features}
-    config = LibraryConfig(cohorts=args.cohorts, gamma=args.gamma, noise_var=args.noise_var, seed=args.seed, **sizes)
+    config = LibraryConfig(
+        cohorts=args.cohorts,
+        gamma=args.gamma,
+        noise_var=args.noise_var,
+        seed=args.seed,
+        explore_spread=args.explore_spread,
+        **sizes,
+    )
     rows_of = None
     if args.engine == "ray":
         from ..training.ray_backend import RayDecisions
@@ -219,6 +226,13 @@ def add_train(sub) -> None:
         "--noise-var",
         type=positive_float,
         help="reward noise variance of the models (default: estimated from the recordings)",
+    )
+    lib.add_argument(
+        "--explore-spread",
+        type=nonnegative_float,
+        default=0.0,
+        help="how far a served model is drawn from its posterior mean, in units of the spread the player's "
+        "own data leaves (default 0: the mean; the duelist ships 0.5, see docs/adaptation.md)",
     )
     lib.add_argument("--out", help="where to write it (default: the archetype's directory)")
     lib.add_argument("--seed", type=int, default=0)

@@ -78,6 +78,32 @@ def posterior(
     return post.mean, torch.cholesky_inverse(post.prec_chol)
 
 
+def draw_from_data_spread(
+    prior_mean: torch.Tensor,
+    prior_cov: torch.Tensor,
+    stats: Stats,
+    noise_var: float,
+    scale: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Weights (..., A, H) drawn around the posterior mean m_N with the spread the player's own
+    data leaves: N(m_N, scale^2 S_N G S_N / s2), S_N the posterior covariance and G the Gram
+    matrix; prior_mean (..., A, H) and prior_cov (..., A, H, H) broadcast against the statistics.
+
+    That is the posterior covariance less the part the prior's own spread contributes. A
+    player with few decisions is served close to the prior's model (the recorded population
+    has already ruled on it); as their decisions pile up it tends to S_N, so the draw becomes
+    Thompson sampling from the player's posterior.
+    """
+    post = _solve(prior_mean, prior_cov, stats, noise_var)
+    eigvals, eigvecs = torch.linalg.eigh(stats.gram)  # (..., A, H), (..., A, H, H): G = U diag(l) U^T
+    z = torch.randn(post.mean.shape, generator=generator, dtype=torch.float64)  # (..., A, H)
+    v = (eigvecs @ (eigvals.clamp(min=0).sqrt() * z).unsqueeze(-1)) / math.sqrt(
+        noise_var
+    )  # (..., A, H, 1) ~ N(0, G / s2)
+    return post.mean + scale * torch.cholesky_solve(v, post.prec_chol).squeeze(-1)  # S_N v ~ N(0, S_N G S_N / s2)
+
+
 def _logdet(chol: torch.Tensor) -> torch.Tensor:
     """log |M| from the Cholesky factor of M."""
     return 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)

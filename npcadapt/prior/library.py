@@ -66,12 +66,15 @@ class LibraryConfig:
     sharpness: float = 128.0  # served policy: softmax(base logits + beta Q), beta = sharpness / std(recorded targets)
     min_decisions: int = 12  # players with fewer recorded decisions are left out
     seed: int = 0
+    explore_spread: float = 0.0  # served models drawn with this share of the spread a player's data leaves (Library)
 
     def __post_init__(self) -> None:
         if self.cohorts < 1 or self.probe < 1 or self.min_decisions < 1 or self.features < 1:
             raise InvalidInputError(f"LibraryConfig: cohorts, probe, features and min_decisions must be >= 1: {self}")
         if not self.sharpness > 0:
             raise InvalidInputError(f"LibraryConfig: sharpness must be > 0: {self}")
+        if not (np.isfinite(self.explore_spread) and self.explore_spread >= 0):
+            raise InvalidInputError(f"LibraryConfig: explore_spread must be finite and >= 0: {self}")
         noise_ok = self.noise_var is None or self.noise_var > 0
         if not (noise_ok and self.weight_precision > 0 and self.inflate >= 1 and 0 <= self.gamma <= 1):
             raise InvalidInputError(
@@ -97,6 +100,11 @@ class Library:
         default_factory=dict
     )  # source archetype -> (K_src, K) P(cohort | src cohort)
     transfer_from: dict[str, str] = field(default_factory=dict)  # source archetype -> fingerprint of its library
+    # how far a served model is drawn from its cohort posterior's mean, in units of the spread the
+    # player's own data leaves (0: the mean; OnlineConfig.prior_explore_spread overrides it). Per
+    # archetype, because that exploration pays only where the trust gate keeps average players at
+    # the base (docs/adaptation.md)
+    explore_spread: float = 0.0
 
     @property
     def fingerprint(self) -> str:
@@ -247,6 +255,7 @@ def build_library(
         beta,
         config.gamma,
         meta,
+        explore_spread=config.explore_spread,
     )
     return library, dict(zip(players, (int(x) for x in labels)))
 
@@ -314,6 +323,7 @@ def save_library(library: Library, path: str | Path) -> Path:
         "noise_var": repr(library.noise_var),
         "beta": repr(library.beta),
         "gamma": repr(library.gamma),
+        "explore_spread": repr(library.explore_spread),
         "meta": json.dumps(library.meta),
         "transfer_from": json.dumps(library.transfer_from),
     }
@@ -357,6 +367,7 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         )
     try:
         numbers = {key: float(metadata[key]) for key in ("noise_var", "beta", "gamma")}
+        numbers["explore_spread"] = float(metadata.get("explore_spread", "0"))  # absent: written before it existed
         meta = json.loads(metadata.get("meta", "{}"))
         transfer_from = {str(k): str(v) for k, v in json.loads(metadata.get("transfer_from", "{}")).items()}
     except (KeyError, ValueError, AttributeError) as exc:
@@ -388,6 +399,7 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         meta,
         {name: m.double() for name, m in transfer.items()},
         transfer_from,
+        numbers["explore_spread"],
     )
 
 

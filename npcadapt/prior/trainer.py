@@ -12,7 +12,10 @@ evidence; "always": after every episode). After every completed episode:
    personal posterior started from that cohort (so a player unlike every cohort still
    converges to their own model);
 3. exploration from uncertainty: the next episodes are served one cohort's personal model,
-   drawn with its posterior weight (Thompson sampling over cohorts); with
+   drawn with its posterior weight (Thompson sampling over cohorts); where the spread in
+   use (``prior_explore_spread``, or the library's ``explore_spread`` when that is None) is
+   above 0, the model itself is drawn around that posterior's mean with the spread the
+   player's own data leaves (:func:`~.bayes.draw_from_data_spread`); with
    ``prior_explore`` off, the weighted mean of the models;
 4. the model Q = f . m becomes the policy softmax(base logits + beta Q), a delta of the
    last layer written exactly as a LoRA row (:func:`~.head.weight_delta_row`), scaled down
@@ -55,7 +58,7 @@ from ..lora.bank import AdapterLayout
 from ..numerics import draw_categorical_torch, masked_kl_rows, masked_log_probs
 from ..policy import ActorCritic
 from ..training.online import OnlineConfig, PlayerUpdate, UpdateOutcome
-from .bayes import Stats, evidence_and_mean, log_evidence
+from .bayes import Stats, draw_from_data_spread, evidence_and_mean, log_evidence
 from .head import weight_delta_row
 from .library import Decisions, Library, decisions
 
@@ -186,7 +189,7 @@ class PriorTrainer:
         elif on_surprise:
             decay = 1.0  # nothing faded: the trust test's trials keep their weight too
         restart, suspect = self._change_point(
-            state, gain < -cfg.prior_change_nats, alone, log_prior, features, rows, max(predicted, population)
+            state, gain < -cfg.prior_change_nats, alone, log_prior, features, rows, predicted, population
         )
         changed = restart is not None
         changes = state.changes + changed
@@ -199,6 +202,10 @@ class PriorTrainer:
         if cfg.prior_explore:
             cohort = _draw(weights, item.player, episodes_seen)
             model = means[cohort]  # (A, d)
+            spread = lib.explore_spread if cfg.prior_explore_spread is None else cfg.prior_explore_spread
+            if spread > 0:  # and within it: a model drawn with the spread the player's data leaves
+                rng = _generator(item.player, episodes_seen, "model")
+                model = draw_from_data_spread(self.mean[cohort], self.cov[cohort], stats, lib.noise_var, spread, rng)
         else:
             cohort, model = -1, torch.einsum("k,kad->ad", weights, means)
         delta = share * lib.beta * model @ lib.basis  # (A, H)
@@ -246,12 +253,13 @@ class PriorTrainer:
         log_prior: torch.Tensor,
         features: torch.Tensor,
         rows: Decisions,
-        best_so_far: float,
+        history: float,
+        population: float,
     ) -> tuple[tuple[Stats, torch.Tensor, torch.Tensor] | None, Stats | None]:
         """The change-point test: (the posterior to start again from, None where the style
         holds; the statistics of a suspect episode to carry to the next update). `crossed`:
         these episodes crossed ``prior_change_nats``; `alone`: their posterior without the
-        past; `best_so_far`: the larger of log p(new | past, cohorts) and log p(new | cohorts).
+        past; `history`, `population`: log p(new | past, cohorts) and log p(new | cohorts).
         Without ``prior_change_confirm`` a crossing is a change at once. With it, a crossing
         is a suspect, and the next update confirms it when the suspect episode predicts the
         new decisions better than both (a style of its own, not an odd bout)."""
@@ -259,7 +267,7 @@ class PriorTrainer:
             return (alone if crossed else None), None
         if state.suspect is not None:
             since = self._posterior(state.suspect, features, rows)  # the new style from the suspect episode on
-            if self._predicted(log_prior, state.suspect, since[1]) > best_so_far:
+            if self._predicted(log_prior, state.suspect, since[1]) > max(history, population):
                 return since, None
         return None, (alone[0] if crossed else None)
 
@@ -375,8 +383,13 @@ def _decayed(stats: Stats, factor: float) -> Stats:
 
 def _draw(weights: torch.Tensor, player: str, episodes: int) -> int:
     """A cohort drawn with probability `weights` (K,), reproducible per player and episode count."""
-    seed = zlib.crc32(f"{player}\0{episodes}".encode())
-    return int(draw_categorical_torch(weights.float(), torch.Generator().manual_seed(seed)))
+    return int(draw_categorical_torch(weights.float(), _generator(player, episodes)))
+
+
+def _generator(player: str, episodes: int, what: str = "") -> torch.Generator:
+    """A random stream reproducible per player, episode count and what it draws (the cohort:
+    "", the seed the cohort draws have always had)."""
+    return torch.Generator().manual_seed(zlib.crc32(f"{player}\0{episodes}{what}".encode()))
 
 
 def _masks(episodes: Sequence[Episode], n_actions: int) -> torch.Tensor | None:

@@ -27,9 +27,10 @@ Over 450 lines: one update read top to bottom (batch assembly, loss, optimizer s
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, cast, get_args, get_type_hints
 
 import numpy as np
 import torch
@@ -81,6 +82,10 @@ class OnlineConfig:
     prior_forget: str = "surprise"
     prior_surprise_nats: float = 1.0  # "surprise": how much worse than the population's prediction fades the past
     prior_explore: bool = True  # serve a cohort drawn from the posterior (Thompson), not the weighted mean
+    # ... and, within that cohort, a model drawn around its posterior mean with the spread the
+    # player's own decisions leave, times this (0: the mean; None: the library's explore_spread,
+    # set per archetype; npcadapt.prior.bayes.draw_from_data_spread)
+    prior_explore_spread: float | None = None
     prior_trust_open: float = (
         3.0  # log Bayes factor (player's history vs population) above which the tilt is served ...
     )
@@ -132,16 +137,29 @@ class OnlineConfig:
         need(self.prior_surprise_nats >= 0, "prior_surprise_nats", ">= 0")
         need(self.prior_t_full > self.prior_t_open, "prior_t_full", f"> prior_t_open ({self.prior_t_open!r})")
         need(self.prior_spread_nats > 0, "prior_spread_nats", "> 0")
+
         need(self.prior_spread_episodes > 0, "prior_spread_episodes", "> 0")
+        spread = self.prior_explore_spread
+        need(
+            spread is None or (math.isfinite(spread) and spread >= 0),
+            "prior_explore_spread",
+            "finite and >= 0, or None",
+        )
         need(self.gate_t_full > self.gate_t_open, "gate_t_full", f"> gate_t_open ({self.gate_t_open!r})")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def with_settings(self, items: Sequence[str]) -> OnlineConfig:
-        """A copy with ``key=value`` settings applied (values parsed by each field's type),
-        e.g. ``["epochs=8", "validation_gate=false"]``."""
+        """A copy with ``key=value`` settings applied (values parsed by each field's type; "none"
+        for a field that may be None), e.g. ``["epochs=8", "validation_gate=false"]``."""
         known = {f.name: type(getattr(self, f.name)) for f in fields(self)}
+        hints = get_type_hints(type(self))
+        optional = {  # fields that may be None ("none" sets it): parsed by their other type
+            name: next(t for t in get_args(hint) if t is not type(None))
+            for name, hint in hints.items()
+            if type(None) in get_args(hint)
+        }
         changes: dict[str, Any] = {}
         for item in items:
             key, sep, text = item.partition("=")
@@ -150,7 +168,11 @@ class OnlineConfig:
                 raise InvalidInputError(f"online setting {item!r}: expected KEY=VALUE with KEY one of {sorted(known)}")
             kind = known[key]
             try:
-                if kind is bool:
+                if key in optional and text.strip().lower() == "none":
+                    changes[key] = None
+                elif key in optional:
+                    changes[key] = optional[key](text.strip())
+                elif kind is bool:
                     if text.strip().lower() not in ("true", "false", "1", "0"):
                         raise ValueError("expected true or false")
                     changes[key] = text.strip().lower() in ("true", "1")
