@@ -12,7 +12,7 @@
    policy adapts, so its in-sample residuals (0.10) understate a new episode's noise; with
    the estimate, its named gain at 40 episodes fell from 0.36 to 0.13 (seed 0) and from
    0.28 to 0.05 (seed 1) in the reduced runs recorded in docs/benchmarks.md. The duelist's
-   library explores within a cohort (`--explore-spread 0.5`); the others do not, because
+   library explores within a cohort (`--explore-spread 0.75`); the others do not, because
    there it cost average players more than it gained (docs/benchmarks.md, session 13).
 
 Usage: .venv/bin/python scripts/build_priors.py [WORK_DIR]   (about a minute per env)
@@ -30,7 +30,7 @@ from npcadapt.training.online import OnlineConfig
 
 # env: (archetype, gamma of the reward-to-go, noise variance or None to estimate it, explore spread)
 ENVS = {
-    "npcadapt/Duel-v0": ("duelist", 0.0, None, 0.5),
+    "npcadapt/Duel-v0": ("duelist", 0.0, None, 0.75),
     "npcadapt/Merchant-v0": ("merchant", 0.0, None, 0.0),
     "npcadapt/Companion-v0": ("companion", 0.0, None, 0.0),
     "npcadapt/Skirmish-v0": ("skirmisher", 0.0, None, 0.0),

@@ -310,7 +310,7 @@ def test_the_duelist_explores_within_its_cohort_and_a_setting_overrides_the_libr
     arch = find_archetypes([BUILTIN_DIR])["duelist"]
     layout = AdapterLayout.from_spec(arch.spec)
     library = load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch)
-    assert library.explore_spread == 0.5
+    assert library.explore_spread == 0.75
     merchant = find_archetypes([BUILTIN_DIR])["merchant"]
     assert load_library(BUILTIN_DIR / "merchant" / LIBRARY_NAME, merchant).explore_spread == 0.0  # written without it
     spot = np.random.default_rng(0).standard_normal(8).astype(np.float32)  # one situation: trust comes fast
@@ -338,8 +338,8 @@ def test_the_duelist_explores_within_its_cohort_and_a_setting_overrides_the_libr
     assert torch.equal(served(library, OnlineConfig(prior_explore_spread=0.0)), mean)  # the setting wins
     gaps = (drawn - mean).norm(dim=1)  # (episodes,)
     assert float(gaps[1:].min()) > 0  # every served row after the first bout was drawn
-    assert not torch.equal(served(library, OnlineConfig(prior_explore_spread=1.0)), drawn)  # the spread counts
-    assert torch.equal(served(replace(library, explore_spread=0.0), OnlineConfig(prior_explore_spread=0.5)), drawn)
+    assert not torch.equal(served(library, OnlineConfig(prior_explore_spread=0.5)), drawn)  # the spread counts
+    assert torch.equal(served(replace(library, explore_spread=0.0), OnlineConfig(prior_explore_spread=0.75)), drawn)
 
 
 @pytest.mark.parametrize(

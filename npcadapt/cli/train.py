@@ -232,7 +232,7 @@ def add_train(sub) -> None:
         type=nonnegative_float,
         default=0.0,
         help="how far a served model is drawn from its posterior mean, in units of the spread the player's "
-        "own data leaves (default 0: the mean; the duelist ships 0.5, see docs/adaptation.md)",
+        "own data leaves (default 0: the mean; the duelist ships 0.75, see docs/adaptation.md)",
     )
     lib.add_argument("--out", help="where to write it (default: the archetype's directory)")
     lib.add_argument("--seed", type=int, default=0)
