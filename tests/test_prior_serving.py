@@ -247,31 +247,43 @@ def test_a_player_known_from_another_archetype_starts_warm(tmp_path):
     assert gains["warm"] > gains["fresh"] + 0.2, gains
 
 
+def _duelist_trainer(library=None, config: OnlineConfig = OnlineConfig()):
+    """A PriorTrainer on the shipped duelist and its prior (or `library`), and its layout."""
+    from npcadapt.archetypes import find_archetypes
+    from npcadapt.lora.bank import AdapterLayout
+    from npcadapt.prior.trainer import PriorTrainer
+
+    arch = find_archetypes([BUILTIN_DIR])["duelist"]
+    layout = AdapterLayout.from_spec(arch.spec)
+    library = library or load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch)
+    return PriorTrainer(arch.policy, layout, library, config), layout
+
+
+def _bouts_in_one_situation(seed: int, n: int, pays) -> list:
+    """n duel bouts of 12 random moves paid by `pays` (action -> reward), all in one situation,
+    so that a steady style earns full trust within a few bouts."""
+    from test_online_parts import episodes
+
+    spot = np.random.default_rng(0).standard_normal(8).astype(np.float32)
+    out = episodes("p", [12] * n, seed, pays=pays)
+    for ep in out:
+        ep.obs = [spot] * len(ep.obs)
+    return out
+
+
 @pytest.mark.parametrize("after_suspect,changes", [(1.0, 0), (-1.0, 1), (0.0, 0)], ids=["usual", "new", "neither"])
 def test_a_suspected_change_is_confirmed_only_by_an_episode_that_the_suspect_predicts(after_suspect, changes):
     """prior_change_confirm: one bout of another style is a suspect, not a change; the next
     bout confirms it only if it is in the new style too (a steady player's odd bout costs
     them their history otherwise). A bout of neither style (nothing pays), which the suspect
     predicts better than the history but worse than the population alone, confirms nothing."""
-    from test_online_parts import episodes
-
-    from npcadapt.archetypes import find_archetypes
-    from npcadapt.lora.bank import AdapterLayout
     from npcadapt.lora.layout import fresh_row
-    from npcadapt.prior.trainer import PriorTrainer
     from npcadapt.training.online import PlayerUpdate
 
-    spot = np.random.default_rng(0).standard_normal(8).astype(np.float32)  # one situation, so a style is learnt fast
-
     def style(sign: float, seed: int, n: int = 1) -> list:  # moves 0-3 pay `sign`, moves 4-7 pay -`sign`
-        out = episodes("p", [12] * n, seed, pays=lambda action: sign * (1.0 if action < 4 else -1.0))
-        for ep in out:
-            ep.obs = [spot] * len(ep.obs)
-        return out
+        return _bouts_in_one_situation(seed, n, lambda action: sign * (1.0 if action < 4 else -1.0))
 
-    arch = find_archetypes([BUILTIN_DIR])["duelist"]
-    layout = AdapterLayout.from_spec(arch.spec)
-    trainer = PriorTrainer(arch.policy, layout, load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch))
+    trainer, layout = _duelist_trainer()
     state, params = None, fresh_row(layout, "duelist", "p")
 
     def play(episodes):
@@ -299,32 +311,19 @@ def test_the_duelist_explores_within_its_cohort_and_a_setting_overrides_the_libr
     """The shipped duelist library sets explore_spread: its served model is drawn around the cohort
     posterior's mean (the same draw for the same player and episode count); the server's
     prior_explore_spread overrides the library's, 0 serving the mean itself."""
-    from test_online_parts import episodes
-
     from npcadapt.archetypes import find_archetypes
-    from npcadapt.lora.bank import AdapterLayout
     from npcadapt.lora.layout import fresh_row
-    from npcadapt.prior.trainer import PriorTrainer
     from npcadapt.training.online import PlayerUpdate
 
-    arch = find_archetypes([BUILTIN_DIR])["duelist"]
-    layout = AdapterLayout.from_spec(arch.spec)
-    library = load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch)
+    library = _duelist_trainer()[0].library
     assert library.explore_spread == 0.75
     merchant = find_archetypes([BUILTIN_DIR])["merchant"]
     assert load_library(BUILTIN_DIR / "merchant" / LIBRARY_NAME, merchant).explore_spread == 0.0  # written without it
-    spot = np.random.default_rng(0).standard_normal(8).astype(np.float32)  # one situation: trust comes fast
-    bouts = episodes("p", [12] * 12, 7, pays=lambda action: 1.0 if action < 4 else -1.0)
-    for ep in bouts:
-        ep.obs = [spot] * len(ep.obs)
+    bouts = _bouts_in_one_situation(7, 12, lambda action: 1.0 if action < 4 else -1.0)
 
     def served(lib, config):
-        trainer, state, params, rows = (
-            PriorTrainer(arch.policy, layout, lib, config),
-            None,
-            fresh_row(layout, "duelist", "p"),
-            [],
-        )
+        (trainer, layout), state, rows = _duelist_trainer(lib, config), None, []
+        params = fresh_row(layout, "duelist", "p")
         for ep in bouts:
             out = trainer.update([PlayerUpdate("p", params, [ep], state)])[0]
             state, params = out.state, out.params
@@ -356,21 +355,15 @@ def test_the_change_point_confirms_only_a_suspect_that_beats_the_history_and_the
     case where it beats the population but not the history)."""
     from test_online_parts import episodes
 
-    from npcadapt.archetypes import find_archetypes
-    from npcadapt.lora.bank import AdapterLayout
     from npcadapt.prior.library import decisions
-    from npcadapt.prior.trainer import PriorTrainer
 
-    arch = find_archetypes([BUILTIN_DIR])["duelist"]
-    trainer = PriorTrainer(
-        arch.policy, AdapterLayout.from_spec(arch.spec), load_library(BUILTIN_DIR / "duelist" / LIBRARY_NAME, arch)
-    )
+    trainer, _ = _duelist_trainer()
     lib = trainer.library
     suspect_bout, new_bout = episodes("p", [12, 12], 5, pays=lambda action: 1.0 if action >= 4 else -1.0)
-    suspect_rows = decisions(arch.policy, [suspect_bout], lib.gamma)
+    suspect_rows = decisions(trainer.policy, [suspect_bout], lib.gamma)
     suspect = trainer._empty.add(lib.features(suspect_rows.hidden), suspect_rows.actions, suspect_rows.targets)
     state = replace(trainer.fresh_state(), suspect=suspect)
-    rows = decisions(arch.policy, [new_bout], lib.gamma)
+    rows = decisions(trainer.policy, [new_bout], lib.gamma)
     features = lib.features(rows.hidden)
     alone = trainer._posterior(trainer._empty, features, rows)
     since = trainer._posterior(suspect, features, rows)

@@ -98,9 +98,8 @@ def draw_from_data_spread(
     post = _solve(prior_mean, prior_cov, stats, noise_var)
     eigvals, eigvecs = torch.linalg.eigh(stats.gram)  # (..., A, H), (..., A, H, H): G = U diag(l) U^T
     z = torch.randn(post.mean.shape, generator=generator, dtype=torch.float64)  # (..., A, H)
-    v = (eigvecs @ (eigvals.clamp(min=0).sqrt() * z).unsqueeze(-1)) / math.sqrt(
-        noise_var
-    )  # (..., A, H, 1) ~ N(0, G / s2)
+    scaled = (eigvals.clamp(min=0).sqrt() * z).unsqueeze(-1)  # (..., A, H, 1) ~ N(0, diag(l))
+    v = (eigvecs @ scaled) / math.sqrt(noise_var)  # (..., A, H, 1) ~ N(0, G / s2)
     return post.mean + scale * torch.cholesky_solve(v, post.prec_chol).squeeze(-1)  # S_N v ~ N(0, S_N G S_N / s2)
 
 

@@ -137,14 +137,9 @@ class OnlineConfig:
         need(self.prior_surprise_nats >= 0, "prior_surprise_nats", ">= 0")
         need(self.prior_t_full > self.prior_t_open, "prior_t_full", f"> prior_t_open ({self.prior_t_open!r})")
         need(self.prior_spread_nats > 0, "prior_spread_nats", "> 0")
-
         need(self.prior_spread_episodes > 0, "prior_spread_episodes", "> 0")
         spread = self.prior_explore_spread
-        need(
-            spread is None or (math.isfinite(spread) and spread >= 0),
-            "prior_explore_spread",
-            "finite and >= 0, or None",
-        )
+        need(spread is None or (math.isfinite(spread) and spread >= 0), "prior_explore_spread", "finite, >= 0 or None")
         need(self.gate_t_full > self.gate_t_open, "gate_t_full", f"> gate_t_open ({self.gate_t_open!r})")
 
     def to_dict(self) -> dict:
