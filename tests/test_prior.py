@@ -12,6 +12,7 @@ from npcadapt.engine import Engine
 from npcadapt.errors import InvalidInputError
 from npcadapt.prior.bayes import Stats, cohort_weights, draw_from_data_spread, log_evidence, posterior
 from npcadapt.prior.head import weight_delta_row
+from npcadapt.training.online import OnlineConfig
 
 A, H = 3, 4
 
@@ -130,13 +131,15 @@ def test_a_last_layer_delta_is_served_exactly_as_a_lora_row(tmp_path, arch_root,
 # -- the library, built from recorded sessions ------------------------------------------------
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
-    """Sessions of 3 players per named Duel persona, 16 episodes each, recorded by the Service."""
+    """Sessions of 3 players per named Duel persona, 16 episodes each, recorded by the Service as
+    scripts/build_priors.py records them (PPO adapting from the base, so the data does not
+    depend on how the prior serves)."""
     import npcadapt
     from npcadapt.recordings import read_episodes
     from npcadapt.simulation import run_simulation
 
     data = tmp_path_factory.mktemp("recorded")
-    with npcadapt.open(data, seed=0) as svc:
+    with npcadapt.open(data, seed=0, online=OnlineConfig(prior=False)) as svc:
         env_personas = (
             "brawler",
             "high_blocker",
@@ -208,6 +211,12 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     assert (loaded.noise_var, loaded.beta, loaded.gamma) == (library.noise_var, library.beta, library.gamma)
     assert load_library(save_library(replace(library, explore_spread=0.25), path), arch).explore_spread == 0.25
     assert loaded.meta["players"] == 24 and sum(loaded.meta["cohort_sizes"]) == 24
+    assert loaded.widening == 50.0  # LibraryConfig.inflate, which the trust test divides out
+    for config in ([], {"inflate": 0.5}, {"inflate": "wide"}):  # not a dict; below 1; not a number
+        bad = save_library(replace(library, meta={**library.meta, "config": config}), tmp_path / "bad.safetensors")
+        with pytest.raises(StoreError, match=r"damaged metadata|widening"):
+            load_library(bad, arch)
+    assert load_library(save_library(replace(library, meta={}), tmp_path / "old.safetensors"), arch).widening == 1.0
     with pytest.raises(AdapterMismatchError, match="train library"):
         load_library(path, replace(arch, base_hash="0" * 16))  # built on another base: stale
     damaged = tmp_path / "damaged.safetensors"

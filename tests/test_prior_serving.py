@@ -51,6 +51,23 @@ def test_a_consistent_player_is_served_their_cohort_within_a_few_episodes_and_a_
     )
 
 
+def test_an_average_haggler_earns_no_trust_against_the_cohorts_as_measured(tmp_path):
+    """'average' is a different trader every episode. Against the widened cohorts their
+    pooled history predicts better than the vaguer population, so they are trusted and served
+    a tilt that loses return (sessions 8-13); through the cohorts as measured they are not."""
+    seen = {}
+    for null in ("widened", "measured"):
+        with npcadapt.open(tmp_path / null, record=False, seed=0, online=OnlineConfig(prior_trust_null=null)) as svc:
+            report = run_simulation(
+                svc, "npcadapt/Haggle-v0", "haggler", players=0, episodes=30, seed=3, persona_counts={"average": 4}
+            )
+            shares = [svc.prior_info("haggler", f"average-{i}")["share"] for i in range(4)]
+        average = report["personas"]["average"]
+        seen[null] = (shares, average["adapted_return"] - average["base_return"])
+    assert np.mean(seen["widened"][0]) > 0.5 and seen["widened"][1] < -0.05
+    assert seen["measured"] == ([0.0] * 4, 0.0)
+
+
 @pytest.mark.parametrize("forget,confirm", [("always", False), ("surprise", False), ("surprise", True)])
 def test_a_player_who_changes_style_loses_trust_then_is_readapted(tmp_path, forget, confirm):
     seen = []
@@ -175,6 +192,7 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
         "prior_surprise_nats=-1",
         "prior_explore_spread=-0.5",
         "prior_explore_spread=inf",
+        "prior_trust_null=population",
     ],
 )
 def test_invalid_prior_settings_are_refused(setting):

@@ -41,6 +41,7 @@ DEFAULT_ONLINE = OnlineConfig(
     prior_trust_nats=2.0,
     prior_decay=0.99,
     prior_explore=False,
+    prior_trust_null="widened",
 )
 DEMO_SETTINGS = (
     "ent_coef",
@@ -49,6 +50,7 @@ DEMO_SETTINGS = (
     "prior_trust_nats",
     "prior_decay",
     "prior_explore",
+    "prior_trust_null",
 )  # what the demo changes from the defaults
 
 

@@ -116,6 +116,12 @@ class Library:
         return int(self.mean.shape[0])
 
     @property
+    def widening(self) -> float:
+        """How much the cohorts' covariances were widened over what the recordings measured
+        (``LibraryConfig.inflate``; 1 where the file does not say)."""
+        return float(self.meta.get("config", {}).get("inflate", 1.0))
+
+    @property
     def population_mean(self) -> torch.Tensor:
         """(A, d) the population's model: the cohort means weighed by cohort size."""
         return torch.einsum("k,kad->ad", self.log_weights.exp(), self.mean)
@@ -369,8 +375,9 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         numbers = {key: float(metadata[key]) for key in ("noise_var", "beta", "gamma")}
         numbers["explore_spread"] = float(metadata.get("explore_spread", "0"))  # absent: written before it existed
         meta = json.loads(metadata.get("meta", "{}"))
+        widening = float(meta.get("config", {}).get("inflate", 1.0))  # checked here: the trust test divides by it
         transfer_from = {str(k): str(v) for k, v in json.loads(metadata.get("transfer_from", "{}")).items()}
-    except (KeyError, ValueError, AttributeError) as exc:
+    except (KeyError, ValueError, AttributeError, TypeError) as exc:
         raise StoreError(f"population prior {path} has damaged metadata: {exc}") from None
     transfer: dict[str, torch.Tensor] = {}
     for name in transfer_from:
@@ -384,8 +391,11 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         not all(torch.isfinite(t).all() for t in (basis, mean, cov, log_w))
         or not all(np.isfinite(v) and v >= 0 for v in numbers.values())
         or numbers["noise_var"] <= 0
+        or not (np.isfinite(widening) and widening >= 1)
     ):
-        raise StoreError(f"population prior {path} holds non-finite or negative numbers")
+        raise StoreError(
+            f"population prior {path} holds non-finite or negative numbers (or a widening {widening} below 1)"
+        )
     return Library(
         archetype.name,
         archetype.base_hash,

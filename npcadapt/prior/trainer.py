@@ -24,7 +24,11 @@ evidence; "always": after every episode). After every completed episode:
 Validation gate: the tilt is served in proportion to evidence that this player's history
 predicts their play. After each episode with a past, g = the log Bayes factor of "the
 player's past episodes (through the cohort posterior) predicted this one" against "the
-population alone predicted it" (clipped to +-``prior_episode_nats``). With
+population alone predicted it" (clipped to +-``prior_episode_nats``), both predicted
+through the cohorts as the recordings measured them (``prior_trust_null`` "measured"):
+the library widens each cohort's covariance so that a new player can differ from it,
+and against that vaguer population a player whose style changes every episode (the sims'
+"average") looks like a style of their own. With
 ``prior_trust_test`` "t" (default) these g form a sequential t-test of "on average,
 g > 0": from their decayed count n, mean and spread s (shrunk towards
 ``prior_spread_nats`` as if ``prior_spread_episodes`` more episodes had it),
@@ -112,6 +116,12 @@ class PriorTrainer:
         self.config = config
         self.last_layer = f"actor.{len(policy.actor) - 1}"
         self.mean, self.cov, self.log_weights = with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
+        # the cohorts the trust test predicts through: as measured on the recordings (the
+        # widening is room for a new player to differ, not a description of the population);
+        # the broad cohort keeps its width either way
+        self.trust_cov = self.cov
+        if config.prior_trust_null == "measured":
+            self.trust_cov = torch.cat([self.cov[:-1] / library.widening, self.cov[-1:]])  # (K + 1, A, d, d)
         self._empty = Stats.empty(*library.mean.shape[1:])
         self._scalable = layout.scalable_mask()  # (P,) the B entries: non-zero only in an adapted row
 
@@ -195,7 +205,10 @@ class PriorTrainer:
         changes = state.changes + changed
         if restart is not None:  # a change of style: the past misleads, start again from the new style
             stats, fit, means = restart
-        step = float(np.clip(gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
+        trust_gain = gain  # the trust test's log Bayes factor: by default through the cohorts as measured
+        if cfg.prior_trust_null == "measured":
+            trust_gain = self._gain_through(self.trust_cov, log_prior, past, features, rows)
+        step = float(np.clip(trust_gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
         evidence, trials, share = self._trust(state, step, changed, float(past.n.sum()) > 0, decay)
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
         episodes_seen = state.episodes + len(episodes)
@@ -276,6 +289,20 @@ class PriorTrainer:
         the past plus the new decisions, `log_prior` (K + 1,) the player's prior over cohorts."""
         before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, self.library.noise_var), 0)
         return float(torch.logsumexp(log_prior + fit, 0) - before)
+
+    def _gain_through(
+        self, cov: torch.Tensor, log_prior: torch.Tensor, past: Stats, features: torch.Tensor, rows: Decisions
+    ) -> float:
+        """log p(new | past, cohorts) - log p(new | cohorts), nats, with the cohorts' covariance
+        `cov` (K + 1, A, d, d): how much better the player's history predicted these decisions
+        (features (T, d)) than the population alone."""
+        lib = self.library
+
+        def predictive(stats: Stats) -> torch.Tensor:  # log p(stats' data | cohorts)
+            return torch.logsumexp(log_prior + log_evidence(self.mean, cov, stats, lib.noise_var), 0)
+
+        new = (features, rows.actions, rows.targets)
+        return float(predictive(past.add(*new)) - predictive(past) - predictive(self._empty.add(*new)))
 
     def _trust(
         self, state: PosteriorState, step: float, changed: bool, had_past: bool, decay: float

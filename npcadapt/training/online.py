@@ -105,6 +105,10 @@ class OnlineConfig:
     prior_t_full: float = 4.0  # ... and at which it is served whole
     prior_spread_nats: float = 1.0  # prior guess of the spread of one episode's log Bayes factor, nats ...
     prior_spread_episodes: float = 2.0  # ... worth this many episodes against the player's own spread
+    # the cohorts the trust test predicts through: "measured" (as measured on the recorded
+    # population, before the library widened them for new players; so a player whose style
+    # changes every episode cannot pass for a style) or "widened" (as served; sessions 8-13)
+    prior_trust_null: str = "measured"
 
     def __post_init__(self) -> None:
         """InvalidInputError naming the first invalid field, e.g. "OnlineConfig.learning_rate must be > 0, got -1"."""
@@ -133,6 +137,7 @@ class OnlineConfig:
         need(self.prior_episode_nats > 0, "prior_episode_nats", "> 0")
         need(0 < self.prior_new_cohort < 1, "prior_new_cohort", "in (0, 1)")
         need(self.prior_trust_test in ("t", "sum"), "prior_trust_test", '"t" or "sum"')
+        need(self.prior_trust_null in ("measured", "widened"), "prior_trust_null", '"measured" or "widened"')
         need(self.prior_forget in ("always", "surprise"), "prior_forget", '"always" or "surprise"')
         need(self.prior_surprise_nats >= 0, "prior_surprise_nats", ">= 0")
         need(self.prior_t_full > self.prior_t_open, "prior_t_full", f"> prior_t_open ({self.prior_t_open!r})")
