@@ -212,7 +212,8 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     assert load_library(save_library(replace(library, explore_spread=0.25), path), arch).explore_spread == 0.25
     assert loaded.meta["players"] == 24 and sum(loaded.meta["cohort_sizes"]) == 24
     assert loaded.widening == 50.0  # LibraryConfig.inflate, which the trust test divides out
-    for config in ([], {"inflate": 0.5}, {"inflate": "wide"}):  # not a dict; below 1; not a number
+    hostile = ([], {"inflate": 0.5}, {"inflate": "wide"}, {"inflate": float("nan")}, {"inflate": 1e300})
+    for config in hostile:  # not a dict; below 1; not a number; NaN; so wide it would underflow
         bad = save_library(replace(library, meta={**library.meta, "config": config}), tmp_path / "bad.safetensors")
         with pytest.raises(StoreError, match=r"damaged metadata|widening"):
             load_library(bad, arch)

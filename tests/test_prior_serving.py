@@ -325,6 +325,33 @@ def test_a_suspected_change_is_confirmed_only_by_an_episode_that_the_suspect_pre
         assert after.stats.n.sum() > steady
 
 
+def test_the_measured_trust_test_divides_out_the_librarys_widening_and_nothing_else():
+    """On a library that records no widening (1), "measured" and "widened" give the same trust
+    and the same rows bit for bit (the same statistics reach both comparisons); on the shipped
+    prior (widened 50x) the trust differs. (Narrowing the broad cohort too fails the haggler test.)"""
+    from npcadapt.lora.layout import fresh_row
+    from npcadapt.training.online import PlayerUpdate
+
+    shipped = _duelist_trainer()[0].library
+    bouts = _bouts_in_one_situation(4, 6, lambda action: 1.0 if action < 4 else -1.0)
+
+    def trust_and_rows(library, null: str) -> tuple[list[float], list[torch.Tensor]]:
+        settings = OnlineConfig(prior_trust_null=null, prior_explore_spread=0.0, prior_episode_nats=100.0)  # unclipped
+        trainer, layout = _duelist_trainer(library, settings)
+        state, params, trust, rows = None, fresh_row(layout, "duelist", "p"), [], []
+        for ep in bouts:
+            out = trainer.update([PlayerUpdate("p", params, [ep], state)])[0]
+            state, params = out.state, out.params
+            trust.append(state.evidence)
+            rows.append(params)
+        return trust, rows
+
+    unwidened = replace(shipped, meta={})
+    measured, widened = trust_and_rows(unwidened, "measured"), trust_and_rows(unwidened, "widened")
+    assert measured[0] == widened[0] and all(torch.equal(a, b) for a, b in zip(measured[1], widened[1]))
+    assert trust_and_rows(shipped, "measured")[0] != trust_and_rows(shipped, "widened")[0]
+
+
 def test_the_duelist_explores_within_its_cohort_and_a_setting_overrides_the_library():
     """The shipped duelist library sets explore_spread: its served model is drawn around the cohort
     posterior's mean (the same draw for the same player and episode count); the server's

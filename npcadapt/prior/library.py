@@ -48,6 +48,7 @@ from .bayes import Stats, cohort_weights, posterior
 log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "population_prior.safetensors"
+MAX_WIDENING = 1e6  # a cohort covariance divided by more could underflow in the trust test
 NOISE_IN_SAMPLE_FACTOR = 1.2  # in-sample residuals understate the noise a new episode has
 
 
@@ -391,10 +392,11 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         not all(torch.isfinite(t).all() for t in (basis, mean, cov, log_w))
         or not all(np.isfinite(v) and v >= 0 for v in numbers.values())
         or numbers["noise_var"] <= 0
-        or not (np.isfinite(widening) and widening >= 1)
     ):
+        raise StoreError(f"population prior {path} holds non-finite or negative numbers")
+    if not 1 <= widening <= MAX_WIDENING:  # NaN fails too
         raise StoreError(
-            f"population prior {path} holds non-finite or negative numbers (or a widening {widening} below 1)"
+            f"population prior {path}: widening (config inflate) {widening} is not in [1, {MAX_WIDENING:g}]"
         )
     return Library(
         archetype.name,

@@ -25,10 +25,11 @@ Validation gate: the tilt is served in proportion to evidence that this player's
 predicts their play. After each episode with a past, g = the log Bayes factor of "the
 player's past episodes (through the cohort posterior) predicted this one" against "the
 population alone predicted it" (clipped to +-``prior_episode_nats``), both predicted
-through the cohorts as the recordings measured them (``prior_trust_null`` "measured"):
-the library widens each cohort's covariance so that a new player can differ from it,
-and against that vaguer population a player whose style changes every episode (the sims'
-"average") looks like a style of their own. With
+through the cohorts as the recordings measured them (``prior_trust_null`` "measured"; the
+broad cohort keeps its width): the library widens each cohort's covariance so that a new
+player can differ from it, and against that vaguer population a player whose style changes
+every episode (the sims' "average") looks like a style of their own. The served models,
+the fading on surprise and the change-point test below keep the widened cohorts. With
 ``prior_trust_test`` "t" (default) these g form a sequential t-test of "on average,
 g > 0": from their decayed count n, mean and spread s (shrunk towards
 ``prior_spread_nats`` as if ``prior_spread_episodes`` more episodes had it),

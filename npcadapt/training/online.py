@@ -105,9 +105,10 @@ class OnlineConfig:
     prior_t_full: float = 4.0  # ... and at which it is served whole
     prior_spread_nats: float = 1.0  # prior guess of the spread of one episode's log Bayes factor, nats ...
     prior_spread_episodes: float = 2.0  # ... worth this many episodes against the player's own spread
-    # the cohorts the trust test predicts through: "measured" (as measured on the recorded
-    # population, before the library widened them for new players; so a player whose style
-    # changes every episode cannot pass for a style) or "widened" (as served; sessions 8-13)
+    # the cohorts the trust test's log Bayes factors go through: "measured" (as measured on
+    # the recorded population, before the library widened them for new players, so a player
+    # whose style changes every episode rarely passes for a style) or "widened" (as served;
+    # sessions 8-13). Only the trust test: served models, forgetting and change points keep the widened ones
     prior_trust_null: str = "measured"
 
     def __post_init__(self) -> None:
