@@ -118,9 +118,8 @@ class Library:
 
     @property
     def widening(self) -> float:
-        """How much the cohorts' covariances were widened over what the recordings measured
-        (``LibraryConfig.inflate``; 1 where the file does not say)."""
-        return float(self.meta.get("config", {}).get("inflate", 1.0))
+        """How much the cohorts' covariances were widened over what the recordings measured."""
+        return widening_of(self.meta)
 
     @property
     def population_mean(self) -> torch.Tensor:
@@ -130,6 +129,11 @@ class Library:
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """Projected features (T, d) float64 of hidden activations (T, H)."""
         return hidden.to(torch.float64) @ self.basis.T
+
+
+def widening_of(meta: dict) -> float:
+    """The ``LibraryConfig.inflate`` a library's metadata records (1 where it does not say)."""
+    return float(meta.get("config", {}).get("inflate", 1.0))
 
 
 class Decisions(NamedTuple):
@@ -376,7 +380,7 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         numbers = {key: float(metadata[key]) for key in ("noise_var", "beta", "gamma")}
         numbers["explore_spread"] = float(metadata.get("explore_spread", "0"))  # absent: written before it existed
         meta = json.loads(metadata.get("meta", "{}"))
-        widening = float(meta.get("config", {}).get("inflate", 1.0))  # checked here: the trust test divides by it
+        widening = widening_of(meta)  # checked here: the trust test divides by it
         transfer_from = {str(k): str(v) for k, v in json.loads(metadata.get("transfer_from", "{}")).items()}
     except (KeyError, ValueError, AttributeError, TypeError) as exc:
         raise StoreError(f"population prior {path} has damaged metadata: {exc}") from None

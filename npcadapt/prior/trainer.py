@@ -195,6 +195,9 @@ class PriorTrainer:
         predicted = self._predicted(log_prior, past, fit)  # log p(new | past, cohorts)
         population = float(torch.logsumexp(log_prior + alone[1], 0))  # log p(new | cohorts)
         gain = predicted - population
+        trust_gain = gain  # the trust test's log Bayes factor: by default through the cohorts as measured
+        if cfg.prior_trust_null == "measured":
+            trust_gain = self._measured_gain(log_prior, past, stats, alone[0])
         if on_surprise and gain < -cfg.prior_surprise_nats:  # surprised: the past fades as it always would
             stats, fit, means = self._posterior(_decayed(state.stats, decay), features, rows)
         elif on_surprise:
@@ -206,9 +209,6 @@ class PriorTrainer:
         changes = state.changes + changed
         if restart is not None:  # a change of style: the past misleads, start again from the new style
             stats, fit, means = restart
-        trust_gain = gain  # the trust test's log Bayes factor: by default through the cohorts as measured
-        if cfg.prior_trust_null == "measured":
-            trust_gain = self._gain_through(self.trust_cov, log_prior, past, features, rows)
         step = float(np.clip(trust_gain, -cfg.prior_episode_nats, cfg.prior_episode_nats))
         evidence, trials, share = self._trust(state, step, changed, float(past.n.sum()) > 0, decay)
         weights = torch.softmax(log_prior + fit, dim=-1)  # (K + 1,)
@@ -291,19 +291,17 @@ class PriorTrainer:
         before = torch.logsumexp(log_prior + log_evidence(self.mean, self.cov, past, self.library.noise_var), 0)
         return float(torch.logsumexp(log_prior + fit, 0) - before)
 
-    def _gain_through(
-        self, cov: torch.Tensor, log_prior: torch.Tensor, past: Stats, features: torch.Tensor, rows: Decisions
-    ) -> float:
-        """log p(new | past, cohorts) - log p(new | cohorts), nats, with the cohorts' covariance
-        `cov` (K + 1, A, d, d): how much better the player's history predicted these decisions
-        (features (T, d)) than the population alone."""
-        lib = self.library
+    def _measured_gain(self, log_prior: torch.Tensor, past: Stats, joined: Stats, new: Stats) -> float:
+        """log p(new | past, cohorts) - log p(new | cohorts), nats, through the cohorts as measured
+        (``trust_cov``): how much better the player's history predicted the new decisions than the
+        population alone. `joined` holds the past and the new decisions, `new` the new ones alone."""
 
         def predictive(stats: Stats) -> torch.Tensor:  # log p(stats' data | cohorts)
-            return torch.logsumexp(log_prior + log_evidence(self.mean, cov, stats, lib.noise_var), 0)
+            return torch.logsumexp(
+                log_prior + log_evidence(self.mean, self.trust_cov, stats, self.library.noise_var), 0
+            )
 
-        new = (features, rows.actions, rows.targets)
-        return float(predictive(past.add(*new)) - predictive(past) - predictive(self._empty.add(*new)))
+        return float(predictive(joined) - predictive(past) - predictive(new))
 
     def _trust(
         self, state: PosteriorState, step: float, changed: bool, had_past: bool, decay: float
