@@ -103,8 +103,7 @@ class Library:
     transfer_from: dict[str, str] = field(default_factory=dict)  # source archetype -> fingerprint of its library
     # how far a served model is drawn from its cohort posterior's mean, in units of the spread the
     # player's own data leaves (0: the mean; OnlineConfig.prior_explore_spread overrides it). Per
-    # archetype, because that exploration pays only where the trust gate keeps average players at
-    # the base (docs/adaptation.md)
+    # archetype, because it was measured to pay in the duel only (docs/adaptation.md)
     explore_spread: float = 0.0
 
     @property
