@@ -204,7 +204,7 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     from npcadapt.prior.library import LibraryConfig, build_library, load_library, save_library
 
     arch, episodes, _ = recorded
-    library, _ = build_library(arch, episodes, LibraryConfig(cohorts=4, seed=1))
+    library, cohort_of = build_library(arch, episodes, LibraryConfig(cohorts=4, seed=1))
     path = save_library(library, tmp_path / "prior.safetensors")
     loaded = load_library(path, arch)
     assert torch.equal(loaded.mean, library.mean) and torch.equal(loaded.basis, library.basis)
@@ -212,6 +212,21 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     assert load_library(save_library(replace(library, explore_spread=0.25), path), arch).explore_spread == 0.25
     assert loaded.meta["players"] == 24 and sum(loaded.meta["cohort_sizes"]) == 24
     assert loaded.widening == 50.0  # LibraryConfig.inflate, which the trust test divides out
+    assert torch.equal(loaded.member_spread, library.member_spread)
+    _check_member_spread(library, arch, episodes, cohort_of, LibraryConfig().weight_precision)
+    spread = library.member_spread
+    asymmetric = spread.clone()
+    asymmetric[0, 0, 0, 1] += 1.0
+    nan = spread.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    for bad_spread in (spread[:-1], asymmetric, -spread - 1e-3 * torch.eye(spread.shape[-1], dtype=spread.dtype), nan):
+        bad = save_library(replace(library, member_spread=bad_spread), tmp_path / "bad.safetensors")
+        with pytest.raises(StoreError, match="member_spread"):
+            load_library(bad, arch)
+    assert (
+        load_library(save_library(replace(library, member_spread=None), tmp_path / "s.safetensors"), arch).member_spread
+        is None
+    )
     hostile = ([], {"inflate": 0.5}, {"inflate": "wide"}, {"inflate": float("nan")}, {"inflate": 1e300})
     for config in hostile:  # not a dict; below 1; not a number; NaN; so wide it would underflow
         bad = save_library(replace(library, meta={**library.meta, "config": config}), tmp_path / "bad.safetensors")
@@ -228,6 +243,29 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
         load_library(tmp_path / "missing.safetensors", arch)
     with pytest.raises(InvalidInputError, match="cohorts"):
         build_library(arch, episodes, LibraryConfig(cohorts=100))
+
+
+def _check_member_spread(library, arch, episodes, cohort_of, weight_precision) -> None:
+    """Each cohort's member spread is the mean outer product of its members' own models (from
+    the broad prior, as the build fits them) less the cohort's model: recomputed here player by
+    player; a cohort of one player has none, a larger one some."""
+    from npcadapt.prior.bayes import Stats, posterior
+    from npcadapt.prior.library import decisions
+
+    n_actions, d = library.mean.shape[1:]
+    prior_mean = torch.zeros(n_actions, d, dtype=torch.float64)
+    prior_cov = torch.eye(d, dtype=torch.float64).expand(n_actions, d, d) / weight_precision
+    models: dict[int, list[torch.Tensor]] = {}
+    for player, cohort in cohort_of.items():
+        rows = decisions(arch.policy, episodes[player], library.gamma)
+        stats = Stats.empty(n_actions, d).add(library.features(rows.hidden), rows.actions, rows.targets)
+        models.setdefault(cohort, []).append(posterior(prior_mean, prior_cov, stats, library.noise_var)[0])
+    assert sorted(models) == list(range(library.cohorts))  # no cohort came out empty with these settings
+    for k, members in models.items():
+        offsets = torch.stack(members) - library.mean[k]  # (n, A, d)
+        expected = torch.einsum("nai,naj->aij", offsets, offsets) / len(members)
+        assert torch.allclose(library.member_spread[k], expected, atol=1e-12)
+        assert (float(expected.abs().max()) > 0) == (len(members) > 1)
 
 
 def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsys):

@@ -346,10 +346,26 @@ def test_the_measured_trust_test_divides_out_the_librarys_widening_and_nothing_e
             rows.append(params)
         return trust, rows
 
-    unwidened = replace(shipped, meta={})
+    unwidened = replace(shipped, meta={}, member_spread=None)
     measured, widened = trust_and_rows(unwidened, "measured"), trust_and_rows(unwidened, "widened")
     assert measured[0] == widened[0] and all(torch.equal(a, b) for a, b in zip(measured[1], widened[1]))
     assert trust_and_rows(shipped, "measured")[0] != trust_and_rows(shipped, "widened")[0]
+    assert trust_and_rows(shipped, "measured")[0] != trust_and_rows(replace(shipped, member_spread=None), "measured")[0]
+
+
+def test_the_trust_test_predicts_a_new_player_as_one_more_member_of_a_cohort():
+    """ "measured": each cohort's covariance is its served one less the widening, plus the spread
+    of its recorded players around it; the broad cohort, and "widened", keep the served ones."""
+    from npcadapt.prior.trainer import trust_covariances, with_new_cohort
+
+    library = _duelist_trainer()[0].library
+    assert library.member_spread is not None and library.widening == 50.0  # the shipped prior has both
+    cov = with_new_cohort(library, 0.2)[1]  # (K + 1, A, d, d) as served
+    measured = trust_covariances(library, cov, "measured")
+    assert torch.allclose(measured[:-1], cov[:-1] / 50.0 + library.member_spread, rtol=0, atol=1e-15)
+    assert torch.equal(measured[-1], cov[-1]) and torch.equal(trust_covariances(library, cov, "widened"), cov)
+    pooled_only = trust_covariances(replace(library, member_spread=None), cov, "measured")
+    assert torch.equal(pooled_only[:-1], cov[:-1] / 50.0)  # a library written before the spread was stored
 
 
 def test_the_duelist_explores_within_its_cohort_and_a_setting_overrides_the_library():

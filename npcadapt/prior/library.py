@@ -7,6 +7,9 @@ predicts on a shared probe of recorded observations (k-means in function space, 
 players who reward the same actions land together whatever their data); each cohort's
 model is the posterior of its pooled statistics, with its covariance inflated so that a
 new player can still differ from the cohort. The mixture weights are the cohort sizes.
+Each cohort also keeps the spread of its players' own models around its model
+(``member_spread``): how far one more member is expected to sit from it, which the trust
+test predicts a new player through (:func:`~npcadapt.prior.trainer.trust_covariances`).
 
 The models work on a projection of the hidden features to `features` dimensions (the top
 right singular vectors of the recorded activations, uncentred so that their mean
@@ -105,6 +108,9 @@ class Library:
     # player's own data leaves (0: the mean; OnlineConfig.prior_explore_spread overrides it). Per
     # archetype, because it was measured to pay in the duel only (docs/adaptation.md)
     explore_spread: float = 0.0
+    # (K, A, d, d) how far the recorded players of each cohort sit from its model: the covariance
+    # of their own models around it (None: a library written before it was stored)
+    member_spread: torch.Tensor | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -234,7 +240,7 @@ def build_library(
     probe_f = pool_h[torch.as_tensor(pick)].double() @ basis.T  # (S, d)
     predicted = torch.einsum("sd,nad->nsa", probe_f, means).reshape(len(players), -1).numpy()  # (N, S * A)
     labels = _kmeans(predicted, config.cohorts, config.seed)
-    cohort_mean, cohort_cov, sizes = [], [], []
+    cohort_mean, cohort_cov, member_spread, sizes = [], [], [], []
     for k in range(config.cohorts):
         members = [s for s, label in zip(stats, labels) if label == k]
         if not members:
@@ -243,6 +249,8 @@ def build_library(
         mean, cov = posterior(broad_mean, broad_cov, pooled, noise_var)
         cohort_mean.append(mean)
         cohort_cov.append(cov * config.inflate)
+        offsets = means[torch.as_tensor(labels == k)] - mean  # (n_k, A, d) each member's model less the cohort's
+        member_spread.append(torch.einsum("nai,naj->aij", offsets, offsets) / len(members))  # (A, d, d)
         sizes.append(len(members))
     sizes_t = torch.tensor(sizes, dtype=torch.float64)
     spread = float(torch.cat([r.targets for r in rows]).std())
@@ -266,6 +274,7 @@ def build_library(
         config.gamma,
         meta,
         explore_spread=config.explore_spread,
+        member_spread=torch.stack(member_spread),
     )
     return library, dict(zip(players, (int(x) for x in labels)))
 
@@ -327,6 +336,8 @@ def save_library(library: Library, path: str | Path) -> Path:
         "log_weights": library.log_weights.contiguous(),
     }  # float64: the posteriors invert these
     tensors.update({f"transfer.{name}": matrix.contiguous() for name, matrix in library.transfer.items()})
+    if library.member_spread is not None:
+        tensors["member_spread"] = library.member_spread.contiguous()
     metadata = {
         "archetype": library.archetype,
         "base_hash": library.base_hash,
@@ -391,6 +402,12 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
                 f"population prior {path}: transfer matrix from {name!r} is missing or does not fit {k} cohorts"
             )
         transfer[name] = matrix
+    spread = tensors.get("member_spread")  # absent: written before it was stored
+    if spread is not None and (tuple(spread.shape) != tuple(cov.shape) or not _is_covariance(spread)):
+        raise StoreError(
+            f"population prior {path}: member_spread {tuple(spread.shape)} is not {k} symmetric positive "
+            f"semi-definite ({n_actions}, {d}, {d}) covariances"
+        )
     if (
         not all(torch.isfinite(t).all() for t in (basis, mean, cov, log_w))
         or not all(np.isfinite(v) and v >= 0 for v in numbers.values())
@@ -415,7 +432,17 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         {name: m.double() for name, m in transfer.items()},
         transfer_from,
         numbers["explore_spread"],
+        None if spread is None else spread.double(),
     )
+
+
+def _is_covariance(matrices: torch.Tensor) -> bool:
+    """Whether every matrix of (..., d, d) is finite, symmetric and positive semi-definite."""
+    m = matrices.double()
+    if not torch.isfinite(m).all() or not torch.allclose(m, m.mT, atol=1e-9, rtol=1e-6):
+        return False
+    scale = float(m.abs().max()) if m.numel() else 0.0
+    return bool((torch.linalg.eigvalsh(m) >= -1e-9 * max(scale, 1e-30)).all())
 
 
 def find_library(archetype: Archetype) -> Library | None:

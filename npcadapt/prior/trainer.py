@@ -25,10 +25,12 @@ Validation gate: the tilt is served in proportion to evidence that this player's
 predicts their play. After each episode with a past, g = the log Bayes factor of "the
 player's past episodes (through the cohort posterior) predicted this one" against "the
 population alone predicted it" (clipped to +-``prior_episode_nats``), both predicted
-through the cohorts as the recordings measured them (``prior_trust_null`` "measured"; the
-broad cohort keeps its width): the library widens each cohort's covariance so that a new
-player can differ from it, and against that vaguer population a player whose style changes
-every episode (the sims' "average") looks like a style of their own. The served models,
+through the cohorts as the recordings measured them (``prior_trust_null`` "measured",
+:func:`trust_covariances`: each cohort's pooled posterior plus the spread of its recorded
+players around it; the broad cohort keeps its width): the library widens each cohort's
+covariance so that a new player can differ from it, and against that vaguer population a
+player whose style changes every episode (the sims' "average") looks like a style of their
+own. The served models,
 the fading on surprise and the change-point test below keep the widened cohorts. With
 ``prior_trust_test`` "t" (default) these g form a sequential t-test of "on average,
 g > 0": from their decayed count n, mean and spread s (shrunk towards
@@ -117,12 +119,7 @@ class PriorTrainer:
         self.config = config
         self.last_layer = f"actor.{len(policy.actor) - 1}"
         self.mean, self.cov, self.log_weights = with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
-        # the cohorts the trust test predicts through: as measured on the recordings (the
-        # widening is room for a new player to differ, not a description of the population);
-        # the broad cohort keeps its width either way
-        self.trust_cov = self.cov
-        if config.prior_trust_null == "measured":
-            self.trust_cov = torch.cat([self.cov[:-1] / library.widening, self.cov[-1:]])  # (K + 1, A, d, d)
+        self.trust_cov = trust_covariances(library, self.cov, config.prior_trust_null)  # (K + 1, A, d, d)
         self._empty = Stats.empty(*library.mean.shape[1:])
         self._scalable = layout.scalable_mask()  # (P,) the B entries: non-zero only in an adapted row
 
@@ -354,6 +351,22 @@ def new_player_state(library: Library, new_cohort: float) -> PosteriorState:
     """A player with no data: the prior's cohort weights (and the broad cohort's), nothing served."""
     n_actions, d = library.mean.shape[1:]
     return PosteriorState(Stats.empty(n_actions, d), 0, with_new_cohort(library, new_cohort)[2].exp(), -1)
+
+
+def trust_covariances(library: Library, cov: torch.Tensor, null: str) -> torch.Tensor:
+    """(K + 1, A, d, d) the cohort covariances the trust test predicts through, from the served
+    ones `cov` (K + 1, A, d, d). "measured": each cohort as the recordings measured it, its
+    pooled posterior (the served covariance less the library's widening, which is room for a
+    new player to differ and not a description of the population) plus the spread of its
+    recorded players around it (:attr:`Library.member_spread`, where the file has it), so that
+    one new player is predicted as one more member; the broad cohort keeps its width.
+    "widened": the served covariances."""
+    if null != "measured":
+        return cov
+    measured = cov[:-1] / library.widening  # (K, A, d, d)
+    if library.member_spread is not None:
+        measured = measured + library.member_spread
+    return torch.cat([measured, cov[-1:]])
 
 
 def with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

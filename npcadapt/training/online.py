@@ -106,8 +106,8 @@ class OnlineConfig:
     prior_spread_nats: float = 1.0  # prior guess of the spread of one episode's log Bayes factor, nats ...
     prior_spread_episodes: float = 2.0  # ... worth this many episodes against the player's own spread
     # the cohorts the trust test's log Bayes factors go through: "measured" (as measured on
-    # the recorded population, before the library widened them for new players, so a player
-    # whose style changes every episode rarely passes for a style) or "widened" (as served;
+    # the recorded population: each cohort's pooled posterior plus the spread of its players
+    # around it, not the copy the library widened for new players) or "widened" (as served;
     # sessions 8-13). Only the trust test: served models, forgetting and change points keep the widened ones
     prior_trust_null: str = "measured"
 
