@@ -14,6 +14,9 @@
    0.28 to 0.05 (seed 1) in the reduced runs recorded in docs/benchmarks.md. The duelist's
    library explores within a cohort (`--explore-spread 0.75`); the others do not, because
    there it cost average players more than it gained (docs/benchmarks.md, session 13).
+   The trust test serves a player's tilt from t = 0.5 to 3 (from 1 to 4 in the haggler,
+   where the lower bar served average players a tilt that cost them up to 0.047 of return;
+   docs/benchmarks.md, session 15).
 
 Usage: .venv/bin/python scripts/build_priors.py [WORK_DIR]   (about a minute per env)
 """
@@ -28,13 +31,14 @@ from npcadapt.envs import make as make_env
 from npcadapt.simulation import run_simulation, trait_counts, trait_players
 from npcadapt.training.online import OnlineConfig
 
-# env: (archetype, gamma of the reward-to-go, noise variance or None to estimate it, explore spread)
+# env: (archetype, gamma of the reward-to-go, noise variance or None to estimate it, explore spread,
+# the trust test's t thresholds (open, full))
 ENVS = {
-    "npcadapt/Duel-v0": ("duelist", 0.0, None, 0.75),
-    "npcadapt/Merchant-v0": ("merchant", 0.0, None, 0.0),
-    "npcadapt/Companion-v0": ("companion", 0.0, None, 0.0),
-    "npcadapt/Skirmish-v0": ("skirmisher", 0.0, None, 0.0),
-    "npcadapt/Haggle-v0": ("haggler", 0.9, 0.25, 0.0),
+    "npcadapt/Duel-v0": ("duelist", 0.0, None, 0.75, (0.5, 3.0)),
+    "npcadapt/Merchant-v0": ("merchant", 0.0, None, 0.0, (0.5, 3.0)),
+    "npcadapt/Companion-v0": ("companion", 0.0, None, 0.0, (0.5, 3.0)),
+    "npcadapt/Skirmish-v0": ("skirmisher", 0.0, None, 0.0, (0.5, 3.0)),
+    "npcadapt/Haggle-v0": ("haggler", 0.9, 0.25, 0.0, (1.0, 4.0)),
 }
 PER_PERSONA, EPISODES, SEED = 4, 30, 11
 
@@ -64,7 +68,8 @@ if __name__ == "__main__":
     shutil.rmtree(work, ignore_errors=True)
     record(work)
     for _ in range(2):
-        for archetype, gamma, noise_var, spread in ENVS.values():
+        for archetype, gamma, noise_var, spread, (t_open, t_full) in ENVS.values():
             noise = ["--noise-var", str(noise_var)] if noise_var else []
             args = ["train", "library", "--archetype", archetype, "--logs", str(work / "logs"), "--gamma", str(gamma)]
-            assert main([*args, *noise, "--explore-spread", str(spread)]) == 0
+            trust = ["--trust-t-open", str(t_open), "--trust-t-full", str(t_full)]
+            assert main([*args, *noise, "--explore-spread", str(spread), *trust]) == 0

@@ -210,6 +210,14 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     assert torch.equal(loaded.mean, library.mean) and torch.equal(loaded.basis, library.basis)
     assert (loaded.noise_var, loaded.beta, loaded.gamma) == (library.noise_var, library.beta, library.gamma)
     assert load_library(save_library(replace(library, explore_spread=0.25), path), arch).explore_spread == 0.25
+    assert (loaded.trust_t_open, loaded.trust_t_full) == (1.0, 4.0)  # LibraryConfig's defaults
+    lowered = load_library(save_library(replace(library, trust_t_open=0.5, trust_t_full=3.0), path), arch)
+    assert (lowered.trust_t_open, lowered.trust_t_full) == (0.5, 3.0)
+    for t_open, t_full in ((3.0, 3.0), (float("nan"), 3.0), (0.5, float("inf"))):  # full must be above open
+        bad = save_library(replace(library, trust_t_open=t_open, trust_t_full=t_full), tmp_path / "bad.safetensors")
+        with pytest.raises(StoreError, match="trust thresholds"):
+            load_library(bad, arch)
+    path = save_library(library, path)
     assert loaded.meta["players"] == 24 and sum(loaded.meta["cohort_sizes"]) == 24
     assert loaded.widening == 50.0  # LibraryConfig.inflate, which the trust test divides out
     assert torch.equal(loaded.member_spread, library.member_spread)
@@ -288,6 +296,11 @@ def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsy
     assert library.explore_spread == 0.0  # the default: serve the posterior mean
     assert main([*args, "--explore-spread", "0.5"]) == 0
     assert load_library(out, arch).explore_spread == 0.5
+    assert main([*args, "--trust-t-open", "0.5", "--trust-t-full", "3"]) == 0
+    library = load_library(out, arch)
+    assert (library.trust_t_open, library.trust_t_full) == (0.5, 3.0)
+    assert main([*args, "--trust-t-open", "2", "--trust-t-full", "1"]) == 2
+    assert "trust_t_full must be finite and > trust_t_open" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--explore-spread", "-1"])
     assert "--explore-spread: must be a finite number >= 0" in capsys.readouterr().err
@@ -355,13 +368,16 @@ def test_transfer_matrices_link_the_cohorts_of_players_shared_between_archetypes
 def test_trust_t_test_rewards_a_steady_edge_not_one_that_comes_and_goes():
     """The gate's t-statistic of per-episode log Bayes factors: a small steady edge (a player
     who keeps one style) passes prior_t_full within a few episodes; an edge of the same mean
-    that swings between helping and misleading (an average player) never opens the tilt, where
-    the decayed sum of the same values would have trusted it."""
-    from npcadapt.prior.trainer import _add_trial, _t_stat
+    that swings between helping and misleading (an average player) never opens the tilt at a
+    library's default thresholds (t from 1 to 4), where the decayed sum of the same values would
+    have trusted it; at the lower bar most shipped priors use (0.5 to 3) it opens a sliver."""
+    from npcadapt.prior.library import LibraryConfig
+    from npcadapt.prior.trainer import _add_trial, _ramp, _t_stat
     from npcadapt.training.online import OnlineConfig
 
-    cfg = OnlineConfig()
-    assert (cfg.prior_trust_test, cfg.prior_t_open, cfg.prior_t_full) == ("t", 1.0, 4.0)
+    cfg, lib = OnlineConfig(), LibraryConfig()
+    assert (cfg.prior_trust_test, cfg.prior_t_open, cfg.prior_t_full) == ("t", None, None)  # the library's
+    assert (lib.trust_t_open, lib.trust_t_full) == (1.0, 4.0)
 
     def run(values):
         trials, sum_evidence = (0.0, 0.0, 0.0), 0.0
@@ -372,7 +388,8 @@ def test_trust_t_test_rewards_a_steady_edge_not_one_that_comes_and_goes():
 
     steady, _ = run([1.5] * 4)
     swinging, summed = run([4.0, -3.0] * 20)  # mean +0.5 nats an episode
-    assert steady >= cfg.prior_t_full
-    assert swinging < cfg.prior_t_open
+    assert steady >= lib.trust_t_full
+    assert swinging < lib.trust_t_open
+    assert _ramp(swinging, 0.5, 3.0) < 0.01  # the shipped duelist's bar: a share of 0.6%
     assert summed > cfg.prior_trust_open  # the "sum" test would serve it (most of it)
     assert _t_stat((0.0, 0.0, 0.0), cfg) == 0.0  # no trial yet: no trust

@@ -193,6 +193,8 @@ def test_a_stale_or_damaged_prior_is_refused_with_a_warning_and_ppo_adapts_inste
         "prior_explore_spread=-0.5",
         "prior_explore_spread=inf",
         "prior_trust_null=population",
+        "prior_t_open=nan",
+        "prior_t_full=inf",
     ],
 )
 def test_invalid_prior_settings_are_refused(setting):
@@ -435,3 +437,36 @@ def test_the_change_point_confirms_only_a_suspect_that_beats_the_history_and_the
     assert (restart is not None) == confirmed and carried is None
     if confirmed:  # the player starts again from the suspect episode and the new one
         assert float(restart[0].n.sum()) == 24
+
+
+def test_the_trust_thresholds_come_from_the_library_unless_a_setting_overrides_them():
+    """The shipped priors carry their trust test's t thresholds (0.5 to 3; the haggler 1 to 4,
+    scripts/build_priors.py); OnlineConfig's prior_t_open / prior_t_full override them, so the
+    same evidence serves a smaller share under a higher bar; a pair that leaves full at or below
+    open is refused by name, whichever side set it."""
+    from npcadapt.archetypes import find_archetypes
+    from npcadapt.errors import InvalidInputError
+    from npcadapt.lora.layout import fresh_row
+    from npcadapt.training.online import PlayerUpdate
+
+    library = _duelist_trainer()[0].library
+    assert (library.trust_t_open, library.trust_t_full) == (0.5, 3.0)
+    haggler = find_archetypes([BUILTIN_DIR])["haggler"]
+    shipped = load_library(BUILTIN_DIR / "haggler" / LIBRARY_NAME, haggler)
+    assert (shipped.trust_t_open, shipped.trust_t_full) == (1.0, 4.0)
+    bouts = _bouts_in_one_situation(5, 4, lambda action: 1.0 if action < 4 else -1.0)
+
+    def trust_and_share(config: OnlineConfig) -> tuple[float, float]:
+        trainer, layout = _duelist_trainer(library, replace(config, prior_episode_nats=0.5))  # t stays on the ramps
+        state, params = None, fresh_row(layout, "duelist", "p")
+        for ep in bouts:
+            out = trainer.update([PlayerUpdate("p", params, [ep], state)])[0]
+            state, params = out.state, out.params
+        return state.evidence, state.share
+
+    t, share = trust_and_share(OnlineConfig())
+    assert 1.0 < t < 3.0 and share == pytest.approx((t - 0.5) / 2.5)  # the library's ramp
+    t_high, share_high = trust_and_share(OnlineConfig(prior_t_open=1.0, prior_t_full=4.0))
+    assert t_high == t and share_high == pytest.approx(max(t - 1.0, 0.0) / 3.0) and share_high < share
+    with pytest.raises(InvalidInputError, match=r"full 0.4 must be > open 0.5"):
+        _duelist_trainer(library, OnlineConfig(prior_t_full=0.4))

@@ -40,6 +40,10 @@ def port(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    return _number(text, float)
+
+
 def positive_float(text: str) -> float:
     value = _number(text, float)
     if not value > 0:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..archetypes import find_archetypes
 from ..errors import InvalidInputError, NpcAdaptError
-from .argtypes import nonnegative_float, positive_float, store_url
+from .argtypes import finite_float, nonnegative_float, positive_float, store_url
 from .common import KL_BOUND, add_archetypes_argument, archetype_dirs, load_archetype
 
 
@@ -137,6 +137,8 @@ def _cmd_train_library(args) -> int:
         noise_var=args.noise_var,
         seed=args.seed,
         explore_spread=args.explore_spread,
+        trust_t_open=args.trust_t_open,
+        trust_t_full=args.trust_t_full,
         **sizes,
     )
     rows_of = None
@@ -233,6 +235,18 @@ def add_train(sub) -> None:
         default=0.0,
         help="how far a served model is drawn from its posterior mean, in units of the spread the player's "
         "own data leaves (default 0: the mean; the duelist ships 0.75, see docs/adaptation.md)",
+    )
+    lib.add_argument(
+        "--trust-t-open",
+        type=finite_float,
+        default=1.0,
+        help="the trust test's t at which a player's tilt starts to be served (default 1; see docs/adaptation.md)",
+    )
+    lib.add_argument(
+        "--trust-t-full",
+        type=finite_float,
+        default=4.0,
+        help="the trust test's t at which it is served whole (default 4; must be above --trust-t-open)",
     )
     lib.add_argument("--out", help="where to write it (default: the archetype's directory)")
     lib.add_argument("--seed", type=int, default=0)

@@ -71,6 +71,8 @@ class LibraryConfig:
     min_decisions: int = 12  # players with fewer recorded decisions are left out
     seed: int = 0
     explore_spread: float = 0.0  # served models drawn with this share of the spread a player's data leaves (Library)
+    trust_t_open: float = 1.0  # the trust test's t at which the tilt starts to be served (Library) ...
+    trust_t_full: float = 4.0  # ... and at which it is served whole
 
     def __post_init__(self) -> None:
         if self.cohorts < 1 or self.probe < 1 or self.min_decisions < 1 or self.features < 1:
@@ -79,6 +81,10 @@ class LibraryConfig:
             raise InvalidInputError(f"LibraryConfig: sharpness must be > 0: {self}")
         if not (np.isfinite(self.explore_spread) and self.explore_spread >= 0):
             raise InvalidInputError(f"LibraryConfig: explore_spread must be finite and >= 0: {self}")
+        if not (
+            np.isfinite(self.trust_t_open) and np.isfinite(self.trust_t_full) and self.trust_t_full > self.trust_t_open
+        ):
+            raise InvalidInputError(f"LibraryConfig: trust_t_full must be finite and > trust_t_open: {self}")
         noise_ok = self.noise_var is None or self.noise_var > 0
         if not (noise_ok and self.weight_precision > 0 and self.inflate >= 1 and 0 <= self.gamma <= 1):
             raise InvalidInputError(
@@ -111,6 +117,12 @@ class Library:
     # (K, A, d, d) how far the recorded players of each cohort sit from its model: the covariance
     # of their own models around it (None: a library written before it was stored)
     member_spread: torch.Tensor | None = None
+    # the trust test's t at which the tilt starts to be served and at which it is served whole
+    # (OnlineConfig.prior_t_open / prior_t_full override them). Per archetype, because where
+    # a player without a style is scored by a noisy game (the haggler) a lower bar serves
+    # them a tilt that costs them return (docs/benchmarks.md, session 15)
+    trust_t_open: float = 1.0
+    trust_t_full: float = 4.0
 
     @property
     def fingerprint(self) -> str:
@@ -275,6 +287,8 @@ def build_library(
         meta,
         explore_spread=config.explore_spread,
         member_spread=torch.stack(member_spread),
+        trust_t_open=config.trust_t_open,
+        trust_t_full=config.trust_t_full,
     )
     return library, dict(zip(players, (int(x) for x in labels)))
 
@@ -345,6 +359,8 @@ def save_library(library: Library, path: str | Path) -> Path:
         "beta": repr(library.beta),
         "gamma": repr(library.gamma),
         "explore_spread": repr(library.explore_spread),
+        "trust_t_open": repr(library.trust_t_open),
+        "trust_t_full": repr(library.trust_t_full),
         "meta": json.dumps(library.meta),
         "transfer_from": json.dumps(library.transfer_from),
     }
@@ -389,6 +405,7 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
     try:
         numbers = {key: float(metadata[key]) for key in ("noise_var", "beta", "gamma")}
         numbers["explore_spread"] = float(metadata.get("explore_spread", "0"))  # absent: written before it existed
+        trust_t = (float(metadata.get("trust_t_open", "1")), float(metadata.get("trust_t_full", "4")))  # likewise
         meta = json.loads(metadata.get("meta", "{}"))
         widening = widening_of(meta)  # checked here: the trust test divides by it
         transfer_from = {str(k): str(v) for k, v in json.loads(metadata.get("transfer_from", "{}")).items()}
@@ -414,6 +431,8 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         or numbers["noise_var"] <= 0
     ):
         raise StoreError(f"population prior {path} holds non-finite or negative numbers")
+    if not (np.isfinite(trust_t).all() and trust_t[1] > trust_t[0]):
+        raise StoreError(f"population prior {path}: trust thresholds {trust_t} are not finite with full > open")
     if not 1 <= widening <= MAX_WIDENING:  # NaN fails too
         raise StoreError(
             f"population prior {path}: widening (config inflate) {widening} is not in [1, {MAX_WIDENING:g}]"
@@ -433,6 +452,7 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         transfer_from,
         numbers["explore_spread"],
         None if spread is None else spread.double(),
+        *trust_t,
     )
 
 

@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from ..episodes import Episode
+from ..errors import InvalidInputError
 from ..lora.bank import AdapterLayout
 from ..numerics import draw_categorical_torch, masked_kl_rows, masked_log_probs
 from ..policy import ActorCritic
@@ -120,6 +121,13 @@ class PriorTrainer:
         self.last_layer = f"actor.{len(policy.actor) - 1}"
         self.mean, self.cov, self.log_weights = with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
         self.trust_cov = trust_covariances(library, self.cov, config.prior_trust_null)  # (K + 1, A, d, d)
+        self.t_open = library.trust_t_open if config.prior_t_open is None else config.prior_t_open
+        self.t_full = library.trust_t_full if config.prior_t_full is None else config.prior_t_full
+        if not self.t_full > self.t_open:
+            raise InvalidInputError(
+                f"the trust test's t thresholds: full {self.t_full} must be > open {self.t_open} "
+                f"(OnlineConfig prior_t_open / prior_t_full, or the {library.archetype} library's)"
+            )
         self._empty = Stats.empty(*library.mean.shape[1:])
         self._scalable = layout.scalable_mask()  # (P,) the B entries: non-zero only in an adapted row
 
@@ -135,7 +143,7 @@ class PriorTrainer:
         if params is not None and bool((params[self._scalable] != 0).any()):
             if cfg.prior_trust_test == "sum":
                 return replace(fresh, evidence=cfg.prior_trust_nats)
-            return replace(fresh, evidence=cfg.prior_t_full, trials=_trials_at(cfg.prior_t_full, cfg))
+            return replace(fresh, evidence=self.t_full, trials=_trials_at(self.t_full, cfg))
         return fresh
 
     def warm_state(self, sources: dict[str, PosteriorState]) -> PosteriorState | None:
@@ -320,7 +328,7 @@ class PriorTrainer:
         else:
             trials = _add_trial(state.trials, step, decay) if had_past else state.trials
         t = _t_stat(trials, cfg)
-        return t, trials, _ramp(t, cfg.prior_t_open, cfg.prior_t_full)
+        return t, trials, _ramp(t, self.t_open, self.t_full)
 
     def _bound_kl(
         self, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor, iters: int = 12

@@ -101,8 +101,10 @@ class OnlineConfig:
     prior_episode_nats: float = 4.0  # most trust one episode adds or takes (one odd bout cannot undo a style)
     # the trust test: "t" (a t-statistic of the per-episode log Bayes factors) or "sum" (their decayed sum, above)
     prior_trust_test: str = "t"
-    prior_t_open: float = 1.0  # t-statistic of the player's log Bayes factors above which the tilt is served ...
-    prior_t_full: float = 4.0  # ... and at which it is served whole
+    # t-statistic of the player's log Bayes factors above which the tilt is served, and at which
+    # it is served whole (None: the library's trust_t_open / trust_t_full)
+    prior_t_open: float | None = None
+    prior_t_full: float | None = None
     prior_spread_nats: float = 1.0  # prior guess of the spread of one episode's log Bayes factor, nats ...
     prior_spread_episodes: float = 2.0  # ... worth this many episodes against the player's own spread
     # the cohorts the trust test's log Bayes factors go through: "measured" (as measured on
@@ -141,7 +143,10 @@ class OnlineConfig:
         need(self.prior_trust_null in ("measured", "widened"), "prior_trust_null", '"measured" or "widened"')
         need(self.prior_forget in ("always", "surprise"), "prior_forget", '"always" or "surprise"')
         need(self.prior_surprise_nats >= 0, "prior_surprise_nats", ">= 0")
-        need(self.prior_t_full > self.prior_t_open, "prior_t_full", f"> prior_t_open ({self.prior_t_open!r})")
+        t_open, t_full = self.prior_t_open, self.prior_t_full
+        need(t_open is None or math.isfinite(t_open), "prior_t_open", "finite or None")
+        need(t_full is None or math.isfinite(t_full), "prior_t_full", "finite or None")
+        need(t_open is None or t_full is None or t_full > t_open, "prior_t_full", f"> prior_t_open ({t_open!r})")
         need(self.prior_spread_nats > 0, "prior_spread_nats", "> 0")
         need(self.prior_spread_episodes > 0, "prior_spread_episodes", "> 0")
         spread = self.prior_explore_spread
