@@ -36,7 +36,7 @@ from .lease import LeasedTraining
 from .log import InteractionLog
 from .log.writer import HELD_BYTES
 from .prior.library import find_library
-from .prior.trainer import new_player_state
+from .prior.trainer import new_player_state, trust_thresholds
 from .stores import Store
 from .training.online import OnlineConfig, PlayerUpdate
 from .training.trainer_host import InProcessTrainer
@@ -114,6 +114,14 @@ class Service:
             for name, rt in runtimes.items()
             if online and online.prior and (lib := find_library(rt.archetype)) is not None
         }
+        try:  # a settings clash fails here, not in a trainer child later
+            for lib in self.libraries.values():
+                trust_thresholds(lib, online)  # type: ignore[arg-type]  # libraries: only with online
+        except InvalidInputError:
+            if self.log is not None:
+                self.log.close()
+            self.engine.close()
+            raise
         self._episodes_per_update = dict.fromkeys(self.libraries, 1)  # the prior learns from every episode
         self._prior_info: OrderedDict[tuple[str, str], dict] = OrderedDict()  # latest PosteriorState.describe()
         self._prior_capacity = capacity

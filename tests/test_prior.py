@@ -200,6 +200,9 @@ def test_noise_variance_is_estimated_from_the_players_own_residuals(recorded):
 def test_library_round_trip_and_refusals(recorded, tmp_path):
     from dataclasses import replace
 
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
     from npcadapt.errors import AdapterMismatchError, StoreError
     from npcadapt.prior.library import LibraryConfig, build_library, load_library, save_library
 
@@ -211,6 +214,11 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     assert (loaded.noise_var, loaded.beta, loaded.gamma) == (library.noise_var, library.beta, library.gamma)
     assert load_library(save_library(replace(library, explore_spread=0.25), path), arch).explore_spread == 0.25
     assert (loaded.trust_t_open, loaded.trust_t_full) == (1.0, 4.0)  # LibraryConfig's defaults
+    old_file = tmp_path / "old_trust.safetensors"
+    with safe_open(path, "pt") as f:
+        metadata = {k: v for k, v in f.metadata().items() if not k.startswith("trust_t_")}
+    old_file.write_bytes(save(load_file(path), metadata=metadata))
+    assert (load_library(old_file, arch).trust_t_open, load_library(old_file, arch).trust_t_full) == (1.0, 4.0)
     lowered = load_library(save_library(replace(library, trust_t_open=0.5, trust_t_full=3.0), path), arch)
     assert (lowered.trust_t_open, lowered.trust_t_full) == (0.5, 3.0)
     for t_open, t_full in ((3.0, 3.0), (float("nan"), 3.0), (0.5, float("inf"))):  # full must be above open
@@ -227,10 +235,21 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     asymmetric[0, 0, 0, 1] += 1.0
     nan = spread.clone()
     nan[0, 0, 0, 0] = float("nan")
-    for bad_spread in (spread[:-1], asymmetric, -spread - 1e-3 * torch.eye(spread.shape[-1], dtype=spread.dtype), nan):
+    eye = torch.eye(spread.shape[-1], dtype=spread.dtype)
+    for bad_spread in (spread[:-1], asymmetric, -spread - 1e-3 * eye, nan):
         bad = save_library(replace(library, member_spread=bad_spread), tmp_path / "bad.safetensors")
         with pytest.raises(StoreError, match="member_spread"):
             load_library(bad, arch)
+    nearly_negative = spread.clone()
+    nearly_negative[1:] = -9e-4 * eye  # within the PSD check's tolerance next to a huge cohort 0
+    nearly_negative[0] = 1e6 * eye
+    for bad_spread in (1e300 * eye.expand_as(spread).clone(), nearly_negative):
+        bad = save_library(replace(library, member_spread=bad_spread), tmp_path / "bad.safetensors")
+        with pytest.raises(StoreError, match=r"cov / widening \+ member_spread has variances"):
+            load_library(bad, arch)
+    bad = save_library(replace(library, cov=library.cov * 1e-12), tmp_path / "bad.safetensors")
+    with pytest.raises(StoreError, match=r"cov has variances"):
+        load_library(bad, arch)
     assert (
         load_library(save_library(replace(library, member_spread=None), tmp_path / "s.safetensors"), arch).member_spread
         is None

@@ -381,7 +381,7 @@ def test_the_duelist_explores_within_its_cohort_and_a_setting_overrides_the_libr
     library = _duelist_trainer()[0].library
     assert library.explore_spread == 0.75
     merchant = find_archetypes([BUILTIN_DIR])["merchant"]
-    assert load_library(BUILTIN_DIR / "merchant" / LIBRARY_NAME, merchant).explore_spread == 0.0  # written without it
+    assert load_library(BUILTIN_DIR / "merchant" / LIBRARY_NAME, merchant).explore_spread == 0.0  # built with 0
     bouts = _bouts_in_one_situation(7, 12, lambda action: 1.0 if action < 4 else -1.0)
 
     def served(lib, config):
@@ -470,3 +470,19 @@ def test_the_trust_thresholds_come_from_the_library_unless_a_setting_overrides_t
     assert t_high == t and share_high == pytest.approx(max(t - 1.0, 0.0) / 3.0) and share_high < share
     with pytest.raises(InvalidInputError, match=r"full 0.4 must be > open 0.5"):
         _duelist_trainer(library, OnlineConfig(prior_t_full=0.4))
+
+
+@pytest.mark.parametrize("trainer_process", [False, True])
+def test_a_trust_threshold_that_clashes_with_a_shipped_prior_is_refused_when_the_service_starts(
+    tmp_path, trainer_process
+):
+    """prior_t_open 3.5 is valid alone but above the shipped priors' full (3): the Service
+    refuses it at start, by name, in either trainer mode (not a trainer child that fails
+    later and leaves every player unadapted), and the data directory opens again afterwards."""
+    from npcadapt.errors import InvalidInputError
+
+    clash = OnlineConfig(prior_t_open=3.5)
+    with pytest.raises(InvalidInputError, match=r"full 3.0 must be > open 3.5"):
+        npcadapt.open(tmp_path, online=clash, trainer_process=trainer_process)
+    with npcadapt.open(tmp_path, online=OnlineConfig(prior_t_open=3.5, prior_t_full=5.0)) as svc:
+        assert svc.prior_info("duelist", "p") is not None

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 LIBRARY_NAME = "population_prior.safetensors"
 MAX_WIDENING = 1e6  # a cohort covariance divided by more could underflow in the trust test
+# the variances a stored covariance may hold: outside, inverting it in float64 loses the data's
+# scale (the shipped priors hold 8e-6 to 2)
+MIN_VARIANCE, MAX_VARIANCE = 1e-9, 1e3
 NOISE_IN_SAMPLE_FACTOR = 1.2  # in-sample residuals understate the noise a new episode has
 
 
@@ -251,7 +254,7 @@ def build_library(
     pick = np.random.default_rng(config.seed).choice(len(pool_h), min(config.probe, len(pool_h)), replace=False)
     probe_f = pool_h[torch.as_tensor(pick)].double() @ basis.T  # (S, d)
     predicted = torch.einsum("sd,nad->nsa", probe_f, means).reshape(len(players), -1).numpy()  # (N, S * A)
-    labels = _kmeans(predicted, config.cohorts, config.seed)
+    labels = np.unique(_kmeans(predicted, config.cohorts, config.seed), return_inverse=True)[1]  # no empty cohort
     cohort_mean, cohort_cov, member_spread, sizes = [], [], [], []
     for k in range(config.cohorts):
         members = [s for s, label in zip(stats, labels) if label == k]
@@ -437,6 +440,15 @@ def load_library(path: str | Path, archetype: Archetype) -> Library:
         raise StoreError(
             f"population prior {path}: widening (config inflate) {widening} is not in [1, {MAX_WIDENING:g}]"
         )
+    measured = cov.double() / widening if spread is None else cov.double() / widening + spread.double()
+    factored = {"cov": cov.double(), "cov / widening" + ("" if spread is None else " + member_spread"): measured}
+    for name, matrices in factored.items():  # what the posteriors and the trust test factorise and invert
+        eigenvalues = torch.linalg.eigvalsh(matrices)  # (K, A, d)
+        if not bool(((eigenvalues >= MIN_VARIANCE) & (eigenvalues <= MAX_VARIANCE)).all()):
+            raise StoreError(
+                f"population prior {path}: {name} has variances from {float(eigenvalues.min()):.3g} to "
+                f"{float(eigenvalues.max()):.3g}, outside [{MIN_VARIANCE:g}, {MAX_VARIANCE:g}]"
+            )
     return Library(
         archetype.name,
         archetype.base_hash,

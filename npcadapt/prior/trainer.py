@@ -35,7 +35,8 @@ the fading on surprise and the change-point test below keep the widened cohorts.
 ``prior_trust_test`` "t" (default) these g form a sequential t-test of "on average,
 g > 0": from their decayed count n, mean and spread s (shrunk towards
 ``prior_spread_nats`` as if ``prior_spread_episodes`` more episodes had it),
-t = mean sqrt(n) / s, and the share is t from ``prior_t_open`` to ``prior_t_full``,
+t = mean sqrt(n) / s, and the share is t from the library's ``trust_t_open`` to
+``trust_t_full`` (``prior_t_open`` / ``prior_t_full`` override them),
 within [0, 1]. A small but steady edge (a consistent style) earns trust in a few
 episodes; an edge that comes and goes (an average player, whose history sometimes
 helps and sometimes misleads) weighs less in t than in a decayed sum of g, so it earns
@@ -121,13 +122,7 @@ class PriorTrainer:
         self.last_layer = f"actor.{len(policy.actor) - 1}"
         self.mean, self.cov, self.log_weights = with_new_cohort(library, config.prior_new_cohort)  # K + 1 components
         self.trust_cov = trust_covariances(library, self.cov, config.prior_trust_null)  # (K + 1, A, d, d)
-        self.t_open = library.trust_t_open if config.prior_t_open is None else config.prior_t_open
-        self.t_full = library.trust_t_full if config.prior_t_full is None else config.prior_t_full
-        if not self.t_full > self.t_open:
-            raise InvalidInputError(
-                f"the trust test's t thresholds: full {self.t_full} must be > open {self.t_open} "
-                f"(OnlineConfig prior_t_open / prior_t_full, or the {library.archetype} library's)"
-            )
+        self.t_open, self.t_full = trust_thresholds(library, config)
         self._empty = Stats.empty(*library.mean.shape[1:])
         self._scalable = layout.scalable_mask()  # (P,) the B entries: non-zero only in an adapted row
 
@@ -359,6 +354,20 @@ def new_player_state(library: Library, new_cohort: float) -> PosteriorState:
     """A player with no data: the prior's cohort weights (and the broad cohort's), nothing served."""
     n_actions, d = library.mean.shape[1:]
     return PosteriorState(Stats.empty(n_actions, d), 0, with_new_cohort(library, new_cohort)[2].exp(), -1)
+
+
+def trust_thresholds(library: Library, config: OnlineConfig) -> tuple[float, float]:
+    """The trust test's t (open, full): the library's, where OnlineConfig does not override them.
+    InvalidInputError where the pair leaves full at or below open (one set by the config, the
+    other by the library: only checkable here; the Service checks it when it finds the library)."""
+    t_open = library.trust_t_open if config.prior_t_open is None else config.prior_t_open
+    t_full = library.trust_t_full if config.prior_t_full is None else config.prior_t_full
+    if not t_full > t_open:
+        raise InvalidInputError(
+            f"the trust test's t thresholds: full {t_full} must be > open {t_open} "
+            f"(OnlineConfig prior_t_open / prior_t_full, or the {library.archetype} library's)"
+        )
+    return t_open, t_full
 
 
 def trust_covariances(library: Library, cov: torch.Tensor, null: str) -> torch.Tensor:
