@@ -35,8 +35,9 @@ from .errors import InvalidInputError, LogError, StoreError, TrainerProcessError
 from .lease import LeasedTraining
 from .log import InteractionLog
 from .log.writer import HELD_BYTES
-from .prior.library import find_library
-from .prior.trainer import new_player_state, trust_thresholds
+from .prior.library_file import find_library
+from .prior.trainer import new_player_state
+from .prior.trust import trust_thresholds
 from .stores import Store
 from .training.online import OnlineConfig, PlayerUpdate
 from .training.trainer_host import InProcessTrainer

@@ -57,7 +57,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         ),
     ),
     ("engine", ("engine", "export", "prior.head")),
-    ("training", ("training.", "prior.library", "prior.trainer", "lease")),
+    ("training", ("training.", "prior.library", "prior.library_file", "prior.trust", "prior.trainer", "lease")),
     ("service", ("service",)),
     (
         "bridge and applications",

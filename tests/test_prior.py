@@ -204,7 +204,8 @@ def test_library_round_trip_and_refusals(recorded, tmp_path):
     from safetensors.torch import load_file, save
 
     from npcadapt.errors import AdapterMismatchError, StoreError
-    from npcadapt.prior.library import LibraryConfig, build_library, load_library, save_library
+    from npcadapt.prior.library import LibraryConfig, build_library
+    from npcadapt.prior.library_file import load_library, save_library
 
     arch, episodes, _ = recorded
     library, cohort_of = build_library(arch, episodes, LibraryConfig(cohorts=4, seed=1))
@@ -297,7 +298,7 @@ def _check_member_spread(library, arch, episodes, cohort_of, weight_precision) -
 
 def test_train_library_command_writes_a_loadable_prior(recorded, tmp_path, capsys):
     from npcadapt.cli import main
-    from npcadapt.prior.library import load_library
+    from npcadapt.prior.library_file import load_library
 
     arch, _, logs = recorded
     out = tmp_path / "prior.safetensors"
@@ -391,7 +392,7 @@ def test_trust_t_test_rewards_a_steady_edge_not_one_that_comes_and_goes():
     library's default thresholds (t from 1 to 4), where the decayed sum of the same values would
     have trusted it; at the lower bar most shipped priors use (0.5 to 3) it opens a sliver."""
     from npcadapt.prior.library import LibraryConfig
-    from npcadapt.prior.trainer import _add_trial, _ramp, _t_stat
+    from npcadapt.prior.trust import add_trial, ramp, t_stat
     from npcadapt.training.online import OnlineConfig
 
     cfg, lib = OnlineConfig(), LibraryConfig()
@@ -401,14 +402,14 @@ def test_trust_t_test_rewards_a_steady_edge_not_one_that_comes_and_goes():
     def run(values):
         trials, sum_evidence = (0.0, 0.0, 0.0), 0.0
         for g in values:
-            trials = _add_trial(trials, g, cfg.prior_decay)  # the trainer's own update of the t-test
+            trials = add_trial(trials, g, cfg.prior_decay)  # the trainer's own update of the t-test
             sum_evidence = cfg.prior_decay * sum_evidence + g
-        return _t_stat(trials, cfg), sum_evidence
+        return t_stat(trials, cfg), sum_evidence
 
     steady, _ = run([1.5] * 4)
     swinging, summed = run([4.0, -3.0] * 20)  # mean +0.5 nats an episode
     assert steady >= lib.trust_t_full
     assert swinging < lib.trust_t_open
-    assert _ramp(swinging, 0.5, 3.0) < 0.01  # the shipped duelist's bar: a share of 0.6%
+    assert ramp(swinging, 0.5, 3.0) < 0.01  # the shipped duelist's bar: a share of 0.6%
     assert summed > cfg.prior_trust_open  # the "sum" test would serve it (most of it)
-    assert _t_stat((0.0, 0.0, 0.0), cfg) == 0.0  # no trial yet: no trust
+    assert t_stat((0.0, 0.0, 0.0), cfg) == 0.0  # no trial yet: no trust

@@ -15,7 +15,7 @@ import torch
 import npcadapt
 from npcadapt.archetypes import BUILTIN_DIR
 from npcadapt.errors import StoreError
-from npcadapt.prior.library import LIBRARY_NAME, find_library, load_library, save_library
+from npcadapt.prior.library_file import LIBRARY_NAME, find_library, load_library, save_library
 from npcadapt.simulation import run_simulation
 from npcadapt.training.online import OnlineConfig
 
@@ -358,7 +358,8 @@ def test_the_measured_trust_test_divides_out_the_librarys_widening_and_nothing_e
 def test_the_trust_test_predicts_a_new_player_as_one_more_member_of_a_cohort():
     """ "measured": each cohort's covariance is its served one less the widening, plus the spread
     of its recorded players around it; the broad cohort, and "widened", keep the served ones."""
-    from npcadapt.prior.trainer import trust_covariances, with_new_cohort
+    from npcadapt.prior.trainer import with_new_cohort
+    from npcadapt.prior.trust import trust_covariances
 
     library = _duelist_trainer()[0].library
     assert library.member_spread is not None and library.widening == 50.0  # the shipped prior has both

@@ -123,7 +123,8 @@ def _cmd_train_adapters(args) -> int:
 
 
 def _cmd_train_library(args) -> int:
-    from ..prior.library import LIBRARY_NAME, LibraryConfig, build_library, find_library, save_library, with_transfers
+    from ..prior.library import LibraryConfig, build_library, with_transfers
+    from ..prior.library_file import LIBRARY_NAME, find_library, save_library
     from ..recordings import read_episodes
 
     arch = load_archetype(args, args.archetype)

@@ -26,7 +26,7 @@ predicts their play. After each episode with a past, g = the log Bayes factor of
 player's past episodes (through the cohort posterior) predicted this one" against "the
 population alone predicted it" (clipped to +-``prior_episode_nats``), both predicted
 through the cohorts as the recordings measured them (``prior_trust_null`` "measured",
-:func:`trust_covariances`: each cohort's pooled posterior plus the spread of its recorded
+:func:`~.trust.trust_covariances`: each cohort's pooled posterior plus the spread of its recorded
 players around it; the broad cohort keeps its width): the library widens each cohort's
 covariance so that a new player can differ from it, and against that vaguer population a
 player whose style changes every episode (the sims' "average") looks like a style of their
@@ -62,7 +62,6 @@ import numpy as np
 import torch
 
 from ..episodes import Episode
-from ..errors import InvalidInputError
 from ..lora.bank import AdapterLayout
 from ..numerics import draw_categorical_torch, masked_kl_rows, masked_log_probs
 from ..policy import ActorCritic
@@ -70,6 +69,7 @@ from ..training.online import OnlineConfig, PlayerUpdate, UpdateOutcome
 from .bayes import Stats, draw_from_data_spread, evidence_and_mean, log_evidence
 from .head import weight_delta_row
 from .library import Decisions, Library, decisions
+from .trust import add_trial, ramp, t_stat, trials_at, trust_covariances, trust_thresholds
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ class PriorTrainer:
         if params is not None and bool((params[self._scalable] != 0).any()):
             if cfg.prior_trust_test == "sum":
                 return replace(fresh, evidence=cfg.prior_trust_nats)
-            return replace(fresh, evidence=self.t_full, trials=_trials_at(self.t_full, cfg))
+            return replace(fresh, evidence=self.t_full, trials=trials_at(self.t_full, cfg))
         return fresh
 
     def warm_state(self, sources: dict[str, PosteriorState]) -> PosteriorState | None:
@@ -171,7 +171,7 @@ class PriorTrainer:
             count, total, squares = trials[int(np.argmax(trust))]
             k = cfg.prior_transfer_trust
             carried = (k * count, k * total, k * squares)
-            evidence = _t_stat(carried, cfg)
+            evidence = t_stat(carried, cfg)
         return PosteriorState(self._empty, 0, weights, -1, evidence, 0.0, 0, torch.log(weights), tuple(used), carried)
 
     def update(self, items: Sequence[PlayerUpdate]) -> list[UpdateOutcome]:
@@ -317,13 +317,13 @@ class PriorTrainer:
                 evidence = float(
                     np.clip(decay * state.evidence + step, -cfg.prior_evidence_cap, cfg.prior_evidence_cap)
                 )
-            return evidence, state.trials, _ramp(evidence, cfg.prior_trust_open, cfg.prior_trust_nats)
+            return evidence, state.trials, ramp(evidence, cfg.prior_trust_open, cfg.prior_trust_nats)
         if changed:
             trials = (0.0, 0.0, 0.0)
         else:
-            trials = _add_trial(state.trials, step, decay) if had_past else state.trials
-        t = _t_stat(trials, cfg)
-        return t, trials, _ramp(t, self.t_open, self.t_full)
+            trials = add_trial(state.trials, step, decay) if had_past else state.trials
+        t = t_stat(trials, cfg)
+        return t, trials, ramp(t, self.t_open, self.t_full)
 
     def _bound_kl(
         self, hidden: torch.Tensor, masks: torch.Tensor | None, delta: torch.Tensor, iters: int = 12
@@ -356,36 +356,6 @@ def new_player_state(library: Library, new_cohort: float) -> PosteriorState:
     return PosteriorState(Stats.empty(n_actions, d), 0, with_new_cohort(library, new_cohort)[2].exp(), -1)
 
 
-def trust_thresholds(library: Library, config: OnlineConfig) -> tuple[float, float]:
-    """The trust test's t (open, full): the library's, where OnlineConfig does not override them.
-    InvalidInputError where the pair leaves full at or below open (one set by the config, the
-    other by the library: only checkable here; the Service checks it when it finds the library)."""
-    t_open = library.trust_t_open if config.prior_t_open is None else config.prior_t_open
-    t_full = library.trust_t_full if config.prior_t_full is None else config.prior_t_full
-    if not t_full > t_open:
-        raise InvalidInputError(
-            f"the trust test's t thresholds: full {t_full} must be > open {t_open} "
-            f"(OnlineConfig prior_t_open / prior_t_full, or the {library.archetype} library's)"
-        )
-    return t_open, t_full
-
-
-def trust_covariances(library: Library, cov: torch.Tensor, null: str) -> torch.Tensor:
-    """(K + 1, A, d, d) the cohort covariances the trust test predicts through, from the served
-    ones `cov` (K + 1, A, d, d). "measured": each cohort as the recordings measured it, its
-    pooled posterior (the served covariance less the library's widening, which is room for a
-    new player to differ and not a description of the population) plus the spread of its
-    recorded players around it (:attr:`Library.member_spread`, where the file has it), so that
-    one new player is predicted as one more member; the broad cohort keeps its width.
-    "widened": the served covariances."""
-    if null != "measured":
-        return cov
-    measured = cov[:-1] / library.widening  # (K, A, d, d)
-    if library.member_spread is not None:
-        measured = measured + library.member_spread
-    return torch.cat([measured, cov[-1:]])
-
-
 def with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The library's K cohorts plus a broad one for players unlike any of them (weight `weight`):
     centred on the population's model, with the spread of the cohort models around it plus
@@ -399,37 +369,6 @@ def with_new_cohort(library: Library, weight: float) -> tuple[torch.Tensor, torc
     cov = 4.0 * (between + within)
     log_w = torch.cat([torch.log(w * (1 - weight)), torch.tensor([np.log(weight)], dtype=torch.float64)])
     return torch.cat([library.mean, centre[None]]), torch.cat([library.cov, cov[None]]), log_w
-
-
-def _ramp(value: float, low: float, high: float) -> float:
-    """0 at `low`, 1 at `high`, linear between."""
-    return float(np.clip((value - low) / (high - low), 0.0, 1.0))
-
-
-def _add_trial(trials: tuple[float, float, float], value: float, decay: float) -> tuple[float, float, float]:
-    """The t-test's decayed count, sum and sum of squares after one more episode's `value`."""
-    count, total, squares = trials
-    return (decay * count + 1, decay * total + value, decay * squares + value * value)
-
-
-def _t_stat(trials: tuple[float, float, float], cfg: OnlineConfig) -> float:
-    """t-statistic of "the mean log Bayes factor is positive" from the decayed count n, sum and
-    sum of squares of the per-episode values: mean sqrt(n) / s, with the spread s^2 shrunk
-    towards ``prior_spread_nats``^2 by ``prior_spread_episodes`` pseudo-episodes (0 for n = 0)."""
-    n, total, squares = trials
-    if n <= 0:
-        return 0.0
-    mean = total / n
-    spread2 = (max(squares - n * mean * mean, 0.0) + cfg.prior_spread_episodes * cfg.prior_spread_nats**2) / (
-        n + cfg.prior_spread_episodes
-    )
-    return float(mean * np.sqrt(n / spread2))
-
-
-def _trials_at(t: float, cfg: OnlineConfig, n: float = 4.0) -> tuple[float, float, float]:
-    """`n` identical pseudo-episodes whose t-statistic is `t` (trust kept across a restart)."""
-    mean = t * cfg.prior_spread_nats * np.sqrt(cfg.prior_spread_episodes / (n + cfg.prior_spread_episodes) / n)
-    return (n, n * mean, n * mean * mean)
 
 
 def _decayed(stats: Stats, factor: float) -> Stats:

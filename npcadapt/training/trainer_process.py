@@ -369,7 +369,7 @@ class TrainerProcess:
 # -- child side -------------------------------------------------------------------------------
 def _prior_of(archetype: Archetype):
     """The population prior the parent uses for `archetype`; it must still be there and fresh."""
-    from ..prior.library import LIBRARY_NAME, load_library
+    from ..prior.library_file import LIBRARY_NAME, load_library
 
     return load_library(archetype.directory / LIBRARY_NAME, archetype)
 

@@ -36,7 +36,7 @@ import npcadapt
 from npcadapt.adapter_meta import AdapterMeta, player_key
 from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
 from npcadapt.lora.layout import AdapterLayout, fresh_row
-from npcadapt.prior.library import find_library
+from npcadapt.prior.library_file import find_library
 from npcadapt.protocol_codec import DecisionEncoder, encode_notification, encode_request, packed_response
 from npcadapt.store import AdapterStore
 from npcadapt.types import BatchDecision

@@ -13,7 +13,8 @@ import json, shutil, sys, time, argparse
 from dataclasses import replace
 from pathlib import Path
 from npcadapt.archetypes import BUILTIN_DIR, find_archetypes
-from npcadapt.prior.library import LIBRARY_NAME, LibraryConfig, build_library, find_library, save_library, with_transfers
+from npcadapt.prior.library import LibraryConfig, build_library, with_transfers
+from npcadapt.prior.library_file import LIBRARY_NAME, find_library, save_library
 from npcadapt.recordings import read_episodes
 from npcadapt.bench import adapt
 from npcadapt.training.online import OnlineConfig
