@@ -290,6 +290,15 @@ def test_bench_adapt_lora_only_with_settings(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["full_ft_mean_gain"] is None and result["lora_vs_full"] is None and result["baselines"] == {}
     assert result["config"]["epochs"] == 2 and result["config"]["validation_gate"] is False
+    assert result["config"]["prior_t_open"] is None  # the prior's own, which the report resolves:
+    assert result["prior"] == {  # the shipped duelist prior (scripts/build_priors.py)
+        "cohorts": 10,
+        "trust_t": [0.5, 3.0],
+        "trust_null": "measured",
+        "member_spread": True,
+        "widening": 50.0,
+        "explore_spread": 0.75,
+    }
     assert result["mean_gain"] != 0  # ungated, 8 episodes already move the named players
     assert main(["bench", "adapt", "--set", "nope=1"]) == 2
     assert "nope=1" in capsys.readouterr().err

@@ -22,6 +22,8 @@ from typing import Any, TypedDict, cast
 import numpy as np
 
 from ..archetypes import BUILTIN_DIR, archetype_for_env, find_archetypes
+from ..prior.library import Library
+from ..prior.trust import trust_thresholds
 from ..service import Service
 from ..training.online import OnlineConfig
 from .baselines import NEURAL_LINEAR_SETTINGS, TABLE_SETTINGS, NeuralLinearHost, TableThompsonHost
@@ -141,6 +143,8 @@ def run(
         lora = run_simulation(svc, env_id, archetype, **sim_args)
         rt = svc.engine.runtime(archetype)
         adapter_params = rt.layout.size
+        library = svc.libraries.get(archetype)
+        prior = None if library is None else prior_settings(library, config)
         svc.close()
         cross = None
         if cross_archetype and env_id in WARM_SOURCE and WARM_SOURCE[env_id] in gym.registry:
@@ -199,11 +203,27 @@ def run(
             lora["seconds"] + sum(b["seconds"] for b in others.values()) + (full["seconds"] if full else 0.0), 1
         ),
         "config": config.to_dict(),
+        "prior": prior,
         "personas": personas,
     }
     if out is not None:
         result["plot"] = str(write_plot(env_id, reports, full, Path(out)))
     return result
+
+
+def prior_settings(library: Library, config: OnlineConfig) -> dict:
+    """The population prior's settings a run used: the library's, where `config` does not
+    override them (the report's ``config`` shows None for "the library's")."""
+    t_open, t_full = trust_thresholds(library, config)
+    spread = library.explore_spread if config.prior_explore_spread is None else config.prior_explore_spread
+    return {
+        "cohorts": library.cohorts,
+        "trust_t": [t_open, t_full],
+        "trust_null": config.prior_trust_null,
+        "member_spread": library.member_spread is not None,
+        "widening": library.widening,
+        "explore_spread": spread,
+    }
 
 
 def warm_start_gain(
