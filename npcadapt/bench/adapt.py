@@ -23,6 +23,7 @@ import numpy as np
 
 from ..archetypes import BUILTIN_DIR, archetype_for_env, find_archetypes
 from ..prior.library import Library
+from ..prior.trainer import explore_spread
 from ..prior.trust import trust_thresholds
 from ..service import Service
 from ..training.online import OnlineConfig
@@ -215,14 +216,13 @@ def prior_settings(library: Library, config: OnlineConfig) -> dict:
     """The population prior's settings a run used: the library's, where `config` does not
     override them (the report's ``config`` shows None for "the library's")."""
     t_open, t_full = trust_thresholds(library, config)
-    spread = library.explore_spread if config.prior_explore_spread is None else config.prior_explore_spread
     return {
         "cohorts": library.cohorts,
         "trust_t": [t_open, t_full],
         "trust_null": config.prior_trust_null,
         "member_spread": library.member_spread is not None,
         "widening": library.widening,
-        "explore_spread": spread,
+        "explore_spread": explore_spread(library, config),
     }
 
 

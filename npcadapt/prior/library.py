@@ -15,7 +15,7 @@ The models work on a projection of the hidden features to `features` dimensions 
 right singular vectors of the recorded activations, uncentred so that their mean
 direction, which acts as a bias, is kept): Q(x, a) = (basis h(x)) . m_a, still linear in
 h, so a served delta is m @ basis on the last layer. A player's statistics are then
-A * (d * d + d + 2) numbers (2,304 for 8 actions and d = 16) instead of 33,000 at d = 64.
+A * (d * d + d + 2) numbers (2,192 for 8 actions and d = 16) instead of 33,000 at d = 64.
 
 Serving turns a model into the policy softmax(base logits + beta Q); beta is stored with
 the library as `sharpness` over the spread (std) of the recorded targets, so one

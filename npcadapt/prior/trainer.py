@@ -216,7 +216,7 @@ class PriorTrainer:
         if cfg.prior_explore:
             cohort = _draw(weights, item.player, episodes_seen)
             model = means[cohort]  # (A, d)
-            spread = lib.explore_spread if cfg.prior_explore_spread is None else cfg.prior_explore_spread
+            spread = explore_spread(lib, cfg)
             if spread > 0:  # and within it: a model drawn with the spread the player's data leaves
                 rng = _generator(item.player, episodes_seen, "model")
                 model = draw_from_data_spread(self.mean[cohort], self.cov[cohort], stats, lib.noise_var, spread, rng)
@@ -348,6 +348,11 @@ class PriorTrainer:
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if kl(mid) <= bound else (lo, mid)
         return delta * lo, kl(lo), lo
+
+
+def explore_spread(library: Library, config: OnlineConfig) -> float:
+    """The within-cohort draw's spread in use: the library's, unless ``prior_explore_spread`` overrides it."""
+    return library.explore_spread if config.prior_explore_spread is None else config.prior_explore_spread
 
 
 def new_player_state(library: Library, new_cohort: float) -> PosteriorState:
